@@ -1,0 +1,37 @@
+# letta-ops: `make demo` and `make test` do all the set-up on a machine with Python 3.11 and make.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install test test-fast demo lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## The whole suite, real Letta servers, PostgreSQL, S3 and Prefect included.
+test: install
+	$(BIN)/pytest
+
+## Only the fast tests (no Letta servers).
+test-fast: install
+	$(BIN)/pytest -m "not e2e"
+
+## Embedded PostgreSQL + pgvector, a pinned Letta with sample agents, local S3: the main job.
+demo: install
+	$(BIN)/letta-ops demo
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

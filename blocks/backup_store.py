@@ -1,0 +1,188 @@
+"""Where backup sets go: an S3-compatible bucket or a local directory, as Prefect Blocks.
+
+Why blocks *and* URLs: a scheduled deployment loads a saved block (credentials encrypted in
+Prefect), while an operator at a shell passes ``--store s3://bucket/prefix`` or sets
+``LETTA_OPS_STORE`` and lets boto3 read its usual ``AWS_*`` variables. Both end in the same
+:class:`~tasks.object_store.ObjectStore`, so flows never care which one was used.
+
+No I/O at import or construction: boto3 is imported and a client built only in
+:meth:`S3BackupStore.object_store`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect.blocks.core import Block
+from pydantic import ConfigDict, Field, SecretStr, field_validator
+
+from tasks.object_store import (
+    DEFAULT_PART_SIZE,
+    LocalObjectStore,
+    S3ObjectStore,
+    parse_store_url,
+    validate_key,
+)
+
+MiB = 1024 * 1024
+
+
+class S3BackupStore(Block):
+    """Backup sets in an S3-compatible bucket (AWS S3, MinIO, Ceph, Garage, R2, ...).
+
+    Fields left empty fall back to boto3's own configuration (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``, profiles, instance
+    roles), so a block can hold only the bucket and let the environment supply the rest.
+    """
+
+    # Validation errors must never echo a secret back to a log.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    _block_type_name = "Letta Backup Store S3"
+    _description = (
+        "An S3-compatible bucket and prefix holding write-once Letta backup sets, with optional "
+        "credentials and endpoint."
+    )
+    _documentation_url = "https://docs.prefect.io/integrations/prefect-aws"
+
+    bucket: str = Field(description="Name of the bucket that holds the backup sets.")
+    prefix: str = Field(
+        default="",
+        description="Key prefix inside the bucket, e.g. 'letta/prod'; backup sets are written "
+        "under <prefix>/<server>/<timestamp>-<run id>/.",
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible store, e.g. http://minio:9000; empty for AWS "
+        "S3 or to use AWS_ENDPOINT_URL.",
+    )
+    region_name: str | None = Field(
+        default=None,
+        description="Region of the bucket; empty to use AWS_DEFAULT_REGION or the profile's.",
+    )
+    aws_access_key_id: str | None = Field(
+        default=None,
+        description="Access key id; empty to use boto3's credential chain (environment, "
+        "profile, instance role).",
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None,
+        description="Secret access key belonging to the access key id; stored encrypted.",
+    )
+    addressing_style: Literal["path", "virtual", "auto"] = Field(
+        default="path",
+        description="How the bucket appears in request URLs; most self-hosted S3-compatible "
+        "stores need 'path'.",
+    )
+    checksum_mode: Literal["when_required", "when_supported"] = Field(
+        default="when_required",
+        description="When boto3 adds request checksums and validates response checksums; "
+        "'when_required' works with stores that reject boto3's default CRC32 headers.",
+    )
+    part_size_mb: int = Field(
+        default=DEFAULT_PART_SIZE // MiB,
+        ge=5,
+        le=5 * 1024,
+        description="Multipart upload part size in MiB (S3 minimum 5); uploads hold about one "
+        "part in memory, and objects may have at most 10,000 parts.",
+    )
+
+    @field_validator("bucket")
+    @classmethod
+    def _check_bucket(cls, value: str) -> str:
+        value = value.strip()
+        if not value or "/" in value:
+            raise ValueError("The bucket must be a bare bucket name, without '/' or s3://.")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        value = value.strip().strip("/")
+        if value:
+            validate_key(value)
+        return value
+
+    @property
+    def url(self) -> str:
+        """The repository URL of this store (never with credentials)."""
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def _client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            request_checksum_calculation=self.checksum_mode,
+            response_checksum_validation=self.checksum_mode,
+            s3={"addressing_style": self.addressing_style},
+        )
+        kwargs: dict[str, Any] = {"config": config}
+        if self.endpoint_url:
+            kwargs["endpoint_url"] = self.endpoint_url
+        if self.region_name:
+            kwargs["region_name"] = self.region_name
+        if self.aws_access_key_id:
+            kwargs["aws_access_key_id"] = self.aws_access_key_id
+        if self.aws_secret_access_key is not None:
+            kwargs["aws_secret_access_key"] = self.aws_secret_access_key.get_secret_value()
+        return boto3.client("s3", **kwargs)
+
+    def object_store(self) -> S3ObjectStore:
+        """An :class:`S3ObjectStore` over this bucket and prefix (builds a boto3 client)."""
+        return S3ObjectStore(
+            self._client(), self.bucket, self.prefix, part_size=self.part_size_mb * MiB
+        )
+
+
+class LocalBackupStore(Block):
+    """Backup sets in a local (or mounted) directory.
+
+    Suited to a single host or a mounted NAS; keep it off the disk that holds the database
+    being backed up.
+    """
+
+    _block_type_name = "Letta Backup Store Local"
+    _description = "A local or mounted directory holding write-once Letta backup sets."
+
+    path: Path = Field(
+        description="Absolute path of the directory holding the backup sets, e.g. "
+        "/var/backups/letta; created on first write.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: Path) -> Path:
+        value = value.expanduser()
+        if not value.is_absolute():
+            raise ValueError(
+                f"The backup directory {str(value)!r} is relative; give an absolute path."
+            )
+        return value
+
+    @property
+    def url(self) -> str:
+        """The repository URL of this store."""
+        return self.path.as_uri()
+
+    def object_store(self) -> LocalObjectStore:
+        """A :class:`LocalObjectStore` over this directory."""
+        return LocalObjectStore(self.path)
+
+
+def backup_store_from_url(url: str) -> S3BackupStore | LocalBackupStore:
+    """Build an unsaved block from a ``--store`` / ``LETTA_OPS_STORE`` repository URL.
+
+    Accepts ``s3://bucket/prefix``, ``file:///abs/path`` or a bare absolute path. S3
+    credentials, region and endpoint are left empty on purpose: boto3 reads them from its own
+    environment variables when the store is opened, and nothing secret is copied into a block.
+    """
+    location = parse_store_url(url)
+    if location.scheme == "s3":
+        return S3BackupStore(bucket=location.bucket, prefix=location.prefix)
+    assert location.path is not None
+    return LocalBackupStore(path=location.path)
+
+
+__all__ = ["LocalBackupStore", "S3BackupStore", "backup_store_from_url"]

@@ -1,0 +1,105 @@
+"""Embedded defaults for ``make demo``: PostgreSQL + pgvector, a local S3 endpoint, a pinned
+Letta server with sample agents, all on 127.0.0.1 and all stopped when the demo ends.
+
+Why a module: the demo is the first thing an operator runs, so it uses exactly the same
+runtime, blocks and flows as production; only *where* things run is embedded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from blocks.letta_database import LettaDatabase
+from blocks.letta_server import LettaServer
+from blocks.process_runtime import LettaProcessRuntime
+from tasks.embedded_postgres import EmbeddedPostgres, free_loopback_port
+from tasks.letta_api import LettaClient, offline_agent_body
+from tasks.letta_postgres import create_database
+
+DEMO_OLD_VERSION = "0.11.7"
+DEMO_NEW_VERSION = "0.16.2"
+#: Sample agents; the last one is renamed through PATCH to a name no version accepts on create.
+SAMPLE_AGENTS = ("support-bot", "research-assistant", "scheduler", "ai-ml-expert")
+
+
+@dataclass
+class DemoEnvironment:
+    root: Path
+    postgres: EmbeddedPostgres
+    database: LettaDatabase
+    runtime: LettaProcessRuntime
+    server: LettaServer
+    s3_endpoint: str
+    bucket: str
+
+
+@contextlib.contextmanager
+def moto_endpoint() -> Iterator[str]:
+    """A real S3 HTTP endpoint (moto) on a free loopback port."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_loopback_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def seed_sample_agents(client: LettaClient) -> list[dict]:
+    agents = [client.create_agent(offline_agent_body(name, persona=f"I am {name}."))
+              for name in SAMPLE_AGENTS]
+    client.update_agent(agents[-1]["id"], {"name": "AI/ML Expert"})
+    return client.list_agents()
+
+
+@contextlib.contextmanager
+def demo_environment(
+    version: str = DEMO_OLD_VERSION, log: Callable[[str], None] = print
+) -> Iterator[DemoEnvironment]:
+    """Start everything the demo needs; stop and delete all of it on exit."""
+    root = Path(tempfile.mkdtemp(prefix="letta-ops-demo-"))
+    os.chmod(root, 0o755)
+    postgres = EmbeddedPostgres(data_dir=root / "pg" / "data")
+    runtime = LettaProcessRuntime(server_name="demo", port=free_loopback_port(),
+                                  state_dir=root / "server")
+    saved_env = {k: os.environ.get(k) for k in _S3_ENV}
+    try:
+        log(f"starting PostgreSQL 18 + pgvector on 127.0.0.1:{postgres.port}")
+        postgres.start()
+        database = LettaDatabase(uri=postgres.uri("letta"))
+        create_database(database)
+        with moto_endpoint() as endpoint:
+            os.environ.update({
+                "AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(8),
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
+                "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+            })
+            log(f"local S3 endpoint (moto) on {endpoint}")
+            log(f"installing/migrating Letta {version} (cached under ~/.cache/letta-ops)")
+            runtime.migrate(version, database, log=log)
+            runtime.start(version, database, log=log)
+            server = LettaServer(name="demo", base_url=runtime.base_url)
+            yield DemoEnvironment(root, postgres, database, runtime, server, endpoint,
+                                  bucket="letta-ops-demo")
+    finally:
+        runtime.stop()
+        postgres.stop()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+           "AWS_ENDPOINT_URL", "AWS_REQUEST_CHECKSUM_CALCULATION")

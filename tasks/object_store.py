@@ -1,0 +1,747 @@
+"""One interface over S3-compatible storage and a local directory, for write-once backup sets.
+
+Why this exists: a backup set is only trustworthy if nothing in it can be half-written or
+silently replaced. Both stores therefore share three promises:
+
+* **write once** -- putting a key that already exists raises :class:`ObjectExistsError` and
+  leaves the first content untouched;
+* **all or nothing** -- an object becomes visible only when every byte arrived (S3 multipart
+  uploads are aborted on error, local files are written under a temporary name and linked into
+  place);
+* **bounded memory** -- objects are streamed, so a 50 GB ``pg_dump`` needs about one upload
+  part of memory, and the sha256 and size recorded in the manifest are computed from the very
+  bytes that were sent.
+
+Plain synchronous code: Prefect tasks wrap it, tests call it directly.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import logging
+import os
+import re
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlparse
+
+logger = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+#: S3 refuses multipart parts below 5 MiB (except the last one).
+MIN_PART_SIZE = 5 * MiB
+DEFAULT_PART_SIZE = 16 * MiB
+#: S3 allows at most this many parts in one multipart upload.
+MAX_PARTS = 10_000
+#: Read size for hashing and copying; small enough to keep memory flat.
+CHUNK_SIZE = 1 * MiB
+DEFAULT_PAGE_SIZE = 1000
+
+ProgressCallback = Callable[[int], None]
+
+_PARTIAL_RE = re.compile(r"\.partial-[0-9a-f]{16}$")
+_URL_FORMS = "s3://BUCKET/PREFIX or file:///ABSOLUTE/PATH"
+
+
+class ObjectExistsError(FileExistsError):
+    """The key already holds an object; backup objects are never overwritten."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What was stored: the key (relative to the store), its size and its sha256 hex digest."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One entry of :meth:`ObjectStore.list`; ``last_modified`` is timezone-aware UTC."""
+
+    key: str
+    size: int
+    last_modified: datetime
+
+
+# --------------------------------------------------------------------------------------------
+# Keys
+# --------------------------------------------------------------------------------------------
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it stays inside the store, else raise ``ValueError``.
+
+    Why so strict: keys are built from server names and agent ids, and a key like
+    ``../other-server/manifest.json`` must never reach another server's backups (or, locally,
+    another directory). The same rules apply to both stores so a set that fits one fits both.
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError("An object key must be a non-empty string.")
+    if "\x00" in key or "\\" in key:
+        raise ValueError(f"Object key {key!r} contains a NUL byte or a backslash; use '/' only.")
+    if key.startswith("/"):
+        raise ValueError(f"Object key {key!r} is absolute; keys are relative to the store.")
+    parts = key.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(
+            f"Object key {key!r} has an empty, '.' or '..' segment and could escape the store."
+        )
+    if _PARTIAL_RE.search(parts[-1]):
+        raise ValueError(f"Object key {key!r} ends like a temporary upload name; pick another.")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Like :func:`validate_key` but also accepts ``""`` and a trailing ``/``."""
+    if prefix == "":
+        return prefix
+    validate_key(prefix[:-1] if prefix.endswith("/") else prefix)
+    return prefix
+
+
+def _read_part(stream: BinaryIO, size: int) -> bytearray:
+    """Read up to ``size`` bytes, looping over short reads; fewer only at end of stream.
+
+    Appending small reads to one bytearray keeps the peak near ``size`` (joining a list of
+    chunks would briefly hold the part twice).
+    """
+    buffer = bytearray()
+    while len(buffer) < size:
+        chunk = stream.read(min(CHUNK_SIZE, size - len(buffer)))
+        if not chunk:
+            break
+        buffer += chunk
+        del chunk
+    return buffer
+
+
+# --------------------------------------------------------------------------------------------
+# Interface
+# --------------------------------------------------------------------------------------------
+
+
+class ObjectStore(ABC):
+    """Write-once object storage for backup sets.
+
+    ``progress`` callbacks receive the number of bytes just stored (an increment, as boto3's
+    ``Callback`` does), so they can feed a progress bar directly.
+    """
+
+    @abstractmethod
+    def put_stream(
+        self, key: str, stream: BinaryIO, *, progress: ProgressCallback | None = None
+    ) -> StoredObject:
+        """Store everything ``stream`` yields under ``key``; raise if ``key`` exists."""
+
+    def put_bytes(self, key: str, data: bytes) -> StoredObject:
+        """Store a small in-memory object (a manifest, an agent file)."""
+        return self.put_stream(key, io.BytesIO(data))
+
+    def put_file(
+        self, key: str, path: str | os.PathLike[str], progress: ProgressCallback | None = None
+    ) -> StoredObject:
+        """Store a local file, streaming it."""
+        with open(path, "rb") as handle:
+            return self.put_stream(key, handle, progress=progress)
+
+    @abstractmethod
+    def open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """A context manager yielding a binary stream over the object (not loaded in memory).
+
+        Raises ``FileNotFoundError`` if the object does not exist.
+        """
+
+    def read_bytes(self, key: str) -> bytes:
+        """The whole object in memory; only for small objects such as manifests."""
+        with self.open_read(key) as stream:
+            return stream.read()
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+
+    @abstractmethod
+    def list(
+        self, prefix: str = "", *, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> Iterator[ListedObject]:
+        """Every object whose key starts with ``prefix``, in key order."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one object; deleting a missing object is not an error (as in S3)."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix`` and return how many were deleted.
+
+        An empty prefix is refused: wiping a whole store is never what retention means.
+        """
+        if not prefix:
+            raise ValueError("Refusing to delete with an empty prefix (it would wipe the store).")
+        validate_prefix(prefix)
+        count = 0
+        for item in list(self.list(prefix)):
+            self.delete(item.key)
+            count += 1
+        return count
+
+    def hash_object(self, key: str) -> StoredObject:
+        """Re-read the stored object and compute its sha256 and size: the verification step."""
+        digest = hashlib.sha256()
+        size = 0
+        with self.open_read(key) as stream:
+            while chunk := stream.read(CHUNK_SIZE):
+                digest.update(chunk)
+                size += len(chunk)
+        return StoredObject(key=key, size=size, sha256=digest.hexdigest())
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where this store points, as a URL safe for logs and the audit (never credentials)."""
+
+
+# --------------------------------------------------------------------------------------------
+# S3
+# --------------------------------------------------------------------------------------------
+
+
+def _error_code(exc: Exception) -> str:
+    response: dict[str, Any] = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _http_status(exc: Exception) -> int:
+    response: dict[str, Any] = getattr(exc, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _is_not_found(exc: Exception) -> bool:
+    return _error_code(exc) in {"404", "NoSuchKey", "NotFound"} or _http_status(exc) == 404
+
+
+def _is_precondition_failed(exc: Exception) -> bool:
+    # 412 when the key exists; 409 ConditionalRequestConflict when another upload raced us.
+    return _error_code(exc) in {"PreconditionFailed", "ConditionalRequestConflict"} or (
+        _http_status(exc) in {409, 412} and _error_code(exc) != "BucketAlreadyExists"
+    )
+
+
+def _is_conditional_unsupported(exc: Exception) -> bool:
+    """Some S3-compatible stores reject ``If-None-Match`` instead of ignoring it."""
+    return _error_code(exc) in {"NotImplemented", "NotSupported"} or _http_status(exc) == 501
+
+
+class S3ObjectStore(ObjectStore):
+    """Objects in an S3-compatible bucket, under an optional key prefix.
+
+    Uploads are multipart once an object exceeds one part, so memory stays near ``part_size``
+    whatever the object size. Write-once is enforced twice: a ``head_object`` check first (for
+    stores that ignore conditional writes) and ``IfNoneMatch="*"`` on the final request (so
+    two concurrent writers cannot both win where the store supports it).
+    """
+
+    def __init__(
+        self, client: Any, bucket: str, prefix: str = "", *, part_size: int = DEFAULT_PART_SIZE
+    ) -> None:
+        if not bucket or "/" in bucket:
+            raise ValueError(f"S3 bucket name {bucket!r} is empty or contains '/'.")
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(
+                f"S3 part size {part_size} bytes is below the 5 MiB minimum S3 accepts."
+            )
+        prefix = prefix.strip("/")
+        if prefix:
+            validate_key(prefix)
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.part_size = part_size
+        #: Turned off after a store answers 501 to ``If-None-Match``; the head check remains.
+        self.conditional_writes = True
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def _full_key(self, key: str) -> str:
+        validate_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _full_prefix(self, prefix: str) -> str:
+        validate_prefix(prefix)
+        if not self.prefix:
+            return prefix
+        return f"{self.prefix}/{prefix}"
+
+    def _relative(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _conditional_call(self, method: Callable[..., Any], key: str, **kwargs: Any) -> Any:
+        """Call ``method`` with ``IfNoneMatch="*"``, mapping a conflict to ObjectExistsError."""
+        from botocore.exceptions import ClientError
+
+        if self.conditional_writes:
+            try:
+                return method(**kwargs, IfNoneMatch="*")
+            except ClientError as exc:
+                if _is_precondition_failed(exc):
+                    raise ObjectExistsError(
+                        f"Object {key!r} already exists in {self.describe()}; backups are "
+                        "never overwritten."
+                    ) from exc
+                if not _is_conditional_unsupported(exc):
+                    raise
+                logger.warning(
+                    "%s rejects conditional writes (If-None-Match); relying on a check "
+                    "before upload instead.",
+                    self.describe(),
+                )
+                self.conditional_writes = False
+        return method(**kwargs)
+
+    def put_stream(
+        self, key: str, stream: BinaryIO, *, progress: ProgressCallback | None = None
+    ) -> StoredObject:
+        full_key = self._full_key(key)
+        if self.exists(key):
+            raise ObjectExistsError(
+                f"Object {key!r} already exists in {self.describe()}; backups are never "
+                "overwritten."
+            )
+        digest = hashlib.sha256()
+        data = _read_part(stream, self.part_size)
+        digest.update(data)
+        if len(data) < self.part_size:
+            # The whole object fits in one part: one request, nothing to abort.
+            self._conditional_call(
+                self.client.put_object, key, Bucket=self.bucket, Key=full_key, Body=data
+            )
+            if progress is not None:
+                progress(len(data))
+            return StoredObject(key=key, size=len(data), sha256=digest.hexdigest())
+
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full_key)[
+            "UploadId"
+        ]
+        parts: list[dict[str, Any]] = []
+        size = 0
+        try:
+            while data:
+                part_number = len(parts) + 1
+                if part_number > MAX_PARTS:
+                    raise ValueError(
+                        f"Object {key!r} needs more than {MAX_PARTS} parts of "
+                        f"{self.part_size // MiB} MiB; raise the part size."
+                    )
+                response = self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=full_key,
+                    UploadId=upload_id,
+                    PartNumber=part_number,
+                    Body=data,
+                )
+                parts.append({"PartNumber": part_number, "ETag": response["ETag"]})
+                size += len(data)
+                if progress is not None:
+                    progress(len(data))
+                # Free the sent part before reading the next: memory stays at about one part.
+                del data
+                data = _read_part(stream, self.part_size)
+                digest.update(data)
+            self._conditional_call(
+                self.client.complete_multipart_upload,
+                key,
+                Bucket=self.bucket,
+                Key=full_key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            # Nothing partial may stay visible or billable: abort, then report the real error.
+            try:
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=full_key, UploadId=upload_id
+                )
+            except Exception:
+                logger.exception(
+                    "Could not abort multipart upload %s of %r in %s; a bucket lifecycle rule "
+                    "for incomplete uploads will clean it up.",
+                    upload_id,
+                    key,
+                    self.describe(),
+                )
+            raise
+        return StoredObject(key=key, size=size, sha256=digest.hexdigest())
+
+    # -- reads --------------------------------------------------------------------------------
+
+    @contextmanager
+    def _open_read(self, key: str) -> Iterator[BinaryIO]:
+        from botocore.exceptions import ClientError
+
+        full_key = self._full_key(key)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=full_key)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                raise FileNotFoundError(
+                    f"Object {key!r} does not exist in {self.describe()}."
+                ) from exc
+            raise
+        body = response["Body"]
+        try:
+            yield body
+        finally:
+            body.close()
+
+    def open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
+        return self._open_read(key)
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        full_key = self._full_key(key)
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=full_key)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return False
+            raise
+        return True
+
+    def list(
+        self, prefix: str = "", *, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> Iterator[ListedObject]:
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": self._full_prefix(prefix),
+            "MaxKeys": page_size,
+        }
+        while True:
+            response = self.client.list_objects_v2(**kwargs)
+            for item in response.get("Contents", []):
+                modified = item["LastModified"]
+                if modified.tzinfo is None:
+                    modified = modified.replace(tzinfo=UTC)
+                yield ListedObject(
+                    key=self._relative(item["Key"]), size=int(item["Size"]), last_modified=modified
+                )
+            token = response.get("NextContinuationToken")
+            if not response.get("IsTruncated") or not token:
+                return
+            kwargs["ContinuationToken"] = token
+
+    # -- deletes ------------------------------------------------------------------------------
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._full_key(key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Batch-delete (1000 keys per request), one by one where the store refuses batches.
+
+        Some S3-compatible stores reject ``DeleteObjects`` because of its checksum header; the
+        fallback keeps retention working there.
+        """
+        from botocore.exceptions import ClientError
+
+        if not prefix:
+            raise ValueError("Refusing to delete with an empty prefix (it would wipe the store).")
+        keys = [item.key for item in self.list(prefix)]
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            try:
+                response = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={
+                        "Objects": [{"Key": self._full_key(k)} for k in batch],
+                        "Quiet": True,
+                    },
+                )
+            except ClientError as exc:
+                if _error_code(exc) not in {
+                    "NotImplemented",
+                    "MissingContentMD5",
+                    "InvalidRequest",
+                    "InvalidDigest",
+                    "BadDigest",
+                }:
+                    raise
+                for k in batch:
+                    self.delete(k)
+                continue
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise OSError(
+                    f"{len(errors)} objects under {prefix!r} could not be deleted from "
+                    f"{self.describe()}; first: {first.get('Key')!r}: {first.get('Message')}"
+                )
+        return len(keys)
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+# --------------------------------------------------------------------------------------------
+# Local directory
+# --------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a directory entry (a new link) so a crash cannot lose a committed object."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class LocalObjectStore(ObjectStore):
+    """Objects as files under a directory, with the same write-once semantics as S3.
+
+    Each object is written to ``<key>.partial-<random>`` (opened with ``O_EXCL``), fsynced,
+    then hard-linked to its final name: ``link`` fails if the name exists, so an existing
+    object is never replaced and a reader never sees a half-written file. Temporary files are
+    hidden from :meth:`list` and removed on error.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        root_path = Path(root).expanduser()
+        if not root_path.is_absolute():
+            root_path = root_path.absolute()
+        self.root = root_path
+
+    def _path(self, key: str) -> Path:
+        validate_key(key)
+        return self.root.joinpath(*key.split("/"))
+
+    def put_stream(
+        self, key: str, stream: BinaryIO, *, progress: ProgressCallback | None = None
+    ) -> StoredObject:
+        final = self._path(key)
+        if self.exists(key):
+            raise ObjectExistsError(
+                f"Object {key!r} already exists in {self.describe()}; backups are never "
+                "overwritten."
+            )
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = final.with_name(f"{final.name}.partial-{secrets.token_hex(8)}")
+        digest = hashlib.sha256()
+        size = 0
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o640)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                while chunk := stream.read(CHUNK_SIZE):
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._commit(key, temp, final)
+        finally:
+            temp.unlink(missing_ok=True)
+        _fsync_dir(final.parent)
+        return StoredObject(key=key, size=size, sha256=digest.hexdigest())
+
+    def _commit(self, key: str, temp: Path, final: Path) -> None:
+        """Give ``temp`` its final name without ever replacing an existing object."""
+        try:
+            os.link(temp, final)
+            return
+        except FileExistsError as exc:
+            raise ObjectExistsError(
+                f"Object {key!r} already exists in {self.describe()}; backups are never "
+                "overwritten."
+            ) from exc
+        except OSError as exc:
+            if exc.errno not in {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}:
+                raise
+        # No hard links on this filesystem: reserve the name with O_EXCL, then replace the
+        # empty placeholder atomically. The name is still claimed by exactly one writer.
+        try:
+            os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+        except FileExistsError as exc:
+            raise ObjectExistsError(
+                f"Object {key!r} already exists in {self.describe()}; backups are never "
+                "overwritten."
+            ) from exc
+        os.replace(temp, final)
+
+    @contextmanager
+    def _open_read(self, key: str) -> Iterator[BinaryIO]:
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"Object {key!r} does not exist in {self.describe()}.")
+        with open(path, "rb") as handle:
+            yield handle
+
+    def open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
+        return self._open_read(key)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(
+        self, prefix: str = "", *, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> Iterator[ListedObject]:
+        """Walk only the directory the prefix points into; ``page_size`` is unused here."""
+        validate_prefix(prefix)
+        directory = prefix.rpartition("/")[0]
+        start = self.root.joinpath(*directory.split("/")) if directory else self.root
+        if not start.is_dir():
+            return
+        found: list[tuple[str, Path]] = []
+        for dirpath, _dirnames, filenames in os.walk(start):
+            for name in filenames:
+                if _PARTIAL_RE.search(name):
+                    continue
+                path = Path(dirpath, name)
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    found.append((key, path))
+        for key, path in sorted(found):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            yield ListedObject(
+                key=key,
+                size=stat.st_size,
+                last_modified=datetime.fromtimestamp(stat.st_mtime, tz=UTC),
+            )
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        self._prune_empty_dirs(path.parent)
+
+    def _prune_empty_dirs(self, directory: Path) -> None:
+        """Remove directories left empty by deletes, up to (not including) the root."""
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    def describe(self) -> str:
+        return self.root.as_uri()
+
+
+# --------------------------------------------------------------------------------------------
+# Repository URLs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """A parsed repository URL: either an S3 bucket and prefix, or a local directory."""
+
+    scheme: str  # "s3" or "file"
+    bucket: str = ""
+    prefix: str = ""
+    path: Path | None = None
+
+
+def parse_store_url(url: str) -> StoreLocation:
+    """Parse a restic-style repository URL: ``s3://bucket/prefix``, ``file:///path`` or ``/path``.
+
+    Credentials in the URL are refused: they would end up in logs and the audit history;
+    they belong in boto3's environment variables or a saved block.
+    """
+    text = (url or "").strip()
+    if text.startswith("/"):
+        return StoreLocation(scheme="file", path=Path(text))
+    parsed = urlparse(text)
+    if parsed.scheme == "s3":
+        if "@" in parsed.netloc:
+            raise ValueError(
+                "The store URL must not contain credentials; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or save an S3 backup store block) instead."
+            )
+        bucket = parsed.netloc
+        if not bucket:
+            raise ValueError(f"The store URL {text!r} has no bucket; use {_URL_FORMS}.")
+        prefix = unquote(parsed.path).strip("/")
+        if prefix:
+            validate_key(prefix)
+        return StoreLocation(scheme="s3", bucket=bucket, prefix=prefix)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            raise ValueError(
+                f"The store URL {text!r} is not an absolute local path; use file:///ABSOLUTE/PATH."
+            )
+        return StoreLocation(scheme="file", path=Path(unquote(parsed.path)))
+    raise ValueError(f"The store URL {text!r} is not supported; use {_URL_FORMS}.")
+
+
+def s3_client_from_env() -> Any:
+    """A boto3 S3 client configured from boto3's own environment variables.
+
+    With ``AWS_ENDPOINT_URL`` set (MinIO, Ceph, Garage, moto, ...) use path-style addressing
+    and send checksums only when an operation requires them: boto3 >= 1.36 otherwise adds
+    CRC32 headers that several S3-compatible stores reject.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = None
+    if os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
+        config = Config(
+            request_checksum_calculation=os.environ.get(
+                "AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"
+            ),
+            response_checksum_validation=os.environ.get(
+                "AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"
+            ),
+            s3={"addressing_style": "path"},
+        )
+    return boto3.client("s3", config=config)
+
+
+def open_store(
+    url: str,
+    *,
+    s3_client_factory: Callable[[], Any] | None = None,
+    part_size: int = DEFAULT_PART_SIZE,
+) -> ObjectStore:
+    """Open the store a repository URL names (the ``--store`` / ``LETTA_OPS_STORE`` value)."""
+    location = parse_store_url(url)
+    if location.scheme == "s3":
+        client = (s3_client_factory or s3_client_from_env)()
+        return S3ObjectStore(client, location.bucket, location.prefix, part_size=part_size)
+    assert location.path is not None
+    return LocalObjectStore(location.path)
+
+
+__all__ = [
+    "DEFAULT_PART_SIZE",
+    "MIN_PART_SIZE",
+    "ListedObject",
+    "LocalObjectStore",
+    "ObjectExistsError",
+    "ObjectStore",
+    "S3ObjectStore",
+    "StoreLocation",
+    "StoredObject",
+    "open_store",
+    "parse_store_url",
+    "s3_client_from_env",
+    "validate_key",
+]

@@ -1,0 +1,55 @@
+"""Real Letta servers through the process runtime: 0.11.7 -> 0.16.2 on the same database."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.letta_api import LettaAPIError, offline_agent_body
+from tasks.letta_postgres import alembic_revision, table_row_counts
+from tasks.letta_runtime_process import installed_runtime, running_server
+from tasks.letta_versions import ALEMBIC_HEADS
+from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, rename_agent, seed_agents
+
+pytestmark = pytest.mark.e2e
+
+
+def test_in_place_migration_keeps_every_agent(letta_runtime_factory, make_database):
+    db = make_database("inplace")
+    runtime = letta_runtime_factory("inplace")
+
+    runtime.migrate(OLD_VERSION, db)
+    assert alembic_revision(db) == ALEMBIC_HEADS[OLD_VERSION]
+    old = runtime.start(OLD_VERSION, db)
+    assert running_server(runtime.resolved_state_dir()).pid == old.pid
+
+    from tests.fixtures.letta import RunningLetta
+
+    with RunningLetta(runtime, db, OLD_VERSION).client() as client:
+        assert client.health()["version"] == OLD_VERSION
+        agents = seed_agents(client, 4)
+        # The old server refuses '/' on create but not on PATCH: real databases hold such names.
+        with pytest.raises(LettaAPIError) as refused:
+            client.create_agent(offline_agent_body("AI/ML Expert"))
+        assert refused.value.status in (400, 422)
+        rename_agent(client, agents[0]["id"], "AI/ML Expert")
+        before = {a["id"]: a["name"] for a in client.list_agents()}
+    assert "AI/ML Expert" in before.values()
+    assert len(before) == 4
+    messages_before = table_row_counts(db)["messages"]
+
+    stopped = runtime.stop()
+    assert stopped is not None and stopped.pid == old.pid
+    assert running_server(runtime.resolved_state_dir()) is None
+
+    runtime.migrate(NEW_VERSION, db)
+    assert alembic_revision(db) == ALEMBIC_HEADS[NEW_VERSION]
+    runtime.start(NEW_VERSION, db)
+    with RunningLetta(runtime, db, NEW_VERSION).client() as client:
+        assert client.health()["version"] == NEW_VERSION
+        after = {a["id"]: a["name"] for a in client.list_agents()}
+    assert after == before
+    assert table_row_counts(db)["messages"] >= messages_before
+    runtime.stop()
+
+    cached = installed_runtime(NEW_VERSION)
+    assert cached is not None and cached.has_migrations
