@@ -81,9 +81,15 @@ def _runtime_profile(args: argparse.Namespace, need_database: bool):
 def cmd_runtime_install(args: argparse.Namespace) -> int:
     profile = _runtime_profile(args, need_database=False)
     installed = profile.runtime.install(args.version, log=progress)
-    emit({"version": installed.version, "path": str(installed.root),
-          "reused_cache": installed.reused, "has_migrations": installed.has_migrations},
-         args.json)
+    emit(
+        {
+            "version": installed.version,
+            "path": str(installed.root),
+            "reused_cache": installed.reused,
+            "has_migrations": installed.has_migrations,
+        },
+        args.json,
+    )
     return EXIT_OK
 
 
@@ -94,8 +100,15 @@ def cmd_runtime_migrate(args: argparse.Namespace) -> int:
     database = profile.require_database()
     before = alembic_revision(database)
     profile.runtime.migrate(args.version, database, log=progress)
-    emit({"version": args.version, "database": database.redacted_uri(),
-          "revision_before": before, "revision_after": alembic_revision(database)}, args.json)
+    emit(
+        {
+            "version": args.version,
+            "database": database.redacted_uri(),
+            "revision_before": before,
+            "revision_after": alembic_revision(database),
+        },
+        args.json,
+    )
     return EXIT_OK
 
 
@@ -104,8 +117,15 @@ def cmd_runtime_start(args: argparse.Namespace) -> int:
     if args.migrate:
         profile.runtime.migrate(args.version, profile.require_database(), log=progress)
     record = profile.runtime.start(args.version, profile.require_database(), log=progress)
-    emit({"version": record.version, "pid": record.pid, "base_url": record.base_url,
-          "log": record.log_file}, args.json)
+    emit(
+        {
+            "version": record.version,
+            "pid": record.pid,
+            "base_url": record.base_url,
+            "log": record.log_file,
+        },
+        args.json,
+    )
     return EXIT_OK
 
 
@@ -152,15 +172,19 @@ def _version(value: str) -> str:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one sentence and exit 2, without the usage dump
-        self.exit(EXIT_BAD_INPUT, f"letta-ops: error: {message}\n"
-                                  f"Run '{self.prog} --help' for usage.\n")
+        self.exit(
+            EXIT_BAD_INPUT, f"letta-ops: error: {message}\nRun '{self.prog} --help' for usage.\n"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", metavar="NAME",
-                        help="load the saved blocks called NAME; without it LETTA_BASE_URL, "
-                             "LETTA_API_KEY and LETTA_PG_URI describe the server")
+    common.add_argument(
+        "--server",
+        metavar="NAME",
+        help="load the saved blocks called NAME; without it LETTA_BASE_URL, "
+        "LETTA_API_KEY and LETTA_PG_URI describe the server",
+    )
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     parser = _Parser(
@@ -171,10 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     runtime = sub.add_parser(
-        "runtime", help="install, migrate, start and stop pinned Letta versions",
+        "runtime",
+        help="install, migrate, start and stop pinned Letta versions",
         description="Run an exact Letta server version as a local process. Each version is "
-                    "installed once, with the dependencies locked in its own release, under "
-                    "~/.cache/letta-ops and reused.",
+        "installed once, with the dependencies locked in its own release, under "
+        "~/.cache/letta-ops and reused.",
     )
     rsub = runtime.add_subparsers(dest="action", required=True, parser_class=_Parser)
     proc = argparse.ArgumentParser(add_help=False)
@@ -182,35 +207,56 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--port", type=int, help="port (default: the port of LETTA_BASE_URL)")
     proc.add_argument("--state-dir", type=Path, help="pid file, log and the server's HOME")
     needs_version = argparse.ArgumentParser(add_help=False)
-    needs_version.add_argument("--version", required=True, type=_version, metavar="X.Y.Z",
-                               help="exact Letta server release, e.g. 0.16.2 (never 'latest')")
+    needs_version.add_argument(
+        "--version",
+        required=True,
+        type=_version,
+        metavar="X.Y.Z",
+        help="exact Letta server release, e.g. 0.16.2 (never 'latest')",
+    )
     source = argparse.ArgumentParser(add_help=False)
-    source.add_argument("--source-tree", metavar="PATH_OR_URL",
-                        help="Letta source tree for versions whose sdist lacks migrations "
-                             "(0.11.3, 0.12.1)")
+    source.add_argument(
+        "--source-tree",
+        metavar="PATH_OR_URL",
+        help="Letta source tree for versions whose sdist lacks migrations (0.11.3, 0.12.1)",
+    )
 
-    p = rsub.add_parser("install", parents=[common, needs_version],
-                        help="install a version (reuses the cache)")
+    p = rsub.add_parser(
+        "install", parents=[common, needs_version], help="install a version (reuses the cache)"
+    )
     p.set_defaults(func=cmd_runtime_install)
-    p = rsub.add_parser("migrate", parents=[common, needs_version, source],
-                        help="run the version's alembic migrations on LETTA_PG_URI")
+    p = rsub.add_parser(
+        "migrate",
+        parents=[common, needs_version, source],
+        help="run the version's alembic migrations on LETTA_PG_URI",
+    )
     p.set_defaults(func=cmd_runtime_migrate)
-    p = rsub.add_parser("start", parents=[common, needs_version, proc, source],
-                        help="start the version and wait until it is healthy")
-    p.add_argument("--env-file", type=Path,
-                   help="dotenv file for the server (e.g. the .env with OPENAI_API_KEY)")
+    p = rsub.add_parser(
+        "start",
+        parents=[common, needs_version, proc, source],
+        help="start the version and wait until it is healthy",
+    )
+    p.add_argument(
+        "--env-file",
+        type=Path,
+        help="dotenv file for the server (e.g. the .env with OPENAI_API_KEY)",
+    )
     p.add_argument("--migrate", action="store_true", help="run migrations before starting")
     p.set_defaults(func=cmd_runtime_start)
     p = rsub.add_parser("stop", parents=[common, proc], help="stop the server letta-ops started")
     p.set_defaults(func=cmd_runtime_stop)
-    p = rsub.add_parser("status", parents=[common, proc],
-                        help="pid, version and health (exit 3 when not running)")
+    p = rsub.add_parser(
+        "status", parents=[common, proc], help="pid, version and health (exit 3 when not running)"
+    )
     p.set_defaults(func=cmd_runtime_status)
-    p = sub.add_parser("demo", parents=[common],
-                       help="run the main job on embedded PostgreSQL, S3 and a pinned Letta",
-                       description="Start an embedded PostgreSQL + pgvector, a local S3 "
-                                   "endpoint and a pinned old Letta with sample agents on "
-                                   "127.0.0.1, run the main job, print the report, stop all.")
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="run the main job on embedded PostgreSQL, S3 and a pinned Letta",
+        description="Start an embedded PostgreSQL + pgvector, a local S3 "
+        "endpoint and a pinned old Letta with sample agents on "
+        "127.0.0.1, run the main job, print the report, stop all.",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -223,8 +269,14 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from tasks.letta_runtime_process import MigrationsUnavailable
     from tasks.letta_versions import UnsupportedLettaVersion
 
-    return (InvalidDatabaseURI, ProfileError, UnsupportedLettaVersion, MigrationsUnavailable,
-            ValidationError, ValueError)
+    return (
+        InvalidDatabaseURI,
+        ProfileError,
+        UnsupportedLettaVersion,
+        MigrationsUnavailable,
+        ValidationError,
+        ValueError,
+    )
 
 
 def first_sentence(exc: BaseException) -> str:

@@ -55,8 +55,10 @@ def moto_endpoint() -> Iterator[str]:
 
 
 def seed_sample_agents(client: LettaClient) -> list[dict]:
-    agents = [client.create_agent(offline_agent_body(name, persona=f"I am {name}."))
-              for name in SAMPLE_AGENTS]
+    agents = [
+        client.create_agent(offline_agent_body(name, persona=f"I am {name}."))
+        for name in SAMPLE_AGENTS
+    ]
     client.update_agent(agents[-1]["id"], {"name": "AI/ML Expert"})
     return client.list_agents()
 
@@ -69,8 +71,9 @@ def demo_environment(
     root = Path(tempfile.mkdtemp(prefix="letta-ops-demo-"))
     os.chmod(root, 0o755)
     postgres = EmbeddedPostgres(data_dir=root / "pg" / "data")
-    runtime = LettaProcessRuntime(server_name="demo", port=free_loopback_port(),
-                                  state_dir=root / "server")
+    runtime = LettaProcessRuntime(
+        server_name="demo", port=free_loopback_port(), state_dir=root / "server"
+    )
     saved_env = {k: os.environ.get(k) for k in _S3_ENV}
     try:
         log(f"starting PostgreSQL 18 + pgvector on 127.0.0.1:{postgres.port}")
@@ -78,18 +81,23 @@ def demo_environment(
         database = LettaDatabase(uri=postgres.uri("letta"))
         create_database(database)
         with moto_endpoint() as endpoint:
-            os.environ.update({
-                "AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(8),
-                "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
-                "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-            })
+            os.environ.update(
+                {
+                    "AWS_ACCESS_KEY_ID": "demo",
+                    "AWS_SECRET_ACCESS_KEY": secrets.token_hex(8),
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_ENDPOINT_URL": endpoint,
+                    "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+                }
+            )
             log(f"local S3 endpoint (moto) on {endpoint}")
             log(f"installing/migrating Letta {version} (cached under ~/.cache/letta-ops)")
             runtime.migrate(version, database, log=log)
             runtime.start(version, database, log=log)
             server = LettaServer(name="demo", base_url=runtime.base_url)
-            yield DemoEnvironment(root, postgres, database, runtime, server, endpoint,
-                                  bucket="letta-ops-demo")
+            yield DemoEnvironment(
+                root, postgres, database, runtime, server, endpoint, bucket="letta-ops-demo"
+            )
     finally:
         runtime.stop()
         postgres.stop()
@@ -101,5 +109,10 @@ def demo_environment(
         shutil.rmtree(root, ignore_errors=True)
 
 
-_S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-           "AWS_ENDPOINT_URL", "AWS_REQUEST_CHECKSUM_CALCULATION")
+_S3_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_REQUEST_CHECKSUM_CALCULATION",
+)

@@ -61,8 +61,7 @@ class LettaClient:
             else:
                 if response.status_code not in (429, 502, 503, 504) or attempt == self.retries:
                     if response.status_code >= 400:
-                        raise LettaAPIError(method, path, response.status_code,
-                                            _detail(response))
+                        raise LettaAPIError(method, path, response.status_code, _detail(response))
                     return response
             time.sleep(delay)
             delay *= 2
@@ -71,8 +70,9 @@ class LettaClient:
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
 
-    def paged(self, path: str, params: dict[str, Any] | None = None,
-              page_size: int = PAGE_SIZE) -> Iterator[dict]:
+    def paged(
+        self, path: str, params: dict[str, Any] | None = None, page_size: int = PAGE_SIZE
+    ) -> Iterator[dict]:
         """Every item of a cursor-paged list (``limit`` + ``after``, ascending)."""
         after: str | None = None
         seen: set[str] = set()
@@ -116,11 +116,14 @@ class LettaClient:
     def import_agent(self, agent_file: bytes, filename: str = "agent.af", **options: Any) -> list:
         """Import an agent file; never lets the server append ``_copy`` to names."""
         data = {"append_copy_suffix": "false"}
-        data.update({k: json.dumps(v) if isinstance(v, bool) else str(v)
-                     for k, v in options.items()})
+        data.update(
+            {k: json.dumps(v) if isinstance(v, bool) else str(v) for k, v in options.items()}
+        )
         result = self._json(
-            "POST", "/v1/agents/import",
-            files={"file": (filename, agent_file, "application/json")}, data=data,
+            "POST",
+            "/v1/agents/import",
+            files={"file": (filename, agent_file, "application/json")},
+            data=data,
         )
         return result.get("agent_ids", result) if isinstance(result, dict) else result
 

@@ -41,8 +41,11 @@ def connect(db: LettaDatabase, autocommit: bool = False) -> Iterator[Connection]
 
 def database_exists(db: LettaDatabase) -> bool:
     with connect(db.for_database("postgres")) as conn:
-        return bool(conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
-                                 {"n": db.database_name}).scalar())
+        return bool(
+            conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": db.database_name}
+            ).scalar()
+        )
 
 
 def create_database(db: LettaDatabase, with_pgvector: bool = True) -> None:
@@ -56,9 +59,13 @@ def create_database(db: LettaDatabase, with_pgvector: bool = True) -> None:
 def drop_database(db: LettaDatabase) -> None:
     """Drop the database, ending other sessions on it first."""
     with connect(db.for_database("postgres"), autocommit=True) as conn:
-        conn.execute(sa.text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": db.database_name})
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :n AND pid <> pg_backend_pid()"
+            ),
+            {"n": db.database_name},
+        )
         conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quote_ident(db.database_name)}"))
 
 
@@ -66,8 +73,11 @@ def ensure_pgvector(db: LettaDatabase) -> str:
     """Install pgvector if missing; return its version. Needs a superuser the first time."""
     with connect(db, autocommit=True) as conn:
         conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS vector"))
-        return str(conn.execute(sa.text(
-            "SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar())
+        return str(
+            conn.execute(
+                sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            ).scalar()
+        )
 
 
 def alembic_revision(db: LettaDatabase) -> str | None:
@@ -87,11 +97,19 @@ def table_row_counts(db: LettaDatabase) -> dict[str, int]:
 
 
 def counts_in_snapshot(conn: Connection, schema: str) -> dict[str, int]:
-    tables = conn.execute(sa.text(
-        "SELECT tablename FROM pg_tables WHERE schemaname = :s ORDER BY tablename"),
-        {"s": schema}).scalars().all()
+    tables = (
+        conn.execute(
+            sa.text("SELECT tablename FROM pg_tables WHERE schemaname = :s ORDER BY tablename"),
+            {"s": schema},
+        )
+        .scalars()
+        .all()
+    )
     counts = {}
     for table in tables:
-        counts[table] = int(conn.execute(sa.text(
-            f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(table)}")).scalar())
+        counts[table] = int(
+            conn.execute(
+                sa.text(f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(table)}")
+            ).scalar()
+        )
     return counts

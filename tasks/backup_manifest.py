@@ -1,0 +1,127 @@
+"""Backup sets: where their objects go, and the manifest that commits them.
+
+Rules (DESIGN.md, "Backup sets"): one set per run under
+``<server>/<UTC timestamp>-<run id>/`` (relative to the store's prefix); agent files named by
+agent *id* (names hold ``/``); the pg_dump; and ``manifest.json`` written *last* as the commit
+marker. A set without a manifest is incomplete and is never offered for restore. Nothing is
+ever overwritten: verification results are new objects beside the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from blocks.letta_server import sanitize_server_name
+
+MANIFEST_FORMAT = "letta-ops/backup-set@1"
+MANIFEST_NAME = "manifest.json"
+DUMP_NAME = "database.dump"
+AGENTS_DIR = "agents"
+VERIFY_DIR = "verifications"
+
+_SET_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-z]{4,36}$")
+_AGENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+Purpose = Literal["scheduled", "manual", "pre-upgrade", "pre-rollback", "safety"]
+
+
+class ManifestObject(BaseModel):
+    size: int = Field(description="Bytes stored.")
+    sha256: str = Field(description="sha256 hex digest of the stored bytes.")
+
+
+class AgentEntry(BaseModel):
+    id: str
+    name: str
+    file: str | None = Field(default=None, description="Key of the agent file; None if the "
+                             "export failed.")
+    error: str | None = Field(default=None, description="The server's error when it failed.")
+
+
+class BackupManifest(BaseModel):
+    """Everything needed to trust and restore a backup set, and no secret."""
+
+    format: str = MANIFEST_FORMAT
+    set_id: str
+    server: str
+    created_at: datetime
+    completed_at: datetime
+    flow_run_id: str | None = None
+    purpose: Purpose = "manual"
+    pinned: bool = Field(default=False, description="Retention never deletes a pinned set.")
+    letta_version: str
+    alembic_revision: str | None
+    base_url: str
+    database_name: str
+    db_schema: str
+    postgres_version: str
+    pgvector_version: str | None
+    encryption_key_configured: bool | None = Field(
+        default=None, description="Whether LETTA_ENCRYPTION_KEY was set (never the key).")
+    row_counts: dict[str, int] = Field(description="Per-table counts in the dump's snapshot.")
+    dump: str = Field(description="Key of the pg_dump (custom format).")
+    agents: list[AgentEntry]
+    objects: dict[str, ManifestObject] = Field(description="Every object but the manifest.")
+    tool_versions: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def failed_agents(self) -> list[AgentEntry]:
+        return [a for a in self.agents if a.file is None]
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> BackupManifest:
+        return cls.model_validate_json(data)
+
+
+def new_set_id(now: datetime | None = None, run_id: str = "") -> str:
+    """``20261123T021500Z-1a2b3c4d``: sortable by time, unique by run."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    suffix = re.sub(r"[^0-9a-z]", "", run_id.lower())[:8] or _random_suffix()
+    return f"{moment.strftime('%Y%m%dT%H%M%SZ')}-{suffix}"
+
+
+def _random_suffix() -> str:
+    import secrets
+
+    return secrets.token_hex(4)
+
+
+def set_prefix(server: str, set_id: str) -> str:
+    if not _SET_ID.match(set_id):
+        raise ValueError(
+            f"{set_id!r} is not a backup set id; ids look like 20261123T021500Z-1a2b3c4d "
+            "(see 'letta-ops backups list')."
+        )
+    return f"{sanitize_server_name(server)}/{set_id}/"
+
+
+def agent_file_key(prefix: str, agent_id: str) -> str:
+    """Agent files are named by id: ids are safe path segments, names are not."""
+    if not _AGENT_ID.match(agent_id):
+        raise ValueError(f"Agent id {agent_id!r} is not a safe object name.")
+    return f"{prefix}{AGENTS_DIR}/{agent_id}.af"
+
+
+def set_time(set_id: str) -> datetime:
+    return datetime.strptime(set_id.split("-", 1)[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def parse_set_reference(reference: str, default_server: str | None = None) -> tuple[str, str]:
+    """``SERVER/SET_ID`` or a bare ``SET_ID`` (with the current server) -> (server, set_id)."""
+    ref = reference.strip().strip("/")
+    if "/" in ref:
+        server, _, set_id = ref.rpartition("/")
+    else:
+        server, set_id = default_server or "", ref
+    if not server:
+        raise ValueError(f"Backup set {reference!r} names no server; use SERVER/SET_ID.")
+    set_prefix(server, set_id)  # validates
+    return sanitize_server_name(server), set_id
