@@ -71,3 +71,26 @@ def _load_saved(name: str, need_database: bool) -> ServerProfile:
     except ValueError:
         runtime = LettaProcessRuntime.from_env(letta.server_name)
     return ServerProfile(letta, database, runtime)
+
+
+def open_backup_store(store: str | None = None, server: str | None = None):
+    """The backup store: ``--store URL``, else ``LETTA_OPS_STORE``, else a saved block.
+
+    Saved blocks are looked up under the server's name (an S3 or a local backup store).
+    """
+    from blocks.backup_store import LocalBackupStore, S3BackupStore
+    from tasks.object_store import open_store
+
+    url = store or os.environ.get("LETTA_OPS_STORE")
+    if url:
+        return open_store(url)
+    if server:
+        for block_type in (S3BackupStore, LocalBackupStore):
+            try:
+                return block_type.load(server).object_store()
+            except ValueError:
+                continue
+    raise ProfileError(
+        "No backup store is configured; pass --store s3://BUCKET/PREFIX or "
+        "--store file:///PATH, or set LETTA_OPS_STORE."
+    )

@@ -38,8 +38,9 @@ class ManifestObject(BaseModel):
 class AgentEntry(BaseModel):
     id: str
     name: str
-    file: str | None = Field(default=None, description="Key of the agent file; None if the "
-                             "export failed.")
+    file: str | None = Field(
+        default=None, description="Key of the agent file; None if the export failed."
+    )
     error: str | None = Field(default=None, description="The server's error when it failed.")
 
 
@@ -62,7 +63,8 @@ class BackupManifest(BaseModel):
     postgres_version: str
     pgvector_version: str | None
     encryption_key_configured: bool | None = Field(
-        default=None, description="Whether LETTA_ENCRYPTION_KEY was set (never the key).")
+        default=None, description="Whether LETTA_ENCRYPTION_KEY was set (never the key)."
+    )
     row_counts: dict[str, int] = Field(description="Per-table counts in the dump's snapshot.")
     dump: str = Field(description="Key of the pg_dump (custom format).")
     agents: list[AgentEntry]

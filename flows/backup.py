@@ -1,0 +1,263 @@
+"""The nightly backup, as the runbook it replaces:
+
+1. check the server is healthy; note its version and the database's alembic revision;
+2. list every agent and export each as an agent file (named by id);
+3. pg_dump the whole database, counting rows in the dump's own snapshot;
+4. write the manifest last: only now does the set exist;
+5. verify the set from storage (checksums, dump table of contents) before calling it done;
+6. publish a report; fail loudly if any agent could not be exported (unless allowed).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from flows.run_context import current_flow_run_id, publish_report, tag_current_run
+from flows.verify import VerificationFailed, verify
+from tasks import progress_events
+from tasks.agent_export import export_agents
+from tasks.backup_manifest import (
+    DUMP_NAME,
+    MANIFEST_NAME,
+    AgentEntry,
+    BackupManifest,
+    ManifestObject,
+    new_set_id,
+    set_prefix,
+)
+from tasks.letta_api import LettaClient
+from tasks.letta_postgres import alembic_revision
+from tasks.object_store import ObjectStore, StoredObject
+from tasks.postgres_dump import DumpResult, dump_to_store, tool_version
+
+
+class BackupFailed(RuntimeError):
+    """The backup ran but did not produce what the operator asked for."""
+
+
+@task(name="inspect-server", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def inspect_server(profile: ServerProfile) -> dict[str, Any]:
+    with LettaClient(profile.server) as client:
+        health = client.health()
+        agents = [{"id": a["id"], "name": a["name"]} for a in client.list_agents()]
+    return {
+        "version": health.get("version"),
+        "status": health.get("status"),
+        "alembic_revision": alembic_revision(profile.require_database()),
+        "agents": agents,
+    }
+
+
+@task(name="export-agents", cache_policy=NO_CACHE)
+def export_agents_task(
+    profile: ServerProfile, store: ObjectStore, prefix: str, agents: list[dict], concurrency: int
+) -> tuple[list[AgentEntry], list[StoredObject]]:
+    progress = progress_events.reporter()
+    progress.start("export agents", len(agents), "agents")
+    try:
+        with LettaClient(profile.server) as client:
+            return export_agents(
+                client,
+                agents,
+                store,
+                prefix,
+                concurrency,
+                on_done=lambda _e: progress.advance("export agents"),
+            )
+    finally:
+        progress.finish("export agents")
+
+
+@task(name="dump-database", cache_policy=NO_CACHE)
+def dump_database_task(profile: ServerProfile, store: ObjectStore, key: str) -> DumpResult:
+    progress = progress_events.reporter()
+    progress.start("upload pg_dump", None, "bytes")
+    try:
+        return dump_to_store(
+            profile.require_database(),
+            store,
+            key,
+            progress=lambda n: progress.advance("upload pg_dump", n),
+        )
+    finally:
+        progress.finish("upload pg_dump")
+
+
+@task(name="write-manifest", cache_policy=NO_CACHE)
+def write_manifest_task(store: ObjectStore, prefix: str, manifest: BackupManifest) -> str:
+    """The commit marker: written once, after every other object of the set."""
+    store.put_bytes(prefix + MANIFEST_NAME, manifest.to_json())
+    return prefix + MANIFEST_NAME
+
+
+def build_manifest(
+    profile: ServerProfile,
+    set_id: str,
+    prefix: str,
+    started: datetime,
+    state: dict[str, Any],
+    entries: list[AgentEntry],
+    agent_objects: list[StoredObject],
+    dump: DumpResult,
+    purpose: str,
+    pinned: bool,
+) -> BackupManifest:
+    database = profile.require_database()
+    objects = {
+        o.key: ManifestObject(size=o.size, sha256=o.sha256) for o in [*agent_objects, dump.stored]
+    }
+    return BackupManifest(
+        set_id=set_id,
+        server=profile.name,
+        created_at=started,
+        completed_at=datetime.now(UTC),
+        flow_run_id=current_flow_run_id(),
+        purpose=purpose,
+        pinned=pinned,
+        letta_version=state["version"],
+        alembic_revision=state["alembic_revision"],
+        base_url=profile.server.base_url,
+        database_name=database.database_name,
+        db_schema=database.db_schema or "public",
+        postgres_version=dump.postgres_version,
+        pgvector_version=dump.pgvector_version,
+        encryption_key_configured=_encryption_key_configured(profile),
+        row_counts=dump.row_counts,
+        dump=dump.stored.key,
+        agents=entries,
+        objects=objects,
+        tool_versions=_tool_versions(profile),
+    )
+
+
+def _encryption_key_configured(profile: ServerProfile) -> bool | None:
+    """Whether LETTA_ENCRYPTION_KEY reaches the server; recorded, never stored."""
+    if "LETTA_ENCRYPTION_KEY" in profile.runtime.server_env:
+        return True
+    if profile.runtime.env_file and profile.runtime.env_file.exists():
+        from tasks.letta_runtime_process import read_env_file
+
+        return "LETTA_ENCRYPTION_KEY" in read_env_file(profile.runtime.env_file)
+    return bool(os.environ.get("LETTA_ENCRYPTION_KEY")) or None
+
+
+def _tool_versions(profile: ServerProfile) -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {
+        "letta-ops": version("letta-ops"),
+        "prefect": version("prefect"),
+        "pg_dump": tool_version(profile.require_database()),
+    }
+
+
+def backup_report(manifest: BackupManifest, verification: dict) -> dict[str, Any]:
+    failed = manifest.failed_agents
+    return {
+        "set": f"{manifest.server}/{manifest.set_id}",
+        "server": manifest.server,
+        "letta_version": manifest.letta_version,
+        "alembic_revision": manifest.alembic_revision,
+        "agents_total": len(manifest.agents),
+        "agents_exported": len(manifest.agents) - len(failed),
+        "agents_failed": [{"id": a.id, "name": a.name, "error": a.error} for a in failed],
+        "tables": len(manifest.row_counts),
+        "rows": sum(manifest.row_counts.values()),
+        "dump_bytes": manifest.objects[manifest.dump].size,
+        "total_bytes": sum(o.size for o in manifest.objects.values()),
+        "verified": verification["ok"],
+        "verification_problems": verification["problems"],
+        "purpose": manifest.purpose,
+        "pinned": manifest.pinned,
+    }
+
+
+def render_backup_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Backup {report['set']}",
+        "",
+        f"- Letta {report['letta_version']} (alembic `{report['alembic_revision']}`)",
+        f"- agents exported: **{report['agents_exported']} of {report['agents_total']}**",
+        f"- database: {report['tables']} tables, {report['rows']} rows, dump "
+        f"{report['dump_bytes']} bytes",
+        f"- verified from storage: **{'yes' if report['verified'] else 'NO'}**",
+    ]
+    if report["agents_failed"]:
+        lines += ["", "## Agents whose export failed (the pg_dump still holds them)", ""]
+        lines += [f"- `{a['id']}` {a['name']!r}: {a['error']}" for a in report["agents_failed"]]
+    return "\n".join(lines)
+
+
+@flow(name="letta-backup", flow_run_name="backup-{server}", log_prints=False)
+def backup(
+    server: str | None = None,
+    store: str | None = None,
+    allow_partial_agents: bool = False,
+    concurrency: int = 4,
+    purpose: str = "scheduled",
+    pinned: bool = False,
+) -> dict[str, Any]:
+    """Back up one Letta server into a new, verified, write-once backup set.
+
+    ``server`` names saved blocks (None: LETTA_BASE_URL / LETTA_PG_URI); ``store`` is a
+    repository URL (None: LETTA_OPS_STORE or the server's saved store block).
+    """
+    logger = get_run_logger()
+    profile = load_profile(server, need_database=True)
+    object_store = open_backup_store(store, server)
+    tag_current_run(profile.name, "backup")
+    started = datetime.now(UTC)
+
+    state = inspect_server(profile)
+    logger.info(
+        "Letta %s at %s, %d agents", state["version"], profile.server.base_url, len(state["agents"])
+    )
+    set_id = new_set_id(started, current_flow_run_id() or "")
+    prefix = set_prefix(profile.name, set_id)
+
+    entries, agent_objects = export_agents_task(
+        profile, object_store, prefix, state["agents"], concurrency
+    )
+    dump = dump_database_task(profile, object_store, prefix + DUMP_NAME)
+    manifest = build_manifest(
+        profile, set_id, prefix, started, state, entries, agent_objects, dump, purpose, pinned
+    )
+    write_manifest_task(object_store, prefix, manifest)
+    try:
+        verification = verify(f"{profile.name}/{set_id}", server=server, store=store)
+    except VerificationFailed as exc:
+        raise BackupFailed(
+            f"Backup set {profile.name}/{set_id} was written but failed verification: {exc}"
+        ) from exc
+
+    report = backup_report(manifest, verification)
+    publish_report(
+        profile.name,
+        "backup",
+        render_backup_markdown(report),
+        [
+            {
+                "id": a.id,
+                "name": a.name,
+                "file": a.file or "",
+                "bytes": manifest.objects[a.file].size if a.file else 0,
+                "error": a.error or "",
+            }
+            for a in manifest.agents
+        ],
+    )
+    if report["agents_failed"] and not allow_partial_agents:
+        names = ", ".join(f"{a['id']} ({a['name']!r})" for a in report["agents_failed"])
+        raise BackupFailed(
+            f"{len(report['agents_failed'])} agent(s) could not be exported: {names}; the "
+            f"pg_dump in {report['set']} still holds them. Rename them or rerun with "
+            "--allow-partial-agents."
+        )
+    logger.info("backup set %s verified", report["set"])
+    return report

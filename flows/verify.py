@@ -1,0 +1,141 @@
+"""Verify a backup set, as an operator would before trusting it:
+
+1. the manifest exists (the set is complete) and names this server;
+2. every object re-read from storage matches the manifest's size and sha256;
+3. ``pg_restore --list`` reads the dump and finds every counted table;
+4. with a drill: restore into a scratch database, compare per-table counts, drop it.
+The result is stored beside the set (a new object), so retention knows it was verified.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.letta_database import LettaDatabase
+from blocks.server_profile import ProfileError, load_profile, open_backup_store
+from flows.run_context import publish_report, tag_current_run
+from tasks.backup_catalog import load_manifest, record_verification
+from tasks.backup_manifest import BackupManifest, parse_set_reference, set_prefix
+from tasks.backup_verification import check_dump, check_objects, drill
+from tasks.object_store import ObjectStore
+
+
+class VerificationFailed(RuntimeError):
+    """The set is not what its manifest promises."""
+
+
+@task(name="check-objects", cache_policy=NO_CACHE)
+def check_objects_task(store: ObjectStore, manifest: BackupManifest) -> list[dict]:
+    return check_objects(store, manifest)
+
+
+@task(name="check-dump", cache_policy=NO_CACHE)
+def check_dump_task(store: ObjectStore, manifest: BackupManifest) -> dict:
+    return check_dump(store, manifest)
+
+
+@task(name="restore-drill", cache_policy=NO_CACHE)
+def drill_task(store: ObjectStore, manifest: BackupManifest, target: LettaDatabase) -> dict:
+    return drill(store, manifest, target)
+
+
+def drill_target(server: str | None, drill_database: str | None) -> LettaDatabase:
+    """Where to restore a drill: a saved Letta Database block, LETTA_OPS_DRILL_PG_URI, or the
+    server's own PostgreSQL (a scratch database beside Letta's; Letta's is never touched)."""
+    if drill_database:
+        return LettaDatabase.load(drill_database)
+    if os.environ.get("LETTA_OPS_DRILL_PG_URI"):
+        return LettaDatabase.from_env({"LETTA_PG_URI": os.environ["LETTA_OPS_DRILL_PG_URI"]})
+    profile = load_profile(server, need_database=False)
+    if profile.database is None:
+        raise ProfileError(
+            "A drill needs a PostgreSQL server to restore into; set LETTA_PG_URI or "
+            "LETTA_OPS_DRILL_PG_URI, or pass --drill-database with a saved block name."
+        )
+    return profile.database
+
+
+def render_verify_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# Verify {result['set']}: {'passed' if result['ok'] else 'FAILED'}",
+        "",
+        f"- objects checked: {result['objects']}",
+    ]
+    lines += [f"- **{p['object']}**: {p['problem']}" for p in result["problems"]]
+    if result.get("dump"):
+        lines.append(
+            f"- dump: {result['dump']['toc_entries']} TOC entries, "
+            f"{result['dump']['tables_with_data']} tables with data"
+        )
+    if result.get("drill_result"):
+        d = result["drill_result"]
+        lines.append(
+            f"- drill: restored {d['tables']} tables into {d['scratch_database']}; "
+            f"{len(d['differences'])} count differences"
+        )
+        lines += [
+            f"  - {x['table']}: manifest {x['expected']}, restored {x['actual']}"
+            for x in d["differences"]
+        ]
+    return "\n".join(lines)
+
+
+@flow(name="letta-verify", flow_run_name="verify-{backup_set}")
+def verify(
+    backup_set: str,
+    server: str | None = None,
+    store: str | None = None,
+    drill: bool = False,
+    drill_database: str | None = None,
+) -> dict[str, Any]:
+    """Verify ``backup_set`` (``SERVER/SET_ID``, or a SET_ID of the current server)."""
+    logger = get_run_logger()
+    default_server = load_profile(server).name if "/" not in backup_set else None
+    server_name, set_id = parse_set_reference(backup_set, default_server)
+    tag_current_run(server_name, "verify")
+    object_store = open_backup_store(store, server)
+    manifest = load_manifest(object_store, server_name, set_id)
+
+    problems = check_objects_task(object_store, manifest)
+    dump = check_dump_task(object_store, manifest) if not problems else None
+    drill_result = None
+    if drill and not problems:
+        drill_result = drill_task(object_store, manifest, drill_target(server, drill_database))
+    ok = (
+        not problems
+        and dump is not None
+        and not dump["tables_missing"]
+        and (drill_result is None or not drill_result["differences"])
+    )
+    result = {
+        "ok": ok,
+        "set": f"{server_name}/{set_id}",
+        "drill": drill,
+        "checked_at": datetime.now(UTC).isoformat(),
+        "objects": len(manifest.objects),
+        "problems": problems,
+        "dump": dump,
+        "drill_result": drill_result,
+    }
+    record_verification(object_store, set_prefix(server_name, set_id), result)
+    publish_report(server_name, "verify", render_verify_markdown(result))
+    if not ok:
+        named = ", ".join(f"{p['object']} ({p['problem']})" for p in problems)
+        raise VerificationFailed(
+            f"Backup set {server_name}/{set_id} failed verification: "
+            + (
+                named
+                or (
+                    f"count differences {drill_result['differences']}"
+                    if drill_result and drill_result["differences"]
+                    else f"dump check {dump}"
+                )
+            )
+        )
+    logger.info("backup set %s verified%s", result["set"], " with a restore drill" if drill else "")
+    return result

@@ -1,0 +1,95 @@
+"""Reading backup sets back from the store: which exist, which are complete and verified.
+
+A set is *complete* when its ``manifest.json`` exists (written last), *verified* when a passing
+verification record sits beside it, *pinned* when its manifest says so or a ``pin.json``
+marker was added later. Records are new objects, never rewrites: the store is write-once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import UTC, datetime
+
+from tasks.backup_manifest import MANIFEST_NAME, VERIFY_DIR, BackupManifest, set_prefix
+from tasks.backup_retention import BackupSetSummary
+from tasks.object_store import ObjectStore
+
+PIN_MARKER = "pin.json"
+
+
+class BackupSetError(ValueError):
+    """A set that cannot be used; the message says which and why."""
+
+
+def list_backup_sets(store: ObjectStore, server: str | None = None) -> list[BackupSetSummary]:
+    """Every set in the store (of one server if given), newest first by manifest time."""
+    groups: dict[tuple[str, str], list] = defaultdict(list)
+    for obj in store.list(f"{server}/" if server else ""):
+        parts = obj.key.split("/")
+        if len(parts) < 3:
+            continue
+        groups[(parts[0], parts[1])].append(obj)
+    summaries = []
+    for (srv, set_id), objects in groups.items():
+        prefix = f"{srv}/{set_id}/"
+        names = {o.key[len(prefix) :] for o in objects}
+        manifest = None
+        if MANIFEST_NAME in names:
+            try:
+                manifest = BackupManifest.from_json(store.read_bytes(prefix + MANIFEST_NAME))
+            except ValueError:
+                manifest = None
+        verified = (
+            any(n.startswith(f"{VERIFY_DIR}/") and _passed(store, prefix + n) for n in names)
+            if manifest
+            else False
+        )
+        summaries.append(
+            BackupSetSummary(
+                server=srv,
+                set_id=set_id,
+                prefix=prefix,
+                created_at=manifest.created_at if manifest else None,
+                complete=manifest is not None,
+                verified=verified,
+                pinned=bool(manifest and manifest.pinned) or PIN_MARKER in names,
+                purpose=manifest.purpose if manifest else None,
+                last_modified=max(o.last_modified for o in objects),
+                size=sum(o.size for o in objects),
+            )
+        )
+    return sorted(summaries, key=lambda s: s.created_at or s.last_modified, reverse=True)
+
+
+def _passed(store: ObjectStore, key: str) -> bool:
+    try:
+        return bool(json.loads(store.read_bytes(key)).get("ok"))
+    except (ValueError, FileNotFoundError):
+        return False
+
+
+def load_manifest(store: ObjectStore, server: str, set_id: str) -> BackupManifest:
+    """The manifest of a complete set; refuses incomplete sets and other servers' sets."""
+    prefix = set_prefix(server, set_id)
+    if not store.exists(prefix + MANIFEST_NAME):
+        raise BackupSetError(
+            f"Backup set {server}/{set_id} has no manifest in {store.describe()}: it is "
+            "incomplete (or does not exist) and cannot be used; pick one from "
+            "'letta-ops backups list'."
+        )
+    manifest = BackupManifest.from_json(store.read_bytes(prefix + MANIFEST_NAME))
+    if manifest.server != server or manifest.set_id != set_id:
+        raise BackupSetError(
+            f"The manifest at {prefix} names server {manifest.server!r} set "
+            f"{manifest.set_id!r}, not {server!r} {set_id!r}; it was moved or tampered with."
+        )
+    return manifest
+
+
+def record_verification(store: ObjectStore, prefix: str, result: dict) -> str:
+    """Store a verification result beside the set, as a new object."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    key = f"{prefix}{VERIFY_DIR}/{stamp}.json"
+    store.put_bytes(key, json.dumps(result, indent=2, sort_keys=True, default=str).encode())
+    return key

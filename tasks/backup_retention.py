@@ -1,0 +1,245 @@
+"""Retention of backup sets (grandfather-father-son), as a pure plan plus a small executor.
+
+Why split it: deciding what to delete is where the risk is, so :func:`plan_retention` is a
+pure function over summaries that tests can drive exhaustively and that ``--dry-run`` can
+print; :func:`execute_plan` only carries out a plan, in an order that never leaves a manifest
+pointing at missing objects.
+
+Rules (DESIGN.md, "Backup sets"): sets are ordered by *manifest* time (object times change
+when a store is copied or restored, the manifest does not), and retention never deletes the
+newest verified set of a server nor a pinned set (e.g. the one taken before an upgrade).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field, model_validator
+
+from tasks.backup_manifest import MANIFEST_NAME
+from tasks.object_store import ObjectStore
+
+#: Marker object that pins a set after the fact (a manifest is never rewritten).
+PIN_NAME = "pin.json"
+
+REASON_NEWEST_VERIFIED = "newest verified"
+REASON_PINNED = "pinned"
+REASON_INCOMPLETE_RUNNING = "incomplete, may still be running"
+REASON_UNSELECTED = "not kept by any rule"
+
+
+@dataclass(frozen=True)
+class BackupSetSummary:
+    """What retention needs to know about one backup set (built from a store listing)."""
+
+    server: str
+    set_id: str
+    prefix: str  # store key prefix of the set, ends with "/"
+    created_at: datetime | None  # manifest time; None when the set has no manifest
+    complete: bool  # has a manifest
+    verified: bool
+    pinned: bool
+    purpose: str | None
+    last_modified: datetime  # newest object in the set: the age of an incomplete set
+    size: int
+
+
+class RetentionPolicy(BaseModel):
+    """How many sets to keep per server; a set is kept if *any* rule selects it."""
+
+    keep_last: int = Field(default=7, ge=0, description="Keep the newest N complete sets.")
+    keep_daily: int = Field(
+        default=7, ge=0, description="Keep the newest set of each of the last N UTC days."
+    )
+    keep_weekly: int = Field(
+        default=4, ge=0, description="Keep the newest set of each of the last N ISO weeks."
+    )
+    keep_monthly: int = Field(
+        default=6, ge=0, description="Keep the newest set of each of the last N months."
+    )
+    incomplete_grace_hours: float = Field(
+        default=24,
+        ge=0,
+        description="Delete a set without a manifest only once its newest object is older "
+        "than this (a backup may still be writing it).",
+    )
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> RetentionPolicy:
+        # A policy of all zeros would delete every unpinned set but one: almost surely a typo.
+        if not (self.keep_last or self.keep_daily or self.keep_weekly or self.keep_monthly):
+            raise ValueError(
+                "A retention policy must keep something: set keep_last, keep_daily, "
+                "keep_weekly or keep_monthly above zero."
+            )
+        return self
+
+
+@dataclass
+class Decision:
+    """One set and why it is kept (or deleted)."""
+
+    set: BackupSetSummary
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RetentionPlan:
+    keep: list[Decision] = field(default_factory=list)
+    delete: list[Decision] = field(default_factory=list)
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One row per set, by server then newest first, for a table or JSON output."""
+        rows = [(d, "keep") for d in self.keep] + [(d, "delete") for d in self.delete]
+        rows.sort(key=lambda row: (row[0].set.server, -_sort_time(row[0].set).timestamp()))
+        return [
+            {
+                "server": d.set.server,
+                "set_id": d.set.set_id,
+                "created_at": d.set.created_at.isoformat() if d.set.created_at else None,
+                "action": action,
+                "reasons": ", ".join(d.reasons),
+                "verified": d.set.verified,
+                "pinned": d.set.pinned,
+                "size": d.set.size,
+            }
+            for d, action in rows
+        ]
+
+
+def _utc(moment: datetime) -> datetime:
+    """Naive times are taken as UTC, so buckets and ages never depend on the host's zone."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _sort_time(summary: BackupSetSummary) -> datetime:
+    return _utc(summary.created_at or summary.last_modified)
+
+
+def _day(moment: datetime) -> object:
+    return moment.date()
+
+
+def _week(moment: datetime) -> object:
+    return moment.isocalendar()[:2]  # (ISO year, ISO week): a week spanning New Year is one
+
+
+def _month(moment: datetime) -> object:
+    return (moment.year, moment.month)
+
+
+def _plan_server(
+    sets: list[BackupSetSummary], policy: RetentionPolicy, now: datetime
+) -> tuple[list[Decision], list[Decision]]:
+    keep: list[Decision] = []
+    delete: list[Decision] = []
+    complete = [s for s in sets if s.complete and s.created_at is not None]
+    # Newest first by manifest time; set ids (timestamp + run id) break ties deterministically.
+    complete.sort(key=lambda s: (_sort_time(s), s.set_id), reverse=True)
+    newest_verified = next((s for s in complete if s.verified), None)
+
+    # restic semantics: each rule counts independently the buckets that contain a set, newest
+    # first; the first set met in a bucket is the newest of that bucket.
+    bucket_rules: list[tuple[str, int, Callable[[datetime], object]]] = [
+        ("daily", policy.keep_daily, _day),
+        ("weekly", policy.keep_weekly, _week),
+        ("monthly", policy.keep_monthly, _month),
+    ]
+    seen: dict[str, list[object]] = {name: [] for name, _, _ in bucket_rules}
+    for index, summary in enumerate(complete):
+        reasons: list[str] = []
+        if index < policy.keep_last:
+            reasons.append(f"last {policy.keep_last}")
+        created = _sort_time(summary)
+        for name, count, bucket_of in bucket_rules:
+            bucket = bucket_of(created)
+            if bucket not in seen[name] and len(seen[name]) < count:
+                seen[name].append(bucket)
+                reasons.append(name)
+        if summary is newest_verified:
+            reasons.append(REASON_NEWEST_VERIFIED)
+        if summary.pinned:
+            reasons.append(REASON_PINNED)
+        if reasons:
+            keep.append(Decision(summary, reasons))
+        else:
+            delete.append(Decision(summary, [REASON_UNSELECTED]))
+
+    grace = timedelta(hours=policy.incomplete_grace_hours)
+    incomplete = [s for s in sets if not (s.complete and s.created_at is not None)]
+    incomplete.sort(key=lambda s: (_utc(s.last_modified), s.set_id), reverse=True)
+    for summary in incomplete:
+        if _utc(now) - _utc(summary.last_modified) > grace:
+            reason = f"incomplete, older than {policy.incomplete_grace_hours:g}h"
+            if summary.pinned:
+                keep.append(Decision(summary, [REASON_PINNED]))
+            else:
+                delete.append(Decision(summary, [reason]))
+        else:
+            reasons = [REASON_INCOMPLETE_RUNNING] + ([REASON_PINNED] if summary.pinned else [])
+            keep.append(Decision(summary, reasons))
+    return keep, delete
+
+
+def plan_retention(
+    sets: list[BackupSetSummary], policy: RetentionPolicy, now: datetime
+) -> RetentionPlan:
+    """Decide, per server independently, which sets to keep and which to delete.
+
+    Pure: no store access, so the same plan can be shown (dry run) and then executed.
+    """
+    plan = RetentionPlan()
+    by_server: dict[str, list[BackupSetSummary]] = {}
+    for summary in sets:
+        by_server.setdefault(summary.server, []).append(summary)
+    for server in sorted(by_server):
+        keep, delete = _plan_server(by_server[server], policy, now)
+        plan.keep.extend(keep)
+        plan.delete.extend(delete)
+    return plan
+
+
+def execute_plan(
+    store: ObjectStore, plan: RetentionPlan, log: Callable[[str], None] = lambda m: None
+) -> list[str]:
+    """Delete the plan's sets; return the prefixes actually deleted.
+
+    The manifest goes first: if the prune is interrupted, what remains is an *incomplete* set
+    (never offered for restore, removed by a later run) rather than a manifest that promises
+    objects that are gone. Pins are re-checked just before deleting because the plan may have
+    been made (and shown) a while ago.
+    """
+    for decision in plan.delete:
+        # "srv/20260101T000000Z-a" without the slash would also match "...-ab/": refuse early.
+        if not decision.set.prefix.endswith("/"):
+            raise ValueError(f"Backup set prefix {decision.set.prefix!r} must end with '/'.")
+    deleted: list[str] = []
+    for decision in plan.delete:
+        summary = decision.set
+        prefix = summary.prefix
+        if summary.pinned or store.exists(prefix + PIN_NAME):
+            log(f"Skipping {summary.server}/{summary.set_id}: it was pinned after planning.")
+            continue
+        log(f"Deleting {summary.server}/{summary.set_id} ({', '.join(decision.reasons)}).")
+        store.delete(prefix + MANIFEST_NAME)
+        store.delete_prefix(prefix)
+        deleted.append(prefix)
+    return deleted
+
+
+# --------------------------------------------------------------------------------------------
+# Prefect task (thin wrapper)
+# --------------------------------------------------------------------------------------------
+
+
+@task(name="apply-retention", cache_policy=NO_CACHE)
+def apply_retention_task(store: ObjectStore, plan: RetentionPlan) -> list[str]:
+    """Carry out a retention plan; never cached, since a delete must actually happen."""
+    from prefect import get_run_logger
+
+    return execute_plan(store, plan, log=get_run_logger().info)

@@ -1,0 +1,162 @@
+"""Backups of a real Letta 0.16.2 server with 25 agents into a real S3 endpoint (moto)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows.backup import BackupFailed, backup
+from flows.verify import VerificationFailed, verify
+from tasks import progress_events
+from tasks.backup_catalog import list_backup_sets, load_manifest
+from tasks.backup_manifest import MANIFEST_NAME
+from tasks.letta_postgres import table_row_counts
+from tasks.object_store import S3ObjectStore
+from tests.fixtures.letta import NEW_VERSION, rename_agent, seed_agents
+from tests.fixtures.s3 import make_s3_client
+from tests.fixtures.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.e2e
+
+BAD_NAMES = ("AI/ML Expert", "../../etc/passwd")
+
+
+@pytest.fixture(scope="session")
+def server_25(start_letta):
+    """A 0.16.2 server with 25 agents, two renamed through PATCH to names with '/'."""
+    running = start_letta(NEW_VERSION, "backup-25")
+    with running.client() as client:
+        agents = seed_agents(client, 25)
+        for agent, name in zip(agents, BAD_NAMES, strict=False):
+            rename_agent(client, agent["id"], name)
+    return running
+
+
+@pytest.fixture
+def backup_env(server_25, s3_env, s3_bucket, monkeypatch, prefect_harness):
+    client, bucket, _ = s3_bucket
+    monkeypatch.setenv("LETTA_BASE_URL", server_25.server.base_url)
+    monkeypatch.setenv("LETTA_PG_URI", server_25.database.letta_pg_uri())
+    monkeypatch.setenv("LETTA_OPS_SERVER_NAME", "prod-eu")
+    monkeypatch.setenv("LETTA_OPS_STORE", f"s3://{bucket}/backups")
+    return client, bucket
+
+
+def _store(client, bucket) -> S3ObjectStore:
+    return S3ObjectStore(client, bucket, "backups")
+
+
+def _all_keys(client, bucket) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def test_backup_of_25_agents(server_25, backup_env):
+    client, bucket = backup_env
+    state = backup(return_state=True)
+    assert state.is_failed()  # two agents cannot be exported and partial was not allowed
+    with pytest.raises(BackupFailed) as failure:
+        state.result()
+    assert "AI/ML Expert" in str(failure.value) and "--allow-partial-agents" in str(failure.value)
+
+    store = _store(client, bucket)
+    [summary] = list_backup_sets(store, "prod-eu")
+    assert summary.complete and summary.verified
+    manifest = load_manifest(store, "prod-eu", summary.set_id)
+    with server_25.client() as letta:
+        live = {a["id"]: a["name"] for a in letta.list_agents()}
+    assert {a.id: a.name for a in manifest.agents} == live
+    failed = {a.name for a in manifest.failed_agents}
+    assert "AI/ML Expert" in failed
+    assert failed <= set(BAD_NAMES)
+    assert all(a.error for a in manifest.failed_agents)
+    for agent in manifest.agents:
+        if agent.file:
+            assert agent.file == f"{summary.prefix}agents/{agent.id}.af"
+            assert json.loads(store.read_bytes(agent.file))  # an agent file, parseable
+    assert len(manifest.agents) - len(failed) == 25 - len(failed)
+
+    keys = _all_keys(client, bucket)
+    assert all(k.startswith(f"backups/prod-eu/{summary.set_id}/") for k in keys), keys
+    assert not any("etc/passwd" in k or "AI/ML" in k for k in keys)
+    assert manifest.row_counts == table_row_counts(server_25.database)
+    assert manifest.row_counts["agents"] == 25
+    assert manifest.letta_version == NEW_VERSION
+    assert manifest.dump in manifest.objects
+
+
+def test_partial_backup_allowed_then_tamper_and_drill(server_25, backup_env):
+    client, bucket = backup_env
+    report = backup(allow_partial_agents=True)
+    assert report["verified"] and report["agents_total"] == 25
+    store = _store(client, bucket)
+    set_ref = report["set"]
+
+    result = verify(set_ref, drill=True)
+    assert result["ok"] and result["drill_result"]["differences"] == []
+    assert result["drill_result"]["tables"] == len(
+        load_manifest(store, *set_ref.split("/")).row_counts
+    )
+
+    # Flip one byte of one stored agent file, behind the store's back.
+    manifest = load_manifest(store, *set_ref.split("/"))
+    victim = next(a.file for a in manifest.agents if a.file)
+    raw = bytearray(store.read_bytes(victim))
+    raw[len(raw) // 2] ^= 0x01
+    client.put_object(Bucket=bucket, Key=f"backups/{victim}", Body=bytes(raw))
+    state = verify(set_ref, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(VerificationFailed) as failure:
+        state.result()
+    assert victim in str(failure.value)
+
+
+def test_s3_endpoint_killed_mid_backup(server_25, s3_env, s3_bucket, monkeypatch, prefect_harness):
+    _, bucket, endpoint = s3_bucket
+    host, port = endpoint.removeprefix("http://").split(":")
+    proxy = TcpProxy(host, int(port))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setenv("LETTA_BASE_URL", server_25.server.base_url)
+    monkeypatch.setenv("LETTA_PG_URI", server_25.database.letta_pg_uri())
+    monkeypatch.setenv("LETTA_OPS_SERVER_NAME", "killed")
+    monkeypatch.setenv("LETTA_OPS_STORE", f"s3://{bucket}/backups")
+
+    class CutAfterFiveExports:
+        def __init__(self):
+            self.done = 0
+
+        def start(self, label, total, unit):
+            pass
+
+        def advance(self, label, amount=1):
+            if label == "export agents":
+                self.done += 1
+                if self.done == 5:
+                    proxy.cut()
+
+        def finish(self, label):
+            pass
+
+    progress_events.install(CutAfterFiveExports())
+    try:
+        state = backup(allow_partial_agents=True, return_state=True)
+    finally:
+        progress_events.install(None)
+        proxy.resume()
+    try:
+        assert state.is_failed()
+        direct = make_s3_client(endpoint)
+        keys = _all_keys(direct, bucket)
+        assert keys, "some objects were uploaded before the cut"
+        assert not any(k.endswith(MANIFEST_NAME) for k in keys)
+        store = _store(direct, bucket)
+        [incomplete] = list_backup_sets(store, "killed")
+        assert not incomplete.complete
+
+        report = backup(allow_partial_agents=True)
+        assert report["verified"]
+        sets = list_backup_sets(store, "killed")
+        assert [s.complete for s in sets] == [True, False]
+    finally:
+        proxy.close()
