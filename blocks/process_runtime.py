@@ -91,8 +91,12 @@ class LettaProcessRuntime(Block):
 
     def migrate(self, version: str, database: LettaDatabase, log=print) -> None:
         runtime.migrate_database(
-            version, database.letta_pg_uri(), self.resolved_cache_dir(), self.source_tree,
-            self.index_url, log,
+            version,
+            database.letta_pg_uri(),
+            self.resolved_cache_dir(),
+            self.source_tree,
+            self.index_url,
+            log,
         )
 
     def start(self, version: str, database: LettaDatabase, log=print) -> runtime.ServerProcess:

@@ -43,8 +43,9 @@ def load_profile(server: str | None = None, need_database: bool = False) -> Serv
     if server:
         return _load_saved(server, need_database)
     letta = LettaServer.from_env()
-    database = LettaDatabase.from_env() if (need_database or os.environ.get("LETTA_PG_URI")) \
-        else None
+    database = (
+        LettaDatabase.from_env() if (need_database or os.environ.get("LETTA_PG_URI")) else None
+    )
     return ServerProfile(letta, database, LettaProcessRuntime.from_env(letta.server_name))
 
 

@@ -146,6 +146,199 @@ def cmd_runtime_status(args: argparse.Namespace) -> int:
     return EXIT_OK if status.get("running") else EXIT_NEEDS_ACTION
 
 
+# --------------------------------------------------------------------------- backups
+
+
+class RichProgress:
+    """Progress bars on stderr for exports and uploads (stdout stays clean for --json)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._bytes = DownloadColumn()
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def start(self, label: str, total: int | None, unit: str) -> None:
+        self._tasks[label] = self._progress.add_task(f"{label} ({unit})", total=total)
+
+    def advance(self, label: str, amount: int = 1) -> None:
+        if label in self._tasks:
+            self._progress.advance(self._tasks[label], amount)
+
+    def finish(self, label: str) -> None:
+        if label in self._tasks:
+            task_id = self._tasks[label]
+            task = self._progress.tasks[task_id]
+            self._progress.update(task_id, total=task.completed)
+
+
+def _with_progress(run: Callable[[], Any]) -> Any:
+    from tasks import progress_events
+
+    with RichProgress() as bars:
+        progress_events.install(bars)
+        try:
+            return run()
+        finally:
+            progress_events.install(None)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from flows.backup import backup
+
+    report = _with_progress(
+        lambda: backup(
+            server=args.server,
+            store=args.store,
+            allow_partial_agents=args.allow_partial_agents,
+            concurrency=args.concurrency,
+            purpose="manual",
+            pinned=args.pin,
+        )
+    )
+    emit(report, args.json, render=_render_backup)
+    return EXIT_OK
+
+
+def _render_backup(report: dict) -> str:
+    lines = [
+        f"backup set   {report['set']}  ({'verified' if report['verified'] else 'NOT verified'})",
+        f"letta        {report['letta_version']}  alembic {report['alembic_revision']}",
+        f"agents       {report['agents_exported']} of {report['agents_total']} exported",
+        f"database     {report['tables']} tables, {report['rows']} rows, "
+        f"dump {report['dump_bytes']} bytes",
+    ]
+    lines += [
+        f"  failed     {a['id']} {a['name']!r}: {a['error']}" for a in report["agents_failed"]
+    ]
+    return "\n".join(lines)
+
+
+def cmd_backups_list(args: argparse.Namespace) -> int:
+    from blocks.server_profile import load_profile, open_backup_store
+    from tasks.backup_catalog import list_backup_sets
+
+    store = open_backup_store(args.store, args.server)
+    server = None if args.all_servers else load_profile(args.server).name
+    rows = [
+        {
+            "set": f"{s.server}/{s.set_id}",
+            "created_at": s.created_at,
+            "complete": s.complete,
+            "verified": s.verified,
+            "pinned": s.pinned,
+            "purpose": s.purpose,
+            "bytes": s.size,
+        }
+        for s in list_backup_sets(store, server)
+    ]
+    emit(
+        rows,
+        args.json,
+        render=lambda r: render_table(
+            r, ["set", "created_at", "complete", "verified", "pinned", "purpose", "bytes"]
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from flows.verify import verify
+
+    result = verify(
+        args.set,
+        server=args.server,
+        store=args.store,
+        drill=args.drill,
+        drill_database=args.drill_database,
+    )
+    emit(
+        result,
+        args.json,
+        render=lambda r: (
+            f"{r['set']}: verified {r['objects']} objects"
+            + (
+                f", restore drill matched {r['drill_result']['tables']} tables"
+                if r.get("drill_result")
+                else ""
+            )
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from flows.prune import prune
+
+    result = prune(
+        server=None if args.all_servers else _server_name(args),
+        store=args.store,
+        keep_last=args.keep_last,
+        keep_daily=args.keep_daily,
+        keep_weekly=args.keep_weekly,
+        keep_monthly=args.keep_monthly,
+        execute=args.execute,
+    )
+
+    def render(r: dict) -> str:
+        head = "deleted" if r["executed"] else "plan (nothing deleted; add --execute)"
+        return (
+            render_table(
+                r["sets"],
+                ["set_id", "server", "created_at", "action", "reasons", "verified", "pinned"],
+            )
+            + f"\n{head}: keep {r['keep']}, delete {r['delete']}"
+        )
+
+    emit(result, args.json, render=render)
+    return EXIT_OK
+
+
+def _server_name(args: argparse.Namespace) -> str:
+    from blocks.server_profile import load_profile
+
+    return load_profile(args.server).name
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import load_deployments, serve_all
+
+    if args.list:
+        rows = [
+            {
+                "name": d["name"],
+                "flow": d["entrypoint"],
+                "schedule": ", ".join(s.get("cron", "") for s in d.get("schedules") or []),
+                "timezone": ", ".join(s.get("timezone", "") for s in d.get("schedules") or []),
+            }
+            for d in load_deployments(args.file)
+        ]
+        emit(
+            rows,
+            args.json,
+            render=lambda r: render_table(r, ["name", "flow", "schedule", "timezone"]),
+        )
+        return EXIT_OK
+    serve_all(args.file)
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -249,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status", parents=[common, proc], help="pid, version and health (exit 3 when not running)"
     )
     p.set_defaults(func=cmd_runtime_status)
+    _add_backup_commands(sub, common)
     p = sub.add_parser(
         "demo",
         parents=[common],
@@ -259,6 +453,85 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_backup_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument(
+        "--store",
+        metavar="URL",
+        help="backup repository: s3://BUCKET/PREFIX or file:///PATH (default: "
+        "LETTA_OPS_STORE, else the server's saved store block)",
+    )
+
+    p = sub.add_parser(
+        "backup",
+        parents=[common, store],
+        help="back up a server into a new verified backup set",
+        description="Export every agent (files named by agent id), pg_dump the "
+        "database with row counts in the same snapshot, write the "
+        "manifest last, verify the set from storage. Exit 1 if an "
+        "agent could not be exported, unless --allow-partial-agents.",
+    )
+    p.add_argument(
+        "--allow-partial-agents",
+        action="store_true",
+        help="succeed even if some agents cannot be exported (the dump holds them)",
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="agent exports in flight (4)")
+    p.add_argument("--pin", action="store_true", help="never let retention delete this set")
+    p.set_defaults(func=cmd_backup)
+
+    backups = sub.add_parser("backups", help="list backup sets")
+    bsub = backups.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = bsub.add_parser(
+        "list",
+        parents=[common, store],
+        help="sets of this server, newest first (complete = has a manifest)",
+    )
+    p.add_argument("--all-servers", action="store_true", help="every server in the store")
+    p.set_defaults(func=cmd_backups_list)
+
+    p = sub.add_parser(
+        "verify",
+        parents=[common, store],
+        help="check a set's checksums and dump; --drill restores it",
+        description="Re-read every object of a set and check size and sha256, "
+        "read the dump's table of contents; with --drill restore "
+        "it into a scratch database and compare per-table counts.",
+    )
+    p.add_argument("set", metavar="SET", help="SERVER/SET_ID or SET_ID (see 'backups list')")
+    p.add_argument("--drill", action="store_true", help="restore into a scratch database")
+    p.add_argument(
+        "--drill-database",
+        metavar="BLOCK",
+        help="saved Letta Database block of the PostgreSQL to drill on (default: "
+        "LETTA_OPS_DRILL_PG_URI, else the server's own PostgreSQL)",
+    )
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "prune",
+        parents=[common, store],
+        help="apply grandfather-father-son retention (plan only by default)",
+        description="Show which sets retention keeps and deletes. The newest "
+        "verified set and pinned sets are never deleted; incomplete "
+        "sets older than a day are. Deletes only with --execute.",
+    )
+    p.add_argument("--keep-last", type=int, default=7)
+    p.add_argument("--keep-daily", type=int, default=7)
+    p.add_argument("--keep-weekly", type=int, default=4)
+    p.add_argument("--keep-monthly", type=int, default=6)
+    p.add_argument("--all-servers", action="store_true", help="prune every server's sets")
+    p.add_argument("--execute", action="store_true", help="really delete")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser(
+        "serve", parents=[common], help="serve every deployment of prefect.yaml from this process"
+    )
+    p.add_argument("--file", type=Path, default=None, help="prefect.yaml to read")
+    p.add_argument("--list", action="store_true", help="only list the deployments")
+    p.set_defaults(func=cmd_serve)
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:

@@ -19,7 +19,12 @@ from prefect.cache_policies import NO_CACHE
 from blocks.letta_database import LettaDatabase
 from blocks.server_profile import ProfileError, load_profile, open_backup_store
 from flows.run_context import publish_report, tag_current_run
-from tasks.backup_catalog import load_manifest, record_verification
+from tasks.backup_catalog import (
+    BackupSetError,
+    list_backup_sets,
+    load_manifest,
+    record_verification,
+)
 from tasks.backup_manifest import BackupManifest, parse_set_reference, set_prefix
 from tasks.backup_verification import check_dump, check_objects, drill
 from tasks.object_store import ObjectStore
@@ -60,6 +65,22 @@ def drill_target(server: str | None, drill_database: str | None) -> LettaDatabas
     return profile.database
 
 
+def resolve_set(store: ObjectStore, reference: str, default_server: str | None) -> tuple[str, str]:
+    """``SERVER/SET_ID``, ``SET_ID``, or ``latest`` / ``SERVER/latest`` (newest complete set)."""
+    ref = reference.strip().strip("/") or "latest"
+    server_part, _, last = ref.rpartition("/")
+    if last == "latest":
+        server_name = server_part or default_server
+        complete = [s for s in list_backup_sets(store, server_name) if s.complete]
+        if not complete:
+            raise BackupSetError(
+                f"There is no complete backup set of {server_name!r} in {store.describe()}; "
+                "run 'letta-ops backup' first."
+            )
+        return complete[0].server, complete[0].set_id
+    return parse_set_reference(ref, default_server)
+
+
 def render_verify_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Verify {result['set']}: {'passed' if result['ok'] else 'FAILED'}",
@@ -93,12 +114,13 @@ def verify(
     drill: bool = False,
     drill_database: str | None = None,
 ) -> dict[str, Any]:
-    """Verify ``backup_set`` (``SERVER/SET_ID``, or a SET_ID of the current server)."""
+    """Verify ``backup_set``: ``SERVER/SET_ID``, a SET_ID of the current server, or
+    ``latest`` (the newest complete set)."""
     logger = get_run_logger()
     default_server = load_profile(server).name if "/" not in backup_set else None
-    server_name, set_id = parse_set_reference(backup_set, default_server)
-    tag_current_run(server_name, "verify")
     object_store = open_backup_store(store, server)
+    server_name, set_id = resolve_set(object_store, backup_set, default_server)
+    tag_current_run(server_name, "verify")
     manifest = load_manifest(object_store, server_name, set_id)
 
     problems = check_objects_task(object_store, manifest)

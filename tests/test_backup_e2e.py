@@ -160,3 +160,46 @@ def test_s3_endpoint_killed_mid_backup(server_25, s3_env, s3_bucket, monkeypatch
         assert [s.complete for s in sets] == [True, False]
     finally:
         proxy.close()
+
+
+def test_cli_backup_list_verify_prune(server_25, backup_env, capsys):
+    from flows.cli import main
+
+    client, bucket = backup_env
+    assert main(["backup", "--json"]) == 1  # two agents cannot be exported
+    assert "--allow-partial-agents" in capsys.readouterr().err
+    assert main(["backup", "--allow-partial-agents", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["agents_total"] == 25 and report["verified"]
+
+    assert main(["backups", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed) == 2 and listed[0]["set"] == report["set"]
+    assert all(row["complete"] and row["verified"] for row in listed)
+
+    assert main(["verify", "latest", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["set"] == report["set"]
+
+    policy = [
+        "--keep-last",
+        "1",
+        "--keep-daily",
+        "0",
+        "--keep-weekly",
+        "0",
+        "--keep-monthly",
+        "0",
+        "--json",
+    ]
+    assert main(["prune", *policy]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["keep"], plan["delete"], plan["deleted"]) == (1, 1, [])
+    assert len(list_backup_sets(_store(client, bucket), "prod-eu")) == 2  # plan deletes nothing
+
+    assert main(["prune", *policy, "--execute"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["deleted"]) == 1
+    [kept] = list_backup_sets(_store(client, bucket), "prod-eu")
+    assert f"{kept.server}/{kept.set_id}" == report["set"]
+
+    assert main(["verify", "prod-eu/20200101T000000Z-nothere"]) == 2
+    assert "no manifest" in capsys.readouterr().err

@@ -36,8 +36,9 @@ def test_env_file_and_explicit_variables_reach_the_server(tmp_path, monkeypatch)
 
 
 def test_env_file_cannot_override_the_database():
-    env = server_environment("postgresql://a:b@h:1/d", Path("/tmp"), None,
-                             {"LETTA_PG_URI": "postgresql://x:y@z:1/w"})
+    env = server_environment(
+        "postgresql://a:b@h:1/d", Path("/tmp"), None, {"LETTA_PG_URI": "postgresql://x:y@z:1/w"}
+    )
     assert env["LETTA_PG_URI"] == "postgresql://a:b@h:1/d"
 
 

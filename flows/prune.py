@@ -1,0 +1,70 @@
+"""Prune old backup sets by a grandfather-father-son policy.
+
+Runbook: list the sets, plan what to keep (newest N, one per day/week/month, the newest
+verified set and every pinned set always) and what to delete (the rest, plus incomplete sets
+older than a day); show the plan; delete only when told to execute.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.server_profile import open_backup_store
+from flows.run_context import publish_report, tag_current_run
+from tasks.backup_catalog import list_backup_sets
+from tasks.backup_retention import (
+    RetentionPlan,
+    RetentionPolicy,
+    apply_retention_task,
+    plan_retention,
+)
+from tasks.object_store import ObjectStore
+
+
+@task(name="plan-retention", cache_policy=NO_CACHE)
+def plan_retention_task(
+    store: ObjectStore, server: str | None, policy: RetentionPolicy
+) -> RetentionPlan:
+    return plan_retention(list_backup_sets(store, server), policy, datetime.now(UTC))
+
+
+@flow(name="letta-prune", flow_run_name="prune-{server}")
+def prune(
+    server: str | None = None,
+    store: str | None = None,
+    keep_last: int = 7,
+    keep_daily: int = 7,
+    keep_weekly: int = 4,
+    keep_monthly: int = 6,
+    execute: bool = False,
+) -> dict[str, Any]:
+    """Plan (and with ``execute`` apply) retention; ``server`` None means every server."""
+    policy = RetentionPolicy(
+        keep_last=keep_last,
+        keep_daily=keep_daily,
+        keep_weekly=keep_weekly,
+        keep_monthly=keep_monthly,
+    )
+    object_store = open_backup_store(store, server)
+    tag_current_run(server or "all", "prune")
+    plan = plan_retention_task(object_store, server, policy)
+    deleted = apply_retention_task(object_store, plan) if execute else []
+    rows = plan.to_rows()
+    summary = (
+        f"# Prune {'(executed)' if execute else '(plan only)'}\n\n"
+        f"- keep {len(plan.keep)} set(s), delete {len(plan.delete)}\n"
+        f"- deleted: {len(deleted)}"
+    )
+    publish_report(server or "all", "prune", summary, rows)
+    return {
+        "executed": execute,
+        "keep": len(plan.keep),
+        "delete": len(plan.delete),
+        "deleted": deleted,
+        "sets": rows,
+        "policy": policy.model_dump(),
+    }
