@@ -339,13 +339,89 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- upgrade
+
+
+def _render_plan(report: dict) -> str:
+    plan = report["plan"]
+    lines = [
+        f"upgrade {plan['server']} ({plan['base_url']}): Letta {plan['from_version']} -> "
+        f"{plan['to_version']}, strategy {plan['strategy']}"
+        + (" (LOSSY: agent files only)" if plan["lossy"] else " (lossless)"),
+        f"agents {plan['agents']}, database {plan['database_bytes']} bytes, "
+        f"expected downtime about {plan['expected_downtime_seconds']} s",
+        "steps:",
+    ]
+    lines += [f"  {i}. {step}" for i, step in enumerate(plan["steps"], 1)]
+    if plan["renames"]:
+        lines.append(f"renames ({plan['name_rule']}):")
+        lines += [
+            f"  {agent_id}: {c['old']!r} -> {c['new']!r}" for agent_id, c in plan["renames"].items()
+        ]
+    return "\n".join(lines)
+
+
+def _render_upgrade(report: dict) -> str:
+    text = _render_plan(report) + f"\noutcome: {report['outcome']}"
+    if report.get("downtime_seconds") is not None:
+        text += f", downtime {report['downtime_seconds']} s, backup {report['backup_set']}"
+    rows = report.get("verification") or []
+    if rows:
+        text += "\n" + render_table(
+            rows,
+            [
+                "name_before",
+                "name_after",
+                "messages_before",
+                "messages_after",
+                "blocks_before",
+                "blocks_after",
+            ],
+        )
+    return text
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from flows.upgrade import upgrade
+
+    common = {
+        "to_version": args.to,
+        "server": args.server,
+        "store": args.store,
+        "strategy": args.strategy,
+    }
+    if args.dry_run:
+        emit(upgrade(**common, dry_run=True), args.json, render=_render_plan)
+        return EXIT_OK
+    if not args.yes:
+        plan = upgrade(**common, dry_run=True)
+        print(_render_plan(plan), file=sys.stderr)
+        if not sys.stdin.isatty():
+            raise CommandError(
+                "Refusing to upgrade without confirmation; review the plan "
+                "above and rerun with --yes.",
+                EXIT_BAD_INPUT,
+            )
+        if input("Proceed with the upgrade? [y/N] ").strip().lower() not in {"y", "yes"}:
+            raise CommandError("Upgrade cancelled; nothing was changed.", EXIT_BAD_INPUT)
+    report = _with_progress(
+        lambda: upgrade(**common, approval=args.approval, lock_timeout_seconds=args.wait)
+    )
+    emit(report, args.json, render=_render_upgrade)
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- demo
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
+    from flows.demo_environment import stop_prefect_ui
 
-    report = run_demo(log=progress)
+    if args.stop_ui:
+        emit({"stopped": stop_prefect_ui()}, args.json)
+        return EXIT_OK
+    report = run_demo(log=progress, ui=not args.no_ui)
     emit(report, args.json, render=lambda r: r["text"])
     return EXIT_OK if report["ok"] else EXIT_FAILED
 
@@ -451,11 +527,23 @@ def build_parser() -> argparse.ArgumentParser:
         "endpoint and a pinned old Letta with sample agents on "
         "127.0.0.1, run the main job, print the report, stop all.",
     )
+    p.add_argument(
+        "--no-ui",
+        action="store_true",
+        help="run on a temporary Prefect server instead of leaving a UI running",
+    )
+    p.add_argument("--stop-ui", action="store_true", help="stop the demo's Prefect UI server")
     p.set_defaults(func=cmd_demo)
+    # Each area's commands live in a module of their own, next to this one.
+    from flows import cli_history, cli_maintenance, cli_restore
+
+    for area in (cli_restore, cli_history, cli_maintenance):
+        area.add_commands(sub, common)
     return parser
 
 
-def _add_backup_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def store_options() -> argparse.ArgumentParser:
+    """The ``--store`` option every command that reads or writes backup sets shares."""
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument(
         "--store",
@@ -463,6 +551,11 @@ def _add_backup_commands(sub: argparse._SubParsersAction, common: argparse.Argum
         help="backup repository: s3://BUCKET/PREFIX or file:///PATH (default: "
         "LETTA_OPS_STORE, else the server's saved store block)",
     )
+    return store
+
+
+def _add_backup_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    store = store_options()
 
     p = sub.add_parser(
         "backup",
@@ -578,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         print("letta-ops: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # an operation failed: say what, keep the detail for the log
-        print(f"letta-ops: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"letta-ops: error: {first_sentence(exc)}", file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -1,31 +1,119 @@
-"""``make demo``: the main job on embedded defaults, end to end."""
+"""``make demo``: the main job on embedded defaults, end to end.
+
+Back up a pinned old Letta (0.11.7) with sample agents into a local S3 endpoint, upgrade it
+to 0.16.2 (migrate strategy, automatic rollback armed), drill-restore the pre-upgrade set,
+and print the report with links into the Prefect UI.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from typing import Any
 
-from flows.demo_environment import DEMO_OLD_VERSION, demo_environment, seed_sample_agents
+from flows.demo_environment import (
+    DEMO_NEW_VERSION,
+    DEMO_OLD_VERSION,
+    demo_environment,
+    seed_sample_agents,
+    start_prefect_ui,
+)
 from tasks.letta_api import LettaClient
-from tasks.letta_postgres import alembic_revision, ensure_pgvector
 
 
-def run_demo(log: Callable[[str], None] = print) -> dict:
+def _run(flow_fn, **params) -> tuple[Any, str]:
+    state = flow_fn(return_state=True, **params)
+    return state.result(), str(state.state_details.flow_run_id)
+
+
+def run_demo(log: Callable[[str], None] = print, ui: bool = True) -> dict:
+    if ui:
+        os.environ["PREFECT_API_URL"] = f"{start_prefect_ui(log)}/api"
+    from flows.backup import backup
+    from flows.upgrade import upgrade
+    from flows.verify import verify
+
+    ui_url = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
     with demo_environment(DEMO_OLD_VERSION, log=log) as env:
         with LettaClient(env.server) as client:
             agents = seed_sample_agents(client)
+        from tasks.object_store import s3_client_from_env
+
+        s3_client_from_env().create_bucket(Bucket=env.bucket)
+        os.environ.update(
+            {
+                "LETTA_BASE_URL": env.server.base_url,
+                "LETTA_PG_URI": env.database.letta_pg_uri(),
+                "LETTA_OPS_SERVER_NAME": "demo",
+                "LETTA_OPS_STATE_DIR": str(env.runtime.state_dir.parent),
+                "LETTA_OPS_STORE": f"s3://{env.bucket}/letta",
+            }
+        )
+        log(f"backing up {len(agents)} agents of Letta {DEMO_OLD_VERSION}")
+        backup_report, backup_run = _run(backup, allow_partial_agents=True, purpose="manual")
+        log(f"upgrading to Letta {DEMO_NEW_VERSION} (migrate strategy)")
+        upgrade_report, upgrade_run = _run(upgrade, to_version=DEMO_NEW_VERSION)
+        log("restore drill of the pre-upgrade backup set")
+        drill_report, drill_run = _run(verify, backup_set=upgrade_report["backup_set"], drill=True)
+        with LettaClient(env.server) as client:
             health = client.health()
-        lines = [
-            "letta-ops demo",
-            f"  PostgreSQL   127.0.0.1:{env.postgres.port}  pgvector "
-            f"{ensure_pgvector(env.database)}",
-            f"  Letta        {env.server.base_url}  {health['status']} version "
-            f"{health['version']}  alembic {alembic_revision(env.database)}",
-            f"  S3 (moto)    {env.s3_endpoint}",
-            f"  agents       {len(agents)}: " + ", ".join(a["name"] for a in agents),
+    runs = {"backup": backup_run, "upgrade": upgrade_run, "drill": drill_run}
+    return {
+        "ok": upgrade_report["outcome"] == "succeeded"
+        and drill_report["ok"]
+        and health["version"] == DEMO_NEW_VERSION,
+        "backup": backup_report,
+        "upgrade": upgrade_report,
+        "drill": drill_report,
+        "flow_runs": runs,
+        "prefect_ui": ui_url,
+        "text": render_demo(backup_report, upgrade_report, drill_report, health, runs, ui_url),
+    }
+
+
+def render_demo(
+    backup_report: dict,
+    upgrade_report: dict,
+    drill: dict,
+    health: dict,
+    runs: dict[str, str],
+    ui_url: str,
+) -> str:
+    from flows.cli import render_table
+
+    rows = upgrade_report.get("verification") or []
+    lines = [
+        "",
+        "letta-ops demo report",
+        "=====================",
+        f"backup   {backup_report['set']}: {backup_report['agents_exported']} of "
+        f"{backup_report['agents_total']} agent files, dump {backup_report['dump_bytes']} "
+        f"bytes, verified={backup_report['verified']}",
+    ]
+    lines += [
+        f"         not exportable by {backup_report['letta_version']}: "
+        f"{a['name']!r} ({a['id']}); the pg_dump holds it"
+        for a in backup_report["agents_failed"]
+    ]
+    lines += [
+        f"upgrade  {upgrade_report['plan']['from_version']} -> "
+        f"{upgrade_report['plan']['to_version']} ({upgrade_report['plan']['strategy']}): "
+        f"{upgrade_report['outcome']}, downtime {upgrade_report.get('downtime_seconds')} s, "
+        f"pre-upgrade set {upgrade_report['backup_set']}",
+        f"server   now Letta {health['version']} ({health['status']})",
+        f"drill    restored {drill['drill_result']['tables']} tables into a scratch database,"
+        f" {len(drill['drill_result']['differences'])} count differences",
+        "",
+        "verification (per agent, before -> after):",
+        render_table(
+            rows,
+            ["name_before", "messages_before", "messages_after", "blocks_before", "blocks_after"],
+        ),
+    ]
+    if ui_url:
+        lines += ["", f"Prefect UI: {ui_url}"]
+        lines += [f"  {name:8} {ui_url}/runs/flow-run/{run_id}" for name, run_id in runs.items()]
+        lines += [
+            "  (artifacts: the run's Artifacts tab; stop the UI with 'letta-ops demo --stop-ui')"
         ]
-        return {
-            "ok": health.get("status") == "ok" and health.get("version") == DEMO_OLD_VERSION,
-            "health": health,
-            "agents": [{"id": a["id"], "name": a["name"]} for a in agents],
-            "text": "\n".join(lines),
-        }
+    return "\n".join(lines)

@@ -116,3 +116,106 @@ _S3_ENV = (
     "AWS_ENDPOINT_URL",
     "AWS_REQUEST_CHECKSUM_CALCULATION",
 )
+
+
+def prefect_ui_state_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("letta-ops")) / "demo-prefect"
+
+
+def running_prefect_ui() -> tuple[int, str] | None:
+    """The demo's Prefect server from an earlier run, if that very process still answers."""
+    import json
+
+    import httpx
+    import psutil
+
+    record = prefect_ui_state_dir() / "server.json"
+    if not record.exists():
+        return None
+    info = json.loads(record.read_text())
+    try:
+        proc = psutil.Process(info["pid"])
+        if abs(proc.create_time() - info["create_time"]) > 1:
+            return None
+        httpx.get(f"{info['url']}/api/health", timeout=3).raise_for_status()
+    except (psutil.Error, httpx.HTTPError):
+        return None
+    return info["pid"], info["url"]
+
+
+def start_prefect_ui(log: Callable[[str], None] = print, timeout: float = 120) -> str:
+    """A real Prefect server (API + UI) on loopback for the demo; reused if already up."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import psutil
+
+    existing = running_prefect_ui()
+    if existing:
+        log(f"reusing the demo's Prefect server at {existing[1]} (pid {existing[0]})")
+        return existing[1]
+    state = prefect_ui_state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    port = free_loopback_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(state / "home"),
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": f"{url}/api",
+    }
+    env.pop("PREFECT_API_URL", None)
+    log(f"starting a Prefect server (API and UI) on {url}")
+    with (state / "server.log").open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    (state / "server.json").write_text(
+        json.dumps(
+            {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "url": url}
+        )
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited; see {state / 'server.log'}")
+        try:
+            httpx.get(f"{url}/api/health", timeout=2).raise_for_status()
+            return url
+        except httpx.HTTPError:
+            time.sleep(1)
+    proc.terminate()
+    raise RuntimeError(f"the Prefect server did not answer within {timeout} s")
+
+
+def stop_prefect_ui() -> bool:
+    """Stop the demo's Prefect server (by the pid letta-ops recorded when it started it)."""
+    import signal
+
+    existing = running_prefect_ui()
+    if existing is None:
+        return False
+    os.killpg(existing[0], signal.SIGTERM)
+    (prefect_ui_state_dir() / "server.json").unlink(missing_ok=True)
+    return True

@@ -1,0 +1,127 @@
+"""Put a backup set back into a Letta server's database and start the set's version.
+
+Shared by the upgrade's automatic rollback, the rollback flow and the restore flow: one way to
+restore, so that it is the same well-tested path every time. Each step is one system (the
+runtime, PostgreSQL, the store); the order and the proof are here. The rollback and restore
+flows call the steps one by one (so each is a task in the Prefect UI); the upgrade's rollback
+and the rollback's own undo call :func:`restore_server_from_set`, which never raises.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import get_run_logger
+
+from blocks.letta_database import LettaDatabase
+from blocks.process_runtime import LettaProcessRuntime
+from blocks.server_profile import ServerProfile
+from tasks.backup_manifest import BackupManifest
+from tasks.backup_verification import compare_counts, downloaded
+from tasks.letta_api import LettaClient
+from tasks.letta_postgres import create_database, drop_database, table_row_counts
+from tasks.object_store import ObjectStore
+from tasks.postgres_dump import restore_dump
+from tasks.sequence_repair import repair_sequences
+
+
+def database_for_set(database: LettaDatabase, manifest: BackupManifest) -> LettaDatabase:
+    """``database`` with the schema the set's tables live in (the Docker image's init script
+    puts them in a schema named after the database, not in ``public``)."""
+    if manifest.db_schema != "public" and database.db_schema != manifest.db_schema:
+        return database.model_copy(update={"db_schema": manifest.db_schema})
+    return database
+
+
+def restore_database_from_set(
+    database: LettaDatabase, store: ObjectStore, manifest: BackupManifest, jobs: int = 2
+) -> dict[str, Any]:
+    """Drop and recreate ``database``, install pgvector, restore the set's dump (``jobs``
+    parallel pg_restore workers: the dump is a custom-format file), fix sequences, and compare
+    per-table counts with the manifest."""
+    database = database_for_set(database, manifest)
+    drop_database(database)
+    create_database(database, with_pgvector=True)
+    expected = manifest.objects[manifest.dump]
+    with downloaded(store, manifest.dump, expected.sha256) as dump_path:
+        warnings = restore_dump(database, dump_path, jobs=jobs)
+    sequences = repair_sequences(database).to_dict()
+    differences = compare_counts(manifest.row_counts, table_row_counts(database))
+    return {"restore_warnings": warnings, "sequences": sequences, "count_differences": differences}
+
+
+def start_set_version(
+    runtime: LettaProcessRuntime,
+    database: LettaDatabase,
+    version: str,
+    timeout: float | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Start Letta ``version`` on ``database`` and wait until it reports that version."""
+    if timeout is not None:
+        runtime = runtime.model_copy(update={"startup_timeout_seconds": timeout})
+    record = runtime.start(version, database, log=log)
+    return {"pid": record.pid, "version": record.version, "base_url": record.base_url}
+
+
+def prove_server_matches_set(
+    client: LettaClient, database: LettaDatabase, manifest: BackupManifest
+) -> dict[str, Any]:
+    """Version, agents (id -> name) and per-table counts of the running server against the
+    manifest. Counts are taken after the start: a server that rewrote rows at startup would
+    not be exactly where the set was."""
+    version = client.health()["version"]
+    agents = {a["id"]: a["name"] for a in client.list_agents()}
+    expected = {a.id: a.name for a in manifest.agents}
+    differences = compare_counts(
+        manifest.row_counts, table_row_counts(database_for_set(database, manifest))
+    )
+    return {
+        "ok": version == manifest.letta_version and not differences and agents == expected,
+        "version": version,
+        "agents": len(agents),
+        "agents_equal": agents == expected,
+        "agents_missing": sorted(set(expected) - set(agents)),
+        "agents_unexpected": sorted(set(agents) - set(expected)),
+        "count_differences": differences,
+    }
+
+
+def restore_server_from_set(
+    profile: ServerProfile,
+    store: ObjectStore,
+    manifest: BackupManifest,
+    runtime: LettaProcessRuntime | None = None,
+    jobs: int = 2,
+) -> dict[str, Any]:
+    """Stop the server, restore the set, start the set's Letta version, prove it.
+
+    Never raises: the result says ``ok`` and, when not, why — callers put it in reports.
+    """
+    logger = get_run_logger()
+    runtime = runtime or profile.runtime
+    database = profile.require_database()
+    started = time.monotonic()
+    label = f"{manifest.server}/{manifest.set_id}"
+    try:
+        runtime.stop()
+        restored = restore_database_from_set(database, store, manifest, jobs)
+        start_set_version(runtime, database, manifest.letta_version, log=logger.info)
+        with LettaClient(profile.server) as client:
+            proof = prove_server_matches_set(client, database, manifest)
+        result = {
+            "ok": proof["ok"],
+            "version": proof["version"],
+            "agents": proof["agents"],
+            "agents_equal": proof["agents_equal"],
+            "count_differences": proof["count_differences"],
+            "set": label,
+            "sequences": restored["sequences"]["changes"],
+        }
+    except Exception as exc:  # reported, not raised: the caller decides what failure means
+        logger.exception("restoring %s failed", label)
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "set": label}
+    result["seconds"] = round(time.monotonic() - started, 1)
+    logger.info("restore result: %s", result)
+    return result

@@ -1,0 +1,478 @@
+"""Upgrade a Letta server to a pinned version, or put it back exactly where it was.
+
+The runbook this replaces, as one run:
+
+1. pre-flight: healthy, current version and alembic revision known, target installable and
+   newer, disk room for the dump, agent names checked against the target's rule (the plan);
+2. take the one destructive lock of this server (a strict Prefect global concurrency limit);
+3. optionally wait for an operator's approval;
+4. back up (the backup flow, verified, pinned); nothing destructive happens before this;
+5. strategy *migrate* (lossless, default): stop -> alembic upgrade to the target -> repair
+   sequences -> start the target -> verify every agent by id, message and block counts;
+   strategy *rebuild* (the old runbook): rename agents the versions refuse -> export them ->
+   stop -> drop/recreate the database -> pgvector -> migrate and start the target -> repair
+   sequences -> import the agent files -> verify by name, and report what files do not carry;
+6. any failure after the first destructive step rolls back inside a Prefect transaction:
+   stop, restore the dump into a recreated database, start the old version, prove the counts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, pause_flow_run, task
+from prefect.cache_policies import NO_CACHE
+from prefect.input import RunInput
+from prefect.transactions import Transaction, transaction
+
+from blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from flows.backup import backup
+from flows.restore_server import restore_server_from_set
+from flows.run_context import publish_report, tag_current_run
+from flows.server_lock import destructive_lock
+from tasks.agent_names import name_rule_for, plan_renames, strictest_rule
+from tasks.backup_catalog import load_manifest
+from tasks.backup_manifest import BackupManifest
+from tasks.letta_api import LettaClient
+from tasks.letta_inventory import (
+    agent_inventory,
+    archival_passage_count,
+    compare_by_id,
+    database_size,
+)
+from tasks.letta_postgres import (
+    alembic_revision,
+    create_database,
+    drop_database,
+)
+from tasks.letta_runtime_process import install_runtime
+from tasks.letta_versions import LettaVersion, parse_server_version
+from tasks.object_store import ObjectStore
+from tasks.sequence_repair import repair_sequences
+
+Strategy = Literal["migrate", "rebuild"]
+
+
+class UpgradeRefused(ValueError):
+    """Pre-flight said no; nothing was changed."""
+
+
+class UpgradeFailed(RuntimeError):
+    """The upgrade failed after it started changing things; see the rollback result."""
+
+
+class UpgradeApproval(RunInput):
+    """What the operator answers when the run pauses before its first destructive step."""
+
+    approve: bool = False
+    operator: str = ""
+
+
+@dataclass
+class UpgradeState:
+    """What the rollback needs, and what it did. Lives in the Prefect transaction."""
+
+    profile: ServerProfile
+    store: ObjectStore
+    manifest: BackupManifest
+    old_version: str
+    before_agents: dict[str, dict]
+    renames: dict[str, dict[str, str]] = field(default_factory=dict)
+    rollback: dict[str, Any] | None = None
+
+    def __deepcopy__(self, memo: dict) -> UpgradeState:
+        """Prefect's ``txn.get`` deep-copies stored values. This state is shared on purpose
+        (the rollback hook records its outcome here for the report) and it holds clients
+        (boto3) that cannot be copied."""
+        return self
+
+
+# --------------------------------------------------------------------------- pre-flight
+
+
+@task(name="upgrade-preflight", cache_policy=NO_CACHE)
+def preflight(profile: ServerProfile, to_version: str, strategy: Strategy) -> dict[str, Any]:
+    target = parse_server_version(to_version)
+    database = profile.require_database()
+    with LettaClient(profile.server) as client:
+        health = client.health()
+        agents = [{"id": a["id"], "name": a["name"]} for a in client.list_agents()]
+    current = parse_server_version(health["version"])
+    if target == current:
+        raise UpgradeRefused(f"{profile.name} already runs Letta {current}; nothing to do.")
+    if target < current:
+        raise UpgradeRefused(
+            f"{to_version} is older than the running {current}; a downgrade is a rollback: "
+            "use 'letta-ops rollback'."
+        )
+    running = profile.runtime.status()
+    if not running.get("running"):
+        raise UpgradeRefused(
+            f"The Letta server {profile.server.base_url} was not started by letta-ops' process "
+            f"runtime (no pid file in {profile.runtime.resolved_state_dir()}); start it with "
+            "'letta-ops runtime start' so letta-ops can stop and restart it."
+        )
+    size = database_size(database)
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if free < size * 2:
+        raise UpgradeRefused(
+            f"Only {free} bytes are free in {tempfile.gettempdir()} for a database of "
+            f"{size} bytes (dump and restore need about twice that); free some space first."
+        )
+    install_runtime(str(target), profile.runtime.resolved_cache_dir(), profile.runtime.index_url)
+    install_runtime(str(current), profile.runtime.resolved_cache_dir(), profile.runtime.index_url)
+    # Rebuild moves agent files, so names must pass the source's export and the target's
+    # import; migrate keeps rows as they are, so only the target's rule is reported.
+    rule = (
+        strictest_rule(str(current), str(target))
+        if strategy == "rebuild"
+        else name_rule_for(str(target))
+    )
+    renames = plan_renames(agents, rule)
+    steps = (
+        [
+            "backup (verified, pinned)",
+            "stop server",
+            f"alembic upgrade to {target}",
+            "repair sequences",
+            f"start {target}",
+            "verify agents by id and counts",
+        ]
+        if strategy == "migrate"
+        else [
+            "backup (verified, pinned)",
+            "rename agents the versions refuse",
+            "export agent files",
+            "stop server",
+            "drop and recreate database",
+            "install pgvector",
+            f"migrate and start {target}",
+            "repair sequences",
+            "import agent files",
+            "verify agents by name",
+        ]
+    )
+    return {
+        "server": profile.name,
+        "base_url": profile.server.base_url,
+        "from_version": str(current),
+        "to_version": str(target),
+        "strategy": strategy,
+        "alembic_revision": alembic_revision(database),
+        "agents": len(agents),
+        "database_bytes": size,
+        "free_bytes": free,
+        "name_rule": rule.name,
+        "renames": renames,
+        "steps": steps,
+        "expected_downtime_seconds": 75 if strategy == "migrate" else 90 + 2 * len(agents),
+        "lossy": strategy == "rebuild",
+    }
+
+
+# --------------------------------------------------------------------------- steps
+
+
+@task(name="stop-letta-server", cache_policy=NO_CACHE)
+def stop_server_step(profile: ServerProfile) -> None:
+    profile.runtime.stop()
+
+
+@stop_server_step.on_rollback
+def _restore_previous_state(txn: Transaction) -> None:
+    """The first destructive step's undo: everything after it is undone by restoring."""
+    state: UpgradeState = txn.get("state")
+    state.rollback = roll_back(state)
+
+
+@task(name="migrate-database", cache_policy=NO_CACHE)
+def migrate_step(profile: ServerProfile, version: str) -> None:
+    profile.runtime.migrate(version, profile.require_database(), log=get_run_logger().info)
+
+
+@task(name="repair-sequences", cache_policy=NO_CACHE)
+def repair_sequences_step(profile: ServerProfile) -> dict:
+    return repair_sequences(profile.require_database()).to_dict()
+
+
+@task(name="start-letta-server", cache_policy=NO_CACHE)
+def start_server_step(profile: ServerProfile, version: str, timeout: float) -> dict:
+    runtime = profile.runtime.model_copy(update={"startup_timeout_seconds": timeout})
+    record = runtime.start(version, profile.require_database(), log=get_run_logger().info)
+    return {"pid": record.pid, "version": record.version}
+
+
+@task(name="recreate-database", cache_policy=NO_CACHE)
+def recreate_database_step(profile: ServerProfile) -> None:
+    database = profile.require_database()
+    drop_database(database)
+    create_database(database, with_pgvector=True)
+
+
+@task(name="rename-agents", cache_policy=NO_CACHE)
+def rename_agents_step(profile: ServerProfile, renames: dict[str, dict[str, str]]) -> None:
+    with LettaClient(profile.server) as client:
+        for agent_id, change in renames.items():
+            client.update_agent(agent_id, {"name": change["new"]})
+
+
+@rename_agents_step.on_rollback
+def _rename_back(txn: Transaction) -> None:
+    state: UpgradeState = txn.get("state")
+    with LettaClient(state.profile.server) as client:
+        for agent_id, change in state.renames.items():
+            client.update_agent(agent_id, {"name": change["old"]})
+
+
+@task(name="export-agent-files", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def export_agent_files_step(profile: ServerProfile, workdir: Path) -> dict[str, str]:
+    files = {}
+    with LettaClient(profile.server) as client:
+        for agent in client.list_agents():
+            path = workdir / f"{agent['id']}.af"
+            path.write_bytes(client.export_agent(agent["id"]))
+            files[agent["id"]] = str(path)
+    return files
+
+
+@task(name="import-agent-files", cache_policy=NO_CACHE)
+def import_agent_files_step(profile: ServerProfile, files: dict[str, str]) -> list[str]:
+    imported = []
+    with LettaClient(profile.server) as client:
+        for agent_id, path in sorted(files.items()):
+            imported += client.import_agent(Path(path).read_bytes(), filename=f"{agent_id}.af")
+    return imported
+
+
+@task(name="agents-through-api", cache_policy=NO_CACHE)
+def list_agents_step(profile: ServerProfile) -> dict[str, str]:
+    with LettaClient(profile.server) as client:
+        return {a["id"]: a["name"] for a in client.list_agents()}
+
+
+@task(name="agent-inventory", cache_policy=NO_CACHE)
+def inventory_step(profile: ServerProfile) -> dict[str, dict]:
+    return agent_inventory(profile.require_database())
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+def roll_back(state: UpgradeState) -> dict[str, Any]:
+    """Stop, restore the pre-upgrade dump into a recreated database, start the old version,
+    and prove the per-table counts and agents equal the pre-upgrade ones."""
+    return restore_server_from_set(state.profile, state.store, state.manifest)
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def run_migrate(state: UpgradeState, target: str, start_timeout: float) -> dict[str, Any]:
+    profile = state.profile
+    stop_server_step(profile)
+    stopped = time.monotonic()
+    migrate_step(profile, target)
+    sequences = repair_sequences_step(profile)
+    start_server_step(profile, target, start_timeout)
+    after_api = list_agents_step(profile)
+    after = inventory_step(profile)
+    problems = compare_by_id(state.before_agents, after)
+    if set(after_api) != set(state.before_agents):
+        problems.append(
+            {
+                "problem": "agents listed by the API differ from before",
+                "missing": sorted(set(state.before_agents) - set(after_api)),
+            }
+        )
+    if problems:
+        raise UpgradeFailed(f"verification after migrate failed: {problems}")
+    return {
+        "downtime_seconds": round(time.monotonic() - stopped, 1),
+        "sequences": sequences,
+        "agents_after": len(after_api),
+        "verification": _per_agent(state.before_agents, after, {}),
+    }
+
+
+def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[str, Any]:
+    profile = state.profile
+    passages_before = archival_passage_count(profile.require_database())
+    rename_agents_step(profile, state.renames)
+    with tempfile.TemporaryDirectory(prefix="letta-ops-rebuild-") as workdir:
+        files = export_agent_files_step(profile, Path(workdir))
+        stop_server_step(profile)
+        stopped = time.monotonic()
+        recreate_database_step(profile)
+        migrate_step(profile, target)
+        start_server_step(profile, target, start_timeout)
+        sequences = repair_sequences_step(profile)
+        import_agent_files_step(profile, files)
+    after_api = list_agents_step(profile)
+    after = inventory_step(profile)
+    expected_names = sorted(
+        state.renames.get(a, {}).get("new", v["name"]) for a, v in state.before_agents.items()
+    )
+    if sorted(after_api.values()) != expected_names:
+        raise UpgradeFailed(
+            f"verification after rebuild failed: expected agents {expected_names}, "
+            f"found {sorted(after_api.values())}"
+        )
+    by_name = {v["name"]: v for v in after.values()}
+    matched = {
+        a: by_name.get(state.renames.get(a, {}).get("new", v["name"]), {})
+        for a, v in state.before_agents.items()
+    }
+    return {
+        "downtime_seconds": round(time.monotonic() - stopped, 1),
+        "sequences": sequences,
+        "agents_after": len(after_api),
+        "verification": _per_agent(state.before_agents, matched, state.renames),
+        "not_carried": {
+            "messages": sum(
+                max(0, v["messages"] - matched[a].get("messages", 0))
+                for a, v in state.before_agents.items()
+            ),
+            "archival_passages": passages_before
+            - archival_passage_count(profile.require_database()),
+            "note": "agent files carry only part of the message history, no archival "
+            "passages, no runs or steps; the pre-upgrade pg_dump holds all of it",
+        },
+    }
+
+
+def _per_agent(
+    before: dict[str, dict], after: dict[str, dict], renames: dict[str, dict[str, str]]
+) -> list[dict]:
+    rows = []
+    for agent_id, old in sorted(before.items(), key=lambda kv: kv[1]["name"]):
+        new = after.get(agent_id, {})
+        rows.append(
+            {
+                "agent": agent_id,
+                "name_before": old["name"],
+                "name_after": renames.get(agent_id, {}).get("new", old["name"]),
+                "messages_before": old["messages"],
+                "messages_after": new.get("messages"),
+                "blocks_before": old["blocks"],
+                "blocks_after": new.get("blocks"),
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- the flow
+
+
+def render_upgrade_markdown(report: dict[str, Any]) -> str:
+    plan = report["plan"]
+    lines = [
+        f"# Upgrade {plan['server']}: {plan['from_version']} -> {plan['to_version']} "
+        f"({plan['strategy']}): **{report['outcome']}**",
+        "",
+    ]
+    if report.get("error"):
+        lines += [f"- cause: {report['error']}"]
+    if report.get("rollback"):
+        rb = report["rollback"]
+        lines += [
+            f"- rollback: {'succeeded' if rb.get('ok') else 'FAILED'} "
+            f"(version {rb.get('version')}, {rb.get('seconds')} s) {rb.get('error', '')}"
+        ]
+    if report.get("downtime_seconds") is not None:
+        lines += [f"- downtime (stopped -> verified): {report['downtime_seconds']} s"]
+    if report.get("backup_set"):
+        lines += [f"- pre-upgrade backup set: {report['backup_set']}"]
+    for agent_id, change in plan["renames"].items():
+        lines += [f"- renamed `{agent_id}`: {change['old']!r} -> {change['new']!r}"]
+    if report.get("not_carried"):
+        nc = report["not_carried"]
+        lines += [
+            f"- not carried by agent files: {nc['messages']} messages, "
+            f"{nc['archival_passages']} archival passages ({nc['note']})"
+        ]
+    return "\n".join(lines)
+
+
+@flow(name="letta-upgrade", flow_run_name="upgrade-{server}-to-{to_version}")
+def upgrade(
+    to_version: str,
+    server: str | None = None,
+    store: str | None = None,
+    strategy: Strategy = "migrate",
+    dry_run: bool = False,
+    approval: bool = False,
+    lock_timeout_seconds: float = 0,
+    start_timeout_seconds: float = 240,
+) -> dict[str, Any]:
+    """Upgrade one server to ``to_version`` by ``strategy``; roll back on any failure."""
+    logger = get_run_logger()
+    profile = load_profile(server, need_database=True)
+    tag_current_run(profile.name, "upgrade")
+    plan = preflight(profile, to_version, strategy)
+    report: dict[str, Any] = {"plan": plan, "dry_run": dry_run, "outcome": "planned"}
+    if dry_run:
+        publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
+        return report
+
+    with destructive_lock(profile.name, lock_timeout_seconds):
+        if approval:
+            answer = pause_flow_run(wait_for_input=UpgradeApproval, timeout=3600)
+            if not answer.approve:
+                raise UpgradeRefused(f"The operator declined the upgrade of {profile.name}.")
+            report["approved_by"] = answer.operator
+        backup_report = backup(
+            server=server,
+            store=store,
+            allow_partial_agents=True,
+            purpose="pre-upgrade",
+            pinned=True,
+        )
+        object_store = open_backup_store(store, server)
+        manifest = load_manifest(object_store, *backup_report["set"].split("/"))
+        state = UpgradeState(
+            profile=profile,
+            store=object_store,
+            manifest=manifest,
+            old_version=plan["from_version"],
+            before_agents=agent_inventory(profile.require_database()),
+            renames=plan["renames"] if strategy == "rebuild" else {},
+        )
+        report.update(backup_set=backup_report["set"], started_at=datetime.now(UTC).isoformat())
+        runner = run_migrate if strategy == "migrate" else run_rebuild
+        try:
+            with transaction() as txn:
+                txn.set("state", state)
+                result = runner(state, plan["to_version"], start_timeout_seconds)
+        except Exception as exc:
+            report.update(
+                outcome="failed, rolled back" if (state.rollback or {}).get("ok") else "failed",
+                error=f"{type(exc).__name__}: {exc}",
+                rollback=state.rollback,
+            )
+            publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
+            rolled = state.rollback
+            raise UpgradeFailed(
+                f"Upgrade of {profile.name} to {plan['to_version']} failed "
+                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+                + (
+                    "no rollback was needed: nothing destructive had happened"
+                    if rolled is None
+                    else f"rollback {'restored' if rolled.get('ok') else 'FAILED to restore'} "
+                    f"Letta {state.old_version} from {backup_report['set']}"
+                )
+            ) from exc
+    report.update(result, outcome="succeeded", finished_at=datetime.now(UTC).isoformat())
+    publish_report(
+        profile.name, "upgrade", render_upgrade_markdown(report), report.get("verification")
+    )
+    logger.info("upgraded %s to %s", profile.name, plan["to_version"])
+    return report
+
+
+__all__ = ["LettaVersion", "UpgradeApproval", "UpgradeFailed", "UpgradeRefused", "upgrade"]
