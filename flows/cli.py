@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,14 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NEEDS_ACTION = 0, 1, 2, 3
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Without PREFECT_API_URL each command runs on a temporary Prefect server; its 20 s default
+# start-up limit is too short on a busy two-core host.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+# The command line prints progress and one sentence per error; the runs' full logs (with
+# tracebacks) go to the Prefect API. PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=INFO shows them here.
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+# platformdirs warns on hosts without a login session; nothing here uses the runtime dir.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 
 class CommandError(Exception):
@@ -618,6 +627,35 @@ def _add_backup_commands(sub: argparse._SubParsersAction, common: argparse.Argum
     p.add_argument("--all-servers", action="store_true", help="prune every server's sets")
     p.add_argument("--execute", action="store_true", help="really delete")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser(
+        "upgrade",
+        parents=[common, store],
+        help="upgrade to a pinned Letta version after a verified backup; rolls back on failure",
+        description="Pre-flight (health, versions, disk, agent names under the target's rule), "
+        "a verified pinned backup, then strategy 'migrate' (stop, alembic upgrade the same "
+        "database, fix sequences, start the target: lossless) or 'rebuild' (export agents, "
+        "drop and recreate the database, migrate, start, import agents with sanitized names). "
+        "Any failure after the first destructive step restores the backup and starts the old "
+        "version. Asks for confirmation unless --yes; --dry-run prints the plan only.",
+    )
+    p.add_argument("--to", required=True, type=_version, metavar="X.Y.Z", help="target release")
+    p.add_argument("--strategy", choices=["migrate", "rebuild"], default="migrate")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--approval",
+        action="store_true",
+        help="pause the Prefect run before the first destructive step until approved in the UI",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="wait this long for another destructive run on the server to finish (0: refuse)",
+    )
+    p.set_defaults(func=cmd_upgrade)
 
     p = sub.add_parser(
         "serve", parents=[common], help="serve every deployment of prefect.yaml from this process"

@@ -27,13 +27,25 @@ def _run(flow_fn, **params) -> tuple[Any, str]:
 
 
 def run_demo(log: Callable[[str], None] = print, ui: bool = True) -> dict:
-    if ui:
-        os.environ["PREFECT_API_URL"] = f"{start_prefect_ui(log)}/api"
+    """Run the demo on the demo's own Prefect UI server (``ui``) or a temporary one."""
+    if not ui:
+        return _run_demo(log)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # Prefect reads its settings once at import: point this process at the UI server
+    # through its settings context, not through os.environ.
+    with temporary_settings(updates={PREFECT_API_URL: f"{start_prefect_ui(log)}/api"}):
+        return _run_demo(log)
+
+
+def _run_demo(log: Callable[[str], None]) -> dict:
+    from prefect.settings import PREFECT_API_URL
+
     from flows.backup import backup
     from flows.upgrade import upgrade
     from flows.verify import verify
 
-    ui_url = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
+    ui_url = (PREFECT_API_URL.value() or "").removesuffix("/api")
     with demo_environment(DEMO_OLD_VERSION, log=log) as env:
         with LettaClient(env.server) as client:
             agents = seed_sample_agents(client)

@@ -8,6 +8,7 @@ runtime, blocks and flows as production; only *where* things run is embedded.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -45,6 +46,7 @@ def moto_endpoint() -> Iterator[str]:
     """A real S3 HTTP endpoint (moto) on a free loopback port."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
     port = free_loopback_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -72,8 +74,8 @@ def demo_environment(
     os.chmod(root, 0o755)
     postgres = EmbeddedPostgres(data_dir=root / "pg" / "data")
     runtime = LettaProcessRuntime(
-        server_name="demo", port=free_loopback_port(), state_dir=root / "server"
-    )
+        server_name="demo", port=free_loopback_port(), state_dir=root / "demo"
+    )  # <state root>/<server name>: where LETTA_OPS_STATE_DIR-based profiles look for it
     saved_env = {k: os.environ.get(k) for k in _S3_ENV}
     try:
         log(f"starting PostgreSQL 18 + pgvector on 127.0.0.1:{postgres.port}")
