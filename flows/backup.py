@@ -18,7 +18,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from flows.run_context import current_flow_run_id, publish_report, tag_current_run
+from flows.audit_record import audited_run, counts_summary
+from flows.run_context import current_flow_run_id, publish_report, run_name, tag_current_run
 from flows.verify import VerificationFailed, verify
 from tasks import progress_events
 from tasks.agent_export import export_agents
@@ -194,7 +195,7 @@ def render_backup_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-backup", flow_run_name="backup-{server}", log_prints=False)
+@flow(name="letta-backup", flow_run_name=run_name("backup"), log_prints=False)
 def backup(
     server: str | None = None,
     store: str | None = None,
@@ -208,56 +209,72 @@ def backup(
     ``server`` names saved blocks (None: LETTA_BASE_URL / LETTA_PG_URI); ``store`` is a
     repository URL (None: LETTA_OPS_STORE or the server's saved store block).
     """
-    logger = get_run_logger()
-    profile = load_profile(server, need_database=True)
-    object_store = open_backup_store(store, server)
-    tag_current_run(profile.name, "backup")
-    started = datetime.now(UTC)
+    with audited_run("backup", server) as audit:
+        logger = get_run_logger()
+        profile = load_profile(server, need_database=True)
+        object_store = open_backup_store(store, server)
+        audit.update(server=profile.name, store=object_store)
+        tag_current_run(profile.name, "backup")
+        started = datetime.now(UTC)
 
-    state = inspect_server(profile)
-    logger.info(
-        "Letta %s at %s, %d agents", state["version"], profile.server.base_url, len(state["agents"])
-    )
-    set_id = new_set_id(started, current_flow_run_id() or "")
-    prefix = set_prefix(profile.name, set_id)
-
-    entries, agent_objects = export_agents_task(
-        profile, object_store, prefix, state["agents"], concurrency
-    )
-    dump = dump_database_task(profile, object_store, prefix + DUMP_NAME)
-    manifest = build_manifest(
-        profile, set_id, prefix, started, state, entries, agent_objects, dump, purpose, pinned
-    )
-    write_manifest_task(object_store, prefix, manifest)
-    try:
-        verification = verify(f"{profile.name}/{set_id}", server=server, store=store)
-    except VerificationFailed as exc:
-        raise BackupFailed(
-            f"Backup set {profile.name}/{set_id} was written but failed verification: {exc}"
-        ) from exc
-
-    report = backup_report(manifest, verification)
-    publish_report(
-        profile.name,
-        "backup",
-        render_backup_markdown(report),
-        [
-            {
-                "id": a.id,
-                "name": a.name,
-                "file": a.file or "",
-                "bytes": manifest.objects[a.file].size if a.file else 0,
-                "error": a.error or "",
-            }
-            for a in manifest.agents
-        ],
-    )
-    if report["agents_failed"] and not allow_partial_agents:
-        names = ", ".join(f"{a['id']} ({a['name']!r})" for a in report["agents_failed"])
-        raise BackupFailed(
-            f"{len(report['agents_failed'])} agent(s) could not be exported: {names}; the "
-            f"pg_dump in {report['set']} still holds them. Rename them or rerun with "
-            "--allow-partial-agents."
+        state = inspect_server(profile)
+        logger.info(
+            "Letta %s at %s, %d agents",
+            state["version"],
+            profile.server.base_url,
+            len(state["agents"]),
         )
-    logger.info("backup set %s verified", report["set"])
-    return report
+        set_id = new_set_id(started, current_flow_run_id() or "")
+        prefix = set_prefix(profile.name, set_id)
+        audit.update(backup_set=f"{profile.name}/{set_id}", versions_from=state["version"])
+
+        entries, agent_objects = export_agents_task(
+            profile, object_store, prefix, state["agents"], concurrency
+        )
+        dump = dump_database_task(profile, object_store, prefix + DUMP_NAME)
+        manifest = build_manifest(
+            profile, set_id, prefix, started, state, entries, agent_objects, dump, purpose, pinned
+        )
+        write_manifest_task(object_store, prefix, manifest)
+        audit.update(
+            counts_before=counts_summary(manifest.row_counts, len(manifest.agents)),
+            alembic_revision=manifest.alembic_revision,
+            purpose=purpose,
+        )
+        try:
+            verification = verify(f"{profile.name}/{set_id}", server=server, store=store)
+        except VerificationFailed as exc:
+            raise BackupFailed(
+                f"Backup set {profile.name}/{set_id} was written but failed verification: {exc}"
+            ) from exc
+
+        report = backup_report(manifest, verification)
+        audit.update(
+            agents_exported=report["agents_exported"],
+            agents_failed=[a["id"] for a in report["agents_failed"]],
+            verified=report["verified"],
+        )
+        publish_report(
+            profile.name,
+            "backup",
+            render_backup_markdown(report),
+            [
+                {
+                    "id": a.id,
+                    "name": a.name,
+                    "file": a.file or "",
+                    "bytes": manifest.objects[a.file].size if a.file else 0,
+                    "error": a.error or "",
+                }
+                for a in manifest.agents
+            ],
+        )
+        if report["agents_failed"] and not allow_partial_agents:
+            names = ", ".join(f"{a['id']} ({a['name']!r})" for a in report["agents_failed"])
+            raise BackupFailed(
+                f"{len(report['agents_failed'])} agent(s) could not be exported: {names}; the "
+                f"pg_dump in {report['set']} still holds them. Rename them or rerun with "
+                "--allow-partial-agents."
+            )
+        logger.info("backup set %s verified", report["set"])
+        return report

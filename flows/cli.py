@@ -464,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
         "LETTA_API_KEY and LETTA_PG_URI describe the server",
     )
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    common.add_argument(
+        "--operator",
+        metavar="NAME",
+        help="who runs this, for the audit history (default: LETTA_OPS_OPERATOR, else your "
+        "login name)",
+    )
 
     parser = _Parser(
         prog="letta-ops",
@@ -697,6 +703,8 @@ def first_sentence(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "operator", None):
+        os.environ["LETTA_OPS_OPERATOR"] = args.operator
     try:
         return args.func(args)
     except CommandError as exc:

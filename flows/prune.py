@@ -10,11 +10,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.server_profile import open_backup_store
-from flows.run_context import publish_report, tag_current_run
+from flows.audit_record import audited_run
+from flows.run_context import publish_report, run_name, tag_current_run
+from tasks.audit_store import preserve_set_records
 from tasks.backup_catalog import list_backup_sets
 from tasks.backup_retention import (
     RetentionPlan,
@@ -32,7 +34,15 @@ def plan_retention_task(
     return plan_retention(list_backup_sets(store, server), policy, datetime.now(UTC))
 
 
-@flow(name="letta-prune", flow_run_name="prune-{server}")
+def keep_audit_records(store: ObjectStore, prefixes: list[str]) -> None:
+    """Move the audit history out of the sets about to go (never fails the prune)."""
+    try:
+        preserve_set_records(store, prefixes)
+    except Exception as exc:  # noqa: BLE001 - auditing never fails a flow
+        get_run_logger().warning("audit: could not preserve the records of pruned sets: %s", exc)
+
+
+@flow(name="letta-prune", flow_run_name=run_name("prune"))
 def prune(
     server: str | None = None,
     store: str | None = None,
@@ -43,28 +53,38 @@ def prune(
     execute: bool = False,
 ) -> dict[str, Any]:
     """Plan (and with ``execute`` apply) retention; ``server`` None means every server."""
-    policy = RetentionPolicy(
-        keep_last=keep_last,
-        keep_daily=keep_daily,
-        keep_weekly=keep_weekly,
-        keep_monthly=keep_monthly,
-    )
-    object_store = open_backup_store(store, server)
-    tag_current_run(server or "all", "prune")
-    plan = plan_retention_task(object_store, server, policy)
-    deleted = apply_retention_task(object_store, plan) if execute else []
-    rows = plan.to_rows()
-    summary = (
-        f"# Prune {'(executed)' if execute else '(plan only)'}\n\n"
-        f"- keep {len(plan.keep)} set(s), delete {len(plan.delete)}\n"
-        f"- deleted: {len(deleted)}"
-    )
-    publish_report(server or "all", "prune", summary, rows)
-    return {
-        "executed": execute,
-        "keep": len(plan.keep),
-        "delete": len(plan.delete),
-        "deleted": deleted,
-        "sets": rows,
-        "policy": policy.model_dump(),
-    }
+    with audited_run("prune", server or "all") as audit:
+        policy = RetentionPolicy(
+            keep_last=keep_last,
+            keep_daily=keep_daily,
+            keep_weekly=keep_weekly,
+            keep_monthly=keep_monthly,
+        )
+        object_store = open_backup_store(store, server)
+        audit.update(store=object_store)
+        tag_current_run(server or "all", "prune")
+        plan = plan_retention_task(object_store, server, policy)
+        if execute:
+            keep_audit_records(object_store, [d.set.prefix for d in plan.delete])
+        deleted = apply_retention_task(object_store, plan) if execute else []
+        rows = plan.to_rows()
+        audit.update(
+            sets_kept=len(plan.keep),
+            sets_to_delete=len(plan.delete),
+            sets_deleted=[str(d) for d in deleted],
+            executed=execute,
+        )
+        summary = (
+            f"# Prune {'(executed)' if execute else '(plan only)'}\n\n"
+            f"- keep {len(plan.keep)} set(s), delete {len(plan.delete)}\n"
+            f"- deleted: {len(deleted)}"
+        )
+        publish_report(server or "all", "prune", summary, rows)
+        return {
+            "executed": execute,
+            "keep": len(plan.keep),
+            "delete": len(plan.delete),
+            "deleted": deleted,
+            "sets": rows,
+            "policy": policy.model_dump(),
+        }

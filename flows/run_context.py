@@ -7,6 +7,7 @@ Why tags: the Prefect UI's own filters must find every run by server and operati
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from prefect import runtime
@@ -20,6 +21,48 @@ def current_flow_run_id() -> str | None:
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
+
+
+def default_server_name() -> str:
+    """The server name a run without ``server`` resolves to (no I/O: environment only)."""
+    try:
+        from blocks.letta_server import LettaServer
+
+        return LettaServer.from_env().server_name
+    except Exception:  # noqa: BLE001 - a bad URL is reported by the flow itself
+        return "letta"
+
+
+def run_name(operation: str, *details: str) -> Callable[[], str]:
+    """A ``flow_run_name`` callable: ``OPERATION-SERVER[-DETAIL...]``.
+
+    Why not a template: ``"backup-{server}"`` names a run ``backup-None`` when the server
+    comes from the environment, and the UI's name search then finds nothing. Details are
+    parameter names (``to_version``) whose values are appended when set; ``backup_set``
+    supplies the server itself when it names one (``prod/2026...``).
+    """
+
+    def name() -> str:
+        from prefect.context import FlowRunContext
+
+        ctx = FlowRunContext.get()
+        params = dict(getattr(ctx, "parameters", None) or {})
+        server = params.get("server")
+        reference = str(params.get("backup_set") or "")
+        if not server and "/" in reference:
+            server = reference.rsplit("/", 1)[0]
+        parts = [operation, str(server or default_server_name())]
+        for detail in details:
+            value = params.get(detail)
+            if value is None or value == "":
+                continue
+            if detail == "backup_set":
+                value = str(value).rsplit("/", 1)[-1]
+            parts.append(f"to-{value}" if detail == "to_version" else str(value))
+        return "-".join(parts)
+
+    name.__name__ = f"{operation}_run_name"
+    return name
 
 
 def tag_current_run(server: str, operation: str) -> None:

@@ -32,9 +32,11 @@ from prefect.input import RunInput
 from prefect.transactions import Transaction, transaction
 
 from blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from flows.audit_record import audited_run, counts_summary, server_counts
 from flows.backup import backup
 from flows.restore_server import restore_server_from_set
-from flows.run_context import publish_report, tag_current_run
+from flows.run_context import publish_report, run_name, tag_current_run
+from flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
 from flows.server_lock import destructive_lock
 from tasks.agent_names import name_rule_for, plan_renames, strictest_rule
 from tasks.backup_catalog import load_manifest
@@ -147,8 +149,11 @@ def preflight(profile: ServerProfile, to_version: str, strategy: Strategy) -> di
         if strategy == "migrate"
         else [
             "backup (verified, pinned)",
-            "rename agents the versions refuse",
-            "export agent files",
+            *(
+                [f"export agent files from a scratch copy of the backup migrated to {target}"]
+                if exports_v1_agent_files(str(current))
+                else ["rename agents the versions refuse", "export agent files"]
+            ),
             "stop server",
             "drop and recreate database",
             "install pgvector",
@@ -241,6 +246,19 @@ def export_agent_files_step(profile: ServerProfile, workdir: Path) -> dict[str, 
     return files
 
 
+@task(name="export-agent-files-from-scratch-copy", cache_policy=NO_CACHE)
+def export_via_scratch_step(state: UpgradeState, target: str, workdir: Path) -> dict[str, str]:
+    return export_via_scratch_copy(
+        state.profile,
+        state.store,
+        state.manifest,
+        target,
+        workdir,
+        state.renames,
+        log=get_run_logger().info,
+    )
+
+
 @task(name="import-agent-files", cache_policy=NO_CACHE)
 def import_agent_files_step(profile: ServerProfile, files: dict[str, str]) -> list[str]:
     imported = []
@@ -303,9 +321,13 @@ def run_migrate(state: UpgradeState, target: str, start_timeout: float) -> dict[
 def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[str, Any]:
     profile = state.profile
     passages_before = archival_passage_count(profile.require_database())
-    rename_agents_step(profile, state.renames)
     with tempfile.TemporaryDirectory(prefix="letta-ops-rebuild-") as workdir:
-        files = export_agent_files_step(profile, Path(workdir))
+        if exports_v1_agent_files(state.old_version):
+            # The source writes agent files the target refuses: export from a scratch copy.
+            files = export_via_scratch_step(state, target, Path(workdir))
+        else:
+            rename_agents_step(profile, state.renames)
+            files = export_agent_files_step(profile, Path(workdir))
         stop_server_step(profile)
         stopped = time.monotonic()
         recreate_database_step(profile)
@@ -366,6 +388,22 @@ def _per_agent(
     return rows
 
 
+# --------------------------------------------------------------------------- the audit
+
+
+def audit_renames(renames: dict[str, dict[str, str]]) -> list[dict[str, str]]:
+    return [{"agent": a, "from": c["old"], "to": c["new"]} for a, c in sorted(renames.items())]
+
+
+def rollback_outcome(rollback: dict[str, Any] | None) -> str:
+    """One line for the audit: not needed, succeeded (and to which version), or failed why."""
+    if rollback is None:
+        return "not needed"
+    if rollback.get("ok"):
+        return f"succeeded: Letta {rollback.get('version')} restored"
+    return f"failed: {str(rollback.get('error') or 'counts differ')[:180]}"
+
+
 # --------------------------------------------------------------------------- the flow
 
 
@@ -399,7 +437,7 @@ def render_upgrade_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-upgrade", flow_run_name="upgrade-{server}-to-{to_version}")
+@flow(name="letta-upgrade", flow_run_name=run_name("upgrade", "to_version"))
 def upgrade(
     to_version: str,
     server: str | None = None,
@@ -411,68 +449,85 @@ def upgrade(
     start_timeout_seconds: float = 240,
 ) -> dict[str, Any]:
     """Upgrade one server to ``to_version`` by ``strategy``; roll back on any failure."""
-    logger = get_run_logger()
-    profile = load_profile(server, need_database=True)
-    tag_current_run(profile.name, "upgrade")
-    plan = preflight(profile, to_version, strategy)
-    report: dict[str, Any] = {"plan": plan, "dry_run": dry_run, "outcome": "planned"}
-    if dry_run:
-        publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
-        return report
-
-    with destructive_lock(profile.name, lock_timeout_seconds):
-        if approval:
-            answer = pause_flow_run(wait_for_input=UpgradeApproval, timeout=3600)
-            if not answer.approve:
-                raise UpgradeRefused(f"The operator declined the upgrade of {profile.name}.")
-            report["approved_by"] = answer.operator
-        backup_report = backup(
-            server=server,
-            store=store,
-            allow_partial_agents=True,
-            purpose="pre-upgrade",
-            pinned=True,
+    with audited_run("upgrade", server) as audit:
+        logger = get_run_logger()
+        profile = load_profile(server, need_database=True)
+        audit.update(server=profile.name)
+        tag_current_run(profile.name, "upgrade")
+        plan = preflight(profile, to_version, strategy)
+        audit.update(
+            versions_from=plan["from_version"],
+            versions_to=plan["to_version"],
+            strategy=strategy,
+            renames=audit_renames(plan["renames"]) if strategy == "rebuild" else None,
         )
-        object_store = open_backup_store(store, server)
-        manifest = load_manifest(object_store, *backup_report["set"].split("/"))
-        state = UpgradeState(
-            profile=profile,
-            store=object_store,
-            manifest=manifest,
-            old_version=plan["from_version"],
-            before_agents=agent_inventory(profile.require_database()),
-            renames=plan["renames"] if strategy == "rebuild" else {},
-        )
-        report.update(backup_set=backup_report["set"], started_at=datetime.now(UTC).isoformat())
-        runner = run_migrate if strategy == "migrate" else run_rebuild
-        try:
-            with transaction() as txn:
-                txn.set("state", state)
-                result = runner(state, plan["to_version"], start_timeout_seconds)
-        except Exception as exc:
-            report.update(
-                outcome="failed, rolled back" if (state.rollback or {}).get("ok") else "failed",
-                error=f"{type(exc).__name__}: {exc}",
-                rollback=state.rollback,
-            )
+        report: dict[str, Any] = {"plan": plan, "dry_run": dry_run, "outcome": "planned"}
+        if dry_run:
+            audit.update(outcome="planned")
             publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
-            rolled = state.rollback
-            raise UpgradeFailed(
-                f"Upgrade of {profile.name} to {plan['to_version']} failed "
-                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
-                + (
-                    "no rollback was needed: nothing destructive had happened"
-                    if rolled is None
-                    else f"rollback {'restored' if rolled.get('ok') else 'FAILED to restore'} "
-                    f"Letta {state.old_version} from {backup_report['set']}"
+            return report
+
+        with destructive_lock(profile.name, lock_timeout_seconds):
+            if approval:
+                answer = pause_flow_run(wait_for_input=UpgradeApproval, timeout=3600)
+                if not answer.approve:
+                    raise UpgradeRefused(f"The operator declined the upgrade of {profile.name}.")
+                report["approved_by"] = answer.operator
+                audit.update(approved_by=answer.operator)
+            backup_report = backup(
+                server=server,
+                store=store,
+                allow_partial_agents=True,
+                purpose="pre-upgrade",
+                pinned=True,
+            )
+            object_store = open_backup_store(store, server)
+            audit.update(backup_set=backup_report["set"], store=object_store)
+            manifest = load_manifest(object_store, *backup_report["set"].split("/"))
+            state = UpgradeState(
+                profile=profile,
+                store=object_store,
+                manifest=manifest,
+                old_version=plan["from_version"],
+                before_agents=agent_inventory(profile.require_database()),
+                renames=plan["renames"] if strategy == "rebuild" else {},
+            )
+            audit.update(counts_before=counts_summary(manifest.row_counts, state.before_agents))
+            report.update(backup_set=backup_report["set"], started_at=datetime.now(UTC).isoformat())
+            runner = run_migrate if strategy == "migrate" else run_rebuild
+            try:
+                with transaction() as txn:
+                    txn.set("state", state)
+                    result = runner(state, plan["to_version"], start_timeout_seconds)
+            except Exception as exc:
+                report.update(
+                    outcome="failed, rolled back" if (state.rollback or {}).get("ok") else "failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    rollback=state.rollback,
                 )
-            ) from exc
-    report.update(result, outcome="succeeded", finished_at=datetime.now(UTC).isoformat())
-    publish_report(
-        profile.name, "upgrade", render_upgrade_markdown(report), report.get("verification")
-    )
-    logger.info("upgraded %s to %s", profile.name, plan["to_version"])
-    return report
+                publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
+                rolled = state.rollback
+                audit.update(
+                    rollback_outcome=rollback_outcome(rolled),
+                    counts_after=server_counts(profile.require_database()) if rolled else None,
+                )
+                cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UpgradeFailed(
+                    f"Upgrade of {profile.name} to {plan['to_version']} failed ({cause}); "
+                    + (
+                        "no rollback was needed: nothing destructive had happened"
+                        if rolled is None
+                        else f"rollback {'restored' if rolled.get('ok') else 'FAILED to restore'} "
+                        f"Letta {state.old_version} from {backup_report['set']}"
+                    )
+                ) from exc
+        report.update(result, outcome="succeeded", finished_at=datetime.now(UTC).isoformat())
+        audit.update(counts_after=server_counts(profile.require_database()))
+        publish_report(
+            profile.name, "upgrade", render_upgrade_markdown(report), report.get("verification")
+        )
+        logger.info("upgraded %s to %s", profile.name, plan["to_version"])
+        return report
 
 
 __all__ = ["LettaVersion", "UpgradeApproval", "UpgradeFailed", "UpgradeRefused", "upgrade"]

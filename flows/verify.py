@@ -18,7 +18,8 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.letta_database import LettaDatabase
 from blocks.server_profile import ProfileError, load_profile, open_backup_store
-from flows.run_context import publish_report, tag_current_run
+from flows.audit_record import audited_run, counts_summary
+from flows.run_context import publish_report, run_name, tag_current_run
 from tasks.backup_catalog import (
     BackupSetError,
     list_backup_sets,
@@ -106,7 +107,7 @@ def render_verify_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-verify", flow_run_name="verify-{backup_set}")
+@flow(name="letta-verify", flow_run_name=run_name("verify", "backup_set"))
 def verify(
     backup_set: str,
     server: str | None = None,
@@ -116,48 +117,65 @@ def verify(
 ) -> dict[str, Any]:
     """Verify ``backup_set``: ``SERVER/SET_ID``, a SET_ID of the current server, or
     ``latest`` (the newest complete set)."""
-    logger = get_run_logger()
-    default_server = load_profile(server).name if "/" not in backup_set else None
-    object_store = open_backup_store(store, server)
-    server_name, set_id = resolve_set(object_store, backup_set, default_server)
-    tag_current_run(server_name, "verify")
-    manifest = load_manifest(object_store, server_name, set_id)
+    with audited_run("drill" if drill else "verify", server) as audit:
+        logger = get_run_logger()
+        default_server = load_profile(server).name if "/" not in backup_set else None
+        object_store = open_backup_store(store, server)
+        server_name, set_id = resolve_set(object_store, backup_set, default_server)
+        audit.update(server=server_name, backup_set=f"{server_name}/{set_id}", store=object_store)
+        tag_current_run(server_name, "verify")
+        manifest = load_manifest(object_store, server_name, set_id)
+        audit.update(
+            versions_from=manifest.letta_version,
+            counts_before=counts_summary(manifest.row_counts, len(manifest.agents)),
+        )
 
-    problems = check_objects_task(object_store, manifest)
-    dump = check_dump_task(object_store, manifest) if not problems else None
-    drill_result = None
-    if drill and not problems:
-        drill_result = drill_task(object_store, manifest, drill_target(server, drill_database))
-    ok = (
-        not problems
-        and dump is not None
-        and not dump["tables_missing"]
-        and (drill_result is None or not drill_result["differences"])
-    )
-    result = {
-        "ok": ok,
-        "set": f"{server_name}/{set_id}",
-        "drill": drill,
-        "checked_at": datetime.now(UTC).isoformat(),
-        "objects": len(manifest.objects),
-        "problems": problems,
-        "dump": dump,
-        "drill_result": drill_result,
-    }
-    record_verification(object_store, set_prefix(server_name, set_id), result)
-    publish_report(server_name, "verify", render_verify_markdown(result))
-    if not ok:
-        named = ", ".join(f"{p['object']} ({p['problem']})" for p in problems)
-        raise VerificationFailed(
-            f"Backup set {server_name}/{set_id} failed verification: "
-            + (
-                named
-                or (
-                    f"count differences {drill_result['differences']}"
-                    if drill_result and drill_result["differences"]
-                    else f"dump check {dump}"
+        problems = check_objects_task(object_store, manifest)
+        dump = check_dump_task(object_store, manifest) if not problems else None
+        drill_result = None
+        if drill and not problems:
+            drill_result = drill_task(object_store, manifest, drill_target(server, drill_database))
+        ok = (
+            not problems
+            and dump is not None
+            and not dump["tables_missing"]
+            and (drill_result is None or not drill_result["differences"])
+        )
+        result = {
+            "ok": ok,
+            "set": f"{server_name}/{set_id}",
+            "drill": drill,
+            "checked_at": datetime.now(UTC).isoformat(),
+            "objects": len(manifest.objects),
+            "problems": problems,
+            "dump": dump,
+            "drill_result": drill_result,
+        }
+        record_verification(object_store, set_prefix(server_name, set_id), result)
+        audit.update(
+            verified=ok,
+            problems=len(problems),
+            counts_after=(
+                {"tables": drill_result["tables"], "differences": drill_result["differences"]}
+                if drill_result
+                else None
+            ),
+        )
+        publish_report(server_name, "verify", render_verify_markdown(result))
+        if not ok:
+            named = ", ".join(f"{p['object']} ({p['problem']})" for p in problems)
+            raise VerificationFailed(
+                f"Backup set {server_name}/{set_id} failed verification: "
+                + (
+                    named
+                    or (
+                        f"count differences {drill_result['differences']}"
+                        if drill_result and drill_result["differences"]
+                        else f"dump check {dump}"
+                    )
                 )
             )
+        logger.info(
+            "backup set %s verified%s", result["set"], " with a restore drill" if drill else ""
         )
-    logger.info("backup set %s verified%s", result["set"], " with a restore drill" if drill else "")
-    return result
+        return result

@@ -29,8 +29,8 @@ def _has_column(conn: Connection, schema: str, table: str, column: str) -> bool:
     return bool(
         conn.execute(
             sa.text(
-                "SELECT 1 FROM information_schema.columns WHERE table_schema = :s AND table_name = :t "
-                "AND column_name = :c"
+                "SELECT 1 FROM information_schema.columns "
+                "WHERE table_schema = :s AND table_name = :t AND column_name = :c"
             ),
             {"s": schema, "t": table, "c": column},
         ).scalar()

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.letta",
     "tests.fixtures.prefect",
+    "tests.fixtures.audit",
 ]
