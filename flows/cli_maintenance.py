@@ -1,9 +1,296 @@
-"""The ``letta-ops`` commands for sync-tools, cleanup-sources, repair-sequences and doctor."""
+"""The ``letta-ops`` commands for sync-tools, cleanup-sources, repair-sequences and doctor.
+
+Anything that deletes or detaches only plans unless given ``--execute`` (as ``prune``); what
+only adds or repairs runs for real unless given ``--dry-run``. Every command prints a table
+(or ``--json``) and leaves a report artifact on its Prefect flow run.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from flows.cli import (
+    EXIT_FAILED,
+    EXIT_NEEDS_ACTION,
+    EXIT_OK,
+    emit,
+    progress,
+    render_table,
+    store_options,
+)
+
+
+def _lock_wait(args: argparse.Namespace) -> dict[str, float]:
+    """``--wait`` when given; else the flow's own default."""
+    return {} if args.wait is None else {"lock_timeout_seconds": args.wait}
+
+
+# --------------------------------------------------------------------------- sync-tools
+
+
+def _render_sync(report: dict[str, Any]) -> str:
+    rows = [
+        {
+            "agent": a["agent_name"],
+            "id": a["agent_id"],
+            "attach" if report["dry_run"] else "attached": ", ".join(a["attached"]),
+            "detach" if report["dry_run"] else "detached": ", ".join(a["detached"]),
+            "unchanged": a["unchanged"],
+            "error": a["error"] or "",
+        }
+        for a in report["agents"]
+        if a["attached"] or a["detached"] or a["error"]
+    ]
+    verbs = ("attach", "detach") if report["dry_run"] else ("attached", "detached")
+    head = (
+        "plan (nothing changed; "
+        + ("add --execute to detach)" if report["mode"] == "exact" else "drop --dry-run)")
+        if report["dry_run"]
+        else "synced"
+    )
+    return (
+        render_table(rows, ["agent", "id", *verbs, "unchanged", "error"])
+        + f"\n{head}: control {report['control_agent']['name']!r} "
+        f"({len(report['control_tools'])} tools), {report['targets']} target(s), "
+        f"{verbs[0]} {report['attached']}, {verbs[1]} {report['detached']}, "
+        f"already in line {report['unchanged_agents']}, errors {report['errors']}"
+    )
+
+
+def cmd_sync_tools(args: argparse.Namespace) -> int:
+    from flows.sync_tools import ToolSyncFailed, effective_dry_run, sync_tools
+
+    dry_run = True if args.dry_run else (False if args.execute else None)
+    if effective_dry_run(args.mode, dry_run):
+        progress(f"planning a {args.mode} tool sync; nothing will change")
+    try:
+        report = sync_tools(
+            control_agent=args.control,
+            tags=args.tag,
+            name_pattern=args.name,
+            agent_ids=args.agent_id,
+            match_all_tags=args.match_all_tags,
+            mode=args.mode,
+            dry_run=dry_run,
+            concurrency=args.concurrency,
+            server=args.server,
+        )
+    except ToolSyncFailed as exc:
+        emit(exc.report, args.json, render=_render_sync)
+        progress(str(exc))
+        return EXIT_FAILED
+    emit(report, args.json, render=_render_sync)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- cleanup-sources
+
+
+def _render_cleanup(report: dict[str, Any]) -> str:
+    text = render_table(report["remove"], ["name", "id", "category", "reason", "outcome"])
+    for kept in report["kept"]:
+        text += f"\nkept {kept['name']!r} ({kept['id']}): {kept['reason']}"
+    if report["executed"]:
+        text += f"\nremoved {report['removed']}, left {report['left']}"
+        if report.get("backup_set"):
+            text += f" (backup before the SQL step: {report['backup_set']})"
+    else:
+        hint = "--execute" if report["sql"] else "--execute (and --sql for phantoms)"
+        text += (
+            f"\nplan (nothing deleted; add {hint}): "
+            f"{report['orphans']} orphan(s), {report['duplicates']} duplicate(s), "
+            f"{report['phantoms']} phantom(s) of {report['folders_total']} folder(s)"
+        )
+    return text
+
+
+def cmd_cleanup_sources(args: argparse.Namespace) -> int:
+    from flows.cleanup_sources import CleanupFailed, cleanup_sources
+
+    try:
+        report = cleanup_sources(
+            server=args.server,
+            store=args.store,
+            execute=args.execute,
+            sql=args.sql,
+            **_lock_wait(args),
+        )
+    except CleanupFailed as exc:
+        if exc.report is not None:
+            emit(exc.report, args.json, render=_render_cleanup)
+        progress(str(exc))
+        return EXIT_FAILED
+    emit(report, args.json, render=_render_cleanup)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- repair-sequences
+
+
+def _render_repair(report: dict[str, Any]) -> str:
+    rows = [
+        {
+            "action": c["action"],
+            "sequence": c.get("sequence", ""),
+            "column": f"{c['table']}.{c['column']}" if c.get("table") else "",
+            "from": c.get("from", ""),
+            "to": c.get("to", ""),
+        }
+        for c in report["changes"]
+    ]
+    verb = "would change" if report["dry_run"] else "changed"
+    text = render_table(rows, ["action", "sequence", "column", "from", "to"])
+    text += (
+        f"\n{report['columns']} sequence column(s) checked in schema {report['schema']}; "
+        f"{verb} {len(rows)}; problems before {len(report['problems_before'])}, "
+        f"after {len(report['problems_after'])}"
+    )
+    return text
+
+
+def cmd_repair_sequences(args: argparse.Namespace) -> int:
+    from flows.repair_sequences import repair_sequences
+
+    report = repair_sequences(server=args.server, dry_run=args.dry_run, **_lock_wait(args))
+    emit(report, args.json, render=_render_repair)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+def _render_doctor(report: dict[str, Any]) -> str:
+    rows = [
+        {
+            "check": f["check"] + (" (ignored)" if f["check"] in report["ignored"] else ""),
+            "status": f["status"].upper() if f["status"] == "action" else f["status"],
+            "finding": f["detail"],
+            "fix": f["fix"] or "",
+        }
+        for f in report["findings"]
+    ]
+    verdict = "NEEDS ACTION" if report["needs_action"] else "all well"
+    return (
+        render_table(rows, ["check", "status", "finding", "fix"])
+        + f"\n{report['server']} ({report['base_url']}), Letta {report['version'] or '?'}: "
+        + verdict
+    )
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from flows.doctor import doctor
+
+    report = doctor(
+        server=args.server,
+        store=args.store,
+        compose_file=str(args.compose_file) if args.compose_file else None,
+        compose_service=args.compose_service,
+        max_backup_age_hours=args.max_backup_age_hours,
+        ignore=args.ignore,
+    )
+    emit(report, args.json, render=_render_doctor)
+    return EXIT_NEEDS_ACTION if report["needs_action"] else EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return number
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register this area's sub-commands on the ``letta-ops`` parser."""
+    from tasks.doctor_checks import CHECK_NAMES
+
+    store = store_options()
+    lock = argparse.ArgumentParser(add_help=False)
+    lock.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="wait this long for another destructive flow on the server to finish (10)",
+    )
+
+    p = sub.add_parser(
+        "sync-tools",
+        parents=[common],
+        help="give agents the tools of a control agent (additive or exact)",
+        description="Attach the control agent's tools to every target agent; --mode exact "
+        "also detaches tools the control agent does not have. Targets: --tag, --name "
+        "and --agent-id narrow each other; the control agent is never a target. Additive "
+        "runs for real unless --dry-run; exact only plans unless --execute. Exit 1 if an "
+        "agent could not be synced.",
+    )
+    p.add_argument("--control", required=True, metavar="AGENT", help="control agent id or name")
+    p.add_argument("--tag", action="append", metavar="TAG", help="target agents with this tag")
+    p.add_argument(
+        "--match-all-tags", action="store_true", help="targets need every --tag (default: any)"
+    )
+    p.add_argument("--name", metavar="PATTERN", help="target agents whose name matches (glob)")
+    p.add_argument("--agent-id", action="append", metavar="ID", help="target this agent id")
+    p.add_argument("--mode", choices=("additive", "exact"), default="additive")
+    p.add_argument("--concurrency", type=_positive, default=4, help="agents in flight (4)")
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--dry-run", action="store_true", help="only show the plan")
+    run.add_argument("--execute", action="store_true", help="really change (needed for exact)")
+    p.set_defaults(func=cmd_sync_tools)
+
+    p = sub.add_parser(
+        "cleanup-sources",
+        parents=[common, store, lock],
+        help="remove orphan, duplicate and phantom folders (plan only by default)",
+        description="List folders (sources) attached to no agent, suffixed copies of "
+        "another folder, and phantoms the API lists but cannot delete. Folders attached to "
+        "an agent are never removed. Deletes only with --execute; phantoms only with --sql, "
+        "after a verified backup into the store.",
+    )
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--dry-run", action="store_true", help="only show the plan (the default)")
+    run.add_argument("--execute", action="store_true", help="really delete")
+    p.add_argument(
+        "--sql",
+        action="store_true",
+        help="also remove phantom rows in the database, after a verified backup",
+    )
+    p.set_defaults(func=cmd_cleanup_sources)
+
+    p = sub.add_parser(
+        "repair-sequences",
+        parents=[common, lock],
+        help="restore messages.sequence_id's default and move lagging sequences",
+        description="Create message_seq_id if missing, set messages.sequence_id's default "
+        "back, and move every sequence past its column's maximum, in one transaction. "
+        "Idempotent; --dry-run shows the changes without making them.",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only show what would change")
+    p.set_defaults(func=cmd_repair_sequences)
+
+    p = sub.add_parser(
+        "doctor",
+        parents=[common, store],
+        help="check everything that has broken Letta servers before (exit 3: needs action)",
+        description="Health and version, alembic head, pgvector, LETTA_PG_URI, a writable "
+        "HOME, messages.sequence_id, LETTA_ENCRYPTION_KEY, the compose pin, disk for a dump, "
+        "the newest verified backup. Changes nothing. Exit 3 when something needs action.",
+    )
+    p.add_argument("--compose-file", metavar="PATH", help="compose file to check for a pin")
+    p.add_argument("--compose-service", default="letta", help="the Letta service in it (letta)")
+    p.add_argument(
+        "--max-backup-age-hours",
+        type=float,
+        default=26.0,
+        help="oldest acceptable verified backup (26)",
+    )
+    p.add_argument(
+        "--ignore",
+        action="append",
+        choices=CHECK_NAMES,
+        metavar="CHECK",
+        help=f"accept a finding (repeatable): {', '.join(CHECK_NAMES)}",
+    )
+    p.set_defaults(func=cmd_doctor)

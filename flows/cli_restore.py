@@ -1,9 +1,265 @@
-"""The ``letta-ops`` commands for rollback, restore and restore-agents."""
+"""The ``letta-ops`` commands for rollback, restore and restore-agents.
+
+Same conventions as ``upgrade``: a destructive command shows its plan and asks before it
+changes anything (``--yes`` skips the question, ``--dry-run`` only shows the plan); refusals
+are one sentence and exit 2 with nothing changed; a failed operation exits 1.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+
+def _confirm(plan_text: str, question: str, what: str) -> None:
+    """Ask on a terminal; refuse (exit 2) without one."""
+    from flows.cli import EXIT_BAD_INPUT, CommandError
+
+    print(plan_text, file=sys.stderr)
+    if not sys.stdin.isatty():
+        raise CommandError(
+            f"Refusing to {what} without confirmation; review the plan above and rerun with --yes.",
+            EXIT_BAD_INPUT,
+        )
+    if input(f"{question} [y/N] ").strip().lower() not in {"y", "yes"}:
+        raise CommandError(f"{what.capitalize()} cancelled; nothing was changed.", EXIT_BAD_INPUT)
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+def render_rollback_plan(report: dict) -> str:
+    plan = report["plan"]
+    lines = [
+        f"rollback {plan['server']} ({plan['base_url']}): Letta {plan['from_version']} -> "
+        f"{plan['to_version']} from set {plan['set']}",
+        f"set taken {plan['set_created_at']} ({plan['set_purpose']}), "
+        f"{plan['objects_verified']} objects verified; {plan['tables']} tables, "
+        f"{plan['rows']} rows",
+        f"agents {plan['agents_now']} now -> {plan['agents_in_set']} after; expected downtime "
+        f"about {plan['expected_downtime_seconds']} s",
+    ]
+    if plan["agents_not_in_set"]:
+        lines.append(
+            "not in the set (kept in the safety backup): " + ", ".join(plan["agents_not_in_set"])
+        )
+    if plan["agents_coming_back"]:
+        lines.append("coming back: " + ", ".join(plan["agents_coming_back"]))
+    lines.append("steps:")
+    lines += [f"  {i}. {step}" for i, step in enumerate(plan["steps"], 1)]
+    return "\n".join(lines)
+
+
+def render_rollback(report: dict) -> str:
+    text = render_rollback_plan(report) + f"\noutcome: {report['outcome']}"
+    if report.get("downtime_seconds") is not None:
+        proof = report["verification"]
+        text += (
+            f", downtime {report['downtime_seconds']} s; now Letta {proof['version']} with "
+            f"{proof['agents']} agents, counts equal the manifest's"
+            f"\nsafety backup (undo with --to): {report['safety_set']}"
+        )
+    return text
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from flows.cli import EXIT_OK, _with_progress, emit
+    from flows.rollback import rollback
+
+    common = {"backup_set": args.to, "server": args.server, "store": args.store}
+    if args.dry_run:
+        emit(rollback(**common, dry_run=True), args.json, render=render_rollback_plan)
+        return EXIT_OK
+    if not args.yes:
+        plan = rollback(**common, dry_run=True)
+        _confirm(render_rollback_plan(plan), "Proceed with the rollback?", "roll back")
+    report = _with_progress(
+        lambda: rollback(
+            **common,
+            approval=args.approval,
+            lock_timeout_seconds=args.wait,
+            jobs=args.jobs,
+        )
+    )
+    emit(report, args.json, render=render_rollback)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- restore
+
+
+def render_restore(report: dict) -> str:
+    plan = report["plan"]
+    lines = [
+        f"restored {plan['set']} (Letta {plan['letta_version']}) onto {plan['target']}: "
+        f"{report['outcome']}",
+        f"{plan['tables']} tables, {plan['rows']} rows, {plan['agents_in_set']} agents; "
+        "per-table counts equal the manifest's",
+    ]
+    if report.get("server"):
+        s = report["server"]
+        lines.append(f"Letta {s['version']} runs at {s['base_url']} (pid {s['pid']})")
+    return "\n".join(lines)
+
+
+def _check_database_argument(reference: str) -> None:
+    """Refuse a password on the command line before any flow run records the parameter."""
+    from flows.cli import EXIT_BAD_INPUT, CommandError
+    from tasks.restore_target import RestoreTargetRefused, is_uri, target_database
+
+    if is_uri(reference):
+        try:
+            target_database(reference)
+        except RestoreTargetRefused as exc:
+            raise CommandError(str(exc), EXIT_BAD_INPUT) from None
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from flows.cli import EXIT_OK, _with_progress, emit
+    from flows.restore import restore
+
+    _check_database_argument(args.database)
+    if args.force and not args.yes:
+        _confirm(
+            f"restore {args.set} onto {args.database}: with --force an existing database "
+            "there is DROPPED and replaced by the set.",
+            "Drop and replace it?",
+            "restore with --force",
+        )
+    report = _with_progress(
+        lambda: restore(
+            args.set,
+            args.database,
+            server=args.server,
+            store=args.store,
+            force=args.force,
+            start=args.start,
+            port=args.port,
+            runtime=args.runtime,
+            jobs=args.jobs,
+            lock_timeout_seconds=args.wait,
+        )
+    )
+    emit(report, args.json, render=render_restore)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- restore-agents
+
+
+def render_restore_agents(report: dict) -> str:
+    from flows.cli import render_table
+
+    return (
+        render_table(
+            report["agents"],
+            [
+                "name_in_set",
+                "restored_as",
+                "new_id",
+                "blocks",
+                "messages_restored",
+                "messages_in_file",
+            ],
+        )
+        + f"\nrestored {len(report['agents'])} agent(s) from {report['set']} into Letta "
+        f"{report['letta_version']}\nnote: {report['note']}"
+    )
+
+
+def cmd_restore_agents(args: argparse.Namespace) -> int:
+    from flows.cli import EXIT_OK, emit
+    from flows.restore_agents import restore_agents
+
+    report = restore_agents(
+        args.set, args.agents, server=args.server, store=args.store, as_copy=args.as_copy
+    )
+    emit(report, args.json, render=render_restore_agents)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register this area's sub-commands on the ``letta-ops`` parser."""
+    from flows.cli import store_options
+
+    store = store_options()
+    lock = argparse.ArgumentParser(add_help=False)
+    lock.add_argument(
+        "--wait",
+        type=float,
+        default=30,
+        metavar="SECONDS",
+        help="wait this long for another destructive run on the server to finish (30)",
+    )
+    lock.add_argument(
+        "--jobs", type=int, default=2, help="parallel pg_restore workers (2)", metavar="N"
+    )
+
+    p = sub.add_parser(
+        "rollback",
+        parents=[common, store, lock],
+        help="put the server back on a backup set's version and data",
+        description="Verify the set (manifest, this server's, sha256 of every object, version "
+        "installable), back up the current state (pinned, pre-rollback: the undo), stop, "
+        "drop and recreate the database, restore the dump, repair sequences, start the set's "
+        "Letta version and prove agents and per-table counts equal the manifest's. Any failure "
+        "after the stop restores the safety backup and the version that was running.",
+    )
+    p.add_argument(
+        "--to",
+        metavar="SET",
+        help="SERVER/SET_ID, SET_ID or latest (default: the newest verified pre-upgrade set)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only show the plan")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--approval",
+        action="store_true",
+        help="pause before the first destructive step until approved in the Prefect UI",
+    )
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser(
+        "restore",
+        parents=[common, store, lock],
+        help="restore a backup set onto another (empty) database",
+        description="Restore a set onto a different database (a staging copy, a new host). "
+        "Refuses a database that holds tables unless --force. The password never goes on the "
+        "command line: use PGPASSWORD with a URI, or a saved Letta Database block.",
+    )
+    p.add_argument("set", metavar="SET", help="SERVER/SET_ID, SET_ID or latest")
+    p.add_argument(
+        "--database",
+        required=True,
+        metavar="URI_OR_BLOCK",
+        help="postgresql://USER@HOST:PORT/DB (password in PGPASSWORD) or a saved Letta "
+        "Database block name",
+    )
+    p.add_argument("--force", action="store_true", help="drop and replace a non-empty database")
+    p.add_argument("--yes", action="store_true", help="do not ask before --force drops")
+    p.add_argument("--start", action="store_true", help="start a Letta of the set's version on it")
+    p.add_argument("--port", type=int, help="with --start: port on 127.0.0.1 for that server")
+    p.add_argument(
+        "--runtime", metavar="BLOCK", help="with --start: a saved Letta Process Runtime block"
+    )
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "restore-agents",
+        parents=[common, store],
+        help="restore agents from a set's agent files into the running server",
+        description="Import agents (by id or exact name) from a backup set's agent files, "
+        "named for the running version's rule; refuses if the agent or its name is live "
+        "unless --as-copy. Prints each restored agent's new id.",
+    )
+    p.add_argument("set", metavar="SET", help="SERVER/SET_ID, SET_ID or latest")
+    p.add_argument("agents", nargs="+", metavar="AGENT", help="agent id or exact name")
+    p.add_argument(
+        "--as-copy",
+        action="store_true",
+        help="restore beside the live agent as '<name> restored <set date>'",
+    )
+    p.set_defaults(func=cmd_restore_agents)

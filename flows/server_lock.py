@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 
 class ServerBusy(RuntimeError):
@@ -23,36 +24,48 @@ def lock_name(server: str) -> str:
     return f"letta-ops-destructive-{server}"
 
 
-def ensure_lock_limit(server: str) -> str:
-    """Create the server's limit (one slot) if it does not exist yet."""
+#: Even a free slot takes the Prefect API a moment to grant; on a loaded two-core host more
+#: than a second. A busy slot is refused at once when the caller does not want to wait.
+ACQUIRE_GRACE_SECONDS = 30.0
+
+
+def occupied_slots(server: str) -> int:
+    """Create the server's limit (one slot) if it does not exist yet; its occupied slots."""
     name = lock_name(server)
     with get_client(sync_client=True) as client:
         try:
-            client.read_global_concurrency_limit_by_name(name)
-        except Exception:
+            return client.read_global_concurrency_limit_by_name(name).active_slots
+        except ObjectNotFound:
+            pass
+        try:
             client.create_global_concurrency_limit(
                 GlobalConcurrencyLimitCreate(name=name, limit=1, active=True)
             )
-    return name
+            return 0
+        except ObjectAlreadyExists:  # another run created it in the meantime
+            return client.read_global_concurrency_limit_by_name(name).active_slots
 
 
 @contextlib.contextmanager
 def destructive_lock(server: str, timeout_seconds: float | None = 0) -> Iterator[None]:
-    """Hold the server's destructive slot; wait at most ``timeout_seconds`` (None: forever)."""
-    name = ensure_lock_limit(server)
+    """Hold the server's destructive slot; wait at most ``timeout_seconds`` (None: forever).
+
+    With ``timeout_seconds=0`` a slot another run holds is refused at once; a free one is
+    still given the grace the API needs to grant it. Two runs that both see it free race in
+    ``strict`` mode: one gets it, the other waits for it and is refused after the grace.
+    """
+    busy = ServerBusy(
+        f"Another destructive letta-ops flow is running on server {server!r}; wait for it "
+        "to finish (see 'letta-ops history' or the Prefect UI) and try again."
+    )
+    if occupied_slots(server) and timeout_seconds == 0:
+        raise busy
+    wait = None if timeout_seconds is None else max(timeout_seconds, ACQUIRE_GRACE_SECONDS)
     try:
-        slot = concurrency(
-            name,
-            occupy=1,
-            strict=True,
-            timeout_seconds=max(timeout_seconds, 1) if timeout_seconds is not None else None,
-        )
+        slot = concurrency(lock_name(server), occupy=1, strict=True, timeout_seconds=wait)
         slot.__enter__()
     except TimeoutError as exc:
-        raise ServerBusy(
-            f"Another destructive letta-ops flow is running on server {server!r}; wait for it "
-            "to finish (see 'letta-ops history' or the Prefect UI) and try again."
-        ) from exc
+        raise busy from exc
     try:
         yield
     finally:

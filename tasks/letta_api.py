@@ -9,6 +9,7 @@ header, and errors keep the server's own message so an operator can act on it.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,16 @@ import httpx
 from blocks.letta_server import LettaServer
 
 PAGE_SIZE = 100
+#: Retried for every call: the server (or a proxy) asked us to slow down or is restarting.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Retried for calls that are safe to repeat (attach, detach, delete): also a plain 500.
+IDEMPOTENT_RETRY_STATUSES = RETRY_STATUSES | {500}
+#: Longest single wait between retries, whatever ``Retry-After`` asks for.
+MAX_BACKOFF = 30.0
+#: Sent on attach/detach: 0.16.x then answers with no body instead of the whole agent state
+#: (the 1.0 SDK's response shape), which makes a fleet-wide sync about twice as fast. Older
+#: servers ignore it. We never read those bodies.
+NO_AGENT_STATE = {"X-Stainless-Package-Version": "1.0.0"}
 
 
 class LettaAPIError(RuntimeError):
@@ -25,7 +36,13 @@ class LettaAPIError(RuntimeError):
 
     def __init__(self, method: str, path: str, status: int, detail: str) -> None:
         self.method, self.path, self.status, self.detail = method, path, status, detail
-        super().__init__(f"{method} {path} answered {status}: {detail}")
+        if status == 0:  # nothing answered: say where we looked and what to check
+            super().__init__(
+                f"Cannot reach the Letta server ({method} {path}: {detail}); check "
+                "LETTA_BASE_URL (or the saved server block) and that the server is running."
+            )
+        else:
+            super().__init__(f"{method} {path} answered {status}: {detail}")
 
 
 class LettaClient:
@@ -49,21 +66,36 @@ class LettaClient:
 
     # ------------------------------------------------------------------ plumbing
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One call, retried with backoff on connection errors, 429 and 502-504."""
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        retry_statuses: frozenset[int] = RETRY_STATUSES,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One call, retried with backoff on connection errors and ``retry_statuses``.
+
+        The default retries only what is safe for any call (429, 502-504). Idempotent calls
+        (attach, detach, delete) pass :data:`IDEMPOTENT_RETRY_STATUSES` to also retry a 500.
+        The wait doubles from 0.5 s with jitter (so parallel workers do not retry in lockstep)
+        and honours a numeric ``Retry-After`` on 429/503.
+        """
         delay = 0.5
         for attempt in range(self.retries + 1):
+            wait = delay
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
                 if attempt == self.retries:
-                    raise LettaAPIError(method, path, 0, f"connection failed: {exc}") from exc
+                    raise LettaAPIError(method, path, 0, f"{self._http.base_url}: {exc}") from exc
             else:
-                if response.status_code not in (429, 502, 503, 504) or attempt == self.retries:
+                if response.status_code not in retry_statuses or attempt == self.retries:
                     if response.status_code >= 400:
                         raise LettaAPIError(method, path, response.status_code, _detail(response))
                     return response
-            time.sleep(delay)
+                wait = max(delay, _retry_after(response))
+            time.sleep(min(wait, MAX_BACKOFF) * random.uniform(0.8, 1.2))
             delay *= 2
         raise AssertionError("unreachable")
 
@@ -72,8 +104,12 @@ class LettaClient:
 
     def paged(
         self, path: str, params: dict[str, Any] | None = None, page_size: int = PAGE_SIZE
-    ) -> Iterator[dict]:
-        """Every item of a cursor-paged list (``limit`` + ``after``, ascending)."""
+    ) -> Iterator[Any]:
+        """Every item of a cursor-paged list (``limit`` + ``after``, ascending).
+
+        Items are objects with an ``id`` or, for a few endpoints (the agents of a folder),
+        bare id strings; the cursor is the last item's id either way.
+        """
         after: str | None = None
         seen: set[str] = set()
         while True:
@@ -81,21 +117,27 @@ class LettaClient:
             if after:
                 query["after"] = after
             page = self._json("GET", path, params=query)
-            new = [item for item in page if item.get("id") not in seen]
+            new = [item for item in page if _item_id(item) not in seen]
             for item in new:
-                seen.add(item["id"])
+                seen.add(_item_id(item))
                 yield item
             if len(page) < page_size or not new:
                 return
-            after = page[-1]["id"]
+            after = _item_id(page[-1])
 
     # ------------------------------------------------------------------ endpoints
 
     def health(self) -> dict:
         return self._json("GET", "/v1/health/")
 
-    def list_agents(self) -> list[dict]:
-        return list(self.paged("/v1/agents/"))
+    def list_agents(
+        self, tags: list[str] | None = None, match_all_tags: bool = False
+    ) -> list[dict]:
+        """Every agent, or those with any (``match_all_tags``: all) of ``tags``."""
+        params: dict[str, Any] = {}
+        if tags:
+            params = {"tags": list(tags), "match_all_tags": json.dumps(match_all_tags)}
+        return list(self.paged("/v1/agents/", params))
 
     def get_agent(self, agent_id: str) -> dict:
         return self._json("GET", f"/v1/agents/{agent_id}")
@@ -132,6 +174,71 @@ class LettaClient:
 
     def list_tools(self) -> list[dict]:
         return list(self.paged("/v1/tools/"))
+
+    def create_tool(self, source_code: str, **fields: Any) -> dict:
+        """Create (or, by name, update) a custom Python tool from its source code."""
+        return self._json("POST", "/v1/tools/", json={"source_code": source_code, **fields})
+
+    def attach_tool(self, agent_id: str, tool_id: str) -> None:
+        """Attach a tool; attaching one that is already attached is a no-op on the server."""
+        self.request(
+            "PATCH",
+            f"/v1/agents/{agent_id}/tools/attach/{tool_id}",
+            retry_statuses=IDEMPOTENT_RETRY_STATUSES,
+            headers=NO_AGENT_STATE,
+        )
+
+    def detach_tool(self, agent_id: str, tool_id: str) -> None:
+        """Detach a tool; detaching one that is not attached is a no-op on the server."""
+        self.request(
+            "PATCH",
+            f"/v1/agents/{agent_id}/tools/detach/{tool_id}",
+            retry_statuses=IDEMPOTENT_RETRY_STATUSES,
+            headers=NO_AGENT_STATE,
+        )
+
+    # Sources and folders are one entity (ids ``source-...``); ``/v1/folders`` is the
+    # current name, ``/v1/sources`` the deprecated one. Both list the same rows.
+
+    def list_folders(self) -> list[dict]:
+        return list(self.paged("/v1/folders/"))
+
+    def get_folder(self, folder_id: str) -> dict:
+        return self._json("GET", f"/v1/folders/{folder_id}")
+
+    def create_folder(self, body: dict) -> dict:
+        """Create a folder; the server answers 409 when the name is taken (unique per org)."""
+        return self._json("POST", "/v1/folders/", json=body)
+
+    def delete_folder(self, folder_id: str) -> None:
+        self.request("DELETE", f"/v1/folders/{folder_id}", retry_statuses=IDEMPOTENT_RETRY_STATUSES)
+
+    def list_folder_agents(self, folder_id: str) -> list[str]:
+        """Ids of the agents a folder is attached to (the endpoint returns bare ids)."""
+        return list(self.paged(f"/v1/folders/{folder_id}/agents"))
+
+    def list_agent_folders(self, agent_id: str) -> list[dict]:
+        return list(self.paged(f"/v1/agents/{agent_id}/folders"))
+
+    def attach_folder(self, agent_id: str, folder_id: str) -> None:
+        self.request(
+            "PATCH",
+            f"/v1/agents/{agent_id}/folders/attach/{folder_id}",
+            retry_statuses=IDEMPOTENT_RETRY_STATUSES,
+            headers=NO_AGENT_STATE,
+        )
+
+
+def _item_id(item: Any) -> str:
+    return item if isinstance(item, str) else item.get("id")
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """Seconds a 429/503 asks us to wait (numeric ``Retry-After`` only), else 0."""
+    try:
+        return max(0.0, float(response.headers.get("retry-after", "")))
+    except ValueError:
+        return 0.0
 
 
 def _detail(response: httpx.Response) -> str:

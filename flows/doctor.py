@@ -1,0 +1,230 @@
+"""``letta-ops doctor``: one report of everything that broke these servers before.
+
+The runbook this replaces, as one run (read-only; nothing is changed):
+
+1. the configuration: ``LETTA_PG_URI`` set and not a placeholder, for letta-ops and for the
+   running server, and both on the same database;
+2. the server: healthy, its version; its HOME / LETTA_DIR writable; ``LETTA_ENCRYPTION_KEY``
+   set on >= 0.12; the compose file (if given) pinned to a release;
+3. the database: alembic revision equals the head of the running version; pgvector installed;
+   ``messages.sequence_id`` has its default and every sequence is past its maximum; free disk
+   for a dump;
+4. the backups: the newest verified set is recent enough;
+5. publish the findings, each with a one-line fix. ``needs_action`` is true when any finding
+   needs an operator (the command line exits 3).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.letta_database import LettaDatabase
+from blocks.letta_server import LettaServer
+from blocks.process_runtime import LettaProcessRuntime
+from blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from flows.audit_record import audited_run
+from flows.run_context import publish_report, run_name, tag_current_run
+from tasks import doctor_checks as checks
+from tasks.doctor_checks import Finding, guarded
+from tasks.letta_api import LettaAPIError, LettaClient
+
+
+class ServerNeedsAction(RuntimeError):
+    """Raised (when asked to) so a scheduled doctor's run turns red and notifications fire."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def load_profile_for_doctor(server: str | None) -> tuple[ServerProfile, str | None]:
+    """The profile, even when its database settings are broken (that is a finding, not a
+    crash): returns the profile without a database and the one-sentence reason."""
+    try:
+        return load_profile(server, need_database=True), None
+    except ValueError as exc:  # InvalidDatabaseURI, ProfileError, pydantic's ValidationError
+        reason = str(exc).strip().splitlines()[0]
+        if server:
+            try:
+                return load_profile(server, need_database=False), reason
+            except ValueError:
+                raise exc from None  # the saved server itself is missing: bad input
+    letta = LettaServer.from_env()
+    return ServerProfile(letta, None, LettaProcessRuntime.from_env(letta.server_name)), reason
+
+
+@task(name="check-server", cache_policy=NO_CACHE)
+def check_server(
+    profile: ServerProfile,
+    config_error: str | None,
+    compose_file: Path | None,
+    compose_service: str,
+) -> tuple[list[Finding], str | None]:
+    """Health, version, and what the server process sees (URI, HOME, encryption key)."""
+    health, error = None, None
+    with LettaClient(profile.server, timeout=10, retries=1) as client:
+        try:
+            health = client.health()
+        except LettaAPIError as exc:
+            error = exc.detail
+    version = (health or {}).get("version")
+    server_env = checks.server_process_environment(profile.runtime.resolved_state_dir())
+    compose_text = compose_file.read_text() if compose_file and compose_file.exists() else None
+    runtime_names = set(profile.runtime.server_env)
+    if profile.runtime.env_file and profile.runtime.env_file.exists():
+        from tasks.letta_runtime_process import read_env_file
+
+        runtime_names |= set(read_env_file(profile.runtime.env_file))
+    findings = [
+        checks.check_health(health, error, profile.server.base_url),
+        *guarded(
+            "database-uri",
+            lambda: checks.check_database_uri(
+                profile.database, config_error, server_env, compose_text
+            ),
+        ),
+        *guarded(
+            "home-writable",
+            lambda: checks.check_home_writable(
+                server_env, profile.runtime.resolved_state_dir() / "home"
+            ),
+        ),
+        *guarded(
+            "encryption-key",
+            lambda: checks.check_encryption_key(
+                version,
+                checks.encryption_key_sources(server_env, runtime_names, compose_text),
+            ),
+        ),
+        *guarded("compose-pin", lambda: checks.check_compose_pin(compose_file, compose_service)),
+    ]
+    return findings, version
+
+
+@task(name="check-database", cache_policy=NO_CACHE)
+def check_database(db: LettaDatabase | None, version: str | None) -> list[Finding]:
+    """Schema revision, pgvector, sequences and room for a dump."""
+    names = ("alembic", "pgvector", "sequences", "dump-space")
+    if db is None:
+        reason = "no usable database configuration (see database-uri)"
+        return [checks.skipped(n, reason) for n in names]
+    from tasks.letta_inventory import database_size
+    from tasks.letta_postgres import alembic_revision
+    from tasks.sequence_repair import sequence_health
+
+    return [
+        *guarded("alembic", lambda: checks.check_alembic(alembic_revision(db), version)),
+        *guarded("pgvector", lambda: checks.check_pgvector(checks.pgvector_version(db))),
+        *guarded("sequences", lambda: checks.check_sequences(sequence_health(db))),
+        *guarded(
+            "dump-space",
+            lambda: checks.check_dump_space(database_size(db), checks.dump_directory()),
+        ),
+    ]
+
+
+@task(name="check-backups", cache_policy=NO_CACHE)
+def check_backups(
+    server_name: str, store: str | None, server: str | None, max_age_hours: float
+) -> list[Finding]:
+    try:
+        object_store = open_backup_store(store, server)
+    except ValueError as exc:
+        return [
+            checks.action(
+                "backup-age",
+                str(exc).strip().splitlines()[0],
+                "Set LETTA_OPS_STORE (or pass --store) and schedule the nightly-backup deployment.",
+            )
+        ]
+    return guarded(
+        "backup-age",
+        lambda: checks.check_backup_age(
+            checks.newest_verified_backup(object_store, server_name),
+            datetime.now(UTC),
+            max_age_hours,
+            object_store.describe(),
+        ),
+    )
+
+
+def render_doctor_markdown(report: dict[str, Any]) -> str:
+    verdict = "needs action" if report["needs_action"] else "all well"
+    lines = [
+        f"# Doctor: {report['server']} (Letta {report['version'] or 'unknown'}): **{verdict}**",
+        "",
+        "| check | status | finding | fix |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {f['check']} | {f['status']} | {f['detail']} | {f['fix'] or ''} |"
+        for f in report["findings"]
+    ]
+    if report["ignored"]:
+        lines += ["", f"Ignored by the operator: {', '.join(report['ignored'])}"]
+    return "\n".join(lines)
+
+
+@flow(name="letta-doctor", flow_run_name=run_name("doctor"))
+def doctor(
+    server: str | None = None,
+    store: str | None = None,
+    compose_file: str | None = None,
+    compose_service: str = "letta",
+    max_backup_age_hours: float = 26.0,
+    ignore: list[str] | None = None,
+    fail_on_action: bool = False,
+) -> dict[str, Any]:
+    """Check one server; ``ignore`` lists checks the operator has accepted (still reported,
+    never counted as needing action). With ``fail_on_action`` (the scheduled deployment) a
+    finding that needs action fails the run, after the report is published."""
+    with audited_run("doctor", server) as audit:
+        unknown = sorted(set(ignore or ()) - set(checks.CHECK_NAMES))
+        if unknown:
+            raise ValueError(
+                f"Unknown check(s) to ignore: {', '.join(unknown)}; known: "
+                f"{', '.join(checks.CHECK_NAMES)}."
+            )
+        profile, config_error = load_profile_for_doctor(server)
+        audit.update(server=profile.name)
+        tag_current_run(profile.name, "doctor")
+        compose = Path(compose_file) if compose_file else None
+        if compose is not None and not compose.is_file():
+            raise ValueError(f"Compose file {compose} does not exist.")
+
+        server_findings, version = check_server(profile, config_error, compose, compose_service)
+        findings = [
+            *server_findings,
+            *check_database(profile.database, version),
+            *check_backups(profile.name, store, server, max_backup_age_hours),
+        ]
+        order = {name: i for i, name in enumerate(checks.CHECK_NAMES)}
+        findings.sort(key=lambda f: order.get(f.check, len(order)))
+        ignored = sorted(set(ignore or ()))
+        counted = [f for f in findings if f.check not in ignored]
+        report = {
+            "server": profile.name,
+            "base_url": profile.server.base_url,
+            "version": version,
+            "needs_action": checks.needs_action(counted),
+            "findings": [f.to_dict() for f in findings],
+            "ignored": ignored,
+        }
+        publish_report(profile.name, "doctor", render_doctor_markdown(report), report["findings"])
+        audit.update(
+            versions_from=version,
+            needs_action=report["needs_action"],
+            actions=[f.check for f in counted if f.status == "action"],
+        )
+        if fail_on_action and report["needs_action"]:
+            first = next(f for f in counted if f.status == "action")
+            raise ServerNeedsAction(
+                f"{profile.name} needs action on {first.check}: {first.detail}. Fix: {first.fix}",
+                report,
+            )
+        return report

@@ -1,0 +1,255 @@
+"""Restore a backup set onto a *different* database: a staging copy, or a new host after a
+disk loss. The rollback's machinery, pointed somewhere else.
+
+The runbook this replaces, as one run:
+
+1. pre-flight, nothing changes: the target database is named without a password on the
+   command line, is not the live server's database, and is empty (or ``force`` says replace
+   it); the set has a manifest and every object matches its sha256; with ``start``, the set's
+   Letta version installs and the port is free;
+2. take the destructive lock of the target;
+3. drop and recreate the target -> pgvector -> parallel pg_restore -> repair sequences ->
+   compare per-table counts with the manifest;
+4. with ``start``: start a Letta of the set's version on it and prove version, agents and
+   counts equal the manifest's.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.letta_database import LettaDatabase
+from blocks.letta_server import LettaServer, sanitize_server_name
+from blocks.process_runtime import LettaProcessRuntime
+from blocks.server_profile import load_profile, open_backup_store
+from flows.audit_record import audited_run
+from flows.restore_server import (
+    database_for_set,
+    prove_server_matches_set,
+    restore_database_from_set,
+    start_set_version,
+)
+from flows.run_context import publish_report, tag_current_run
+from flows.server_lock import destructive_lock
+from flows.verify import resolve_set
+from tasks.backup_catalog import load_manifest
+from tasks.backup_manifest import BackupManifest
+from tasks.backup_set_admission import require_dump, require_intact
+from tasks.letta_api import LettaClient
+from tasks.letta_runtime_process import install_runtime
+from tasks.object_store import ObjectStore
+from tasks.restore_target import (
+    RestoreTargetRefused,
+    port_in_use,
+    same_database,
+    target_database,
+    user_table_count,
+)
+
+
+class RestoreFailed(RuntimeError):
+    """The restore ran but the result is not what the set holds."""
+
+
+def restored_runtime(
+    target: LettaDatabase, runtime_block: str | None, port: int | None
+) -> LettaProcessRuntime:
+    """How to run the restored server: a saved Letta Process Runtime block, else a runtime of
+    its own (named after the database) on ``port`` of 127.0.0.1."""
+    if runtime_block:
+        try:
+            return LettaProcessRuntime.load(runtime_block)
+        except ValueError as exc:
+            raise RestoreTargetRefused(
+                f"No saved Letta Process Runtime block named {runtime_block!r}; save one or "
+                "pass --port for a server of its own."
+            ) from exc
+    if port is None:
+        raise RestoreTargetRefused(
+            "Starting the restored server needs a place to run it: pass --port (a free port "
+            "on 127.0.0.1) or --runtime with a saved Letta Process Runtime block."
+        )
+    return LettaProcessRuntime(
+        server_name=sanitize_server_name(f"restore-{target.database_name}"), port=port
+    )
+
+
+@task(name="restore-preflight", cache_policy=NO_CACHE)
+def preflight(
+    store: ObjectStore,
+    backup_set: str,
+    database: str,
+    server: str | None,
+    force: bool,
+    start: bool,
+    runtime_block: str | None,
+    port: int | None,
+) -> tuple[dict[str, Any], BackupManifest, LettaDatabase, LettaProcessRuntime | None]:
+    target = target_database(database)
+    profile = load_profile(server)
+    server_name, set_id = resolve_set(store, backup_set, profile.name)
+    manifest = load_manifest(store, server_name, set_id)
+    require_dump(manifest)
+    target = database_for_set(target, manifest)
+    where = f"{target.database_name} on {target.parts['host']}:{target.parts['port']}"
+    tables = user_table_count(target)
+    live_database = profile.database is not None and same_database(target, profile.database)
+    if tables and live_database:
+        raise RestoreTargetRefused(
+            f"Database {where} is the live database of server {profile.name!r}; restore a "
+            "server onto its own database with 'letta-ops rollback' (it takes a safety backup)."
+        )
+    if tables and not force:
+        raise RestoreTargetRefused(
+            f"Database {where} already holds {tables} tables; restore refuses to overwrite "
+            "it: pass --force to drop and replace it, or name an empty database."
+        )
+    objects = require_intact(store, manifest)
+    runtime = None
+    if start:
+        runtime = restored_runtime(target, runtime_block, port)
+        if port_in_use(runtime.host, runtime.port):
+            raise RestoreTargetRefused(
+                f"Something already listens on {runtime.host}:{runtime.port}; pick a free "
+                "port for the restored server."
+            )
+        install_runtime(manifest.letta_version, runtime.resolved_cache_dir(), runtime.index_url)
+    plan = {
+        "set": f"{manifest.server}/{manifest.set_id}",
+        "set_created_at": manifest.created_at.isoformat(),
+        "letta_version": manifest.letta_version,
+        "target": target.redacted_uri(),
+        "target_tables_before": tables,
+        "replaces_existing": bool(tables),
+        "objects_verified": objects,
+        "tables": len(manifest.row_counts),
+        "rows": sum(manifest.row_counts.values()),
+        "agents_in_set": len(manifest.agents),
+        "start": start,
+        "base_url": runtime.base_url if runtime else None,
+    }
+    return plan, manifest, target, runtime
+
+
+@task(name="restore-database", cache_policy=NO_CACHE)
+def restore_database_step(
+    target: LettaDatabase, store: ObjectStore, manifest: BackupManifest, jobs: int
+) -> dict[str, Any]:
+    return restore_database_from_set(target, store, manifest, jobs)
+
+
+@task(name="start-letta-server", cache_policy=NO_CACHE)
+def start_server_step(
+    runtime: LettaProcessRuntime, target: LettaDatabase, version: str, timeout: float
+) -> dict[str, Any]:
+    return start_set_version(runtime, target, version, timeout, log=get_run_logger().info)
+
+
+@task(name="prove-server-matches-set", cache_policy=NO_CACHE)
+def prove_step(
+    runtime: LettaProcessRuntime, target: LettaDatabase, manifest: BackupManifest
+) -> dict[str, Any]:
+    password = runtime.server_env.get("LETTA_SERVER_PASSWORD")
+    server = LettaServer(name=runtime.server_name, base_url=runtime.base_url, password=password)
+    with LettaClient(server) as client:
+        return prove_server_matches_set(client, target, manifest)
+
+
+def render_restore_markdown(report: dict[str, Any]) -> str:
+    plan = report["plan"]
+    lines = [
+        f"# Restore {plan['set']} onto {plan['target']}: **{report['outcome']}**",
+        "",
+        f"- Letta {plan['letta_version']}, {plan['tables']} tables, {plan['rows']} rows, "
+        f"{plan['agents_in_set']} agents; {plan['objects_verified']} objects verified",
+    ]
+    if plan["replaces_existing"]:
+        lines.append(f"- replaced a database holding {plan['target_tables_before']} tables")
+    for d in report.get("count_differences") or []:
+        lines.append(f"- {d['table']}: manifest {d['expected']}, restored {d['actual']}")
+    if report.get("server"):
+        s = report["server"]
+        lines.append(f"- started Letta {s['version']} at {s['base_url']} (pid {s['pid']})")
+    return "\n".join(lines)
+
+
+@flow(name="letta-restore", flow_run_name="restore-{backup_set}")
+def restore(
+    backup_set: str,
+    database: str,
+    server: str | None = None,
+    store: str | None = None,
+    force: bool = False,
+    start: bool = False,
+    port: int | None = None,
+    runtime: str | None = None,
+    jobs: int = 2,
+    start_timeout_seconds: float = 240,
+    lock_timeout_seconds: float = 30,
+) -> dict[str, Any]:
+    """Restore ``backup_set`` onto ``database``: a saved Letta Database block's name, or
+    ``postgresql://USER@HOST:PORT/DB`` with the password in ``PGPASSWORD`` (never in the URI).
+    """
+    parameters = {"backup_set": backup_set, "force": force, "start": start, "port": port}
+    with audited_run("restore", server, parameters) as record:
+        logger = get_run_logger()
+        object_store = open_backup_store(store, server)
+        record.update(store=object_store)
+        try:
+            plan, manifest, target, letta_runtime = preflight(
+                object_store, backup_set, database, server, force, start, runtime, port
+            )
+        except ValueError:
+            record.update(outcome="refused")
+            raise
+        # The target is what this run changes: its history and lock are under its name.
+        target_name = (
+            letta_runtime.server_name
+            if letta_runtime
+            else sanitize_server_name(
+                f"db-{target.parts['host']}-{target.parts['port']}-{target.database_name}"
+            )
+        )
+        tag_current_run(target_name, "restore")
+        record.update(
+            server=target_name,
+            versions_to=manifest.letta_version,
+            backup_set=plan["set"],
+            target=plan["target"],
+        )
+        report: dict[str, Any] = {"plan": plan, "outcome": "running"}
+        with destructive_lock(target_name, lock_timeout_seconds):
+            restored = restore_database_step(target, object_store, manifest, jobs)
+            report.update(
+                count_differences=restored["count_differences"],
+                sequences=restored["sequences"]["changes"],
+                restore_warnings=restored["restore_warnings"],
+            )
+            if not restored["count_differences"] and letta_runtime is not None:
+                report["server"] = start_server_step(
+                    letta_runtime, target, manifest.letta_version, start_timeout_seconds
+                )
+                report["verification"] = prove_step(letta_runtime, target, manifest)
+        problems = restored["count_differences"] or (
+            report.get("verification") and not report["verification"]["ok"]
+        )
+        report.update(
+            outcome="failed" if problems else "succeeded",
+            finished_at=datetime.now(UTC).isoformat(),
+        )
+        record.update(counts_after=manifest.row_counts if not problems else None)
+        publish_report(target_name, "restore", render_restore_markdown(report))
+        if problems:
+            raise RestoreFailed(
+                f"Restored {plan['set']} onto {plan['target']}, but it does not match the "
+                f"manifest: {restored['count_differences'] or report['verification']}"
+            )
+        logger.info("restored %s onto %s", plan["set"], plan["target"])
+        return report
+
+
+__all__ = ["RestoreFailed", "restore"]

@@ -1,0 +1,190 @@
+"""Restore single agents from a backup set's agent files into a running server.
+
+The runbook this replaces, as one run:
+
+1. pre-flight, nothing changes: the set has a manifest and is this server's; every agent asked
+   for (by id or exact name) is in it, unambiguous, and has an agent file whose sha256 matches;
+   each gets a name the running version accepts, and none collides with a live agent (unless
+   restored ``as_copy``, beside the live one, as "<name> restored <set date>");
+2. import each file (``append_copy_suffix=false``, live tools left as they are);
+3. report every agent with its new id, and prove its memory blocks and message count are the
+   ones in its file.
+
+Agent files carry only part of an agent (no archival passages, part of the message history);
+the pg_dump holds everything, and 'letta-ops restore' puts it on a scratch database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from flows.audit_record import audited_run
+from flows.run_context import publish_report, tag_current_run
+from flows.verify import resolve_set
+from tasks.agent_file import rename_agent_file, summarize_agent_file
+from tasks.agent_names import name_rule_for
+from tasks.agent_restore import AgentRestoreStep, plan_agent_restore
+from tasks.backup_catalog import load_manifest
+from tasks.backup_manifest import BackupManifest
+from tasks.backup_set_admission import require_intact, require_same_server
+from tasks.backup_verification import downloaded
+from tasks.letta_api import LettaClient
+from tasks.letta_inventory import agent_inventory
+from tasks.object_store import ObjectStore
+
+
+class AgentRestoreFailed(RuntimeError):
+    """An import failed; agents imported before it stay and are named in the message."""
+
+
+@task(name="restore-agents-preflight", cache_policy=NO_CACHE)
+def preflight(
+    profile: ServerProfile,
+    store: ObjectStore,
+    backup_set: str,
+    agents: list[str],
+    as_copy: bool,
+) -> tuple[BackupManifest, list[AgentRestoreStep], str]:
+    server_name, set_id = resolve_set(store, backup_set, profile.name)
+    manifest = load_manifest(store, server_name, set_id)
+    require_same_server(manifest, profile.name)
+    with LettaClient(profile.server) as client:
+        version = client.health()["version"]
+        live = client.list_agents()
+    steps = plan_agent_restore(manifest, agents, live, name_rule_for(version), as_copy)
+    require_intact(store, manifest, [s.file for s in steps])
+    return manifest, steps, version
+
+
+@task(name="import-agent-file", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def import_agent_step(
+    profile: ServerProfile, store: ObjectStore, manifest: BackupManifest, step: AgentRestoreStep
+) -> dict[str, Any]:
+    with downloaded(store, step.file, manifest.objects[step.file].sha256) as path:
+        data = path.read_bytes()
+    exported = summarize_agent_file(data)
+    with LettaClient(profile.server) as client:
+        # Live tools stay as they are: a restore adds an agent, it does not roll tools back.
+        new_ids = client.import_agent(
+            rename_agent_file(data, step.restore_as),
+            filename=f"{step.agent_id}.af",
+            override_existing_tools=False,
+        )
+    return {
+        **step.to_dict(),
+        "new_ids": list(new_ids),
+        "blocks_in_file": exported.blocks,
+        "messages_in_file": exported.messages,
+    }
+
+
+@task(name="check-restored-agent", cache_policy=NO_CACHE)
+def check_restored_step(profile: ServerProfile, imported: dict[str, Any]) -> dict[str, Any]:
+    """The restored agent by its new id: name, memory blocks and messages against the file."""
+    new_id = imported["new_ids"][0] if imported["new_ids"] else None
+    with LettaClient(profile.server) as client:
+        agent = client.get_agent(new_id) if new_id else {}
+    blocks = agent.get("memory", {}).get("blocks") or agent.get("blocks") or []
+    restored_blocks = {b["label"]: b.get("value", "") for b in blocks}
+    messages = None
+    if profile.database is not None and new_id:
+        messages = agent_inventory(profile.database).get(new_id, {}).get("messages")
+    checks = {
+        "name": agent.get("name") == imported["restore_as"],
+        "blocks": restored_blocks == imported["blocks_in_file"],
+        "messages": messages is None or messages >= imported["messages_in_file"],
+    }
+    return {
+        "agent_id": imported["agent_id"],
+        "name_in_set": imported["name_in_set"],
+        "restored_as": imported["restore_as"],
+        "renamed": imported["renamed"],
+        "new_id": new_id,
+        "blocks": len(restored_blocks),
+        "blocks_match": checks["blocks"],
+        "messages_in_file": imported["messages_in_file"],
+        "messages_restored": messages,
+        "ok": all(checks.values()),
+    }
+
+
+def render_restore_agents_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Restore agents from {report['set']}: **{report['outcome']}**", ""]
+    for row in report["agents"]:
+        lines.append(
+            f"- {row['name_in_set']!r} ({row['agent_id']}) -> {row['restored_as']!r} "
+            f"new id `{row['new_id']}`: {row['blocks']} blocks, "
+            f"{row['messages_restored']} of {row['messages_in_file']} messages "
+            f"{'ok' if row['ok'] else 'MISMATCH'}"
+        )
+    lines.append(f"- {report['note']}")
+    return "\n".join(lines)
+
+
+@flow(name="letta-restore-agents", flow_run_name="restore-agents-{backup_set}")
+def restore_agents(
+    backup_set: str,
+    agents: list[str],
+    server: str | None = None,
+    store: str | None = None,
+    as_copy: bool = False,
+) -> dict[str, Any]:
+    """Restore ``agents`` (ids or exact names) from ``backup_set``'s agent files into the
+    running server; ``as_copy`` restores them beside live agents under new names."""
+    parameters = {"backup_set": backup_set, "agents": agents, "as_copy": as_copy}
+    with audited_run("restore-agents", server, parameters) as record:
+        logger = get_run_logger()
+        profile = load_profile(server)
+        object_store = open_backup_store(store, server)
+        record.update(server=profile.name, store=object_store)
+        tag_current_run(profile.name, "restore-agents")
+        try:
+            manifest, steps, version = preflight(profile, object_store, backup_set, agents, as_copy)
+        except ValueError:
+            record.update(outcome="refused")
+            raise
+        label = f"{manifest.server}/{manifest.set_id}"
+        record.update(
+            backup_set=label,
+            versions_from=manifest.letta_version,
+            versions_to=version,
+            renames={s.name_in_set: s.restore_as for s in steps if s.renamed},
+        )
+        rows = []
+        for step in steps:
+            try:
+                imported = import_agent_step(profile, object_store, manifest, step)
+            except Exception as exc:
+                done = ", ".join(f"{r['restored_as']!r} ({r['new_id']})" for r in rows)
+                record.update(restored=rows)
+                raise AgentRestoreFailed(
+                    f"Importing {step.name_in_set!r} ({step.agent_id}) from {label} failed "
+                    f"({exc}); restored before it: {done or 'none'}."
+                ) from exc
+            rows.append(check_restored_step(profile, imported))
+        report = {
+            "set": label,
+            "server": profile.name,
+            "letta_version": version,
+            "as_copy": as_copy,
+            "agents": rows,
+            "outcome": "succeeded" if all(r["ok"] for r in rows) else "restored, check failed",
+            "note": "agent files carry memory blocks and part of the message history, no "
+            "archival passages; the set's pg_dump holds everything",
+        }
+        record.update(restored=rows, outcome=report["outcome"])
+        publish_report(profile.name, "restore-agents", render_restore_agents_markdown(report), rows)
+        if report["outcome"] != "succeeded":
+            raise AgentRestoreFailed(
+                f"Agents from {label} were imported but do not match their files: "
+                + "; ".join(f"{r['restored_as']!r} ({r['new_id']})" for r in rows if not r["ok"])
+            )
+        logger.info("restored %d agents from %s", len(rows), label)
+        return report
+
+
+__all__ = ["AgentRestoreFailed", "restore_agents"]

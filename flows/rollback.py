@@ -1,0 +1,349 @@
+"""Roll a Letta server back to a backup set: the set's version with the set's data, proven.
+
+The runbook this replaces, as one run:
+
+1. pre-flight, nothing changes: the set has a manifest, was taken of this server, every object
+   still matches its sha256, its Letta version (and the running one) installs, the server runs
+   under letta-ops' runtime (so it can be stopped and started), there is disk room;
+2. take the one destructive lock of this server (a strict Prefect global concurrency limit);
+3. optionally wait for an operator's approval;
+4. back up the current state (verified, pinned, purpose ``pre-rollback``): a rollback is
+   itself undoable by rolling "forward" to that set;
+5. stop -> drop and recreate the database -> pgvector -> parallel pg_restore -> repair
+   sequences -> start the set's version -> prove version, agents and per-table counts equal
+   the manifest's;
+6. any failure after the stop undoes itself inside a Prefect transaction: restore the safety
+   backup and start the version that was running.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, pause_flow_run, task
+from prefect.cache_policies import NO_CACHE
+from prefect.input import RunInput
+from prefect.transactions import Transaction, transaction
+
+from blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from flows.audit_record import audited_run
+from flows.backup import backup
+from flows.restore_server import (
+    prove_server_matches_set,
+    restore_database_from_set,
+    restore_server_from_set,
+    start_set_version,
+)
+from flows.run_context import publish_report, tag_current_run
+from flows.server_lock import destructive_lock
+from flows.verify import resolve_set
+from tasks.backup_catalog import load_manifest
+from tasks.backup_manifest import BackupManifest
+from tasks.backup_set_admission import (
+    newest_rollback_set,
+    require_dump,
+    require_intact,
+    require_same_server,
+)
+from tasks.letta_api import LettaClient
+from tasks.letta_inventory import database_size
+from tasks.letta_postgres import table_row_counts
+from tasks.letta_runtime_process import install_runtime
+from tasks.object_store import ObjectStore
+
+
+class RollbackRefused(ValueError):
+    """Pre-flight said no; nothing was changed."""
+
+
+class RollbackFailed(RuntimeError):
+    """The rollback failed after it stopped the server; see the undo result."""
+
+
+class RollbackApproval(RunInput):
+    """What the operator answers when the run pauses before its first destructive step."""
+
+    approve: bool = False
+    operator: str = ""
+
+
+@dataclass
+class RollbackState:
+    """What the undo needs, and what it did. Lives in the Prefect transaction."""
+
+    profile: ServerProfile
+    store: ObjectStore
+    target: BackupManifest
+    safety: BackupManifest
+    undo: dict[str, Any] | None = None
+
+    def __deepcopy__(self, memo: dict) -> RollbackState:
+        """Shared, not copied: Prefect's ``txn.get`` deep-copies stored values, but the undo
+        must report into the very state the flow reads (and a boto3 client cannot be copied)."""
+        return self
+
+
+# --------------------------------------------------------------------------- pre-flight
+
+
+def choose_set(
+    profile: ServerProfile, store: ObjectStore, backup_set: str | None
+) -> BackupManifest:
+    """The named set (SERVER/SET_ID, SET_ID or latest), else the newest verified pre-upgrade
+    set; refused unless it is complete, this server's, and intact in storage."""
+    if backup_set:
+        server_name, set_id = resolve_set(store, backup_set, profile.name)
+    else:
+        newest = newest_rollback_set(store, profile.name)
+        server_name, set_id = newest.server, newest.set_id
+    manifest = load_manifest(store, server_name, set_id)
+    require_same_server(manifest, profile.name)
+    require_dump(manifest)
+    require_intact(store, manifest)
+    return manifest
+
+
+@task(name="rollback-preflight", cache_policy=NO_CACHE)
+def preflight(
+    profile: ServerProfile, store: ObjectStore, backup_set: str | None
+) -> tuple[dict[str, Any], BackupManifest]:
+    manifest = choose_set(profile, store, backup_set)
+    database = profile.require_database()
+    cache = profile.runtime.resolved_cache_dir()
+    # The set's version must install before anything stops (it is also started from here).
+    install_runtime(manifest.letta_version, cache, profile.runtime.index_url)
+    running = profile.runtime.status()
+    if not running.get("running"):
+        raise RollbackRefused(
+            f"The Letta server {profile.server.base_url} was not started by letta-ops' process "
+            f"runtime (no pid file in {profile.runtime.resolved_state_dir()}); start it with "
+            "'letta-ops runtime start', or use 'letta-ops restore' for a server that is down."
+        )
+    with LettaClient(profile.server) as client:
+        current = client.health()["version"]
+        live = {a["id"]: a["name"] for a in client.list_agents()}
+    install_runtime(current, cache, profile.runtime.index_url)  # the undo starts it again
+    size = database_size(database)
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if free < size * 2:
+        raise RollbackRefused(
+            f"Only {free} bytes are free in {tempfile.gettempdir()} for a database of "
+            f"{size} bytes (safety dump and restore need about twice that); free some space."
+        )
+    in_set = {a.id: a.name for a in manifest.agents}
+    plan = {
+        "server": profile.name,
+        "base_url": profile.server.base_url,
+        "set": f"{manifest.server}/{manifest.set_id}",
+        "set_created_at": manifest.created_at.isoformat(),
+        "set_purpose": manifest.purpose,
+        "from_version": current,
+        "to_version": manifest.letta_version,
+        "agents_now": len(live),
+        "agents_in_set": len(in_set),
+        # Live agents the set does not hold: gone after the rollback, kept in the safety set.
+        "agents_not_in_set": sorted(name for i, name in live.items() if i not in in_set),
+        "agents_coming_back": sorted(name for i, name in in_set.items() if i not in live),
+        "tables": len(manifest.row_counts),
+        "rows": sum(manifest.row_counts.values()),
+        "database_bytes": size,
+        "objects_verified": len(manifest.objects),
+        "steps": [
+            "safety backup of the current state (verified, pinned, pre-rollback)",
+            "stop server",
+            "drop and recreate database",
+            "install pgvector",
+            "restore the set's pg_dump (parallel pg_restore)",
+            "repair sequences",
+            f"start Letta {manifest.letta_version}",
+            "verify version, agents and per-table counts against the manifest",
+        ],
+        "expected_downtime_seconds": 75,
+    }
+    return plan, manifest
+
+
+# --------------------------------------------------------------------------- steps
+
+
+@task(name="stop-letta-server", cache_policy=NO_CACHE)
+def stop_server_step(profile: ServerProfile) -> None:
+    profile.runtime.stop()
+
+
+@stop_server_step.on_rollback
+def _undo_rollback(txn: Transaction) -> None:
+    """The first destructive step's undo: put the safety backup back, start the old version."""
+    state: RollbackState = txn.get("state")
+    state.undo = restore_server_from_set(state.profile, state.store, state.safety)
+
+
+@task(name="restore-database", cache_policy=NO_CACHE)
+def restore_database_step(
+    profile: ServerProfile, store: ObjectStore, manifest: BackupManifest, jobs: int
+) -> dict[str, Any]:
+    return restore_database_from_set(profile.require_database(), store, manifest, jobs)
+
+
+@task(name="start-letta-server", cache_policy=NO_CACHE)
+def start_server_step(profile: ServerProfile, version: str, timeout: float) -> dict[str, Any]:
+    return start_set_version(
+        profile.runtime, profile.require_database(), version, timeout, log=get_run_logger().info
+    )
+
+
+@task(name="prove-server-matches-set", cache_policy=NO_CACHE)
+def prove_step(profile: ServerProfile, manifest: BackupManifest) -> dict[str, Any]:
+    with LettaClient(profile.server) as client:
+        return prove_server_matches_set(client, profile.require_database(), manifest)
+
+
+def run_rollback(state: RollbackState, start_timeout: float, jobs: int) -> dict[str, Any]:
+    profile, target = state.profile, state.target
+    stop_server_step(profile)
+    stopped = time.monotonic()
+    restored = restore_database_step(profile, state.store, target, jobs)
+    if restored["count_differences"]:
+        raise RollbackFailed(
+            f"the restored tables differ from the manifest: {restored['count_differences']}"
+        )
+    start_server_step(profile, target.letta_version, start_timeout)
+    proof = prove_step(profile, target)
+    if not proof["ok"]:
+        raise RollbackFailed(f"verification after the restore failed: {proof}")
+    return {
+        "downtime_seconds": round(time.monotonic() - stopped, 1),
+        "sequences": restored["sequences"]["changes"],
+        "restore_warnings": restored["restore_warnings"],
+        "verification": proof,
+    }
+
+
+# --------------------------------------------------------------------------- the flow
+
+
+def render_rollback_markdown(report: dict[str, Any]) -> str:
+    plan = report["plan"]
+    lines = [
+        f"# Rollback {plan['server']}: {plan['from_version']} -> {plan['to_version']} "
+        f"from {plan['set']}: **{report['outcome']}**",
+        "",
+        f"- set taken {plan['set_created_at']} ({plan['set_purpose']}); "
+        f"{plan['objects_verified']} objects verified against their sha256",
+        f"- agents: {plan['agents_now']} now, {plan['agents_in_set']} in the set",
+    ]
+    if plan["agents_not_in_set"]:
+        lines.append(f"- not in the set (kept in the safety backup): {plan['agents_not_in_set']}")
+    if report.get("safety_set"):
+        lines.append(f"- safety backup (undo with --to): {report['safety_set']}")
+    if report.get("downtime_seconds") is not None:
+        lines.append(f"- downtime (stopped -> verified): {report['downtime_seconds']} s")
+    if report.get("error"):
+        lines.append(f"- cause: {report['error']}")
+    if report.get("undo"):
+        undo = report["undo"]
+        lines.append(
+            f"- undo: {'restored' if undo.get('ok') else 'FAILED'} {undo.get('set')} "
+            f"(version {undo.get('version')}, {undo.get('seconds')} s) {undo.get('error', '')}"
+        )
+    return "\n".join(lines)
+
+
+@flow(name="letta-rollback", flow_run_name="rollback-{server}")
+def rollback(
+    backup_set: str | None = None,
+    server: str | None = None,
+    store: str | None = None,
+    dry_run: bool = False,
+    approval: bool = False,
+    lock_timeout_seconds: float = 30,
+    start_timeout_seconds: float = 240,
+    jobs: int = 2,
+) -> dict[str, Any]:
+    """Put ``server`` back on ``backup_set`` (default: its newest verified pre-upgrade set).
+
+    ``backup_set`` is ``SERVER/SET_ID``, a SET_ID of this server, or ``latest``.
+    """
+    parameters = {"backup_set": backup_set, "store": store, "dry_run": dry_run}
+    with audited_run("rollback", server, parameters) as record:
+        logger = get_run_logger()
+        profile = load_profile(server, need_database=True)
+        object_store = open_backup_store(store, server)
+        record.update(server=profile.name, store=object_store)
+        tag_current_run(profile.name, "rollback")
+        try:
+            plan, manifest = preflight(profile, object_store, backup_set)
+        except ValueError:
+            record.update(outcome="refused")
+            raise
+        record.update(
+            versions_from=plan["from_version"],
+            versions_to=plan["to_version"],
+            backup_set=plan["set"],
+        )
+        report: dict[str, Any] = {"plan": plan, "dry_run": dry_run, "outcome": "planned"}
+        if dry_run:
+            publish_report(profile.name, "rollback", render_rollback_markdown(report))
+            record.update(outcome="planned")
+            return report
+
+        with destructive_lock(profile.name, lock_timeout_seconds):
+            if approval:
+                answer = pause_flow_run(wait_for_input=RollbackApproval, timeout=3600)
+                if not answer.approve:
+                    record.update(outcome="refused")
+                    raise RollbackRefused(f"The operator declined the rollback of {profile.name}.")
+                report["approved_by"] = answer.operator
+            safety_report = backup(
+                server=server,
+                store=store,
+                allow_partial_agents=True,
+                purpose="pre-rollback",
+                pinned=True,
+            )
+            safety = load_manifest(object_store, *safety_report["set"].split("/"))
+            state = RollbackState(profile, object_store, manifest, safety)
+            report.update(safety_set=safety_report["set"], started_at=datetime.now(UTC).isoformat())
+            record.update(counts_before=safety.row_counts, safety_set=safety_report["set"])
+            try:
+                with transaction() as txn:
+                    txn.set("state", state)
+                    result = run_rollback(state, start_timeout_seconds, jobs)
+            except Exception as exc:
+                undo = state.undo
+                report.update(
+                    outcome="failed, undone" if (undo or {}).get("ok") else "failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    undo=undo,
+                )
+                record.update(
+                    rollback_outcome=(
+                        "not needed" if undo is None else "succeeded" if undo["ok"] else "failed"
+                    )
+                )
+                publish_report(profile.name, "rollback", render_rollback_markdown(report))
+                raise RollbackFailed(
+                    f"Rollback of {profile.name} to {plan['set']} failed ({exc}); "
+                    + (
+                        "nothing destructive had happened"
+                        if undo is None
+                        else f"the undo {'restored' if undo.get('ok') else 'FAILED to restore'} "
+                        f"Letta {plan['from_version']} from the safety set {safety_report['set']}"
+                    )
+                ) from exc
+        counts_after = table_row_counts(profile.require_database())
+        record.update(counts_after=counts_after)
+        report.update(result, outcome="succeeded", finished_at=datetime.now(UTC).isoformat())
+        publish_report(profile.name, "rollback", render_rollback_markdown(report))
+        logger.info(
+            "rolled %s back to %s (Letta %s)", profile.name, plan["set"], plan["to_version"]
+        )
+        return report
+
+
+__all__ = ["RollbackApproval", "RollbackFailed", "RollbackRefused", "rollback"]

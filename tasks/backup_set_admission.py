@@ -1,0 +1,78 @@
+"""Which backup sets a rollback or restore may use, decided before anything is stopped.
+
+Why a gate of its own: a rollback drops the live database. Everything that can be known about
+the set beforehand — it is complete (has a manifest), every object still matches its sha256,
+it was taken of this very server, its Letta version can be installed — is checked here first,
+and a refusal is one sentence that names the set and the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tasks.backup_catalog import BackupSetError, list_backup_sets
+from tasks.backup_manifest import BackupManifest
+from tasks.backup_retention import BackupSetSummary
+from tasks.backup_verification import check_objects
+from tasks.object_store import ObjectStore
+
+
+class BackupSetRefused(BackupSetError):
+    """The set exists but must not be restored; the message says which and why."""
+
+
+def newest_rollback_set(store: ObjectStore, server: str) -> BackupSetSummary:
+    """The default rollback target: the newest verified pre-upgrade set of ``server``."""
+    for summary in list_backup_sets(store, server):
+        if summary.complete and summary.verified and summary.purpose == "pre-upgrade":
+            return summary
+    raise BackupSetRefused(
+        f"There is no verified pre-upgrade backup set of server {server!r} in "
+        f"{store.describe()}; name one with --to SET (see 'letta-ops backups list')."
+    )
+
+
+def require_same_server(manifest: BackupManifest, server: str) -> None:
+    """A rollback puts a server back on *its own* data, never on another server's."""
+    if manifest.server != server:
+        raise BackupSetRefused(
+            f"Backup set {manifest.server}/{manifest.set_id} was taken of server "
+            f"{manifest.server!r}, not {server!r}; a rollback only restores a server's own "
+            "sets (use 'letta-ops restore' to put it on another database)."
+        )
+
+
+def require_intact(
+    store: ObjectStore, manifest: BackupManifest, keys: Iterable[str] | None = None
+) -> int:
+    """Re-read the set's objects (or only ``keys``) and refuse on any size or sha256 mismatch.
+
+    Returns how many objects were checked.
+    """
+    wanted = set(manifest.objects) if keys is None else set(keys)
+    unknown = sorted(wanted - set(manifest.objects))
+    if unknown:
+        raise BackupSetRefused(
+            f"Backup set {manifest.server}/{manifest.set_id} does not list {unknown[0]} in its "
+            "manifest; the set is damaged and will not be restored."
+        )
+    subset = manifest.model_copy(
+        update={"objects": {k: v for k, v in manifest.objects.items() if k in wanted}}
+    )
+    problems = check_objects(store, subset)
+    if problems:
+        named = "; ".join(f"{p['object']}: {p['problem']}" for p in problems)
+        raise BackupSetRefused(
+            f"Backup set {manifest.server}/{manifest.set_id} fails its checksums ({named}); "
+            "it was damaged or tampered with in storage and will not be restored."
+        )
+    return len(subset.objects)
+
+
+def require_dump(manifest: BackupManifest) -> None:
+    """A set whose manifest lists no dump cannot restore a database."""
+    if manifest.dump not in manifest.objects:
+        raise BackupSetRefused(
+            f"Backup set {manifest.server}/{manifest.set_id} lists no database dump in its "
+            "manifest; it cannot restore a database."
+        )

@@ -1,0 +1,385 @@
+"""``letta-ops doctor``: one check per thing that has broken these servers before.
+
+Why this list: each check is an incident from the operators' notes. A ``latest`` tag moved a
+server across a schema break (compose pin, alembic head); a database without pgvector or
+without ``messages.sequence_id``'s default failed every insert; a server without an explicit
+``LETTA_PG_URI`` talked to the wrong database; a hosted deploy died on a read-only HOME; a
+dump failed for lack of disk; nobody noticed the nightly backup had stopped.
+
+Every check returns a :class:`Finding` with a one-line fix. A check that cannot run because
+something it needs is missing says ``skipped`` and names what (the missing thing is its own
+finding). Secrets never leave this module: the server process's environment is read for
+*names* and parsed URI parts only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import sqlalchemy as sa
+
+from blocks.letta_database import InvalidDatabaseURI, LettaDatabase, parse_letta_pg_uri
+from tasks.letta_postgres import connect
+from tasks.letta_versions import ALEMBIC_HEADS, LettaVersion, parse_server_version
+
+Status = Literal["ok", "action", "skipped"]
+
+#: Version from which some columns are encrypted with ``LETTA_ENCRYPTION_KEY``.
+ENCRYPTION_FROM = LettaVersion("0.12.0")
+#: A dump and its restore need about twice the database's size (as the upgrade's pre-flight).
+DUMP_SPACE_FACTOR = 2
+
+CHECK_NAMES = (
+    "health",
+    "alembic",
+    "pgvector",
+    "database-uri",
+    "home-writable",
+    "sequences",
+    "encryption-key",
+    "compose-pin",
+    "dump-space",
+    "backup-age",
+)
+
+
+@dataclass
+class Finding:
+    """One check's verdict: ``action`` means an operator must do ``fix``."""
+
+    check: str
+    status: Status
+    detail: str
+    fix: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ok(check: str, detail: str) -> Finding:
+    return Finding(check, "ok", detail)
+
+
+def action(check: str, detail: str, fix: str) -> Finding:
+    return Finding(check, "action", detail, fix)
+
+
+def skipped(check: str, detail: str) -> Finding:
+    return Finding(check, "skipped", detail)
+
+
+def guarded(check: str, run: Callable[[], Finding | list[Finding]]) -> list[Finding]:
+    """Run one check; an unexpected failure is itself a finding, never a crash of the report."""
+    try:
+        result = run()
+    except Exception as exc:  # the doctor reports on broken servers: expect anything
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return [action(check, f"the check failed: {first}", "Fix the error above and rerun.")]
+    return result if isinstance(result, list) else [result]
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+# --------------------------------------------------------------------------------------------
+
+
+def check_health(health: dict | None, error: str | None, base_url: str) -> Finding:
+    if health is None:
+        return action(
+            "health",
+            f"{base_url} did not answer /v1/health/: {error}",
+            "Start the server ('letta-ops runtime start --version X.Y.Z') or fix LETTA_BASE_URL.",
+        )
+    if health.get("status") != "ok":
+        return action(
+            "health",
+            f"{base_url} reports status {health.get('status')!r}",
+            "Read the server's log and restart it.",
+        )
+    return ok("health", f"{base_url} is healthy, Letta {health.get('version')}")
+
+
+def check_alembic(revision: str | None, version: str | None) -> Finding:
+    if version is None:
+        return skipped("alembic", "the server's version is unknown (see health)")
+    if revision is None:
+        return action(
+            "alembic",
+            "the database has no alembic_version table: Letta's migrations never ran on it",
+            f"Run 'letta-ops runtime migrate --version {version}'.",
+        )
+    expected = ALEMBIC_HEADS.get(version)
+    if expected is None:
+        return ok("alembic", f"revision {revision} (no known head for Letta {version})")
+    if revision != expected:
+        return action(
+            "alembic",
+            f"revision {revision}, but Letta {version}'s head is {expected}: the schema does "
+            "not match the running server",
+            f"Run 'letta-ops runtime migrate --version {version}' (after a backup).",
+        )
+    return ok("alembic", f"revision {revision} is Letta {version}'s head")
+
+
+def check_pgvector(extension_version: str | None) -> Finding:
+    if extension_version is None:
+        return action(
+            "pgvector",
+            "the pgvector extension is not installed in Letta's database",
+            "As a superuser: CREATE EXTENSION vector; (in Letta's database).",
+        )
+    return ok("pgvector", f"pgvector {extension_version} installed")
+
+
+def pgvector_version(db: LettaDatabase) -> str | None:
+    with connect(db) as conn:
+        return conn.execute(
+            sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        ).scalar()
+
+
+def _same_database(a: dict, b: dict) -> bool:
+    keys = ("host", "port", "database")
+    return all(str(a[k]) == str(b[k]) for k in keys)
+
+
+def check_database_uri(
+    configured: LettaDatabase | None,
+    config_error: str | None,
+    server_env: Mapping[str, str] | None,
+    compose_text: str | None,
+) -> Finding:
+    """LETTA_PG_URI explicitly set (not a documentation placeholder), for letta-ops and, where
+    we can see it, for the server process itself, and both pointing at the same database."""
+    if config_error is not None:
+        return action(
+            "database-uri",
+            config_error,
+            "Set LETTA_PG_URI to postgresql://USER:PASSWORD@HOST:PORT/DATABASE.",
+        )
+    if configured is None:
+        return action(
+            "database-uri",
+            "no database is configured for letta-ops",
+            "Set LETTA_PG_URI (or save a Letta Database block) for this server.",
+        )
+    if server_env is not None:
+        uri = server_env.get("LETTA_PG_URI", "")
+        if not uri:
+            return action(
+                "database-uri",
+                "the running server has no LETTA_PG_URI: 0.12+ then use a default database "
+                "while believing they run SQLite",
+                "Restart the server with LETTA_PG_URI set explicitly.",
+            )
+        try:
+            parts = parse_letta_pg_uri(uri)
+        except InvalidDatabaseURI as exc:
+            return action("database-uri", f"the running server's LETTA_PG_URI: {exc}", str(exc))
+        if not _same_database(parts, configured.parts):
+            return action(
+                "database-uri",
+                f"the server uses database {parts['database']} on {parts['host']}:"
+                f"{parts['port']}, letta-ops is configured for {configured.redacted_uri()}",
+                "Point LETTA_PG_URI (or the saved block) at the database the server uses.",
+            )
+        return ok("database-uri", f"server and letta-ops both use {configured.redacted_uri()}")
+    if compose_text is not None and "LETTA_PG_URI" not in compose_text:
+        return action(
+            "database-uri",
+            "the compose file never sets LETTA_PG_URI for the server",
+            "Add LETTA_PG_URI to the Letta service's environment in the compose file.",
+        )
+    return ok(
+        "database-uri",
+        f"letta-ops uses {configured.redacted_uri()} (the server's own environment is not "
+        "visible from here)",
+    )
+
+
+def check_home_writable(server_env: Mapping[str, str] | None, runtime_home: Path) -> Finding:
+    """The server writes ``$LETTA_DIR`` (default ``~/.letta``): it must exist or be creatable,
+    and be writable; tried for real with a scratch file, since a read-only mount passes
+    ``os.access`` checks on some systems.
+
+    Read from the running server's own environment when letta-ops' process runtime started
+    it; else the runtime's HOME if it exists; else there is nothing here to check.
+    """
+    if server_env is None and not runtime_home.exists():
+        return skipped(
+            "home-writable",
+            "the server was not started by letta-ops' process runtime on this host; check "
+            "that its HOME (or LETTA_DIR) is writable where it runs",
+        )
+    env = server_env or {}
+    home = Path(env.get("HOME") or runtime_home)
+    target = Path(env["LETTA_DIR"]) if env.get("LETTA_DIR") else home / ".letta"
+    where = "the server's" if server_env is not None else "the runtime's"
+    probe_dir = target if target.exists() else home
+    if not probe_dir.exists():
+        return action(
+            "home-writable",
+            f"{where} HOME {home} does not exist",
+            "Create it (writable by the server's user) or set HOME/LETTA_DIR to a writable "
+            "directory.",
+        )
+    probe = probe_dir / f".letta-ops-doctor-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return action(
+            "home-writable",
+            f"{where} {probe_dir} is not writable ({exc.strerror})",
+            "Make it writable or set LETTA_DIR to a writable directory; only PostgreSQL "
+            "holds what must survive a redeploy.",
+        )
+    return ok("home-writable", f"{where} {probe_dir} is writable")
+
+
+def check_sequences(health: list[dict]) -> list[Finding]:
+    """From :func:`tasks.sequence_repair.sequence_health`: one finding for all sequences."""
+    problems = [h for h in health if not h["ok"]]
+    if not problems:
+        return [ok("sequences", f"{len(health)} sequence column(s) healthy")]
+    return [
+        action(
+            "sequences",
+            p["problem"],
+            "Run 'letta-ops repair-sequences' (it sets the default and moves the sequence "
+            "past the maximum).",
+        )
+        for p in problems
+    ]
+
+
+def encryption_key_sources(
+    server_env: Mapping[str, str] | None,
+    runtime_env_names: set[str],
+    compose_text: str | None,
+) -> bool:
+    """Whether LETTA_ENCRYPTION_KEY reaches the server (from what we can see of it)."""
+    if server_env is not None:
+        return bool(server_env.get("LETTA_ENCRYPTION_KEY"))
+    if compose_text is not None:
+        return "LETTA_ENCRYPTION_KEY" in compose_text
+    return "LETTA_ENCRYPTION_KEY" in runtime_env_names or bool(
+        os.environ.get("LETTA_ENCRYPTION_KEY")
+    )
+
+
+def check_encryption_key(version: str | None, configured: bool) -> Finding:
+    if version is None:
+        return skipped("encryption-key", "the server's version is unknown (see health)")
+    if parse_server_version(version) < ENCRYPTION_FROM:
+        return ok("encryption-key", f"Letta {version} does not encrypt columns")
+    if not configured:
+        return action(
+            "encryption-key",
+            f"Letta {version} encrypts secrets with LETTA_ENCRYPTION_KEY, and none is set",
+            "Set LETTA_ENCRYPTION_KEY for the server and keep a copy outside the server; a "
+            "dump is only fully usable with it.",
+        )
+    return ok("encryption-key", "LETTA_ENCRYPTION_KEY is configured (value not read)")
+
+
+def check_compose_pin(compose_file: Path | None, service: str) -> Finding:
+    if compose_file is None:
+        return skipped("compose-pin", "no compose file given (--compose-file)")
+    from tasks.letta_runtime_compose import compose_image_tag
+
+    tag = compose_image_tag(compose_file.read_text(), service)
+    if tag is None or tag == "latest":
+        shown = "latest" if tag == "latest" else "no tag (= latest)"
+        return action(
+            "compose-pin",
+            f"{compose_file} runs service {service!r} on {shown}: one pull can cross a "
+            "schema break",
+            f"Pin it: 'letta-ops upgrade' pins it for you, or set image: letta/letta:X.Y.Z "
+            f"in {compose_file.name}.",
+        )
+    return ok("compose-pin", f"service {service!r} is pinned to {tag}")
+
+
+def check_dump_space(database_bytes: int, directory: Path) -> Finding:
+    free = shutil.disk_usage(directory).free
+    need = database_bytes * DUMP_SPACE_FACTOR
+    if free < need:
+        return action(
+            "dump-space",
+            f"{free} bytes free in {directory}, a dump and restore of the {database_bytes}-byte "
+            f"database need about {need}",
+            f"Free space in {directory} (or point TMPDIR elsewhere) before the next backup or "
+            "upgrade.",
+        )
+    return ok(
+        "dump-space", f"{free} bytes free in {directory} for a {database_bytes}-byte database"
+    )
+
+
+def dump_directory() -> Path:
+    return Path(tempfile.gettempdir())
+
+
+def check_backup_age(
+    newest_verified: datetime | None, now: datetime, max_age_hours: float, store: str
+) -> Finding:
+    if newest_verified is None:
+        return action(
+            "backup-age",
+            f"no verified backup set of this server in {store}",
+            "Run 'letta-ops backup' now and keep the nightly-backup deployment scheduled.",
+        )
+    age_hours = (now - newest_verified).total_seconds() / 3600
+    if age_hours > max_age_hours:
+        return action(
+            "backup-age",
+            f"the newest verified backup is {age_hours:.1f} h old (limit {max_age_hours:g} h)",
+            "Run 'letta-ops backup' and check why the nightly-backup deployment stopped.",
+        )
+    return ok("backup-age", f"the newest verified backup is {age_hours:.1f} h old")
+
+
+def newest_verified_backup(store, server: str) -> datetime | None:
+    from tasks.backup_catalog import list_backup_sets
+
+    for backup_set in list_backup_sets(store, server):
+        if backup_set.verified and backup_set.created_at is not None:
+            created = backup_set.created_at
+            return created if created.tzinfo else created.replace(tzinfo=UTC)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# What the server process sees
+# --------------------------------------------------------------------------------------------
+
+
+def server_process_environment(state_dir: Path) -> dict[str, str] | None:
+    """The environment of the server letta-ops' process runtime started, if it runs here.
+
+    Used only to check which variables are set; values never leave this module.
+    """
+    import psutil
+
+    from tasks.letta_runtime_process import running_server
+
+    record = running_server(state_dir)
+    if record is None:
+        return None
+    try:
+        return dict(psutil.Process(record.pid).environ())
+    except psutil.Error:
+        return None
+
+
+def needs_action(findings: list[Finding]) -> bool:
+    return any(f.status == "action" for f in findings)

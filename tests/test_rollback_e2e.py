@@ -1,0 +1,217 @@
+"""Rollback, restore and agent restore on one real Letta server, 0.11.7 <-> 0.16.2.
+
+One server carries the whole story (each Letta start costs ~40 s on two cores): upgrade it,
+add an agent, restore a deleted agent from a set, refuse a tampered set, roll back to the
+pre-upgrade set, roll "forward" to the safety set, then restore a set onto other databases.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from blocks.letta_server import LettaServer
+from flows.backup import backup
+from flows.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from flows.restore import restore, restored_runtime
+from flows.restore_agents import restore_agents
+from flows.rollback import RollbackFailed, rollback
+from flows.upgrade import upgrade
+from tasks.agent_file import summarize_agent_file
+from tasks.agent_restore import AgentRestoreRefused
+from tasks.backup_catalog import list_backup_sets, load_manifest
+from tasks.backup_set_admission import BackupSetRefused
+from tasks.embedded_postgres import free_loopback_port
+from tasks.letta_api import LettaClient, offline_agent_body
+from tasks.letta_inventory import agent_inventory
+from tasks.letta_postgres import connect, table_row_counts
+from tasks.object_store import S3ObjectStore
+from tasks.restore_target import RestoreTargetRefused
+from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, seed_agents
+
+pytestmark = pytest.mark.e2e
+
+
+class Phases:
+    """Prints how long each phase took, so the suite's budget stays visible."""
+
+    def __init__(self, capsys: pytest.CaptureFixture) -> None:
+        self.last = time.monotonic()
+        self.capsys = capsys
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        with self.capsys.disabled():
+            print(f"\n[{now - self.last:6.1f} s] {name}")
+        self.last = now
+
+
+@pytest.fixture
+def point_at(s3_env, s3_bucket, monkeypatch, prefect_harness):
+    """Point the flows at a running server and a fresh bucket, as an operator's env would."""
+    client, bucket, _ = s3_bucket
+
+    def point(running):
+        monkeypatch.setenv("LETTA_BASE_URL", running.server.base_url)
+        monkeypatch.setenv("LETTA_PG_URI", running.database.letta_pg_uri())
+        monkeypatch.setenv("LETTA_OPS_SERVER_NAME", running.runtime.server_name)
+        monkeypatch.setenv("LETTA_OPS_STATE_DIR", str(running.runtime.state_dir.parent))
+        monkeypatch.setenv("LETTA_OPS_STORE", f"s3://{bucket}/backups")
+        return S3ObjectStore(client, bucket, "backups")
+
+    return point, client, bucket
+
+
+def _live(running) -> dict[str, str]:
+    with running.client() as client:
+        return {a["id"]: a["name"] for a in client.list_agents()}
+
+
+def _version_and_pid(running) -> tuple[str, int]:
+    with running.client() as client:
+        return client.health()["version"], running.runtime.status()["pid"]
+
+
+def test_rollback_forward_agent_restore_and_restore_elsewhere(
+    start_letta, point_at, make_database, pg_cluster, monkeypatch, capsys
+):
+    point, s3, bucket = point_at
+    phases = Phases(capsys)
+    running = start_letta(OLD_VERSION, "rb-e2e")
+    with running.client() as client:
+        seed_agents(client, 4, prefix="rb")
+    store = point(running)
+    before_agents = _live(running)
+    before_counts = table_row_counts(running.database)
+    phases.done("0.11.7 started with 4 agents")
+
+    # --- upgrade 0.11.7 -> 0.16.2 (migrate), then add an agent on 0.16.2 ---------------------
+    upgraded = upgrade(NEW_VERSION, strategy="migrate", lock_timeout_seconds=30)
+    assert upgraded["outcome"] == "succeeded"
+    pre_upgrade = upgraded["backup_set"]
+    with running.client() as client:
+        added = client.create_agent(offline_agent_body("added-on-0162"))
+    phases.done("upgraded to 0.16.2, agent added")
+
+    # --- last night's set; restore one deleted agent from it -------------------------------
+    nightly = backup(purpose="scheduled")["set"]
+    nightly_manifest = load_manifest(store, *nightly.split("/"))
+    victim_id, victim_name = next(iter(sorted(before_agents.items())))
+    exported = summarize_agent_file(
+        store.read_bytes(next(a.file for a in nightly_manifest.agents if a.id == victim_id))
+    )
+    with running.client() as client:
+        client.delete_agent(victim_id)
+    assert victim_id not in _live(running)
+
+    report = restore_agents(nightly, [victim_name])
+    [row] = report["agents"]
+    assert row["ok"] and row["restored_as"] == victim_name and row["new_id"] != victim_id
+    with running.client() as client:
+        back = client.get_agent(row["new_id"])
+    blocks = back.get("memory", {}).get("blocks") or back.get("blocks")
+    assert {b["label"]: b["value"] for b in blocks} == exported.blocks
+    inventory = agent_inventory(running.database)[row["new_id"]]
+    assert inventory["messages"] == exported.messages > 0
+    assert inventory["blocks"] == len(exported.blocks)
+
+    # beside the live agent, as a copy; refused without --as-copy
+    with pytest.raises(AgentRestoreRefused, match="already called"):
+        restore_agents(nightly, [victim_id])
+    copy = restore_agents(nightly, ["added-on-0162"], as_copy=True)["agents"][0]
+    assert copy["restored_as"].startswith("added-on-0162 restored ") and copy["ok"]
+    phases.done("deleted agent restored from the nightly set, and a copy beside a live one")
+
+    # --- a tampered set is refused before anything is stopped ------------------------------
+    version_before, pid_before = _version_and_pid(running)
+    dump_key = f"backups/{nightly}/database.dump"
+    body = bytearray(s3.get_object(Bucket=bucket, Key=dump_key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    s3.put_object(Bucket=bucket, Key=dump_key, Body=bytes(body))
+    assert main(["rollback", "--to", nightly, "--yes"]) == EXIT_BAD_INPUT
+    [line] = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert "fails its checksums" in line and "database.dump" in line
+    with pytest.raises(BackupSetRefused, match="fails its checksums.*database.dump"):
+        rollback(backup_set=nightly)
+    assert _version_and_pid(running) == (version_before, pid_before)
+    assert not [s for s in list_backup_sets(store) if s.purpose == "pre-rollback"]
+    phases.done("tampered set refused, server untouched")
+
+    # --- roll back to the pre-upgrade set (the default) ------------------------------------
+    capsys.readouterr()
+    assert main(["rollback", "--dry-run", "--json"]) == EXIT_OK
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert plan["set"] == pre_upgrade and plan["to_version"] == OLD_VERSION
+    assert "added-on-0162" in plan["agents_not_in_set"]
+    assert _version_and_pid(running) == (version_before, pid_before)
+
+    before_rollback = _live(running)
+    report = rollback()
+    assert report["outcome"] == "succeeded", report
+    with running.client() as client:
+        assert client.health()["version"] == OLD_VERSION
+    assert _live(running) == before_agents
+    target = load_manifest(store, *pre_upgrade.split("/"))
+    assert table_row_counts(running.database) == target.row_counts == before_counts
+    safety = load_manifest(store, *report["safety_set"].split("/"))
+    assert safety.purpose == "pre-rollback" and safety.pinned
+    assert safety.letta_version == NEW_VERSION
+    assert {a.id: a.name for a in safety.agents} == before_rollback
+    assert added["id"] in {a.id for a in safety.agents}
+    phases.done("rolled back to 0.11.7 with exactly the pre-upgrade agents and counts")
+
+    # --- roll "forward" by restoring the safety set ----------------------------------------
+    forward = rollback(backup_set=report["safety_set"])
+    assert forward["outcome"] == "succeeded", forward
+    with running.client() as client:
+        assert client.health()["version"] == NEW_VERSION
+    assert _live(running) == before_rollback
+    assert table_row_counts(running.database) == safety.row_counts
+    phases.done("rolled forward to 0.16.2 from the safety set")
+
+    # --- a rollback that fails after the stop undoes itself --------------------------------
+    # Fault: 0.11.7 gets 3 s to become healthy, after its dump was already restored.
+    forward_counts = table_row_counts(running.database)
+    with pytest.raises(RollbackFailed, match="undo restored Letta 0.16.2"):
+        rollback(backup_set=pre_upgrade, start_timeout_seconds=3)
+    with running.client() as client:
+        assert client.health()["version"] == NEW_VERSION
+    assert _live(running) == before_rollback
+    assert table_row_counts(running.database) == forward_counts
+    phases.done("failed rollback undone: 0.16.2 with the same agents and counts")
+
+    # --- restore a set onto another database -----------------------------------------------
+    monkeypatch.setenv("PGPASSWORD", pg_cluster.password)
+
+    def uri_without_password(db) -> str:
+        return f"postgresql://{pg_cluster.superuser}@127.0.0.1:{pg_cluster.port}/{db}"
+
+    busy = make_database("rb_busy")
+    with connect(busy, autocommit=True) as conn:
+        conn.execute(sa.text("CREATE TABLE keep_me (id int)"))
+    with pytest.raises(RestoreTargetRefused, match="already holds 1 tables.*--force"):
+        restore(pre_upgrade, uri_without_password(busy.database_name))
+    with connect(busy) as conn:
+        assert conn.execute(sa.text("SELECT to_regclass('keep_me')")).scalar()
+    with pytest.raises(RestoreTargetRefused, match="live database"):
+        restore(pre_upgrade, uri_without_password(running.database.database_name), force=True)
+
+    empty = make_database("rb_staging")
+    port = free_loopback_port()
+    try:
+        staged = restore(
+            pre_upgrade, uri_without_password(empty.database_name), start=True, port=port
+        )
+        assert staged["outcome"] == "succeeded" and not staged["count_differences"]
+        assert staged["verification"]["ok"] and staged["server"]["version"] == OLD_VERSION
+        assert table_row_counts(empty) == target.row_counts
+        with LettaClient(LettaServer(base_url=f"http://127.0.0.1:{port}")) as client:
+            assert {a["id"]: a["name"] for a in client.list_agents()} == before_agents
+    finally:
+        restored_runtime(empty, None, port).stop()
+    phases.done(
+        "restore onto another database: refused when busy; started, agents and counts equal"
+    )
