@@ -569,6 +569,20 @@ def store_options() -> argparse.ArgumentParser:
     return store
 
 
+def lock_options(default: float | None) -> argparse.ArgumentParser:
+    """The ``--wait`` option of every command that takes the server's destructive lock."""
+    lock = argparse.ArgumentParser(add_help=False)
+    shown = "the flow's default" if default is None else f"{default:g}; 0 refuses at once"
+    lock.add_argument(
+        "--wait",
+        type=float,
+        default=default,
+        metavar="SECONDS",
+        help=f"wait this long for another destructive run on the server to finish ({shown})",
+    )
+    return lock
+
+
 def _add_backup_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     store = store_options()
 
@@ -636,7 +650,7 @@ def _add_backup_commands(sub: argparse._SubParsersAction, common: argparse.Argum
 
     p = sub.add_parser(
         "upgrade",
-        parents=[common, store],
+        parents=[common, store, lock_options(0)],
         help="upgrade to a pinned Letta version after a verified backup; rolls back on failure",
         description="Pre-flight (health, versions, disk, agent names under the target's rule), "
         "a verified pinned backup, then strategy 'migrate' (stop, alembic upgrade the same "
@@ -653,13 +667,6 @@ def _add_backup_commands(sub: argparse._SubParsersAction, common: argparse.Argum
         "--approval",
         action="store_true",
         help="pause the Prefect run before the first destructive step until approved in the UI",
-    )
-    p.add_argument(
-        "--wait",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="wait this long for another destructive run on the server to finish (0: refuse)",
     )
     p.set_defaults(func=cmd_upgrade)
 

@@ -15,6 +15,7 @@ from flows.cli import (
     EXIT_NEEDS_ACTION,
     EXIT_OK,
     emit,
+    lock_options,
     progress,
     render_table,
     store_options,
@@ -208,13 +209,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     from tasks.doctor_checks import CHECK_NAMES
 
     store = store_options()
-    lock = argparse.ArgumentParser(add_help=False)
-    lock.add_argument(
-        "--wait",
-        type=float,
-        metavar="SECONDS",
-        help="wait this long for another destructive flow on the server to finish (10)",
-    )
+    lock = lock_options(None)
 
     p = sub.add_parser(
         "sync-tools",

@@ -183,17 +183,10 @@ def cmd_restore_agents(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register this area's sub-commands on the ``letta-ops`` parser."""
-    from flows.cli import store_options
+    from flows.cli import lock_options, store_options
 
     store = store_options()
-    lock = argparse.ArgumentParser(add_help=False)
-    lock.add_argument(
-        "--wait",
-        type=float,
-        default=30,
-        metavar="SECONDS",
-        help="wait this long for another destructive run on the server to finish (30)",
-    )
+    lock = lock_options(0)
     lock.add_argument(
         "--jobs", type=int, default=2, help="parallel pg_restore workers (2)", metavar="N"
     )

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, pause_flow_run, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.input import RunInput
 from prefect.transactions import Transaction, transaction
 
 from blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from flows.audit_record import audited_run
 from flows.backup import backup
+from flows.operator_approval import ApprovalDeclined, await_operator_approval
 from flows.restore_server import (
     prove_server_matches_set,
     restore_database_from_set,
@@ -63,13 +63,6 @@ class RollbackRefused(ValueError):
 
 class RollbackFailed(RuntimeError):
     """The rollback failed after it stopped the server; see the undo result."""
-
-
-class RollbackApproval(RunInput):
-    """What the operator answers when the run pauses before its first destructive step."""
-
-    approve: bool = False
-    operator: str = ""
 
 
 @dataclass
@@ -294,11 +287,12 @@ def rollback(
 
         with destructive_lock(profile.name, lock_timeout_seconds):
             if approval:
-                answer = pause_flow_run(wait_for_input=RollbackApproval, timeout=3600)
-                if not answer.approve:
+                try:
+                    report["approved_by"] = await_operator_approval("rollback", profile.name)
+                except ApprovalDeclined:
                     record.update(outcome="refused")
-                    raise RollbackRefused(f"The operator declined the rollback of {profile.name}.")
-                report["approved_by"] = answer.operator
+                    raise
+                record.update(approved_by=report["approved_by"])
             safety_report = backup(
                 server=server,
                 store=store,
@@ -346,4 +340,4 @@ def rollback(
         return report
 
 
-__all__ = ["RollbackApproval", "RollbackFailed", "RollbackRefused", "rollback"]
+__all__ = ["RollbackFailed", "RollbackRefused", "rollback"]

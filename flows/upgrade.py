@@ -26,14 +26,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger, pause_flow_run, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.input import RunInput
 from prefect.transactions import Transaction, transaction
 
 from blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from flows.audit_record import audited_run, counts_summary, server_counts
 from flows.backup import backup
+from flows.operator_approval import await_operator_approval
 from flows.restore_server import restore_server_from_set
 from flows.run_context import publish_report, run_name, tag_current_run
 from flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
@@ -67,13 +67,6 @@ class UpgradeRefused(ValueError):
 
 class UpgradeFailed(RuntimeError):
     """The upgrade failed after it started changing things; see the rollback result."""
-
-
-class UpgradeApproval(RunInput):
-    """What the operator answers when the run pauses before its first destructive step."""
-
-    approve: bool = False
-    operator: str = ""
 
 
 @dataclass
@@ -469,11 +462,8 @@ def upgrade(
 
         with destructive_lock(profile.name, lock_timeout_seconds):
             if approval:
-                answer = pause_flow_run(wait_for_input=UpgradeApproval, timeout=3600)
-                if not answer.approve:
-                    raise UpgradeRefused(f"The operator declined the upgrade of {profile.name}.")
-                report["approved_by"] = answer.operator
-                audit.update(approved_by=answer.operator)
+                report["approved_by"] = await_operator_approval("upgrade", profile.name)
+                audit.update(approved_by=report["approved_by"])
             backup_report = backup(
                 server=server,
                 store=store,
@@ -530,4 +520,4 @@ def upgrade(
         return report
 
 
-__all__ = ["LettaVersion", "UpgradeApproval", "UpgradeFailed", "UpgradeRefused", "upgrade"]
+__all__ = ["LettaVersion", "UpgradeFailed", "UpgradeRefused", "upgrade"]

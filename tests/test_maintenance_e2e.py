@@ -18,7 +18,7 @@ from tasks.letta_api import LettaAPIError, offline_agent_body
 from tasks.letta_postgres import connect
 from tasks.object_store import S3ObjectStore
 from tasks.source_cleanup import get_or_create_folder
-from tests.fixtures.letta import NEW_VERSION
+from tests.fixtures.letta import NEW_VERSION, operator_env
 
 pytestmark = pytest.mark.e2e
 
@@ -34,11 +34,8 @@ def letta(start_letta):
 def store(letta, s3_env, s3_bucket, monkeypatch, prefect_harness) -> S3ObjectStore:
     """Point letta-ops at the module's server and a fresh bucket, as an operator's env would."""
     client, bucket, _ = s3_bucket
-    monkeypatch.setenv("LETTA_BASE_URL", letta.server.base_url)
-    monkeypatch.setenv("LETTA_PG_URI", letta.database.letta_pg_uri())
-    monkeypatch.setenv("LETTA_OPS_SERVER_NAME", letta.runtime.server_name)
-    monkeypatch.setenv("LETTA_OPS_STATE_DIR", str(letta.runtime.state_dir.parent))
-    monkeypatch.setenv("LETTA_OPS_STORE", f"s3://{bucket}/backups")
+    for name, value in operator_env(letta, f"s3://{bucket}/backups").items():
+        monkeypatch.setenv(name, value)
     return S3ObjectStore(client, bucket, "backups")
 
 

@@ -18,7 +18,7 @@ from tasks.agent_names import name_rule_for, plan_renames
 from tasks.backup_catalog import load_manifest
 from tasks.letta_postgres import connect
 from tasks.object_store import S3ObjectStore
-from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, rename_agent, seed_agents
+from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, rename_agent, seed_agents
 
 pytestmark = pytest.mark.e2e
 
@@ -39,10 +39,8 @@ def test_scratch_copy_exports_every_agent_in_the_targets_format(
         rename_agent(client, agents[1]["id"], "AI/ML Expert")
         before = {a["id"]: a["name"] for a in client.list_agents()}
     client_s3, bucket, _ = s3_bucket
-    monkeypatch.setenv("LETTA_BASE_URL", running.server.base_url)
-    monkeypatch.setenv("LETTA_PG_URI", running.database.letta_pg_uri())
-    monkeypatch.setenv("LETTA_OPS_SERVER_NAME", running.runtime.server_name)
-    monkeypatch.setenv("LETTA_OPS_STATE_DIR", str(running.runtime.state_dir.parent))
+    for name, value in operator_env(running).items():
+        monkeypatch.setenv(name, value)
     report = backup(store=f"s3://{bucket}/scratch", allow_partial_agents=True)
     store = S3ObjectStore(client_s3, bucket, "scratch")
     manifest = load_manifest(store, *report["set"].split("/"))

@@ -11,7 +11,7 @@ from tasks.letta_inventory import agent_inventory
 from tasks.letta_postgres import alembic_revision, table_row_counts
 from tasks.letta_versions import ALEMBIC_HEADS
 from tasks.object_store import S3ObjectStore
-from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, rename_agent, seed_agents
+from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, rename_agent, seed_agents
 
 pytestmark = pytest.mark.e2e
 
@@ -30,11 +30,8 @@ def upgrade_env(s3_env, s3_bucket, monkeypatch, prefect_harness):
     client, bucket, _ = s3_bucket
 
     def point_at(running):
-        monkeypatch.setenv("LETTA_BASE_URL", running.server.base_url)
-        monkeypatch.setenv("LETTA_PG_URI", running.database.letta_pg_uri())
-        monkeypatch.setenv("LETTA_OPS_SERVER_NAME", running.runtime.server_name)
-        monkeypatch.setenv("LETTA_OPS_STATE_DIR", str(running.runtime.state_dir.parent))
-        monkeypatch.setenv("LETTA_OPS_STORE", f"s3://{bucket}/backups")
+        for name, value in operator_env(running, f"s3://{bucket}/backups").items():
+            monkeypatch.setenv(name, value)
         return S3ObjectStore(client, bucket, "backups")
 
     return point_at
