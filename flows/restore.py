@@ -33,7 +33,7 @@ from flows.restore_server import (
     restore_database_from_set,
     start_set_version,
 )
-from flows.run_context import publish_report, tag_current_run
+from flows.run_context import publish_report, run_name, tag_current_run
 from flows.server_lock import destructive_lock
 from flows.verify import resolve_set
 from tasks.backup_catalog import load_manifest
@@ -177,7 +177,7 @@ def render_restore_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-restore", flow_run_name="restore-{backup_set}")
+@flow(name="letta-restore", flow_run_name=run_name("restore", "backup_set"))
 def restore(
     backup_set: str,
     database: str,

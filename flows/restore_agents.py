@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from flows.audit_record import audited_run
-from flows.run_context import publish_report, tag_current_run
+from flows.run_context import publish_report, run_name, tag_current_run
 from flows.verify import resolve_set
 from tasks.agent_file import rename_agent_file, summarize_agent_file
 from tasks.agent_names import name_rule_for
@@ -125,7 +125,7 @@ def render_restore_agents_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-restore-agents", flow_run_name="restore-agents-{backup_set}")
+@flow(name="letta-restore-agents", flow_run_name=run_name("restore-agents", "backup_set"))
 def restore_agents(
     backup_set: str,
     agents: list[str],

@@ -39,7 +39,7 @@ from flows.restore_server import (
     restore_server_from_set,
     start_set_version,
 )
-from flows.run_context import publish_report, tag_current_run
+from flows.run_context import publish_report, run_name, tag_current_run
 from flows.server_lock import destructive_lock
 from flows.verify import resolve_set
 from tasks.backup_catalog import load_manifest
@@ -247,7 +247,7 @@ def render_rollback_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-rollback", flow_run_name="rollback-{server}")
+@flow(name="letta-rollback", flow_run_name=run_name("rollback", "backup_set"))
 def rollback(
     backup_set: str | None = None,
     server: str | None = None,
