@@ -33,7 +33,7 @@ from prefect.transactions import Transaction, transaction
 from blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from flows.audit_record import audited_run, counts_summary, server_counts
 from flows.backup import backup
-from flows.operator_approval import await_operator_approval
+from flows.operator_approval import ApprovalDeclined, await_operator_approval
 from flows.restore_server import restore_server_from_set
 from flows.run_context import publish_report, run_name, tag_current_run
 from flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
@@ -462,7 +462,11 @@ def upgrade(
 
         with destructive_lock(profile.name, lock_timeout_seconds):
             if approval:
-                report["approved_by"] = await_operator_approval("upgrade", profile.name)
+                try:
+                    report["approved_by"] = await_operator_approval("upgrade", profile.name)
+                except ApprovalDeclined:
+                    audit.update(outcome="refused")
+                    raise
                 audit.update(approved_by=report["approved_by"])
             backup_report = backup(
                 server=server,

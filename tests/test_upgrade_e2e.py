@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import pytest
 
+from flows.operator_approval import ApprovalDeclined
 from flows.server_lock import ServerBusy, destructive_lock
 from flows.upgrade import UpgradeFailed, UpgradeRefused, upgrade
 from tasks.backup_catalog import list_backup_sets
@@ -23,6 +27,32 @@ def _old_server(start_letta, name):
         agents = seed_agents(client, 16, prefix=name)
         rename_agent(client, agents[3]["id"], "AI/ML Expert")
     return running
+
+
+def _decline_when_paused(name_prefix: str, timeout: float = 300) -> Future:
+    """In the background: wait for a paused run named ``name_prefix...``, answer "no"."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    def decline() -> str:
+        paused = FlowRunFilter(state=FlowRunFilterState(type={"any_": [StateType.PAUSED]}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with get_client(sync_client=True) as client:
+                runs = [
+                    r
+                    for r in client.read_flow_runs(flow_run_filter=paused)
+                    if r.name.startswith(name_prefix)
+                ]
+            if runs:
+                resume_flow_run(runs[0].id, run_input={"approve": False, "operator": "e2e"})
+                return "declined"
+            time.sleep(1)
+        return "never paused"
+
+    return ThreadPoolExecutor(max_workers=1).submit(decline)
 
 
 @pytest.fixture
@@ -47,6 +77,16 @@ def test_migrate_keeps_every_agent_and_message(start_letta, upgrade_env):
     assert plan["outcome"] == "planned" and plan["plan"]["from_version"] == OLD_VERSION
     assert any(c["old"] == "AI/ML Expert" for c in plan["plan"]["renames"].values())
     assert list_backup_sets(store) == []  # a dry run changes nothing
+    with running.client() as client:
+        assert client.health()["version"] == OLD_VERSION
+
+    # With approval on, the run pauses before its first destructive step; a "no" from the
+    # operator (through the Prefect API, as the UI sends it) ends it with nothing changed.
+    declined = _decline_when_paused("upgrade-")
+    with pytest.raises(ApprovalDeclined, match="declined"):
+        upgrade(NEW_VERSION, approval=True)
+    assert declined.result(timeout=5) == "declined"
+    assert list_backup_sets(store) == []
     with running.client() as client:
         assert client.health()["version"] == OLD_VERSION
 
