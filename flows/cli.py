@@ -359,6 +359,8 @@ def _render_plan(report: dict) -> str:
         + (" (LOSSY: agent files only)" if plan["lossy"] else " (lossless)"),
         f"agents {plan['agents']}, database {plan['database_bytes']} bytes, "
         f"expected downtime about {plan['expected_downtime_seconds']} s",
+        f"database: PostgreSQL {plan['postgres_major']}, role {plan['database_role']}, "
+        f"emptied by {plan['reset_mode']} when restoring",
         "steps:",
     ]
     lines += [f"  {i}. {step}" for i, step in enumerate(plan["steps"], 1)]
@@ -398,6 +400,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         "server": args.server,
         "store": args.store,
         "strategy": args.strategy,
+        "reset": args.reset,
     }
     if args.dry_run:
         emit(upgrade(**common, dry_run=True), args.json, render=_render_plan)
@@ -583,6 +586,22 @@ def lock_options(default: float | None) -> argparse.ArgumentParser:
     return lock
 
 
+def reset_options() -> argparse.ArgumentParser:
+    """The ``--reset`` option of every command that empties a database and restores into it."""
+    reset = argparse.ArgumentParser(add_help=False)
+    reset.add_argument(
+        "--reset",
+        choices=["auto", "recreate", "in-place"],
+        default=None,
+        help="how to empty the database before a restore: 'recreate' drops and creates it "
+        "with pgvector (needs CREATEDB and a superuser); 'in-place' keeps the database and "
+        "pgvector and drops the schema's objects (needs only their ownership, as on managed "
+        "PostgreSQL); default: the database block's setting or LETTA_OPS_RESET_MODE, else "
+        "whichever the role may do. The plan says which one runs.",
+    )
+    return reset
+
+
 def _add_backup_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     store = store_options()
 
@@ -650,12 +669,12 @@ def _add_backup_commands(sub: argparse._SubParsersAction, common: argparse.Argum
 
     p = sub.add_parser(
         "upgrade",
-        parents=[common, store, lock_options(0)],
+        parents=[common, store, lock_options(0), reset_options()],
         help="upgrade to a pinned Letta version after a verified backup; rolls back on failure",
         description="Pre-flight (health, versions, disk, agent names under the target's rule), "
         "a verified pinned backup, then strategy 'migrate' (stop, alembic upgrade the same "
         "database, fix sequences, start the target: lossless) or 'rebuild' (export agents, "
-        "drop and recreate the database, migrate, start, import agents with sanitized names). "
+        "empty the database (see --reset), migrate, start, import agents with sanitized names). "
         "Any failure after the first destructive step restores the backup and starts the old "
         "version. Asks for confirmation unless --yes; --dry-run prints the plan only.",
     )
@@ -704,7 +723,9 @@ def first_sentence(exc: BaseException) -> str:
         errors = exc.errors()
         if errors:
             return str(errors[0].get("msg", exc)).removeprefix("Value error, ")
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    from tasks.letta_postgres import database_error_message
+
+    return database_error_message(exc)
 
 
 def main(argv: list[str] | None = None) -> int:

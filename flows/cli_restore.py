@@ -38,6 +38,8 @@ def render_rollback_plan(report: dict) -> str:
         f"{plan['rows']} rows",
         f"agents {plan['agents_now']} now -> {plan['agents_in_set']} after; expected downtime "
         f"about {plan['expected_downtime_seconds']} s",
+        f"database: PostgreSQL {plan['postgres_major']}, role {plan['database_role']}, "
+        f"emptied by {plan['reset_mode']}",
     ]
     if plan["agents_not_in_set"]:
         lines.append(
@@ -66,7 +68,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from flows.cli import EXIT_OK, _with_progress, emit
     from flows.rollback import rollback
 
-    common = {"backup_set": args.to, "server": args.server, "store": args.store}
+    common = {
+        "backup_set": args.to,
+        "server": args.server,
+        "store": args.store,
+        "reset": args.reset,
+    }
     if args.dry_run:
         emit(rollback(**common, dry_run=True), args.json, render=render_rollback_plan)
         return EXIT_OK
@@ -138,6 +145,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             runtime=args.runtime,
             jobs=args.jobs,
             lock_timeout_seconds=args.wait,
+            reset=args.reset,
         )
     )
     emit(report, args.json, render=render_restore)
@@ -183,9 +191,10 @@ def cmd_restore_agents(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register this area's sub-commands on the ``letta-ops`` parser."""
-    from flows.cli import lock_options, store_options
+    from flows.cli import lock_options, reset_options, store_options
 
     store = store_options()
+    reset = reset_options()
     lock = lock_options(0)
     lock.add_argument(
         "--jobs", type=int, default=2, help="parallel pg_restore workers (2)", metavar="N"
@@ -193,11 +202,11 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
     p = sub.add_parser(
         "rollback",
-        parents=[common, store, lock],
+        parents=[common, store, lock, reset],
         help="put the server back on a backup set's version and data",
         description="Verify the set (manifest, this server's, sha256 of every object, version "
         "installable), back up the current state (pinned, pre-rollback: the undo), stop, "
-        "drop and recreate the database, restore the dump, repair sequences, start the set's "
+        "empty the database (see --reset), restore the dump, repair sequences, start the set's "
         "Letta version and prove agents and per-table counts equal the manifest's. Any failure "
         "after the stop restores the safety backup and the version that was running.",
     )
@@ -217,7 +226,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
     p = sub.add_parser(
         "restore",
-        parents=[common, store, lock],
+        parents=[common, store, lock, reset],
         help="restore a backup set onto another (empty) database",
         description="Restore a set onto a different database (a staging copy, a new host). "
         "Refuses a database that holds tables unless --force. The password never goes on the "

@@ -120,6 +120,7 @@ def check_database(db: LettaDatabase | None, version: str | None) -> list[Findin
     return [
         *guarded("alembic", lambda: checks.check_alembic(alembic_revision(db), version)),
         *guarded("pgvector", lambda: checks.check_pgvector(checks.pgvector_version(db))),
+        *guarded("restore-privileges", lambda: checks.check_restore_privileges(db)),
         *guarded("sequences", lambda: checks.check_sequences(sequence_health(db))),
         *guarded(
             "dump-space",

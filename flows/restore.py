@@ -32,6 +32,7 @@ from flows.restore_server import (
     prove_server_matches_set,
     restore_database_from_set,
     start_set_version,
+    with_reset_mode,
 )
 from flows.run_context import publish_report, run_name, tag_current_run
 from flows.server_lock import destructive_lock
@@ -40,8 +41,10 @@ from tasks.backup_catalog import load_manifest
 from tasks.backup_manifest import BackupManifest
 from tasks.backup_set_admission import require_dump, require_intact
 from tasks.letta_api import LettaClient
+from tasks.letta_postgres import database_exists
 from tasks.letta_runtime_process import install_runtime
 from tasks.object_store import ObjectStore
+from tasks.postgres_privileges import RequestedReset
 from tasks.restore_target import (
     RestoreTargetRefused,
     port_in_use,
@@ -88,6 +91,7 @@ def preflight(
     start: bool,
     runtime_block: str | None,
     port: int | None,
+    reset: RequestedReset | None = None,
 ) -> tuple[dict[str, Any], BackupManifest, LettaDatabase, LettaProcessRuntime | None]:
     target = target_database(database)
     profile = load_profile(server)
@@ -109,6 +113,9 @@ def preflight(
             "it: pass --force to drop and replace it, or name an empty database."
         )
     objects = require_intact(store, manifest)
+    privileges = None
+    if database_exists(target):
+        target, privileges = with_reset_mode(target, reset)
     runtime = None
     if start:
         runtime = restored_runtime(target, runtime_block, port)
@@ -125,6 +132,7 @@ def preflight(
         "target": target.redacted_uri(),
         "target_tables_before": tables,
         "replaces_existing": bool(tables),
+        "reset_mode": privileges["reset_mode"] if privileges else "recreate",
         "objects_verified": objects,
         "tables": len(manifest.row_counts),
         "rows": sum(manifest.row_counts.values()),
@@ -190,6 +198,7 @@ def restore(
     jobs: int = 2,
     start_timeout_seconds: float = 240,
     lock_timeout_seconds: float = 30,
+    reset: RequestedReset | None = None,
 ) -> dict[str, Any]:
     """Restore ``backup_set`` onto ``database``: a saved Letta Database block's name, or
     ``postgresql://USER@HOST:PORT/DB`` with the password in ``PGPASSWORD`` (never in the URI).
@@ -201,7 +210,7 @@ def restore(
         record.update(store=object_store)
         try:
             plan, manifest, target, letta_runtime = preflight(
-                object_store, backup_set, database, server, force, start, runtime, port
+                object_store, backup_set, database, server, force, start, runtime, port, reset
             )
         except ValueError:
             record.update(outcome="refused")

@@ -20,9 +20,10 @@ from blocks.server_profile import ServerProfile
 from tasks.backup_manifest import BackupManifest
 from tasks.backup_verification import compare_counts, downloaded
 from tasks.letta_api import LettaClient
-from tasks.letta_postgres import create_database, drop_database, table_row_counts
+from tasks.letta_postgres import database_error_message, empty_database, table_row_counts
 from tasks.object_store import ObjectStore
 from tasks.postgres_dump import restore_dump
+from tasks.postgres_privileges import RequestedReset, restore_plan
 from tasks.sequence_repair import repair_sequences
 
 
@@ -34,15 +35,28 @@ def database_for_set(database: LettaDatabase, manifest: BackupManifest) -> Letta
     return database
 
 
+def with_reset_mode(
+    database: LettaDatabase, requested: RequestedReset | None = None
+) -> tuple[LettaDatabase, dict[str, Any]]:
+    """Pre-flight of every restore into ``database``: prove the role may empty it (recreate,
+    or reset in place) and restore into it, and fix the mode for the whole run, undo
+    included. Returns the database with a concrete ``reset_mode`` and the facts for the plan.
+    Raises ``PrivilegeRefused`` (nothing changed) with the missing privilege and its fix."""
+    plan = restore_plan(database, requested)
+    return database.model_copy(update={"reset_mode": plan["reset_mode"]}), plan
+
+
 def restore_database_from_set(
     database: LettaDatabase, store: ObjectStore, manifest: BackupManifest, jobs: int = 2
 ) -> dict[str, Any]:
-    """Drop and recreate ``database``, install pgvector, restore the set's dump (``jobs``
-    parallel pg_restore workers: the dump is a custom-format file), fix sequences, and compare
+    """Empty ``database`` (recreate it with pgvector, or reset its schema in place, as its
+    ``reset_mode`` says; ``auto`` decides now), restore the set's dump (``jobs`` parallel
+    pg_restore workers: the dump is a custom-format file), fix sequences, and compare
     per-table counts with the manifest."""
     database = database_for_set(database, manifest)
-    drop_database(database)
-    create_database(database, with_pgvector=True)
+    if database.reset_mode == "auto":
+        database, _ = with_reset_mode(database)
+    empty_database(database, database.reset_mode)
     expected = manifest.objects[manifest.dump]
     with downloaded(store, manifest.dump, expected.sha256) as dump_path:
         warnings = restore_dump(database, dump_path, jobs=jobs)
@@ -121,7 +135,7 @@ def restore_server_from_set(
         }
     except Exception as exc:  # reported, not raised: the caller decides what failure means
         logger.exception("restoring %s failed", label)
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "set": label}
+        result = {"ok": False, "error": database_error_message(exc), "set": label}
     result["seconds"] = round(time.monotonic() - started, 1)
     logger.info("restore result: %s", result)
     return result

@@ -34,10 +34,12 @@ from flows.audit_record import audited_run
 from flows.backup import backup
 from flows.operator_approval import ApprovalDeclined, await_operator_approval
 from flows.restore_server import (
+    database_for_set,
     prove_server_matches_set,
     restore_database_from_set,
     restore_server_from_set,
     start_set_version,
+    with_reset_mode,
 )
 from flows.run_context import publish_report, run_name, tag_current_run
 from flows.server_lock import destructive_lock
@@ -52,9 +54,10 @@ from tasks.backup_set_admission import (
 )
 from tasks.letta_api import LettaClient
 from tasks.letta_inventory import database_size
-from tasks.letta_postgres import table_row_counts
+from tasks.letta_postgres import database_error_message, table_row_counts
 from tasks.letta_runtime_process import install_runtime
 from tasks.object_store import ObjectStore
+from tasks.postgres_privileges import RequestedReset
 
 
 class RollbackRefused(ValueError):
@@ -103,10 +106,15 @@ def choose_set(
 
 @task(name="rollback-preflight", cache_policy=NO_CACHE)
 def preflight(
-    profile: ServerProfile, store: ObjectStore, backup_set: str | None
+    profile: ServerProfile,
+    store: ObjectStore,
+    backup_set: str | None,
+    reset: RequestedReset | None = None,
 ) -> tuple[dict[str, Any], BackupManifest]:
     manifest = choose_set(profile, store, backup_set)
     database = profile.require_database()
+    # The rollback and its undo empty this database: prove the role may, before the stop.
+    _, privileges = with_reset_mode(database_for_set(database, manifest), reset)
     cache = profile.runtime.resolved_cache_dir()
     # The set's version must install before anything stops (it is also started from here).
     install_runtime(manifest.letta_version, cache, profile.runtime.index_url)
@@ -146,11 +154,17 @@ def preflight(
         "rows": sum(manifest.row_counts.values()),
         "database_bytes": size,
         "objects_verified": len(manifest.objects),
+        "reset_mode": privileges["reset_mode"],
+        "database_role": privileges["role"],
+        "postgres_major": privileges["server_major"],
         "steps": [
             "safety backup of the current state (verified, pinned, pre-rollback)",
             "stop server",
-            "drop and recreate database",
-            "install pgvector",
+            *(
+                ["drop and recreate database", "install pgvector"]
+                if privileges["reset_mode"] == "recreate"
+                else ["empty Letta's schema in place (database and pgvector kept)"]
+            ),
             "restore the set's pg_dump (parallel pg_restore)",
             "repair sequences",
             f"start Letta {manifest.letta_version}",
@@ -257,10 +271,13 @@ def rollback(
     lock_timeout_seconds: float = 30,
     start_timeout_seconds: float = 240,
     jobs: int = 2,
+    reset: RequestedReset | None = None,
 ) -> dict[str, Any]:
     """Put ``server`` back on ``backup_set`` (default: its newest verified pre-upgrade set).
 
-    ``backup_set`` is ``SERVER/SET_ID``, a SET_ID of this server, or ``latest``.
+    ``backup_set`` is ``SERVER/SET_ID``, a SET_ID of this server, or ``latest``. ``reset``
+    says how the database is emptied (``recreate`` or ``in-place``; default: the database
+    block's setting, else whatever the role may do).
     """
     parameters = {"backup_set": backup_set, "store": store, "dry_run": dry_run}
     with audited_run("rollback", server, parameters) as record:
@@ -270,10 +287,13 @@ def rollback(
         record.update(server=profile.name, store=object_store)
         tag_current_run(profile.name, "rollback")
         try:
-            plan, manifest = preflight(profile, object_store, backup_set)
+            plan, manifest = preflight(profile, object_store, backup_set, reset)
         except ValueError:
             record.update(outcome="refused")
             raise
+        profile.database = profile.require_database().model_copy(
+            update={"reset_mode": plan["reset_mode"]}
+        )
         record.update(
             versions_from=plan["from_version"],
             versions_to=plan["to_version"],
@@ -312,7 +332,7 @@ def rollback(
                 undo = state.undo
                 report.update(
                     outcome="failed, undone" if (undo or {}).get("ok") else "failed",
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=database_error_message(exc),
                     undo=undo,
                 )
                 record.update(
@@ -322,7 +342,8 @@ def rollback(
                 )
                 publish_report(profile.name, "rollback", render_rollback_markdown(report))
                 raise RollbackFailed(
-                    f"Rollback of {profile.name} to {plan['set']} failed ({exc}); "
+                    f"Rollback of {profile.name} to {plan['set']} failed "
+                    f"({database_error_message(exc)}); "
                     + (
                         "nothing destructive had happened"
                         if undo is None

@@ -48,7 +48,9 @@ def export_via_scratch_copy(
     removed whatever happens.
     """
     database = profile.require_database()
-    scratch = database.for_database(f"letta_ops_scratch_{uuid.uuid4().hex[:10]}")
+    scratch = database.for_database(f"letta_ops_scratch_{uuid.uuid4().hex[:10]}").model_copy(
+        update={"reset_mode": "recreate"}  # a new database: created, never reset in place
+    )
     if manifest.db_schema:
         scratch = scratch.model_copy(update={"db_schema": manifest.db_schema})
     state_dir = Path(tempfile.mkdtemp(prefix="scratch-server-", dir=workdir))

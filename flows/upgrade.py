@@ -34,7 +34,7 @@ from blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from flows.audit_record import audited_run, counts_summary, server_counts
 from flows.backup import backup
 from flows.operator_approval import ApprovalDeclined, await_operator_approval
-from flows.restore_server import restore_server_from_set
+from flows.restore_server import restore_server_from_set, with_reset_mode
 from flows.run_context import publish_report, run_name, tag_current_run
 from flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
 from flows.server_lock import destructive_lock
@@ -48,14 +48,11 @@ from tasks.letta_inventory import (
     compare_by_id,
     database_size,
 )
-from tasks.letta_postgres import (
-    alembic_revision,
-    create_database,
-    drop_database,
-)
+from tasks.letta_postgres import alembic_revision, database_error_message, empty_database
 from tasks.letta_runtime_process import install_runtime
 from tasks.letta_versions import LettaVersion, parse_server_version
 from tasks.object_store import ObjectStore
+from tasks.postgres_privileges import RequestedReset
 from tasks.sequence_repair import repair_sequences
 
 Strategy = Literal["migrate", "rebuild"]
@@ -80,6 +77,8 @@ class UpgradeState:
     before_agents: dict[str, dict]
     renames: dict[str, dict[str, str]] = field(default_factory=dict)
     rollback: dict[str, Any] | None = None
+    #: The step running now: named in the failure sentence.
+    step: str = "pre-flight"
 
     def __deepcopy__(self, memo: dict) -> UpgradeState:
         """Prefect's ``txn.get`` deep-copies stored values. This state is shared on purpose
@@ -92,7 +91,12 @@ class UpgradeState:
 
 
 @task(name="upgrade-preflight", cache_policy=NO_CACHE)
-def preflight(profile: ServerProfile, to_version: str, strategy: Strategy) -> dict[str, Any]:
+def preflight(
+    profile: ServerProfile,
+    to_version: str,
+    strategy: Strategy,
+    reset: RequestedReset | None = None,
+) -> dict[str, Any]:
     target = parse_server_version(to_version)
     database = profile.require_database()
     with LettaClient(profile.server) as client:
@@ -120,6 +124,16 @@ def preflight(profile: ServerProfile, to_version: str, strategy: Strategy) -> di
             f"Only {free} bytes are free in {tempfile.gettempdir()} for a database of "
             f"{size} bytes (dump and restore need about twice that); free some space first."
         )
+    # Both strategies may need to empty and restore the database (rebuild does, and any
+    # rollback does): prove the role may, before anything stops.
+    _, privileges = with_reset_mode(database, reset)
+    scratch_export = strategy == "rebuild" and exports_v1_agent_files(str(current))
+    if scratch_export and not privileges["scratch_databases"]:
+        raise UpgradeRefused(
+            f"A rebuild from Letta {current} exports its agents through a scratch database, "
+            f"which role {privileges['role']} cannot create; use --strategy migrate (lossless), "
+            f"or grant it CREATEDB and run as a superuser."
+        )
     install_runtime(str(target), profile.runtime.resolved_cache_dir(), profile.runtime.index_url)
     install_runtime(str(current), profile.runtime.resolved_cache_dir(), profile.runtime.index_url)
     # Rebuild moves agent files, so names must pass the source's export and the target's
@@ -144,12 +158,15 @@ def preflight(profile: ServerProfile, to_version: str, strategy: Strategy) -> di
             "backup (verified, pinned)",
             *(
                 [f"export agent files from a scratch copy of the backup migrated to {target}"]
-                if exports_v1_agent_files(str(current))
+                if scratch_export
                 else ["rename agents the versions refuse", "export agent files"]
             ),
             "stop server",
-            "drop and recreate database",
-            "install pgvector",
+            *(
+                ["drop and recreate database", "install pgvector"]
+                if privileges["reset_mode"] == "recreate"
+                else ["empty Letta's schema in place (database and pgvector kept)"]
+            ),
             f"migrate and start {target}",
             "repair sequences",
             "import agent files",
@@ -163,6 +180,9 @@ def preflight(profile: ServerProfile, to_version: str, strategy: Strategy) -> di
         "to_version": str(target),
         "strategy": strategy,
         "alembic_revision": alembic_revision(database),
+        "reset_mode": privileges["reset_mode"],
+        "database_role": privileges["role"],
+        "postgres_major": privileges["server_major"],
         "agents": len(agents),
         "database_bytes": size,
         "free_bytes": free,
@@ -206,11 +226,10 @@ def start_server_step(profile: ServerProfile, version: str, timeout: float) -> d
     return {"pid": record.pid, "version": record.version}
 
 
-@task(name="recreate-database", cache_policy=NO_CACHE)
-def recreate_database_step(profile: ServerProfile) -> None:
+@task(name="empty-database", cache_policy=NO_CACHE)
+def empty_database_step(profile: ServerProfile) -> None:
     database = profile.require_database()
-    drop_database(database)
-    create_database(database, with_pgvector=True)
+    empty_database(database, database.reset_mode)
 
 
 @task(name="rename-agents", cache_policy=NO_CACHE)
@@ -286,11 +305,16 @@ def roll_back(state: UpgradeState) -> dict[str, Any]:
 
 def run_migrate(state: UpgradeState, target: str, start_timeout: float) -> dict[str, Any]:
     profile = state.profile
+    state.step = "stop server"
     stop_server_step(profile)
     stopped = time.monotonic()
+    state.step = f"alembic upgrade to {target}"
     migrate_step(profile, target)
+    state.step = "repair sequences"
     sequences = repair_sequences_step(profile)
+    state.step = f"start {target}"
     start_server_step(profile, target, start_timeout)
+    state.step = "verify"
     after_api = list_agents_step(profile)
     after = inventory_step(profile)
     problems = compare_by_id(state.before_agents, after)
@@ -315,19 +339,27 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
     profile = state.profile
     passages_before = archival_passage_count(profile.require_database())
     with tempfile.TemporaryDirectory(prefix="letta-ops-rebuild-") as workdir:
+        state.step = "export agent files"
         if exports_v1_agent_files(state.old_version):
             # The source writes agent files the target refuses: export from a scratch copy.
             files = export_via_scratch_step(state, target, Path(workdir))
         else:
             rename_agents_step(profile, state.renames)
             files = export_agent_files_step(profile, Path(workdir))
+        state.step = "stop server"
         stop_server_step(profile)
         stopped = time.monotonic()
-        recreate_database_step(profile)
+        state.step = f"empty database ({profile.require_database().reset_mode})"
+        empty_database_step(profile)
+        state.step = f"alembic upgrade to {target}"
         migrate_step(profile, target)
+        state.step = f"start {target}"
         start_server_step(profile, target, start_timeout)
+        state.step = "repair sequences"
         sequences = repair_sequences_step(profile)
+        state.step = "import agent files"
         import_agent_files_step(profile, files)
+    state.step = "verify"
     after_api = list_agents_step(profile)
     after = inventory_step(profile)
     expected_names = sorted(
@@ -440,14 +472,23 @@ def upgrade(
     approval: bool = False,
     lock_timeout_seconds: float = 0,
     start_timeout_seconds: float = 240,
+    reset: RequestedReset | None = None,
 ) -> dict[str, Any]:
-    """Upgrade one server to ``to_version`` by ``strategy``; roll back on any failure."""
+    """Upgrade one server to ``to_version`` by ``strategy``; roll back on any failure.
+
+    ``reset`` says how a database is emptied before a restore or rebuild (``recreate`` or
+    ``in-place``); by default the database block's setting, else whatever the role may do.
+    """
     with audited_run("upgrade", server) as audit:
         logger = get_run_logger()
         profile = load_profile(server, need_database=True)
         audit.update(server=profile.name)
         tag_current_run(profile.name, "upgrade")
-        plan = preflight(profile, to_version, strategy)
+        plan = preflight(profile, to_version, strategy, reset)
+        # Every later step, the automatic rollback included, empties the database this way.
+        profile.database = profile.require_database().model_copy(
+            update={"reset_mode": plan["reset_mode"]}
+        )
         audit.update(
             versions_from=plan["from_version"],
             versions_to=plan["to_version"],
@@ -496,7 +537,7 @@ def upgrade(
             except Exception as exc:
                 report.update(
                     outcome="failed, rolled back" if (state.rollback or {}).get("ok") else "failed",
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=f"at step {state.step}: {database_error_message(exc)}",
                     rollback=state.rollback,
                 )
                 publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
@@ -505,7 +546,7 @@ def upgrade(
                     rollback_outcome=rollback_outcome(rolled),
                     counts_after=server_counts(profile.require_database()) if rolled else None,
                 )
-                cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                cause = f"at step {state.step}: {database_error_message(exc)}"
                 raise UpgradeFailed(
                     f"Upgrade of {profile.name} to {plan['to_version']} failed ({cause}); "
                     + (

@@ -29,6 +29,7 @@ from tasks.backup_catalog import (
 from tasks.backup_manifest import BackupManifest, parse_set_reference, set_prefix
 from tasks.backup_verification import check_dump, check_objects, drill
 from tasks.object_store import ObjectStore
+from tasks.restore_target import same_database
 
 
 class VerificationFailed(RuntimeError):
@@ -46,24 +47,42 @@ def check_dump_task(store: ObjectStore, manifest: BackupManifest) -> dict:
 
 
 @task(name="restore-drill", cache_policy=NO_CACHE)
-def drill_task(store: ObjectStore, manifest: BackupManifest, target: LettaDatabase) -> dict:
-    return drill(store, manifest, target)
+def drill_task(
+    store: ObjectStore, manifest: BackupManifest, target: LettaDatabase, dedicated: bool
+) -> dict:
+    return drill(store, manifest, target, dedicated=dedicated)
 
 
-def drill_target(server: str | None, drill_database: str | None) -> LettaDatabase:
-    """Where to restore a drill: a saved Letta Database block, LETTA_OPS_DRILL_PG_URI, or the
-    server's own PostgreSQL (a scratch database beside Letta's; Letta's is never touched)."""
+def drill_target(server: str | None, drill_database: str | None) -> tuple[LettaDatabase, bool]:
+    """Where to restore a drill, and whether that database is dedicated to drills: a saved
+    Letta Database block or LETTA_OPS_DRILL_PG_URI (dedicated: a role that cannot create
+    databases drills in it, in place), else the server's own PostgreSQL (a scratch database
+    beside Letta's; Letta's is never touched)."""
     if drill_database:
-        return LettaDatabase.load(drill_database)
+        return LettaDatabase.load(drill_database), True
     if os.environ.get("LETTA_OPS_DRILL_PG_URI"):
-        return LettaDatabase.from_env({"LETTA_PG_URI": os.environ["LETTA_OPS_DRILL_PG_URI"]})
+        env = {"LETTA_PG_URI": os.environ["LETTA_OPS_DRILL_PG_URI"]}
+        if os.environ.get("LETTA_OPS_PG_BIN"):
+            env["LETTA_OPS_PG_BIN"] = os.environ["LETTA_OPS_PG_BIN"]
+        return LettaDatabase.from_env(env), True
     profile = load_profile(server, need_database=False)
     if profile.database is None:
         raise ProfileError(
             "A drill needs a PostgreSQL server to restore into; set LETTA_PG_URI or "
             "LETTA_OPS_DRILL_PG_URI, or pass --drill-database with a saved block name."
         )
-    return profile.database
+    return profile.database, False
+
+
+def refuse_live_drill_target(target: LettaDatabase, server: str | None) -> None:
+    """A database dedicated to drills is emptied by them: it must never be Letta's own."""
+    live = load_profile(server, need_database=False).database
+    if live is not None and same_database(target, live):
+        raise ProfileError(
+            f"The drill database {target.redacted_uri()} is the live database of this server; "
+            "a drill empties its target, so point LETTA_OPS_DRILL_PG_URI (or --drill-database) "
+            "at a database of its own."
+        )
 
 
 def resolve_set(store: ObjectStore, reference: str, default_server: str | None) -> tuple[str, str]:
@@ -134,7 +153,10 @@ def verify(
         dump = check_dump_task(object_store, manifest) if not problems else None
         drill_result = None
         if drill and not problems:
-            drill_result = drill_task(object_store, manifest, drill_target(server, drill_database))
+            target, dedicated = drill_target(server, drill_database)
+            if dedicated:
+                refuse_live_drill_target(target, server)
+            drill_result = drill_task(object_store, manifest, target, dedicated)
         ok = (
             not problems
             and dump is not None

@@ -16,9 +16,20 @@ from pathlib import Path
 
 from blocks.letta_database import LettaDatabase, default_pg_bin_dir
 from tasks.backup_manifest import BackupManifest
-from tasks.letta_postgres import create_database, drop_database, table_row_counts
+from tasks.letta_postgres import (
+    create_database,
+    drop_database,
+    reset_schema_in_place,
+    table_row_counts,
+)
 from tasks.object_store import ObjectStore
 from tasks.postgres_dump import PgToolError, list_dump, restore_dump, tables_in_dump
+from tasks.postgres_privileges import (
+    PrivilegeRefused,
+    choose_reset_mode,
+    probe_privileges,
+    recreate_blockers,
+)
 
 
 def check_objects(store: ObjectStore, manifest: BackupManifest) -> list[dict]:
@@ -67,27 +78,51 @@ def check_dump(store: ObjectStore, manifest: BackupManifest, bin_dir: Path | Non
 
 
 def drill(
-    store: ObjectStore, manifest: BackupManifest, target: LettaDatabase, jobs: int = 2
+    store: ObjectStore,
+    manifest: BackupManifest,
+    target: LettaDatabase,
+    jobs: int = 2,
+    dedicated: bool = False,
 ) -> dict:
     """Restore the dump into a scratch database on ``target``'s server, compare, drop it.
 
     ``target`` only says which PostgreSQL server and credentials to use; its own database is
-    never touched.
+    never touched, unless it is ``dedicated`` to drills (``LETTA_OPS_DRILL_PG_URI``) and the
+    role may not create databases (managed PostgreSQL): then the drill resets that database's
+    schema in place, restores into it, and empties it again afterwards.
     """
-    scratch = target.for_database(f"letta_ops_drill_{uuid.uuid4().hex[:10]}")
-    if manifest.db_schema != "public":
-        scratch = scratch.model_copy(update={"db_schema": manifest.db_schema})
-    create_database(scratch, with_pgvector=True)
+    facts = probe_privileges(target)
+    if not recreate_blockers(facts):
+        scratch = target.for_database(f"letta_ops_drill_{uuid.uuid4().hex[:10]}")
+        if manifest.db_schema != "public":
+            scratch = scratch.model_copy(update={"db_schema": manifest.db_schema})
+        create_database(scratch, with_pgvector=True)
+        cleanup = drop_database
+    elif dedicated:
+        scratch = target
+        if manifest.db_schema != "public":
+            scratch = scratch.model_copy(update={"db_schema": manifest.db_schema})
+        choose_reset_mode(probe_privileges(scratch), "in-place")
+        reset_schema_in_place(scratch)
+        cleanup = reset_schema_in_place
+    else:
+        raise PrivilegeRefused(
+            f"A drill needs a scratch database, but role {facts.role} cannot create one "
+            f"({recreate_blockers(facts)[0]}); set LETTA_OPS_DRILL_PG_URI to a database of its "
+            "own for drills (ask your admin once: CREATE DATABASE letta_drill OWNER "
+            f"{facts.role}; then CREATE EXTENSION vector in it)."
+        )
     try:
         expected = manifest.objects.get(manifest.dump)
         with downloaded(store, manifest.dump, expected.sha256 if expected else None) as path:
             warnings = restore_dump(scratch, path, jobs=jobs)
         counts = table_row_counts(scratch)
     finally:
-        drop_database(scratch)
+        cleanup(scratch)
     differences = compare_counts(manifest.row_counts, counts)
     return {
         "scratch_database": scratch.database_name,
+        "in_place": cleanup is reset_schema_in_place,
         "tables": len(counts),
         "differences": differences,
         "restore_warnings": warnings,

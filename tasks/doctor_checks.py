@@ -27,7 +27,7 @@ from typing import Literal
 import sqlalchemy as sa
 
 from blocks.letta_database import InvalidDatabaseURI, LettaDatabase, parse_letta_pg_uri
-from tasks.letta_postgres import connect
+from tasks.letta_postgres import connect, database_error_message
 from tasks.letta_versions import ALEMBIC_HEADS, LettaVersion, parse_server_version
 
 Status = Literal["ok", "action", "skipped"]
@@ -41,6 +41,7 @@ CHECK_NAMES = (
     "health",
     "alembic",
     "pgvector",
+    "restore-privileges",
     "database-uri",
     "home-writable",
     "sequences",
@@ -81,7 +82,7 @@ def guarded(check: str, run: Callable[[], Finding | list[Finding]]) -> list[Find
     try:
         result = run()
     except Exception as exc:  # the doctor reports on broken servers: expect anything
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = database_error_message(exc)
         return [action(check, f"the check failed: {first}", "Fix the error above and rerun.")]
     return result if isinstance(result, list) else [result]
 
@@ -137,6 +138,32 @@ def check_pgvector(extension_version: str | None) -> Finding:
             "As a superuser: CREATE EXTENSION vector; (in Letta's database).",
         )
     return ok("pgvector", f"pgvector {extension_version} installed")
+
+
+def check_restore_privileges(db: LettaDatabase) -> Finding:
+    """The pre-flight every destructive run makes: may this role empty the database and
+    restore into it (recreate, or reset in place), with client tools that fit the server?"""
+    from tasks.postgres_privileges import PrivilegeRefused, restore_plan
+
+    try:
+        plan = restore_plan(db)
+    except PrivilegeRefused as exc:
+        return action(
+            "restore-privileges",
+            "upgrade, rollback and restore would be refused before stopping anything",
+            str(exc),
+        )
+    how = (
+        "drop and recreate the database"
+        if plan["reset_mode"] == "recreate"
+        else "reset Letta's schema in place (database and pgvector kept)"
+    )
+    drills = "a scratch database" if plan["scratch_databases"] else "LETTA_OPS_DRILL_PG_URI"
+    return ok(
+        "restore-privileges",
+        f"role {plan['role']} on PostgreSQL {plan['server_major']} can {how} and restore; "
+        f"drills need {drills}",
+    )
 
 
 def pgvector_version(db: LettaDatabase) -> str | None:

@@ -69,6 +69,78 @@ def drop_database(db: LettaDatabase) -> None:
         conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quote_ident(db.database_name)}"))
 
 
+def reset_schema_in_place(db: LettaDatabase) -> int:
+    """Drop every object of Letta's schema that no extension owns; keep the database, the
+    schema and pgvector. Returns how many objects were dropped.
+
+    Why: a role that owns its tables but may not create databases or extensions (managed
+    PostgreSQL) can still empty its schema for a restore. One transaction: on any error
+    nothing is dropped.
+    """
+    from tasks.postgres_privileges import SCHEMA_OBJECTS_SQL
+
+    schema = db.db_schema or "public"
+    statements = {
+        "table": "DROP TABLE IF EXISTS {} CASCADE",
+        "foreign table": "DROP FOREIGN TABLE IF EXISTS {} CASCADE",
+        "view": "DROP VIEW IF EXISTS {} CASCADE",
+        "materialized view": "DROP MATERIALIZED VIEW IF EXISTS {} CASCADE",
+        "sequence": "DROP SEQUENCE IF EXISTS {} CASCADE",
+        "routine": "DROP ROUTINE IF EXISTS {} CASCADE",
+        "type": "DROP TYPE IF EXISTS {} CASCADE",
+        "domain": "DROP DOMAIN IF EXISTS {} CASCADE",
+    }
+    order = list(statements)
+    with connect(db) as conn:
+        if not conn.execute(sa.text("SELECT to_regnamespace(:s)"), {"s": schema}).scalar():
+            conn.execute(sa.text(f"CREATE SCHEMA {quote_ident(schema)}"))
+            conn.commit()
+            return 0
+        objects = conn.execute(sa.text(SCHEMA_OBJECTS_SQL), {"schema": schema}).mappings().all()
+        for obj in sorted(objects, key=lambda o: order.index(o["kind"])):
+            conn.execute(sa.text(statements[obj["kind"]].format(obj["name"])))
+        left = conn.execute(sa.text(SCHEMA_OBJECTS_SQL), {"schema": schema}).all()
+        if left:
+            conn.rollback()
+            raise RuntimeError(
+                f"resetting schema {schema} in place left {len(left)} objects "
+                f"(first: {left[0][0]} {left[0][1]}); nothing was dropped"
+            )
+        conn.commit()
+    return len(objects)
+
+
+def empty_database(db: LettaDatabase, mode: str) -> None:
+    """Make ``db`` an empty database with pgvector, ready for a restore, the ``mode`` way:
+    ``recreate`` (drop, create, install pgvector) or ``in-place``
+    (:func:`reset_schema_in_place`). The mode comes from the pre-flight's
+    ``tasks.postgres_privileges.restore_plan``, which proved the role may do it."""
+    if mode == "recreate":
+        drop_database(db)
+        create_database(db, with_pgvector=True)
+    elif mode == "in-place":
+        reset_schema_in_place(db)
+    else:
+        raise ValueError(f"unknown reset mode {mode!r}; use 'recreate' or 'in-place'")
+
+
+def database_error_message(exc: BaseException) -> str:
+    """PostgreSQL's own sentence (and hint) from a driver error, not the driver's dict.
+
+    pg8000 carries the server's error fields as a dict (``M`` message, ``H`` hint); other
+    exceptions are described by their first line.
+    """
+    current: BaseException | None = exc
+    while current is not None:
+        for arg in getattr(current, "args", ()):
+            if isinstance(arg, dict) and "M" in arg:
+                hint = f" ({arg['H']})" if arg.get("H") else ""
+                return f"PostgreSQL: {arg['M']}{hint}"
+        current = getattr(current, "orig", None) or current.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def ensure_pgvector(db: LettaDatabase) -> str:
     """Install pgvector if missing; return its version. Needs a superuser the first time."""
     with connect(db, autocommit=True) as conn:

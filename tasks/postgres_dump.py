@@ -13,6 +13,7 @@ import io
 import os
 import re
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,12 +25,9 @@ from blocks.letta_database import LettaDatabase
 from tasks.letta_postgres import connect, counts_in_snapshot
 from tasks.object_store import ObjectStore, StoredObject
 
-#: pg_restore messages that are expected when restoring a Letta dump into a fresh database
-#: created by letta-ops (the extension and schema already exist there).
-BENIGN_RESTORE_ERRORS = (
-    'extension "vector" already exists',
-    'schema "public" already exists',
-)
+#: Servers older than this reject ``SET transaction_timeout``, which pg_dump/pg_restore >= 17
+#: send on every connection. That error, and only it, is expected from an older server.
+TRANSACTION_TIMEOUT_FROM_MAJOR = 17
 
 
 class PgToolError(RuntimeError):
@@ -149,31 +147,84 @@ def list_dump(bin_dir: Path, dump_path: Path) -> list[str]:
 
 
 def restore_dump(db: LettaDatabase, dump_path: Path, jobs: int = 1) -> list[str]:
-    """Restore a custom-format dump into ``db`` (existing, empty); returns benign warnings.
+    """Restore a custom-format dump into ``db`` (emptied by ``empty_database``); returns the
+    expected errors it tolerated.
 
-    ``--no-owner`` because the target's roles need not match the source's. Any error other
-    than the known benign ones fails the restore.
+    ``--no-owner`` because the target's roles need not match the source's. Entries for
+    extensions and schemas that already exist in the target are left out of the restore (a
+    role that is not their owner may not even comment on them), so every error pg_restore
+    reports is real, except ``SET transaction_timeout`` on a server older than 17.
     """
+    with connect(db) as conn:
+        server_major = int(conn.execute(sa.text("SHOW server_version_num")).scalar()) // 10000
+        extensions = set(conn.execute(sa.text("SELECT extname FROM pg_extension")).scalars())
+        schemas = set(conn.execute(sa.text("SELECT nspname FROM pg_namespace")).scalars())
+    toc = list_dump(db.bin_dir(), dump_path)
+    keep = [line for line in toc if not _exists_in_target(line, extensions, schemas)]
+    with tempfile.NamedTemporaryFile("w", suffix=".list", delete=False) as listing:
+        listing.write("\n".join(keep) + "\n")
     cmd = [
         tool(db, "pg_restore"),
         "--no-owner",
         "--no-privileges",
         "--no-password",
+        f"--use-list={listing.name}",
         "-d",
         db.database_name,
     ]
     if jobs > 1:
         cmd += ["--jobs", str(jobs)]
-    result = subprocess.run(
-        cmd + [str(dump_path)], env=tool_env(db), capture_output=True, text=True
-    )
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    real = [e for e in errors if not any(b in e for b in BENIGN_RESTORE_ERRORS)]
+    try:
+        result = subprocess.run(
+            cmd + [str(dump_path)], env=tool_env(db), capture_output=True, text=True
+        )
+    finally:
+        os.unlink(listing.name)
+    errors = restore_errors(result.stderr)
+    real = [e for e in errors if not expected_restore_error(e, server_major)]
     if real or (result.returncode != 0 and not errors):
         raise PgToolError(
             f"pg_restore failed: {' | '.join(real or [result.stderr.strip()])[:2000]}"
         )
+    return [e.splitlines()[0] for e in errors]
+
+
+def _exists_in_target(toc_line: str, extensions: set[str], schemas: set[str]) -> bool:
+    """A TOC entry creating (or commenting on) an extension or schema the target has."""
+    parts = toc_line.split()
+    # "<id>; <oids...> EXTENSION - vector", "<id>; 0 0 COMMENT - EXTENSION vector",
+    # "<id>; ... SCHEMA - letta <owner>", "<id>; 0 0 COMMENT - SCHEMA letta <owner>"
+    for kind, names in (("EXTENSION", extensions), ("SCHEMA", schemas)):
+        if kind in parts:
+            i = parts.index(kind)
+            if parts[i + 1 : i + 2] == ["-"] and parts[i + 2 : i + 3] and parts[i + 2] in names:
+                return True
+            if parts[i - 2 : i] == ["COMMENT", "-"] and parts[i + 1 : i + 2]:
+                return parts[i + 1] in names
+    return False
+
+
+def restore_errors(stderr: str) -> list[str]:
+    """pg_restore's errors, each with its ``Command was:`` lines (one string per error)."""
+    errors: list[str] = []
+    in_error = False
+    for line in stderr.splitlines():
+        if line.startswith("pg_restore: "):
+            in_error = line.startswith("pg_restore: error:")
+            if in_error:
+                errors.append(line)
+        elif in_error and line.strip():
+            errors[-1] += "\n" + line
     return errors
+
+
+def expected_restore_error(error: str, server_major: int) -> bool:
+    """Only ``SET transaction_timeout`` refused by a server that predates it."""
+    return (
+        server_major < TRANSACTION_TIMEOUT_FROM_MAJOR
+        and 'unrecognized configuration parameter "transaction_timeout"' in error
+        and "Command was: SET transaction_timeout = 0;" in error
+    )
 
 
 _TABLE_DATA = re.compile(r"TABLE DATA (\S+) (\S+)")

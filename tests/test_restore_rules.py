@@ -268,7 +268,13 @@ def test_cli_renders_plans_and_reports():
         "objects_verified": 5,
         "steps": ["stop server", "start Letta 0.11.7"],
         "expected_downtime_seconds": 75,
+        "reset_mode": "in-place",
+        "database_role": "letta_owner",
+        "postgres_major": 16,
     }
+    assert "PostgreSQL 16, role letta_owner, emptied by in-place" in render_rollback_plan(
+        {"plan": plan}
+    )
     assert "not in the set (kept in the safety backup): added" in render_rollback_plan(
         {"plan": plan}
     )

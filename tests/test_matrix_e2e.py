@@ -1,0 +1,168 @@
+"""Every destructive path on the databases operators run: PostgreSQL 16 and 18, as a
+superuser and as an owner-only role (NOSUPERUSER NOCREATEDB, pgvector created once by an
+admin, as on RDS, Cloud SQL, Azure or Supabase).
+
+One real Letta server per cell carries the whole story (a Letta start costs ~40 s on two
+cores): backup and restore drill; a role refused before anything stops; an upgrade
+0.14.0 -> 0.16.2 that fails after the stop and rolls itself back; the migrate upgrade (no
+password in any process's argv meanwhile); rollback to the pre-upgrade set; the rebuild
+upgrade; ``restore --force`` onto another database. PostgreSQL 18 as a superuser is the
+other e2e files' cell.
+
+Every before/after comparison uses the tests' own oracle (``tests.fixtures.oracle``): plain
+SQL per table and per agent, and agents listed over HTTP, never the functions the flows
+verify themselves with.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.backup import backup
+from flows.cli import EXIT_BAD_INPUT, main
+from flows.restore import restore
+from flows.rollback import rollback
+from flows.upgrade import UpgradeFailed, upgrade
+from flows.verify import verify
+from tasks.backup_catalog import list_backup_sets
+from tasks.letta_versions import ALEMBIC_HEADS
+from tasks.object_store import S3ObjectStore
+from tasks.postgres_privileges import PrivilegeRefused
+from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
+from tests.fixtures.oracle import (
+    http_agents,
+    http_version,
+    sql_agents,
+    sql_execute,
+    sql_scalar,
+    sql_table_counts,
+)
+from tests.fixtures.postgres import owner_database
+from tests.fixtures.process_table import ArgvWatch
+
+pytestmark = pytest.mark.e2e
+
+FROM_VERSION = "0.14.0"
+CELLS = [(16, "superuser"), (16, "owner"), (18, "owner")]
+
+
+@pytest.mark.parametrize("major,role", CELLS, ids=[f"pg{m}-{r}" for m, r in CELLS])
+def test_destructive_paths_hold_on_cell(
+    major,
+    role,
+    pg_clusters,
+    make_database,
+    start_letta,
+    s3_env,
+    s3_bucket,
+    monkeypatch,
+    prefect_harness,
+    capsys,
+):
+    cluster = pg_clusters(major)
+    owner = role == "owner"
+
+    def new_database(prefix: str):
+        return owner_database(cluster, prefix) if owner else make_database(prefix, cluster=cluster)
+
+    database = new_database("cell")
+    running = start_letta(FROM_VERSION, f"cell-pg{major}-{role}", database=database)
+    base_url = running.server.base_url
+    with running.client() as client:
+        seed_agents(client, 6, prefix=f"pg{major}")
+    s3, bucket, _ = s3_bucket
+    for name, value in operator_env(running, f"s3://{bucket}/backups").items():
+        monkeypatch.setenv(name, value)
+    store = S3ObjectStore(s3, bucket, "backups")
+    tables_before = sql_table_counts(database)
+    agents_before = sql_agents(database)
+    http_before = http_agents(base_url)
+    assert len(http_before) == 6 and tables_before["agents"] == 6
+    assert sum(a.messages for a in agents_before.values()) > 0
+
+    # --- backup and restore drill -----------------------------------------------------------
+    set_ref = backup()["set"]
+    if owner:
+        # No scratch database for a NOCREATEDB role: refused with the way out.
+        with pytest.raises(PrivilegeRefused, match="cannot create one.*LETTA_OPS_DRILL_PG_URI"):
+            verify(set_ref, drill=True)
+        drill_database = owner_database(cluster, "drill")
+        monkeypatch.setenv("LETTA_OPS_DRILL_PG_URI", drill_database.letta_pg_uri())
+    drilled = verify(set_ref, drill=True)["drill_result"]
+    assert drilled["differences"] == [] and drilled["tables"] == len(tables_before)
+    if owner:  # LETTA_OPS_DRILL_PG_URI honoured: restored there in place, emptied after
+        assert drilled["scratch_database"] == drill_database.database_name
+        assert drilled["in_place"] and sql_table_counts(drill_database) == {}
+        monkeypatch.delenv("LETTA_OPS_DRILL_PG_URI")
+
+    # --- a path the role may not take is refused before anything stops ----------------------
+    pid = running.runtime.status()["pid"]
+    if owner:
+        capsys.readouterr()
+        code = main(["upgrade", "--to", NEW_VERSION, "--yes", "--reset", "recreate"])
+        assert code == EXIT_BAD_INPUT
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "NOCREATEDB" in error and "CREATEDB" in error and "{" not in error
+        assert http_version(base_url) == FROM_VERSION
+        assert running.runtime.status()["pid"] == pid
+        assert not [s for s in list_backup_sets(store) if s.purpose == "pre-upgrade"]
+
+    # --- an upgrade that fails after the stop puts everything back --------------------------
+    # Fault: the migrated target gets 3 s to become healthy (it needs ~40 s).
+    state = upgrade(NEW_VERSION, strategy="migrate", start_timeout_seconds=3, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(UpgradeFailed, match="at step start 0.16.2.*rollback restored"):
+        state.result()
+    assert http_version(base_url) == FROM_VERSION
+    assert http_agents(base_url) == http_before
+    assert sql_table_counts(database) == tables_before
+    assert sql_agents(database) == agents_before
+
+    # --- the migrate upgrade, with no password in any process's argv ------------------------
+    password = database.parts["password"]
+    with ArgvWatch(str(password), cluster.password) as watch:
+        report = upgrade(NEW_VERSION, strategy="migrate")
+    assert report["outcome"] == "succeeded"
+    assert report["plan"]["reset_mode"] == ("in-place" if owner else "recreate")
+    assert watch.samples > 20 and {"pg_dump", "alembic"} & watch.commands_seen
+    assert watch.hits == []
+    assert http_version(base_url) == NEW_VERSION
+    assert http_agents(base_url) == http_before
+    after = sql_agents(database)
+    for agent_id, old in agents_before.items():
+        assert after[agent_id].name == old.name
+        assert after[agent_id].messages >= old.messages and after[agent_id].blocks == old.blocks
+    assert (
+        sql_scalar(database, "SELECT version_num FROM alembic_version")
+        == ALEMBIC_HEADS[NEW_VERSION]
+    )
+    pre_upgrade = report["backup_set"]
+
+    # --- rollback to the pre-upgrade set ----------------------------------------------------
+    rolled = rollback()
+    assert rolled["outcome"] == "succeeded" and rolled["plan"]["set"] == pre_upgrade
+    assert rolled["plan"]["reset_mode"] == ("in-place" if owner else "recreate")
+    assert http_version(base_url) == FROM_VERSION
+    assert http_agents(base_url) == http_before
+    assert sql_table_counts(database) == tables_before
+    assert sql_agents(database) == agents_before
+
+    # --- the rebuild upgrade (agent files; lossy by nature, so compared by name) ------------
+    rebuilt = upgrade(NEW_VERSION, strategy="rebuild")
+    assert rebuilt["outcome"] == "succeeded"
+    assert http_version(base_url) == NEW_VERSION
+    assert sorted(http_agents(base_url).values()) == sorted(http_before.values())
+    assert sorted(a.name for a in sql_agents(database).values()) == sorted(http_before.values())
+
+    # --- restore --force really replaces another database -----------------------------------
+    other = new_database("other")
+    sql_execute(other, "CREATE TABLE keep_me (id int)")
+    parts = other.parts
+    monkeypatch.setenv("PGPASSWORD", str(parts["password"]))
+    uri = f"postgresql://{parts['user']}@127.0.0.1:{parts['port']}/{parts['database']}"
+    restored = restore(pre_upgrade, uri, force=True)
+    assert restored["outcome"] == "succeeded"
+    assert restored["plan"]["reset_mode"] == ("in-place" if owner else "recreate")
+    assert sql_scalar(other, "SELECT to_regclass('keep_me') IS NULL")
+    assert sql_table_counts(other) == tables_before
+    assert sql_agents(other) == agents_before

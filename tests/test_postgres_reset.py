@@ -1,0 +1,196 @@
+"""Emptying and restoring a database on PostgreSQL 16 and 18, as a superuser and as an
+owner-only role (NOSUPERUSER NOCREATEDB, pgvector created once by an admin).
+
+Real clusters, real pg_dump/pg_restore (the bundled 18 client against both majors); the
+results are counted by the tests' own SQL (``tests.fixtures.oracle``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from blocks.letta_database import LettaDatabase
+from tasks.letta_postgres import connect, empty_database
+from tasks.object_store import open_store
+from tasks.postgres_dump import (
+    dump_to_store,
+    expected_restore_error,
+    restore_dump,
+    restore_errors,
+)
+from tasks.postgres_privileges import (
+    PrivilegeRefused,
+    choose_reset_mode,
+    probe_privileges,
+    restore_plan,
+)
+from tests.fixtures.oracle import sql_scalar, sql_table_counts
+from tests.fixtures.postgres import owner_database
+
+#: A Letta-shaped schema: a vector column, a free-standing sequence behind a default (as
+#: ``messages.sequence_id``), an enum, a function, a view and a foreign key.
+SCHEMA = """
+CREATE SEQUENCE message_seq_id;
+CREATE TYPE job_status AS ENUM ('created', 'running', 'done');
+CREATE TABLE agents (id text PRIMARY KEY, name text NOT NULL, status job_status);
+CREATE TABLE messages (
+    id text PRIMARY KEY,
+    agent_id text REFERENCES agents(id) ON DELETE CASCADE,
+    sequence_id bigint NOT NULL DEFAULT nextval('message_seq_id'),
+    embedding vector(3)
+);
+CREATE FUNCTION message_count(a text) RETURNS bigint LANGUAGE sql
+    AS 'SELECT count(*) FROM messages WHERE agent_id = a';
+CREATE VIEW agent_messages AS
+    SELECT a.name, m.id FROM agents a JOIN messages m ON m.agent_id = a.id;
+INSERT INTO agents SELECT 'agent-' || i, 'Agent ' || i, 'done' FROM generate_series(1, 5) i;
+INSERT INTO messages (id, agent_id, embedding)
+    SELECT 'm-' || i, 'agent-' || (i % 5 + 1), '[1,2,3]' FROM generate_series(1, 40) i;
+"""
+
+CELLS = [(18, "superuser"), (18, "owner"), (16, "superuser"), (16, "owner")]
+
+
+def _database(pg_clusters, make_database, major: int, role: str, prefix: str):
+    cluster = pg_clusters(major)
+    if role == "owner":
+        return owner_database(cluster, prefix)
+    return make_database(prefix, cluster=cluster)
+
+
+def _run(db, sql: str) -> None:
+    with connect(db, autocommit=True) as conn:
+        for statement in filter(str.strip, sql.split(";\n")):
+            conn.execute(sa.text(statement))
+
+
+@pytest.mark.parametrize("major,role", CELLS, ids=[f"pg{m}-{r}" for m, r in CELLS])
+def test_dump_empty_and_restore(pg_clusters, make_database, tmp_path: Path, major, role):
+    source = _database(pg_clusters, make_database, major, role, "src")
+    _run(source, SCHEMA)
+    target = _database(pg_clusters, make_database, major, role, "dst")
+    _run(target, "CREATE TABLE stale (id int); INSERT INTO stale VALUES (1)")
+    before = sql_table_counts(source)
+    assert before == {"agents": 5, "messages": 40}
+
+    store = open_store(f"file://{tmp_path}")
+    dumped = dump_to_store(source, store, "s/database.dump")
+    assert dumped.row_counts == before
+    dump_path = tmp_path / "s" / "database.dump"
+
+    plan = restore_plan(target)
+    assert plan["server_major"] == major
+    assert plan["reset_mode"] == ("recreate" if role == "superuser" else "in-place")
+    assert plan["scratch_databases"] is (role == "superuser")
+    empty_database(target, plan["reset_mode"])
+    assert sql_table_counts(target) == {}
+    assert sql_scalar(target, "SELECT count(*) FROM pg_extension WHERE extname = 'vector'") == 1
+
+    tolerated = restore_dump(target, dump_path, jobs=2)
+    assert sql_table_counts(target) == before
+    # Exactly the settings a PostgreSQL 16 server does not know, nothing else.
+    assert all("transaction_timeout" in line for line in tolerated)
+    assert bool(tolerated) is (major < 17)
+    # The free-standing sequence and its default came back: a new row gets the next number.
+    _run(target, "INSERT INTO messages (id, agent_id) VALUES ('m-new', 'agent-1')")
+    assert sql_scalar(target, "SELECT sequence_id FROM messages WHERE id = 'm-new'") == 41
+    assert sql_scalar(target, "SELECT message_count('agent-1')") == 9
+
+    # Reset in place again: every object goes, the extension and the database stay.
+    empty_database(target, "in-place")
+    assert sql_table_counts(target) == {}
+    assert sql_scalar(target, "SELECT count(*) FROM pg_type WHERE typname = 'job_status'") == 0
+    assert sql_scalar(target, "SELECT count(*) FROM pg_proc WHERE proname = 'message_count'") == 0
+    assert sql_scalar(target, "SELECT count(*) FROM pg_extension WHERE extname = 'vector'") == 1
+
+
+@pytest.mark.parametrize("major", [16, 18])
+def test_owner_role_refusals_name_the_fix(pg_clusters, major):
+    cluster = pg_clusters(major)
+    owned = owner_database(cluster, "refuse")
+    facts = probe_privileges(owned)
+    assert (facts.superuser, facts.createdb, facts.owns_database) == (False, False, True)
+
+    with pytest.raises(PrivilegeRefused, match="NOCREATEDB.*ALTER ROLE .* CREATEDB"):
+        choose_reset_mode(facts, "recreate")
+    assert choose_reset_mode(facts, "auto") == "in-place"
+
+    # Without pgvector (no admin created it) neither way works; the sentence says whom to ask.
+    bare = owner_database(cluster, "bare", with_pgvector=False)
+    with pytest.raises(PrivilegeRefused, match="ask your provider's admin.*CREATE EXTENSION"):
+        restore_plan(bare)
+
+    # In public (owned by pg_database_owner since PostgreSQL 15) the database's owner may
+    # drop another role's table: the reset in place takes it too.
+    admin = LettaDatabase(uri=cluster.uri(owned.database_name))
+    _run(owned, "CREATE TABLE mine (id int)")
+    _run(admin, "CREATE TABLE not_mine (id int)")
+    assert restore_plan(owned)["reset_mode"] == "in-place"
+    empty_database(owned, "in-place")
+    assert sql_table_counts(owned) == {}
+
+    # In a schema the role does not own (as the Docker image's init script makes), another
+    # role's object cannot be dropped: refused before anything is, naming owner and fix.
+    _run(admin, f"CREATE SCHEMA shared; GRANT USAGE, CREATE ON SCHEMA shared TO {facts.role}")
+    in_shared = owned.model_copy(update={"db_schema": "shared"})
+    _run(in_shared, "CREATE TABLE shared.mine (id int)")
+    _run(admin, "CREATE TABLE shared.not_mine (id int)")
+    with pytest.raises(PrivilegeRefused, match="belong to letta_ops.*table shared.not_mine"):
+        restore_plan(in_shared)
+    with pytest.raises(sa.exc.DatabaseError, match="must be owner"):
+        _run(in_shared, "DROP TABLE shared.not_mine")
+    assert sql_scalar(admin, "SELECT count(*) FROM pg_tables WHERE schemaname = 'shared'") == 2
+
+
+def test_older_client_than_server_is_refused():
+    from tasks.postgres_privileges import DatabasePrivileges, require_supported_server
+
+    facts = DatabasePrivileges(
+        role="r",
+        database="d",
+        schema="public",
+        server_major=18,
+        superuser=True,
+        createdb=True,
+        owns_database=True,
+        maintenance_connect=True,
+        maintenance_error=None,
+        pgvector_installed="0.8.6",
+        pgvector_available=True,
+        pgvector_trusted=False,
+        schema_exists=True,
+        schema_usage=True,
+        schema_create=True,
+    )
+    with pytest.raises(PrivilegeRefused, match="major 16, older than the server's 18"):
+        require_supported_server(facts, client_major=16)
+    require_supported_server(facts, client_major=18)
+    old = facts.__class__(**{**facts.__dict__, "server_major": 12})
+    with pytest.raises(PrivilegeRefused, match="PostgreSQL 12 is not a supported"):
+        require_supported_server(old, client_major=18)
+
+
+STDERR_FROM_16 = """pg_restore: error: could not execute query: ERROR:  unrecognized configuration \
+parameter "transaction_timeout"
+Command was: SET transaction_timeout = 0;
+pg_restore: error: could not execute query: ERROR:  relation "agents" already exists
+Command was: CREATE TABLE public.agents (
+    id text
+);
+
+
+pg_restore: warning: errors ignored on restore: 2
+"""
+
+
+def test_only_transaction_timeout_on_an_older_server_is_expected():
+    errors = restore_errors(STDERR_FROM_16)
+    assert len(errors) == 2
+    assert "Command was: SET transaction_timeout = 0;" in errors[0]
+    assert "CREATE TABLE public.agents" in errors[1]
+    assert expected_restore_error(errors[0], server_major=16)
+    assert not expected_restore_error(errors[0], server_major=17)  # a 17 server knows it
+    assert not expected_restore_error(errors[1], server_major=16)
