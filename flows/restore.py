@@ -116,6 +116,8 @@ def preflight(
     privileges = None
     if database_exists(target):
         target, privileges = with_reset_mode(target, reset)
+    else:  # a database to create: only recreate can
+        target = target.model_copy(update={"reset_mode": "recreate"})
     runtime = None
     if start:
         runtime = restored_runtime(target, runtime_block, port)

@@ -347,8 +347,12 @@ def rollback(
                     + (
                         "nothing destructive had happened"
                         if undo is None
-                        else f"the undo {'restored' if undo.get('ok') else 'FAILED to restore'} "
-                        f"Letta {plan['from_version']} from the safety set {safety_report['set']}"
+                        else f"the undo restored Letta {plan['from_version']} from the safety "
+                        f"set {safety_report['set']}"
+                        if undo.get("ok")
+                        else f"the undo FAILED to restore Letta {plan['from_version']} "
+                        f"({undo.get('error') or 'counts differ'}): the server may be down; once "
+                        f"the cause is fixed run 'letta-ops rollback --to {safety_report['set']}'"
                     )
                 ) from exc
         counts_after = table_row_counts(profile.require_database())

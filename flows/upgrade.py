@@ -552,8 +552,13 @@ def upgrade(
                     + (
                         "no rollback was needed: nothing destructive had happened"
                         if rolled is None
-                        else f"rollback {'restored' if rolled.get('ok') else 'FAILED to restore'} "
-                        f"Letta {state.old_version} from {backup_report['set']}"
+                        else f"rollback restored Letta {state.old_version} from "
+                        f"{backup_report['set']}"
+                        if rolled.get("ok")
+                        else f"rollback FAILED to restore Letta {state.old_version} "
+                        f"({rolled.get('error') or 'counts differ'}): the server may be down; "
+                        f"once the cause is fixed run 'letta-ops rollback --to "
+                        f"{backup_report['set']}'"
                     )
                 ) from exc
         report.update(result, outcome="succeeded", finished_at=datetime.now(UTC).isoformat())

@@ -103,25 +103,35 @@ class EmbeddedPostgres:
         finally:
             os.unlink(pwfile.name)
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, attempts: int = 3) -> None:
+        """Start on ``port``; if another process took that port since it was chosen, choose a
+        new free one and start again (``attempts`` times), instead of probing harder."""
         self.initdb()
         log = self.data_dir.parent / "postgres.log"
         log.touch()
         self._chown(log)
-        options = f"-p {self.port} -h 127.0.0.1 -k {self.socket_dir}"
-        self._pg(
-            "pg_ctl",
-            "-D",
-            str(self.data_dir),
-            "-o",
-            options,
-            "-l",
-            str(log),
-            "-w",
-            "-t",
-            str(int(timeout)),
-            "start",
-        )
+        for attempt in range(attempts):
+            options = f"-p {self.port} -h 127.0.0.1 -k {self.socket_dir}"
+            try:
+                self._pg(
+                    "pg_ctl",
+                    "-D",
+                    str(self.data_dir),
+                    "-o",
+                    options,
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "start",
+                )
+                return
+            except EmbeddedPostgresError:
+                in_use = "Address already in use" in log.read_text(errors="replace")[-2000:]
+                if not in_use or attempt == attempts - 1:
+                    raise
+                self.port = free_loopback_port()
 
     def stop(self) -> None:
         if not (self.data_dir / "postmaster.pid").exists():

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from blocks.letta_database import LettaDatabase
 from tasks.letta_postgres import connect, counts_in_snapshot
 from tasks.object_store import ObjectStore, StoredObject
+from tasks.postgres_privileges import client_major, require_supported_server
 
 #: Servers older than this reject ``SET transaction_timeout``, which pg_dump/pg_restore >= 17
 #: send on every connection. That error, and only it, is expected from an older server.
@@ -107,6 +108,8 @@ def dump_to_store(db: LettaDatabase, store: ObjectStore, key: str, progress=None
         conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
         snapshot = conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar()
         pg_version = conn.execute(sa.text("SHOW server_version")).scalar()
+        server_major = int(conn.execute(sa.text("SHOW server_version_num")).scalar()) // 10000
+        require_supported_server(server_major, client_major(db.bin_dir()))
         vector = conn.execute(
             sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         ).scalar()

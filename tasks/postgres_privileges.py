@@ -271,19 +271,19 @@ def choose_reset_mode(p: DatabasePrivileges, requested: RequestedReset = "auto")
     )
 
 
-def require_supported_server(p: DatabasePrivileges, client_major: int) -> None:
+def require_supported_server(server_major: int, client_major: int) -> None:
     """The client tools must be of the server's major or newer (pg_dump refuses an older
     client, and its archive could not be restored by it), and the server a tested major."""
-    if client_major < p.server_major:
+    if client_major < server_major:
         raise PrivilegeRefused(
             f"The PostgreSQL client tools are major {client_major}, older than the server's "
-            f"{p.server_major}: pg_dump cannot dump a newer server; set pg_bin_dir on the "
+            f"{server_major}: pg_dump cannot dump a newer server; set pg_bin_dir on the "
             f"Letta Database block (or LETTA_OPS_PG_BIN) to a client of major "
-            f">= {p.server_major}."
+            f">= {server_major}."
         )
-    if p.server_major not in SUPPORTED_SERVER_MAJORS:
+    if server_major not in SUPPORTED_SERVER_MAJORS:
         raise PrivilegeRefused(
-            f"PostgreSQL {p.server_major} is not a supported server major "
+            f"PostgreSQL {server_major} is not a supported server major "
             f"({SUPPORTED_SERVER_MAJORS.start}-{SUPPORTED_SERVER_MAJORS.stop - 1}); "
             "upgrade the database server first."
         )
@@ -302,7 +302,7 @@ def restore_plan(db: LettaDatabase, requested: RequestedReset | None = None) -> 
     """Pre-flight for every path that empties ``db`` and restores into it: the mode it will
     use and the facts that decided it. Raises :class:`PrivilegeRefused` with the fix."""
     facts = probe_privileges(db)
-    require_supported_server(facts, client_major(db.bin_dir()))
+    require_supported_server(facts.server_major, client_major(db.bin_dir()))
     mode = choose_reset_mode(facts, requested or db.reset_mode)
     return {
         "reset_mode": mode,

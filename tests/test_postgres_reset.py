@@ -145,32 +145,22 @@ def test_owner_role_refusals_name_the_fix(pg_clusters, major):
     assert sql_scalar(admin, "SELECT count(*) FROM pg_tables WHERE schemaname = 'shared'") == 2
 
 
-def test_older_client_than_server_is_refused():
-    from tasks.postgres_privileges import DatabasePrivileges, require_supported_server
+def test_older_client_than_server_is_refused(pg_cluster, tmp_path: Path):
+    from tasks.postgres_privileges import require_supported_server
 
-    facts = DatabasePrivileges(
-        role="r",
-        database="d",
-        schema="public",
-        server_major=18,
-        superuser=True,
-        createdb=True,
-        owns_database=True,
-        maintenance_connect=True,
-        maintenance_error=None,
-        pgvector_installed="0.8.6",
-        pgvector_available=True,
-        pgvector_trusted=False,
-        schema_exists=True,
-        schema_usage=True,
-        schema_create=True,
-    )
     with pytest.raises(PrivilegeRefused, match="major 16, older than the server's 18"):
-        require_supported_server(facts, client_major=16)
-    require_supported_server(facts, client_major=18)
-    old = facts.__class__(**{**facts.__dict__, "server_major": 12})
+        require_supported_server(server_major=18, client_major=16)
+    require_supported_server(server_major=16, client_major=18)
     with pytest.raises(PrivilegeRefused, match="PostgreSQL 12 is not a supported"):
-        require_supported_server(old, client_major=18)
+        require_supported_server(server_major=12, client_major=18)
+
+    # For real: PostgreSQL 16's client tools (pgserver) against the 18 cluster.
+    from tests.fixtures.postgres import pg16_bin_dir
+
+    db = LettaDatabase(uri=pg_cluster.uri("postgres"), pg_bin_dir=pg16_bin_dir())
+    with pytest.raises(PrivilegeRefused, match="pg_bin_dir"):
+        dump_to_store(db, open_store(f"file://{tmp_path}"), "s/database.dump")
+    assert not (tmp_path / "s" / "database.dump").exists()
 
 
 STDERR_FROM_16 = """pg_restore: error: could not execute query: ERROR:  unrecognized configuration \
@@ -194,3 +184,30 @@ def test_only_transaction_timeout_on_an_older_server_is_expected():
     assert expected_restore_error(errors[0], server_major=16)
     assert not expected_restore_error(errors[0], server_major=17)  # a 17 server knows it
     assert not expected_restore_error(errors[1], server_major=16)
+
+
+def test_entries_the_target_already_has_are_left_out_of_the_restore():
+    from tasks.postgres_dump import _exists_in_target
+
+    have_ext, have_schemas = {"vector"}, {"public", "letta"}
+    assert _exists_in_target("2; 3079 16387 EXTENSION - vector ", have_ext, have_schemas)
+    assert _exists_in_target("2633; 0 0 COMMENT - EXTENSION vector ", have_ext, have_schemas)
+    assert _exists_in_target("5; 2615 2200 SCHEMA - letta letta_owner", have_ext, have_schemas)
+    assert _exists_in_target("6; 0 0 COMMENT - SCHEMA letta letta_owner", have_ext, have_schemas)
+    # What the target lacks is restored, and so is every table, type or sequence.
+    assert not _exists_in_target("3; 3079 1 EXTENSION - pg_trgm ", have_ext, have_schemas)
+    assert not _exists_in_target("7; 2615 1 SCHEMA - other o", have_ext, have_schemas)
+    assert not _exists_in_target("217; 1259 16586 TABLE public vector o", have_ext, have_schemas)
+    assert not _exists_in_target("885; 1247 16595 TYPE public letta o", have_ext, have_schemas)
+
+
+def test_a_driver_error_becomes_postgres_own_sentence(pg_cluster):
+    from tasks.letta_postgres import database_error_message
+
+    db = LettaDatabase(uri=pg_cluster.uri("postgres"))
+    with pytest.raises(sa.exc.DatabaseError) as failure:
+        _run(db, "CREATE EXTENSION no_such_extension")
+    message = database_error_message(failure.value)
+    assert message.startswith('PostgreSQL: extension "no_such_extension" is not available')
+    assert "{" not in message and "'M'" not in message
+    assert database_error_message(RuntimeError("line one\nline two")) == "line one"
