@@ -24,6 +24,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -94,6 +95,20 @@ class RunAudit:
     @property
     def record_id(self) -> str:
         return self.record.record_id
+
+    def journal(self, store: ObjectStore | None = None, set_prefix: str | None = None):
+        """The step journal of this run (``tasks.run_journal``), in the local audit store and
+        beside the backup set at ``set_prefix`` of ``store``."""
+        from tasks.run_journal import RunJournal
+
+        return RunJournal(
+            run_id=self.record_id,
+            server=self.record.server,
+            operation=self.record.operation,
+            store=AuditStore.from_env(),
+            object_store=store,
+            set_prefix=set_prefix,
+        )
 
     # -- what audited_run calls ------------------------------------------------------------
 
@@ -216,6 +231,8 @@ def _start(operation: str, server: str | None, parameters: Mapping[str, Any] | N
         server=server or "unknown",
         parameters=params,
         started_at=datetime.now(UTC),
+        # Who runs it, so a record left 'running' by a killed process can be told dead.
+        details={"host": socket.gethostname(), "pid": os.getpid()},
         **context,
     )
     return RunAudit(record)

@@ -45,7 +45,7 @@ from flows.run_context import publish_report, run_name, tag_current_run
 from flows.server_lock import destructive_lock
 from flows.verify import resolve_set
 from tasks.backup_catalog import load_manifest
-from tasks.backup_manifest import BackupManifest
+from tasks.backup_manifest import BackupManifest, set_prefix
 from tasks.backup_set_admission import (
     newest_rollback_set,
     require_dump,
@@ -58,6 +58,7 @@ from tasks.letta_postgres import database_error_message, table_row_counts
 from tasks.letta_runtime_process import install_runtime
 from tasks.object_store import ObjectStore
 from tasks.postgres_privileges import RequestedReset
+from tasks.run_journal import JournaledSteps
 
 
 class RollbackRefused(ValueError):
@@ -69,7 +70,7 @@ class RollbackFailed(RuntimeError):
 
 
 @dataclass
-class RollbackState:
+class RollbackState(JournaledSteps):
     """What the undo needs, and what it did. Lives in the Prefect transaction."""
 
     profile: ServerProfile
@@ -187,6 +188,8 @@ def stop_server_step(profile: ServerProfile) -> None:
 def _undo_rollback(txn: Transaction) -> None:
     """The first destructive step's undo: put the safety backup back, start the old version."""
     state: RollbackState = txn.get("state")
+    if state.journal is not None:
+        state.journal.enter("undo: restore the safety set")
     state.undo = restore_server_from_set(state.profile, state.store, state.safety)
 
 
@@ -212,14 +215,18 @@ def prove_step(profile: ServerProfile, manifest: BackupManifest) -> dict[str, An
 
 def run_rollback(state: RollbackState, start_timeout: float, jobs: int) -> dict[str, Any]:
     profile, target = state.profile, state.target
+    state.enter("stop server")
     stop_server_step(profile)
     stopped = time.monotonic()
+    state.enter("restore the set's dump")
     restored = restore_database_step(profile, state.store, target, jobs)
     if restored["count_differences"]:
         raise RollbackFailed(
             f"the restored tables differ from the manifest: {restored['count_differences']}"
         )
+    state.enter(f"start {target.letta_version}")
     start_server_step(profile, target.letta_version, start_timeout)
+    state.enter("verify")
     proof = prove_step(profile, target)
     if not proof["ok"]:
         raise RollbackFailed(f"verification after the restore failed: {proof}")
@@ -322,6 +329,15 @@ def rollback(
             )
             safety = load_manifest(object_store, *safety_report["set"].split("/"))
             state = RollbackState(profile, object_store, manifest, safety)
+            state.journal = record.journal(object_store, set_prefix(safety.server, safety.set_id))
+            state.journal.begin(
+                backup_set=safety_report["set"],
+                from_version=plan["from_version"],
+                to_version=manifest.letta_version,
+                target_set=plan["set"],
+                target_revision=manifest.alembic_revision,
+                reset_mode=plan["reset_mode"],
+            )
             report.update(safety_set=safety_report["set"], started_at=datetime.now(UTC).isoformat())
             record.update(counts_before=safety.row_counts, safety_set=safety_report["set"])
             try:
@@ -330,9 +346,11 @@ def rollback(
                     result = run_rollback(state, start_timeout_seconds, jobs)
             except Exception as exc:
                 undo = state.undo
+                if undo is None or undo.get("ok"):  # consistent again; else: recover
+                    state.journal.finish("failed, undone" if undo else "failed, unchanged")
                 report.update(
                     outcome="failed, undone" if (undo or {}).get("ok") else "failed",
-                    error=database_error_message(exc),
+                    error=f"at step {state.step}: {database_error_message(exc)}",
                     undo=undo,
                 )
                 record.update(
@@ -343,7 +361,7 @@ def rollback(
                 publish_report(profile.name, "rollback", render_rollback_markdown(report))
                 raise RollbackFailed(
                     f"Rollback of {profile.name} to {plan['set']} failed "
-                    f"({database_error_message(exc)}); "
+                    f"(at step {state.step}: {database_error_message(exc)}); "
                     + (
                         "nothing destructive had happened"
                         if undo is None
@@ -355,6 +373,7 @@ def rollback(
                         f"the cause is fixed run 'letta-ops rollback --to {safety_report['set']}'"
                     )
                 ) from exc
+        state.journal.finish("succeeded")
         counts_after = table_row_counts(profile.require_database())
         record.update(counts_after=counts_after)
         report.update(result, outcome="succeeded", finished_at=datetime.now(UTC).isoformat())

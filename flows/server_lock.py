@@ -1,19 +1,47 @@
-"""One destructive flow per Letta server at a time, with Prefect's own global concurrency.
+"""One destructive flow per Letta server at a time, with Prefect's own global concurrency,
+and a holder anyone can name.
 
 Why Prefect's and not a lock file: workers on several hosts may run flows for the same server;
-only the Prefect server sees them all. ``strict=True`` matters: without it a missing limit is
+only the Prefect server sees them all. ``strict`` matters: without it a missing limit is
 silently skipped, which is no lock at all.
+
+Why a holder record: a slot is a lease that its holder renews while it lives (300 s). When the
+holder is killed outright, the slot stays taken until the lease runs out, and Prefect cannot say
+by whom. So whoever takes the slot also writes a Prefect Variable ``letta-ops-lock-SERVER``:
+flow run, host, pid, since, lease id. A busy refusal names that holder and when its lease
+expires; a holder whose Prefect run is over (crashed, cancelled, failed, completed) or whose
+pid on this host is gone is reclaimed at once (its lease released by id), and
+``letta-ops unlock`` does the same on demand. This uses Prefect 3.8's lease functions
+(``prefect.concurrency._sync``) because the public ``concurrency()`` hides the lease id.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import re
+import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+)
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+from tasks.run_journal import process_alive
+
+#: How long a slot's lease lasts without renewal (Prefect's default); renewed while held.
+LEASE_SECONDS = 300.0
+#: Even a free slot takes the Prefect API a moment to grant; on a loaded two-core host more
+#: than a second. A busy slot is refused at once when the caller does not want to wait.
+ACQUIRE_GRACE_SECONDS = 30.0
+_TERMINAL = {"CRASHED", "CANCELLED", "FAILED", "COMPLETED"}
 
 
 class ServerBusy(RuntimeError):
@@ -24,9 +52,11 @@ def lock_name(server: str) -> str:
     return f"letta-ops-destructive-{server}"
 
 
-#: Even a free slot takes the Prefect API a moment to grant; on a loaded two-core host more
-#: than a second. A busy slot is refused at once when the caller does not want to wait.
-ACQUIRE_GRACE_SECONDS = 30.0
+def holder_variable(server: str) -> str:
+    """A Prefect Variable name (lowercase letters, digits, ``-``, ``_``) unique per server."""
+    slug = re.sub(r"[^a-z0-9_-]", "-", server.lower())[:60]
+    digest = hashlib.sha256(server.encode()).hexdigest()[:8]
+    return f"letta-ops-lock-{slug}-{digest}"
 
 
 def occupied_slots(server: str) -> int:
@@ -46,27 +76,185 @@ def occupied_slots(server: str) -> int:
             return client.read_global_concurrency_limit_by_name(name).active_slots
 
 
+# --------------------------------------------------------------------------- the holder
+
+
+def read_holder(server: str) -> dict[str, Any] | None:
+    from prefect.variables import Variable
+
+    value = Variable.get(holder_variable(server), default=None)
+    return value if isinstance(value, dict) else None
+
+
+def _write_holder(server: str, holder: dict[str, Any] | None) -> None:
+    from prefect.variables import Variable
+
+    if holder is None:
+        Variable.unset(holder_variable(server))
+    else:
+        Variable.set(holder_variable(server), holder, overwrite=True)
+
+
+def _current_run() -> tuple[str | None, str | None]:
+    try:
+        from prefect.context import FlowRunContext
+
+        ctx = FlowRunContext.get()
+        if ctx and ctx.flow_run:
+            return str(ctx.flow_run.id), ctx.flow_run.name
+    except Exception:  # noqa: BLE001 - outside a run
+        pass
+    return None, None
+
+
+def holder_is_dead(holder: dict[str, Any]) -> str | None:
+    """Why the recorded holder provably no longer runs, or None when it may still."""
+    alive = process_alive(holder.get("host", ""), int(holder.get("pid", 0)))
+    if alive is False:
+        return f"pid {holder.get('pid')} on {holder.get('host')} is gone"
+    run_id = holder.get("flow_run_id")
+    if run_id:
+        with get_client(sync_client=True) as client:
+            try:
+                state = client.read_flow_run(UUID(run_id)).state
+            except ObjectNotFound:
+                return f"its Prefect run {run_id} does not exist"
+        if state is not None and state.type.value in _TERMINAL:
+            return f"its Prefect run is {state.type.value.lower()}"
+    return None
+
+
+def describe_holder(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "a run that recorded no holder (an older letta-ops, or one killed as it began)"
+    expires = holder.get("lease_expires_at", "?")
+    return (
+        f"run {holder.get('flow_run_name') or holder.get('flow_run_id') or '?'} on "
+        f"{holder.get('host')} (pid {holder.get('pid')}) since {holder.get('since')}; "
+        f"its lease runs to {expires} unless renewed"
+    )
+
+
+def release_slot(server: str, holder: dict[str, Any] | None) -> None:
+    """Free the server's slot: release the holder's lease by id, else reset the limit (a
+    lease lost with a temporary Prefect server leaves the slot counted with no lease)."""
+    from prefect.concurrency._sync import release_concurrency_slots_with_lease
+
+    released = False
+    if holder and holder.get("lease_id"):
+        try:
+            release_concurrency_slots_with_lease(UUID(holder["lease_id"]))
+            released = True
+        except Exception:  # noqa: BLE001 - the lease may be gone already
+            released = False
+    if not released or occupied_slots(server):
+        with get_client(sync_client=True) as client:
+            client.update_global_concurrency_limit(
+                lock_name(server), GlobalConcurrencyLimitUpdate(active_slots=0)
+            )
+    _write_holder(server, None)
+
+
+def reclaim_if_dead(server: str) -> str | None:
+    """Free the slot when its holder is provably dead; returns why, or None if not freed."""
+    if not occupied_slots(server):
+        return None
+    holder = read_holder(server)
+    why = holder_is_dead(holder) if holder else None
+    if why is None:
+        return None
+    release_slot(server, holder)
+    return why
+
+
+# --------------------------------------------------------------------------- the lock
+
+
 @contextlib.contextmanager
 def destructive_lock(server: str, timeout_seconds: float | None = 0) -> Iterator[None]:
     """Hold the server's destructive slot; wait at most ``timeout_seconds`` (None: forever).
 
-    With ``timeout_seconds=0`` a slot another run holds is refused at once; a free one is
-    still given the grace the API needs to grant it. Two runs that both see it free race in
-    ``strict`` mode: one gets it, the other waits for it and is refused after the grace.
+    A slot held by a dead holder is reclaimed first. With ``timeout_seconds=0`` a slot a
+    live run holds is refused at once, naming it; a free one is still given the grace the API
+    needs to grant it. Two runs that both see it free race in ``strict`` mode: one gets it,
+    the other waits for it and is refused after the grace.
     """
-    busy = ServerBusy(
-        f"Another destructive letta-ops flow is running on server {server!r}; wait for it "
-        "to finish (see 'letta-ops history' or the Prefect UI) and try again."
+    from prefect.concurrency._leases import maintain_concurrency_lease
+    from prefect.concurrency._sync import (
+        acquire_concurrency_slots_with_lease,
+        release_concurrency_slots_with_lease,
     )
+
+    reclaim_if_dead(server)
+
+    def busy() -> ServerBusy:
+        return ServerBusy(
+            f"Another destructive letta-ops flow holds server {server!r}: "
+            f"{describe_holder(read_holder(server))}. Wait for it (--wait SECONDS); if it "
+            f"is dead, 'letta-ops unlock --server {server}' frees the slot."
+        )
+
     if occupied_slots(server) and timeout_seconds == 0:
-        raise busy
+        raise busy()
     wait = None if timeout_seconds is None else max(timeout_seconds, ACQUIRE_GRACE_SECONDS)
     try:
-        slot = concurrency(lock_name(server), occupy=1, strict=True, timeout_seconds=wait)
-        slot.__enter__()
+        acquired = acquire_concurrency_slots_with_lease(
+            [lock_name(server)],
+            1,
+            timeout_seconds=wait,
+            strict=True,
+            lease_duration=LEASE_SECONDS,
+        )
     except TimeoutError as exc:
-        raise busy from exc
+        raise busy() from exc
+    lease_id = acquired.lease_id
+    run_id, run_name = _current_run()
+    now = datetime.now(UTC)
+    _write_holder(
+        server,
+        {
+            "flow_run_id": run_id,
+            "flow_run_name": run_name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": now.isoformat(timespec="seconds"),
+            "lease_id": str(lease_id),
+            "lease_expires_at": (now + timedelta(seconds=LEASE_SECONDS)).isoformat(
+                timespec="seconds"
+            ),
+        },
+    )
     try:
-        yield
+        with maintain_concurrency_lease(
+            lease_id, LEASE_SECONDS, raise_on_lease_renewal_failure=True
+        ):
+            yield
     finally:
-        slot.__exit__(None, None, None)
+        try:
+            holder = read_holder(server)
+            if holder and holder.get("lease_id") == str(lease_id):
+                _write_holder(server, None)
+        finally:
+            release_concurrency_slots_with_lease(lease_id)
+
+
+def unlock(server: str, force: bool = False) -> dict[str, Any]:
+    """Free the slot of a holder that is provably dead (or any holder with ``force``)."""
+    if not occupied_slots(server):
+        if read_holder(server):
+            _write_holder(server, None)  # a stale record of a slot already freed
+        return {"server": server, "freed": False, "reason": "the slot is free"}
+    holder = read_holder(server)
+    why = holder_is_dead(holder) if holder else None
+    if why is None and not force:
+        raise ServerBusy(
+            f"Server {server!r} is held by {describe_holder(holder)}, which may still run; "
+            "nothing was freed (wait for it, or pass --force if you know it is dead)."
+        )
+    release_slot(server, holder)
+    return {
+        "server": server,
+        "freed": True,
+        "reason": why or "forced by the operator",
+        "holder": holder,
+    }

@@ -40,7 +40,7 @@ from flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
 from flows.server_lock import destructive_lock
 from tasks.agent_names import name_rule_for, plan_renames, strictest_rule
 from tasks.backup_catalog import load_manifest
-from tasks.backup_manifest import BackupManifest
+from tasks.backup_manifest import BackupManifest, set_prefix
 from tasks.letta_api import LettaClient
 from tasks.letta_inventory import (
     agent_inventory,
@@ -50,9 +50,10 @@ from tasks.letta_inventory import (
 )
 from tasks.letta_postgres import alembic_revision, database_error_message, empty_database
 from tasks.letta_runtime_process import install_runtime
-from tasks.letta_versions import LettaVersion, parse_server_version
+from tasks.letta_versions import ALEMBIC_HEADS, LettaVersion, parse_server_version
 from tasks.object_store import ObjectStore
 from tasks.postgres_privileges import RequestedReset
+from tasks.run_journal import JournaledSteps
 from tasks.sequence_repair import repair_sequences
 
 Strategy = Literal["migrate", "rebuild"]
@@ -67,7 +68,7 @@ class UpgradeFailed(RuntimeError):
 
 
 @dataclass
-class UpgradeState:
+class UpgradeState(JournaledSteps):
     """What the rollback needs, and what it did. Lives in the Prefect transaction."""
 
     profile: ServerProfile
@@ -77,8 +78,6 @@ class UpgradeState:
     before_agents: dict[str, dict]
     renames: dict[str, dict[str, str]] = field(default_factory=dict)
     rollback: dict[str, Any] | None = None
-    #: The step running now: named in the failure sentence.
-    step: str = "pre-flight"
 
     def __deepcopy__(self, memo: dict) -> UpgradeState:
         """Prefect's ``txn.get`` deep-copies stored values. This state is shared on purpose
@@ -206,6 +205,8 @@ def stop_server_step(profile: ServerProfile) -> None:
 def _restore_previous_state(txn: Transaction) -> None:
     """The first destructive step's undo: everything after it is undone by restoring."""
     state: UpgradeState = txn.get("state")
+    if state.journal is not None:  # journaled, but the failure stays named by its own step
+        state.journal.enter("undo: restore the pre-upgrade set")
     state.rollback = roll_back(state)
 
 
@@ -305,16 +306,16 @@ def roll_back(state: UpgradeState) -> dict[str, Any]:
 
 def run_migrate(state: UpgradeState, target: str, start_timeout: float) -> dict[str, Any]:
     profile = state.profile
-    state.step = "stop server"
+    state.enter("stop server")
     stop_server_step(profile)
     stopped = time.monotonic()
-    state.step = f"alembic upgrade to {target}"
+    state.enter(f"alembic upgrade to {target}")
     migrate_step(profile, target)
-    state.step = "repair sequences"
+    state.enter("repair sequences")
     sequences = repair_sequences_step(profile)
-    state.step = f"start {target}"
+    state.enter(f"start {target}")
     start_server_step(profile, target, start_timeout)
-    state.step = "verify"
+    state.enter("verify")
     after_api = list_agents_step(profile)
     after = inventory_step(profile)
     problems = compare_by_id(state.before_agents, after)
@@ -339,27 +340,27 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
     profile = state.profile
     passages_before = archival_passage_count(profile.require_database())
     with tempfile.TemporaryDirectory(prefix="letta-ops-rebuild-") as workdir:
-        state.step = "export agent files"
+        state.enter("export agent files")
         if exports_v1_agent_files(state.old_version):
             # The source writes agent files the target refuses: export from a scratch copy.
             files = export_via_scratch_step(state, target, Path(workdir))
         else:
             rename_agents_step(profile, state.renames)
             files = export_agent_files_step(profile, Path(workdir))
-        state.step = "stop server"
+        state.enter("stop server")
         stop_server_step(profile)
         stopped = time.monotonic()
-        state.step = f"empty database ({profile.require_database().reset_mode})"
+        state.enter(f"empty database ({profile.require_database().reset_mode})")
         empty_database_step(profile)
-        state.step = f"alembic upgrade to {target}"
+        state.enter(f"alembic upgrade to {target}")
         migrate_step(profile, target)
-        state.step = f"start {target}"
+        state.enter(f"start {target}")
         start_server_step(profile, target, start_timeout)
-        state.step = "repair sequences"
+        state.enter("repair sequences")
         sequences = repair_sequences_step(profile)
-        state.step = "import agent files"
+        state.enter("import agent files")
         import_agent_files_step(profile, files)
-    state.step = "verify"
+    state.enter("verify")
     after_api = list_agents_step(profile)
     after = inventory_step(profile)
     expected_names = sorted(
@@ -529,6 +530,17 @@ def upgrade(
             )
             audit.update(counts_before=counts_summary(manifest.row_counts, state.before_agents))
             report.update(backup_set=backup_report["set"], started_at=datetime.now(UTC).isoformat())
+            state.journal = audit.journal(
+                object_store, set_prefix(manifest.server, manifest.set_id)
+            )
+            state.journal.begin(
+                backup_set=backup_report["set"],
+                from_version=plan["from_version"],
+                to_version=plan["to_version"],
+                strategy=strategy,
+                reset_mode=plan["reset_mode"],
+                target_revision=ALEMBIC_HEADS.get(plan["to_version"]),
+            )
             runner = run_migrate if strategy == "migrate" else run_rebuild
             try:
                 with transaction() as txn:
@@ -542,6 +554,8 @@ def upgrade(
                 )
                 publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
                 rolled = state.rollback
+                if rolled is None or rolled.get("ok"):  # consistent again; else: recover
+                    state.journal.finish("failed, rolled back" if rolled else "failed, unchanged")
                 audit.update(
                     rollback_outcome=rollback_outcome(rolled),
                     counts_after=server_counts(profile.require_database()) if rolled else None,
@@ -561,6 +575,7 @@ def upgrade(
                         f"{backup_report['set']}'"
                     )
                 ) from exc
+        state.journal.finish("succeeded")
         report.update(result, outcome="succeeded", finished_at=datetime.now(UTC).isoformat())
         audit.update(counts_after=server_counts(profile.require_database()))
         publish_report(

@@ -124,7 +124,7 @@ def test_destructive_paths_hold_on_cell(
         report = upgrade(NEW_VERSION, strategy="migrate")
     assert report["outcome"] == "succeeded"
     assert report["plan"]["reset_mode"] == ("in-place" if owner else "recreate")
-    assert watch.samples > 20 and {"pg_dump", "alembic"} & watch.commands_seen
+    assert watch.samples > 20 and {"alembic", "letta"} <= watch.commands_seen
     assert watch.hits == []
     assert http_version(base_url) == NEW_VERSION
     assert http_agents(base_url) == http_before
@@ -137,6 +137,17 @@ def test_destructive_paths_hold_on_cell(
         == ALEMBIC_HEADS[NEW_VERSION]
     )
     pre_upgrade = report["backup_set"]
+
+    if owner:  # rollback and restore, too, refuse a way the role may not take, before the stop
+        pid = running.runtime.status()["pid"]
+        with pytest.raises(PrivilegeRefused, match="NOCREATEDB"):
+            rollback(reset="recreate")
+        capsys.readouterr()
+        assert main(["rollback", "--yes", "--reset", "recreate"]) == EXIT_BAD_INPUT
+        assert "ALTER ROLE" in capsys.readouterr().err
+        assert http_version(base_url) == NEW_VERSION
+        assert running.runtime.status()["pid"] == pid
+        assert not [s for s in list_backup_sets(store) if s.purpose == "pre-rollback"]
 
     # --- rollback to the pre-upgrade set ----------------------------------------------------
     rolled = rollback()
@@ -160,6 +171,10 @@ def test_destructive_paths_hold_on_cell(
     parts = other.parts
     monkeypatch.setenv("PGPASSWORD", str(parts["password"]))
     uri = f"postgresql://{parts['user']}@127.0.0.1:{parts['port']}/{parts['database']}"
+    if owner:
+        with pytest.raises(PrivilegeRefused, match="NOCREATEDB"):
+            restore(pre_upgrade, uri, force=True, reset="recreate")
+        assert sql_scalar(other, "SELECT to_regclass('keep_me') IS NOT NULL")
     restored = restore(pre_upgrade, uri, force=True)
     assert restored["outcome"] == "succeeded"
     assert restored["plan"]["reset_mode"] == ("in-place" if owner else "recreate")

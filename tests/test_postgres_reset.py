@@ -211,3 +211,15 @@ def test_a_driver_error_becomes_postgres_own_sentence(pg_cluster):
     assert message.startswith('PostgreSQL: extension "no_such_extension" is not available')
     assert "{" not in message and "'M'" not in message
     assert database_error_message(RuntimeError("line one\nline two")) == "line one"
+
+
+def test_cleanup_sql_needs_delete_on_sources(pg_cluster):
+    from tasks.postgres_privileges import require_table_privileges
+
+    owned = owner_database(pg_cluster, "cleanup")
+    admin = LettaDatabase(uri=pg_cluster.uri(owned.database_name))
+    _run(admin, f"CREATE TABLE sources (id text); GRANT SELECT ON sources TO {owned.parts['user']}")
+    with pytest.raises(PrivilegeRefused, match="lacks UPDATE, DELETE on public.sources.*GRANT"):
+        require_table_privileges(owned, "sources", ("SELECT", "UPDATE", "DELETE"))
+    _run(admin, f"GRANT UPDATE, DELETE ON sources TO {owned.parts['user']}")
+    require_table_privileges(owned, "sources", ("SELECT", "UPDATE", "DELETE"))

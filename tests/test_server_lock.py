@@ -50,3 +50,78 @@ def test_a_held_slot_is_refused_at_once(prefect_harness):
         assert time.monotonic() - started < 10
     with destructive_lock("lock-held", 0):  # released: free again
         pass
+
+
+HOLD_AND_SLEEP = """
+import sys, time
+from flows.server_lock import destructive_lock
+with destructive_lock(sys.argv[1], 0):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def _holder_process(server: str):
+    """A separate process that takes the server's slot and sleeps (killed by the test)."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AND_SLEEP, server],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_killed_holder_is_named_then_reclaimed_at_once(prefect_harness):
+    import os
+    import signal
+
+    from flows.server_lock import read_holder, unlock
+
+    proc = _holder_process("lock-killed")
+    try:
+        holder = read_holder("lock-killed")
+        assert holder["pid"] == proc.pid and holder["lease_id"]
+        # Alive: refused, naming the holder and its lease; unlock will not free it.
+        with pytest.raises(ServerBusy, match=rf"pid {proc.pid}\).*lease runs to"):
+            with destructive_lock("lock-killed", 0):
+                pass
+        with pytest.raises(ServerBusy, match="may still run"):
+            unlock("lock-killed")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # Dead (kill -9: no release, the lease would hold the slot for 300 s): taken at once.
+    started = time.monotonic()
+    with destructive_lock("lock-killed", 0):
+        assert read_holder("lock-killed")["pid"] == os.getpid()
+    assert time.monotonic() - started < 30
+
+
+def test_unlock_frees_a_dead_holder_and_says_why(prefect_harness):
+    import os
+    import signal
+
+    from flows.server_lock import occupied_slots, unlock
+
+    proc = _holder_process("lock-unlock")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert occupied_slots("lock-unlock") == 1
+    freed = unlock("lock-unlock")
+    assert freed["freed"] and f"pid {proc.pid}" in freed["reason"]
+    assert occupied_slots("lock-unlock") == 0
+    assert unlock("lock-unlock") == {
+        "server": "lock-unlock",
+        "freed": False,
+        "reason": "the slot is free",
+    }
