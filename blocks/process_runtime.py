@@ -100,8 +100,7 @@ class LettaProcessRuntime(Block):
         )
 
     def start(self, version: str, database: LettaDatabase, log=print) -> runtime.ServerProcess:
-        state = self.resolved_state_dir()
-        state.mkdir(parents=True, exist_ok=True)
+        state = runtime.private_directory(self.resolved_state_dir())
         return runtime.start_server(
             str(parse_server_version(version)),
             database.letta_pg_uri(),

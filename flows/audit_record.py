@@ -57,6 +57,7 @@ class RunAudit:
     def __init__(self, record: AuditRecord) -> None:
         self.record = record
         self._store: ObjectStore | None = None
+        self._local: AuditStore | None = None
         self._secrets: set[str] = set()
 
     # -- what flows call -------------------------------------------------------------------
@@ -68,6 +69,7 @@ class RunAudit:
         what it has without checking. Never raises.
         """
         try:
+            renamed = "server" in fields and fields["server"] not in (None, self.record.server)
             for name, value in fields.items():
                 if value is None:
                     continue
@@ -80,6 +82,9 @@ class RunAudit:
                         self.record.details[name] = _jsonable(value)
                 else:
                     self.record.details[name] = _jsonable(value)
+            if renamed and self._local is not None:
+                # The server is known now: a run killed from here on is found under its name.
+                self._local.save(self.redacted())
         except Exception as exc:  # noqa: BLE001 - auditing never fails a flow
             _logger().warning("audit: could not record %s: %s", sorted(fields), _short(exc))
 
@@ -179,6 +184,7 @@ def audited_run(
     if store is not None:
         audit.attach_store(store)
     local = _save_running(audit)
+    audit._local = local
     try:
         yield audit
     except Exception as exc:

@@ -736,17 +736,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CommandError as exc:
-        print(f"letta-ops: error: {exc}", file=sys.stderr)
-        return exc.code
+        return _fail(args, str(exc), exc.code)
     except _input_errors() as exc:
-        print(f"letta-ops: error: {first_sentence(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(args, first_sentence(exc), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
-        print("letta-ops: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, "interrupted", 130)
     except Exception as exc:  # an operation failed: say what, keep the detail for the log
-        print(f"letta-ops: error: {first_sentence(exc)}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(args, first_sentence(exc), EXIT_FAILED)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """One sentence on stderr; with ``--json`` also ``{"error", "exit_code"}`` on stdout, so
+    a script reading stdout learns of the failure too."""
+    print(f"letta-ops: error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, "exit_code": code}))
+    return code
 
 
 if __name__ == "__main__":

@@ -186,6 +186,62 @@ def cmd_restore_agents(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- recover, unlock
+
+
+def render_recover(report: dict) -> str:
+    if report["outcome"] == "nothing to recover":
+        return report["message"]
+    plan = report["plan"]
+    lines = [
+        f"interrupted run {plan['run_id']} ({plan['operation']} of {report['server']}) "
+        f"stopped at '{plan['interrupted_at']}': {report['why_dead']}",
+        f"decision: {plan['action']}: {plan['reason']}",
+    ]
+    if report.get("result"):
+        lines.append(f"done: {report['result'].get('done')}")
+    lines.append(f"outcome: {report['outcome']}")
+    return "\n".join(lines)
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from flows.cli import EXIT_OK, _with_progress, emit
+    from flows.recover import recover
+
+    report = _with_progress(
+        lambda: recover(
+            server=args.server,
+            store=args.store,
+            dry_run=args.dry_run,
+            lock_timeout_seconds=args.wait,
+        )
+    )
+    emit(report, args.json, render=render_recover)
+    return EXIT_OK
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from blocks.server_profile import load_profile
+    from flows.audit_record import audited_run
+    from flows.cli import EXIT_OK, emit
+    from flows.server_lock import unlock
+
+    name = load_profile(args.server).name
+    with audited_run("unlock", name, {"force": args.force}) as record:
+        result = unlock(name, force=args.force)
+        record.update(outcome="succeeded" if result["freed"] else "nothing to do", **result)
+    emit(
+        result,
+        args.json,
+        render=lambda r: (
+            f"freed the destructive slot of {r['server']}: {r['reason']}"
+            if r["freed"]
+            else f"nothing to free on {r['server']}: {r['reason']}"
+        ),
+    )
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -248,6 +304,30 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         "--runtime", metavar="BLOCK", help="with --start: a saved Letta Process Runtime block"
     )
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "recover",
+        parents=[common, store, lock_options(30)],
+        help="take the server out of an interrupted upgrade or rollback (kill -9, lost host)",
+        description="Find the server's destructive runs that were interrupted (journal begun, "
+        "never finished, process gone), mark them crashed, and take the one safe way out: "
+        "finish forward when the database is verifiably at the target, otherwise restore "
+        "the backup set taken before the run and start the version it records. Idempotent; "
+        "exits 0 with one sentence when there is nothing to recover.",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only show the decision")
+    p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser(
+        "unlock",
+        parents=[common],
+        help="free the server's destructive slot when its holder is provably dead",
+        description="A run killed outright keeps the slot until its lease expires (300 s). "
+        "unlock frees it now when the holder's pid on this host is gone or its Prefect run is "
+        "over, and refuses otherwise (--force frees it anyway). Audited.",
+    )
+    p.add_argument("--force", action="store_true", help="free it even if the holder may run")
+    p.set_defaults(func=cmd_unlock)
 
     p = sub.add_parser(
         "restore-agents",

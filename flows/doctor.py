@@ -129,6 +129,23 @@ def check_database(db: LettaDatabase | None, version: str | None) -> list[Findin
     ]
 
 
+def check_interrupted(server_name: str, server: str | None) -> checks.Finding:
+    """Runs of this server that died part way (journal begun, never finished, process gone)."""
+    from flows.recover import interrupted_runs
+    from tasks.run_journal import last_step
+
+    runs = [
+        {
+            "run_id": journal[0].run_id,
+            "operation": journal[0].operation,
+            "step": last_step(journal)[0],
+            "why": why,
+        }
+        for journal, why in interrupted_runs(server_name)
+    ]
+    return checks.check_interrupted_runs(runs, f" --server {server}" if server else "")
+
+
 @task(name="check-backups", cache_policy=NO_CACHE)
 def check_backups(
     server_name: str, store: str | None, server: str | None, max_age_hours: float
@@ -202,6 +219,7 @@ def doctor(
         findings = [
             *server_findings,
             *check_database(profile.database, version),
+            *guarded("interrupted-run", lambda: check_interrupted(profile.name, server)),
             *check_backups(profile.name, store, server, max_backup_age_hours),
         ]
         order = {name: i for i, name in enumerate(checks.CHECK_NAMES)}

@@ -28,7 +28,12 @@ import sqlalchemy as sa
 
 from blocks.letta_database import InvalidDatabaseURI, LettaDatabase, parse_letta_pg_uri
 from tasks.letta_postgres import connect, database_error_message
-from tasks.letta_versions import ALEMBIC_HEADS, LettaVersion, parse_server_version
+from tasks.letta_versions import (
+    ALEMBIC_HEADS,
+    LettaVersion,
+    parse_server_version,
+    release_at_revision,
+)
 
 Status = Literal["ok", "action", "skipped"]
 
@@ -42,6 +47,7 @@ CHECK_NAMES = (
     "alembic",
     "pgvector",
     "restore-privileges",
+    "interrupted-run",
     "database-uri",
     "home-writable",
     "sequences",
@@ -110,7 +116,16 @@ def check_health(health: dict | None, error: str | None, base_url: str) -> Findi
 
 def check_alembic(revision: str | None, version: str | None) -> Finding:
     if version is None:
-        return skipped("alembic", "the server's version is unknown (see health)")
+        release = release_at_revision(revision)
+        if release is None:
+            return skipped("alembic", "the server's version is unknown (see health)")
+        return action(
+            "alembic",
+            f"the server does not answer; the database is at Letta {release}'s schema "
+            f"(alembic revision {revision})",
+            f"Start that version: 'letta-ops runtime start --version {release}' (after an "
+            "interrupted upgrade or rollback: 'letta-ops recover').",
+        )
     if revision is None:
         return action(
             "alembic",
@@ -163,6 +178,19 @@ def check_restore_privileges(db: LettaDatabase) -> Finding:
         "restore-privileges",
         f"role {plan['role']} on PostgreSQL {plan['server_major']} can {how} and restore; "
         f"drills need {drills}",
+    )
+
+
+def check_interrupted_runs(runs: list[dict], server_option: str) -> Finding:
+    """Destructive runs that died part way: the server may be down or half changed."""
+    if not runs:
+        return ok("interrupted-run", "no interrupted upgrade, rollback or restore")
+    newest = runs[0]
+    return action(
+        "interrupted-run",
+        f"{len(runs)} interrupted destructive run(s); the newest, {newest['run_id']} "
+        f"({newest['operation']}), stopped at '{newest['step']}' ({newest['why']})",
+        f"Run 'letta-ops recover{server_option}' (see what it would do with --dry-run).",
     )
 
 

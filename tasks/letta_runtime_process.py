@@ -194,9 +194,25 @@ def _run(
         cmd, cwd=cwd, env=dict(env) if env else None, capture_output=True, text=True
     )
     if result.returncode != 0:
-        tail = redact((result.stderr or result.stdout).strip()[-3000:], secrets)
-        raise RuntimeInstallError(f"{what} failed (exit {result.returncode}): {tail}")
+        output = redact((result.stderr or result.stdout).strip(), secrets)
+        # The sentence first (a Python tool's last line is its exception), the rest after.
+        raise RuntimeInstallError(
+            f"{what} failed (exit {result.returncode}): {final_error_line(output)}\n"
+            f"{output[-3000:]}"
+        )
     return result.stdout
+
+
+def final_error_line(output: str) -> str:
+    """The line that says what went wrong: after a Python traceback, its exception line (the
+    first unindented line after the last ``Traceback``); else the last non-empty line."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if starts:
+        for line in lines[starts[-1] + 1 :]:
+            if not line.startswith((" ", "\t")):
+                return line.strip()
+    return lines[-1].strip() if lines else "(no output)"
 
 
 @contextlib.contextmanager
@@ -514,8 +530,10 @@ def start_server(
             f"A Letta {current.version} server started by letta-ops already runs from "
             f"{state_dir} (pid {current.pid}, port {current.port}); stop it first."
         )
-    home = state_dir / "home"
-    home.mkdir(parents=True, exist_ok=True)
+    # Only its owner may read what lands here: Letta writes LETTA_PG_URI, password
+    # included, into $HOME/.letta/config, and the log may quote its environment.
+    home = private_directory(state_dir / "home")
+    private_directory(state_dir)
     env = server_environment(letta_pg_uri, home, env_file, extra_env)
     logpath = log_file(state_dir)
     log(f"letta {runtime.version}: starting on {host}:{port} (log {logpath})")
@@ -632,6 +650,14 @@ def _uri_secrets(uri: str) -> tuple[str, ...]:
 
     password = urlparse(uri).password or ""
     return (uri, password, unquote(password), quote(unquote(password), safe=""))
+
+
+def private_directory(path: Path) -> Path:
+    """Create ``path`` (and parents) and make it ``0700``: state directories and server
+    HOMEs hold pid files, logs and Letta's config with the database password."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
 
 
 def _base_env(home: Path) -> dict[str, str]:

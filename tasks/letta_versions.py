@@ -25,6 +25,12 @@ ALEMBIC_HEADS: dict[str, str] = {
     "0.16.8": "1c28e167b74f",
 }
 
+
+def release_at_revision(revision: str | None) -> str | None:
+    """The release whose alembic head ``revision`` is (None for an unknown revision)."""
+    return next((v for v, head in ALEMBIC_HEADS.items() if head == revision), None)
+
+
 #: Releases whose sdist carries ``alembic.ini``, ``alembic/`` and ``uv.lock``.
 SDIST_WITH_MIGRATIONS = ("0.11.7", "0.14.0", "0.15.1", "0.16.2", "0.16.8")
 #: Releases whose sdist has neither migrations nor a lock file.

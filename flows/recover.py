@@ -1,0 +1,306 @@
+"""Recover a Letta server from a destructive run that was interrupted (kill -9, a lost host).
+
+The runbook this replaces, as one run:
+
+1. find the server's runs whose journal began and never finished, and whose process is
+   provably gone (its pid on this host, or its Prefect run is over); mark each ``crashed``
+   in the audit history, with the step it stopped at, and its Prefect run Crashed;
+2. read the newest one's journal, the database's alembic revision and what the server
+   answers, and decide (``tasks.recovery_plan``): finish forward when the database is
+   verifiably at the target, else restore the backup set taken before the run and start the
+   version it records; nothing destructive started -> start the old version if it is down;
+3. take the server's destructive slot (a dead holder's is reclaimed at once) and do it,
+   proving the result as the flows do (version, agents, per-table counts);
+4. close the interrupted run's journal, so a second ``recover`` finds nothing to do. A crash
+   of ``recover`` itself leaves the journal open: running it again takes the same way out.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from flows.audit_record import audited_run
+from flows.restore_server import (
+    prove_server_matches_set,
+    restore_server_from_set,
+    start_set_version,
+)
+from flows.run_context import publish_report, run_name, tag_current_run
+from flows.server_lock import destructive_lock
+from tasks.audit_store import AuditStore
+from tasks.backup_catalog import load_manifest
+from tasks.letta_api import LettaClient
+from tasks.letta_postgres import alembic_revision, database_error_message, database_exists
+from tasks.object_store import ObjectStore
+from tasks.recovery_plan import RecoveryPlan, plan_recovery
+from tasks.run_journal import (
+    JournalEntry,
+    RunJournal,
+    last_step,
+    process_alive,
+    unfinished_runs,
+)
+from tasks.sequence_repair import repair_sequences
+
+_TERMINAL = {"CRASHED", "CANCELLED", "FAILED", "COMPLETED"}
+
+
+class RecoveryFailed(RuntimeError):
+    """Recovery ran and the server is still not proven consistent; run recover again."""
+
+
+# --------------------------------------------------------------------------- finding runs
+
+
+def _prefect_state(run_id: str) -> str | None:
+    """The Prefect state of a run (record ids are flow-run ids, '-rN' on retries)."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        flow_run_id = UUID(run_id[:36])
+    except ValueError:
+        return None
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+    except Exception:  # noqa: BLE001 - another Prefect server, or none: the pid decides
+        return None
+    return state.type.value if state else None
+
+
+def why_dead(begin: JournalEntry) -> str | None:
+    """Why the process that began this journal provably no longer runs it (None: may run)."""
+    if process_alive(begin.host, begin.pid, since=begin.at) is False:
+        return f"its process (pid {begin.pid} on {begin.host}) is gone"
+    state = _prefect_state(begin.run_id)
+    if state in _TERMINAL:
+        return f"its Prefect run is {state.lower()}"
+    return None
+
+
+def interrupted_runs(server: str) -> list[tuple[list[JournalEntry], str]]:
+    """Journals of ``server`` left unfinished by a dead run, newest first, with why dead."""
+    found = []
+    for journal in unfinished_runs(AuditStore.from_env(), server):
+        why = why_dead(journal[0])
+        if why:
+            found.append((journal, why))
+    return found
+
+
+def mark_crashed(journal: list[JournalEntry], why: str) -> str:
+    """The run's audit record says ``crashed`` at its last step; its Prefect run Crashed."""
+    step, ended = last_step(journal)
+    where = f"after '{step}'" if ended else f"during '{step}'" if step else "before its first step"
+    message = f"interrupted {where}: {why}"
+    store = AuditStore.from_env()
+    for record in store.find(journal[0].run_id):
+        if record.outcome == "running":
+            record.outcome = "crashed"
+            record.error = message
+            record.ended_at = datetime.now(UTC)
+            record.details = {**record.details, "interrupted_step": step}
+            store.save(record)
+    if _prefect_state(journal[0].run_id) in {"RUNNING", "PENDING", "PAUSED", "SCHEDULED"}:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Crashed
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(
+                UUID(journal[0].run_id[:36]), Crashed(message=message), force=True
+            )
+    return message
+
+
+def reconcile(server: str) -> list[dict[str, Any]]:
+    """Mark every dead run of ``server`` crashed; what each was doing. Read-only otherwise."""
+    return [
+        {
+            "run_id": journal[0].run_id,
+            "operation": journal[0].operation,
+            "crashed": mark_crashed(journal, why),
+        }
+        for journal, why in interrupted_runs(server)
+    ]
+
+
+# --------------------------------------------------------------------------- doing it
+
+
+def running_version(profile: ServerProfile) -> str | None:
+    try:
+        with LettaClient(profile.server) as client:
+            return client.health().get("version")
+    except Exception:  # noqa: BLE001 - down is an answer
+        return None
+
+
+def revision_now(database) -> str | None:
+    """The alembic revision; None for a database a killed run dropped and never created."""
+    try:
+        return alembic_revision(database)
+    except Exception:
+        if not database_exists(database):
+            return None
+        raise
+
+
+def _database_for(profile: ServerProfile, plan: RecoveryPlan):
+    """The database with the reset mode the interrupted run proved and used: it may hold
+    nothing now (dropped by a recreate), so the role is not probed again."""
+    database = profile.require_database()
+    mode = plan.facts.get("reset_mode")
+    return database.model_copy(update={"reset_mode": mode}) if mode else database
+
+
+@task(name="restore-pre-operation-set", cache_policy=NO_CACHE)
+def restore_step(profile: ServerProfile, store: ObjectStore, backup_set: str) -> dict[str, Any]:
+    manifest = load_manifest(store, *backup_set.split("/"))
+    return restore_server_from_set(profile, store, manifest)
+
+
+@task(name="finish-forward", cache_policy=NO_CACHE)
+def finish_forward_step(
+    profile: ServerProfile, store: ObjectStore, plan: RecoveryPlan, timeout: float
+) -> dict[str, Any]:
+    """Start the target version on the database as it is, repair sequences, and prove it:
+    a rollback's target set exactly; an upgrade's agents as before (by id for migrate, by
+    count for rebuild, whose renames the journal's set does not know)."""
+    database = profile.require_database()
+    if running_version(profile) != plan.version:
+        profile.runtime.stop()
+        start_set_version(
+            profile.runtime, database, plan.version, timeout, log=get_run_logger().info
+        )
+    sequences = repair_sequences(database).to_dict()
+    with LettaClient(profile.server) as client:
+        if plan.operation == "rollback":
+            target = load_manifest(store, *plan.target_set.split("/"))
+            proof = prove_server_matches_set(client, database, target)
+            return {**proof, "sequences": sequences["changes"]}
+        before = load_manifest(store, *plan.backup_set.split("/"))
+        live = {a["id"]: a["name"] for a in client.list_agents()}
+        version = client.health()["version"]
+    expected = {a.id for a in before.agents}
+    same = (
+        set(live) == expected
+        if plan.facts.get("strategy") != "rebuild"
+        else len(live) == len(expected)
+    )
+    return {
+        "ok": same and version == plan.version,
+        "version": version,
+        "agents": len(live),
+        "agents_expected": len(expected),
+        "sequences": sequences["changes"],
+    }
+
+
+def execute(
+    plan: RecoveryPlan, profile: ServerProfile, store: ObjectStore | None, timeout: float
+) -> dict[str, Any]:
+    """Carry the plan out; the result says ``ok`` and what was done."""
+    logger = get_run_logger()
+    if plan.action in ("close", "rerun"):
+        return {"ok": plan.action == "close", "done": plan.reason}
+    if plan.action == "start":
+        record = start_set_version(
+            profile.runtime, profile.require_database(), plan.version, timeout, log=logger.info
+        )
+        return {"ok": True, "done": f"started Letta {record['version']}", **record}
+    assert store is not None
+    if plan.action == "finish-forward":
+        try:
+            forward = finish_forward_step(profile, store, plan, timeout)
+        except Exception as exc:  # the restore below is the way out
+            forward = {"ok": False, "error": database_error_message(exc)}
+        if forward["ok"]:
+            return {"ok": True, "done": f"finished forward on Letta {plan.version}", **forward}
+        logger.warning(
+            "finishing forward did not verify (%s); restoring %s", forward, plan.backup_set
+        )
+    restored = restore_step(profile, store, plan.backup_set)
+    return {**restored, "done": f"restored {plan.backup_set} and started Letta {plan.version}"}
+
+
+@flow(name="letta-recover", flow_run_name=run_name("recover"))
+def recover(
+    server: str | None = None,
+    store: str | None = None,
+    dry_run: bool = False,
+    lock_timeout_seconds: float = 30,
+    start_timeout_seconds: float = 240,
+) -> dict[str, Any]:
+    """Take ``server`` out of an interrupted destructive run (see the module docstring)."""
+    with audited_run("recover", server, {"dry_run": dry_run, "store": store}) as audit:
+        profile = load_profile(server, need_database=True)
+        audit.update(server=profile.name)
+        tag_current_run(profile.name, "recover")
+        found = interrupted_runs(profile.name)
+        if not found:
+            audit.update(outcome="planned" if dry_run else "nothing to recover")
+            return {
+                "server": profile.name,
+                "outcome": "nothing to recover",
+                "message": f"No interrupted destructive run of {profile.name} was found; "
+                "nothing to recover.",
+            }
+        journal, why = found[0]
+        database = profile.require_database()
+        plan = plan_recovery(journal, revision_now(database), running_version(profile))
+        report: dict[str, Any] = {
+            "server": profile.name,
+            "interrupted_run": plan.run_id,
+            "why_dead": why,
+            "plan": plan.to_dict(),
+            "others": [j[0].run_id for j, _ in found[1:]],
+        }
+        audit.update(interrupted_run=plan.run_id, action=plan.action, backup_set=plan.backup_set)
+        if dry_run:
+            report["outcome"] = "planned"
+            audit.update(outcome="planned")
+            return report
+        crashed = mark_crashed(journal, why)
+        profile.database = _database_for(profile, plan)
+        object_store = open_backup_store(store, server) if plan.backup_set else None
+        audit.update(store=object_store)
+        with destructive_lock(profile.name, lock_timeout_seconds):
+            result = execute(plan, profile, object_store, start_timeout_seconds)
+        report.update(result=result, crashed=crashed)
+        if not result.get("ok"):
+            report["outcome"] = "failed"
+            publish_report(profile.name, "recover", render_recover_markdown(report))
+            raise RecoveryFailed(
+                f"Recovering {profile.name} from run {plan.run_id} failed "
+                f"({result.get('error') or result}); the run stays open: fix the cause and "
+                "run 'letta-ops recover' again."
+            )
+        closing = RunJournal(plan.run_id, plan.server, plan.operation, AuditStore.from_env())
+        closing.finish(f"recovered by {audit.record_id}: {result['done']}")
+        audit.update(versions_to=plan.version, rollback_outcome=result["done"])
+        report["outcome"] = "recovered"
+        publish_report(profile.name, "recover", render_recover_markdown(report))
+        return report
+
+
+def render_recover_markdown(report: dict[str, Any]) -> str:
+    plan = report["plan"]
+    lines = [
+        f"# Recover {report['server']}: **{report['outcome']}**",
+        "",
+        f"- interrupted run {plan['run_id']} ({plan['operation']}) at "
+        f"'{plan['interrupted_at']}': {report['why_dead']}",
+        f"- decision: {plan['action']}: {plan['reason']}",
+    ]
+    if report.get("result"):
+        lines.append(f"- result: {report['result'].get('done')}")
+    return "\n".join(lines)
+
+
+__all__ = ["RecoveryFailed", "interrupted_runs", "reconcile", "recover"]

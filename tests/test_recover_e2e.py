@@ -1,0 +1,156 @@
+"""kill -9 of a destructive run at its steps, then one ``letta-ops recover``: the fault matrix.
+
+Each run is the real command line (``letta-ops upgrade`` / ``rollback``) in a process group
+of its own, pointed at the session's Prefect server; the test watches the run's journal in
+the audit store and kills the whole group (``kill -9``, as when a worker host dies) once the
+step it aims at has begun. Then ``recover`` must leave the server either exactly as before
+(agents and per-table counts equal, by the tests' own SQL and HTTP) or fully upgraded, never
+in between, and the next destructive run must start at once (no waiting for a lease).
+
+One Letta server carries every cell (each start costs ~40 s on two cores); PostgreSQL 18,
+superuser. The cells, in order:
+
+- upgrade (migrate), killed during the target's alembic migration: recover restores the
+  pre-upgrade set; 0.14.0 with counts as before;
+- upgrade (rebuild), killed in the migration after the database was emptied: the same;
+- upgrade (migrate), killed while the target starts: the database is at the target's head,
+  recover finishes forward; 0.16.2 with every agent;
+- rollback, killed during pg_restore of the target set: recover restores the pre-rollback
+  safety set (0.16.2, counts as before), or finishes forward if the dump was already in.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from flows.recover import recover
+from tasks.audit_store import AuditStore
+from tasks.run_journal import unfinished_runs
+from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
+from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
+
+pytestmark = pytest.mark.e2e
+
+FROM_VERSION = "0.14.0"
+
+
+def _letta_ops(*args: str) -> subprocess.Popen:
+    """The command line in its own process group, on the session's Prefect server."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        cwd=os.getcwd(),
+    )
+
+
+def _kill_when_step_begins(proc: subprocess.Popen, server: str, step: str, delay: float = 1.0):
+    """kill -9 the run's process group as soon as its journal shows ``step`` begun."""
+    store = AuditStore.from_env()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"the run ended (exit {proc.returncode}) before '{step}': "
+                f"{proc.stderr.read().decode()[-2000:]}"
+            )
+        for journal in unfinished_runs(store, server):
+            if any(e.event == "start" and e.step == step for e in journal):
+                time.sleep(delay)  # well inside the step
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return journal[0].run_id
+        time.sleep(0.2)
+    raise AssertionError(f"'{step}' never began")
+
+
+def _recover_timed() -> tuple[dict, float]:
+    started = time.monotonic()
+    report = recover()
+    return report, round(time.monotonic() - started, 1)
+
+
+def test_kill_9_at_each_step_then_one_recover(
+    start_letta, s3_env, s3_bucket, monkeypatch, prefect_harness, capsys
+):
+    running = start_letta(FROM_VERSION, "fault")
+    with running.client() as client:
+        seed_agents(client, 5, prefix="fault")
+    s3, bucket, _ = s3_bucket
+    for name, value in operator_env(running, f"s3://{bucket}/backups").items():
+        monkeypatch.setenv(name, value)
+    server, base_url, db = running.runtime.server_name, running.server.base_url, running.database
+    tables_before, agents_before = sql_table_counts(db), sql_agents(db)
+    http_before = http_agents(base_url)
+    audit = AuditStore.from_env()
+    timings: dict[str, float] = {}
+
+    assert recover()["outcome"] == "nothing to recover"
+
+    def assert_as_before() -> None:
+        assert http_version(base_url) == FROM_VERSION
+        assert http_agents(base_url) == http_before
+        assert sql_table_counts(db) == tables_before
+        assert sql_agents(db) == agents_before
+
+    # --- migrate, killed during the target's migration --------------------------------------
+    proc = _letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate")
+    killed = _kill_when_step_begins(proc, server, f"alembic upgrade to {NEW_VERSION}")
+    plan = recover(dry_run=True)
+    assert plan["outcome"] == "planned" and plan["plan"]["action"] == "restore"
+    assert plan["plan"]["interrupted_at"] == f"alembic upgrade to {NEW_VERSION}"
+    report, timings["migrate: during migration"] = _recover_timed()
+    assert report["outcome"] == "recovered" and report["interrupted_run"] == killed
+    assert_as_before()
+    [record] = audit.find(killed)
+    assert record.outcome == "crashed"
+    assert f"during 'alembic upgrade to {NEW_VERSION}'" in record.error
+    assert recover()["outcome"] == "nothing to recover"  # idempotent
+
+    # --- rebuild, killed after the database was emptied ------------------------------------
+    proc = _letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "rebuild")
+    killed = _kill_when_step_begins(proc, server, f"alembic upgrade to {NEW_VERSION}", 0.5)
+    report, timings["rebuild: database emptied"] = _recover_timed()
+    assert report["plan"]["action"] == "restore", report
+    assert_as_before()
+
+    # --- migrate, killed while the target starts: finished forward -------------------------
+    # Started at once after recover: the killed run's slot was reclaimed, no lease wait.
+    proc = _letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate")
+    killed = _kill_when_step_begins(proc, server, f"start {NEW_VERSION}", 2.0)
+    report, timings["migrate: target starting"] = _recover_timed()
+    assert report["plan"]["action"] == "finish-forward", report
+    assert http_version(base_url) == NEW_VERSION
+    assert http_agents(base_url) == http_before
+    after = sql_agents(db)
+    assert {a: r.name for a, r in after.items()} == {a: r.name for a, r in agents_before.items()}
+    assert all(after[a].messages >= r.messages for a, r in agents_before.items())
+    upgraded_tables = sql_table_counts(db)
+
+    # --- rollback, killed during pg_restore of the target set ------------------------------
+    proc = _letta_ops("rollback", "--yes")
+    killed = _kill_when_step_begins(proc, server, "restore the set's dump", 0.3)
+    report, timings["rollback: during pg_restore"] = _recover_timed()
+    assert report["plan"]["action"] in ("restore", "finish-forward"), report
+    if report["plan"]["action"] == "restore":  # back on the safety set: 0.16.2, as it was
+        assert http_version(base_url) == NEW_VERSION
+        assert sql_table_counts(db) == upgraded_tables
+    else:  # the dump was in: the rollback finished, 0.14.0 as before the upgrade
+        assert_as_before()
+    assert http_agents(base_url) == http_before
+
+    with capsys.disabled():
+        print("\nfault matrix, one recover each:")
+        for cell, seconds in timings.items():
+            print(f"  {cell:32s} {seconds:6.1f} s")
