@@ -77,8 +77,24 @@ def test_history_of_backup_failed_upgrade_and_upgrade(
     assert all(r["prefect_url"].endswith(f"/runs/flow-run/{r['flow_run_id']}") for r in rows)
     assert all(r["flow_run_name"] == f"upgrade-audit-e2e-to-{NEW_VERSION}" for r in rows[:2])
 
+    # With --subflows the two pre-upgrade backups appear beside the first one, each under the
+    # upgrade that started it, with the set that upgrade recorded.
     code, out, _ = _history(capsys, "--subflows", "--operation", "backup")
-    assert code == 0 and out.count("pre-upgrade") == 0 and len(out.splitlines()) == 4
+    assert code == 0 and len(out.splitlines()) == 1 + 3  # header + three backups
+    code, out, _ = _history(capsys, "--subflows", "--operation", "backup", "--json")
+    backups = json.loads(out)
+    assert code == 0
+    assert sorted(
+        (b["parameters"]["purpose"], b["parent_flow_run_id"] or "", b["backup_set"])
+        for b in backups
+    ) == sorted(
+        [
+            ("scheduled", "", backed_up["backup_set"]),
+            ("pre-upgrade", failed["flow_run_id"], failed["backup_set"]),
+            ("pre-upgrade", ok["flow_run_id"], ok["backup_set"]),
+        ]
+    )
+    assert all(b["details"]["purpose"] == b["parameters"]["purpose"] for b in backups)
     code, out, _ = _history(capsys, "show", failed["flow_run_id"])
     assert code == 0 and "rollback_outcome" in out and "Prefect artifacts" in out
 
@@ -91,17 +107,51 @@ def test_history_of_backup_failed_upgrade_and_upgrade(
         for o in page.get("Contents", [])
     ]
     audit_keys = [k for k in keys if "/audit/" in k]
-    assert len(audit_keys) >= 8  # 3 runs + 2 pre-upgrade backups + 3 verifies
+    # 3 runs + 2 pre-upgrade backups + 3 verifies, each once, each where its record says.
+    records = AuditStore.from_env().query()
+    assert len(records) == len(audit_keys) == 8
+    assert sorted(audit_keys) == sorted(f"backups/{r.object_key}" for r in records)
+    assert sorted(r.operation for r in records) == ["backup"] * 3 + ["upgrade"] * 2 + ["verify"] * 3
     for key in audit_keys:
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert not any(s in body for s in secrets), key
+        stored = json.loads(body)
+        assert key == f"backups/{stored['object_key']}"
+        assert stored["server"] == "audit-e2e" and stored["outcome"] in ("succeeded", "failed")
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as prefect:
         artifacts = prefect.read_artifacts()
-    assert artifacts
     dumped = json.dumps([a.model_dump(mode="json") for a in artifacts]).encode()
     assert not any(s in dumped for s in secrets)
+
+    # Every run published its report under its own flow run: a markdown summary keyed by
+    # operation and server (and a table for backups and the successful upgrade).
+    by_run: dict[str, dict[str, str]] = {}
+    for artifact in artifacts:
+        if artifact.key is None:
+            continue  # Prefect's own record of a persisted result (a failed run's exception)
+        if str(artifact.flow_run_id) in {r.flow_run_id for r in records}:
+            by_run.setdefault(str(artifact.flow_run_id), {})[artifact.key] = artifact.data
+    assert set(by_run) == {r.flow_run_id for r in records}
+    for record in records:
+        published = by_run[record.flow_run_id]
+        markdown = published[f"{record.operation}-audit-e2e"]
+        tables = {"backup-audit-e2e-table"} if record.operation == "backup" else set()
+        if record.flow_run_id == ok["flow_run_id"]:
+            tables = {"upgrade-audit-e2e-table"}
+        assert set(published) == {f"{record.operation}-audit-e2e", *tables}, record.operation
+        if record.operation == "backup":
+            assert markdown.startswith(f"# Backup {record.backup_set}\n")
+            assert "agents exported: **3 of 3**" in markdown
+        if record.operation == "verify":
+            assert markdown.startswith(f"# Verify {record.backup_set}: passed\n")
+    failed_report = by_run[failed["flow_run_id"]]["upgrade-audit-e2e"]
+    assert f"{OLD_VERSION} -> {NEW_VERSION} (migrate): **failed, rolled back**" in failed_report
+    assert f"pre-upgrade backup set: {failed['backup_set']}" in failed_report
+    assert "- rollback: succeeded" in failed_report
+    ok_report = by_run[ok["flow_run_id"]]["upgrade-audit-e2e"]
+    assert "(migrate): **succeeded**" in ok_report and ok["backup_set"] in ok_report
 
     # Lose the local store: the JSON records in S3 bring the same rows back.
     before = AuditStore.from_env().query()

@@ -51,20 +51,42 @@ def test_outcomes_outside_prefect(audit_db, tmp_path, monkeypatch):
     assert not any(PASSWORD in p.read_text() for p in stored)
 
 
+def test_a_run_killed_after_its_profile_loaded_is_filed_under_its_server(audit_db):
+    with audited_run("upgrade", None) as record:
+        [running] = AuditStore.from_env().find(record.record_id)
+        assert running.server == "unknown" and running.outcome == "running"
+        record.update(server="prod-eu")
+        # What a kill -9 from here on would leave behind: the running row, with its server.
+        [running] = AuditStore.from_env().find(record.record_id)
+        assert (running.server, running.outcome) == ("prod-eu", "running")
+        assert running.details["pid"] > 0 and running.details["host"]
+
+
 def test_audit_failures_never_fail_the_run(monkeypatch, tmp_path, caplog):
+    # Both stores unwritable, for root too (tests run as root, which ignores a chmod): no
+    # directory can be made under /proc, nor under a path whose parent is a regular file.
     monkeypatch.setenv("LETTA_OPS_AUDIT_URL", "sqlite:////proc/no-such-dir/audit.db")
-    (tmp_path / "ro").mkdir()
-    objects = LocalObjectStore(tmp_path / "ro")
-    (tmp_path / "ro").chmod(0o500)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    objects = LocalObjectStore(blocker / "store")
     caplog.set_level(logging.WARNING)
-    try:
-        with audited_run("backup", "prod", {}, store=objects) as record:
-            record.update(counts_before=object())  # not JSON: stored as text, no failure
-            done = True
-    finally:
-        (tmp_path / "ro").chmod(0o700)
-    assert done
-    assert "audit:" in caplog.text
+    steps = []
+    with audited_run("backup", "prod", {}, store=objects) as record:
+        record.update(counts_before=object())  # not JSON: kept as text, no failure
+        steps.append("body ran to its end")
+    assert steps == ["body ran to its end"]  # and the with statement raised nothing
+    assert record.record.outcome == "succeeded" and record.record.ended_at is not None
+    assert record.record.counts_before is None
+    assert record.record.details["counts_before"].startswith("<object object at ")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(w.startswith("audit: the local audit store is not writable") for w in warnings)
+    assert any(
+        w.startswith("audit: could not write the record to the backup store") for w in warnings
+    )
+    assert any(
+        w.startswith("audit: could not write the record to the local audit store") for w in warnings
+    )
+    assert blocker.read_text() == "not a directory"
 
 
 def test_triggered_by_operator_schedule_or_user():

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from flows.cli import EXIT_BAD_INPUT, EXIT_NEEDS_ACTION, main
 from flows.serve import build_runner_deployments, load_deployments, load_flow
+
+#: prefect.yaml's schedules: deployment -> [(cron, timezone, active)].
+SCHEDULES = {
+    "nightly-backup": [("15 2 * * *", "UTC", True)],
+    "weekly-restore-drill": [("30 4 * * 0", "UTC", True)],
+    "nightly-prune": [("45 3 * * *", "UTC", True)],
+    "weekly-cleanup-sources-plan": [("0 5 * * 1", "UTC", True)],
+    "daily-doctor": [("0 6 * * *", "UTC", True)],
+}
 
 
 def _one_error_line(capsys) -> str:
@@ -56,7 +67,35 @@ def test_prefect_yaml_deployments_load_real_flows():
         assert hasattr(flow, "to_deployment")
         for key in spec.get("parameters") or {}:
             assert key in flow.parameters.properties, (spec["name"], key)
-    backup = next(s for s in specs if s["name"] == "nightly-backup")
-    assert backup["schedules"][0]["cron"] and backup["schedules"][0]["timezone"]
+    # The schedules operators rely on, exactly; and no schedule at all on the destructive ones.
+    by_name = {s["name"]: s for s in specs}
+    schedules = {
+        name: [(s["cron"], s["timezone"], s["active"]) for s in spec.get("schedules") or []]
+        for name, spec in by_name.items()
+    }
+    assert {name: crons for name, crons in schedules.items() if crons} == SCHEDULES
+    assert schedules["upgrade"] == schedules["rollback"] == []
+    # Upgrade and rollback pause for an operator's approval when triggered as deployments.
+    for name in ("upgrade", "rollback"):
+        assert by_name[name]["parameters"]["approval"] is True, name
+
     built = {d.name: d for d in build_runner_deployments()}
-    assert built["nightly-backup"].schedules[0].schedule.cron == backup["schedules"][0]["cron"]
+    assert set(built) == set(by_name)
+    for name, expected in SCHEDULES.items():
+        assert [
+            (s.schedule.cron, s.schedule.timezone, s.active) for s in built[name].schedules
+        ] == expected, name
+    for name in ("upgrade", "rollback"):
+        assert not built[name].schedules
+        assert built[name].parameters["approval"] is True, name
+    assert built["upgrade"].parameters["to_version"] == "0.16.2"
+
+
+def test_serve_list_shows_every_schedule(capsys):
+    assert main(["serve", "--list", "--json"]) == 0
+    listed = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert {
+        name: (row["schedule"], row["timezone"]) for name, row in listed.items() if row["schedule"]
+    } == {name: (cron, tz) for name, [(cron, tz, _)] in SCHEDULES.items()}
+    assert listed["upgrade"]["flow"] == "flows/upgrade.py:upgrade"
+    assert listed["upgrade"]["schedule"] == listed["rollback"]["schedule"] == ""

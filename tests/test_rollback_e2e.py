@@ -13,7 +13,6 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from blocks.letta_server import LettaServer
 from flows.backup import backup
 from flows.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from flows.restore import restore, restored_runtime
@@ -25,12 +24,12 @@ from tasks.agent_restore import AgentRestoreRefused
 from tasks.backup_catalog import list_backup_sets, load_manifest
 from tasks.backup_set_admission import BackupSetRefused
 from tasks.embedded_postgres import free_loopback_port
-from tasks.letta_api import LettaClient, offline_agent_body
-from tasks.letta_inventory import agent_inventory
-from tasks.letta_postgres import connect, table_row_counts
+from tasks.letta_api import offline_agent_body
+from tasks.letta_postgres import connect
 from tasks.object_store import S3ObjectStore
 from tasks.restore_target import RestoreTargetRefused
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, seed_agents
+from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
 
 pytestmark = pytest.mark.e2e
 
@@ -63,13 +62,12 @@ def point_at(s3_env, s3_bucket, monkeypatch, prefect_harness):
 
 
 def _live(running) -> dict[str, str]:
-    with running.client() as client:
-        return {a["id"]: a["name"] for a in client.list_agents()}
+    """The agents over HTTP, by the tests' own oracle (not letta-ops' client)."""
+    return http_agents(running.server.base_url)
 
 
 def _version_and_pid(running) -> tuple[str, int]:
-    with running.client() as client:
-        return client.health()["version"], running.runtime.status()["pid"]
+    return http_version(running.server.base_url), running.runtime.status()["pid"]
 
 
 def test_rollback_forward_agent_restore_and_restore_elsewhere(
@@ -82,7 +80,9 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
         seed_agents(client, 4, prefix="rb")
     store = point(running)
     before_agents = _live(running)
-    before_counts = table_row_counts(running.database)
+    before_counts = sql_table_counts(running.database)
+    before_rows = sql_agents(running.database)
+    assert len(before_agents) == len(before_rows) == before_counts["agents"] == 4
     phases.done("0.11.7 started with 4 agents")
 
     # --- upgrade 0.11.7 -> 0.16.2 (migrate), then add an agent on 0.16.2 ---------------------
@@ -111,9 +111,10 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
         back = client.get_agent(row["new_id"])
     blocks = back.get("memory", {}).get("blocks") or back.get("blocks")
     assert {b["label"]: b["value"] for b in blocks} == exported.blocks
-    inventory = agent_inventory(running.database)[row["new_id"]]
-    assert inventory["messages"] == exported.messages > 0
-    assert inventory["blocks"] == len(exported.blocks)
+    restored = sql_agents(running.database)[row["new_id"]]
+    assert restored.name == victim_name
+    assert restored.messages == exported.messages > 0
+    assert restored.blocks == len(exported.blocks)
 
     # beside the live agent, as a copy; refused without --as-copy
     with pytest.raises(AgentRestoreRefused, match="already called"):
@@ -148,11 +149,11 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
     before_rollback = _live(running)
     report = rollback()
     assert report["outcome"] == "succeeded", report
-    with running.client() as client:
-        assert client.health()["version"] == OLD_VERSION
+    assert http_version(running.server.base_url) == OLD_VERSION
     assert _live(running) == before_agents
     target = load_manifest(store, *pre_upgrade.split("/"))
-    assert table_row_counts(running.database) == target.row_counts == before_counts
+    assert sql_table_counts(running.database) == target.row_counts == before_counts
+    assert sql_agents(running.database) == before_rows
     safety = load_manifest(store, *report["safety_set"].split("/"))
     assert safety.purpose == "pre-rollback" and safety.pinned
     assert safety.letta_version == NEW_VERSION
@@ -163,21 +164,21 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
     # --- roll "forward" by restoring the safety set ----------------------------------------
     forward = rollback(backup_set=report["safety_set"])
     assert forward["outcome"] == "succeeded", forward
-    with running.client() as client:
-        assert client.health()["version"] == NEW_VERSION
+    assert http_version(running.server.base_url) == NEW_VERSION
     assert _live(running) == before_rollback
-    assert table_row_counts(running.database) == safety.row_counts
+    assert sql_table_counts(running.database) == safety.row_counts
     phases.done("rolled forward to 0.16.2 from the safety set")
 
     # --- a rollback that fails after the stop undoes itself --------------------------------
     # Fault: 0.11.7 gets 3 s to become healthy, after its dump was already restored.
-    forward_counts = table_row_counts(running.database)
+    forward_counts = sql_table_counts(running.database)
+    forward_rows = sql_agents(running.database)
     with pytest.raises(RollbackFailed, match="undo restored Letta 0.16.2"):
         rollback(backup_set=pre_upgrade, start_timeout_seconds=3)
-    with running.client() as client:
-        assert client.health()["version"] == NEW_VERSION
+    assert http_version(running.server.base_url) == NEW_VERSION
     assert _live(running) == before_rollback
-    assert table_row_counts(running.database) == forward_counts
+    assert sql_table_counts(running.database) == forward_counts
+    assert sql_agents(running.database) == forward_rows
     phases.done("failed rollback undone: 0.16.2 with the same agents and counts")
 
     # --- restore a set onto another database -----------------------------------------------
@@ -204,9 +205,9 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
         )
         assert staged["outcome"] == "succeeded" and not staged["count_differences"]
         assert staged["verification"]["ok"] and staged["server"]["version"] == OLD_VERSION
-        assert table_row_counts(empty) == target.row_counts
-        with LettaClient(LettaServer(base_url=f"http://127.0.0.1:{port}")) as client:
-            assert {a["id"]: a["name"] for a in client.list_agents()} == before_agents
+        assert sql_table_counts(empty) == target.row_counts
+        assert sql_agents(empty) == before_rows
+        assert http_agents(f"http://127.0.0.1:{port}") == before_agents
     finally:
         restored_runtime(empty, None, port).stop()
     phases.done(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from tasks.letta_api import LettaAPIError, offline_agent_body
-from tasks.letta_postgres import alembic_revision, table_row_counts
+from tasks.letta_postgres import alembic_revision
 from tasks.letta_runtime_process import installed_runtime, running_server
 from tasks.letta_versions import ALEMBIC_HEADS
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, rename_agent, seed_agents
+from tests.fixtures.oracle import sql_agents, sql_table_counts
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +36,9 @@ def test_in_place_migration_keeps_every_agent(letta_runtime_factory, make_databa
         before = {a["id"]: a["name"] for a in client.list_agents()}
     assert "AI/ML Expert" in before.values()
     assert len(before) == 4
-    messages_before = table_row_counts(db)["messages"]
+    tables_before = sql_table_counts(db)
+    agents_before = sql_agents(db)
+    assert tables_before["messages"] == sum(a.messages for a in agents_before.values()) > 0
 
     stopped = runtime.stop()
     assert stopped is not None and stopped.pid == old.pid
@@ -48,7 +51,9 @@ def test_in_place_migration_keeps_every_agent(letta_runtime_factory, make_databa
         assert client.health()["version"] == NEW_VERSION
         after = {a["id"]: a["name"] for a in client.list_agents()}
     assert after == before
-    assert table_row_counts(db)["messages"] >= messages_before
+    # alembic upgrade and the new server's start change no agent, message or block.
+    assert sql_agents(db) == agents_before
+    assert sql_table_counts(db)["messages"] == tables_before["messages"]
     runtime.stop()
 
     cached = installed_runtime(NEW_VERSION)

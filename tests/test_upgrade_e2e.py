@@ -6,16 +6,17 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
+from botocore.exceptions import ClientError
 
 from flows.operator_approval import ApprovalDeclined
 from flows.server_lock import ServerBusy, destructive_lock
 from flows.upgrade import UpgradeFailed, UpgradeRefused, upgrade
 from tasks.backup_catalog import list_backup_sets
-from tasks.letta_inventory import agent_inventory
-from tasks.letta_postgres import alembic_revision, table_row_counts
+from tasks.letta_postgres import alembic_revision
 from tasks.letta_versions import ALEMBIC_HEADS
 from tasks.object_store import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, rename_agent, seed_agents
+from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
 
 pytestmark = pytest.mark.e2e
 
@@ -70,15 +71,18 @@ def upgrade_env(s3_env, s3_bucket, monkeypatch, prefect_harness):
 def test_migrate_keeps_every_agent_and_message(start_letta, upgrade_env):
     running = _old_server(start_letta, "upg-migrate")
     store = upgrade_env(running)
-    before = agent_inventory(running.database)
-    assert len(before) == 16 and sum(a["messages"] for a in before.values()) > 0
+    base_url = running.server.base_url
+    before = sql_agents(running.database)
+    assert len(before) == 16 and all(a.messages > 0 and a.blocks == 2 for a in before.values())
+    assert http_agents(base_url) == {a: v.name for a, v in before.items()}
+    tables_before = sql_table_counts(running.database)
 
     plan = upgrade(NEW_VERSION, dry_run=True)
     assert plan["outcome"] == "planned" and plan["plan"]["from_version"] == OLD_VERSION
     assert any(c["old"] == "AI/ML Expert" for c in plan["plan"]["renames"].values())
     assert list_backup_sets(store) == []  # a dry run changes nothing
-    with running.client() as client:
-        assert client.health()["version"] == OLD_VERSION
+    assert http_version(base_url) == OLD_VERSION
+    assert sql_table_counts(running.database) == tables_before
 
     # With approval on, the run pauses before its first destructive step; a "no" from the
     # operator (through the Prefect API, as the UI sends it) ends it with nothing changed.
@@ -87,20 +91,16 @@ def test_migrate_keeps_every_agent_and_message(start_letta, upgrade_env):
         upgrade(NEW_VERSION, approval=True)
     assert declined.result(timeout=5) == "declined"
     assert list_backup_sets(store) == []
-    with running.client() as client:
-        assert client.health()["version"] == OLD_VERSION
+    assert http_version(base_url) == OLD_VERSION
+    assert sql_table_counts(running.database) == tables_before
 
     report = upgrade(NEW_VERSION, strategy="migrate")
     assert report["outcome"] == "succeeded"
     print(f"\nmigrate downtime: {report['downtime_seconds']} s")
-    with running.client() as client:
-        assert client.health()["version"] == NEW_VERSION
-        live = {a["id"]: a["name"] for a in client.list_agents()}
-    assert live == {a: v["name"] for a, v in before.items()}
-    after = agent_inventory(running.database)
-    for agent_id, old in before.items():
-        assert after[agent_id]["messages"] >= old["messages"]
-        assert after[agent_id]["blocks"] >= old["blocks"]
+    assert http_version(base_url) == NEW_VERSION
+    assert http_agents(base_url) == {a: v.name for a, v in before.items()}
+    # The migration keeps rows as they are: every agent, message and block, exactly.
+    assert sql_agents(running.database) == before
     assert alembic_revision(running.database) == ALEMBIC_HEADS[NEW_VERSION]
     [pre] = [s for s in list_backup_sets(store) if s.purpose == "pre-upgrade"]
     assert pre.pinned and pre.verified
@@ -112,7 +112,8 @@ def test_migrate_keeps_every_agent_and_message(start_letta, upgrade_env):
 def test_rebuild_brings_16_of_16_across(start_letta, upgrade_env):
     running = _old_server(start_letta, "upg-rebuild")
     upgrade_env(running)
-    before = agent_inventory(running.database)
+    before = sql_agents(running.database)
+    assert http_agents(running.server.base_url) == {a: v.name for a, v in before.items()}
 
     report = upgrade(NEW_VERSION, strategy="rebuild")
     assert report["outcome"] == "succeeded"
@@ -120,21 +121,42 @@ def test_rebuild_brings_16_of_16_across(start_letta, upgrade_env):
     renames = report["plan"]["renames"]
     assert [c["old"] for c in renames.values()] == ["AI/ML Expert"]
     assert renames[next(iter(renames))]["new"] == "AI-ML Expert"
-    expected = sorted(renames.get(a, {}).get("new", v["name"]) for a, v in before.items())
-    with running.client() as client:
-        assert client.health()["version"] == NEW_VERSION
-        names = sorted(a["name"] for a in client.list_agents())
+    expected = sorted(renames.get(a, {}).get("new", v.name) for a, v in before.items())
+    assert http_version(running.server.base_url) == NEW_VERSION
+    names = sorted(http_agents(running.server.base_url).values())
     assert names == expected and len(names) == 16
+    assert sorted(a.name for a in sql_agents(running.database).values()) == expected
     assert "note" in report["not_carried"]
     rows = report["verification"]
     assert len(rows) == 16 and all(r["messages_after"] is not None for r in rows)
 
 
-def test_failed_target_start_rolls_back_and_lock_refuses(start_letta, upgrade_env):
+def test_failed_target_start_rolls_back_and_lock_refuses(
+    start_letta, upgrade_env, s3_bucket, monkeypatch
+):
     running = _old_server(start_letta, "upg-fault")
-    upgrade_env(running)
-    before_agents = agent_inventory(running.database)
-    before_counts = table_row_counts(running.database)
+    store = upgrade_env(running)
+    base_url = running.server.base_url
+    before_agents = sql_agents(running.database)
+    before_counts = sql_table_counts(running.database)
+    before_pid = running.runtime.status()["pid"]
+
+    # A backup that fails blocks the upgrade: the store's bucket does not exist, so the
+    # pre-upgrade backup cannot write; nothing is stopped, migrated or stored.
+    s3, bucket, _ = s3_bucket
+    monkeypatch.setenv("LETTA_OPS_STORE", f"s3://{bucket}-missing/backups")
+    state = upgrade(NEW_VERSION, strategy="migrate", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ClientError, match=r"\(NoSuchBucket\) when calling the PutObject"):
+        state.result()
+    assert http_version(base_url) == OLD_VERSION
+    assert running.runtime.status()["pid"] == before_pid
+    assert alembic_revision(running.database) == ALEMBIC_HEADS[OLD_VERSION]
+    assert sql_table_counts(running.database) == before_counts
+    assert f"{bucket}-missing" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+    assert list_backup_sets(store) == []
+    upgrade_env(running)  # the real store again
 
     # Fault: the rebuild dropped and recreated the database, then the target gets 3 s to
     # become healthy (it needs ~40 s).
@@ -143,12 +165,12 @@ def test_failed_target_start_rolls_back_and_lock_refuses(start_letta, upgrade_en
     with pytest.raises(UpgradeFailed) as failure:
         state.result()
     assert "rollback restored" in str(failure.value)
-    with running.client() as client:
-        assert client.health()["version"] == OLD_VERSION
-        live = {a["id"]: a["name"] for a in client.list_agents()}
-    assert live == {a: v["name"] for a, v in before_agents.items()}
+    assert http_version(base_url) == OLD_VERSION
+    live = http_agents(base_url)
+    assert live == {a: v.name for a, v in before_agents.items()}
     assert "AI/ML Expert" in live.values()
-    assert table_row_counts(running.database) == before_counts
+    assert sql_table_counts(running.database) == before_counts
+    assert sql_agents(running.database) == before_agents
     assert alembic_revision(running.database) == ALEMBIC_HEADS[OLD_VERSION]
 
     # A second destructive flow on the same server is refused while one holds the lock.
@@ -161,5 +183,4 @@ def test_failed_target_start_rolls_back_and_lock_refuses(start_letta, upgrade_en
                 upgrade(NEW_VERSION, strategy="migrate")
 
     holder()
-    with running.client() as client:
-        assert client.health()["version"] == OLD_VERSION
+    assert http_version(base_url) == OLD_VERSION
