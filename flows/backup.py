@@ -32,8 +32,10 @@ from tasks.backup_manifest import (
     new_set_id,
     set_prefix,
 )
-from tasks.letta_api import LettaClient
+from tasks.letta_api import LettaAPIError, LettaClient
+from tasks.letta_inventory import agent_inventory
 from tasks.letta_postgres import alembic_revision
+from tasks.letta_versions import release_at_revision
 from tasks.object_store import ObjectStore, StoredObject
 from tasks.postgres_dump import DumpResult, dump_to_store, tool_version
 
@@ -42,15 +44,42 @@ class BackupFailed(RuntimeError):
     """The backup ran but did not produce what the operator asked for."""
 
 
+#: The error recorded for agents of a server that was down: no file, the dump holds them.
+SERVER_DOWN = "not exported: the server was down (the pg_dump holds this agent)"
+
+
 @task(name="inspect-server", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def inspect_server(profile: ServerProfile) -> dict[str, Any]:
-    with LettaClient(profile.server) as client:
-        health = client.health()
-        agents = [{"id": a["id"], "name": a["name"]} for a in client.list_agents()]
+def inspect_server(profile: ServerProfile, server_down_ok: bool = False) -> dict[str, Any]:
+    """Version, alembic revision and agents. With ``server_down_ok`` (the safety backup of a
+    rollback or recovery of a server that is down) a server that does not answer is described
+    from its database: the release its alembic revision belongs to, the agents by SQL."""
+    database = profile.require_database()
+    revision = alembic_revision(database)
+    try:
+        with LettaClient(profile.server, retries=1 if server_down_ok else 3) as client:
+            health = client.health()
+            agents = [{"id": a["id"], "name": a["name"]} for a in client.list_agents()]
+    except LettaAPIError as exc:
+        if not (server_down_ok and exc.status == 0):
+            raise
+        version = release_at_revision(revision)
+        if version is None:
+            raise BackupFailed(
+                f"The server does not answer and its database's alembic revision {revision!r} "
+                "is no known release; start it, then back it up."
+            ) from exc
+        inventory = agent_inventory(database)
+        agents = [{"id": i, "name": v["name"]} for i, v in sorted(inventory.items())]
+        return {
+            "version": version,
+            "status": "down",
+            "alembic_revision": revision,
+            "agents": agents,
+        }
     return {
         "version": health.get("version"),
         "status": health.get("status"),
-        "alembic_revision": alembic_revision(profile.require_database()),
+        "alembic_revision": revision,
         "agents": agents,
     }
 
@@ -203,8 +232,13 @@ def backup(
     concurrency: int = 4,
     purpose: str = "scheduled",
     pinned: bool = False,
+    server_down_ok: bool = False,
 ) -> dict[str, Any]:
     """Back up one Letta server into a new, verified, write-once backup set.
+
+    ``server_down_ok`` (safety backups before a rollback of a server that is down): a server
+    that does not answer is backed up from its database alone, every agent listed as not
+    exported; the dump is the lossless artifact.
 
     ``server`` names saved blocks (None: LETTA_BASE_URL / LETTA_PG_URI); ``store`` is a
     repository URL (None: LETTA_OPS_STORE or the server's saved store block).
@@ -217,7 +251,7 @@ def backup(
         tag_current_run(profile.name, "backup")
         started = datetime.now(UTC)
 
-        state = inspect_server(profile)
+        state = inspect_server(profile, server_down_ok)
         logger.info(
             "Letta %s at %s, %d agents",
             state["version"],
@@ -228,9 +262,13 @@ def backup(
         prefix = set_prefix(profile.name, set_id)
         audit.update(backup_set=f"{profile.name}/{set_id}", versions_from=state["version"])
 
-        entries, agent_objects = export_agents_task(
-            profile, object_store, prefix, state["agents"], concurrency
-        )
+        if state["status"] == "down":  # the dump is the whole backup: it is lossless
+            entries = [AgentEntry(**a, error=SERVER_DOWN) for a in state["agents"]]
+            agent_objects: list[StoredObject] = []
+        else:
+            entries, agent_objects = export_agents_task(
+                profile, object_store, prefix, state["agents"], concurrency
+            )
         dump = dump_database_task(profile, object_store, prefix + DUMP_NAME)
         manifest = build_manifest(
             profile, set_id, prefix, started, state, entries, agent_objects, dump, purpose, pinned

@@ -158,6 +158,28 @@ def cmd_repair_sequences(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- rename-agents
+
+
+def _render_renames(report: dict[str, Any]) -> str:
+    if not report["renames"]:
+        return report.get("message", "nothing to do")
+    head = "renamed" if report["executed"] else "plan only: rerun with --execute to rename"
+    rows = render_table(report["renames"], ["agent", "from", "to"])
+    tail = f"\nnames before are in {report['backup_set']}" if report.get("backup_set") else ""
+    return f"{rows}\n{len(report['renames'])} agent(s), Letta {report['version']}: {head}{tail}"
+
+
+def cmd_rename_agents(args: argparse.Namespace) -> int:
+    from flows.rename_agents import rename_agents
+
+    report = rename_agents(
+        server=args.server, store=args.store, execute=args.execute, **_lock_wait(args)
+    )
+    emit(report, args.json, render=_render_renames)
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- doctor
 
 
@@ -264,6 +286,24 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     p.add_argument("--dry-run", action="store_true", help="only show what would change")
     p.set_defaults(func=cmd_repair_sequences)
+
+    p = sub.add_parser(
+        "rename-agents",
+        parents=[common, store, lock],
+        help="rename agents the running version refuses to export (plan only by default)",
+        description="Names set through PATCH (e.g. 'AI/ML Expert') pass no validation, and the "
+        "server then fails to export those agents, so backups have no agent file for them. "
+        "--sanitize plans a valid, unique name for each under the running version's rule; "
+        "--execute takes a verified pre-rename backup and renames them; the mapping goes into "
+        "the audit history.",
+    )
+    p.add_argument(
+        "--sanitize", action="store_true", required=True, help="names valid for the running version"
+    )
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--dry-run", action="store_true", help="only show the plan (the default)")
+    run.add_argument("--execute", action="store_true", help="back up, then rename")
+    p.set_defaults(func=cmd_rename_agents)
 
     p = sub.add_parser(
         "doctor",

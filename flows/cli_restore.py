@@ -41,6 +41,11 @@ def render_rollback_plan(report: dict) -> str:
         f"database: PostgreSQL {plan['postgres_major']}, role {plan['database_role']}, "
         f"emptied by {plan['reset_mode']}",
     ]
+    if plan.get("server_down"):
+        lines.append(
+            f"the server is down: Letta {plan['from_version']} read from the database's "
+            "alembic revision; the safety backup is its pg_dump (no agent files)"
+        )
     if plan["agents_not_in_set"]:
         lines.append(
             "not in the set (kept in the safety backup): " + ", ".join(plan["agents_not_in_set"])

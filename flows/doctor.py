@@ -129,6 +129,16 @@ def check_database(db: LettaDatabase | None, version: str | None) -> list[Findin
     ]
 
 
+def check_agent_names(profile: ServerProfile, version: str | None) -> checks.Finding:
+    from tasks.agent_names import name_rule_for, plan_renames
+
+    if version is None:
+        return checks.check_agent_names({}, None)
+    with LettaClient(profile.server, timeout=30, retries=1) as client:
+        agents = [{"id": a["id"], "name": a["name"]} for a in client.list_agents()]
+    return checks.check_agent_names(plan_renames(agents, name_rule_for(version)), version)
+
+
 def check_interrupted(server_name: str, server: str | None) -> checks.Finding:
     """Runs of this server that died part way (journal begun, never finished, process gone)."""
     from flows.recover import interrupted_runs
@@ -220,6 +230,7 @@ def doctor(
             *server_findings,
             *check_database(profile.database, version),
             *guarded("interrupted-run", lambda: check_interrupted(profile.name, server)),
+            *guarded("agent-names", lambda: check_agent_names(profile, version)),
             *check_backups(profile.name, store, server, max_backup_age_hours),
         ]
         order = {name: i for i, name in enumerate(checks.CHECK_NAMES)}

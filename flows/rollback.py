@@ -52,10 +52,11 @@ from tasks.backup_set_admission import (
     require_intact,
     require_same_server,
 )
-from tasks.letta_api import LettaClient
-from tasks.letta_inventory import database_size
-from tasks.letta_postgres import database_error_message, table_row_counts
+from tasks.letta_api import LettaAPIError, LettaClient
+from tasks.letta_inventory import agent_inventory, database_size
+from tasks.letta_postgres import alembic_revision, database_error_message, table_row_counts
 from tasks.letta_runtime_process import install_runtime
+from tasks.letta_versions import release_at_revision
 from tasks.object_store import ObjectStore
 from tasks.postgres_privileges import RequestedReset
 from tasks.run_journal import JournaledSteps
@@ -105,6 +106,43 @@ def choose_set(
     return manifest
 
 
+def current_server(profile: ServerProfile) -> tuple[str, dict[str, str], bool]:
+    """Version, agents (id -> name) and whether the server is down.
+
+    A server letta-ops runs answers its API. A server that is down (a crash, a killed
+    upgrade: exactly when a rollback is needed) is described by its database: the release its
+    alembic revision belongs to, its agents by SQL. A server that answers but that letta-ops
+    did not start cannot be stopped by it: refused.
+    """
+    if profile.runtime.status().get("running"):
+        with LettaClient(profile.server) as client:
+            version = client.health()["version"]
+            return version, {a["id"]: a["name"] for a in client.list_agents()}, False
+    try:
+        with LettaClient(profile.server, retries=1) as client:
+            client.health()
+    except LettaAPIError as exc:
+        if exc.status != 0:
+            raise
+        database = profile.require_database()
+        revision = alembic_revision(database)
+        version = release_at_revision(revision)
+        if version is None:
+            raise RollbackRefused(
+                f"The Letta server {profile.server.base_url} is down and its database's alembic "
+                f"revision {revision!r} is no known release; use 'letta-ops restore --force' "
+                "onto it, or 'letta-ops recover' after an interrupted run."
+            ) from exc
+        inventory = agent_inventory(database)
+        return version, {i: v["name"] for i, v in inventory.items()}, True
+    raise RollbackRefused(
+        f"The Letta server {profile.server.base_url} answers but was not started by letta-ops' "
+        f"process runtime (no live pid in {profile.runtime.resolved_state_dir()}), so letta-ops "
+        "cannot stop it; stop it yourself and run the rollback again (a down server is rolled "
+        "back from its database)."
+    )
+
+
 @task(name="rollback-preflight", cache_policy=NO_CACHE)
 def preflight(
     profile: ServerProfile,
@@ -119,16 +157,7 @@ def preflight(
     cache = profile.runtime.resolved_cache_dir()
     # The set's version must install before anything stops (it is also started from here).
     install_runtime(manifest.letta_version, cache, profile.runtime.index_url)
-    running = profile.runtime.status()
-    if not running.get("running"):
-        raise RollbackRefused(
-            f"The Letta server {profile.server.base_url} was not started by letta-ops' process "
-            f"runtime (no pid file in {profile.runtime.resolved_state_dir()}); start it with "
-            "'letta-ops runtime start', or use 'letta-ops restore' for a server that is down."
-        )
-    with LettaClient(profile.server) as client:
-        current = client.health()["version"]
-        live = {a["id"]: a["name"] for a in client.list_agents()}
+    current, live, down = current_server(profile)
     install_runtime(current, cache, profile.runtime.index_url)  # the undo starts it again
     size = database_size(database)
     free = shutil.disk_usage(tempfile.gettempdir()).free
@@ -145,6 +174,7 @@ def preflight(
         "set_created_at": manifest.created_at.isoformat(),
         "set_purpose": manifest.purpose,
         "from_version": current,
+        "server_down": down,
         "to_version": manifest.letta_version,
         "agents_now": len(live),
         "agents_in_set": len(in_set),
@@ -326,6 +356,7 @@ def rollback(
                 allow_partial_agents=True,
                 purpose="pre-rollback",
                 pinned=True,
+                server_down_ok=plan["server_down"],
             )
             safety = load_manifest(object_store, *safety_report["set"].split("/"))
             state = RollbackState(profile, object_store, manifest, safety)

@@ -48,6 +48,7 @@ CHECK_NAMES = (
     "pgvector",
     "restore-privileges",
     "interrupted-run",
+    "agent-names",
     "database-uri",
     "home-writable",
     "sequences",
@@ -191,6 +192,21 @@ def check_interrupted_runs(runs: list[dict], server_option: str) -> Finding:
         f"{len(runs)} interrupted destructive run(s); the newest, {newest['run_id']} "
         f"({newest['operation']}), stopped at '{newest['step']}' ({newest['why']})",
         f"Run 'letta-ops recover{server_option}' (see what it would do with --dry-run).",
+    )
+
+
+def check_agent_names(renames: dict[str, dict[str, str]], version: str | None) -> Finding:
+    """Agents whose names the running version refuses: it cannot export them (500)."""
+    if version is None:
+        return skipped("agent-names", "the server's version is unknown (see health)")
+    if not renames:
+        return ok("agent-names", f"every agent's name is valid for Letta {version}")
+    names = ", ".join(repr(c["old"]) for c in list(renames.values())[:5])
+    return action(
+        "agent-names",
+        f"{len(renames)} agent(s) have names Letta {version} refuses, so it cannot export them "
+        f"and backups have no agent file for them: {names}",
+        "Run 'letta-ops rename-agents --sanitize' to see the new names, then with --execute.",
     )
 
 

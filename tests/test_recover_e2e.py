@@ -16,7 +16,9 @@ superuser. The cells, in order:
 - upgrade (migrate), killed while the target starts: the database is at the target's head,
   recover finishes forward; 0.16.2 with every agent;
 - rollback, killed during pg_restore of the target set: recover restores the pre-rollback
-  safety set (0.16.2, counts as before), or finishes forward if the dump was already in.
+  safety set (0.16.2, counts as before), or finishes forward if the dump was already in;
+- and a server whose process died (stale pid file, nothing answers) is rolled back from its
+  database: its version from the alembic revision, a dump-only safety set.
 """
 
 from __future__ import annotations
@@ -29,8 +31,14 @@ import time
 
 import pytest
 
+from flows.backup import BackupFailed, backup
+from flows.doctor import doctor
 from flows.recover import recover
+from flows.rename_agents import rename_agents
+from flows.rollback import rollback
 from tasks.audit_store import AuditStore
+from tasks.backup_catalog import load_manifest
+from tasks.object_store import S3ObjectStore
 from tasks.run_journal import unfinished_runs
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
@@ -90,6 +98,7 @@ def test_kill_9_at_each_step_then_one_recover(
     s3, bucket, _ = s3_bucket
     for name, value in operator_env(running, f"s3://{bucket}/backups").items():
         monkeypatch.setenv(name, value)
+    objects = S3ObjectStore(s3, bucket, "backups")
     server, base_url, db = running.runtime.server_name, running.server.base_url, running.database
     tables_before, agents_before = sql_table_counts(db), sql_agents(db)
     http_before = http_agents(base_url)
@@ -131,6 +140,7 @@ def test_kill_9_at_each_step_then_one_recover(
     killed = _kill_when_step_begins(proc, server, f"start {NEW_VERSION}", 2.0)
     report, timings["migrate: target starting"] = _recover_timed()
     assert report["plan"]["action"] == "finish-forward", report
+    pre_upgrade = report["plan"]["backup_set"]
     assert http_version(base_url) == NEW_VERSION
     assert http_agents(base_url) == http_before
     after = sql_agents(db)
@@ -149,6 +159,41 @@ def test_kill_9_at_each_step_then_one_recover(
     else:  # the dump was in: the rollback finished, 0.14.0 as before the upgrade
         assert_as_before()
     assert http_agents(base_url) == http_before
+
+    # --- a server that is down is rolled back from its database ----------------------------
+    # Its process killed outright: the pid file points at a dead process, nothing answers.
+    version_before = http_version(base_url)
+    os.kill(running.runtime.status()["pid"], signal.SIGKILL)
+    time.sleep(1)
+    assert not running.runtime.status().get("running")
+    down_tables = sql_table_counts(db)
+    report = rollback(backup_set=pre_upgrade)
+    assert report["outcome"] == "succeeded" and report["plan"]["server_down"]
+    assert report["plan"]["from_version"] == version_before  # from the alembic revision
+    assert_as_before()
+    manifest = load_manifest(objects, *report["safety_set"].split("/"))
+    assert manifest.row_counts == down_tables  # the dump of the down server, complete
+    assert all(a.file is None and "server was down" in a.error for a in manifest.agents)
+
+    # --- an agent the server cannot export: doctor names it, rename-agents fixes it ---------
+    victim = next(iter(sorted(http_before)))
+    with running.client() as client:
+        client.update_agent(victim, {"name": "AI/ML Expert"})  # PATCH does not validate
+    with pytest.raises(BackupFailed, match="AI/ML Expert"):
+        backup()
+    findings = {f["check"]: f for f in doctor(ignore=["backup-age"])["findings"]}
+    assert findings["agent-names"]["status"] == "action"
+    assert "rename-agents --sanitize" in findings["agent-names"]["fix"]
+    plan = rename_agents()
+    assert plan["renames"] == [{"agent": victim, "from": "AI/ML Expert", "to": "AI-ML Expert"}]
+    assert http_agents(base_url)[victim] == "AI/ML Expert"  # a plan changes nothing
+    done = rename_agents(execute=True)
+    assert done["executed"] and done["backup_set"]
+    assert http_agents(base_url)[victim] == "AI-ML Expert"
+    [record, _plan] = AuditStore.from_env().query(server=server, operation="rename-agents")
+    assert record.outcome == "succeeded" and record.renames == done["renames"]
+    clean = backup()  # no --allow-partial-agents needed any more
+    assert clean["agents_exported"] == clean["agents_total"] == len(http_before)
 
     with capsys.disabled():
         print("\nfault matrix, one recover each:")
