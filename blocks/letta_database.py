@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlparse
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
+from tasks.errors import Refused
+
 ACCEPTED_SCHEMES = ("postgresql", "postgresql+asyncpg", "postgresql+pg8000", "postgres")
 
 #: Values copied from documentation that must never be used as a real connection.
@@ -25,7 +27,7 @@ _PLACEHOLDER_HOSTS = {"host", "hostname", "<host>", "your_host", "example.com"}
 _PLACEHOLDER_DBS = {"dbname", "database", "<dbname>", "your_db", "db_name"}
 
 
-class InvalidDatabaseURI(ValueError):
+class InvalidDatabaseURI(Refused):
     """A Letta database URI that cannot be used; the message says how to fix it."""
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from blocks.letta_database import LettaDatabase
 from blocks.letta_server import LettaServer
 from blocks.process_runtime import LettaProcessRuntime
+from tasks.errors import Refused
 
 
-class ProfileError(ValueError):
+class ProfileError(Refused):
     """The server's configuration is missing or unusable; the message says how to fix it."""
 
 

@@ -32,6 +32,7 @@ from tasks.backup_manifest import (
     new_set_id,
     set_prefix,
 )
+from tasks.errors import Failed
 from tasks.letta_api import LettaAPIError, LettaClient
 from tasks.letta_inventory import agent_inventory
 from tasks.letta_postgres import alembic_revision
@@ -40,7 +41,7 @@ from tasks.object_store import ObjectStore, StoredObject
 from tasks.postgres_dump import DumpResult, dump_to_store, tool_version
 
 
-class BackupFailed(RuntimeError):
+class BackupFailed(Failed):
     """The backup ran but did not produce what the operator asked for."""
 
 

@@ -27,6 +27,7 @@ from flows.audit_record import audited_run
 from flows.backup import backup
 from flows.run_context import publish_report, run_name, tag_current_run
 from flows.server_lock import destructive_lock
+from tasks.errors import Failed
 from tasks.postgres_privileges import require_table_privileges
 from tasks.source_cleanup import (
     CleanupPlan,
@@ -40,7 +41,7 @@ from tasks.source_phantom_rows import delete_phantom_rows_task, inspect_phantom_
 LOCK_WAIT_SECONDS = 10.0
 
 
-class CleanupFailed(RuntimeError):
+class CleanupFailed(Failed):
     """The cleanup ran, but something it should have removed is still there."""
 
     def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:

@@ -15,7 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NEEDS_ACTION = 0, 1, 2, 3
+from tasks.errors import (  # noqa: E402 - one table of exit codes, re-exported here
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NEEDS_ACTION,
+    EXIT_OK,
+)
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -697,24 +703,6 @@ def _add_backup_commands(sub: argparse._SubParsersAction, common: argparse.Argum
     p.set_defaults(func=cmd_serve)
 
 
-def _input_errors() -> tuple[type[BaseException], ...]:
-    from pydantic import ValidationError
-
-    from blocks.letta_database import InvalidDatabaseURI
-    from blocks.server_profile import ProfileError
-    from tasks.letta_runtime_process import MigrationsUnavailable
-    from tasks.letta_versions import UnsupportedLettaVersion
-
-    return (
-        InvalidDatabaseURI,
-        ProfileError,
-        UnsupportedLettaVersion,
-        MigrationsUnavailable,
-        ValidationError,
-        ValueError,
-    )
-
-
 def first_sentence(exc: BaseException) -> str:
     """One readable line for the operator (pydantic's multi-line errors included)."""
     from pydantic import ValidationError
@@ -733,14 +721,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "operator", None):
         os.environ["LETTA_OPS_OPERATOR"] = args.operator
+    from pydantic import ValidationError
+
+    from tasks.errors import LettaOpsError
+
     try:
         return args.func(args)
     except CommandError as exc:
         return _fail(args, str(exc), exc.code)
-    except _input_errors() as exc:
+    except LettaOpsError as exc:  # its class says which exit code (tasks/errors.py)
+        return _fail(args, first_sentence(exc), exc.exit_code)
+    except ValidationError as exc:  # a block or setting built from bad values
         return _fail(args, first_sentence(exc), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
-        return _fail(args, "interrupted", 130)
+        return _fail(args, "interrupted", EXIT_INTERRUPTED)
     except Exception as exc:  # an operation failed: say what, keep the detail for the log
         return _fail(args, first_sentence(exc), EXIT_FAILED)
 

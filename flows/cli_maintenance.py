@@ -228,7 +228,7 @@ def _positive(value: str) -> int:
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register this area's sub-commands on the ``letta-ops`` parser."""
-    from tasks.doctor_checks import CHECK_NAMES
+    from tasks.doctor_check_names import CHECK_NAMES
 
     store = store_options()
     lock = lock_options(None)

@@ -31,10 +31,11 @@ from flows.audit_record import audited_run
 from flows.run_context import publish_report, run_name, tag_current_run
 from tasks import doctor_checks as checks
 from tasks.doctor_checks import Finding, guarded
+from tasks.errors import NeedsAction, Refused
 from tasks.letta_api import LettaAPIError, LettaClient
 
 
-class ServerNeedsAction(RuntimeError):
+class ServerNeedsAction(NeedsAction):
     """Raised (when asked to) so a scheduled doctor's run turns red and notifications fire."""
 
     def __init__(self, message: str, report: dict[str, Any]) -> None:
@@ -214,7 +215,7 @@ def doctor(
     with audited_run("doctor", server) as audit:
         unknown = sorted(set(ignore or ()) - set(checks.CHECK_NAMES))
         if unknown:
-            raise ValueError(
+            raise Refused(
                 f"Unknown check(s) to ignore: {', '.join(unknown)}; known: "
                 f"{', '.join(checks.CHECK_NAMES)}."
             )
@@ -223,7 +224,9 @@ def doctor(
         tag_current_run(profile.name, "doctor")
         compose = Path(compose_file) if compose_file else None
         if compose is not None and not compose.is_file():
-            raise ValueError(f"Compose file {compose} does not exist.")
+            raise Refused(
+                f"Compose file {compose} does not exist; pass an existing --compose-file."
+            )
 
         server_findings, version = check_server(profile, config_error, compose, compose_service)
         findings = [

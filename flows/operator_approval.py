@@ -11,6 +11,8 @@ from prefect import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
+from tasks.errors import Refused
+
 
 class OperatorApproval(RunInput):
     """What the operator answers when the run pauses before its first destructive step."""
@@ -19,7 +21,7 @@ class OperatorApproval(RunInput):
     operator: str = Field(default="", description="Who approves; recorded in the audit history.")
 
 
-class ApprovalDeclined(ValueError):
+class ApprovalDeclined(Refused):
     """The operator said no (or did not answer in time); nothing was changed."""
 
 

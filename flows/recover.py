@@ -31,10 +31,17 @@ from flows.restore_server import (
     restore_server_from_set,
     start_set_version,
 )
-from flows.run_context import publish_report, run_name, tag_current_run
+from flows.run_context import (
+    TERMINAL_STATES,
+    flow_run_state,
+    publish_report,
+    run_name,
+    tag_current_run,
+)
 from flows.server_lock import destructive_lock
 from tasks.audit_store import AuditStore
 from tasks.backup_catalog import load_manifest
+from tasks.errors import Failed
 from tasks.letta_api import LettaClient
 from tasks.letta_postgres import alembic_revision, database_error_message, database_exists
 from tasks.object_store import ObjectStore
@@ -48,38 +55,20 @@ from tasks.run_journal import (
 )
 from tasks.sequence_repair import repair_sequences
 
-_TERMINAL = {"CRASHED", "CANCELLED", "FAILED", "COMPLETED"}
 
-
-class RecoveryFailed(RuntimeError):
+class RecoveryFailed(Failed):
     """Recovery ran and the server is still not proven consistent; run recover again."""
 
 
 # --------------------------------------------------------------------------- finding runs
 
 
-def _prefect_state(run_id: str) -> str | None:
-    """The Prefect state of a run (record ids are flow-run ids, '-rN' on retries)."""
-    from prefect.client.orchestration import get_client
-
-    try:
-        flow_run_id = UUID(run_id[:36])
-    except ValueError:
-        return None
-    try:
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(flow_run_id).state
-    except Exception:  # noqa: BLE001 - another Prefect server, or none: the pid decides
-        return None
-    return state.type.value if state else None
-
-
 def why_dead(begin: JournalEntry) -> str | None:
     """Why the process that began this journal provably no longer runs it (None: may run)."""
     if process_alive(begin.host, begin.pid, since=begin.at) is False:
         return f"its process (pid {begin.pid} on {begin.host}) is gone"
-    state = _prefect_state(begin.run_id)
-    if state in _TERMINAL:
+    state = flow_run_state(begin.run_id)
+    if state in TERMINAL_STATES:
         return f"its Prefect run is {state.lower()}"
     return None
 
@@ -107,7 +96,7 @@ def mark_crashed(journal: list[JournalEntry], why: str) -> str:
             record.ended_at = datetime.now(UTC)
             record.details = {**record.details, "interrupted_step": step}
             store.save(record)
-    if _prefect_state(journal[0].run_id) in {"RUNNING", "PENDING", "PAUSED", "SCHEDULED"}:
+    if flow_run_state(journal[0].run_id) in {"RUNNING", "PENDING", "PAUSED", "SCHEDULED"}:
         from prefect.client.orchestration import get_client
         from prefect.states import Crashed
 

@@ -26,10 +26,11 @@ from flows.backup import backup
 from flows.run_context import publish_report, run_name, tag_current_run
 from flows.server_lock import destructive_lock
 from tasks.agent_names import name_rule_for, plan_renames
+from tasks.errors import Failed
 from tasks.letta_api import LettaClient
 
 
-class RenameFailed(RuntimeError):
+class RenameFailed(Failed):
     """Some agents do not carry their planned names after the run."""
 
 

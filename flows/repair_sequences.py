@@ -21,13 +21,14 @@ from blocks.server_profile import load_profile
 from flows.audit_record import audited_run
 from flows.run_context import publish_report, run_name, tag_current_run
 from flows.server_lock import destructive_lock
+from tasks.errors import Failed
 from tasks.sequence_repair import repair_sequences_task, sequence_health
 
 #: How long a run waits for another destructive run on the server to finish.
 LOCK_WAIT_SECONDS = 10.0
 
 
-class SequencesStillBroken(RuntimeError):
+class SequencesStillBroken(Failed):
     """The repair ran, yet a sequence column is still unhealthy."""
 
 

@@ -40,6 +40,7 @@ from flows.verify import resolve_set
 from tasks.backup_catalog import load_manifest
 from tasks.backup_manifest import BackupManifest
 from tasks.backup_set_admission import require_dump, require_intact
+from tasks.errors import Failed
 from tasks.letta_api import LettaClient
 from tasks.letta_postgres import database_exists
 from tasks.letta_runtime_process import install_runtime
@@ -54,7 +55,7 @@ from tasks.restore_target import (
 )
 
 
-class RestoreFailed(RuntimeError):
+class RestoreFailed(Failed):
     """The restore ran but the result is not what the set holds."""
 
 

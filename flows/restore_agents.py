@@ -32,12 +32,13 @@ from tasks.backup_catalog import load_manifest
 from tasks.backup_manifest import BackupManifest
 from tasks.backup_set_admission import require_intact, require_same_server
 from tasks.backup_verification import downloaded
+from tasks.errors import Failed
 from tasks.letta_api import LettaClient
 from tasks.letta_inventory import agent_inventory
 from tasks.object_store import ObjectStore
 
 
-class AgentRestoreFailed(RuntimeError):
+class AgentRestoreFailed(Failed):
     """An import failed; agents imported before it stay and are named in the message."""
 
 

@@ -52,6 +52,7 @@ from tasks.backup_set_admission import (
     require_intact,
     require_same_server,
 )
+from tasks.errors import Failed, Refused
 from tasks.letta_api import LettaAPIError, LettaClient
 from tasks.letta_inventory import agent_inventory, database_size
 from tasks.letta_postgres import alembic_revision, database_error_message, table_row_counts
@@ -62,11 +63,11 @@ from tasks.postgres_privileges import RequestedReset
 from tasks.run_journal import JournaledSteps
 
 
-class RollbackRefused(ValueError):
+class RollbackRefused(Refused):
     """Pre-flight said no; nothing was changed."""
 
 
-class RollbackFailed(RuntimeError):
+class RollbackFailed(Failed):
     """The rollback failed after it stopped the server; see the undo result."""
 
 

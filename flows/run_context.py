@@ -18,6 +18,27 @@ def current_flow_run_id() -> str | None:
     return str(run_id) if run_id else None
 
 
+#: Prefect states after which a run does nothing more (a holder in one is dead).
+TERMINAL_STATES = frozenset({"CRASHED", "CANCELLED", "FAILED", "COMPLETED"})
+
+
+def flow_run_state(run_id: str | None) -> str | None:
+    """The Prefect state type of a flow run (``RUNNING``, ``CRASHED``...), or None when it
+    cannot be read (no id, another Prefect server, none reachable). Audit record ids are
+    flow-run ids, suffixed ``-rN`` on retries."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    try:
+        flow_run_id = UUID(str(run_id)[:36])
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+    except Exception:  # noqa: BLE001 - unknown: callers then rely on the pid
+        return None
+    return state.type.value if state else None
+
+
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")

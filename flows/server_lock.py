@@ -34,6 +34,8 @@ from prefect.client.schemas.actions import (
 )
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from flows.run_context import TERMINAL_STATES, flow_run_state
+from tasks.errors import Busy
 from tasks.run_journal import process_alive
 
 #: How long a slot's lease lasts without renewal (Prefect's default); renewed while held.
@@ -41,10 +43,9 @@ LEASE_SECONDS = 300.0
 #: Even a free slot takes the Prefect API a moment to grant; on a loaded two-core host more
 #: than a second. A busy slot is refused at once when the caller does not want to wait.
 ACQUIRE_GRACE_SECONDS = 30.0
-_TERMINAL = {"CRASHED", "CANCELLED", "FAILED", "COMPLETED"}
 
 
-class ServerBusy(RuntimeError):
+class ServerBusy(Busy):
     """Another destructive flow holds this server."""
 
 
@@ -112,15 +113,9 @@ def holder_is_dead(holder: dict[str, Any]) -> str | None:
     alive = process_alive(holder.get("host", ""), int(holder.get("pid", 0)))
     if alive is False:
         return f"pid {holder.get('pid')} on {holder.get('host')} is gone"
-    run_id = holder.get("flow_run_id")
-    if run_id:
-        with get_client(sync_client=True) as client:
-            try:
-                state = client.read_flow_run(UUID(run_id)).state
-            except ObjectNotFound:
-                return f"its Prefect run {run_id} does not exist"
-        if state is not None and state.type.value in _TERMINAL:
-            return f"its Prefect run is {state.type.value.lower()}"
+    state = flow_run_state(holder.get("flow_run_id"))
+    if state in TERMINAL_STATES:
+        return f"its Prefect run is {state.lower()}"
     return None
 
 

@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger
 from blocks.server_profile import load_profile
 from flows.audit_record import audited_run
 from flows.run_context import publish_report, run_name, tag_current_run
+from tasks.errors import Failed
 from tasks.tool_sync import (
     SyncMode,
     TargetSelectionError,
@@ -32,7 +33,7 @@ from tasks.tool_sync import (
 )
 
 
-class ToolSyncFailed(RuntimeError):
+class ToolSyncFailed(Failed):
     """The sync ran, but some agents could not be brought in line; ``report`` says which."""
 
     def __init__(self, message: str, report: dict[str, Any]) -> None:

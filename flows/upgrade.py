@@ -41,6 +41,7 @@ from flows.server_lock import destructive_lock
 from tasks.agent_names import name_rule_for, plan_renames, strictest_rule
 from tasks.backup_catalog import load_manifest
 from tasks.backup_manifest import BackupManifest, set_prefix
+from tasks.errors import Failed, Refused
 from tasks.letta_api import LettaClient
 from tasks.letta_inventory import (
     agent_inventory,
@@ -59,11 +60,11 @@ from tasks.sequence_repair import repair_sequences
 Strategy = Literal["migrate", "rebuild"]
 
 
-class UpgradeRefused(ValueError):
+class UpgradeRefused(Refused):
     """Pre-flight said no; nothing was changed."""
 
 
-class UpgradeFailed(RuntimeError):
+class UpgradeFailed(Failed):
     """The upgrade failed after it started changing things; see the rollback result."""
 
 

@@ -28,11 +28,12 @@ from tasks.backup_catalog import (
 )
 from tasks.backup_manifest import BackupManifest, parse_set_reference, set_prefix
 from tasks.backup_verification import check_dump, check_objects, drill
+from tasks.errors import Failed
 from tasks.object_store import ObjectStore
 from tasks.restore_target import same_database
 
 
-class VerificationFailed(RuntimeError):
+class VerificationFailed(Failed):
     """The set is not what its manifest promises."""
 
 

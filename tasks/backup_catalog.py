@@ -13,12 +13,13 @@ from datetime import UTC, datetime
 
 from tasks.backup_manifest import MANIFEST_NAME, VERIFY_DIR, BackupManifest, set_prefix
 from tasks.backup_retention import BackupSetSummary
+from tasks.errors import Refused
 from tasks.object_store import ObjectStore
 
 PIN_MARKER = "pin.json"
 
 
-class BackupSetError(ValueError):
+class BackupSetError(Refused):
     """A set that cannot be used; the message says which and why."""
 
 

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from blocks.letta_server import sanitize_server_name
+from tasks.errors import Refused
 
 MANIFEST_FORMAT = "letta-ops/backup-set@1"
 MANIFEST_NAME = "manifest.json"
@@ -98,7 +99,7 @@ def _random_suffix() -> str:
 
 def set_prefix(server: str, set_id: str) -> str:
     if not _SET_ID.match(set_id):
-        raise ValueError(
+        raise Refused(
             f"{set_id!r} is not a backup set id; ids look like 20261123T021500Z-1a2b3c4d "
             "(see 'letta-ops backups list')."
         )
@@ -124,6 +125,6 @@ def parse_set_reference(reference: str, default_server: str | None = None) -> tu
     else:
         server, set_id = default_server or "", ref
     if not server:
-        raise ValueError(f"Backup set {reference!r} names no server; use SERVER/SET_ID.")
+        raise Refused(f"Backup set {reference!r} names no server; use SERVER/SET_ID.")
     set_prefix(server, set_id)  # validates
     return sanitize_server_name(server), set_id

@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, model_validator
 
 from tasks.backup_manifest import MANIFEST_NAME
+from tasks.errors import Refused
 from tasks.object_store import ObjectStore
 
 #: Marker object that pins a set after the fact (a manifest is never rewritten).
@@ -73,7 +74,7 @@ class RetentionPolicy(BaseModel):
     def _keeps_something(self) -> RetentionPolicy:
         # A policy of all zeros would delete every unpinned set but one: almost surely a typo.
         if not (self.keep_last or self.keep_daily or self.keep_weekly or self.keep_monthly):
-            raise ValueError(
+            raise Refused(
                 "A retention policy must keep something: set keep_last, keep_daily, "
                 "keep_weekly or keep_monthly above zero."
             )
@@ -217,7 +218,7 @@ def execute_plan(
     for decision in plan.delete:
         # "srv/20260101T000000Z-a" without the slash would also match "...-ab/": refuse early.
         if not decision.set.prefix.endswith("/"):
-            raise ValueError(f"Backup set prefix {decision.set.prefix!r} must end with '/'.")
+            raise Refused(f"Backup set prefix {decision.set.prefix!r} must end with '/'.")
     deleted: list[str] = []
     for decision in plan.delete:
         summary = decision.set

@@ -42,22 +42,6 @@ ENCRYPTION_FROM = LettaVersion("0.12.0")
 #: A dump and its restore need about twice the database's size (as the upgrade's pre-flight).
 DUMP_SPACE_FACTOR = 2
 
-CHECK_NAMES = (
-    "health",
-    "alembic",
-    "pgvector",
-    "restore-privileges",
-    "interrupted-run",
-    "agent-names",
-    "database-uri",
-    "home-writable",
-    "sequences",
-    "encryption-key",
-    "compose-pin",
-    "dump-space",
-    "backup-age",
-)
-
 
 @dataclass
 class Finding:

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from blocks.letta_database import LettaDatabase
+from tasks.errors import Refused
 
 
 def quote_ident(name: str) -> str:
@@ -121,7 +122,7 @@ def empty_database(db: LettaDatabase, mode: str) -> None:
     elif mode == "in-place":
         reset_schema_in_place(db)
     else:
-        raise ValueError(f"unknown reset mode {mode!r}; use 'recreate' or 'in-place'")
+        raise Refused(f"unknown reset mode {mode!r}; use 'recreate' or 'in-place'")
 
 
 def database_error_message(exc: BaseException) -> str:

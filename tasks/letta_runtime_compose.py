@@ -30,13 +30,14 @@ from pathlib import Path
 
 from prefect import task
 
+from tasks.errors import Refused
 from tasks.letta_health import wait_for_health
 from tasks.letta_versions import parse_server_version
 
 DEFAULT_IMAGE = "letta/letta"
 
 
-class ComposeFileError(ValueError):
+class ComposeFileError(Refused):
     """The compose file does not have the shape we can pin safely."""
 
 

@@ -31,6 +31,7 @@ import httpx
 import psutil
 from prefect import task
 
+from tasks.errors import Refused
 from tasks.letta_health import wait_for_health
 from tasks.letta_versions import (
     SDIST_WITH_MIGRATIONS,
@@ -49,7 +50,7 @@ class RuntimeInstallError(RuntimeError):
     """A Letta version could not be installed."""
 
 
-class MigrationsUnavailable(RuntimeError):
+class MigrationsUnavailable(Refused):
     """The version's sdist has no alembic migrations and no source tree was given."""
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from functools import total_ordering
 
+from tasks.errors import Refused
+
 #: The last release of the Letta *server*; the repository was archived after it.
 LAST_SERVER_RELEASE = "0.16.8"
 #: From here on, the ``letta`` package on PyPI is Letta Code, not the server.
@@ -39,7 +41,7 @@ SDIST_WITHOUT_MIGRATIONS = ("0.11.3", "0.12.1")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 
-class UnsupportedLettaVersion(ValueError):
+class UnsupportedLettaVersion(Refused):
     """A version string letta-ops will not install or run."""
 
 

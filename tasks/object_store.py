@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
+from tasks.errors import Refused
+
 logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
@@ -86,18 +88,18 @@ def validate_key(key: str) -> str:
     another directory). The same rules apply to both stores so a set that fits one fits both.
     """
     if not isinstance(key, str) or not key:
-        raise ValueError("An object key must be a non-empty string.")
+        raise Refused("An object key must be a non-empty string.")
     if "\x00" in key or "\\" in key:
-        raise ValueError(f"Object key {key!r} contains a NUL byte or a backslash; use '/' only.")
+        raise Refused(f"Object key {key!r} contains a NUL byte or a backslash; use '/' only.")
     if key.startswith("/"):
-        raise ValueError(f"Object key {key!r} is absolute; keys are relative to the store.")
+        raise Refused(f"Object key {key!r} is absolute; keys are relative to the store.")
     parts = key.split("/")
     if any(part in ("", ".", "..") for part in parts):
-        raise ValueError(
+        raise Refused(
             f"Object key {key!r} has an empty, '.' or '..' segment and could escape the store."
         )
     if _PARTIAL_RE.search(parts[-1]):
-        raise ValueError(f"Object key {key!r} ends like a temporary upload name; pick another.")
+        raise Refused(f"Object key {key!r} ends like a temporary upload name; pick another.")
     return key
 
 
@@ -186,7 +188,7 @@ class ObjectStore(ABC):
         An empty prefix is refused: wiping a whole store is never what retention means.
         """
         if not prefix:
-            raise ValueError("Refusing to delete with an empty prefix (it would wipe the store).")
+            raise Refused("Refusing to delete with an empty prefix (it would wipe the store).")
         validate_prefix(prefix)
         count = 0
         for item in list(self.list(prefix)):
@@ -253,11 +255,9 @@ class S3ObjectStore(ObjectStore):
         self, client: Any, bucket: str, prefix: str = "", *, part_size: int = DEFAULT_PART_SIZE
     ) -> None:
         if not bucket or "/" in bucket:
-            raise ValueError(f"S3 bucket name {bucket!r} is empty or contains '/'.")
+            raise Refused(f"S3 bucket name {bucket!r} is empty or contains '/'.")
         if part_size < MIN_PART_SIZE:
-            raise ValueError(
-                f"S3 part size {part_size} bytes is below the 5 MiB minimum S3 accepts."
-            )
+            raise Refused(f"S3 part size {part_size} bytes is below the 5 MiB minimum S3 accepts.")
         prefix = prefix.strip("/")
         if prefix:
             validate_key(prefix)
@@ -338,7 +338,7 @@ class S3ObjectStore(ObjectStore):
             while data:
                 part_number = len(parts) + 1
                 if part_number > MAX_PARTS:
-                    raise ValueError(
+                    raise Refused(
                         f"Object {key!r} needs more than {MAX_PARTS} parts of "
                         f"{self.part_size // MiB} MiB; raise the part size."
                     )
@@ -454,7 +454,7 @@ class S3ObjectStore(ObjectStore):
         from botocore.exceptions import ClientError
 
         if not prefix:
-            raise ValueError("Refusing to delete with an empty prefix (it would wipe the store).")
+            raise Refused("Refusing to delete with an empty prefix (it would wipe the store).")
         keys = [item.key for item in self.list(prefix)]
         for start in range(0, len(keys), 1000):
             batch = keys[start : start + 1000]
@@ -671,24 +671,24 @@ def parse_store_url(url: str) -> StoreLocation:
     parsed = urlparse(text)
     if parsed.scheme == "s3":
         if "@" in parsed.netloc:
-            raise ValueError(
+            raise Refused(
                 "The store URL must not contain credentials; set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY (or save an S3 backup store block) instead."
             )
         bucket = parsed.netloc
         if not bucket:
-            raise ValueError(f"The store URL {text!r} has no bucket; use {_URL_FORMS}.")
+            raise Refused(f"The store URL {text!r} has no bucket; use {_URL_FORMS}.")
         prefix = unquote(parsed.path).strip("/")
         if prefix:
             validate_key(prefix)
         return StoreLocation(scheme="s3", bucket=bucket, prefix=prefix)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
-            raise ValueError(
+            raise Refused(
                 f"The store URL {text!r} is not an absolute local path; use file:///ABSOLUTE/PATH."
             )
         return StoreLocation(scheme="file", path=Path(unquote(parsed.path)))
-    raise ValueError(f"The store URL {text!r} is not supported; use {_URL_FORMS}.")
+    raise Refused(f"The store URL {text!r} is not supported; use {_URL_FORMS}.")
 
 
 def s3_client_from_env() -> Any:

@@ -22,6 +22,7 @@ from typing import Literal
 import sqlalchemy as sa
 
 from blocks.letta_database import LettaDatabase
+from tasks.errors import Refused
 from tasks.letta_postgres import connect, database_error_message
 
 ResetMode = Literal["recreate", "in-place"]
@@ -32,7 +33,7 @@ RequestedReset = Literal["auto", "recreate", "in-place"]
 SUPPORTED_SERVER_MAJORS = range(14, 19)
 
 
-class PrivilegeRefused(ValueError):
+class PrivilegeRefused(Refused):
     """The role lacks a privilege the chosen path needs; nothing was changed."""
 
 

@@ -19,10 +19,11 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 
 from blocks.letta_database import LettaDatabase, parse_letta_pg_uri
+from tasks.errors import Refused
 from tasks.letta_postgres import connect, database_exists
 
 
-class RestoreTargetRefused(ValueError):
+class RestoreTargetRefused(Refused):
     """The target database cannot be used as given; nothing was changed."""
 
 

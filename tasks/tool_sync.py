@@ -27,13 +27,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.letta_server import LettaServer
+from tasks.errors import Refused
 from tasks.letta_api import LettaAPIError, LettaClient
 
 SyncMode = Literal["additive", "exact"]
 SYNC_MODES: tuple[str, ...] = ("additive", "exact")
 
 
-class TargetSelectionError(ValueError):
+class TargetSelectionError(Refused):
     """The control agent or the targets cannot be determined; nothing was changed."""
 
 
@@ -218,7 +219,7 @@ def plan_agent_tools(
 ) -> AgentToolPlan:
     """Tools (id -> name) to attach and detach so that ``current`` follows ``desired``."""
     if mode not in SYNC_MODES:
-        raise ValueError(f"Unknown sync mode {mode!r}; use 'additive' or 'exact'.")
+        raise Refused(f"Unknown sync mode {mode!r}; use 'additive' or 'exact'.")
     attach = {i: n for i, n in desired.items() if i not in current}
     detach = {i: n for i, n in current.items() if i not in desired} if mode == "exact" else {}
     unchanged = sum(1 for i in current if i in desired)
@@ -282,9 +283,9 @@ def run_tool_sync(
 ) -> ToolSyncReport:
     """Sync every target's tools from the control agent, ``concurrency`` agents at a time."""
     if mode not in SYNC_MODES:
-        raise ValueError(f"Unknown sync mode {mode!r}; use 'additive' or 'exact'.")
+        raise Refused(f"Unknown sync mode {mode!r}; use 'additive' or 'exact'.")
     if concurrency < 1:
-        raise ValueError("Concurrency must be at least 1.")
+        raise Refused("Concurrency must be at least 1.")
     agents = client.list_agents()
     control_agent = resolve_control_agent(agents, control)
     targets = select_targets(agents, control_agent["id"], selector)

@@ -99,3 +99,68 @@ def test_serve_list_shows_every_schedule(capsys):
     } == {name: (cron, tz) for name, [(cron, tz, _)] in SCHEDULES.items()}
     assert listed["upgrade"]["flow"] == "flows/upgrade.py:upgrade"
     assert listed["upgrade"]["schedule"] == listed["rollback"]["schedule"] == ""
+
+
+def test_json_failures_are_printed_on_stdout_with_the_exit_code(capsys, monkeypatch):
+    import json as json_module
+
+    from flows.cli import EXIT_BAD_INPUT, main
+
+    monkeypatch.setenv("LETTA_PG_URI", "postgresql://user:pass@host:5432/dbname")
+    monkeypatch.delenv("LETTA_OPS_STORE", raising=False)
+    code = main(["runtime", "migrate", "--version", "0.16.2", "--json"])
+    out, err = capsys.readouterr()
+    assert code == EXIT_BAD_INPUT
+    failure = json_module.loads(out)
+    assert failure["exit_code"] == EXIT_BAD_INPUT and "placeholder" in failure["error"]
+    assert err.strip() == f"letta-ops: error: {failure['error']}"
+
+
+def test_help_imports_neither_prefect_nor_sqlalchemy():
+    """--help answers at once: building the parser loads no heavy library."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from flows.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('prefect', 'sqlalchemy', 'boto3', 'httpx') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "error,code",
+    [
+        ("Refused", 2),
+        ("Failed", 1),
+        ("Busy", 11),
+        ("NeedsAction", 3),
+        ("ValueError", 1),  # not a refusal: something ran and broke
+        ("RuntimeError", 1),
+    ],
+)
+def test_each_kind_of_error_has_its_exit_code(error, code, monkeypatch, capsys):
+    import builtins
+    import json as json_module
+
+    from flows import cli
+    from tasks import errors
+
+    kind = getattr(errors, error, None) or getattr(builtins, error)
+
+    def command(args):
+        raise kind(f"one sentence about {error}")
+
+    monkeypatch.setattr(cli, "cmd_runtime_status", command)
+    assert cli.main(["runtime", "status", "--json"]) == code
+    out, err = capsys.readouterr()
+    assert json_module.loads(out) == {"error": f"one sentence about {error}", "exit_code": code}
+    assert err.strip() == f"letta-ops: error: one sentence about {error}"
+
+
+def test_a_busy_server_is_exit_11_naming_the_holder():
+    from flows.server_lock import ServerBusy
+    from tasks.errors import EXIT_BUSY
+
+    assert ServerBusy("held").exit_code == EXIT_BUSY == 11
