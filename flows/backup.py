@@ -38,7 +38,13 @@ from tasks.letta_inventory import agent_inventory
 from tasks.letta_postgres import alembic_revision
 from tasks.letta_versions import release_at_revision
 from tasks.object_store import ObjectStore, StoredObject
-from tasks.postgres_dump import DumpResult, dump_to_store, tool_version
+from tasks.postgres_dump import (
+    DumpResult,
+    dump_to_store,
+    parse_compression,
+    require_compression_supported,
+    tool_version,
+)
 
 
 class BackupFailed(Failed):
@@ -106,7 +112,9 @@ def export_agents_task(
 
 
 @task(name="dump-database", cache_policy=NO_CACHE)
-def dump_database_task(profile: ServerProfile, store: ObjectStore, key: str) -> DumpResult:
+def dump_database_task(
+    profile: ServerProfile, store: ObjectStore, key: str, compression: str
+) -> DumpResult:
     progress = progress_events.reporter()
     progress.start("upload pg_dump", None, "bytes")
     try:
@@ -115,6 +123,7 @@ def dump_database_task(profile: ServerProfile, store: ObjectStore, key: str) -> 
             store,
             key,
             progress=lambda n: progress.advance("upload pg_dump", n),
+            compression=compression,
         )
     finally:
         progress.finish("upload pg_dump")
@@ -161,6 +170,7 @@ def build_manifest(
         encryption_key_configured=_encryption_key_configured(profile),
         row_counts=dump.row_counts,
         dump=dump.stored.key,
+        dump_compression=dump.compression,
         agents=entries,
         objects=objects,
         tool_versions=_tool_versions(profile),
@@ -234,8 +244,13 @@ def backup(
     purpose: str = "scheduled",
     pinned: bool = False,
     server_down_ok: bool = False,
+    compression: str | None = None,
 ) -> dict[str, Any]:
     """Back up one Letta server into a new, verified, write-once backup set.
+
+    ``compression`` is pg_dump's ``--compress`` (``gzip:6`` by default, ``LETTA_OPS_COMPRESS``;
+    ``none``, gzip levels, and zstd/lz4 with a client built with them), recorded in the
+    manifest.
 
     ``server_down_ok`` (safety backups before a rollback of a server that is down): a server
     that does not answer is backed up from its database alone, every agent listed as not
@@ -252,6 +267,8 @@ def backup(
         tag_current_run(profile.name, "backup")
         started = datetime.now(UTC)
 
+        compression = parse_compression(compression or os.environ.get("LETTA_OPS_COMPRESS"))
+        require_compression_supported(profile.require_database(), compression)
         state = inspect_server(profile, server_down_ok)
         logger.info(
             "Letta %s at %s, %d agents",
@@ -263,14 +280,19 @@ def backup(
         prefix = set_prefix(profile.name, set_id)
         audit.update(backup_set=f"{profile.name}/{set_id}", versions_from=state["version"])
 
-        if state["status"] == "down":  # the dump is the whole backup: it is lossless
+        # Exports (the API, in a worker thread) and the dump (PostgreSQL) overlap: the set
+        # takes as long as the slower of the two, not their sum. The manifest still comes last.
+        exports = None
+        if state["status"] != "down":
+            exports = export_agents_task.submit(
+                profile, object_store, prefix, state["agents"], concurrency
+            )
+        dump = dump_database_task(profile, object_store, prefix + DUMP_NAME, compression)
+        if exports is None:  # the dump is the whole backup: it is lossless
             entries = [AgentEntry(**a, error=SERVER_DOWN) for a in state["agents"]]
             agent_objects: list[StoredObject] = []
         else:
-            entries, agent_objects = export_agents_task(
-                profile, object_store, prefix, state["agents"], concurrency
-            )
-        dump = dump_database_task(profile, object_store, prefix + DUMP_NAME)
+            entries, agent_objects = exports.result()
         manifest = build_manifest(
             profile, set_id, prefix, started, state, entries, agent_objects, dump, purpose, pinned
         )

@@ -222,6 +222,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
             server=args.server,
             store=args.store,
             allow_partial_agents=args.allow_partial_agents,
+            compression=args.compress,
             concurrency=args.concurrency,
             purpose="manual",
             pinned=args.pin,
@@ -626,6 +627,14 @@ def _add_backup_commands(sub: argparse._SubParsersAction, common: argparse.Argum
         help="succeed even if some agents cannot be exported (the dump holds them)",
     )
     p.add_argument("--concurrency", type=int, default=4, help="agent exports in flight (4)")
+    p.add_argument(
+        "--compress",
+        metavar="SPEC",
+        default=None,
+        help="pg_dump compression: none, a gzip level 0-9, gzip:N, zstd[:N] or lz4[:N] (zstd "
+        "and lz4 need a client built with them); default LETTA_OPS_COMPRESS, else gzip:6. "
+        "Recorded in the manifest.",
+    )
     p.add_argument("--pin", action="store_true", help="never let retention delete this set")
     p.set_defaults(func=cmd_backup)
 

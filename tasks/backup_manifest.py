@@ -68,6 +68,9 @@ class BackupManifest(BaseModel):
     )
     row_counts: dict[str, int] = Field(description="Per-table counts in the dump's snapshot.")
     dump: str = Field(description="Key of the pg_dump (custom format).")
+    dump_compression: str | None = Field(
+        default=None, description="pg_dump's --compress (e.g. gzip:6, zstd:3, none)."
+    )
     agents: list[AgentEntry]
     objects: dict[str, ManifestObject] = Field(description="Every object but the manifest.")
     tool_versions: dict[str, str] = Field(default_factory=dict)

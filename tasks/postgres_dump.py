@@ -22,9 +22,13 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from blocks.letta_database import LettaDatabase
+from tasks.errors import Refused
 from tasks.letta_postgres import connect, counts_in_snapshot
 from tasks.object_store import ObjectStore, StoredObject
 from tasks.postgres_privileges import client_major, require_supported_server
+
+#: pg_dump's own default for the custom format: gzip at level 6.
+DEFAULT_COMPRESSION = "gzip:6"
 
 #: Servers older than this reject ``SET transaction_timeout``, which pg_dump/pg_restore >= 17
 #: send on every connection. That error, and only it, is expected from an older server.
@@ -41,6 +45,51 @@ class DumpResult:
     row_counts: dict[str, int]
     postgres_version: str
     pgvector_version: str | None
+    compression: str = DEFAULT_COMPRESSION
+
+
+def parse_compression(spec: str | None) -> str:
+    """A pg_dump ``--compress`` value: ``none``, a gzip level ``0``-``9`` (``6`` means
+    ``gzip:6``), ``gzip[:N]``, ``zstd[:N]`` (1-22) or ``lz4[:N]`` (1-12). Refused otherwise."""
+    text = (spec or DEFAULT_COMPRESSION).strip().lower()
+    if text.isdigit():
+        text = f"gzip:{text}"
+    method, _, level = text.partition(":")
+    limits = {"none": None, "gzip": (0, 9), "zstd": (1, 22), "lz4": (1, 12)}
+    if method not in limits or (method == "none" and level):
+        raise Refused(
+            f"Compression {spec!r} is not one pg_dump knows; use none, a gzip level 0-9, "
+            "gzip:N, zstd[:N] or lz4[:N]."
+        )
+    if level:
+        low, high = limits[method]
+        if not level.isdigit() or not low <= int(level) <= high:
+            raise Refused(f"Compression level {level!r} for {method} must be {low}-{high}.")
+    return text
+
+
+def require_compression_supported(db: LettaDatabase, compression: str) -> None:
+    """zstd and lz4 only work with a client built with them (the bundled 18 is not): ask the
+    client itself, before anything is dumped. It checks the method before it connects."""
+    if compression.partition(":")[0] not in ("zstd", "lz4"):
+        return
+    probe = subprocess.run(
+        [tool(db, "pg_dump"), f"--compress={compression}", "--schema-only", "-f", os.devnull],
+        env={"PATH": os.environ.get("PATH", ""), "PGHOST": "/nonexistent", "PGDATABASE": "x"},
+        capture_output=True,
+        text=True,
+    )
+    if "compression" in probe.stderr:
+        raise Refused(
+            f"The pg_dump in {db.bin_dir()} cannot compress with {compression}: "
+            f"{final_line(probe.stderr)}; use a gzip level or none, or set pg_bin_dir (or "
+            "LETTA_OPS_PG_BIN) to a PostgreSQL client built with it."
+        )
+
+
+def final_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].removeprefix("pg_dump: error: ") if lines else ""
 
 
 def tool(db: LettaDatabase, name: str) -> str:
@@ -101,8 +150,16 @@ def _drain_stderr(proc: subprocess.Popen) -> Iterator[list[bytes]]:
         thread.join(timeout=30)
 
 
-def dump_to_store(db: LettaDatabase, store: ObjectStore, key: str, progress=None) -> DumpResult:
+def dump_to_store(
+    db: LettaDatabase,
+    store: ObjectStore,
+    key: str,
+    progress=None,
+    compression: str = DEFAULT_COMPRESSION,
+) -> DumpResult:
     """``pg_dump -Fc`` into ``store[key]``, with row counts taken in the dump's own snapshot."""
+    compression = parse_compression(compression)
+    require_compression_supported(db, compression)
     schema = db.db_schema or "public"
     with connect(db) as conn:
         conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
@@ -118,7 +175,7 @@ def dump_to_store(db: LettaDatabase, store: ObjectStore, key: str, progress=None
             [
                 tool(db, "pg_dump"),
                 "--format=custom",
-                "--compress=6",
+                f"--compress={compression}",
                 f"--snapshot={snapshot}",
                 "--no-password",
             ],
@@ -136,7 +193,7 @@ def dump_to_store(db: LettaDatabase, store: ObjectStore, key: str, progress=None
                 proc.kill()
                 proc.wait()
         conn.rollback()
-    return DumpResult(stored, counts, str(pg_version), vector)
+    return DumpResult(stored, counts, str(pg_version), vector, compression)
 
 
 def list_dump(bin_dir: Path, dump_path: Path) -> list[str]:

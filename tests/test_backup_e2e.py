@@ -101,6 +101,7 @@ def test_backup_of_25_agents(server_25, backup_env):
     assert manifest.row_counts["agents"] == 25
     assert manifest.letta_version == NEW_VERSION
     assert manifest.dump in manifest.objects
+    assert manifest.dump_compression == "gzip:6"  # the default, recorded
 
 
 def test_partial_backup_allowed_then_tamper_and_drill(server_25, backup_env):

@@ -223,3 +223,33 @@ def test_cleanup_sql_needs_delete_on_sources(pg_cluster):
         require_table_privileges(owned, "sources", ("SELECT", "UPDATE", "DELETE"))
     _run(admin, f"GRANT UPDATE, DELETE ON sources TO {owned.parts['user']}")
     require_table_privileges(owned, "sources", ("SELECT", "UPDATE", "DELETE"))
+
+
+def test_compression_choices_are_validated_and_recorded(pg_cluster, tmp_path: Path):
+    from tasks.errors import Refused
+    from tasks.postgres_dump import parse_compression
+
+    assert parse_compression(None) == "gzip:6"
+    assert parse_compression("9") == "gzip:9"
+    assert parse_compression("zstd:3") == "zstd:3"
+    assert parse_compression("NONE") == "none"
+    for bad in ("bzip2", "gzip:12", "zstd:0", "none:1", "gzip:x"):
+        with pytest.raises(Refused):
+            parse_compression(bad)
+
+    db = LettaDatabase(uri=pg_cluster.uri("postgres"))
+    _run(
+        db,
+        "CREATE TABLE IF NOT EXISTS compress_me AS SELECT g, repeat('x', 200) AS t "
+        "FROM generate_series(1, 5000) g",
+    )
+    store = open_store(f"file://{tmp_path}")
+    plain = dump_to_store(db, store, "a/database.dump", compression="none")
+    packed = dump_to_store(db, store, "b/database.dump", compression="gzip:9")
+    assert (plain.compression, packed.compression) == ("none", "gzip:9")
+    assert packed.stored.size * 5 < plain.stored.size  # really compressed, really not
+    # The bundled client has no zstd: refused before anything is written, with the way out.
+    with pytest.raises(Refused, match="cannot compress with zstd.*pg_bin_dir"):
+        dump_to_store(db, store, "c/database.dump", compression="zstd")
+    assert not (tmp_path / "c").exists()
+    _run(db, "DROP TABLE compress_me")
