@@ -29,6 +29,7 @@ from tasks.backup_manifest import (
     AgentEntry,
     BackupManifest,
     ManifestObject,
+    Purpose,
     new_set_id,
     set_prefix,
 )
@@ -241,7 +242,7 @@ def backup(
     store: str | None = None,
     allow_partial_agents: bool = False,
     concurrency: int = 4,
-    purpose: str = "scheduled",
+    purpose: Purpose = "scheduled",
     pinned: bool = False,
     server_down_ok: bool = False,
     compression: str | None = None,

@@ -30,6 +30,7 @@ from blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from flows.audit_record import audited_run
 from flows.run_context import publish_report, run_name, tag_current_run
 from tasks import doctor_checks as checks
+from tasks.doctor_check_names import CHECK_NAMES
 from tasks.doctor_checks import Finding, guarded
 from tasks.errors import NeedsAction, Refused
 from tasks.letta_api import LettaAPIError, LettaClient
@@ -213,11 +214,11 @@ def doctor(
     never counted as needing action). With ``fail_on_action`` (the scheduled deployment) a
     finding that needs action fails the run, after the report is published."""
     with audited_run("doctor", server) as audit:
-        unknown = sorted(set(ignore or ()) - set(checks.CHECK_NAMES))
+        unknown = sorted(set(ignore or ()) - set(CHECK_NAMES))
         if unknown:
             raise Refused(
                 f"Unknown check(s) to ignore: {', '.join(unknown)}; known: "
-                f"{', '.join(checks.CHECK_NAMES)}."
+                f"{', '.join(CHECK_NAMES)}."
             )
         profile, config_error = load_profile_for_doctor(server)
         audit.update(server=profile.name)
@@ -236,7 +237,7 @@ def doctor(
             *guarded("agent-names", lambda: check_agent_names(profile, version)),
             *check_backups(profile.name, store, server, max_backup_age_hours),
         ]
-        order = {name: i for i, name in enumerate(checks.CHECK_NAMES)}
+        order = {name: i for i, name in enumerate(CHECK_NAMES)}
         findings.sort(key=lambda f: order.get(f.check, len(order)))
         ignored = sorted(set(ignore or ()))
         counted = [f for f in findings if f.check not in ignored]

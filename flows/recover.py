@@ -41,7 +41,7 @@ from flows.run_context import (
 from flows.server_lock import destructive_lock
 from tasks.audit_store import AuditStore
 from tasks.backup_catalog import load_manifest
-from tasks.errors import Failed
+from tasks.errors import Failed, NeedsAction
 from tasks.letta_api import LettaClient
 from tasks.letta_postgres import alembic_revision, database_error_message, database_exists
 from tasks.object_store import ObjectStore
@@ -54,6 +54,10 @@ from tasks.run_journal import (
     unfinished_runs,
 )
 from tasks.sequence_repair import repair_sequences
+
+
+class RestoreMustBeRerun(NeedsAction):
+    """An interrupted restore onto another database: only its operator can rerun it."""
 
 
 class RecoveryFailed(Failed):
@@ -256,6 +260,12 @@ def recover(
             audit.update(outcome="planned")
             return report
         crashed = mark_crashed(journal, why)
+        if plan.action == "rerun":  # letta-ops cannot redo it: the target's password is not
+            # stored anywhere (by design); the operator reruns the same restore.
+            raise RestoreMustBeRerun(
+                f"Run {plan.run_id} ({crashed}): {plan.reason}; then 'letta-ops recover' "
+                "finds nothing more to do."
+            )
         profile.database = _database_for(profile, plan)
         object_store = open_backup_store(store, server) if plan.backup_set else None
         audit.update(store=object_store)

@@ -53,6 +53,7 @@ from tasks.restore_target import (
     target_database,
     user_table_count,
 )
+from tasks.run_journal import close_unfinished
 
 
 class RestoreFailed(Failed):
@@ -235,6 +236,9 @@ def restore(
         )
         report: dict[str, Any] = {"plan": plan, "outcome": "running"}
         with destructive_lock(target_name, lock_timeout_seconds):
+            journal = record.journal()
+            journal.begin(set=plan["set"], target=plan["target"], reset_mode=target.reset_mode)
+            journal.enter("restore the set's dump")
             restored = restore_database_step(target, object_store, manifest, jobs)
             report.update(
                 count_differences=restored["count_differences"],
@@ -242,10 +246,14 @@ def restore(
                 restore_warnings=restored["restore_warnings"],
             )
             if not restored["count_differences"] and letta_runtime is not None:
+                journal.enter(f"start {manifest.letta_version}")
                 report["server"] = start_server_step(
                     letta_runtime, target, manifest.letta_version, start_timeout_seconds
                 )
                 report["verification"] = prove_step(letta_runtime, target, manifest)
+            journal.finish("restored")
+            # An earlier restore onto this database that was interrupted is moot now.
+            close_unfinished(journal.store, target_name, f"superseded by {record.record_id}")
         problems = restored["count_differences"] or (
             report.get("verification") and not report["verification"]["ok"]
         )

@@ -131,22 +131,26 @@ def describe_holder(holder: dict[str, Any] | None) -> str:
 
 
 def release_slot(server: str, holder: dict[str, Any] | None) -> None:
-    """Free the server's slot: release the holder's lease by id, else reset the limit (a
-    lease lost with a temporary Prefect server leaves the slot counted with no lease)."""
+    """Free the slot ``holder`` took: release its lease by id, else (a lease lost with a
+    temporary Prefect server leaves the slot counted with no lease) reset the limit, but only
+    while the holder record still names that dead holder: a run that reclaimed the slot a
+    moment ago has written its own record by then, and its slot is left alone."""
     from prefect.concurrency._sync import release_concurrency_slots_with_lease
 
-    released = False
     if holder and holder.get("lease_id"):
         try:
             release_concurrency_slots_with_lease(UUID(holder["lease_id"]))
-            released = True
-        except Exception:  # noqa: BLE001 - the lease may be gone already
-            released = False
-    if not released or occupied_slots(server):
-        with get_client(sync_client=True) as client:
-            client.update_global_concurrency_limit(
-                lock_name(server), GlobalConcurrencyLimitUpdate(active_slots=0)
-            )
+            if read_holder(server) == holder:
+                _write_holder(server, None)
+            return
+        except Exception:  # noqa: BLE001 - the lease is gone; the count may remain
+            pass
+    if read_holder(server) != holder or not occupied_slots(server):
+        return
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(
+            lock_name(server), GlobalConcurrencyLimitUpdate(active_slots=0)
+        )
     _write_holder(server, None)
 
 

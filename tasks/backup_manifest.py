@@ -28,7 +28,9 @@ VERIFY_DIR = "verifications"
 _SET_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-z]{4,36}$")
 _AGENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
-Purpose = Literal["scheduled", "manual", "pre-upgrade", "pre-rollback", "pre-cleanup", "safety"]
+Purpose = Literal[
+    "scheduled", "manual", "pre-upgrade", "pre-rollback", "pre-cleanup", "pre-rename", "safety"
+]
 
 
 class ManifestObject(BaseModel):

@@ -169,6 +169,17 @@ def unfinished_runs(store: AuditStore, server: str) -> list[list[JournalEntry]]:
     return [j for j in journals if not any(e.event == FINISH for e in j)]
 
 
+def close_unfinished(store: AuditStore, server: str, outcome: str) -> list[str]:
+    """Finish every unfinished journal of ``server`` with ``outcome`` (a later run made them
+    moot, e.g. a restore redone onto the same database); returns their run ids."""
+    closed = []
+    for journal in unfinished_runs(store, server):
+        first = journal[0]
+        RunJournal(first.run_id, first.server, first.operation, store).finish(outcome)
+        closed.append(first.run_id)
+    return closed
+
+
 def _entry(row: Any) -> JournalEntry:
     at = row["at"]
     if at.tzinfo is None:

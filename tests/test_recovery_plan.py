@@ -124,3 +124,10 @@ def test_a_failed_tool_is_named_by_its_final_error_line():
     assert final_error_line("pg_restore: error: one\npg_restore: error: last\n") == (
         "pg_restore: error: last"
     )
+
+
+def test_an_interrupted_restore_onto_another_database_is_rerun_by_its_operator():
+    facts = {"set": "prod/20261123T010000Z-abc", "target": "postgresql://u:***@h:5432/staging"}
+    j = journal("restore", facts, ("start", "restore the set's dump"))
+    plan = plan_recovery(j, revision=None, running_version=None)
+    assert plan.action == "rerun" and "--force" in plan.reason and "staging" in plan.reason
