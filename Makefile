@@ -32,6 +32,7 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.cli_latency
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
