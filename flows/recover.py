@@ -111,18 +111,6 @@ def mark_crashed(journal: list[JournalEntry], why: str) -> str:
     return message
 
 
-def reconcile(server: str) -> list[dict[str, Any]]:
-    """Mark every dead run of ``server`` crashed; what each was doing. Read-only otherwise."""
-    return [
-        {
-            "run_id": journal[0].run_id,
-            "operation": journal[0].operation,
-            "crashed": mark_crashed(journal, why),
-        }
-        for journal, why in interrupted_runs(server)
-    ]
-
-
 # --------------------------------------------------------------------------- doing it
 
 
@@ -200,8 +188,8 @@ def execute(
 ) -> dict[str, Any]:
     """Carry the plan out; the result says ``ok`` and what was done."""
     logger = get_run_logger()
-    if plan.action in ("close", "rerun"):
-        return {"ok": plan.action == "close", "done": plan.reason}
+    if plan.action == "close":  # ("rerun" never gets here: the flow refuses it first)
+        return {"ok": True, "done": plan.reason}
     if plan.action == "start":
         record = start_set_version(
             profile.runtime, profile.require_database(), plan.version, timeout, log=logger.info
@@ -302,4 +290,4 @@ def render_recover_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["RecoveryFailed", "interrupted_runs", "reconcile", "recover"]
+__all__ = ["RecoveryFailed", "interrupted_runs", "recover"]

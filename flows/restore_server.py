@@ -46,6 +46,13 @@ def with_reset_mode(
     return database.model_copy(update={"reset_mode": plan["reset_mode"]}), plan
 
 
+def empty_database_steps(mode: str) -> list[str]:
+    """How a plan names the step that empties the database, by reset mode."""
+    if mode == "recreate":
+        return ["drop and recreate database", "install pgvector"]
+    return ["empty Letta's schema in place (database and pgvector kept)"]
+
+
 def restore_database_from_set(
     database: LettaDatabase, store: ObjectStore, manifest: BackupManifest, jobs: int = 2
 ) -> dict[str, Any]:

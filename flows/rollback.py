@@ -35,6 +35,7 @@ from flows.backup import backup
 from flows.operator_approval import ApprovalDeclined, await_operator_approval
 from flows.restore_server import (
     database_for_set,
+    empty_database_steps,
     prove_server_matches_set,
     restore_database_from_set,
     restore_server_from_set,
@@ -192,11 +193,7 @@ def preflight(
         "steps": [
             "safety backup of the current state (verified, pinned, pre-rollback)",
             "stop server",
-            *(
-                ["drop and recreate database", "install pgvector"]
-                if privileges["reset_mode"] == "recreate"
-                else ["empty Letta's schema in place (database and pgvector kept)"]
-            ),
+            *empty_database_steps(privileges["reset_mode"]),
             "restore the set's pg_dump (parallel pg_restore)",
             "repair sequences",
             f"start Letta {manifest.letta_version}",
@@ -377,12 +374,13 @@ def rollback(
                     txn.set("state", state)
                     result = run_rollback(state, start_timeout_seconds, jobs)
             except Exception as exc:
+                cause = f"at step {state.step}: {database_error_message(exc)}"
                 undo = state.undo
                 if undo is None or undo.get("ok"):  # consistent again; else: recover
                     state.journal.finish("failed, undone" if undo else "failed, unchanged")
                 report.update(
                     outcome="failed, undone" if (undo or {}).get("ok") else "failed",
-                    error=f"at step {state.step}: {database_error_message(exc)}",
+                    error=cause,
                     undo=undo,
                 )
                 record.update(
@@ -393,7 +391,7 @@ def rollback(
                 publish_report(profile.name, "rollback", render_rollback_markdown(report))
                 raise RollbackFailed(
                     f"Rollback of {profile.name} to {plan['set']} failed "
-                    f"(at step {state.step}: {database_error_message(exc)}); "
+                    f"({cause}); "
                     + (
                         "nothing destructive had happened"
                         if undo is None

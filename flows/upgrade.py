@@ -34,7 +34,11 @@ from blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from flows.audit_record import audited_run, counts_summary, server_counts
 from flows.backup import backup
 from flows.operator_approval import ApprovalDeclined, await_operator_approval
-from flows.restore_server import restore_server_from_set, with_reset_mode
+from flows.restore_server import (
+    empty_database_steps,
+    restore_server_from_set,
+    with_reset_mode,
+)
 from flows.run_context import publish_report, run_name, tag_current_run
 from flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
 from flows.server_lock import destructive_lock
@@ -162,11 +166,7 @@ def preflight(
                 else ["rename agents the versions refuse", "export agent files"]
             ),
             "stop server",
-            *(
-                ["drop and recreate database", "install pgvector"]
-                if privileges["reset_mode"] == "recreate"
-                else ["empty Letta's schema in place (database and pgvector kept)"]
-            ),
+            *empty_database_steps(privileges["reset_mode"]),
             f"migrate and start {target}",
             "repair sequences",
             "import agent files",
@@ -548,9 +548,10 @@ def upgrade(
                     txn.set("state", state)
                     result = runner(state, plan["to_version"], start_timeout_seconds)
             except Exception as exc:
+                cause = f"at step {state.step}: {database_error_message(exc)}"
                 report.update(
                     outcome="failed, rolled back" if (state.rollback or {}).get("ok") else "failed",
-                    error=f"at step {state.step}: {database_error_message(exc)}",
+                    error=cause,
                     rollback=state.rollback,
                 )
                 publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
@@ -561,7 +562,6 @@ def upgrade(
                     rollback_outcome=rollback_outcome(rolled),
                     counts_after=server_counts(profile.require_database()) if rolled else None,
                 )
-                cause = f"at step {state.step}: {database_error_message(exc)}"
                 raise UpgradeFailed(
                     f"Upgrade of {profile.name} to {plan['to_version']} failed ({cause}); "
                     + (

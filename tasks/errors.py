@@ -50,3 +50,15 @@ class NeedsAction(LettaOpsError, RuntimeError):
     """The check ran and found something the operator must do."""
 
     exit_code = EXIT_NEEDS_ACTION
+
+
+def final_error_line(output: str) -> str:
+    """The line that says what went wrong: after a Python traceback, its exception line (the
+    first unindented line after the last ``Traceback``); else the last non-empty line."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if starts:
+        for line in lines[starts[-1] + 1 :]:
+            if not line.startswith((" ", "\t")):
+                return line.strip()
+    return lines[-1].strip() if lines else "(no output)"

@@ -31,7 +31,7 @@ import httpx
 import psutil
 from prefect import task
 
-from tasks.errors import Refused
+from tasks.errors import Refused, final_error_line
 from tasks.letta_health import wait_for_health
 from tasks.letta_versions import (
     SDIST_WITH_MIGRATIONS,
@@ -202,18 +202,6 @@ def _run(
             f"{output[-3000:]}"
         )
     return result.stdout
-
-
-def final_error_line(output: str) -> str:
-    """The line that says what went wrong: after a Python traceback, its exception line (the
-    first unindented line after the last ``Traceback``); else the last non-empty line."""
-    lines = [line for line in output.splitlines() if line.strip()]
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
-    if starts:
-        for line in lines[starts[-1] + 1 :]:
-            if not line.startswith((" ", "\t")):
-                return line.strip()
-    return lines[-1].strip() if lines else "(no output)"
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from blocks.letta_database import LettaDatabase
-from tasks.errors import Refused
+from tasks.errors import Refused, final_error_line
 from tasks.letta_postgres import connect, counts_in_snapshot
 from tasks.object_store import ObjectStore, StoredObject
 from tasks.postgres_privileges import client_major, require_supported_server
@@ -80,16 +80,12 @@ def require_compression_supported(db: LettaDatabase, compression: str) -> None:
         text=True,
     )
     if "compression" in probe.stderr:
+        why = final_error_line(probe.stderr).removeprefix("pg_dump: error: ")
         raise Refused(
-            f"The pg_dump in {db.bin_dir()} cannot compress with {compression}: "
-            f"{final_line(probe.stderr)}; use a gzip level or none, or set pg_bin_dir (or "
-            "LETTA_OPS_PG_BIN) to a PostgreSQL client built with it."
+            f"The pg_dump in {db.bin_dir()} cannot compress with {compression}: {why}; use a "
+            "gzip level or none, or set pg_bin_dir (or LETTA_OPS_PG_BIN) to a PostgreSQL "
+            "client built with it."
         )
-
-
-def final_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].removeprefix("pg_dump: error: ") if lines else ""
 
 
 def tool(db: LettaDatabase, name: str) -> str:

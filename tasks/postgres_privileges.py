@@ -15,7 +15,7 @@ The facts are read once (:func:`probe_privileges`); the decisions are pure funct
 from __future__ import annotations
 
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -69,11 +69,6 @@ class DatabasePrivileges:
     #: may drop any object in it, whoever owns the object.
     owns_schema: bool = False
     foreign_objects: tuple[ForeignObject, ...] = field(default_factory=tuple)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["foreign_objects"] = [asdict(o) for o in self.foreign_objects][:20]
-        return data
 
     @property
     def can_create_database(self) -> bool:
