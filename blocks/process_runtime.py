@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import ClassVar
 
-from prefect.blocks.core import Block
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from blocks.letta_database import LettaDatabase
+from blocks.letta_runtime import LettaRuntime, RuntimeRefused
 from tasks import letta_runtime_process as runtime
 from tasks.letta_versions import parse_server_version
 
 
-class LettaProcessRuntime(Block):
+class LettaProcessRuntime(LettaRuntime):
     """Install, migrate, start and stop exact Letta versions as processes on this host.
 
     Server secrets (``OPENAI_API_KEY`` and the like) come from ``env_file`` and
     ``server_env``; they reach the server process's environment and nothing else.
     """
 
-    model_config = ConfigDict(hide_input_in_errors=True)
-
+    kind: ClassVar[str] = "process"
     _block_type_name = "Letta Process Runtime"
     _description = "Runs pinned Letta server versions installed from PyPI in isolated venvs."
 
@@ -31,10 +31,6 @@ class LettaProcessRuntime(Block):
     )
     host: str = Field(default="127.0.0.1", description="Address the Letta server listens on.")
     port: int = Field(default=8283, ge=1, le=65535, description="Port the Letta server uses.")
-    cache_dir: Path | None = Field(
-        default=None,
-        description="Where installed Letta versions are cached; default ~/.cache/letta-ops.",
-    )
     state_dir: Path | None = Field(
         default=None,
         description="Pid file, log and the server's HOME; default under the user data dir.",
@@ -47,18 +43,6 @@ class LettaProcessRuntime(Block):
     server_env: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="Extra environment variables for the server process (secret values).",
-    )
-    index_url: str = Field(
-        default=runtime.DEFAULT_INDEX_URL,
-        description="Package index (simple API) to download Letta sdists from.",
-    )
-    source_tree: str | None = Field(
-        default=None,
-        description="Path or http(s) tarball URL of a Letta source tree, for versions whose "
-        "sdist lacks alembic migrations (0.11.3, 0.12.1).",
-    )
-    startup_timeout_seconds: float = Field(
-        default=240, description="How long to wait for /v1/health/ to report the version."
     )
 
     @classmethod
@@ -76,28 +60,30 @@ class LettaProcessRuntime(Block):
             source_tree=os.environ.get("LETTA_OPS_SOURCE_TREE") or None,
         )
 
+    @classmethod
+    def scratch_of(
+        cls, runtime: LettaRuntime, server_name: str, port: int, state_dir: Path
+    ) -> LettaProcessRuntime:
+        """A process runtime for a scratch copy of ``runtime``'s server on 127.0.0.1:``port``:
+        the same installs, and (from a process runtime) the same server environment."""
+        shared = {
+            "cache_dir": runtime.cache_dir,
+            "index_url": runtime.index_url,
+            "source_tree": runtime.source_tree,
+            "startup_timeout_seconds": runtime.startup_timeout_seconds,
+        }
+        if isinstance(runtime, LettaProcessRuntime):
+            shared.update(env_file=runtime.env_file, server_env=runtime.server_env)
+        return cls(
+            server_name=server_name, host="127.0.0.1", port=port, state_dir=state_dir, **shared
+        )
+
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def resolved_cache_dir(self) -> Path:
-        return self.cache_dir or runtime.default_cache_dir()
-
     def resolved_state_dir(self) -> Path:
         return self.state_dir or runtime.default_state_dir(self.server_name)
-
-    def install(self, version: str, log=print) -> runtime.InstalledRuntime:
-        return runtime.install_runtime(version, self.resolved_cache_dir(), self.index_url, log)
-
-    def migrate(self, version: str, database: LettaDatabase, log=print) -> None:
-        runtime.migrate_database(
-            version,
-            database.letta_pg_uri(),
-            self.resolved_cache_dir(),
-            self.source_tree,
-            self.index_url,
-            log,
-        )
 
     def start(self, version: str, database: LettaDatabase, log=print) -> runtime.ServerProcess:
         state = runtime.private_directory(self.resolved_state_dir())
@@ -115,8 +101,43 @@ class LettaProcessRuntime(Block):
             log=log,
         )
 
-    def stop(self) -> runtime.ServerProcess | None:
+    def stop(self, log=print) -> runtime.ServerProcess | None:
         return runtime.stop_server(self.resolved_state_dir())
 
     def status(self) -> dict:
-        return runtime.server_status(self.resolved_state_dir())
+        return {"kind": self.kind, **runtime.server_status(self.resolved_state_dir())}
+
+    def configured_variables(self) -> set[str] | None:
+        names = set(self.server_env)
+        if self.env_file and self.env_file.exists():
+            names |= set(runtime.read_env_file(self.env_file))
+        return names
+
+    def server_environment(self) -> dict[str, str] | None:
+        from tasks.doctor_checks import server_process_environment
+
+        return server_process_environment(self.resolved_state_dir())
+
+    def server_home(self) -> Path | None:
+        return self.resolved_state_dir() / "home"
+
+    def describe(self) -> str:
+        return (
+            f"letta-ops' process runtime: Letta on {self.host}:{self.port}, pid file, log and "
+            f"HOME in {self.resolved_state_dir()}; migrations run by letta-ops"
+        )
+
+    def require_drivable(self) -> None:
+        """Only a server this runtime started (a live pid file) can be stopped by it; a server
+        that is down is fine (it is started from here)."""
+        if self.status().get("running"):
+            return
+        from tasks.letta_health import probe_health
+
+        if probe_health(self.base_url) is not None:
+            raise RuntimeRefused(
+                f"The Letta server {self.base_url} answers but was not started by letta-ops' "
+                f"process runtime (no live pid in {self.resolved_state_dir()}), so letta-ops "
+                "cannot stop it: stop it and start it with 'letta-ops runtime start', or "
+                "configure the runtime it runs under (LETTA_OPS_RUNTIME=compose|command|manual)."
+            )

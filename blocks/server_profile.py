@@ -11,9 +11,13 @@ import os
 from dataclasses import dataclass
 
 from blocks.letta_database import LettaDatabase
+from blocks.letta_runtime import LettaRuntime
 from blocks.letta_server import LettaServer
 from blocks.process_runtime import LettaProcessRuntime
 from tasks.errors import Refused
+
+#: ``LETTA_OPS_RUNTIME`` values, and what each reads from the environment.
+RUNTIME_KINDS = ("process", "compose", "command", "manual")
 
 
 class ProfileError(Refused):
@@ -24,7 +28,9 @@ class ProfileError(Refused):
 class ServerProfile:
     server: LettaServer
     database: LettaDatabase | None
-    runtime: LettaProcessRuntime
+    #: Whatever runs the server (process, compose, command, manual): flows only use the
+    #: :class:`LettaRuntime` interface.
+    runtime: LettaRuntime
 
     @property
     def name(self) -> str:
@@ -47,7 +53,49 @@ def load_profile(server: str | None = None, need_database: bool = False) -> Serv
     database = (
         LettaDatabase.from_env() if (need_database or os.environ.get("LETTA_PG_URI")) else None
     )
-    return ServerProfile(letta, database, LettaProcessRuntime.from_env(letta.server_name))
+    return ServerProfile(letta, database, runtime_from_env(letta.server_name))
+
+
+def runtime_from_env(server_name: str) -> LettaRuntime:
+    """The runtime ``LETTA_OPS_RUNTIME`` names (default: letta-ops' process runtime)."""
+    kind = (os.environ.get("LETTA_OPS_RUNTIME") or "process").strip().lower()
+    if kind == "process":
+        return LettaProcessRuntime.from_env(server_name)
+    if kind == "compose":
+        from blocks.compose_runtime import DockerComposeRuntime
+
+        if not os.environ.get("LETTA_OPS_COMPOSE_FILE"):
+            raise ProfileError(
+                "LETTA_OPS_RUNTIME=compose needs LETTA_OPS_COMPOSE_FILE, the compose file "
+                "that defines the Letta server service."
+            )
+        return DockerComposeRuntime.from_env()
+    if kind == "command":
+        from blocks.command_runtime import LettaCommandRuntime
+
+        return LettaCommandRuntime.from_env()
+    if kind == "manual":
+        from blocks.manual_runtime import LettaManualRuntime
+
+        return LettaManualRuntime.from_env()
+    raise ProfileError(
+        f"LETTA_OPS_RUNTIME={kind!r} is not a runtime; use one of {', '.join(RUNTIME_KINDS)}."
+    )
+
+
+def saved_runtime(name: str) -> LettaRuntime | None:
+    """The runtime block saved under ``name``, of whichever kind (None: none saved)."""
+    from blocks.command_runtime import LettaCommandRuntime
+    from blocks.compose_runtime import DockerComposeRuntime
+    from blocks.manual_runtime import LettaManualRuntime
+
+    kinds = (LettaProcessRuntime, DockerComposeRuntime, LettaCommandRuntime, LettaManualRuntime)
+    for block_type in kinds:
+        try:
+            return block_type.load(name)
+        except ValueError:
+            continue
+    return None
 
 
 def _load_saved(name: str, need_database: bool) -> ServerProfile:
@@ -68,10 +116,7 @@ def _load_saved(name: str, need_database: bool) -> ServerProfile:
                 f"No saved Letta Database block named {name!r}; save one or set LETTA_PG_URI."
             ) from None
         database = None
-    try:
-        runtime = LettaProcessRuntime.load(name)
-    except ValueError:
-        runtime = LettaProcessRuntime.from_env(letta.server_name)
+    runtime = saved_runtime(name) or runtime_from_env(letta.server_name)
     return ServerProfile(letta, database, runtime)
 
 

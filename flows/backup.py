@@ -14,6 +14,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -36,11 +37,12 @@ from tasks.backup_manifest import (
 from tasks.errors import Failed
 from tasks.letta_api import LettaAPIError, LettaClient
 from tasks.letta_inventory import agent_inventory
-from tasks.letta_postgres import alembic_revision
+from tasks.letta_postgres import alembic_revision, database_error_message
 from tasks.letta_versions import release_at_revision
 from tasks.object_store import ObjectStore, StoredObject
 from tasks.postgres_dump import (
     DumpResult,
+    PgToolError,
     dump_to_store,
     parse_compression,
     require_compression_supported,
@@ -112,6 +114,16 @@ def export_agents_task(
         progress.finish("export agents")
 
 
+def dump_failure(exc: BaseException) -> str:
+    """pg_dump's own cause when the dump failed; the connection dying with it comes second."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, PgToolError):
+            return str(current)
+        current = current.__context__
+    return database_error_message(exc)
+
+
 @task(name="dump-database", cache_policy=NO_CACHE)
 def dump_database_task(
     profile: ServerProfile, store: ObjectStore, key: str, compression: str
@@ -128,6 +140,18 @@ def dump_database_task(
         )
     finally:
         progress.finish("upload pg_dump")
+
+
+@task(name="store-runtime-files", cache_policy=NO_CACHE)
+def store_runtime_files(
+    profile: ServerProfile, store: ObjectStore, prefix: str
+) -> dict[str, StoredObject]:
+    """The files the runtime changes when it starts a version (a compose file), as they are
+    now: a rollback to this set puts them back."""
+    return {
+        name: store.put_bytes(f"{prefix}runtime/{name}", data)
+        for name, data in profile.runtime.snapshot().items()
+    }
 
 
 @task(name="write-manifest", cache_policy=NO_CACHE)
@@ -148,11 +172,12 @@ def build_manifest(
     dump: DumpResult,
     purpose: str,
     pinned: bool,
+    runtime_files: dict[str, StoredObject] | None = None,
 ) -> BackupManifest:
     database = profile.require_database()
-    objects = {
-        o.key: ManifestObject(size=o.size, sha256=o.sha256) for o in [*agent_objects, dump.stored]
-    }
+    runtime_files = runtime_files or {}
+    stored = [*agent_objects, dump.stored, *runtime_files.values()]
+    objects = {o.key: ManifestObject(size=o.size, sha256=o.sha256) for o in stored}
     return BackupManifest(
         set_id=set_id,
         server=profile.name,
@@ -175,17 +200,16 @@ def build_manifest(
         agents=entries,
         objects=objects,
         tool_versions=_tool_versions(profile),
+        runtime=profile.runtime.describe(),
+        runtime_files={name: o.key for name, o in runtime_files.items()},
     )
 
 
 def _encryption_key_configured(profile: ServerProfile) -> bool | None:
     """Whether LETTA_ENCRYPTION_KEY reaches the server; recorded, never stored."""
-    if "LETTA_ENCRYPTION_KEY" in profile.runtime.server_env:
+    names = profile.runtime.configured_variables()
+    if names is not None and "LETTA_ENCRYPTION_KEY" in names:
         return True
-    if profile.runtime.env_file and profile.runtime.env_file.exists():
-        from tasks.letta_runtime_process import read_env_file
-
-        return "LETTA_ENCRYPTION_KEY" in read_env_file(profile.runtime.env_file)
     return bool(os.environ.get("LETTA_ENCRYPTION_KEY")) or None
 
 
@@ -288,14 +312,33 @@ def backup(
             exports = export_agents_task.submit(
                 profile, object_store, prefix, state["agents"], concurrency
             )
-        dump = dump_database_task(profile, object_store, prefix + DUMP_NAME, compression)
+        try:
+            dump = dump_database_task(profile, object_store, prefix + DUMP_NAME, compression)
+        except (PgToolError, sa.exc.DBAPIError) as exc:
+            if exports is not None:
+                exports.wait()  # nothing keeps writing into the set after the run ends
+            raise BackupFailed(
+                f"The database dump failed, so no backup set was committed (no manifest): "
+                f"{dump_failure(exc)}. Check that PostgreSQL is up and run the backup again."
+            ) from exc
         if exports is None:  # the dump is the whole backup: it is lossless
             entries = [AgentEntry(**a, error=SERVER_DOWN) for a in state["agents"]]
             agent_objects: list[StoredObject] = []
         else:
             entries, agent_objects = exports.result()
+        runtime_files = store_runtime_files(profile, object_store, prefix)
         manifest = build_manifest(
-            profile, set_id, prefix, started, state, entries, agent_objects, dump, purpose, pinned
+            profile,
+            set_id,
+            prefix,
+            started,
+            state,
+            entries,
+            agent_objects,
+            dump,
+            purpose,
+            pinned,
+            runtime_files,
         )
         write_manifest_task(object_store, prefix, manifest)
         audit.update(

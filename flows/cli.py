@@ -137,7 +137,7 @@ def cmd_runtime_start(args: argparse.Namespace) -> int:
             "version": record.version,
             "pid": record.pid,
             "base_url": record.base_url,
-            "log": record.log_file,
+            "log": getattr(record, "log_file", None),
         },
         args.json,
     )
@@ -146,9 +146,9 @@ def cmd_runtime_start(args: argparse.Namespace) -> int:
 
 def cmd_runtime_stop(args: argparse.Namespace) -> int:
     profile = _runtime_profile(args, need_database=False)
-    record = profile.runtime.stop()
-    result = {"stopped": record is not None}
-    if record is not None:
+    record = profile.runtime.stop(log=progress)
+    result = {"stopped": bool(record)}
+    if hasattr(record, "pid"):
         result.update({"pid": record.pid, "version": record.version})
     emit(result, args.json)
     return EXIT_OK

@@ -111,6 +111,13 @@ def render_restore(report: dict) -> str:
     if report.get("server"):
         s = report["server"]
         lines.append(f"Letta {s['version']} runs at {s['base_url']} (pid {s['pid']})")
+    if report.get("address_with"):
+        env = " ".join(f"{k}={v}" for k, v in report["address_with"].items() if k != "LETTA_PG_URI")
+        lines.append(
+            f"later commands find it with: {env} letta-ops runtime status "
+            "(and upgrade, rollback, runtime stop; add LETTA_PG_URI for the database, "
+            "password in PGPASSWORD)"
+        )
     return "\n".join(lines)
 
 
@@ -151,6 +158,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             jobs=args.jobs,
             lock_timeout_seconds=args.wait,
             reset=args.reset,
+            name=args.name,
         )
     )
     emit(report, args.json, render=render_restore)
@@ -307,6 +315,12 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--port", type=int, help="with --start: port on 127.0.0.1 for that server")
     p.add_argument(
         "--runtime", metavar="BLOCK", help="with --start: a saved Letta Process Runtime block"
+    )
+    p.add_argument(
+        "--name",
+        metavar="NAME",
+        help="with --start: the restored server's name, which later commands use to find it "
+        "(LETTA_OPS_SERVER_NAME); default 127.0.0.1-PORT, what LETTA_BASE_URL alone gives",
     )
     p.set_defaults(func=cmd_restore)
 

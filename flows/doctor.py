@@ -75,13 +75,9 @@ def check_server(
         except LettaAPIError as exc:
             error = exc.detail
     version = (health or {}).get("version")
-    server_env = checks.server_process_environment(profile.runtime.resolved_state_dir())
+    server_env = profile.runtime.server_environment()
     compose_text = compose_file.read_text() if compose_file and compose_file.exists() else None
-    runtime_names = set(profile.runtime.server_env)
-    if profile.runtime.env_file and profile.runtime.env_file.exists():
-        from tasks.letta_runtime_process import read_env_file
-
-        runtime_names |= set(read_env_file(profile.runtime.env_file))
+    runtime_names = profile.runtime.configured_variables() or set()
     findings = [
         checks.check_health(health, error, profile.server.base_url),
         *guarded(
@@ -92,9 +88,7 @@ def check_server(
         ),
         *guarded(
             "home-writable",
-            lambda: checks.check_home_writable(
-                server_env, profile.runtime.resolved_state_dir() / "home"
-            ),
+            lambda: checks.check_home_writable(server_env, profile.runtime.server_home()),
         ),
         *guarded(
             "encryption-key",
@@ -229,9 +223,13 @@ def doctor(
                 f"Compose file {compose} does not exist; pass an existing --compose-file."
             )
 
+        if compose is None and getattr(profile.runtime, "compose_file", None):
+            compose = Path(profile.runtime.compose_file)
+            compose_service = profile.runtime.service
         server_findings, version = check_server(profile, config_error, compose, compose_service)
         findings = [
             *server_findings,
+            *guarded("runtime", lambda: checks.check_runtime(profile.runtime)),
             *check_database(profile.database, version),
             *guarded("interrupted-run", lambda: check_interrupted(profile.name, server)),
             *guarded("agent-names", lambda: check_agent_names(profile, version)),

@@ -61,10 +61,15 @@ class RestoreFailed(Failed):
 
 
 def restored_runtime(
-    target: LettaDatabase, runtime_block: str | None, port: int | None
+    runtime_block: str | None, port: int | None, name: str | None = None
 ) -> LettaProcessRuntime:
     """How to run the restored server: a saved Letta Process Runtime block, else a runtime of
-    its own (named after the database) on ``port`` of 127.0.0.1."""
+    its own on ``port`` of 127.0.0.1.
+
+    One home per server: the runtime is named ``name``, else the name every later command
+    derives from the server's URL (``127.0.0.1-PORT``), so ``LETTA_BASE_URL=... letta-ops
+    runtime status`` (and upgrade, rollback, recover) find the state directory it started in.
+    """
     if runtime_block:
         try:
             return LettaProcessRuntime.load(runtime_block)
@@ -78,8 +83,9 @@ def restored_runtime(
             "Starting the restored server needs a place to run it: pass --port (a free port "
             "on 127.0.0.1) or --runtime with a saved Letta Process Runtime block."
         )
+    url = f"http://127.0.0.1:{port}"
     return LettaProcessRuntime(
-        server_name=sanitize_server_name(f"restore-{target.database_name}"), port=port
+        server_name=LettaServer(name=name or "", base_url=url).server_name, port=port
     )
 
 
@@ -94,6 +100,7 @@ def preflight(
     runtime_block: str | None,
     port: int | None,
     reset: RequestedReset | None = None,
+    name: str | None = None,
 ) -> tuple[dict[str, Any], BackupManifest, LettaDatabase, LettaProcessRuntime | None]:
     target = target_database(database)
     profile = load_profile(server)
@@ -122,7 +129,7 @@ def preflight(
         target = target.model_copy(update={"reset_mode": "recreate"})
     runtime = None
     if start:
-        runtime = restored_runtime(target, runtime_block, port)
+        runtime = restored_runtime(runtime_block, port, name)
         if port_in_use(runtime.host, runtime.port):
             raise RestoreTargetRefused(
                 f"Something already listens on {runtime.host}:{runtime.port}; pick a free "
@@ -143,6 +150,7 @@ def preflight(
         "agents_in_set": len(manifest.agents),
         "start": start,
         "base_url": runtime.base_url if runtime else None,
+        "server_name": runtime.server_name if runtime else None,
     }
     return plan, manifest, target, runtime
 
@@ -203,9 +211,14 @@ def restore(
     start_timeout_seconds: float = 240,
     lock_timeout_seconds: float = 30,
     reset: RequestedReset | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Restore ``backup_set`` onto ``database``: a saved Letta Database block's name, or
     ``postgresql://USER@HOST:PORT/DB`` with the password in ``PGPASSWORD`` (never in the URI).
+
+    With ``start``, the restored server is named ``name`` (default ``127.0.0.1-PORT``): its
+    state directory, history and lock live under that name, and the report says how later
+    commands address it.
     """
     parameters = {"backup_set": backup_set, "force": force, "start": start, "port": port}
     with audited_run("restore", server, parameters) as record:
@@ -214,7 +227,7 @@ def restore(
         record.update(store=object_store)
         try:
             plan, manifest, target, letta_runtime = preflight(
-                object_store, backup_set, database, server, force, start, runtime, port, reset
+                object_store, backup_set, database, server, force, start, runtime, port, reset, name
             )
         except ValueError:
             record.update(outcome="refused")
@@ -251,6 +264,11 @@ def restore(
                     letta_runtime, target, manifest.letta_version, start_timeout_seconds
                 )
                 report["verification"] = prove_step(letta_runtime, target, manifest)
+                report["address_with"] = {
+                    "LETTA_BASE_URL": letta_runtime.base_url,
+                    "LETTA_OPS_SERVER_NAME": letta_runtime.server_name,
+                    "LETTA_PG_URI": plan["target"],
+                }
             journal.finish("restored")
             # An earlier restore onto this database that was interrupted is moot now.
             close_unfinished(journal.store, target_name, f"superseded by {record.record_id}")

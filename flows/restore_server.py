@@ -15,8 +15,9 @@ from typing import Any
 from prefect import get_run_logger
 
 from blocks.letta_database import LettaDatabase
-from blocks.process_runtime import LettaProcessRuntime
+from blocks.letta_runtime import LettaRuntime
 from blocks.server_profile import ServerProfile
+from tasks.backup_catalog import runtime_files_of_set
 from tasks.backup_manifest import BackupManifest
 from tasks.backup_verification import compare_counts, downloaded
 from tasks.letta_api import LettaClient
@@ -73,16 +74,14 @@ def restore_database_from_set(
 
 
 def start_set_version(
-    runtime: LettaProcessRuntime,
+    runtime: LettaRuntime,
     database: LettaDatabase,
     version: str,
     timeout: float | None = None,
     log=print,
 ) -> dict[str, Any]:
     """Start Letta ``version`` on ``database`` and wait until it reports that version."""
-    if timeout is not None:
-        runtime = runtime.model_copy(update={"startup_timeout_seconds": timeout})
-    record = runtime.start(version, database, log=log)
+    record = runtime.with_timeout(timeout).start(version, database, log=log)
     return {"pid": record.pid, "version": record.version, "base_url": record.base_url}
 
 
@@ -113,7 +112,7 @@ def restore_server_from_set(
     profile: ServerProfile,
     store: ObjectStore,
     manifest: BackupManifest,
-    runtime: LettaProcessRuntime | None = None,
+    runtime: LettaRuntime | None = None,
     jobs: int = 2,
 ) -> dict[str, Any]:
     """Stop the server, restore the set, start the set's Letta version, prove it.
@@ -126,8 +125,9 @@ def restore_server_from_set(
     started = time.monotonic()
     label = f"{manifest.server}/{manifest.set_id}"
     try:
-        runtime.stop()
+        runtime.stop(log=logger.info)
         restored = restore_database_from_set(database, store, manifest, jobs)
+        runtime.restore_snapshot(runtime_files_of_set(store, manifest), log=logger.info)
         start_set_version(runtime, database, manifest.letta_version, log=logger.info)
         with LettaClient(profile.server) as client:
             proof = prove_server_matches_set(client, database, manifest)

@@ -45,7 +45,7 @@ from flows.restore_server import (
 from flows.run_context import publish_report, run_name, tag_current_run
 from flows.server_lock import destructive_lock
 from flows.verify import resolve_set
-from tasks.backup_catalog import load_manifest
+from tasks.backup_catalog import load_manifest, runtime_files_of_set
 from tasks.backup_manifest import BackupManifest, set_prefix
 from tasks.backup_set_admission import (
     newest_rollback_set,
@@ -57,7 +57,6 @@ from tasks.errors import Failed, Refused
 from tasks.letta_api import LettaAPIError, LettaClient
 from tasks.letta_inventory import agent_inventory, database_size
 from tasks.letta_postgres import alembic_revision, database_error_message, table_row_counts
-from tasks.letta_runtime_process import install_runtime
 from tasks.letta_versions import release_at_revision
 from tasks.object_store import ObjectStore
 from tasks.postgres_privileges import RequestedReset
@@ -114,7 +113,7 @@ def current_server(profile: ServerProfile) -> tuple[str, dict[str, str], bool]:
     A server letta-ops runs answers its API. A server that is down (a crash, a killed
     upgrade: exactly when a rollback is needed) is described by its database: the release its
     alembic revision belongs to, its agents by SQL. A server that answers but that letta-ops
-    did not start cannot be stopped by it: refused.
+    did not start cannot be stopped by it: refused by the runtime.
     """
     if profile.runtime.status().get("running"):
         with LettaClient(profile.server) as client:
@@ -137,12 +136,10 @@ def current_server(profile: ServerProfile) -> tuple[str, dict[str, str], bool]:
             ) from exc
         inventory = agent_inventory(database)
         return version, {i: v["name"] for i, v in inventory.items()}, True
-    raise RollbackRefused(
-        f"The Letta server {profile.server.base_url} answers but was not started by letta-ops' "
-        f"process runtime (no live pid in {profile.runtime.resolved_state_dir()}), so letta-ops "
-        "cannot stop it; stop it yourself and run the rollback again (a down server is rolled "
-        "back from its database)."
-    )
+    profile.runtime.require_drivable()  # it answers: can this runtime stop it?
+    with LettaClient(profile.server) as client:
+        version = client.health()["version"]
+        return version, {a["id"]: a["name"] for a in client.list_agents()}, False
 
 
 @task(name="rollback-preflight", cache_policy=NO_CACHE)
@@ -156,11 +153,11 @@ def preflight(
     database = profile.require_database()
     # The rollback and its undo empty this database: prove the role may, before the stop.
     _, privileges = with_reset_mode(database_for_set(database, manifest), reset)
-    cache = profile.runtime.resolved_cache_dir()
-    # The set's version must install before anything stops (it is also started from here).
-    install_runtime(manifest.letta_version, cache, profile.runtime.index_url)
+    profile.runtime.require_drivable()
     current, live, down = current_server(profile)
-    install_runtime(current, cache, profile.runtime.index_url)  # the undo starts it again
+    # Both versions must install before anything stops: the set's is started (and the undo
+    # starts the current one again).
+    profile.runtime.prepare([manifest.letta_version, current])
     size = database_size(database)
     free = shutil.disk_usage(tempfile.gettempdir()).free
     if free < size * 2:
@@ -172,6 +169,7 @@ def preflight(
     plan = {
         "server": profile.name,
         "base_url": profile.server.base_url,
+        "runtime": profile.runtime.describe(),
         "set": f"{manifest.server}/{manifest.set_id}",
         "set_created_at": manifest.created_at.isoformat(),
         "set_purpose": manifest.purpose,
@@ -209,7 +207,7 @@ def preflight(
 
 @task(name="stop-letta-server", cache_policy=NO_CACHE)
 def stop_server_step(profile: ServerProfile) -> None:
-    profile.runtime.stop()
+    profile.runtime.stop(log=get_run_logger().info)
 
 
 @stop_server_step.on_rollback
@@ -226,6 +224,16 @@ def restore_database_step(
     profile: ServerProfile, store: ObjectStore, manifest: BackupManifest, jobs: int
 ) -> dict[str, Any]:
     return restore_database_from_set(profile.require_database(), store, manifest, jobs)
+
+
+@task(name="put-back-runtime-files", cache_policy=NO_CACHE)
+def put_back_runtime_files_step(
+    profile: ServerProfile, store: ObjectStore, manifest: BackupManifest
+) -> None:
+    """The runtime's own files as they were when the set was taken (a compose file)."""
+    profile.runtime.restore_snapshot(
+        runtime_files_of_set(store, manifest), log=get_run_logger().info
+    )
 
 
 @task(name="start-letta-server", cache_policy=NO_CACHE)
@@ -252,6 +260,7 @@ def run_rollback(state: RollbackState, start_timeout: float, jobs: int) -> dict[
         raise RollbackFailed(
             f"the restored tables differ from the manifest: {restored['count_differences']}"
         )
+    put_back_runtime_files_step(profile, state.store, target)
     state.enter(f"start {target.letta_version}")
     start_server_step(profile, target.letta_version, start_timeout)
     state.enter("verify")

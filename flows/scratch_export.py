@@ -16,6 +16,7 @@ from pathlib import Path
 
 from packaging.version import Version
 
+from blocks.process_runtime import LettaProcessRuntime
 from blocks.server_profile import ServerProfile
 from flows.restore_server import restore_database_from_set
 from tasks.backup_manifest import BackupManifest
@@ -54,13 +55,9 @@ def export_via_scratch_copy(
     if manifest.db_schema:
         scratch = scratch.model_copy(update={"db_schema": manifest.db_schema})
     state_dir = Path(tempfile.mkdtemp(prefix="scratch-server-", dir=workdir))
-    runtime = profile.runtime.model_copy(
-        update={
-            "server_name": f"{profile.name}-scratch",
-            "host": "127.0.0.1",
-            "port": free_loopback_port(),
-            "state_dir": state_dir,
-        }
+    # Whatever runs the real server, the scratch copy runs as a process on this host.
+    runtime = LettaProcessRuntime.scratch_of(
+        profile.runtime, f"{profile.name}-scratch", free_loopback_port(), state_dir
     )
     try:
         log(f"restoring {manifest.server}/{manifest.set_id} into {scratch.database_name}")

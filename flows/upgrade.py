@@ -37,6 +37,7 @@ from flows.operator_approval import ApprovalDeclined, await_operator_approval
 from flows.restore_server import (
     empty_database_steps,
     restore_server_from_set,
+    start_set_version,
     with_reset_mode,
 )
 from flows.run_context import publish_report, run_name, tag_current_run
@@ -54,7 +55,6 @@ from tasks.letta_inventory import (
     database_size,
 )
 from tasks.letta_postgres import alembic_revision, database_error_message, empty_database
-from tasks.letta_runtime_process import install_runtime
 from tasks.letta_versions import ALEMBIC_HEADS, LettaVersion, parse_server_version
 from tasks.object_store import ObjectStore
 from tasks.postgres_privileges import RequestedReset
@@ -114,13 +114,9 @@ def preflight(
             f"{to_version} is older than the running {current}; a downgrade is a rollback: "
             "use 'letta-ops rollback'."
         )
-    running = profile.runtime.status()
-    if not running.get("running"):
-        raise UpgradeRefused(
-            f"The Letta server {profile.server.base_url} was not started by letta-ops' process "
-            f"runtime (no pid file in {profile.runtime.resolved_state_dir()}); start it with "
-            "'letta-ops runtime start' so letta-ops can stop and restart it."
-        )
+    # The runtime must be able to stop this server and start the target (a compose file on
+    # 'latest', a server the process runtime did not start: refused before anything stops).
+    profile.runtime.require_drivable()
     size = database_size(database)
     free = shutil.disk_usage(tempfile.gettempdir()).free
     if free < size * 2:
@@ -138,8 +134,7 @@ def preflight(
             f"which role {privileges['role']} cannot create; use --strategy migrate (lossless), "
             f"or grant it CREATEDB and run as a superuser."
         )
-    install_runtime(str(target), profile.runtime.resolved_cache_dir(), profile.runtime.index_url)
-    install_runtime(str(current), profile.runtime.resolved_cache_dir(), profile.runtime.index_url)
+    profile.runtime.prepare([str(target), str(current)])  # the undo may start current again
     # Rebuild moves agent files, so names must pass the source's export and the target's
     # import; migrate keeps rows as they are, so only the target's rule is reported.
     rule = (
@@ -179,6 +174,7 @@ def preflight(
         "from_version": str(current),
         "to_version": str(target),
         "strategy": strategy,
+        "runtime": profile.runtime.describe(),
         "alembic_revision": alembic_revision(database),
         "reset_mode": privileges["reset_mode"],
         "database_role": privileges["role"],
@@ -199,7 +195,7 @@ def preflight(
 
 @task(name="stop-letta-server", cache_policy=NO_CACHE)
 def stop_server_step(profile: ServerProfile) -> None:
-    profile.runtime.stop()
+    profile.runtime.stop(log=get_run_logger().info)
 
 
 @stop_server_step.on_rollback
@@ -223,9 +219,9 @@ def repair_sequences_step(profile: ServerProfile) -> dict:
 
 @task(name="start-letta-server", cache_policy=NO_CACHE)
 def start_server_step(profile: ServerProfile, version: str, timeout: float) -> dict:
-    runtime = profile.runtime.model_copy(update={"startup_timeout_seconds": timeout})
-    record = runtime.start(version, profile.require_database(), log=get_run_logger().info)
-    return {"pid": record.pid, "version": record.version}
+    return start_set_version(
+        profile.runtime, profile.require_database(), version, timeout, log=get_run_logger().info
+    )
 
 
 @task(name="empty-database", cache_policy=NO_CACHE)

@@ -94,3 +94,20 @@ def record_verification(store: ObjectStore, prefix: str, result: dict) -> str:
     key = f"{prefix}{VERIFY_DIR}/{stamp}.json"
     store.put_bytes(key, json.dumps(result, indent=2, sort_keys=True, default=str).encode())
     return key
+
+
+def runtime_files_of_set(store: ObjectStore, manifest: BackupManifest) -> dict[str, bytes]:
+    """The runtime's files kept in a set (a compose file), by name, checked against the
+    manifest's sha256 before anyone writes them back."""
+    import hashlib
+
+    files: dict[str, bytes] = {}
+    for name, key in manifest.runtime_files.items():
+        data = store.read_bytes(key)
+        if hashlib.sha256(data).hexdigest() != manifest.objects[key].sha256:
+            raise ValueError(
+                f"{key} in set {manifest.server}/{manifest.set_id} does not match its manifest "
+                "checksum; it is not written back (run 'letta-ops verify' on the set)."
+            )
+        files[name] = data
+    return files

@@ -76,6 +76,14 @@ class BackupManifest(BaseModel):
     agents: list[AgentEntry]
     objects: dict[str, ManifestObject] = Field(description="Every object but the manifest.")
     tool_versions: dict[str, str] = Field(default_factory=dict)
+    runtime: str | None = Field(
+        default=None, description="How the server was run when the set was taken (describe())."
+    )
+    runtime_files: dict[str, str] = Field(
+        default_factory=dict,
+        description="Files the runtime changes on a start (a compose file), by name -> object "
+        "key in this set; a rollback to the set puts them back.",
+    )
 
     @property
     def failed_agents(self) -> list[AgentEntry]:

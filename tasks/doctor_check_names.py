@@ -6,6 +6,7 @@ it: ``letta-ops --help`` must not import Prefect or SQLAlchemy to print them.
 
 CHECK_NAMES = (
     "health",
+    "runtime",
     "alembic",
     "pgvector",
     "restore-privileges",

@@ -260,7 +260,7 @@ def check_database_uri(
     )
 
 
-def check_home_writable(server_env: Mapping[str, str] | None, runtime_home: Path) -> Finding:
+def check_home_writable(server_env: Mapping[str, str] | None, runtime_home: Path | None) -> Finding:
     """The server writes ``$LETTA_DIR`` (default ``~/.letta``): it must exist or be creatable,
     and be writable; tried for real with a scratch file, since a read-only mount passes
     ``os.access`` checks on some systems.
@@ -268,7 +268,7 @@ def check_home_writable(server_env: Mapping[str, str] | None, runtime_home: Path
     Read from the running server's own environment when letta-ops' process runtime started
     it; else the runtime's HOME if it exists; else there is nothing here to check.
     """
-    if server_env is None and not runtime_home.exists():
+    if server_env is None and (runtime_home is None or not runtime_home.exists()):
         return skipped(
             "home-writable",
             "the server was not started by letta-ops' process runtime on this host; check "
@@ -438,3 +438,14 @@ def server_process_environment(state_dir: Path) -> dict[str, str] | None:
 
 def needs_action(findings: list[Finding]) -> bool:
     return any(f.status == "action" for f in findings)
+
+
+def check_runtime(runtime) -> Finding:
+    """Which runtime letta-ops will drive for upgrades and rollbacks, and whether it can."""
+    from tasks.errors import Refused
+
+    try:
+        runtime.require_drivable()
+    except Refused as exc:
+        return action("runtime", f"{runtime.describe()}: cannot drive it", str(exc))
+    return ok("runtime", runtime.describe())

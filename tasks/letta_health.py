@@ -96,3 +96,25 @@ def wait_for_health(
                     f"the URL and version are right."
                 )
             time.sleep(min(poll, remaining))
+
+
+def probe_health(base_url: str, timeout: float = 3.0) -> dict | None:
+    """The health document if the server answers ``ok`` now, else None (one request)."""
+    try:
+        response = httpx.get(health_url(base_url), timeout=timeout, follow_redirects=True)
+        body = response.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    if response.status_code == 200 and isinstance(body, dict) and body.get("status") == "ok":
+        return body
+    return None
+
+
+def wait_until_down(base_url: str, timeout: float = 120.0, poll: float = 1.0) -> None:
+    """Wait until nothing healthy answers at ``base_url`` (a runtime outside letta-ops
+    stopped the server); :class:`TimeoutError` if it still answers at the deadline."""
+    deadline = time.monotonic() + max(timeout, 0.0)
+    while probe_health(base_url) is not None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"The Letta server at {base_url} still answers after {timeout:g} s.")
+        time.sleep(poll)

@@ -19,6 +19,7 @@ Design choices:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -278,8 +279,6 @@ def pin_compose_image(text: str, service: str, version: str, image: str = DEFAUL
 def pin_compose_file(path: Path, service: str, version: str) -> bool:
     """Pin ``service`` to ``version`` in the compose file at ``path``; True if it changed.
 
-    The new file is written next to the old one, fsynced and renamed over it, so a crash leaves
-    either the old or the new file, never half of one. Mode (and owner, when we may) is kept.
     Nothing is written when the file already has that pin.
     """
     target = Path(path).resolve()  # through a symlink: replace the file, not the link
@@ -287,11 +286,22 @@ def pin_compose_file(path: Path, service: str, version: str) -> bool:
     updated = pin_compose_image(original, service, version)
     if updated == original:
         return False
+    replace_file_atomically(target, updated.encode("utf-8"))
+    return True
+
+
+def replace_file_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` over ``path`` so a crash leaves either the old or the new file.
+
+    The new file is written next to the old one, fsynced and renamed over it; mode (and owner,
+    when we may) is kept.
+    """
+    target = Path(path).resolve()
     stat = target.stat()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(updated.encode("utf-8"))
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, stat.st_mode & 0o7777)
@@ -311,7 +321,6 @@ def pin_compose_file(path: Path, service: str, version: str) -> bool:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,6 +414,35 @@ def compose_stop(
         env=env,
         timeout=timeout,
     )
+
+
+def compose_service_state(
+    compose_file: Path,
+    service: str,
+    *,
+    project_name: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict:
+    """``docker compose ps --format json --all SERVICE``: ``{"state": "running"|"exited"|
+    "absent", "image": ...}`` of the service's container."""
+    result = run_compose(
+        compose_command(
+            compose_file, "ps", "--format", "json", "--all", service, project_name=project_name
+        ),
+        env=env,
+        timeout=60,
+    )
+    rows = []
+    text = result.stdout.strip()
+    if text.startswith("["):  # older Compose v2 prints one JSON array
+        rows = json.loads(text)
+    else:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("Service", service) == service]
+    if not rows:
+        return {"state": "absent", "image": None}
+    row = rows[0]
+    return {"state": str(row.get("State", "")).lower(), "image": row.get("Image")}
 
 
 def deploy_pinned_version(

@@ -8,14 +8,13 @@ dump, so they are counted in the very transaction snapshot that pg_dump exports.
 
 from __future__ import annotations
 
-import contextlib
 import io
+import logging
 import os
 import re
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,8 @@ from tasks.errors import Refused, final_error_line
 from tasks.letta_postgres import connect, counts_in_snapshot
 from tasks.object_store import ObjectStore, StoredObject
 from tasks.postgres_privileges import client_major, require_supported_server
+
+log = logging.getLogger(__name__)
 
 #: pg_dump's own default for the custom format: gzip at level 6.
 DEFAULT_COMPRESSION = "gzip:6"
@@ -109,13 +110,31 @@ def tool_version(db: LettaDatabase, name: str = "pg_dump") -> str:
     return out.stdout.strip()
 
 
+class StderrDrain:
+    """Reads a child's stderr in a thread (so a full pipe never blocks it); ``text()`` waits
+    for the child's last line before answering, so an error message is never cut short."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self._chunks: list[bytes] = []
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in iter(proc.stderr.readline, b""):
+            self._chunks.append(line)
+
+    def text(self, timeout: float = 30) -> str:
+        self._thread.join(timeout=timeout)
+        return b"".join(self._chunks).decode(errors="replace")
+
+
 class ProcessOutput(io.RawIOBase):
     """A child's stdout as a stream that raises, instead of ending, if the child failed.
 
     So an upload of a failed pg_dump is aborted by the store and never becomes an object.
     """
 
-    def __init__(self, proc: subprocess.Popen, what: str, stderr: list[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen, what: str, stderr: StderrDrain) -> None:
         self.proc, self.what, self._stderr = proc, what, stderr
 
     def readable(self) -> bool:
@@ -126,24 +145,31 @@ class ProcessOutput(io.RawIOBase):
         if n == 0:
             code = self.proc.wait()
             if code != 0:
-                raise PgToolError(
-                    f"{self.what} failed (exit {code}): "
-                    f"{b''.join(self._stderr).decode(errors='replace')[-2000:]}"
-                )
+                stderr = self._stderr.text()
+                log.warning("%s failed (exit %s); its output:\n%s", self.what, code, stderr)
+                raise PgToolError(f"{self.what} failed (exit {code}): {tool_failure(stderr)}")
         return n
 
 
-@contextlib.contextmanager
-def _drain_stderr(proc: subprocess.Popen) -> Iterator[list[bytes]]:
-    chunks: list[bytes] = []
-    thread = threading.Thread(
-        target=lambda: chunks.extend(iter(proc.stderr.readline, b"")), daemon=True
+def tool_failure(stderr: str) -> str:
+    """One line for a failed pg tool: its first ``error:`` and the server's own message.
+
+    pg_dump ends its output with the command it ran (``Command was: COPY ...``); the cause is
+    in the first error line and, when the server cut the connection, in its detail.
+    """
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    error = next((line.split("error:", 1)[1].strip() for line in lines if "error:" in line), "")
+    server = next(
+        (
+            line.split("Error message from server:", 1)[1].strip()
+            for line in lines
+            if "Error message from server:" in line
+        ),
+        "",
     )
-    thread.start()
-    try:
-        yield chunks
-    finally:
-        thread.join(timeout=30)
+    if not error:
+        return final_error_line(stderr)
+    return f"{error} ({server})" if server and server not in error else error
 
 
 def dump_to_store(
@@ -181,9 +207,9 @@ def dump_to_store(
             stdin=subprocess.DEVNULL,
         )
         try:
-            with _drain_stderr(proc) as stderr:
-                stream = io.BufferedReader(ProcessOutput(proc, "pg_dump", stderr), 1 << 20)
-                stored = store.put_stream(key, stream, progress=progress)
+            stderr = StderrDrain(proc)
+            stream = io.BufferedReader(ProcessOutput(proc, "pg_dump", stderr), 1 << 20)
+            stored = store.put_stream(key, stream, progress=progress)
         finally:
             if proc.poll() is None:
                 proc.kill()

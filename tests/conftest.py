@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.letta",
     "tests.fixtures.prefect",
     "tests.fixtures.audit",
+    "tests.fixtures.docker_standin",
 ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import sqlalchemy as sa
 
+from blocks.letta_database import LettaDatabase
 from flows.backup import BackupFailed, backup
 from flows.verify import VerificationFailed, verify
 from tasks import progress_events
@@ -221,3 +223,87 @@ def test_cli_backup_list_verify_prune(server_25, backup_env, capsys):
 
     assert main(["verify", "prod-eu/20200101T000000Z-nothere"]) == 2
     assert "no manifest" in capsys.readouterr().err
+
+
+def test_postgres_restarted_mid_backup(server_25, tmp_path, monkeypatch, prefect_harness):
+    """PostgreSQL restarted while pg_dump streams: the backup fails with one sentence and
+    leaves no set with a manifest; the next backup, once PostgreSQL is back, is complete.
+
+    The database is a copy of ``server_25``'s in a cluster of its own (restarting the
+    session's cluster would cut every other test's server), with ~300 MB of rows more so
+    the dump lasts long enough to be cut; the server is down (a dump-only backup), so
+    nothing but PostgreSQL is involved.
+    """
+    import subprocess
+    import threading
+    import time
+
+    from tasks.letta_postgres import connect, create_database
+    from tasks.object_store import LocalObjectStore
+    from tests.fixtures.postgres import _start_cluster
+
+    cluster = _start_cluster("letta-ops-pgrestart-")
+    try:
+        copy = LettaDatabase(uri=cluster.uri("letta_copy"))
+        create_database(copy, with_pgvector=False)
+        dump = tmp_path / "source.dump"
+        bin_dir = cluster.bin_dir
+        source = server_25.database.letta_pg_uri()
+        subprocess.run([bin_dir / "pg_dump", "-Fc", "-f", dump, "-d", source], check=True)
+        subprocess.run(
+            [bin_dir / "pg_restore", "--no-owner", "-d", copy.letta_pg_uri(), dump], check=True
+        )
+        with connect(copy, autocommit=True) as conn:
+            conn.execute(
+                sa.text(
+                    "CREATE TABLE bulk_history AS SELECT g AS id, "
+                    "repeat(md5(g::text) || md5(random()::text), 4) AS payload "
+                    "FROM generate_series(1, 1000000) g"
+                )
+            )
+        monkeypatch.setenv("LETTA_BASE_URL", "http://127.0.0.1:9")  # nothing answers
+        monkeypatch.setenv("LETTA_PG_URI", copy.letta_pg_uri())
+        monkeypatch.setenv("LETTA_OPS_SERVER_NAME", "pg-restarted")
+        monkeypatch.setenv("LETTA_OPS_STORE", f"file://{tmp_path / 'store'}")
+
+        restarted = threading.Event()
+
+        def restart_while_dumping() -> None:
+            admin = LettaDatabase(uri=cluster.uri("postgres"))
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                with connect(admin, autocommit=True) as conn:
+                    copying = conn.execute(
+                        sa.text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE "
+                            "application_name = 'pg_dump' AND query ILIKE 'COPY%bulk_history%'"
+                        )
+                    ).scalar()
+                if copying:
+                    cluster.stop()
+                    cluster.start()
+                    restarted.set()
+                    return
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=restart_while_dumping, daemon=True)
+        watcher.start()
+        state = backup(server_down_ok=True, allow_partial_agents=True, return_state=True)
+        watcher.join(timeout=120)
+        assert restarted.is_set(), "the dump finished before PostgreSQL could be restarted"
+        assert state.is_failed()
+        with pytest.raises(BackupFailed) as failure:
+            state.result()
+        message = str(failure.value)
+        assert "\n" not in message.strip() and "Traceback" not in message
+        assert "pg_dump" in message, message
+        assert "terminating connection" in message or "server closed" in message, message
+        store = LocalObjectStore(tmp_path / "store")
+        # The aborted upload left nothing that counts: no set with a manifest.
+        assert not [s for s in list_backup_sets(store, "pg-restarted") if s.complete]
+
+        report = backup(server_down_ok=True, allow_partial_agents=True)  # PostgreSQL is back
+        assert report["verified"]
+        assert [s.complete for s in list_backup_sets(store, "pg-restarted")] == [True]
+    finally:
+        cluster.remove()

@@ -398,14 +398,16 @@ def test_block_delegates_to_the_runtime(
     compose_file.write_text(COMPOSE)
     block = DockerComposeRuntime(
         compose_file=compose_file, project_name="letta", base_url=base_url,
-        health_timeout_seconds=10,
+        startup_timeout_seconds=10,
     )  # fmt: skip
 
     assert block.pin("0.11.7") is True
-    assert block.start("0.16.2")["health"]["version"] == "0.16.2"
+    assert block.start("0.16.2").version == "0.16.2"
     block.stop()
     assert _calls(fake_docker) == [
         ["docker", "compose", "-f", str(compose_file), "-p", "letta", "up", "-d", "letta_server"],
+        ["docker", "compose", "-f", str(compose_file), "-p", "letta", "ps", "--format", "json",
+         "--all", "letta_server"],
         ["docker", "compose", "-f", str(compose_file), "-p", "letta", "stop", "letta_server"],
-    ]
+    ]  # fmt: skip
     assert compose_image_tag(compose_file.read_text(), "letta_server") == "0.16.2"

@@ -4,7 +4,8 @@ admin, as on RDS, Cloud SQL, Azure or Supabase).
 
 One real Letta server per cell carries the whole story (a Letta start costs ~40 s on two
 cores): backup and restore drill; a role refused before anything stops; an upgrade
-0.14.0 -> 0.16.2 that fails after the stop and rolls itself back; the migrate upgrade (no
+0.14.0 -> 0.16.2 that fails after the stop and rolls itself back; an upgrade killed with
+``kill -9`` during its migration, then ``letta-ops recover``; the migrate upgrade (no
 password in any process's argv meanwhile); rollback to the pre-upgrade set; the rebuild
 upgrade; ``restore --force`` onto another database. PostgreSQL 18 as a superuser is the
 other e2e files' cell.
@@ -20,6 +21,7 @@ import pytest
 
 from flows.backup import backup
 from flows.cli import EXIT_BAD_INPUT, main
+from flows.recover import recover
 from flows.restore import restore
 from flows.rollback import rollback
 from flows.upgrade import UpgradeFailed, upgrade
@@ -28,6 +30,7 @@ from tasks.backup_catalog import list_backup_sets
 from tasks.letta_versions import ALEMBIC_HEADS
 from tasks.object_store import S3ObjectStore
 from tasks.postgres_privileges import PrivilegeRefused
+from tests.fixtures.kill_run import kill_when_step_begins, letta_ops
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import (
     http_agents,
@@ -118,7 +121,21 @@ def test_destructive_paths_hold_on_cell(
     assert sql_table_counts(database) == tables_before
     assert sql_agents(database) == agents_before
 
-    # --- the migrate upgrade, with no password in any process's argv ------------------------
+    # --- kill -9 of an upgrade during its migration, then one recover ----------------------
+    proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate")
+    killed = kill_when_step_begins(
+        proc, running.runtime.server_name, f"alembic upgrade to {NEW_VERSION}"
+    )
+    recovered = recover()
+    assert recovered["outcome"] == "recovered" and recovered["interrupted_run"] == killed
+    assert recovered["plan"]["action"] == "restore"
+    assert http_version(base_url) == FROM_VERSION
+    assert http_agents(base_url) == http_before
+    assert sql_table_counts(database) == tables_before
+    assert sql_agents(database) == agents_before
+
+    # --- the migrate upgrade (at once: the killed run's slot was reclaimed), with no password
+    # in any process's argv ------------------------------------------------------------------
     password = database.parts["password"]
     with ArgvWatch(str(password), cluster.password) as watch:
         report = upgrade(NEW_VERSION, strategy="migrate")

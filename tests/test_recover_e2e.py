@@ -12,6 +12,9 @@ superuser. The cells, in order:
 
 - upgrade (migrate), killed during the target's alembic migration: recover restores the
   pre-upgrade set; 0.14.0 with counts as before;
+- upgrade (migrate), killed right after the server stopped: the same;
+- upgrade (rebuild), killed during agent import (the database at the target's head, agents
+  missing): the same;
 - upgrade (rebuild), killed in the migration after the database was emptied: the same;
 - upgrade (migrate), killed while the target starts: the database is at the target's head,
   recover finishes forward; 0.16.2 with every agent;
@@ -25,8 +28,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -39,48 +40,13 @@ from flows.rollback import rollback
 from tasks.audit_store import AuditStore
 from tasks.backup_catalog import load_manifest
 from tasks.object_store import S3ObjectStore
-from tasks.run_journal import unfinished_runs
+from tests.fixtures.kill_run import kill_when_step_begins, letta_ops
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
 
 pytestmark = pytest.mark.e2e
 
 FROM_VERSION = "0.14.0"
-
-
-def _letta_ops(*args: str) -> subprocess.Popen:
-    """The command line in its own process group, on the session's Prefect server."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        cwd=os.getcwd(),
-    )
-
-
-def _kill_when_step_begins(proc: subprocess.Popen, server: str, step: str, delay: float = 1.0):
-    """kill -9 the run's process group as soon as its journal shows ``step`` begun."""
-    store = AuditStore.from_env()
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"the run ended (exit {proc.returncode}) before '{step}': "
-                f"{proc.stderr.read().decode()[-2000:]}"
-            )
-        for journal in unfinished_runs(store, server):
-            if any(e.event == "start" and e.step == step for e in journal):
-                time.sleep(delay)  # well inside the step
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return journal[0].run_id
-        time.sleep(0.2)
-    raise AssertionError(f"'{step}' never began")
 
 
 def _recover_timed() -> tuple[dict, float]:
@@ -114,8 +80,8 @@ def test_kill_9_at_each_step_then_one_recover(
         assert sql_agents(db) == agents_before
 
     # --- migrate, killed during the target's migration --------------------------------------
-    proc = _letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate")
-    killed = _kill_when_step_begins(proc, server, f"alembic upgrade to {NEW_VERSION}")
+    proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate")
+    killed = kill_when_step_begins(proc, server, f"alembic upgrade to {NEW_VERSION}")
     plan = recover(dry_run=True)
     assert plan["outcome"] == "planned" and plan["plan"]["action"] == "restore"
     assert plan["plan"]["interrupted_at"] == f"alembic upgrade to {NEW_VERSION}"
@@ -127,17 +93,37 @@ def test_kill_9_at_each_step_then_one_recover(
     assert f"during 'alembic upgrade to {NEW_VERSION}'" in record.error
     assert recover()["outcome"] == "nothing to recover"  # idempotent
 
+    # --- migrate, killed right after the server stopped --------------------------------------
+    # The kill lands the moment the server process is gone (the journal may already show the
+    # next step begun: the boundary is milliseconds wide).
+    server_pid = running.runtime.status()["pid"]
+    proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate")
+    kill_when_step_begins(proc, server, "stop server", 0.0, until_gone=server_pid)
+    report, timings["migrate: after the stop"] = _recover_timed()
+    assert report["plan"]["interrupted_at"] in ("stop server", f"alembic upgrade to {NEW_VERSION}")
+    assert report["plan"]["action"] == "restore", report
+    assert_as_before()
+
+    # --- rebuild, killed during agent import -----------------------------------------------
+    proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "rebuild")
+    killed = kill_when_step_begins(proc, server, "import agent files", 0.5)
+    plan = recover(dry_run=True)
+    assert plan["plan"]["interrupted_at"] == "import agent files", plan
+    assert plan["plan"]["action"] == "restore", plan  # at the target's head, agents missing
+    report, timings["rebuild: during agent import"] = _recover_timed()
+    assert_as_before()
+
     # --- rebuild, killed after the database was emptied ------------------------------------
-    proc = _letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "rebuild")
-    killed = _kill_when_step_begins(proc, server, f"alembic upgrade to {NEW_VERSION}", 0.5)
+    proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "rebuild")
+    killed = kill_when_step_begins(proc, server, f"alembic upgrade to {NEW_VERSION}", 0.5)
     report, timings["rebuild: database emptied"] = _recover_timed()
     assert report["plan"]["action"] == "restore", report
     assert_as_before()
 
     # --- migrate, killed while the target starts: finished forward -------------------------
     # Started at once after recover: the killed run's slot was reclaimed, no lease wait.
-    proc = _letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate")
-    killed = _kill_when_step_begins(proc, server, f"start {NEW_VERSION}", 2.0)
+    proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate")
+    killed = kill_when_step_begins(proc, server, f"start {NEW_VERSION}", 2.0)
     report, timings["migrate: target starting"] = _recover_timed()
     assert report["plan"]["action"] == "finish-forward", report
     pre_upgrade = report["plan"]["backup_set"]
@@ -149,8 +135,8 @@ def test_kill_9_at_each_step_then_one_recover(
     upgraded_tables = sql_table_counts(db)
 
     # --- rollback, killed during pg_restore of the target set ------------------------------
-    proc = _letta_ops("rollback", "--yes")
-    killed = _kill_when_step_begins(proc, server, "restore the set's dump", 0.3)
+    proc = letta_ops("rollback", "--yes")
+    killed = kill_when_step_begins(proc, server, "restore the set's dump", 0.3)
     report, timings["rollback: during pg_restore"] = _recover_timed()
     assert report["plan"]["action"] in ("restore", "finish-forward"), report
     if report["plan"]["action"] == "restore":  # back on the safety set: 0.16.2, as it was

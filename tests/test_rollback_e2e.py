@@ -8,6 +8,9 @@ pre-upgrade set, roll "forward" to the safety set, then restore a set onto other
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -27,7 +30,7 @@ from tasks.embedded_postgres import free_loopback_port
 from tasks.letta_api import offline_agent_body
 from tasks.letta_postgres import connect
 from tasks.object_store import S3ObjectStore
-from tasks.restore_target import RestoreTargetRefused
+from tasks.restore_target import RestoreTargetRefused, port_in_use
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
 
@@ -208,8 +211,30 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
         assert sql_table_counts(empty) == target.row_counts
         assert sql_agents(empty) == before_rows
         assert http_agents(f"http://127.0.0.1:{port}") == before_agents
+        # One home per server: the next command finds it from its URL alone.
+        assert staged["address_with"]["LETTA_OPS_SERVER_NAME"] == f"127.0.0.1-{port}"
+        restored_env = {**os.environ, "LETTA_BASE_URL": f"http://127.0.0.1:{port}"}
+        restored_env.pop("LETTA_OPS_SERVER_NAME", None)
+        status = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "runtime", "status", "--json"],
+            env=restored_env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["pid"] == staged["server"]["pid"]
+        stopped = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "runtime", "stop", "--json"],
+            env=restored_env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert json.loads(stopped.stdout)["stopped"], stopped.stderr
+        assert not port_in_use("127.0.0.1", port)
     finally:
-        restored_runtime(empty, None, port).stop()
+        restored_runtime(None, port).stop()
     phases.done(
         "restore onto another database: refused when busy; started, agents and counts equal"
     )

@@ -1,0 +1,264 @@
+"""Upgrade and roll back servers letta-ops does not run itself: Docker Compose, operator
+commands, and an operator's hands.
+
+**Docker is a stand-in here** (``tests/fixtures/docker_standin.py``): no Docker engine can run
+on this machine. The stand-in ``docker`` on PATH implements the ``docker compose`` subset
+letta-ops calls by running the *real* Letta server of the tag the compose file pins, with the
+service's environment, against the test PostgreSQL, and emulates the image's entrypoint
+(``alembic upgrade head``, then ``letta server``). So compose upgrades and rollbacks below run
+end to end on real Letta and real data; only the container engine is not real.
+
+The command runtime drives real scripts (the operator's "deploy hooks") that start and stop a
+real server; the manual runtime pauses the run in Prefect, the test does what the instruction
+says and resumes the run through the Prefect API, as an operator would in the UI.
+
+Every before/after comparison uses the tests' own oracle (SQL per table and per agent, agents
+over HTTP).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from blocks.letta_runtime import RuntimeRefused
+from flows.rollback import rollback
+from flows.upgrade import UpgradeFailed, upgrade
+from tasks.embedded_postgres import free_loopback_port
+from tasks.letta_health import probe_health, wait_for_health
+from tasks.letta_runtime_compose import compose_image_tag, run_compose
+from tests.fixtures.letta import NEW_VERSION, seed_agents
+from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
+
+pytestmark = pytest.mark.e2e
+
+FROM_VERSION = "0.14.0"
+REPO = Path(__file__).resolve().parents[1]
+
+COMPOSE = """\
+# The operator's own compose file: letta-ops changes one line and keeps the rest.
+services:
+  letta_db:
+    image: pgvector/pgvector:pg16   # the database: never touched
+    environment:
+      POSTGRES_PASSWORD: ${{LETTA_PG_PASSWORD:-letta}}
+
+  # the server itself
+  letta_server:
+    image: letta/letta:{tag}  # pinned by letta-ops
+    depends_on:
+      - letta_db
+    ports:
+      - "127.0.0.1:{port}:8283"
+    environment:
+      LETTA_PG_URI: ${{LETTA_PG_URI}}
+"""
+
+
+def _lines_but_image(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "image: letta/letta:" not in line]
+
+
+def _server_env(monkeypatch, database, base_url: str, name: str, bucket: str) -> None:
+    monkeypatch.setenv("LETTA_BASE_URL", base_url)
+    monkeypatch.setenv("LETTA_PG_URI", database.letta_pg_uri())
+    monkeypatch.setenv("LETTA_OPS_SERVER_NAME", name)
+    monkeypatch.setenv("LETTA_OPS_STORE", f"s3://{bucket}/backups")
+
+
+def _snapshot(database, base_url: str) -> tuple:
+    return http_agents(base_url), sql_table_counts(database), sql_agents(database)
+
+
+def test_compose_upgrade_failed_upgrade_rollback_and_rebuild(
+    docker_standin, make_database, s3_env, s3_bucket, monkeypatch, prefect_harness, tmp_path
+):
+    monkeypatch.setenv("PATH", f"{docker_standin}{os.pathsep}{os.environ['PATH']}")
+    database = make_database("compose")
+    port = free_loopback_port()
+    base_url = f"http://127.0.0.1:{port}"
+    compose_file = tmp_path / "docker-compose.letta.yml"
+    compose_file.write_text(COMPOSE.format(tag=FROM_VERSION, port=port))
+    original = compose_file.read_text()
+    _, bucket, _ = s3_bucket
+    _server_env(monkeypatch, database, base_url, "compose-a", bucket)
+    monkeypatch.setenv("LETTA_OPS_RUNTIME", "compose")
+    monkeypatch.setenv("LETTA_OPS_COMPOSE_FILE", str(compose_file))
+
+    # The operator's server, as they run it: docker compose up -d (the image migrates).
+    run_compose(["docker", "compose", "-f", str(compose_file), "up", "-d", "letta_server"])
+    wait_for_health(base_url, FROM_VERSION, timeout=300)
+    from blocks.letta_server import LettaServer
+    from tasks.letta_api import LettaClient
+
+    with LettaClient(LettaServer(name="compose-a", base_url=base_url)) as client:
+        seed_agents(client, 5, prefix="compose")
+    before = _snapshot(database, base_url)
+
+    # --- a compose file still on 'latest' is refused by pre-flight, with the fix -----------
+    latest = tmp_path / "latest.yml"
+    latest.write_text(original.replace(f"letta/letta:{FROM_VERSION}", "letta/letta:latest"))
+    monkeypatch.setenv("LETTA_OPS_COMPOSE_FILE", str(latest))
+    with pytest.raises(RuntimeRefused, match="'latest'.*pin it first.*letta/letta:X.Y.Z"):
+        upgrade(NEW_VERSION, dry_run=True)
+    monkeypatch.setenv("LETTA_OPS_COMPOSE_FILE", str(compose_file))
+    assert http_version(base_url) == FROM_VERSION  # nothing was stopped
+
+    plan = upgrade(NEW_VERSION, dry_run=True)["plan"]
+    assert plan["runtime"].startswith("Docker Compose:") and "letta_server" in plan["runtime"]
+
+    # --- an upgrade that fails after the stop is rolled back, compose file included -------
+    state = upgrade(NEW_VERSION, strategy="migrate", start_timeout_seconds=3, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(UpgradeFailed, match="rollback restored"):
+        state.result()
+    assert http_version(base_url) == FROM_VERSION
+    assert _snapshot(database, base_url) == before
+    assert compose_file.read_text() == original  # the pin put back, comments intact
+
+    # --- the migrate upgrade -----------------------------------------------------------------
+    report = upgrade(NEW_VERSION, strategy="migrate")
+    assert report["outcome"] == "succeeded"
+    assert http_version(base_url) == NEW_VERSION
+    assert http_agents(base_url) == before[0]
+    upgraded = compose_file.read_text()
+    assert compose_image_tag(upgraded, "letta_server") == NEW_VERSION
+    assert _lines_but_image(upgraded) == _lines_but_image(original)
+    pre_upgrade = report["backup_set"]
+
+    # --- rollback to the pre-upgrade set: the compose file as it was in the set -------------
+    rolled = rollback(backup_set=pre_upgrade)
+    assert rolled["outcome"] == "succeeded"
+    assert http_version(base_url) == FROM_VERSION
+    assert _snapshot(database, base_url) == before
+    assert compose_file.read_text() == original
+
+    # --- the rebuild upgrade (the same server, back on 0.14.0 as a fresh one would be) ------
+    rebuilt = upgrade(NEW_VERSION, strategy="rebuild")
+    assert rebuilt["outcome"] == "succeeded"
+    assert http_version(base_url) == NEW_VERSION
+    assert sorted(http_agents(base_url).values()) == sorted(before[0].values())
+    assert compose_image_tag(compose_file.read_text(), "letta_server") == NEW_VERSION
+    assert _lines_but_image(compose_file.read_text()) == _lines_but_image(original)
+
+
+def _hook(path: Path, body: str) -> Path:
+    path.write_text(f"#!/bin/sh\n# the operator's deploy hook (a test script)\nset -e\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_command_and_manual_runtimes_upgrade_and_roll_back(
+    make_database, s3_env, s3_bucket, monkeypatch, prefect_harness, tmp_path
+):
+    """The operator's server runs under a supervisor letta-ops does not know; here its
+    start/stop hooks run Letta through a process runtime of their own state directory."""
+    database = make_database("command")
+    port = free_loopback_port()
+    base_url = f"http://127.0.0.1:{port}"
+    _, bucket, _ = s3_bucket
+    _server_env(monkeypatch, database, base_url, "hooked", bucket)
+    supervisor = tmp_path / "supervisor"
+    python = shlex.quote(sys.executable)
+    hook_env = (
+        f"cd {shlex.quote(str(REPO))}; export LETTA_OPS_RUNTIME=process "
+        f"LETTA_OPS_STATE_DIR={shlex.quote(str(supervisor))} LETTA_OPS_SERVER_NAME=hooked"
+    )
+    start = _hook(
+        tmp_path / "letta-start",
+        f'{hook_env}\nexec {python} -m flows.cli runtime start "$1" --json > /dev/null',
+    )
+    stop = _hook(tmp_path / "letta-stop", f"{hook_env}\nexec {python} -m flows.cli runtime stop")
+    migrate = _hook(
+        tmp_path / "letta-migrate", f'{hook_env}\nexec {python} -m flows.cli runtime migrate "$1"'
+    )
+    os.system(f"{migrate} {FROM_VERSION} > /dev/null")
+    os.system(f"{start} {FROM_VERSION}")
+    wait_for_health(base_url, FROM_VERSION, timeout=30)
+    from blocks.letta_server import LettaServer
+    from tasks.letta_api import LettaClient
+
+    with LettaClient(LettaServer(name="hooked", base_url=base_url)) as client:
+        seed_agents(client, 4, prefix="hooked")
+    before = _snapshot(database, base_url)
+
+    # --- command runtime: upgrade, then rollback ---------------------------------------------
+    monkeypatch.setenv("LETTA_OPS_RUNTIME", "command")
+    monkeypatch.setenv("LETTA_OPS_STOP_COMMAND", str(stop))
+    monkeypatch.setenv("LETTA_OPS_START_COMMAND", f"{start} {{version}}")
+    report = upgrade(NEW_VERSION, strategy="migrate")
+    assert report["outcome"] == "succeeded"
+    assert report["plan"]["runtime"].startswith("operator commands:")
+    assert http_version(base_url) == NEW_VERSION and http_agents(base_url) == before[0]
+    rolled = rollback(backup_set=report["backup_set"])
+    assert rolled["outcome"] == "succeeded"
+    assert http_version(base_url) == FROM_VERSION
+    assert _snapshot(database, base_url) == before
+
+    # --- manual runtime: the run pauses; the "operator" acts, then resumes it ------------------
+    monkeypatch.setenv("LETTA_OPS_RUNTIME", "manual")
+    done: dict = {}
+    run = threading.Thread(target=lambda: done.update(report=upgrade(NEW_VERSION)), daemon=True)
+    run.start()
+    instructions = []
+    for expected, act in (
+        ("Stop the Letta server", lambda: os.system(str(stop))),
+        (f"Start Letta {NEW_VERSION}", lambda: os.system(f"{start} {NEW_VERSION}")),
+    ):
+        run_id, instruction = _wait_for_pause()
+        assert expected in instruction, instruction
+        instructions.append(instruction)
+        act()
+        _resume(run_id)
+    run.join(timeout=600)
+    assert done["report"]["outcome"] == "succeeded", done
+    assert http_version(base_url) == NEW_VERSION and http_agents(base_url) == before[0]
+    assert probe_health(base_url)["version"] == NEW_VERSION
+    os.system(str(stop))
+
+
+def _wait_for_pause(timeout: float = 600) -> tuple[str, str]:
+    """The paused upgrade run and the instruction it shows (its manual-step artifact)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                )
+            )
+            if runs:
+                [artifact] = client.read_artifacts(
+                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["manual-step"])),
+                    sort=ArtifactSort.CREATED_DESC,
+                    limit=1,
+                )
+                return str(runs[0].id), artifact.description or ""
+            time.sleep(1)
+    raise AssertionError("the run never paused for the operator")
+
+
+def _resume(run_id: str) -> None:
+    from uuid import UUID
+
+    from prefect.flow_runs import resume_flow_run
+
+    resume_flow_run(UUID(run_id))
