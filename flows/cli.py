@@ -368,6 +368,7 @@ def _render_plan(report: dict) -> str:
         f"expected downtime about {plan['expected_downtime_seconds']} s",
         f"database: PostgreSQL {plan['postgres_major']}, role {plan['database_role']}, "
         f"emptied by {plan['reset_mode']} when restoring",
+        f"runtime: {plan['runtime']}",
         "steps:",
     ]
     lines += [f"  {i}. {step}" for i, step in enumerate(plan["steps"], 1)]

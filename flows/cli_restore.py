@@ -255,6 +255,37 @@ def cmd_unlock(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Resume a run paused for the operator (a manual runtime's stop or start, an approval
+    without input): the run checks the server itself before it goes on."""
+    from uuid import UUID
+
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flow_runs import NotPausedError, resume_flow_run
+
+    from flows.cli import EXIT_BAD_INPUT, EXIT_OK, CommandError, emit
+
+    try:
+        run_id = UUID(args.run)
+    except ValueError:
+        raise CommandError(
+            f"{args.run!r} is not a flow run id; copy it from the paused run's log line or page.",
+            EXIT_BAD_INPUT,
+        ) from None
+    try:
+        resume_flow_run(run_id)
+    except ObjectNotFound:
+        raise CommandError(
+            f"No flow run {run_id} on this Prefect server.", EXIT_BAD_INPUT
+        ) from None
+    except NotPausedError:
+        raise CommandError(
+            f"Flow run {run_id} is not paused; nothing to resume.", EXIT_BAD_INPUT
+        ) from None
+    emit({"resumed": str(run_id)}, args.json, render=lambda r: f"resumed {r['resumed']}")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -347,6 +378,17 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     p.add_argument("--force", action="store_true", help="free it even if the holder may run")
     p.set_defaults(func=cmd_unlock)
+
+    p = sub.add_parser(
+        "resume",
+        parents=[common],
+        help="resume a run paused for the operator (manual runtime steps)",
+        description="With the manual runtime, an upgrade or rollback pauses at each stop and "
+        "start with the exact instruction (in its log and on its page in the UI). Do it, then "
+        "resume the run here or in the UI; it checks health and version before it goes on.",
+    )
+    p.add_argument("run", metavar="RUN", help="the paused flow run's id")
+    p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser(
         "restore-agents",

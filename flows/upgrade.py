@@ -436,6 +436,7 @@ def render_upgrade_markdown(report: dict[str, Any]) -> str:
         f"# Upgrade {plan['server']}: {plan['from_version']} -> {plan['to_version']} "
         f"({plan['strategy']}): **{report['outcome']}**",
         "",
+        f"- runtime: {plan['runtime']}",
     ]
     if report.get("error"):
         lines += [f"- cause: {report['error']}"]

@@ -18,9 +18,11 @@ over HTTP).
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -149,6 +151,11 @@ def test_compose_upgrade_failed_upgrade_rollback_and_rebuild(
     assert _lines_but_image(compose_file.read_text()) == _lines_but_image(original)
 
 
+def _run_hook(path: Path, *args: str) -> None:
+    done = subprocess.run([str(path), *args], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"{path.name} {args}: {done.stderr[-2000:]}"
+
+
 def _hook(path: Path, body: str) -> Path:
     path.write_text(f"#!/bin/sh\n# the operator's deploy hook (a test script)\nset -e\n{body}\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
@@ -179,8 +186,15 @@ def test_command_and_manual_runtimes_upgrade_and_roll_back(
     migrate = _hook(
         tmp_path / "letta-migrate", f'{hook_env}\nexec {python} -m flows.cli runtime migrate "$1"'
     )
-    os.system(f"{migrate} {FROM_VERSION} > /dev/null")
-    os.system(f"{start} {FROM_VERSION}")
+    _run_hook(migrate, FROM_VERSION)
+    _run_hook(start, FROM_VERSION)
+    try:
+        _command_then_manual(database, base_url, start, stop, monkeypatch)
+    finally:
+        _run_hook(stop)  # the supervisor's server, whatever happened
+
+
+def _command_then_manual(database, base_url: str, start: Path, stop: Path, monkeypatch) -> None:
     wait_for_health(base_url, FROM_VERSION, timeout=30)
     from blocks.letta_server import LettaServer
     from tasks.letta_api import LettaClient
@@ -208,20 +222,19 @@ def test_command_and_manual_runtimes_upgrade_and_roll_back(
     run = threading.Thread(target=lambda: done.update(report=upgrade(NEW_VERSION)), daemon=True)
     run.start()
     instructions = []
-    for expected, act in (
-        ("Stop the Letta server", lambda: os.system(str(stop))),
-        (f"Start Letta {NEW_VERSION}", lambda: os.system(f"{start} {NEW_VERSION}")),
+    for expected, act, resume in (
+        ("Stop the Letta server", lambda: _run_hook(stop), _resume_by_api),
+        (f"Start Letta {NEW_VERSION}", lambda: _run_hook(start, NEW_VERSION), _resume_by_cli),
     ):
         run_id, instruction = _wait_for_pause()
         assert expected in instruction, instruction
         instructions.append(instruction)
         act()
-        _resume(run_id)
+        resume(run_id)
     run.join(timeout=600)
     assert done["report"]["outcome"] == "succeeded", done
     assert http_version(base_url) == NEW_VERSION and http_agents(base_url) == before[0]
     assert probe_health(base_url)["version"] == NEW_VERSION
-    os.system(str(stop))
 
 
 def _wait_for_pause(timeout: float = 600) -> tuple[str, str]:
@@ -256,9 +269,25 @@ def _wait_for_pause(timeout: float = 600) -> tuple[str, str]:
     raise AssertionError("the run never paused for the operator")
 
 
-def _resume(run_id: str) -> None:
+def _resume_by_api(run_id: str) -> None:
+    """As the UI's Resume button does."""
     from uuid import UUID
 
     from prefect.flow_runs import resume_flow_run
 
     resume_flow_run(UUID(run_id))
+
+
+def _resume_by_cli(run_id: str) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "resume", run_id, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"resumed": run_id}
