@@ -33,6 +33,7 @@ lint: install
 bench: install
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.cli_latency
+	$(BIN)/python -m bench.fleet_backup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

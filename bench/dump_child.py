@@ -82,9 +82,9 @@ def main() -> int:
     # What a backup worker imports: the dump task, the stores, boto3, the database block.
     import boto3  # noqa: F401
 
-    from blocks.letta_database import LettaDatabase
-    from tasks.object_store import LocalObjectStore, S3ObjectStore, s3_client_from_env
-    from tasks.postgres_dump import dump_to_store
+    from letta_ops.blocks.letta_database import LettaDatabase
+    from letta_ops.tasks.object_store import LocalObjectStore, S3ObjectStore, s3_client_from_env
+    from letta_ops.tasks.postgres_dump import dump_to_store
 
     gc.collect()
     rss_after_imports = _rss()

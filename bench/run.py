@@ -18,6 +18,10 @@ What it measures:
    own RSS every 50 ms, reads the kernel's ``ru_maxrss`` and the tracemalloc peak; once into
    the S3 store (moto runs in *this* process, so its copy of the data is not counted) with
    the default 16 MiB part size, once into a ``LocalObjectStore`` for comparison.
+3. **Store reads** (``bench/store_reads.py``): verification of a set by the store's checksums
+   against ``read_data``, and a restore's download in parallel byte ranges against one stream,
+   as ratios. ``--only store-reads`` runs this section alone (PostgreSQL and moto, no Letta) and
+   merges its figures into ``bench/results.json``.
 
 Results: a table (stdout, or stderr with ``--json``), a JSON document with ``--json``, and
 ``bench/results.json`` (overwritten) with the date.
@@ -48,16 +52,17 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import sqlalchemy as sa  # noqa: E402
 
-from blocks.letta_database import LettaDatabase  # noqa: E402
-from blocks.letta_server import LettaServer  # noqa: E402
-from blocks.process_runtime import LettaProcessRuntime  # noqa: E402
-from tasks.agent_export import export_agents  # noqa: E402
-from tasks.backup_manifest import agent_file_key  # noqa: E402
-from tasks.embedded_postgres import EmbeddedPostgres, free_loopback_port  # noqa: E402
-from tasks.letta_api import LettaClient, offline_agent_body  # noqa: E402
-from tasks.letta_postgres import connect, create_database  # noqa: E402
-from tasks.object_store import DEFAULT_PART_SIZE, S3ObjectStore, s3_client_from_env  # noqa: E402
-from tasks.postgres_dump import list_dump, tables_in_dump, tool, tool_env  # noqa: E402
+from bench.store_reads import measure_store_reads, render_store_reads  # noqa: E402
+from letta_ops.blocks.letta_database import LettaDatabase  # noqa: E402
+from letta_ops.blocks.letta_server import LettaServer  # noqa: E402
+from letta_ops.blocks.process_runtime import LettaProcessRuntime  # noqa: E402
+from letta_ops.tasks.agent_export import export_agents  # noqa: E402
+from letta_ops.tasks.backup_manifest import agent_file_key  # noqa: E402
+from letta_ops.tasks.embedded_postgres import EmbeddedPostgres, free_loopback_port  # noqa: E402
+from letta_ops.tasks.letta_api import LettaClient, offline_agent_body  # noqa: E402
+from letta_ops.tasks.letta_postgres import connect, create_database  # noqa: E402
+from letta_ops.tasks.object_store import DEFAULT_PART_SIZE, S3ObjectStore, s3_client_from_env  # noqa: E402
+from letta_ops.tasks.postgres_dump import list_dump, tables_in_dump, tool, tool_env  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = Path(__file__).resolve().parent / "results.json"
@@ -538,6 +543,8 @@ def render(results: dict[str, Any]) -> str:
                 f"   {label:26s}{fmt(dm['s3'].get(key)):>20s}{fmt(dm['local'].get(key)):>20s}"
             )
         lines.append("")
+    if results.get("store_reads"):
+        lines += [*render_store_reads(results["store_reads"]), ""]
     lines.append(f"figures written to {RESULTS_PATH}")
     return "\n".join(lines)
 
@@ -546,9 +553,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--agents", type=int, default=25, help="agents to export (default 25)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--only",
+        choices=["store-reads"],
+        help="run one section alone and merge its figures into bench/results.json",
+    )
     args = parser.parse_args(argv)
     if args.agents < 1:
         parser.error("--agents must be at least 1")
+    if args.only:
+        return run_store_reads_only()
 
     # A SIGTERM must still run the teardown below (the Letta server runs in its own session).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -572,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         # The server is not needed for the dump; stopping it leaves the 2 cores to pg_dump.
         env.stop_letta()
         results["dump"] = measure_dump(env)
+        results["store_reads"] = measure_store_reads(env.database, env.endpoint, BUCKET)
         results["pg_dump_version"] = subprocess.run(
             [tool(env.database, "pg_dump"), "--version"], capture_output=True, text=True
         ).stdout.strip()
@@ -586,6 +601,26 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
     else:
         print(table)
+    return 0
+
+
+def run_store_reads_only() -> int:
+    """Section 3 alone: PostgreSQL and moto, no Letta; merged into the results file."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    root = Path(tempfile.mkdtemp(prefix="letta-ops-bench-"))
+    os.chmod(root, 0o755)  # the PostgreSQL server runs as the unprivileged `postgres` user
+    env = Environment(root)
+    try:
+        env.start_storage()
+        figures = measure_store_reads(env.database, env.endpoint, BUCKET)
+    finally:
+        env.close()
+    figures["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    figures["versions"] = _versions()
+    results = json.loads(RESULTS_PATH.read_text()) if RESULTS_PATH.exists() else {}
+    results["store_reads"] = figures
+    RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n")
+    print("\n".join(render_store_reads(figures)))
     return 0
 
 

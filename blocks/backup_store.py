@@ -17,7 +17,7 @@ from typing import Any, Literal
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from tasks.object_store import (
+from letta_ops.tasks.object_store import (
     DEFAULT_PART_SIZE,
     LocalObjectStore,
     S3ObjectStore,

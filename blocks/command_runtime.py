@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
-from blocks.letta_runtime import LettaRuntime, RuntimeRefused, StartedServer
-from tasks.errors import Failed, final_error_line
-from tasks.letta_health import probe_health, wait_for_health, wait_until_down
-from tasks.letta_runtime_process import redact
+from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused, StartedServer
+from letta_ops.tasks.errors import Failed, final_error_line
+from letta_ops.tasks.letta_health import probe_health, wait_for_health, wait_until_down
+from letta_ops.tasks.letta_runtime_process import redact
 
 if TYPE_CHECKING:
-    from blocks.letta_database import LettaDatabase
+    from letta_ops.blocks.letta_database import LettaDatabase
 
 log = logging.getLogger(__name__)
 

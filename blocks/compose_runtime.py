@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
-from blocks.letta_runtime import LettaRuntime, RuntimeRefused, StartedServer
-from tasks import letta_runtime_compose as compose
-from tasks.letta_versions import UnsupportedLettaVersion, parse_server_version
+from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused, StartedServer
+from letta_ops.tasks import letta_runtime_compose as compose
+from letta_ops.tasks.letta_versions import UnsupportedLettaVersion, parse_server_version
 
 if TYPE_CHECKING:
-    from blocks.letta_database import LettaDatabase
+    from letta_ops.blocks.letta_database import LettaDatabase
 
 
 class DockerComposeRuntime(LettaRuntime):

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from tasks.errors import Refused
+from letta_ops.tasks.errors import Refused
 
 ACCEPTED_SCHEMES = ("postgresql", "postgresql+asyncpg", "postgresql+pg8000", "postgres")
 

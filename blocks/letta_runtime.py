@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field
 
-from tasks import letta_runtime_process as process
-from tasks.errors import Refused
+from letta_ops.tasks import letta_runtime_process as process
+from letta_ops.tasks.errors import Refused
 
 if TYPE_CHECKING:
-    from blocks.letta_database import LettaDatabase
+    from letta_ops.blocks.letta_database import LettaDatabase
 
 
 class RuntimeRefused(Refused):

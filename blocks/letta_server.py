@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlparse
 
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
+
+# The naming rules live in tasks.server_naming (import-light: the read-only commands use them
+# without Prefect); sanitize_server_name stays importable from here.
+from letta_ops.tasks.server_naming import DEFAULT_BASE_URL, normalize_base_url
+from letta_ops.tasks.server_naming import sanitize_server_name as sanitize_server_name
+from letta_ops.tasks.server_naming import server_name as derive_server_name
 
 
 class LettaServer(Block):
@@ -35,25 +40,21 @@ class LettaServer(Block):
         default=None,
         description="Server password (LETTA_API_KEY); sent as a Bearer token when set.",
     )
+    tags: list[str] = Field(
+        default_factory=list,
+        description="Inventory tags such as env:prod or team:search; fleet runs select "
+        "servers by them (--servers 'env:prod').",
+    )
 
     @field_validator("base_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        parsed = urlparse(value)
-        if parsed.scheme not in {"http", "https"} or not parsed.netloc:
-            raise ValueError(
-                f"Letta base URL {value!r} is not an http(s) URL; use a form like "
-                "http://127.0.0.1:8283."
-            )
-        return value.rstrip("/").removesuffix("/v1")
+        return normalize_base_url(value)
 
     @property
     def server_name(self) -> str:
         """The name used in backup paths: explicit, else ``host-port`` from the URL."""
-        if self.name:
-            return sanitize_server_name(self.name)
-        parsed = urlparse(self.base_url)
-        return sanitize_server_name(f"{parsed.hostname}-{parsed.port or parsed.scheme}")
+        return derive_server_name(self.name, self.base_url)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> LettaServer:
@@ -62,7 +63,7 @@ class LettaServer(Block):
         key = env.get("LETTA_API_KEY") or env.get("LETTA_SERVER_PASSWORD")
         return cls(
             name=env.get("LETTA_OPS_SERVER_NAME", ""),
-            base_url=env.get("LETTA_BASE_URL", "http://127.0.0.1:8283"),
+            base_url=env.get("LETTA_BASE_URL", DEFAULT_BASE_URL),
             password=SecretStr(key) if key else None,
         )
 
@@ -70,10 +71,3 @@ class LettaServer(Block):
         if self.password is None:
             return {}
         return {"Authorization": f"Bearer {self.password.get_secret_value()}"}
-
-
-def sanitize_server_name(name: str) -> str:
-    """A server name safe as one object-store path segment (no ``/``, no ``..``)."""
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in name.strip())
-    cleaned = cleaned.strip(".-") or "letta"
-    return cleaned[:64]

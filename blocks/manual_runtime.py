@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
-from blocks.letta_runtime import LettaRuntime, RuntimeRefused, StartedServer
-from tasks.errors import Failed
-from tasks.letta_health import probe_health, wait_for_health, wait_until_down
+from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused, StartedServer
+from letta_ops.tasks.errors import Failed
+from letta_ops.tasks.letta_health import probe_health, wait_for_health, wait_until_down
 
 if TYPE_CHECKING:
-    from blocks.letta_database import LettaDatabase
+    from letta_ops.blocks.letta_database import LettaDatabase
 
 
 class ManualStepFailed(Failed):

@@ -8,10 +8,10 @@ from typing import ClassVar
 
 from pydantic import Field, SecretStr
 
-from blocks.letta_database import LettaDatabase
-from blocks.letta_runtime import LettaRuntime, RuntimeRefused
-from tasks import letta_runtime_process as runtime
-from tasks.letta_versions import parse_server_version
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused
+from letta_ops.tasks import letta_runtime_process as runtime
+from letta_ops.tasks.letta_versions import parse_server_version
 
 
 class LettaProcessRuntime(LettaRuntime):
@@ -105,7 +105,7 @@ class LettaProcessRuntime(LettaRuntime):
         return runtime.stop_server(self.resolved_state_dir())
 
     def status(self) -> dict:
-        return {"kind": self.kind, **runtime.server_status(self.resolved_state_dir())}
+        return runtime.process_status(self.resolved_state_dir())
 
     def configured_variables(self) -> set[str] | None:
         names = set(self.server_env)
@@ -114,7 +114,7 @@ class LettaProcessRuntime(LettaRuntime):
         return names
 
     def server_environment(self) -> dict[str, str] | None:
-        from tasks.doctor_checks import server_process_environment
+        from letta_ops.tasks.doctor_checks import server_process_environment
 
         return server_process_environment(self.resolved_state_dir())
 
@@ -132,7 +132,7 @@ class LettaProcessRuntime(LettaRuntime):
         that is down is fine (it is started from here)."""
         if self.status().get("running"):
             return
-        from tasks.letta_health import probe_health
+        from letta_ops.tasks.letta_health import probe_health
 
         if probe_health(self.base_url) is not None:
             raise RuntimeRefused(

@@ -3,18 +3,25 @@
 Why: operators run flows two ways. Teams save blocks once (``--server prod`` loads the blocks
 named ``prod``); a single operator just exports the variables they already use
 (``LETTA_BASE_URL``, ``LETTA_API_KEY``, ``LETTA_PG_URI``). Both end in the same profile.
+
+Importing this module loads no block (and so no Prefect): the read-only commands ask it for the
+server's name (:func:`server_name`) and the process runtime's state directory
+(:func:`process_state_dir`), which the environment alone gives; only a profile loads blocks.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from blocks.letta_database import LettaDatabase
-from blocks.letta_runtime import LettaRuntime
-from blocks.letta_server import LettaServer
-from blocks.process_runtime import LettaProcessRuntime
-from tasks.errors import Refused
+from letta_ops.tasks.errors import Refused, validation_sentence
+
+if TYPE_CHECKING:
+    from letta_ops.blocks.letta_database import LettaDatabase
+    from letta_ops.blocks.letta_runtime import LettaRuntime
+    from letta_ops.blocks.letta_server import LettaServer
 
 #: ``LETTA_OPS_RUNTIME`` values, and what each reads from the environment.
 RUNTIME_KINDS = ("process", "compose", "command", "manual")
@@ -46,9 +53,25 @@ class ServerProfile:
 
 
 def load_profile(server: str | None = None, need_database: bool = False) -> ServerProfile:
-    """Load the saved blocks called ``server``, else build the profile from the environment."""
-    if server:
-        return _load_saved(server, need_database)
+    """Load the saved blocks called ``server``, else build the profile from the environment.
+
+    Configuration that fails validation (a bad URL in ``LETTA_BASE_URL``, a saved block with a
+    wrong value) is refused here, before anything runs, as a :class:`ProfileError`.
+    """
+    from pydantic import ValidationError
+
+    try:
+        if server:
+            return _load_saved(server, need_database)
+        return _from_env(need_database)
+    except ValidationError as exc:
+        raise ProfileError(validation_sentence(exc)) from exc
+
+
+def _from_env(need_database: bool) -> ServerProfile:
+    from letta_ops.blocks.letta_database import LettaDatabase
+    from letta_ops.blocks.letta_server import LettaServer
+
     letta = LettaServer.from_env()
     database = (
         LettaDatabase.from_env() if (need_database or os.environ.get("LETTA_PG_URI")) else None
@@ -56,13 +79,44 @@ def load_profile(server: str | None = None, need_database: bool = False) -> Serv
     return ServerProfile(letta, database, runtime_from_env(letta.server_name))
 
 
+def server_name(server: str | None = None) -> str:
+    """The server's name (backup paths, the audit): the saved blocks' when ``server`` is given,
+    else what ``LETTA_OPS_SERVER_NAME`` / ``LETTA_BASE_URL`` give -- without loading a block."""
+    if server:
+        return load_profile(server).name
+    from letta_ops.tasks.server_naming import server_name_from_env
+
+    return server_name_from_env()
+
+
+def runtime_kind() -> str:
+    """The runtime kind ``LETTA_OPS_RUNTIME`` names (default: letta-ops' process runtime)."""
+    return (os.environ.get("LETTA_OPS_RUNTIME") or "process").strip().lower()
+
+
+def process_state_dir(server: str | None = None, state_dir: Path | None = None) -> Path | None:
+    """Where letta-ops' process runtime keeps the server's pid file, log and HOME when the
+    environment configures that runtime (no ``server``, ``LETTA_OPS_RUNTIME`` unset or
+    ``process``): ``state_dir`` if given, else the default for the server's name. None when
+    saved blocks or another runtime kind decide (load the profile then)."""
+    if server or runtime_kind() != "process":
+        return None
+    if state_dir is not None:
+        return state_dir
+    from letta_ops.tasks.letta_runtime_process import default_state_dir
+
+    return default_state_dir(server_name())
+
+
 def runtime_from_env(server_name: str) -> LettaRuntime:
     """The runtime ``LETTA_OPS_RUNTIME`` names (default: letta-ops' process runtime)."""
-    kind = (os.environ.get("LETTA_OPS_RUNTIME") or "process").strip().lower()
+    kind = runtime_kind()
     if kind == "process":
+        from letta_ops.blocks.process_runtime import LettaProcessRuntime
+
         return LettaProcessRuntime.from_env(server_name)
     if kind == "compose":
-        from blocks.compose_runtime import DockerComposeRuntime
+        from letta_ops.blocks.compose_runtime import DockerComposeRuntime
 
         if not os.environ.get("LETTA_OPS_COMPOSE_FILE"):
             raise ProfileError(
@@ -71,11 +125,11 @@ def runtime_from_env(server_name: str) -> LettaRuntime:
             )
         return DockerComposeRuntime.from_env()
     if kind == "command":
-        from blocks.command_runtime import LettaCommandRuntime
+        from letta_ops.blocks.command_runtime import LettaCommandRuntime
 
         return LettaCommandRuntime.from_env()
     if kind == "manual":
-        from blocks.manual_runtime import LettaManualRuntime
+        from letta_ops.blocks.manual_runtime import LettaManualRuntime
 
         return LettaManualRuntime.from_env()
     raise ProfileError(
@@ -85,9 +139,10 @@ def runtime_from_env(server_name: str) -> LettaRuntime:
 
 def saved_runtime(name: str) -> LettaRuntime | None:
     """The runtime block saved under ``name``, of whichever kind (None: none saved)."""
-    from blocks.command_runtime import LettaCommandRuntime
-    from blocks.compose_runtime import DockerComposeRuntime
-    from blocks.manual_runtime import LettaManualRuntime
+    from letta_ops.blocks.command_runtime import LettaCommandRuntime
+    from letta_ops.blocks.compose_runtime import DockerComposeRuntime
+    from letta_ops.blocks.manual_runtime import LettaManualRuntime
+    from letta_ops.blocks.process_runtime import LettaProcessRuntime
 
     kinds = (LettaProcessRuntime, DockerComposeRuntime, LettaCommandRuntime, LettaManualRuntime)
     for block_type in kinds:
@@ -99,6 +154,9 @@ def saved_runtime(name: str) -> LettaRuntime | None:
 
 
 def _load_saved(name: str, need_database: bool) -> ServerProfile:
+    from letta_ops.blocks.letta_database import LettaDatabase
+    from letta_ops.blocks.letta_server import LettaServer
+
     try:
         letta = LettaServer.load(name)
     except ValueError as exc:
@@ -125,13 +183,14 @@ def open_backup_store(store: str | None = None, server: str | None = None):
 
     Saved blocks are looked up under the server's name (an S3 or a local backup store).
     """
-    from blocks.backup_store import LocalBackupStore, S3BackupStore
-    from tasks.object_store import open_store
-
     url = store or os.environ.get("LETTA_OPS_STORE")
-    if url:
+    if url:  # a repository URL: no block, no Prefect
+        from letta_ops.tasks.object_store import open_store
+
         return open_store(url)
     if server:
+        from letta_ops.blocks.backup_store import LocalBackupStore, S3BackupStore
+
         for block_type in (S3BackupStore, LocalBackupStore):
             try:
                 return block_type.load(server).object_store()

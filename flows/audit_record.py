@@ -31,9 +31,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from tasks.audit_redaction import redact_text, redact_value, secrets_from_environment
-from tasks.audit_store import AuditRecord, AuditStore, write_record_object
-from tasks.object_store import ObjectExistsError, ObjectStore
+from letta_ops.tasks.audit_redaction import redact_text, redact_value, secrets_from_environment
+from letta_ops.tasks.audit_store import AuditRecord, AuditStore, write_record_object
+from letta_ops.tasks.object_store import ObjectExistsError, ObjectStore
 
 OPERATOR_ENV = "LETTA_OPS_OPERATOR"
 SCHEDULE = "schedule"
@@ -104,7 +104,7 @@ class RunAudit:
     def journal(self, store: ObjectStore | None = None, set_prefix: str | None = None):
         """The step journal of this run (``tasks.run_journal``), in the local audit store and
         beside the backup set at ``set_prefix`` of ``store``."""
-        from tasks.run_journal import RunJournal
+        from letta_ops.tasks.run_journal import RunJournal
 
         return RunJournal(
             run_id=self.record_id,
@@ -183,6 +183,8 @@ def audited_run(
         )
     if store is not None:
         audit.attach_store(store)
+    # Which work-pool worker ran it (fleet runs spread children over workers).
+    audit.update(worker=os.environ.get("PREFECT__WORKER_NAME"))
     local = _save_running(audit)
     audit._local = local
     try:
@@ -340,8 +342,8 @@ def server_counts(
     counting is for the record, never a reason to fail.
     """
     try:
-        from tasks.letta_inventory import agent_inventory
-        from tasks.letta_postgres import table_row_counts
+        from letta_ops.tasks.letta_inventory import agent_inventory
+        from letta_ops.tasks.letta_postgres import table_row_counts
 
         agents = inventory if inventory is not None else agent_inventory(database)
         tables = table_row_counts(database)
@@ -379,7 +381,7 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "renames" and isinstance(value, dict):
         return [{"from": k, "to": v} for k, v in value.items()]
     if name == "server":
-        from blocks.letta_server import sanitize_server_name
+        from letta_ops.blocks.letta_server import sanitize_server_name
 
         return sanitize_server_name(str(value))
     return value

@@ -18,13 +18,19 @@ import sqlalchemy as sa
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from flows.audit_record import audited_run, counts_summary
-from flows.run_context import current_flow_run_id, publish_report, run_name, tag_current_run
-from flows.verify import VerificationFailed, verify
-from tasks import progress_events
-from tasks.agent_export import export_agents
-from tasks.backup_manifest import (
+from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from letta_ops.flows.audit_record import audited_run, counts_summary
+from letta_ops.flows.fleet_runs import fleet_slots
+from letta_ops.flows.run_context import (
+    current_flow_run_id,
+    publish_report,
+    run_name,
+    tag_current_run,
+)
+from letta_ops.flows.verify import VerificationFailed, verify
+from letta_ops.tasks import progress_events
+from letta_ops.tasks.agent_export import export_agents
+from letta_ops.tasks.backup_manifest import (
     DUMP_NAME,
     MANIFEST_NAME,
     AgentEntry,
@@ -34,13 +40,13 @@ from tasks.backup_manifest import (
     new_set_id,
     set_prefix,
 )
-from tasks.errors import Failed
-from tasks.letta_api import LettaAPIError, LettaClient
-from tasks.letta_inventory import agent_inventory
-from tasks.letta_postgres import alembic_revision, database_error_message
-from tasks.letta_versions import release_at_revision
-from tasks.object_store import ObjectStore, StoredObject
-from tasks.postgres_dump import (
+from letta_ops.tasks.errors import Failed
+from letta_ops.tasks.letta_api import LettaAPIError, LettaClient
+from letta_ops.tasks.letta_inventory import agent_inventory
+from letta_ops.tasks.letta_postgres import alembic_revision, database_error_message
+from letta_ops.tasks.letta_versions import release_at_revision
+from letta_ops.tasks.object_store import ObjectStore, StoredObject
+from letta_ops.tasks.postgres_dump import (
     DumpResult,
     PgToolError,
     dump_to_store,
@@ -177,7 +183,10 @@ def build_manifest(
     database = profile.require_database()
     runtime_files = runtime_files or {}
     stored = [*agent_objects, dump.stored, *runtime_files.values()]
-    objects = {o.key: ManifestObject(size=o.size, sha256=o.sha256) for o in stored}
+    objects = {
+        o.key: ManifestObject(size=o.size, sha256=o.sha256, store_checksum=o.store_checksum)
+        for o in stored
+    }
     return BackupManifest(
         set_id=set_id,
         server=profile.name,
@@ -270,6 +279,7 @@ def backup(
     pinned: bool = False,
     server_down_ok: bool = False,
     compression: str | None = None,
+    concurrency_limits: list[str] | None = None,
 ) -> dict[str, Any]:
     """Back up one Letta server into a new, verified, write-once backup set.
 
@@ -283,8 +293,11 @@ def backup(
 
     ``server`` names saved blocks (None: LETTA_BASE_URL / LETTA_PG_URI); ``store`` is a
     repository URL (None: LETTA_OPS_STORE or the server's saved store block).
+
+    ``concurrency_limits`` (set by a fleet backup): global concurrency limits this run holds a
+    slot of while it runs, so a fleet never backs up more at once per store or database host.
     """
-    with audited_run("backup", server) as audit:
+    with audited_run("backup", server) as audit, fleet_slots(concurrency_limits):
         logger = get_run_logger()
         profile = load_profile(server, need_database=True)
         object_store = open_backup_store(store, server)

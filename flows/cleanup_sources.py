@@ -22,20 +22,20 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from blocks.server_profile import load_profile, open_backup_store
-from flows.audit_record import audited_run
-from flows.backup import backup
-from flows.run_context import publish_report, run_name, tag_current_run
-from flows.server_lock import destructive_lock
-from tasks.errors import Failed
-from tasks.postgres_privileges import require_table_privileges
-from tasks.source_cleanup import (
+from letta_ops.blocks.server_profile import load_profile, open_backup_store
+from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.backup import backup
+from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+from letta_ops.flows.server_lock import destructive_lock
+from letta_ops.tasks.errors import Failed
+from letta_ops.tasks.postgres_privileges import require_table_privileges
+from letta_ops.tasks.source_cleanup import (
     CleanupPlan,
     delete_through_api_task,
     plan_cleanup,
     survey_folders_task,
 )
-from tasks.source_phantom_rows import delete_phantom_rows_task, inspect_phantom_rows_task
+from letta_ops.tasks.source_phantom_rows import delete_phantom_rows_task, inspect_phantom_rows_task
 
 #: How long a real run waits for another destructive run on the server to finish.
 LOCK_WAIT_SECONDS = 10.0

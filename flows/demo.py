@@ -11,14 +11,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from flows.demo_environment import (
+from letta_ops.flows.demo_environment import (
     DEMO_NEW_VERSION,
     DEMO_OLD_VERSION,
     demo_environment,
     seed_sample_agents,
     start_prefect_ui,
 )
-from tasks.letta_api import LettaClient
+from letta_ops.tasks.letta_api import LettaClient
 
 
 def _run(flow_fn, **params) -> tuple[Any, str]:
@@ -41,15 +41,15 @@ def run_demo(log: Callable[[str], None] = print, ui: bool = True) -> dict:
 def _run_demo(log: Callable[[str], None]) -> dict:
     from prefect.settings import PREFECT_API_URL
 
-    from flows.backup import backup
-    from flows.upgrade import upgrade
-    from flows.verify import verify
+    from letta_ops.flows.backup import backup
+    from letta_ops.flows.upgrade import upgrade
+    from letta_ops.flows.verify import verify
 
     ui_url = (PREFECT_API_URL.value() or "").removesuffix("/api")
     with demo_environment(DEMO_OLD_VERSION, log=log) as env:
         with LettaClient(env.server) as client:
             agents = seed_sample_agents(client)
-        from tasks.object_store import s3_client_from_env
+        from letta_ops.tasks.object_store import s3_client_from_env
 
         s3_client_from_env().create_bucket(Bucket=env.bucket)
         os.environ.update(
@@ -91,7 +91,7 @@ def render_demo(
     runs: dict[str, str],
     ui_url: str,
 ) -> str:
-    from flows.cli import render_table
+    from letta_ops.cli.output import render_table
 
     rows = upgrade_report.get("verification") or []
     lines = [

@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from blocks.letta_database import LettaDatabase
-from blocks.letta_server import LettaServer
-from blocks.process_runtime import LettaProcessRuntime
-from tasks.embedded_postgres import EmbeddedPostgres, free_loopback_port
-from tasks.letta_api import LettaClient, offline_agent_body
-from tasks.letta_postgres import create_database
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.blocks.letta_server import LettaServer
+from letta_ops.blocks.process_runtime import LettaProcessRuntime
+from letta_ops.tasks.embedded_postgres import EmbeddedPostgres, free_loopback_port
+from letta_ops.tasks.letta_api import LettaClient, offline_agent_body
+from letta_ops.tasks.letta_postgres import create_database
 
 DEMO_OLD_VERSION = "0.11.7"
 DEMO_NEW_VERSION = "0.16.2"

@@ -23,17 +23,17 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.letta_database import LettaDatabase
-from blocks.letta_server import LettaServer
-from blocks.process_runtime import LettaProcessRuntime
-from blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from flows.audit_record import audited_run
-from flows.run_context import publish_report, run_name, tag_current_run
-from tasks import doctor_checks as checks
-from tasks.doctor_check_names import CHECK_NAMES
-from tasks.doctor_checks import Finding, guarded
-from tasks.errors import NeedsAction, Refused
-from tasks.letta_api import LettaAPIError, LettaClient
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.blocks.letta_server import LettaServer
+from letta_ops.blocks.process_runtime import LettaProcessRuntime
+from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+from letta_ops.tasks import doctor_checks as checks
+from letta_ops.tasks.doctor_check_names import CHECK_NAMES
+from letta_ops.tasks.doctor_checks import Finding, guarded
+from letta_ops.tasks.errors import NeedsAction, Refused
+from letta_ops.tasks.letta_api import LettaAPIError, LettaClient
 
 
 class ServerNeedsAction(NeedsAction):
@@ -109,9 +109,9 @@ def check_database(db: LettaDatabase | None, version: str | None) -> list[Findin
     if db is None:
         reason = "no usable database configuration (see database-uri)"
         return [checks.skipped(n, reason) for n in names]
-    from tasks.letta_inventory import database_size
-    from tasks.letta_postgres import alembic_revision
-    from tasks.sequence_repair import sequence_health
+    from letta_ops.tasks.letta_inventory import database_size
+    from letta_ops.tasks.letta_postgres import alembic_revision
+    from letta_ops.tasks.sequence_repair import sequence_health
 
     return [
         *guarded("alembic", lambda: checks.check_alembic(alembic_revision(db), version)),
@@ -126,7 +126,7 @@ def check_database(db: LettaDatabase | None, version: str | None) -> list[Findin
 
 
 def check_agent_names(profile: ServerProfile, version: str | None) -> checks.Finding:
-    from tasks.agent_names import name_rule_for, plan_renames
+    from letta_ops.tasks.agent_names import name_rule_for, plan_renames
 
     if version is None:
         return checks.check_agent_names({}, None)
@@ -137,8 +137,8 @@ def check_agent_names(profile: ServerProfile, version: str | None) -> checks.Fin
 
 def check_interrupted(server_name: str, server: str | None) -> checks.Finding:
     """Runs of this server that died part way (journal begun, never finished, process gone)."""
-    from flows.recover import interrupted_runs
-    from tasks.run_journal import last_step
+    from letta_ops.flows.recover import interrupted_runs
+    from letta_ops.tasks.run_journal import last_step
 
     runs = [
         {

@@ -13,18 +13,18 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.server_profile import open_backup_store
-from flows.audit_record import audited_run
-from flows.run_context import publish_report, run_name, tag_current_run
-from tasks.audit_store import preserve_set_records
-from tasks.backup_catalog import list_backup_sets
-from tasks.backup_retention import (
+from letta_ops.blocks.server_profile import open_backup_store
+from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+from letta_ops.tasks.audit_store import preserve_set_records
+from letta_ops.tasks.backup_catalog import list_backup_sets
+from letta_ops.tasks.backup_retention import (
     RetentionPlan,
     RetentionPolicy,
-    apply_retention_task,
+    execute_plan,
     plan_retention,
 )
-from tasks.object_store import ObjectStore
+from letta_ops.tasks.object_store import ObjectStore
 
 
 @task(name="plan-retention", cache_policy=NO_CACHE)
@@ -32,6 +32,12 @@ def plan_retention_task(
     store: ObjectStore, server: str | None, policy: RetentionPolicy
 ) -> RetentionPlan:
     return plan_retention(list_backup_sets(store, server), policy, datetime.now(UTC))
+
+
+@task(name="apply-retention", cache_policy=NO_CACHE)
+def apply_retention_task(store: ObjectStore, plan: RetentionPlan) -> list[str]:
+    """Carry out a retention plan; never cached, since a delete must actually happen."""
+    return execute_plan(store, plan, log=get_run_logger().info)
 
 
 def keep_audit_records(store: ObjectStore, prefixes: list[str]) -> None:

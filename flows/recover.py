@@ -24,36 +24,36 @@ from uuid import UUID
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from flows.audit_record import audited_run
-from flows.restore_server import (
+from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.restore_server import (
     prove_server_matches_set,
     restore_server_from_set,
     start_set_version,
 )
-from flows.run_context import (
+from letta_ops.flows.run_context import (
     TERMINAL_STATES,
     flow_run_state,
     publish_report,
     run_name,
     tag_current_run,
 )
-from flows.server_lock import destructive_lock
-from tasks.audit_store import AuditStore
-from tasks.backup_catalog import load_manifest
-from tasks.errors import Failed, NeedsAction
-from tasks.letta_api import LettaClient
-from tasks.letta_postgres import alembic_revision, database_error_message, database_exists
-from tasks.object_store import ObjectStore
-from tasks.recovery_plan import RecoveryPlan, plan_recovery
-from tasks.run_journal import (
+from letta_ops.flows.server_lock import destructive_lock
+from letta_ops.tasks.audit_store import AuditStore
+from letta_ops.tasks.backup_catalog import load_manifest
+from letta_ops.tasks.errors import Failed, NeedsAction
+from letta_ops.tasks.letta_api import LettaClient
+from letta_ops.tasks.letta_postgres import alembic_revision, database_error_message, database_exists
+from letta_ops.tasks.object_store import ObjectStore
+from letta_ops.tasks.recovery_plan import RecoveryPlan, plan_recovery
+from letta_ops.tasks.run_journal import (
     JournalEntry,
     RunJournal,
     last_step,
     process_alive,
     unfinished_runs,
 )
-from tasks.sequence_repair import repair_sequences
+from letta_ops.tasks.sequence_repair import repair_sequences
 
 
 class RestoreMustBeRerun(NeedsAction):

@@ -20,14 +20,14 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.server_profile import ServerProfile, load_profile
-from flows.audit_record import audited_run
-from flows.backup import backup
-from flows.run_context import publish_report, run_name, tag_current_run
-from flows.server_lock import destructive_lock
-from tasks.agent_names import name_rule_for, plan_renames
-from tasks.errors import Failed
-from tasks.letta_api import LettaClient
+from letta_ops.blocks.server_profile import ServerProfile, load_profile
+from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.backup import backup
+from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+from letta_ops.flows.server_lock import destructive_lock
+from letta_ops.tasks.agent_names import name_rule_for, plan_renames
+from letta_ops.tasks.errors import Failed
+from letta_ops.tasks.letta_api import LettaClient
 
 
 class RenameFailed(Failed):

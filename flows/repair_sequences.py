@@ -16,13 +16,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.letta_database import LettaDatabase
-from blocks.server_profile import load_profile
-from flows.audit_record import audited_run
-from flows.run_context import publish_report, run_name, tag_current_run
-from flows.server_lock import destructive_lock
-from tasks.errors import Failed
-from tasks.sequence_repair import repair_sequences_task, sequence_health
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.blocks.server_profile import load_profile
+from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+from letta_ops.flows.server_lock import destructive_lock
+from letta_ops.tasks.errors import Failed
+from letta_ops.tasks.sequence_repair import repair_sequences_task, sequence_health
 
 #: How long a run waits for another destructive run on the server to finish.
 LOCK_WAIT_SECONDS = 10.0

@@ -22,38 +22,38 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.letta_database import LettaDatabase
-from blocks.letta_server import LettaServer, sanitize_server_name
-from blocks.process_runtime import LettaProcessRuntime
-from blocks.server_profile import load_profile, open_backup_store
-from flows.audit_record import audited_run
-from flows.restore_server import (
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.blocks.letta_server import LettaServer, sanitize_server_name
+from letta_ops.blocks.process_runtime import LettaProcessRuntime
+from letta_ops.blocks.server_profile import load_profile, open_backup_store
+from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.restore_server import (
     database_for_set,
     prove_server_matches_set,
     restore_database_from_set,
     start_set_version,
     with_reset_mode,
 )
-from flows.run_context import publish_report, run_name, tag_current_run
-from flows.server_lock import destructive_lock
-from flows.verify import resolve_set
-from tasks.backup_catalog import load_manifest
-from tasks.backup_manifest import BackupManifest
-from tasks.backup_set_admission import require_dump, require_intact
-from tasks.errors import Failed
-from tasks.letta_api import LettaClient
-from tasks.letta_postgres import database_exists
-from tasks.letta_runtime_process import install_runtime
-from tasks.object_store import ObjectStore
-from tasks.postgres_privileges import RequestedReset
-from tasks.restore_target import (
+from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+from letta_ops.flows.server_lock import destructive_lock
+from letta_ops.flows.verify import resolve_set
+from letta_ops.tasks.backup_catalog import load_manifest
+from letta_ops.tasks.backup_manifest import BackupManifest
+from letta_ops.tasks.backup_set_admission import require_dump, require_intact
+from letta_ops.tasks.errors import Failed
+from letta_ops.tasks.letta_api import LettaClient
+from letta_ops.tasks.letta_postgres import database_exists
+from letta_ops.tasks.letta_runtime_process import install_runtime
+from letta_ops.tasks.object_store import ObjectStore
+from letta_ops.tasks.postgres_privileges import RequestedReset
+from letta_ops.tasks.restore_target import (
     RestoreTargetRefused,
     port_in_use,
     same_database,
     target_database,
     user_table_count,
 )
-from tasks.run_journal import close_unfinished
+from letta_ops.tasks.run_journal import close_unfinished
 
 
 class RestoreFailed(Failed):
@@ -212,9 +212,11 @@ def restore(
     lock_timeout_seconds: float = 30,
     reset: RequestedReset | None = None,
     name: str | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Restore ``backup_set`` onto ``database``: a saved Letta Database block's name, or
     ``postgresql://USER@HOST:PORT/DB`` with the password in ``PGPASSWORD`` (never in the URI).
+    With ``dry_run``, stop after the pre-flight and return its plan (nothing changed).
 
     With ``start``, the restored server is named ``name`` (default ``127.0.0.1-PORT``): its
     state directory, history and lock live under that name, and the report says how later
@@ -247,6 +249,9 @@ def restore(
             backup_set=plan["set"],
             target=plan["target"],
         )
+        if dry_run:
+            record.update(outcome="planned")
+            return {"plan": plan, "dry_run": True, "outcome": "planned"}
         report: dict[str, Any] = {"plan": plan, "outcome": "running"}
         with destructive_lock(target_name, lock_timeout_seconds):
             journal = record.journal()

@@ -21,21 +21,21 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from flows.audit_record import audited_run
-from flows.run_context import publish_report, run_name, tag_current_run
-from flows.verify import resolve_set
-from tasks.agent_file import rename_agent_file, summarize_agent_file
-from tasks.agent_names import name_rule_for
-from tasks.agent_restore import AgentRestoreStep, plan_agent_restore
-from tasks.backup_catalog import load_manifest
-from tasks.backup_manifest import BackupManifest
-from tasks.backup_set_admission import require_intact, require_same_server
-from tasks.backup_verification import downloaded
-from tasks.errors import Failed
-from tasks.letta_api import LettaClient
-from tasks.letta_inventory import agent_inventory
-from tasks.object_store import ObjectStore
+from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+from letta_ops.flows.verify import resolve_set
+from letta_ops.tasks.agent_file import rename_agent_file, summarize_agent_file
+from letta_ops.tasks.agent_names import name_rule_for
+from letta_ops.tasks.agent_restore import AgentRestoreStep, plan_agent_restore
+from letta_ops.tasks.backup_catalog import load_manifest
+from letta_ops.tasks.backup_manifest import BackupManifest
+from letta_ops.tasks.backup_set_admission import require_intact, require_same_server
+from letta_ops.tasks.backup_verification import downloaded
+from letta_ops.tasks.errors import Failed
+from letta_ops.tasks.letta_api import LettaClient
+from letta_ops.tasks.letta_inventory import agent_inventory
+from letta_ops.tasks.object_store import ObjectStore
 
 
 class AgentRestoreFailed(Failed):

@@ -14,18 +14,18 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from blocks.letta_database import LettaDatabase
-from blocks.letta_runtime import LettaRuntime
-from blocks.server_profile import ServerProfile
-from tasks.backup_catalog import runtime_files_of_set
-from tasks.backup_manifest import BackupManifest
-from tasks.backup_verification import compare_counts, downloaded
-from tasks.letta_api import LettaClient
-from tasks.letta_postgres import database_error_message, empty_database, table_row_counts
-from tasks.object_store import ObjectStore
-from tasks.postgres_dump import restore_dump
-from tasks.postgres_privileges import RequestedReset, restore_plan
-from tasks.sequence_repair import repair_sequences
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.blocks.letta_runtime import LettaRuntime
+from letta_ops.blocks.server_profile import ServerProfile
+from letta_ops.tasks.backup_catalog import runtime_files_of_set
+from letta_ops.tasks.backup_manifest import BackupManifest
+from letta_ops.tasks.backup_verification import compare_counts, downloaded
+from letta_ops.tasks.letta_api import LettaClient
+from letta_ops.tasks.letta_postgres import database_error_message, empty_database, table_row_counts
+from letta_ops.tasks.object_store import ObjectStore
+from letta_ops.tasks.postgres_dump import restore_dump
+from letta_ops.tasks.postgres_privileges import RequestedReset, restore_plan
+from letta_ops.tasks.sequence_repair import repair_sequences
 
 
 def database_for_set(database: LettaDatabase, manifest: BackupManifest) -> LettaDatabase:

@@ -29,11 +29,11 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, transaction
 
-from blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from flows.audit_record import audited_run
-from flows.backup import backup
-from flows.operator_approval import ApprovalDeclined, await_operator_approval
-from flows.restore_server import (
+from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.backup import backup
+from letta_ops.flows.operator_approval import ApprovalDeclined, await_operator_approval
+from letta_ops.flows.restore_server import (
     database_for_set,
     empty_database_steps,
     prove_server_matches_set,
@@ -42,25 +42,29 @@ from flows.restore_server import (
     start_set_version,
     with_reset_mode,
 )
-from flows.run_context import publish_report, run_name, tag_current_run
-from flows.server_lock import destructive_lock
-from flows.verify import resolve_set
-from tasks.backup_catalog import load_manifest, runtime_files_of_set
-from tasks.backup_manifest import BackupManifest, set_prefix
-from tasks.backup_set_admission import (
+from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+from letta_ops.flows.server_lock import destructive_lock
+from letta_ops.flows.verify import resolve_set
+from letta_ops.tasks.backup_catalog import load_manifest, runtime_files_of_set
+from letta_ops.tasks.backup_manifest import BackupManifest, set_prefix
+from letta_ops.tasks.backup_set_admission import (
     newest_rollback_set,
     require_dump,
     require_intact,
     require_same_server,
 )
-from tasks.errors import Failed, Refused
-from tasks.letta_api import LettaAPIError, LettaClient
-from tasks.letta_inventory import agent_inventory, database_size
-from tasks.letta_postgres import alembic_revision, database_error_message, table_row_counts
-from tasks.letta_versions import release_at_revision
-from tasks.object_store import ObjectStore
-from tasks.postgres_privileges import RequestedReset
-from tasks.run_journal import JournaledSteps
+from letta_ops.tasks.errors import Failed, Refused
+from letta_ops.tasks.letta_api import LettaAPIError, LettaClient
+from letta_ops.tasks.letta_inventory import agent_inventory, database_size
+from letta_ops.tasks.letta_postgres import (
+    alembic_revision,
+    database_error_message,
+    table_row_counts,
+)
+from letta_ops.tasks.letta_versions import release_at_revision
+from letta_ops.tasks.object_store import ObjectStore
+from letta_ops.tasks.postgres_privileges import RequestedReset
+from letta_ops.tasks.run_journal import JournaledSteps
 
 
 class RollbackRefused(Refused):

@@ -47,7 +47,7 @@ def artifact_key(*parts: str) -> str:
 def default_server_name() -> str:
     """The server name a run without ``server`` resolves to (no I/O: environment only)."""
     try:
-        from blocks.letta_server import LettaServer
+        from letta_ops.blocks.letta_server import LettaServer
 
         return LettaServer.from_env().server_name
     except Exception:  # noqa: BLE001 - a bad URL is reported by the flow itself

@@ -16,14 +16,14 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from blocks.process_runtime import LettaProcessRuntime
-from blocks.server_profile import ServerProfile
-from flows.restore_server import restore_database_from_set
-from tasks.backup_manifest import BackupManifest
-from tasks.embedded_postgres import free_loopback_port
-from tasks.letta_api import LettaClient
-from tasks.letta_postgres import drop_database
-from tasks.object_store import ObjectStore
+from letta_ops.blocks.process_runtime import LettaProcessRuntime
+from letta_ops.blocks.server_profile import ServerProfile
+from letta_ops.flows.restore_server import restore_database_from_set
+from letta_ops.tasks.backup_manifest import BackupManifest
+from letta_ops.tasks.embedded_postgres import free_loopback_port
+from letta_ops.tasks.letta_api import LettaClient
+from letta_ops.tasks.letta_postgres import drop_database
+from letta_ops.tasks.object_store import ObjectStore
 
 #: The first release whose agent files (multi-entity format) >= 0.12 can import.
 FIRST_MULTI_ENTITY_EXPORT = Version("0.11.7")

@@ -23,7 +23,9 @@ def load_deployments(path: Path | None = None) -> list[dict[str, Any]]:
 def load_flow(entrypoint: str):
     """``flows/backup.py:backup`` -> the flow object."""
     module_path, _, name = entrypoint.partition(":")
-    module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
+    module = importlib.import_module(
+        "letta_ops." + module_path.removesuffix(".py").replace("/", ".")
+    )
     return getattr(module, name)
 
 

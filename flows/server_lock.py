@@ -34,9 +34,9 @@ from prefect.client.schemas.actions import (
 )
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from flows.run_context import TERMINAL_STATES, flow_run_state
-from tasks.errors import Busy
-from tasks.run_journal import process_alive
+from letta_ops.flows.run_context import TERMINAL_STATES, flow_run_state
+from letta_ops.tasks.errors import Busy
+from letta_ops.tasks.run_journal import process_alive
 
 #: How long a slot's lease lasts without renewal (Prefect's default); renewed while held.
 LEASE_SECONDS = 300.0
@@ -237,14 +237,29 @@ def destructive_lock(server: str, timeout_seconds: float | None = 0) -> Iterator
             release_concurrency_slots_with_lease(lease_id)
 
 
-def unlock(server: str, force: bool = False) -> dict[str, Any]:
-    """Free the slot of a holder that is provably dead (or any holder with ``force``)."""
+def unlock(server: str, force: bool = False, dry_run: bool = False) -> dict[str, Any]:
+    """Free the slot of a holder that is provably dead (or any holder with ``force``).
+
+    With ``dry_run`` nothing is freed: ``would_free`` says whether it would be, and why.
+    """
     if not occupied_slots(server):
-        if read_holder(server):
+        if read_holder(server) and not dry_run:
             _write_holder(server, None)  # a stale record of a slot already freed
-        return {"server": server, "freed": False, "reason": "the slot is free"}
+        free = {"server": server, "freed": False, "reason": "the slot is free"}
+        return {**free, "would_free": False} if dry_run else free
     holder = read_holder(server)
     why = holder_is_dead(holder) if holder else None
+    if dry_run:
+        would = why is not None or force
+        reason = why or ("forced by the operator" if force else None)
+        return {
+            "server": server,
+            "freed": False,
+            "would_free": would,
+            "reason": reason
+            or f"held by {describe_holder(holder)}, which may still run (--force frees it)",
+            "holder": holder,
+        }
     if why is None and not force:
         raise ServerBusy(
             f"Server {server!r} is held by {describe_holder(holder)}, which may still run; "

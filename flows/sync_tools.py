@@ -20,11 +20,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from blocks.server_profile import load_profile
-from flows.audit_record import audited_run
-from flows.run_context import publish_report, run_name, tag_current_run
-from tasks.errors import Failed
-from tasks.tool_sync import (
+from letta_ops.blocks.server_profile import load_profile
+from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+from letta_ops.tasks.errors import Failed
+from letta_ops.tasks.tool_sync import (
     SyncMode,
     TargetSelectionError,
     TargetSelector,

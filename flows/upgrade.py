@@ -30,36 +30,37 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, transaction
 
-from blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from flows.audit_record import audited_run, counts_summary, server_counts
-from flows.backup import backup
-from flows.operator_approval import ApprovalDeclined, await_operator_approval
-from flows.restore_server import (
+from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from letta_ops.flows.audit_record import audited_run, counts_summary, server_counts
+from letta_ops.flows.backup import backup
+from letta_ops.flows.operator_approval import ApprovalDeclined, await_operator_approval
+from letta_ops.flows.restore_server import (
     empty_database_steps,
     restore_server_from_set,
     start_set_version,
     with_reset_mode,
 )
-from flows.run_context import publish_report, run_name, tag_current_run
-from flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
-from flows.server_lock import destructive_lock
-from tasks.agent_names import name_rule_for, plan_renames, strictest_rule
-from tasks.backup_catalog import load_manifest
-from tasks.backup_manifest import BackupManifest, set_prefix
-from tasks.errors import Failed, Refused
-from tasks.letta_api import LettaClient
-from tasks.letta_inventory import (
+from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+from letta_ops.flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
+from letta_ops.flows.server_lock import destructive_lock
+from letta_ops.tasks.agent_names import name_rule_for, plan_renames, strictest_rule
+from letta_ops.tasks.backup_catalog import load_manifest
+from letta_ops.tasks.backup_manifest import BackupManifest, set_prefix
+from letta_ops.tasks.errors import Failed, Refused
+from letta_ops.tasks.letta_api import LettaClient
+from letta_ops.tasks.letta_inventory import (
     agent_inventory,
     archival_passage_count,
     compare_by_id,
     database_size,
 )
-from tasks.letta_postgres import alembic_revision, database_error_message, empty_database
-from tasks.letta_versions import ALEMBIC_HEADS, LettaVersion, parse_server_version
-from tasks.object_store import ObjectStore
-from tasks.postgres_privileges import RequestedReset
-from tasks.run_journal import JournaledSteps
-from tasks.sequence_repair import repair_sequences
+from letta_ops.tasks.letta_postgres import alembic_revision, database_error_message, empty_database
+from letta_ops.tasks.letta_versions import ALEMBIC_HEADS, LettaVersion, parse_server_version
+from letta_ops.tasks.object_store import ObjectStore
+from letta_ops.tasks.postgres_privileges import RequestedReset
+from letta_ops.tasks.rehearsal_history import latest_rehearsal, rehearsal_is_current
+from letta_ops.tasks.run_journal import JournaledSteps
+from letta_ops.tasks.sequence_repair import repair_sequences
 
 Strategy = Literal["migrate", "rebuild"]
 
@@ -143,6 +144,7 @@ def preflight(
         else name_rule_for(str(target))
     )
     renames = plan_renames(agents, rule)
+    rehearsal = latest_rehearsal(profile.name, str(current), str(target), strategy)
     steps = (
         [
             "backup (verified, pinned)",
@@ -185,9 +187,29 @@ def preflight(
         "name_rule": rule.name,
         "renames": renames,
         "steps": steps,
-        "expected_downtime_seconds": 75 if strategy == "migrate" else 90 + 2 * len(agents),
+        "rehearsal": rehearsal,
+        "expected_downtime_seconds": rehearsal["downtime_seconds"]
+        if rehearsal
+        else (75 if strategy == "migrate" else 90 + 2 * len(agents)),
+        "expected_downtime_source": (
+            f"measured by the rehearsal at {rehearsal['at']} ({rehearsal['age_hours']} h ago)"
+            if rehearsal
+            else "a rough estimate: no rehearsal of these versions and strategy "
+            f"(letta-ops upgrade --to {target} --strategy {strategy} --rehearse)"
+        ),
         "lossy": strategy == "rebuild",
     }
+
+
+def newest_backup_at(store: str | None, server: str | None, name: str) -> datetime | None:
+    """When the newest complete set of this server was taken (None: none, or no store)."""
+    from letta_ops.tasks.backup_catalog import list_backup_sets
+
+    try:
+        sets = [s for s in list_backup_sets(open_backup_store(store, server), name) if s.complete]
+    except Exception:  # noqa: BLE001 - no store configured: nothing to compare with
+        return None
+    return sets[0].created_at if sets else None
 
 
 # --------------------------------------------------------------------------- steps
@@ -472,8 +494,12 @@ def upgrade(
     lock_timeout_seconds: float = 0,
     start_timeout_seconds: float = 240,
     reset: RequestedReset | None = None,
+    require_rehearsal: bool = False,
 ) -> dict[str, Any]:
     """Upgrade one server to ``to_version`` by ``strategy``; roll back on any failure.
+
+    ``require_rehearsal`` (on in the deployment): refuse unless a successful rehearsal of these
+    versions and strategy exists that is not older than the server's newest backup.
 
     ``reset`` says how a database is emptied before a restore or rebuild (``recreate`` or
     ``in-place``); by default the database block's setting, else whatever the role may do.
@@ -494,6 +520,17 @@ def upgrade(
             strategy=strategy,
             renames=audit_renames(plan["renames"]) if strategy == "rebuild" else None,
         )
+        plan["rehearsal_current"] = rehearsal_is_current(
+            plan["rehearsal"], newest_backup_at(store, server, profile.name)
+        )
+        if require_rehearsal and not plan["rehearsal_current"] and not dry_run:
+            audit.update(outcome="refused")
+            raise UpgradeRefused(
+                f"No rehearsal of {plan['from_version']} -> {plan['to_version']} "
+                f"({strategy}) newer than the newest backup of {profile.name}; run "
+                f"'letta-ops upgrade --to {plan['to_version']} --strategy {strategy} "
+                "--rehearse' first (or turn require_rehearsal off)."
+            )
         report: dict[str, Any] = {"plan": plan, "dry_run": dry_run, "outcome": "planned"}
         if dry_run:
             audit.update(outcome="planned")

@@ -1,8 +1,10 @@
 """Verify a backup set, as an operator would before trusting it:
 
 1. the manifest exists (the set is complete) and names this server;
-2. every object re-read from storage matches the manifest's size and sha256;
-3. ``pg_restore --list`` reads the dump and finds every counted table;
+2. every object matches the manifest: its size and the SHA-256 the store computed at upload,
+   asked with one metadata request (S3); objects without one (a local directory, older sets)
+   and, with ``read_data``, every object are read back and their sha256 compared;
+3. ``pg_restore --list`` reads the dump's table of contents and finds every counted table;
 4. with a drill: restore into a scratch database, compare per-table counts, drop it.
 The result is stored beside the set (a new object), so retention knows it was verified.
 """
@@ -16,21 +18,21 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.letta_database import LettaDatabase
-from blocks.server_profile import ProfileError, load_profile, open_backup_store
-from flows.audit_record import audited_run, counts_summary
-from flows.run_context import publish_report, run_name, tag_current_run
-from tasks.backup_catalog import (
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.blocks.server_profile import ProfileError, load_profile, open_backup_store
+from letta_ops.flows.audit_record import audited_run, counts_summary
+from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+from letta_ops.tasks.backup_catalog import (
     BackupSetError,
     list_backup_sets,
     load_manifest,
     record_verification,
 )
-from tasks.backup_manifest import BackupManifest, parse_set_reference, set_prefix
-from tasks.backup_verification import check_dump, check_objects, drill
-from tasks.errors import Failed
-from tasks.object_store import ObjectStore
-from tasks.restore_target import same_database
+from letta_ops.tasks.backup_manifest import BackupManifest, parse_set_reference, set_prefix
+from letta_ops.tasks.backup_verification import check_dump, check_objects, drill, reads_back
+from letta_ops.tasks.errors import Failed
+from letta_ops.tasks.object_store import ObjectStore
+from letta_ops.tasks.restore_target import same_database
 
 
 class VerificationFailed(Failed):
@@ -38,8 +40,20 @@ class VerificationFailed(Failed):
 
 
 @task(name="check-objects", cache_policy=NO_CACHE)
-def check_objects_task(store: ObjectStore, manifest: BackupManifest) -> list[dict]:
-    return check_objects(store, manifest)
+def check_objects_task(
+    store: ObjectStore, manifest: BackupManifest, read_data: bool = False
+) -> list[dict]:
+    return check_objects(store, manifest, read_data=read_data)
+
+
+def objects_read(manifest: BackupManifest, read_data: bool) -> dict[str, int]:
+    """How the objects were checked: by the store's checksum, or read back (and bytes)."""
+    back = [o for o in manifest.objects.values() if reads_back(o, read_data)]
+    return {
+        "by_store_checksum": len(manifest.objects) - len(back),
+        "read_back": len(back),
+        "bytes_read_back": sum(o.size for o in back),
+    }
 
 
 @task(name="check-dump", cache_policy=NO_CACHE)
@@ -103,10 +117,13 @@ def resolve_set(store: ObjectStore, reference: str, default_server: str | None) 
 
 
 def render_verify_markdown(result: dict[str, Any]) -> str:
+    checked = result["checked"]
     lines = [
         f"# Verify {result['set']}: {'passed' if result['ok'] else 'FAILED'}",
         "",
-        f"- objects checked: {result['objects']}",
+        f"- objects checked: {result['objects']} ({checked['by_store_checksum']} by the "
+        f"store's checksum, {checked['read_back']} read back: "
+        f"{checked['bytes_read_back']} bytes)",
     ]
     lines += [f"- **{p['object']}**: {p['problem']}" for p in result["problems"]]
     if result.get("dump"):
@@ -134,9 +151,14 @@ def verify(
     store: str | None = None,
     drill: bool = False,
     drill_database: str | None = None,
+    read_data: bool = False,
 ) -> dict[str, Any]:
     """Verify ``backup_set``: ``SERVER/SET_ID``, a SET_ID of the current server, or
-    ``latest`` (the newest complete set)."""
+    ``latest`` (the newest complete set).
+
+    ``read_data`` (restic's ``--read-data``) reads every object back and compares its
+    sha256, for when the store's own checksums are not trusted; without it an object whose
+    store checksum the manifest recorded costs one metadata request."""
     with audited_run("drill" if drill else "verify", server) as audit:
         logger = get_run_logger()
         default_server = load_profile(server).name if "/" not in backup_set else None
@@ -150,7 +172,7 @@ def verify(
             counts_before=counts_summary(manifest.row_counts, len(manifest.agents)),
         )
 
-        problems = check_objects_task(object_store, manifest)
+        problems = check_objects_task(object_store, manifest, read_data)
         dump = check_dump_task(object_store, manifest) if not problems else None
         drill_result = None
         if drill and not problems:
@@ -170,6 +192,8 @@ def verify(
             "drill": drill,
             "checked_at": datetime.now(UTC).isoformat(),
             "objects": len(manifest.objects),
+            "read_data": read_data,
+            "checked": objects_read(manifest, read_data),
             "problems": problems,
             "dump": dump,
             "drill_result": drill_result,

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from tasks.backup_manifest import AgentEntry, agent_file_key
-from tasks.letta_api import LettaAPIError, LettaClient
-from tasks.object_store import ObjectStore, StoredObject
+from letta_ops.tasks.backup_manifest import AgentEntry, agent_file_key
+from letta_ops.tasks.letta_api import LettaAPIError, LettaClient
+from letta_ops.tasks.object_store import ObjectStore, StoredObject
 
 
 def export_one(

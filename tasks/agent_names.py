@@ -13,7 +13,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from tasks.letta_versions import LettaVersion, parse_server_version
+from letta_ops.tasks.letta_versions import LettaVersion, parse_server_version
 
 #: letta <= 0.12: ASCII letters, digits, space, underscore, hyphen.
 ASCII_RULE = re.compile(r"^[A-Za-z0-9 _-]+$")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from tasks.agent_names import MAX_NAME_LENGTH, NameRule, sanitize_agent_name
-from tasks.backup_catalog import BackupSetError
-from tasks.backup_manifest import AgentEntry, BackupManifest
+from letta_ops.tasks.agent_names import MAX_NAME_LENGTH, NameRule, sanitize_agent_name
+from letta_ops.tasks.backup_catalog import BackupSetError
+from letta_ops.tasks.backup_manifest import AgentEntry, BackupManifest
 
 
 class AgentRestoreRefused(BackupSetError):

@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from tasks.object_store import ObjectExistsError, ObjectStore
+from letta_ops.tasks.object_store import ObjectExistsError, ObjectStore
 
 AUDIT_FORMAT = "letta-ops/audit-record@1"
 AUDIT_URL_ENV = "LETTA_OPS_AUDIT_URL"
@@ -231,7 +231,7 @@ class AuditStore:
     def migrate(self) -> None:
         """Bring the schema to the newest migration (on every open: a store may have been
         deleted or upgraded by a newer letta-ops since; at head this is one query)."""
-        from tasks.audit_migrations import upgrade_to_head
+        from letta_ops.tasks.audit_migrations import upgrade_to_head
 
         assert self._engine is not None
         with _MIGRATE_LOCK:
@@ -369,8 +369,8 @@ def record_key(record: AuditRecord, set_complete: bool) -> str:
     * else ``audit/SERVER--STARTED--RECORD_ID.json`` (a failed backup's set may never get its
       manifest and be pruned as incomplete; the record must outlive it).
     """
-    from blocks.letta_server import sanitize_server_name
-    from tasks.backup_manifest import parse_set_reference, set_prefix
+    from letta_ops.tasks.backup_manifest import parse_set_reference, set_prefix
+    from letta_ops.tasks.server_naming import sanitize_server_name
 
     name = _safe_segment(record.record_id)
     if record.backup_set and set_complete:
@@ -385,7 +385,7 @@ def _safe_segment(text: str) -> str:
 
 
 def set_is_complete(store: ObjectStore, backup_set: str) -> bool:
-    from tasks.backup_manifest import MANIFEST_NAME, parse_set_reference, set_prefix
+    from letta_ops.tasks.backup_manifest import MANIFEST_NAME, parse_set_reference, set_prefix
 
     server, set_id = parse_set_reference(backup_set)
     return store.exists(set_prefix(server, set_id) + MANIFEST_NAME)

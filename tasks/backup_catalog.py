@@ -11,10 +11,10 @@ import json
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from tasks.backup_manifest import MANIFEST_NAME, VERIFY_DIR, BackupManifest, set_prefix
-from tasks.backup_retention import BackupSetSummary
-from tasks.errors import Refused
-from tasks.object_store import ObjectStore
+from letta_ops.tasks.backup_manifest import MANIFEST_NAME, VERIFY_DIR, BackupManifest, set_prefix
+from letta_ops.tasks.backup_retention import BackupSetSummary
+from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.object_store import ObjectStore
 
 PIN_MARKER = "pin.json"
 

@@ -16,8 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from blocks.letta_server import sanitize_server_name
-from tasks.errors import Refused
+from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.object_store import StoreChecksum
+from letta_ops.tasks.server_naming import sanitize_server_name
 
 MANIFEST_FORMAT = "letta-ops/backup-set@1"
 MANIFEST_NAME = "manifest.json"
@@ -36,6 +37,13 @@ Purpose = Literal[
 class ManifestObject(BaseModel):
     size: int = Field(description="Bytes stored.")
     sha256: str = Field(description="sha256 hex digest of the stored bytes.")
+    store_checksum: StoreChecksum | None = Field(
+        default=None,
+        description="The checksum the store computed and keeps with the object (S3: SHA256, "
+        "FULL_OBJECT for a single upload, COMPOSITE for a multipart one): verification "
+        "compares it with one metadata request. None (a local directory, a store that keeps "
+        "none, sets written before it was recorded): verification re-reads the object.",
+    )
 
 
 class AgentEntry(BaseModel):

@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.backup_manifest import MANIFEST_NAME
-from tasks.errors import Refused
-from tasks.object_store import ObjectStore
+from letta_ops.tasks.backup_manifest import MANIFEST_NAME
+from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.object_store import ObjectStore
 
 #: Marker object that pins a set after the fact (a manifest is never rewritten).
 PIN_NAME = "pin.json"
@@ -231,16 +229,3 @@ def execute_plan(
         store.delete_prefix(prefix)
         deleted.append(prefix)
     return deleted
-
-
-# --------------------------------------------------------------------------------------------
-# Prefect task (thin wrapper)
-# --------------------------------------------------------------------------------------------
-
-
-@task(name="apply-retention", cache_policy=NO_CACHE)
-def apply_retention_task(store: ObjectStore, plan: RetentionPlan) -> list[str]:
-    """Carry out a retention plan; never cached, since a delete must actually happen."""
-    from prefect import get_run_logger
-
-    return execute_plan(store, plan, log=get_run_logger().info)

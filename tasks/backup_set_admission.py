@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tasks.backup_catalog import BackupSetError, list_backup_sets
-from tasks.backup_manifest import BackupManifest
-from tasks.backup_retention import BackupSetSummary
-from tasks.backup_verification import check_objects
-from tasks.object_store import ObjectStore
+from letta_ops.tasks.backup_catalog import BackupSetError, list_backup_sets
+from letta_ops.tasks.backup_manifest import BackupManifest
+from letta_ops.tasks.backup_retention import BackupSetSummary
+from letta_ops.tasks.backup_verification import check_objects
+from letta_ops.tasks.object_store import ObjectStore
 
 
 class BackupSetRefused(BackupSetError):
@@ -45,7 +45,9 @@ def require_same_server(manifest: BackupManifest, server: str) -> None:
 def require_intact(
     store: ObjectStore, manifest: BackupManifest, keys: Iterable[str] | None = None
 ) -> int:
-    """Re-read the set's objects (or only ``keys``) and refuse on any size or sha256 mismatch.
+    """Check the set's objects (or only ``keys``) as ``verify`` does -- the store's recorded
+    checksum where there is one, else re-read -- and refuse on any size or checksum mismatch.
+    The restore itself still compares the downloaded dump's sha256 with the manifest.
 
     Returns how many objects were checked.
     """

@@ -26,9 +26,9 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from blocks.letta_database import InvalidDatabaseURI, LettaDatabase, parse_letta_pg_uri
-from tasks.letta_postgres import connect, database_error_message
-from tasks.letta_versions import (
+from letta_ops.blocks.letta_database import InvalidDatabaseURI, LettaDatabase, parse_letta_pg_uri
+from letta_ops.tasks.letta_postgres import connect, database_error_message
+from letta_ops.tasks.letta_versions import (
     ALEMBIC_HEADS,
     LettaVersion,
     parse_server_version,
@@ -143,7 +143,7 @@ def check_pgvector(extension_version: str | None) -> Finding:
 def check_restore_privileges(db: LettaDatabase) -> Finding:
     """The pre-flight every destructive run makes: may this role empty the database and
     restore into it (recreate, or reset in place), with client tools that fit the server?"""
-    from tasks.postgres_privileges import PrivilegeRefused, restore_plan
+    from letta_ops.tasks.postgres_privileges import PrivilegeRefused, restore_plan
 
     try:
         plan = restore_plan(db)
@@ -349,7 +349,7 @@ def check_encryption_key(version: str | None, configured: bool) -> Finding:
 def check_compose_pin(compose_file: Path | None, service: str) -> Finding:
     if compose_file is None:
         return skipped("compose-pin", "no compose file given (--compose-file)")
-    from tasks.letta_runtime_compose import compose_image_tag
+    from letta_ops.tasks.letta_runtime_compose import compose_image_tag
 
     tag = compose_image_tag(compose_file.read_text(), service)
     if tag is None or tag == "latest":
@@ -404,7 +404,7 @@ def check_backup_age(
 
 
 def newest_verified_backup(store, server: str) -> datetime | None:
-    from tasks.backup_catalog import list_backup_sets
+    from letta_ops.tasks.backup_catalog import list_backup_sets
 
     for backup_set in list_backup_sets(store, server):
         if backup_set.verified and backup_set.created_at is not None:
@@ -425,7 +425,7 @@ def server_process_environment(state_dir: Path) -> dict[str, str] | None:
     """
     import psutil
 
-    from tasks.letta_runtime_process import running_server
+    from letta_ops.tasks.letta_runtime_process import running_server
 
     record = running_server(state_dir)
     if record is None:
@@ -442,7 +442,7 @@ def needs_action(findings: list[Finding]) -> bool:
 
 def check_runtime(runtime) -> Finding:
     """Which runtime letta-ops will drive for upgrades and rollbacks, and whether it can."""
-    from tasks.errors import Refused
+    from letta_ops.tasks.errors import Refused
 
     try:
         runtime.require_drivable()

@@ -3,7 +3,7 @@
 Why: a script driving ``letta-ops`` must tell "you asked for something impossible, nothing
 changed" from "it ran and failed" from "another run holds the server" from "it checked and
 something needs you". Each exception says which it is by its class; the command line maps the
-class to the exit code in one place (``flows.cli.main``), as restic does.
+class to the exit code in one place (:func:`cli.errors.exit_code_for`), as restic does.
 
 | class | exit code | meaning |
 |---|---|---|
@@ -12,7 +12,12 @@ class to the exit code in one place (``flows.cli.main``), as restic does.
 | :class:`Busy` | 11 | another destructive run holds the server |
 | :class:`NeedsAction` | 3 | the check ran and something needs the operator |
 
-Anything else that escapes is exit 1.
+Anything else that escapes is exit 1 -- a bare ``ValueError`` too: raised deep inside a run,
+it says nothing about whether something changed. A pydantic ``ValidationError`` is a refusal
+only when a validator raised one of these (its ``ctx["error"]``); configuration that fails
+validation is turned into a refusal where it is read (``blocks.server_profile``).
+
+This module imports nothing heavy: the command line loads it for ``--help``.
 """
 
 from __future__ import annotations
@@ -62,3 +67,47 @@ def final_error_line(output: str) -> str:
             if not line.startswith((" ", "\t")):
                 return line.strip()
     return lines[-1].strip() if lines else "(no output)"
+
+
+def database_error_message(exc: BaseException) -> str:
+    """PostgreSQL's own sentence (and hint) from a driver error, not the driver's dict.
+
+    pg8000 carries the server's error fields as a dict (``M`` message, ``H`` hint); other
+    exceptions are described by their first line.
+    """
+    current: BaseException | None = exc
+    while current is not None:
+        for arg in getattr(current, "args", ()):
+            if isinstance(arg, dict) and "M" in arg:
+                hint = f" ({arg['H']})" if arg.get("H") else ""
+                return f"PostgreSQL: {arg['M']}{hint}"
+        current = getattr(current, "orig", None) or current.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def wrapped_error(exc: BaseException) -> LettaOpsError | None:
+    """The letta-ops error a pydantic ``ValidationError`` carries: the first one a validator
+    raised (``RetentionPolicy`` refusing a policy that keeps nothing), else None."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors) or type(exc).__name__ != "ValidationError":
+        return None
+    try:
+        details = errors()
+    except Exception:  # noqa: BLE001 - not pydantic's after all
+        return None
+    for detail in details:
+        cause = (detail.get("ctx") or {}).get("error")
+        if isinstance(cause, LettaOpsError):
+            return cause
+    return None
+
+
+def validation_sentence(exc: BaseException) -> str:
+    """The first problem of a pydantic ``ValidationError`` as one sentence: the validator's own
+    message (``Value error, `` dropped), never the input (blocks hide it)."""
+    errors = exc.errors() if callable(getattr(exc, "errors", None)) else []
+    if not errors:
+        text = str(exc).strip()
+        return text.splitlines()[0] if text else type(exc).__name__
+    return str(errors[0].get("msg", exc)).removeprefix("Value error, ")

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from blocks.letta_server import LettaServer
+from letta_ops.blocks.letta_server import LettaServer
 
 PAGE_SIZE = 100
 #: Retried for every call: the server (or a proxy) asked us to slow down or is restarting.

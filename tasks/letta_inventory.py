@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from blocks.letta_database import LettaDatabase
-from tasks.letta_postgres import connect, quote_ident
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.letta_postgres import connect, quote_ident
 
 #: Tables of archival memory across versions (renamed over time).
 PASSAGE_TABLES = ("archival_passages", "agent_passages", "passages")

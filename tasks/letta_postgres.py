@@ -14,8 +14,11 @@ from collections.abc import Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from blocks.letta_database import LettaDatabase
-from tasks.errors import Refused
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.errors import Refused
+
+# Defined in tasks.errors (import-light: the command line's error path needs it); used from here.
+from letta_ops.tasks.errors import database_error_message as database_error_message
 
 
 def quote_ident(name: str) -> str:
@@ -78,7 +81,7 @@ def reset_schema_in_place(db: LettaDatabase) -> int:
     PostgreSQL) can still empty its schema for a restore. One transaction: on any error
     nothing is dropped.
     """
-    from tasks.postgres_privileges import SCHEMA_OBJECTS_SQL
+    from letta_ops.tasks.postgres_privileges import SCHEMA_OBJECTS_SQL
 
     schema = db.db_schema or "public"
     statements = {
@@ -123,23 +126,6 @@ def empty_database(db: LettaDatabase, mode: str) -> None:
         reset_schema_in_place(db)
     else:
         raise Refused(f"unknown reset mode {mode!r}; use 'recreate' or 'in-place'")
-
-
-def database_error_message(exc: BaseException) -> str:
-    """PostgreSQL's own sentence (and hint) from a driver error, not the driver's dict.
-
-    pg8000 carries the server's error fields as a dict (``M`` message, ``H`` hint); other
-    exceptions are described by their first line.
-    """
-    current: BaseException | None = exc
-    while current is not None:
-        for arg in getattr(current, "args", ()):
-            if isinstance(arg, dict) and "M" in arg:
-                hint = f" ({arg['H']})" if arg.get("H") else ""
-                return f"PostgreSQL: {arg['M']}{hint}"
-        current = getattr(current, "orig", None) or current.__cause__
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def ensure_pgvector(db: LettaDatabase) -> str:

@@ -31,9 +31,9 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.errors import Refused
-from tasks.letta_health import wait_for_health
-from tasks.letta_versions import parse_server_version
+from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.letta_health import wait_for_health
+from letta_ops.tasks.letta_versions import parse_server_version
 
 DEFAULT_IMAGE = "letta/letta"
 

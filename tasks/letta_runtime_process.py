@@ -6,7 +6,8 @@ never migrates its own schema. So for each version we unpack its *sdist* (which 
 ``alembic/`` and ``uv.lock``), install its locked dependencies into a venv of its own under the
 user's cache directory, and run its migrations ourselves. Installs are reused across runs.
 
-Everything here is a plain function; the Prefect tasks at the bottom are thin wrappers.
+Everything here is a plain function (no Prefect: ``letta-ops runtime status`` reads the pid file
+without loading it); the runtime blocks and flows call them.
 """
 
 from __future__ import annotations
@@ -29,15 +30,10 @@ from pathlib import Path
 
 import httpx
 import psutil
-from prefect import task
 
-from tasks.errors import Refused, final_error_line
-from tasks.letta_health import wait_for_health
-from tasks.letta_versions import (
-    SDIST_WITH_MIGRATIONS,
-    LettaVersion,
-    parse_server_version,
-)
+from letta_ops.tasks.errors import Refused, final_error_line
+from letta_ops.tasks.letta_health import wait_for_health
+from letta_ops.tasks.letta_versions import SDIST_WITH_MIGRATIONS, parse_server_version
 
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
 
@@ -624,6 +620,12 @@ def server_status(state_dir: Path) -> dict:
     return status
 
 
+def process_status(state_dir: Path) -> dict:
+    """What ``runtime status`` reports for letta-ops' process runtime (the block's ``status``
+    and the command line's path without blocks both answer with this)."""
+    return {"kind": "process", **server_status(state_dir)}
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -661,45 +663,3 @@ def _tail(path: Path, lines: int) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-# --------------------------------------------------------------------------- Prefect tasks
-
-
-@task(name="install-letta-runtime", retries=2, retry_delay_seconds=10)
-def install_runtime_task(
-    version: str, cache_dir: Path | None = None, index_url: str = DEFAULT_INDEX_URL
-) -> InstalledRuntime:
-    return install_runtime(version, cache_dir, index_url)
-
-
-@task(name="migrate-letta-database")
-def migrate_database_task(
-    version: str, letta_pg_uri: str, cache_dir: Path | None = None, source_tree: str | None = None
-) -> None:
-    migrate_database(version, letta_pg_uri, cache_dir, source_tree)
-
-
-@task(name="start-letta-server")
-def start_server_task(
-    version: str,
-    letta_pg_uri: str,
-    state_dir: Path,
-    host: str,
-    port: int,
-    env_file: Path | None = None,
-    extra_env: Mapping[str, str] | None = None,
-    cache_dir: Path | None = None,
-) -> ServerProcess:
-    return start_server(
-        version, letta_pg_uri, state_dir, host, port, env_file, extra_env, cache_dir
-    )
-
-
-@task(name="stop-letta-server")
-def stop_server_task(state_dir: Path) -> ServerProcess | None:
-    return stop_server(state_dir)
-
-
-def ensure_version(version: str | LettaVersion) -> str:
-    return str(parse_server_version(str(version)))

@@ -12,11 +12,20 @@ silently replaced. Both stores therefore share three promises:
   part of memory, and the sha256 and size recorded in the manifest are computed from the very
   bytes that were sent.
 
+On S3 every upload also carries a SHA-256 checksum the store checks and keeps with the object
+(:class:`StoreChecksum`): verifying the object later is one metadata request, not a download.
+SHA-256 rather than CRC64NVME because boto3 computes CRC64NVME only with the optional ``awscrt``
+package (and moto without it stores a CRC32 under CRC64NVME's name); S3 keeps SHA-256 as a
+digest of the whole object for a single PUT and as a digest of the part digests (COMPOSITE) for
+a multipart upload -- S3 has no full-object SHA-256 for multipart uploads. A deliberate
+overwrite cannot keep a SHA-256, which it could with a CRC.
+
 Plain synchronous code: Prefect tasks wrap it, tests call it directly.
 """
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import io
@@ -26,6 +35,7 @@ import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +43,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
-from tasks.errors import Refused
+from letta_ops.tasks.errors import Refused
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +56,14 @@ MAX_PARTS = 10_000
 #: Read size for hashing and copying; small enough to keep memory flat.
 CHUNK_SIZE = 1 * MiB
 DEFAULT_PAGE_SIZE = 1000
+#: Restores fetch large S3 objects in byte ranges of this size, this many at a time: one
+#: stream per connection is what limits a download from S3, not the disk.
+DOWNLOAD_PART_SIZE = 8 * MiB
+DOWNLOAD_WORKERS = 4
+#: The checksum letta-ops asks S3 to keep with every object it uploads.
+STORE_CHECKSUM_ALGORITHM = "SHA256"
+#: S3's checksum fields, in the order one is picked when a response carries several.
+_CHECKSUM_FIELDS = ("SHA256", "CRC64NVME", "CRC32C", "CRC32", "SHA1")
 
 ProgressCallback = Callable[[int], None]
 
@@ -58,12 +76,57 @@ class ObjectExistsError(FileExistsError):
 
 
 @dataclass(frozen=True)
+class StoreChecksum:
+    """A checksum the store computed over an object and reports in its metadata (S3's
+    ``x-amz-checksum-*``): comparing it later costs one metadata request, not a download.
+
+    ``type`` is ``FULL_OBJECT`` (a digest of the bytes) or ``COMPOSITE`` (S3's digest of the
+    part digests of a multipart upload); ``value`` is base64, without S3's ``-N`` suffix.
+    """
+
+    algorithm: str
+    type: str
+    value: str
+
+    def matches(self, other: StoreChecksum | None) -> bool:
+        """Same algorithm and digest; the type is left out because stores do not all report
+        it (moto omits it for a single PUT) and the digest alone decides."""
+        return other is not None and (self.algorithm, self.value) == (other.algorithm, other.value)
+
+
+def checksum_in(response: dict[str, Any]) -> StoreChecksum | None:
+    """The store checksum an S3 response (PUT, CompleteMultipartUpload, HEAD) reports, if any."""
+    for algorithm in _CHECKSUM_FIELDS:
+        reported = response.get(f"Checksum{algorithm}")
+        if reported:
+            value, _, parts = str(reported).partition("-")  # base64 never contains "-"
+            kind = response.get("ChecksumType") or ("COMPOSITE" if parts else "FULL_OBJECT")
+            return StoreChecksum(algorithm=algorithm, type=kind, value=value)
+    return None
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+@dataclass(frozen=True)
 class StoredObject:
-    """What was stored: the key (relative to the store), its size and its sha256 hex digest."""
+    """What was stored: the key (relative to the store), its size and its sha256 hex digest,
+    and the checksum the store keeps with it (None where the store keeps none)."""
 
     key: str
     size: int
     sha256: str
+    store_checksum: StoreChecksum | None = None
+
+
+@dataclass(frozen=True)
+class ObjectMetadata:
+    """What the store says about an object without reading it."""
+
+    key: str
+    size: int
+    store_checksum: StoreChecksum | None
 
 
 @dataclass(frozen=True)
@@ -157,8 +220,18 @@ class ObjectStore(ABC):
             return self.put_stream(key, handle, progress=progress)
 
     @abstractmethod
-    def open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
-        """A context manager yielding a binary stream over the object (not loaded in memory).
+    def open_read(
+        self, key: str, *, start: int = 0, length: int | None = None
+    ) -> AbstractContextManager[BinaryIO]:
+        """A context manager yielding a binary stream over the object (not loaded in memory),
+        or over ``length`` bytes of it from ``start`` (a ranged read).
+
+        Raises ``FileNotFoundError`` if the object does not exist.
+        """
+
+    @abstractmethod
+    def metadata(self, key: str) -> ObjectMetadata:
+        """Size and store checksum of the object, without reading it.
 
         Raises ``FileNotFoundError`` if the object does not exist.
         """
@@ -206,6 +279,18 @@ class ObjectStore(ABC):
                 size += len(chunk)
         return StoredObject(key=key, size=size, sha256=digest.hexdigest())
 
+    def download_to(self, key: str, path: str | os.PathLike[str]) -> StoredObject:
+        """Copy the object into the local file ``path`` (streamed) and return its size and
+        sha256, for the caller to compare with the manifest. One sequential stream."""
+        digest = hashlib.sha256()
+        size = 0
+        with self.open_read(key) as source, open(path, "wb") as out:
+            while chunk := source.read(CHUNK_SIZE):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        return StoredObject(key=key, size=size, sha256=digest.hexdigest())
+
     @abstractmethod
     def describe(self) -> str:
         """Where this store points, as a URL safe for logs and the audit (never credentials)."""
@@ -248,16 +333,27 @@ class S3ObjectStore(ObjectStore):
     Uploads are multipart once an object exceeds one part, so memory stays near ``part_size``
     whatever the object size. Write-once is enforced twice: a ``head_object`` check first (for
     stores that ignore conditional writes) and ``IfNoneMatch="*"`` on the final request (so
-    two concurrent writers cannot both win where the store supports it).
+    two concurrent writers cannot both win where the store supports it). Every upload sends
+    SHA-256 checksums the store checks and keeps; downloads of large objects run in parallel
+    byte ranges (``download_part_size``, ``download_workers``).
     """
 
     def __init__(
-        self, client: Any, bucket: str, prefix: str = "", *, part_size: int = DEFAULT_PART_SIZE
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        download_part_size: int = DOWNLOAD_PART_SIZE,
+        download_workers: int = DOWNLOAD_WORKERS,
     ) -> None:
         if not bucket or "/" in bucket:
             raise Refused(f"S3 bucket name {bucket!r} is empty or contains '/'.")
         if part_size < MIN_PART_SIZE:
             raise Refused(f"S3 part size {part_size} bytes is below the 5 MiB minimum S3 accepts.")
+        if download_part_size < 1 or download_workers < 1:
+            raise Refused("The S3 download part size and worker count must both be at least 1.")
         prefix = prefix.strip("/")
         if prefix:
             validate_key(prefix)
@@ -265,8 +361,12 @@ class S3ObjectStore(ObjectStore):
         self.bucket = bucket
         self.prefix = prefix
         self.part_size = part_size
+        self.download_part_size = download_part_size
+        self.download_workers = download_workers
         #: Turned off after a store answers 501 to ``If-None-Match``; the head check remains.
         self.conditional_writes = True
+        #: Turned off (and said once) when the store keeps no checksum with what it stores.
+        self.keeps_checksums = True
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -321,18 +421,35 @@ class S3ObjectStore(ObjectStore):
         data = _read_part(stream, self.part_size)
         digest.update(data)
         if len(data) < self.part_size:
-            # The whole object fits in one part: one request, nothing to abort.
-            self._conditional_call(
-                self.client.put_object, key, Bucket=self.bucket, Key=full_key, Body=data
+            # The whole object fits in one part: one request, nothing to abort. Its sha256 is
+            # also the full-object checksum the store checks and keeps.
+            sent = StoreChecksum(STORE_CHECKSUM_ALGORITHM, "FULL_OBJECT", _b64(digest.digest()))
+            response = self._conditional_call(
+                self.client.put_object,
+                key,
+                Bucket=self.bucket,
+                Key=full_key,
+                Body=data,
+                **_checksum_arguments(sent.value),
             )
             if progress is not None:
                 progress(len(data))
-            return StoredObject(key=key, size=len(data), sha256=digest.hexdigest())
+            return StoredObject(
+                key=key,
+                size=len(data),
+                sha256=digest.hexdigest(),
+                store_checksum=self._kept_checksum(key, sent, response),
+            )
 
-        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full_key)[
-            "UploadId"
-        ]
+        upload_id = self.client.create_multipart_upload(
+            Bucket=self.bucket,
+            Key=full_key,
+            ChecksumAlgorithm=STORE_CHECKSUM_ALGORITHM,
+            ChecksumType="COMPOSITE",
+        )["UploadId"]
         parts: list[dict[str, Any]] = []
+        #: S3's COMPOSITE checksum: the sha256 of the parts' sha256 digests, in order.
+        composite = hashlib.sha256()
         size = 0
         try:
             while data:
@@ -342,14 +459,23 @@ class S3ObjectStore(ObjectStore):
                         f"Object {key!r} needs more than {MAX_PARTS} parts of "
                         f"{self.part_size // MiB} MiB; raise the part size."
                     )
+                part_digest = hashlib.sha256(data).digest()
+                composite.update(part_digest)
                 response = self.client.upload_part(
                     Bucket=self.bucket,
                     Key=full_key,
                     UploadId=upload_id,
                     PartNumber=part_number,
                     Body=data,
+                    **_checksum_arguments(_b64(part_digest)),
                 )
-                parts.append({"PartNumber": part_number, "ETag": response["ETag"]})
+                parts.append(
+                    {
+                        "PartNumber": part_number,
+                        "ETag": response["ETag"],
+                        "ChecksumSHA256": _b64(part_digest),
+                    }
+                )
                 size += len(data)
                 if progress is not None:
                     progress(len(data))
@@ -357,7 +483,7 @@ class S3ObjectStore(ObjectStore):
                 del data
                 data = _read_part(stream, self.part_size)
                 digest.update(data)
-            self._conditional_call(
+            response = self._conditional_call(
                 self.client.complete_multipart_upload,
                 key,
                 Bucket=self.bucket,
@@ -380,17 +506,58 @@ class S3ObjectStore(ObjectStore):
                     self.describe(),
                 )
             raise
-        return StoredObject(key=key, size=size, sha256=digest.hexdigest())
+        sent = StoreChecksum(STORE_CHECKSUM_ALGORITHM, "COMPOSITE", _b64(composite.digest()))
+        return StoredObject(
+            key=key,
+            size=size,
+            sha256=digest.hexdigest(),
+            store_checksum=self._kept_checksum(key, sent, response),
+        )
+
+    def _kept_checksum(
+        self, key: str, sent: StoreChecksum, response: dict[str, Any]
+    ) -> StoreChecksum | None:
+        """The checksum the store now keeps with ``key``: from the upload's response, else
+        from its metadata (CompleteMultipartUpload answers without it on some stores).
+
+        A store that keeps none (or another kind) is recorded as such, so verification knows
+        what it can ask for; one that keeps a different SHA-256 received other bytes than
+        were sent, and the upload fails.
+        """
+        kept = checksum_in(response) or self.metadata(key).store_checksum
+        if kept is None:
+            if self.keeps_checksums:
+                logger.warning(
+                    "%s keeps no checksum with its objects; verification re-reads them instead.",
+                    self.describe(),
+                )
+            self.keeps_checksums = False
+            return None
+        if kept.algorithm != sent.algorithm:
+            return kept
+        if kept.value != sent.value:
+            raise OSError(
+                f"{self.describe()} holds {key!r} with another {sent.algorithm} checksum than "
+                "the one sent; the upload was damaged on the way, run the backup again."
+            )
+        return sent
 
     # -- reads --------------------------------------------------------------------------------
 
     @contextmanager
-    def _open_read(self, key: str) -> Iterator[BinaryIO]:
+    def _open_read(self, key: str, start: int, length: int | None) -> Iterator[BinaryIO]:
         from botocore.exceptions import ClientError
 
         full_key = self._full_key(key)
+        if length == 0:
+            yield io.BytesIO(b"")
+            return
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": full_key}
+        if start or length is not None:
+            end = "" if length is None else str(start + length - 1)
+            kwargs["Range"] = f"bytes={start}-{end}"
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=full_key)
+            response = self.client.get_object(**kwargs)
         except ClientError as exc:
             if _is_not_found(exc):
                 raise FileNotFoundError(
@@ -403,8 +570,72 @@ class S3ObjectStore(ObjectStore):
         finally:
             body.close()
 
-    def open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
-        return self._open_read(key)
+    def open_read(
+        self, key: str, *, start: int = 0, length: int | None = None
+    ) -> AbstractContextManager[BinaryIO]:
+        return self._open_read(key, start, length)
+
+    def metadata(self, key: str) -> ObjectMetadata:
+        """One ``head_object`` with ``ChecksumMode=ENABLED``: S3 reports checksums only then."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(
+                Bucket=self.bucket, Key=self._full_key(key), ChecksumMode="ENABLED"
+            )
+        except ClientError as exc:
+            if _is_not_found(exc):
+                raise FileNotFoundError(
+                    f"Object {key!r} does not exist in {self.describe()}."
+                ) from exc
+            raise
+        return ObjectMetadata(
+            key=key, size=int(head["ContentLength"]), store_checksum=checksum_in(head)
+        )
+
+    def download_to(self, key: str, path: str | os.PathLike[str]) -> StoredObject:
+        """Fetch the object in parallel byte ranges, each written at its offset in ``path``;
+        the sha256 is computed in order, from the file, as ranges complete.
+
+        Why ranges: one S3 connection streams far slower than the network allows, so a 50 GB
+        dump restores faster over several. Memory stays at about one read chunk per worker.
+        """
+        size = self.metadata(key).size
+        if size <= self.download_part_size or self.download_workers == 1:
+            return super().download_to(key, path)
+        ranges = [
+            (start, min(self.download_part_size, size - start))
+            for start in range(0, size, self.download_part_size)
+        ]
+        digest = hashlib.sha256()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with ThreadPoolExecutor(self.download_workers, thread_name_prefix="s3-range") as pool:
+                futures = [pool.submit(self._fetch_range, key, fd, *r) for r in ranges]
+                try:
+                    for future, (start, length) in zip(futures, ranges, strict=True):
+                        future.result()
+                        _hash_file_range(fd, start, length, digest)
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+        finally:
+            os.close(fd)
+        return StoredObject(key=key, size=size, sha256=digest.hexdigest())
+
+    def _fetch_range(self, key: str, fd: int, start: int, length: int) -> None:
+        """Write bytes ``start .. start + length`` of the object at the same offset of ``fd``."""
+        written = 0
+        with self.open_read(key, start=start, length=length) as body:
+            while chunk := body.read(CHUNK_SIZE):
+                _pwrite_all(fd, chunk, start + written)
+                written += len(chunk)
+        if written != length:
+            raise OSError(
+                f"Object {key!r} in {self.describe()} returned {written} of {length} bytes at "
+                f"offset {start}; it changed or the connection broke, run the restore again."
+            )
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -491,6 +722,35 @@ class S3ObjectStore(ObjectStore):
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
 
+def _checksum_arguments(sha256_b64: str) -> dict[str, str]:
+    """Request arguments that make S3 check ``sha256_b64`` against the body and keep it.
+
+    Giving the value (not only the algorithm) stops botocore from hashing the body again;
+    the algorithm header is what tells moto (and S3) which checksum the request carries.
+    """
+    return {"ChecksumAlgorithm": STORE_CHECKSUM_ALGORITHM, "ChecksumSHA256": sha256_b64}
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _hash_file_range(fd: int, start: int, length: int, digest: Any) -> None:
+    """Feed bytes ``start .. start + length`` of ``fd`` to ``digest`` (just written: the page
+    cache answers, not the disk)."""
+    end = start + length
+    while start < end:
+        chunk = os.pread(fd, min(CHUNK_SIZE, end - start), start)
+        if not chunk:
+            raise OSError(f"The download file ended at offset {start} of {end}.")
+        digest.update(chunk)
+        start += len(chunk)
+
+
 # --------------------------------------------------------------------------------------------
 # Local directory
 # --------------------------------------------------------------------------------------------
@@ -508,6 +768,26 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class _BoundedReader(io.RawIOBase):
+    """At most ``remaining`` bytes of ``handle``: a ranged read of a local object."""
+
+    def __init__(self, handle: BinaryIO, remaining: int) -> None:
+        self.handle = handle
+        self.remaining = remaining
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = min(len(buffer), self.remaining)
+        if count <= 0:
+            return 0
+        data = self.handle.read(count)
+        buffer[: len(data)] = data
+        self.remaining -= len(data)
+        return len(data)
 
 
 class LocalObjectStore(ObjectStore):
@@ -584,15 +864,25 @@ class LocalObjectStore(ObjectStore):
         os.replace(temp, final)
 
     @contextmanager
-    def _open_read(self, key: str) -> Iterator[BinaryIO]:
+    def _open_read(self, key: str, start: int, length: int | None) -> Iterator[BinaryIO]:
         path = self._path(key)
         if not path.is_file():
             raise FileNotFoundError(f"Object {key!r} does not exist in {self.describe()}.")
         with open(path, "rb") as handle:
-            yield handle
+            handle.seek(start)
+            yield handle if length is None else _BoundedReader(handle, length)
 
-    def open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
-        return self._open_read(key)
+    def open_read(
+        self, key: str, *, start: int = 0, length: int | None = None
+    ) -> AbstractContextManager[BinaryIO]:
+        return self._open_read(key, start, length)
+
+    def metadata(self, key: str) -> ObjectMetadata:
+        """The file's size; a directory keeps no checksum, so verification re-reads it."""
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"Object {key!r} does not exist in {self.describe()}.")
+        return ObjectMetadata(key=key, size=path.stat().st_size, store_checksum=None)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -732,12 +1022,16 @@ def open_store(
 
 __all__ = [
     "DEFAULT_PART_SIZE",
+    "DOWNLOAD_PART_SIZE",
+    "DOWNLOAD_WORKERS",
     "MIN_PART_SIZE",
     "ListedObject",
     "LocalObjectStore",
     "ObjectExistsError",
+    "ObjectMetadata",
     "ObjectStore",
     "S3ObjectStore",
+    "StoreChecksum",
     "StoreLocation",
     "StoredObject",
     "open_store",

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from blocks.letta_database import LettaDatabase
-from tasks.errors import Refused, final_error_line
-from tasks.letta_postgres import connect, counts_in_snapshot
-from tasks.object_store import ObjectStore, StoredObject
-from tasks.postgres_privileges import client_major, require_supported_server
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.errors import Refused, final_error_line
+from letta_ops.tasks.letta_postgres import connect, counts_in_snapshot
+from letta_ops.tasks.object_store import ObjectStore, StoredObject
+from letta_ops.tasks.postgres_privileges import client_major, require_supported_server
 
 log = logging.getLogger(__name__)
 

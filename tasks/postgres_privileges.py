@@ -21,9 +21,9 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from blocks.letta_database import LettaDatabase
-from tasks.errors import Refused
-from tasks.letta_postgres import connect, database_error_message
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.letta_postgres import connect, database_error_message
 
 ResetMode = Literal["recreate", "in-place"]
 RequestedReset = Literal["auto", "recreate", "in-place"]

@@ -18,9 +18,9 @@ from urllib.parse import quote, urlparse
 import sqlalchemy as sa
 from pydantic import SecretStr
 
-from blocks.letta_database import LettaDatabase, parse_letta_pg_uri
-from tasks.errors import Refused
-from tasks.letta_postgres import connect, database_exists
+from letta_ops.blocks.letta_database import LettaDatabase, parse_letta_pg_uri
+from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.letta_postgres import connect, database_exists
 
 
 class RestoreTargetRefused(Refused):

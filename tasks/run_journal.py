@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,8 +27,8 @@ from typing import Any
 import psutil
 from sqlalchemy import JSON, Column, DateTime, Integer, String, Table, insert, select
 
-from tasks.audit_store import AuditStore, metadata
-from tasks.object_store import ObjectStore
+from letta_ops.tasks.audit_store import AuditStore, metadata
+from letta_ops.tasks.object_store import ObjectStore
 
 journal_entries = Table(
     "journal_entries",
@@ -144,8 +145,19 @@ class JournaledSteps:
 
     def enter(self, step: str) -> None:
         self.step = step
+        self.__dict__.setdefault("entered", []).append((step, time.monotonic()))
         if self.journal is not None:
             self.journal.enter(step)
+
+    def step_seconds(self) -> list[dict[str, Any]]:
+        """How long each step took, in order (the last one up to now): a rehearsal's
+        measurements, and a report's."""
+        entered = self.__dict__.get("entered", [])
+        ends = [t for _, t in entered[1:]] + [time.monotonic()]
+        return [
+            {"step": step, "seconds": round(end - start, 1)}
+            for (step, start), end in zip(entered, ends, strict=True)
+        ]
 
 
 def read_journal(store: AuditStore, run_id: str) -> list[JournalEntry]:

@@ -28,8 +28,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Connection
 
-from blocks.letta_database import LettaDatabase
-from tasks.letta_postgres import connect, quote_ident
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.letta_postgres import connect, quote_ident
 
 MESSAGES_TABLE = "messages"
 MESSAGES_COLUMN = "sequence_id"

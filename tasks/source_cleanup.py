@@ -32,8 +32,8 @@ from typing import Literal
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.letta_server import LettaServer
-from tasks.letta_api import LettaAPIError, LettaClient
+from letta_ops.blocks.letta_server import LettaServer
+from letta_ops.tasks.letta_api import LettaAPIError, LettaClient
 
 #: Suffixes that copies of a folder get: ``_2`` (scripts), ``_1a2b3c4d`` (agent-file import),
 #: ``_copy`` / ``_copy_2``.

@@ -26,9 +26,9 @@ from typing import Literal
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.letta_server import LettaServer
-from tasks.errors import Refused
-from tasks.letta_api import LettaAPIError, LettaClient
+from letta_ops.blocks.letta_server import LettaServer
+from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.letta_api import LettaAPIError, LettaClient
 
 SyncMode = Literal["additive", "exact"]
 SYNC_MODES: tuple[str, ...] = ("additive", "exact")

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from flows.backup import backup
-from flows.cli import main
-from flows.upgrade import UpgradeFailed, upgrade
-from tasks.audit_store import AuditStore
+from letta_ops.cli.main import main
+from letta_ops.flows.backup import backup
+from letta_ops.flows.upgrade import UpgradeFailed, upgrade
+from letta_ops.tasks.audit_store import AuditStore
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, seed_agents
 
 pytestmark = pytest.mark.e2e

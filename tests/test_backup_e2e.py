@@ -7,15 +7,16 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from blocks.letta_database import LettaDatabase
-from flows.backup import BackupFailed, backup
-from flows.verify import VerificationFailed, verify
-from tasks import progress_events
-from tasks.agent_file import summarize_agent_file
-from tasks.backup_catalog import list_backup_sets, load_manifest
-from tasks.backup_manifest import MANIFEST_NAME
-from tasks.letta_versions import ALEMBIC_HEADS
-from tasks.object_store import S3ObjectStore
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.flows.backup import BackupFailed, backup
+from letta_ops.flows.verify import VerificationFailed, verify
+from letta_ops.tasks import progress_events
+from letta_ops.tasks.agent_file import summarize_agent_file
+from letta_ops.tasks.backup_catalog import list_backup_sets, load_manifest
+from letta_ops.tasks.backup_manifest import MANIFEST_NAME
+from letta_ops.tasks.backup_verification import TOC_FIRST_READ
+from letta_ops.tasks.letta_versions import ALEMBIC_HEADS
+from letta_ops.tasks.object_store import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, rename_agent, seed_agents
 from tests.fixtures.oracle import http_agents, sql_agents, sql_scalar, sql_table_counts
 from tests.fixtures.s3 import make_s3_client
@@ -115,6 +116,11 @@ def test_partial_backup_allowed_then_tamper_and_drill(server_25, backup_env):
 
     result = verify(set_ref, drill=True)
     assert result["ok"] and result["drill_result"]["differences"] == []
+    # S3 keeps a SHA-256 of every object: verification asks for it, --read-data reads all.
+    assert result["checked"]["read_back"] == 0
+    assert result["dump"]["bytes_read"] == min(report["dump_bytes"], TOC_FIRST_READ)
+    full = verify(set_ref, read_data=True)
+    assert full["ok"] and full["checked"]["read_back"] == full["objects"]
     recorded = load_manifest(store, *set_ref.split("/")).row_counts
     assert recorded == sql_table_counts(server_25.database)
     assert result["drill_result"]["tables"] == len(recorded)
@@ -183,7 +189,7 @@ def test_s3_endpoint_killed_mid_backup(server_25, s3_env, s3_bucket, monkeypatch
 
 
 def test_cli_backup_list_verify_prune(server_25, backup_env, capsys):
-    from flows.cli import main
+    from letta_ops.cli.main import main
 
     client, bucket = backup_env
     assert main(["backup", "--json"]) == 1  # two agents cannot be exported
@@ -238,8 +244,8 @@ def test_postgres_restarted_mid_backup(server_25, tmp_path, monkeypatch, prefect
     import threading
     import time
 
-    from tasks.letta_postgres import connect, create_database
-    from tasks.object_store import LocalObjectStore
+    from letta_ops.tasks.letta_postgres import connect, create_database
+    from letta_ops.tasks.object_store import LocalObjectStore
     from tests.fixtures.postgres import _start_cluster
 
     cluster = _start_cluster("letta-ops-pgrestart-")

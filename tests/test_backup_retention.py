@@ -7,14 +7,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from tasks.backup_retention import (
+from letta_ops.tasks.backup_retention import (
     BackupSetSummary,
     RetentionPlan,
     RetentionPolicy,
     execute_plan,
     plan_retention,
 )
-from tasks.object_store import LocalObjectStore
+from letta_ops.tasks.object_store import LocalObjectStore
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -1,9 +1,9 @@
 import pytest
 from pydantic import ValidationError
 
-from blocks.letta_database import InvalidDatabaseURI, LettaDatabase, parse_letta_pg_uri
-from blocks.letta_server import LettaServer
-from blocks.process_runtime import LettaProcessRuntime
+from letta_ops.blocks.letta_database import InvalidDatabaseURI, LettaDatabase, parse_letta_pg_uri
+from letta_ops.blocks.letta_server import LettaServer
+from letta_ops.blocks.process_runtime import LettaProcessRuntime
 
 SECRET = "s3cr3t-Pa55"
 

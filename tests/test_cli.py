@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from flows.cli import EXIT_BAD_INPUT, EXIT_NEEDS_ACTION, main
-from flows.serve import build_runner_deployments, load_deployments, load_flow
+from letta_ops.cli.main import EXIT_BAD_INPUT, EXIT_NEEDS_ACTION, main
+from letta_ops.flows.serve import build_runner_deployments, load_deployments, load_flow
 
 #: prefect.yaml's schedules: deployment -> [(cron, timezone, active)].
 SCHEDULES = {
@@ -104,7 +104,7 @@ def test_serve_list_shows_every_schedule(capsys):
 def test_json_failures_are_printed_on_stdout_with_the_exit_code(capsys, monkeypatch):
     import json as json_module
 
-    from flows.cli import EXIT_BAD_INPUT, main
+    from letta_ops.cli.main import EXIT_BAD_INPUT, main
 
     monkeypatch.setenv("LETTA_PG_URI", "postgresql://user:pass@host:5432/dbname")
     monkeypatch.delenv("LETTA_OPS_STORE", raising=False)
@@ -122,7 +122,7 @@ def test_help_imports_neither_prefect_nor_sqlalchemy():
     import sys
 
     probe = (
-        "import sys; from flows.cli import build_parser; build_parser(); "
+        "import sys; from cli.main import build_parser; build_parser(); "
         "print(sorted(m for m in ('prefect', 'sqlalchemy', 'boto3', 'httpx') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
@@ -144,15 +144,16 @@ def test_each_kind_of_error_has_its_exit_code(error, code, monkeypatch, capsys):
     import builtins
     import json as json_module
 
-    from flows import cli
-    from tasks import errors
+    from letta_ops.cli import main as cli
+    from letta_ops.cli import runtime
+    from letta_ops.tasks import errors
 
     kind = getattr(errors, error, None) or getattr(builtins, error)
 
     def command(args):
         raise kind(f"one sentence about {error}")
 
-    monkeypatch.setattr(cli, "cmd_runtime_status", command)
+    monkeypatch.setattr(runtime, "cmd_runtime_status", command)
     assert cli.main(["runtime", "status", "--json"]) == code
     out, err = capsys.readouterr()
     assert json_module.loads(out) == {"error": f"one sentence about {error}", "exit_code": code}
@@ -160,7 +161,7 @@ def test_each_kind_of_error_has_its_exit_code(error, code, monkeypatch, capsys):
 
 
 def test_a_busy_server_is_exit_11_naming_the_holder():
-    from flows.server_lock import ServerBusy
-    from tasks.errors import EXIT_BUSY
+    from letta_ops.flows.server_lock import ServerBusy
+    from letta_ops.tasks.errors import EXIT_BUSY
 
     assert ServerBusy("held").exit_code == EXIT_BUSY == 11

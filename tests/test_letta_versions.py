@@ -1,6 +1,10 @@
 import pytest
 
-from tasks.letta_versions import LettaVersion, UnsupportedLettaVersion, parse_server_version
+from letta_ops.tasks.letta_versions import (
+    LettaVersion,
+    UnsupportedLettaVersion,
+    parse_server_version,
+)
 
 
 @pytest.mark.parametrize("text", ["0.11.7", "0.16.2", "v0.16.8", " 0.14.0 "])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows import cli_maintenance
-from flows.cli import EXIT_BAD_INPUT, build_parser, main
+from letta_ops.cli import maintenance as cli_maintenance
+from letta_ops.cli.main import EXIT_BAD_INPUT, build_parser, main
 
 
 @pytest.mark.parametrize(

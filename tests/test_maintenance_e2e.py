@@ -10,14 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import sqlalchemy as sa
 
-from flows.cleanup_sources import cleanup_sources
-from flows.cli import EXIT_NEEDS_ACTION, EXIT_OK, main
-from flows.sync_tools import sync_tools
-from tasks.backup_catalog import list_backup_sets
-from tasks.letta_api import LettaAPIError, offline_agent_body
-from tasks.letta_postgres import connect
-from tasks.object_store import S3ObjectStore
-from tasks.source_cleanup import get_or_create_folder
+from letta_ops.cli.main import EXIT_NEEDS_ACTION, EXIT_OK, main
+from letta_ops.flows.cleanup_sources import cleanup_sources
+from letta_ops.flows.sync_tools import sync_tools
+from letta_ops.tasks.backup_catalog import list_backup_sets
+from letta_ops.tasks.letta_api import LettaAPIError, offline_agent_body
+from letta_ops.tasks.letta_postgres import connect
+from letta_ops.tasks.object_store import S3ObjectStore
+from letta_ops.tasks.source_cleanup import get_or_create_folder
 from tests.fixtures.letta import NEW_VERSION, operator_env
 
 pytestmark = pytest.mark.e2e

@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import pytest
 
-from flows.backup import backup
-from flows.cli import EXIT_BAD_INPUT, main
-from flows.recover import recover
-from flows.restore import restore
-from flows.rollback import rollback
-from flows.upgrade import UpgradeFailed, upgrade
-from flows.verify import verify
-from tasks.backup_catalog import list_backup_sets
-from tasks.letta_versions import ALEMBIC_HEADS
-from tasks.object_store import S3ObjectStore
-from tasks.postgres_privileges import PrivilegeRefused
+from letta_ops.cli.main import EXIT_BAD_INPUT, main
+from letta_ops.flows.backup import backup
+from letta_ops.flows.recover import recover
+from letta_ops.flows.rehearse import RehearsalFailed, rehearse
+from letta_ops.flows.restore import restore
+from letta_ops.flows.rollback import rollback
+from letta_ops.flows.upgrade import UpgradeFailed, upgrade
+from letta_ops.flows.verify import verify
+from letta_ops.tasks.backup_catalog import list_backup_sets
+from letta_ops.tasks.letta_versions import ALEMBIC_HEADS
+from letta_ops.tasks.object_store import S3ObjectStore
+from letta_ops.tasks.postgres_privileges import PrivilegeRefused
 from tests.fixtures.kill_run import kill_when_step_begins, letta_ops
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import (
@@ -47,6 +48,8 @@ pytestmark = pytest.mark.e2e
 
 FROM_VERSION = "0.14.0"
 CELLS = [(16, "superuser"), (16, "owner"), (18, "owner")]
+#: The cell that also rehearses both strategies on a copy (in the dedicated drill database).
+REHEARSAL_CELL = (18, "owner")
 
 
 @pytest.mark.parametrize("major,role", CELLS, ids=[f"pg{m}-{r}" for m, r in CELLS])
@@ -121,6 +124,42 @@ def test_destructive_paths_hold_on_cell(
     assert sql_table_counts(database) == tables_before
     assert sql_agents(database) == agents_before
 
+    # --- rehearsals on a copy (this cell: the drill database, reset in place) --------------
+    rehearsing = (major, role) == REHEARSAL_CELL
+    if rehearsing:
+        monkeypatch.setenv("LETTA_OPS_DRILL_PG_URI", drill_database.letta_pg_uri())
+        pid = running.runtime.status()["pid"]
+        rehearsed = rehearse(NEW_VERSION, strategy="migrate")
+        assert rehearsed["outcome"] == "succeeded" and rehearsed["downtime_seconds"] > 0
+        assert [s["step"] for s in rehearsed["downtime_steps"]][0] == "stop server"
+        assert all(r["messages_after"] >= r["messages_before"] for r in rehearsed["verification"])
+        new_tables = sorted(set(rehearsed["counts_after"]) - set(rehearsed["counts_before"]))
+        assert new_tables, "0.16.2's migrations add tables"
+        plan = upgrade(NEW_VERSION, strategy="migrate", dry_run=True)["plan"]
+        assert plan["expected_downtime_seconds"] == rehearsed["downtime_seconds"]
+        assert plan["expected_downtime_source"].startswith("measured by the rehearsal")
+        rehearsed_rebuild = rehearse(
+            NEW_VERSION, strategy="rebuild", from_set=rehearsed["source_set"]
+        )
+        assert rehearsed_rebuild["outcome"] == "succeeded"
+        assert rehearsed_rebuild["not_carried"] is not None
+
+        # A rehearsal made to fail: a table the target's migration creates already exists.
+        sql_execute(database, f"CREATE TABLE {new_tables[0]} (id int)")
+        tables_with_stray = sql_table_counts(database)
+        state = rehearse(NEW_VERSION, strategy="migrate", return_state=True)
+        assert state.is_failed()
+        with pytest.raises(RehearsalFailed, match="already exists.*server was not touched"):
+            state.result()
+        assert http_version(base_url) == FROM_VERSION  # production: untouched
+        assert running.runtime.status()["pid"] == pid
+        assert sql_table_counts(database) == tables_with_stray
+        assert http_agents(base_url) == http_before
+        sql_execute(database, f"DROP TABLE {new_tables[0]}")
+        assert sql_table_counts(database) == tables_before and sql_agents(database) == agents_before
+        assert sql_table_counts(drill_database) == {}  # the copy is gone
+        monkeypatch.delenv("LETTA_OPS_DRILL_PG_URI")
+
     # --- kill -9 of an upgrade during its migration, then one recover ----------------------
     proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate")
     killed = kill_when_step_begins(
@@ -141,6 +180,11 @@ def test_destructive_paths_hold_on_cell(
         report = upgrade(NEW_VERSION, strategy="migrate")
     assert report["outcome"] == "succeeded"
     assert report["plan"]["reset_mode"] == ("in-place" if owner else "recreate")
+    if rehearsing:  # the rehearsal's measure against the real one
+        measured, real = rehearsed["downtime_seconds"], report["downtime_seconds"]
+        with capsys.disabled():
+            print(f"\nmigrate downtime: rehearsal {measured} s, real upgrade {real} s")
+        assert measured / 2 <= real <= measured * 2
     assert watch.samples > 20 and {"alembic", "letta"} <= watch.commands_seen
     assert watch.hits == []
     assert http_version(base_url) == NEW_VERSION
@@ -178,6 +222,11 @@ def test_destructive_paths_hold_on_cell(
     # --- the rebuild upgrade (agent files; lossy by nature, so compared by name) ------------
     rebuilt = upgrade(NEW_VERSION, strategy="rebuild")
     assert rebuilt["outcome"] == "succeeded"
+    if rehearsing:
+        measured, real = rehearsed_rebuild["downtime_seconds"], rebuilt["downtime_seconds"]
+        with capsys.disabled():
+            print(f"\nrebuild downtime: rehearsal {measured} s, real upgrade {real} s")
+        assert measured / 2 <= real <= measured * 2
     assert http_version(base_url) == NEW_VERSION
     assert sorted(http_agents(base_url).values()) == sorted(http_before.values())
     assert sorted(a.name for a in sql_agents(database).values()) == sorted(http_before.values())

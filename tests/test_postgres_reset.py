@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from blocks.letta_database import LettaDatabase
-from tasks.letta_postgres import connect, empty_database
-from tasks.object_store import open_store
-from tasks.postgres_dump import (
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.letta_postgres import connect, empty_database
+from letta_ops.tasks.object_store import open_store
+from letta_ops.tasks.postgres_dump import (
     dump_to_store,
     expected_restore_error,
     restore_dump,
     restore_errors,
 )
-from tasks.postgres_privileges import (
+from letta_ops.tasks.postgres_privileges import (
     PrivilegeRefused,
     choose_reset_mode,
     probe_privileges,
@@ -146,7 +146,7 @@ def test_owner_role_refusals_name_the_fix(pg_clusters, major):
 
 
 def test_older_client_than_server_is_refused(pg_cluster, tmp_path: Path):
-    from tasks.postgres_privileges import require_supported_server
+    from letta_ops.tasks.postgres_privileges import require_supported_server
 
     with pytest.raises(PrivilegeRefused, match="major 16, older than the server's 18"):
         require_supported_server(server_major=18, client_major=16)
@@ -187,7 +187,7 @@ def test_only_transaction_timeout_on_an_older_server_is_expected():
 
 
 def test_entries_the_target_already_has_are_left_out_of_the_restore():
-    from tasks.postgres_dump import _exists_in_target
+    from letta_ops.tasks.postgres_dump import _exists_in_target
 
     have_ext, have_schemas = {"vector"}, {"public", "letta"}
     assert _exists_in_target("2; 3079 16387 EXTENSION - vector ", have_ext, have_schemas)
@@ -202,7 +202,7 @@ def test_entries_the_target_already_has_are_left_out_of_the_restore():
 
 
 def test_a_driver_error_becomes_postgres_own_sentence(pg_cluster):
-    from tasks.letta_postgres import database_error_message
+    from letta_ops.tasks.letta_postgres import database_error_message
 
     db = LettaDatabase(uri=pg_cluster.uri("postgres"))
     with pytest.raises(sa.exc.DatabaseError) as failure:
@@ -214,7 +214,7 @@ def test_a_driver_error_becomes_postgres_own_sentence(pg_cluster):
 
 
 def test_cleanup_sql_needs_delete_on_sources(pg_cluster):
-    from tasks.postgres_privileges import require_table_privileges
+    from letta_ops.tasks.postgres_privileges import require_table_privileges
 
     owned = owner_database(pg_cluster, "cleanup")
     admin = LettaDatabase(uri=pg_cluster.uri(owned.database_name))
@@ -226,8 +226,8 @@ def test_cleanup_sql_needs_delete_on_sources(pg_cluster):
 
 
 def test_compression_choices_are_validated_and_recorded(pg_cluster, tmp_path: Path):
-    from tasks.errors import Refused
-    from tasks.postgres_dump import parse_compression
+    from letta_ops.tasks.errors import Refused
+    from letta_ops.tasks.postgres_dump import parse_compression
 
     assert parse_compression(None) == "gzip:6"
     assert parse_compression("9") == "gzip:9"

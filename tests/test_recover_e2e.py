@@ -32,14 +32,14 @@ import time
 
 import pytest
 
-from flows.backup import BackupFailed, backup
-from flows.doctor import doctor
-from flows.recover import recover
-from flows.rename_agents import rename_agents
-from flows.rollback import rollback
-from tasks.audit_store import AuditStore
-from tasks.backup_catalog import load_manifest
-from tasks.object_store import S3ObjectStore
+from letta_ops.flows.backup import BackupFailed, backup
+from letta_ops.flows.doctor import doctor
+from letta_ops.flows.recover import recover
+from letta_ops.flows.rename_agents import rename_agents
+from letta_ops.flows.rollback import rollback
+from letta_ops.tasks.audit_store import AuditStore
+from letta_ops.tasks.backup_catalog import load_manifest
+from letta_ops.tasks.object_store import S3ObjectStore
 from tests.fixtures.kill_run import kill_when_step_begins, letta_ops
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from flows.cli import EXIT_BAD_INPUT, main
-from tasks.agent_file import AgentFileError, rename_agent_file, summarize_agent_file
-from tasks.agent_names import ASCII, UNICODE
-from tasks.agent_restore import AgentRestoreRefused, copy_name, plan_agent_restore
-from tasks.backup_catalog import BackupSetError, load_manifest, record_verification
-from tasks.backup_manifest import (
+from letta_ops.cli.main import EXIT_BAD_INPUT, main
+from letta_ops.tasks.agent_file import AgentFileError, rename_agent_file, summarize_agent_file
+from letta_ops.tasks.agent_names import ASCII, UNICODE
+from letta_ops.tasks.agent_restore import AgentRestoreRefused, copy_name, plan_agent_restore
+from letta_ops.tasks.backup_catalog import BackupSetError, load_manifest, record_verification
+from letta_ops.tasks.backup_manifest import (
     MANIFEST_NAME,
     AgentEntry,
     BackupManifest,
@@ -23,14 +23,14 @@ from tasks.backup_manifest import (
     agent_file_key,
     set_prefix,
 )
-from tasks.backup_set_admission import (
+from letta_ops.tasks.backup_set_admission import (
     BackupSetRefused,
     newest_rollback_set,
     require_intact,
     require_same_server,
 )
-from tasks.object_store import LocalObjectStore
-from tasks.restore_target import RestoreTargetRefused, same_database, target_database
+from letta_ops.tasks.object_store import LocalObjectStore
+from letta_ops.tasks.restore_target import RestoreTargetRefused, same_database, target_database
 
 
 def agent_file(name: str, blocks: dict[str, str], messages: int) -> bytes:
@@ -244,7 +244,7 @@ def test_cli_refuses_password_before_any_run(capsys):
 
 
 def test_cli_renders_plans_and_reports():
-    from flows.cli_restore import (
+    from letta_ops.cli.restore import (
         render_restore,
         render_restore_agents,
         render_rollback,

@@ -16,21 +16,21 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from flows.backup import backup
-from flows.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from flows.restore import restore, restored_runtime
-from flows.restore_agents import restore_agents
-from flows.rollback import RollbackFailed, rollback
-from flows.upgrade import upgrade
-from tasks.agent_file import summarize_agent_file
-from tasks.agent_restore import AgentRestoreRefused
-from tasks.backup_catalog import list_backup_sets, load_manifest
-from tasks.backup_set_admission import BackupSetRefused
-from tasks.embedded_postgres import free_loopback_port
-from tasks.letta_api import offline_agent_body
-from tasks.letta_postgres import connect
-from tasks.object_store import S3ObjectStore
-from tasks.restore_target import RestoreTargetRefused, port_in_use
+from letta_ops.cli.main import EXIT_BAD_INPUT, EXIT_OK, main
+from letta_ops.flows.backup import backup
+from letta_ops.flows.restore import restore, restored_runtime
+from letta_ops.flows.restore_agents import restore_agents
+from letta_ops.flows.rollback import RollbackFailed, rollback
+from letta_ops.flows.upgrade import upgrade
+from letta_ops.tasks.agent_file import summarize_agent_file
+from letta_ops.tasks.agent_restore import AgentRestoreRefused
+from letta_ops.tasks.backup_catalog import list_backup_sets, load_manifest
+from letta_ops.tasks.backup_set_admission import BackupSetRefused
+from letta_ops.tasks.embedded_postgres import free_loopback_port
+from letta_ops.tasks.letta_api import offline_agent_body
+from letta_ops.tasks.letta_postgres import connect
+from letta_ops.tasks.object_store import S3ObjectStore
+from letta_ops.tasks.restore_target import RestoreTargetRefused, port_in_use
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
 
@@ -216,7 +216,7 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
         restored_env = {**os.environ, "LETTA_BASE_URL": f"http://127.0.0.1:{port}"}
         restored_env.pop("LETTA_OPS_SERVER_NAME", None)
         status = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "runtime", "status", "--json"],
+            [sys.executable, "-m", "letta_ops.cli", "runtime", "status", "--json"],
             env=restored_env,
             capture_output=True,
             text=True,
@@ -225,7 +225,7 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["pid"] == staged["server"]["pid"]
         stopped = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "runtime", "stop", "--json"],
+            [sys.executable, "-m", "letta_ops.cli", "runtime", "stop", "--json"],
             env=restored_env,
             capture_output=True,
             text=True,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.letta_api import LettaAPIError, offline_agent_body
-from tasks.letta_postgres import alembic_revision
-from tasks.letta_runtime_process import installed_runtime, running_server
-from tasks.letta_versions import ALEMBIC_HEADS
+from letta_ops.tasks.letta_api import LettaAPIError, offline_agent_body
+from letta_ops.tasks.letta_postgres import alembic_revision
+from letta_ops.tasks.letta_runtime_process import installed_runtime, running_server
+from letta_ops.tasks.letta_versions import ALEMBIC_HEADS
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, rename_agent, seed_agents
 from tests.fixtures.oracle import sql_agents, sql_table_counts
 

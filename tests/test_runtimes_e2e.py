@@ -30,12 +30,12 @@ from pathlib import Path
 
 import pytest
 
-from blocks.letta_runtime import RuntimeRefused
-from flows.rollback import rollback
-from flows.upgrade import UpgradeFailed, upgrade
-from tasks.embedded_postgres import free_loopback_port
-from tasks.letta_health import probe_health, wait_for_health
-from tasks.letta_runtime_compose import compose_image_tag, run_compose
+from letta_ops.blocks.letta_runtime import RuntimeRefused
+from letta_ops.flows.rollback import rollback
+from letta_ops.flows.upgrade import UpgradeFailed, upgrade
+from letta_ops.tasks.embedded_postgres import free_loopback_port
+from letta_ops.tasks.letta_health import probe_health, wait_for_health
+from letta_ops.tasks.letta_runtime_compose import compose_image_tag, run_compose
 from tests.fixtures.letta import NEW_VERSION, seed_agents
 from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
 
@@ -97,8 +97,8 @@ def test_compose_upgrade_failed_upgrade_rollback_and_rebuild(
     # The operator's server, as they run it: docker compose up -d (the image migrates).
     run_compose(["docker", "compose", "-f", str(compose_file), "up", "-d", "letta_server"])
     wait_for_health(base_url, FROM_VERSION, timeout=300)
-    from blocks.letta_server import LettaServer
-    from tasks.letta_api import LettaClient
+    from letta_ops.blocks.letta_server import LettaServer
+    from letta_ops.tasks.letta_api import LettaClient
 
     with LettaClient(LettaServer(name="compose-a", base_url=base_url)) as client:
         seed_agents(client, 5, prefix="compose")
@@ -178,14 +178,10 @@ def test_command_and_manual_runtimes_upgrade_and_roll_back(
         f"cd {shlex.quote(str(REPO))}; export LETTA_OPS_RUNTIME=process "
         f"LETTA_OPS_STATE_DIR={shlex.quote(str(supervisor))} LETTA_OPS_SERVER_NAME=hooked"
     )
-    start = _hook(
-        tmp_path / "letta-start",
-        f'{hook_env}\nexec {python} -m flows.cli runtime start "$1" --json > /dev/null',
-    )
-    stop = _hook(tmp_path / "letta-stop", f"{hook_env}\nexec {python} -m flows.cli runtime stop")
-    migrate = _hook(
-        tmp_path / "letta-migrate", f'{hook_env}\nexec {python} -m flows.cli runtime migrate "$1"'
-    )
+    cli = f"{hook_env}\nexec {python} -m letta_ops.cli runtime"
+    start = _hook(tmp_path / "letta-start", f'{cli} start --version "$1" --json > /dev/null')
+    stop = _hook(tmp_path / "letta-stop", f"{cli} stop")
+    migrate = _hook(tmp_path / "letta-migrate", f'{cli} migrate --version "$1"')
     _run_hook(migrate, FROM_VERSION)
     _run_hook(start, FROM_VERSION)
     try:
@@ -196,8 +192,8 @@ def test_command_and_manual_runtimes_upgrade_and_roll_back(
 
 def _command_then_manual(database, base_url: str, start: Path, stop: Path, monkeypatch) -> None:
     wait_for_health(base_url, FROM_VERSION, timeout=30)
-    from blocks.letta_server import LettaServer
-    from tasks.letta_api import LettaClient
+    from letta_ops.blocks.letta_server import LettaServer
+    from letta_ops.tasks.letta_api import LettaClient
 
     with LettaClient(LettaServer(name="hooked", base_url=base_url)) as client:
         seed_agents(client, 4, prefix="hooked")
@@ -283,7 +279,7 @@ def _resume_by_cli(run_id: str) -> None:
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "resume", run_id, "--json"],
+        [sys.executable, "-m", "letta_ops.cli", "resume", run_id, "--json"],
         env=env,
         capture_output=True,
         text=True,

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from flows.backup import backup
-from flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
-from tasks.agent_names import name_rule_for, plan_renames
-from tasks.backup_catalog import load_manifest
-from tasks.letta_postgres import connect
-from tasks.object_store import S3ObjectStore
+from letta_ops.flows.backup import backup
+from letta_ops.flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
+from letta_ops.tasks.agent_names import name_rule_for, plan_renames
+from letta_ops.tasks.backup_catalog import load_manifest
+from letta_ops.tasks.letta_postgres import connect
+from letta_ops.tasks.object_store import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, rename_agent, seed_agents
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +31,7 @@ def test_version_rule():
 def test_scratch_copy_exports_every_agent_in_the_targets_format(
     start_letta, s3_env, s3_bucket, prefect_harness, monkeypatch, tmp_path
 ):
-    from blocks.server_profile import load_profile
+    from letta_ops.blocks.server_profile import load_profile
 
     running = start_letta(OLD_VERSION, "scratch-src")
     with running.client() as client:

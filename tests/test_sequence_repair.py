@@ -7,11 +7,11 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from blocks.letta_database import LettaDatabase
-from blocks.process_runtime import LettaProcessRuntime
-from tasks.embedded_postgres import free_loopback_port
-from tasks.letta_postgres import connect, quote_ident
-from tasks.sequence_repair import (
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.blocks.process_runtime import LettaProcessRuntime
+from letta_ops.tasks.embedded_postgres import free_loopback_port
+from letta_ops.tasks.letta_postgres import connect, quote_ident
+from letta_ops.tasks.sequence_repair import (
     SequenceColumn,
     find_sequence_columns,
     repair_sequences,

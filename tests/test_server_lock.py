@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from flows.server_lock import ServerBusy, destructive_lock
+from letta_ops.flows.server_lock import ServerBusy, destructive_lock
 
 
 def _contend(server: str, timeout: float, hold: float, runs: int = 2) -> list[str]:
@@ -54,7 +54,7 @@ def test_a_held_slot_is_refused_at_once(prefect_harness):
 
 HOLD_AND_SLEEP = """
 import sys, time
-from flows.server_lock import destructive_lock
+from letta_ops.flows.server_lock import destructive_lock
 with destructive_lock(sys.argv[1], 0):
     print("held", flush=True)
     time.sleep(600)
@@ -85,7 +85,7 @@ def test_a_killed_holder_is_named_then_reclaimed_at_once(prefect_harness):
     import os
     import signal
 
-    from flows.server_lock import read_holder, unlock
+    from letta_ops.flows.server_lock import read_holder, unlock
 
     proc = _holder_process("lock-killed")
     try:
@@ -97,6 +97,9 @@ def test_a_killed_holder_is_named_then_reclaimed_at_once(prefect_harness):
                 pass
         with pytest.raises(ServerBusy, match="may still run"):
             unlock("lock-killed")
+        # --dry-run only says so, without refusing (exit 0) and without freeing anything.
+        planned = unlock("lock-killed", dry_run=True)
+        assert planned["would_free"] is False and "may still run" in planned["reason"]
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -111,12 +114,15 @@ def test_unlock_frees_a_dead_holder_and_says_why(prefect_harness):
     import os
     import signal
 
-    from flows.server_lock import occupied_slots, unlock
+    from letta_ops.flows.server_lock import occupied_slots, unlock
 
     proc = _holder_process("lock-unlock")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert occupied_slots("lock-unlock") == 1
+    planned = unlock("lock-unlock", dry_run=True)
+    assert planned["would_free"] and f"pid {proc.pid}" in planned["reason"]
+    assert not planned["freed"] and occupied_slots("lock-unlock") == 1
     freed = unlock("lock-unlock")
     assert freed["freed"] and f"pid {proc.pid}" in freed["reason"]
     assert occupied_slots("lock-unlock") == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from tasks.audit_migrations import VERSION_TABLE
+from letta_ops.tasks.audit_migrations import VERSION_TABLE
 
 connection = context.config.attributes["connection"]
 context.configure(

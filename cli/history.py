@@ -1,10 +1,14 @@
-"""The ``letta-ops history`` commands: who ran what, when, on which server, and how it ended.
+"""``letta-ops history``: who ran what, when, on which server, and how it ended.
 
 ``letta-ops history`` lists the audit store (:mod:`tasks.audit_store`) newest first, each row
 with a link to its Prefect flow run; ``--rebuild`` first reloads the store from the JSON copies
 in the backup store. ``letta-ops history show RUN`` prints one whole record plus what Prefect
 still knows about the run (artifacts, warning and error logs); when the Prefect API cannot be
 reached that part is replaced by one line, because the audit store is the durable answer.
+
+The list needs no Prefect: the audit store is SQL, the links' base comes from
+``PREFECT_UI_URL`` / ``PREFECT_API_URL`` (Prefect's settings are read only when a settings
+file might set them). Only ``history show`` asks the Prefect API, and only when one is set.
 """
 
 from __future__ import annotations
@@ -14,17 +18,12 @@ import os
 import re
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from flows.cli import (
-    EXIT_BAD_INPUT,
-    EXIT_OK,
-    CommandError,
-    emit,
-    render_mapping,
-    render_table,
-    store_options,
-)
+from letta_ops.cli.errors import EXIT_OK, Failed, Refused
+from letta_ops.cli.options import Parser, store_options
+from letta_ops.cli.output import emit, render_mapping, render_table
 
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -54,8 +53,6 @@ def parse_time(value: str, now: datetime | None = None) -> datetime:
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register ``history`` and ``history show`` on the ``letta-ops`` parser."""
-    from flows.cli import _Parser
-
     p = sub.add_parser(
         "history",
         parents=[common, store_options()],
@@ -82,7 +79,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         help="first reload the local audit store from the backup store's JSON records",
     )
     p.set_defaults(func=cmd_history, history_action=None)
-    hsub = p.add_subparsers(dest="history_action", parser_class=_Parser, metavar="{show}")
+    hsub = p.add_subparsers(dest="history_action", parser_class=Parser, metavar="{show}")
     show = hsub.add_parser(
         "show",
         parents=[common],
@@ -96,15 +93,14 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from tasks.audit_store import rebuild_from_object_store
-
     if args.since and args.until and args.since > args.until:
-        raise CommandError("--since is after --until; nothing can match.", EXIT_BAD_INPUT)
+        raise Refused("--since is after --until; nothing can match.")
     if args.limit < 0:
-        raise CommandError("--limit must be 0 (all) or more.", EXIT_BAD_INPUT)
+        raise Refused("--limit must be 0 (all) or more.")
     audit = _open_audit_store()
     if args.rebuild:
-        from blocks.server_profile import open_backup_store
+        from letta_ops.blocks.server_profile import open_backup_store
+        from letta_ops.tasks.audit_store import rebuild_from_object_store
 
         store = open_backup_store(args.store, args.server)
         result = rebuild_from_object_store(audit, store)
@@ -140,15 +136,15 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def _open_audit_store():
-    from tasks.audit_store import AuditStore, AuditStoreError
+    from letta_ops.tasks.audit_store import AuditStore, AuditStoreError
 
     audit = AuditStore.from_env()
     try:
         audit.engine  # noqa: B018 - opens and migrates, so a bad URL fails here, clearly
     except AuditStoreError as exc:
-        raise CommandError(str(exc), EXIT_BAD_INPUT) from exc
+        raise Refused(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - sqlalchemy's many connection errors
-        raise CommandError(
+        raise Failed(
             f"The audit store {audit.describe()} cannot be opened: "
             f"{str(exc).strip().splitlines()[0]}"
         ) from exc
@@ -159,7 +155,7 @@ def _server_filter(server: str | None) -> str | None:
     """``--server`` filters by the name runs were recorded under (saved blocks' names)."""
     if not server:
         return None
-    from blocks.letta_server import sanitize_server_name
+    from letta_ops.tasks.server_naming import sanitize_server_name
 
     return sanitize_server_name(server)
 
@@ -203,17 +199,13 @@ def cmd_history_show(args: argparse.Namespace) -> int:
     audit = _open_audit_store()
     matches = audit.find(args.run)
     if not matches:
-        raise CommandError(
+        raise Refused(
             f"No audit record matches {args.run!r} in {audit.describe()}; see 'letta-ops "
-            "history' (or 'history --rebuild' to reload it from the backup store).",
-            EXIT_BAD_INPUT,
+            "history' (or 'history --rebuild' to reload it from the backup store)."
         )
     if len(matches) > 1:
         ids = ", ".join(m.record_id for m in matches[:5])
-        raise CommandError(
-            f"{args.run!r} matches {len(matches)} runs ({ids}); give more of the id.",
-            EXIT_BAD_INPUT,
-        )
+        raise Refused(f"{args.run!r} matches {len(matches)} runs ({ids}); give more of the id.")
     record = matches[0]
     ui = prefect_ui_url()
     prefect = read_prefect_run(record.flow_run_id) if record.flow_run_id else None
@@ -224,7 +216,7 @@ def cmd_history_show(args: argparse.Namespace) -> int:
         "subflow_runs": [history_row(c, ui) for c in children],
         "prefect": prefect,
     }
-    emit(result, args.json, render=_render_show)
+    emit(result, args.json, render=_render_show, versioned=True)
     return EXIT_OK
 
 
@@ -270,17 +262,44 @@ def _render_show(result: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- Prefect
 
 
-def prefect_ui_url() -> str | None:
-    """``PREFECT_UI_URL``, else derived from ``PREFECT_API_URL`` (drop the ``/api`` suffix)."""
-    try:
-        from prefect.settings import get_current_settings
+def _prefect_files_may_set_url() -> bool:
+    """Whether a Prefect settings file (the profiles file, or ``.env``, ``prefect.toml`` or
+    ``pyproject.toml``'s ``[tool.prefect]`` in this directory) may set the API or UI URL:
+    only then is it worth loading Prefect's settings (about two seconds) to find out."""
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml")
+    for path in (profiles.expanduser(), Path(".env"), Path("prefect.toml"), Path("pyproject.toml")):
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        if path.name == "prefect.toml":
+            return True
+        if path.name == "pyproject.toml":
+            if "tool.prefect" in text:
+                return True
+        elif "PREFECT_API_URL" in text or "PREFECT_UI_URL" in text:
+            return True
+    return False
 
-        settings = get_current_settings()
-        ui = settings.ui_url
-        api = settings.api.url
-    except Exception:  # noqa: BLE001
-        ui = os.environ.get("PREFECT_UI_URL")
-        api = os.environ.get("PREFECT_API_URL")
+
+def prefect_ui_url() -> str | None:
+    """``PREFECT_UI_URL``, else derived from ``PREFECT_API_URL`` (drop the ``/api`` suffix).
+
+    Prefect's settings answer when Prefect is loaded already (a flow run, a test harness) or
+    when a settings file may set the URLs; otherwise the environment does, without Prefect.
+    """
+    ui = os.environ.get("PREFECT_UI_URL")
+    api = os.environ.get("PREFECT_API_URL")
+    if "prefect.settings" in sys.modules or (not ui and not api and _prefect_files_may_set_url()):
+        try:
+            from prefect.settings import get_current_settings
+
+            settings = get_current_settings()
+            ui = settings.ui_url
+            api = settings.api.url
+        except Exception:  # noqa: BLE001 - no links rather than no history
+            pass
     if ui:
         return str(ui).rstrip("/")
     if api:
@@ -300,7 +319,7 @@ def read_prefect_run(flow_run_id: str) -> dict[str, Any]:
     Without ``PREFECT_API_URL`` nothing is read: Prefect would start a temporary server that
     does not hold this run anyway.
     """
-    from tasks.audit_redaction import redact_text, redact_value, secrets_from_environment
+    from letta_ops.tasks.audit_redaction import redact_text, redact_value, secrets_from_environment
 
     if not prefect_ui_url():
         return {

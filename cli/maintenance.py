@@ -1,8 +1,11 @@
-"""The ``letta-ops`` commands for sync-tools, cleanup-sources, repair-sequences and doctor.
+"""``letta-ops sync-tools``, ``cleanup-sources``, ``repair-sequences``, ``rename-agents`` and
+``doctor``.
 
-Anything that deletes or detaches only plans unless given ``--execute`` (as ``prune``); what
-only adds or repairs runs for real unless given ``--dry-run``. Every command prints a table
-(or ``--json``) and leaves a report artifact on its Prefect flow run.
+One rule with two defaults, each said in the command's help: what deletes or detaches
+(``cleanup-sources``, ``rename-agents``, ``sync-tools --mode exact``) only plans unless given
+``--execute``; what only adds or repairs (``sync-tools --mode additive``, ``repair-sequences``)
+runs for real unless given ``--dry-run``. Every one of them accepts ``--dry-run``. Every command
+prints a table (or ``--json``) and leaves a report artifact on its Prefect flow run.
 """
 
 from __future__ import annotations
@@ -10,22 +13,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flows.cli import (
-    EXIT_FAILED,
-    EXIT_NEEDS_ACTION,
-    EXIT_OK,
-    emit,
-    lock_options,
-    progress,
-    render_table,
-    store_options,
-)
-
-
-def _lock_wait(args: argparse.Namespace) -> dict[str, float]:
-    """``--wait`` when given; else the flow's own default."""
-    return {} if args.wait is None else {"lock_timeout_seconds": args.wait}
-
+from letta_ops.cli.errors import EXIT_FAILED, EXIT_NEEDS_ACTION, EXIT_OK
+from letta_ops.cli.options import lock_options, lock_wait, positive, store_options
+from letta_ops.cli.output import emit, progress, render_table
 
 # --------------------------------------------------------------------------- sync-tools
 
@@ -60,7 +50,7 @@ def _render_sync(report: dict[str, Any]) -> str:
 
 
 def cmd_sync_tools(args: argparse.Namespace) -> int:
-    from flows.sync_tools import ToolSyncFailed, effective_dry_run, sync_tools
+    from letta_ops.flows.sync_tools import ToolSyncFailed, effective_dry_run, sync_tools
 
     dry_run = True if args.dry_run else (False if args.execute else None)
     if effective_dry_run(args.mode, dry_run):
@@ -107,7 +97,7 @@ def _render_cleanup(report: dict[str, Any]) -> str:
 
 
 def cmd_cleanup_sources(args: argparse.Namespace) -> int:
-    from flows.cleanup_sources import CleanupFailed, cleanup_sources
+    from letta_ops.flows.cleanup_sources import CleanupFailed, cleanup_sources
 
     try:
         report = cleanup_sources(
@@ -115,7 +105,7 @@ def cmd_cleanup_sources(args: argparse.Namespace) -> int:
             store=args.store,
             execute=args.execute,
             sql=args.sql,
-            **_lock_wait(args),
+            **lock_wait(args),
         )
     except CleanupFailed as exc:
         if exc.report is not None:
@@ -151,9 +141,9 @@ def _render_repair(report: dict[str, Any]) -> str:
 
 
 def cmd_repair_sequences(args: argparse.Namespace) -> int:
-    from flows.repair_sequences import repair_sequences
+    from letta_ops.flows.repair_sequences import repair_sequences
 
-    report = repair_sequences(server=args.server, dry_run=args.dry_run, **_lock_wait(args))
+    report = repair_sequences(server=args.server, dry_run=args.dry_run, **lock_wait(args))
     emit(report, args.json, render=_render_repair)
     return EXIT_OK
 
@@ -171,10 +161,10 @@ def _render_renames(report: dict[str, Any]) -> str:
 
 
 def cmd_rename_agents(args: argparse.Namespace) -> int:
-    from flows.rename_agents import rename_agents
+    from letta_ops.flows.rename_agents import rename_agents
 
     report = rename_agents(
-        server=args.server, store=args.store, execute=args.execute, **_lock_wait(args)
+        server=args.server, store=args.store, execute=args.execute, **lock_wait(args)
     )
     emit(report, args.json, render=_render_renames)
     return EXIT_OK
@@ -202,7 +192,7 @@ def _render_doctor(report: dict[str, Any]) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from flows.doctor import doctor
+    from letta_ops.flows.doctor import doctor
 
     report = doctor(
         server=args.server,
@@ -219,16 +209,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
-    return number
-
-
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register this area's sub-commands on the ``letta-ops`` parser."""
-    from tasks.doctor_check_names import CHECK_NAMES
+    from letta_ops.tasks.doctor_check_names import CHECK_NAMES
 
     store = store_options()
     lock = lock_options(None)
@@ -251,10 +234,16 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--name", metavar="PATTERN", help="target agents whose name matches (glob)")
     p.add_argument("--agent-id", action="append", metavar="ID", help="target this agent id")
     p.add_argument("--mode", choices=("additive", "exact"), default="additive")
-    p.add_argument("--concurrency", type=_positive, default=4, help="agents in flight (4)")
+    p.add_argument("--concurrency", type=positive, default=4, help="agents in flight (4)")
     run = p.add_mutually_exclusive_group()
-    run.add_argument("--dry-run", action="store_true", help="only show the plan")
-    run.add_argument("--execute", action="store_true", help="really change (needed for exact)")
+    run.add_argument(
+        "--dry-run", action="store_true", help="only show the plan (the default for exact)"
+    )
+    run.add_argument(
+        "--execute",
+        action="store_true",
+        help="really change (the default for additive; needed for exact)",
+    )
     p.set_defaults(func=cmd_sync_tools)
 
     p = sub.add_parser(
@@ -284,7 +273,11 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         "back, and move every sequence past its column's maximum, in one transaction. "
         "Idempotent; --dry-run shows the changes without making them.",
     )
-    p.add_argument("--dry-run", action="store_true", help="only show what would change")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only show what would change (default: repair)",
+    )
     p.set_defaults(func=cmd_repair_sequences)
 
     p = sub.add_parser(

@@ -1,4 +1,5 @@
-"""The ``letta-ops`` commands for rollback, restore and restore-agents.
+"""``letta-ops rollback``, ``restore``, ``recover``, ``unlock``, ``resume`` and
+``restore-agents``.
 
 Same conventions as ``upgrade``: a destructive command shows its plan and asks before it
 changes anything (``--yes`` skips the question, ``--dry-run`` only shows the plan); refusals
@@ -8,22 +9,10 @@ are one sentence and exit 2 with nothing changed; a failed operation exits 1.
 from __future__ import annotations
 
 import argparse
-import sys
 
-
-def _confirm(plan_text: str, question: str, what: str) -> None:
-    """Ask on a terminal; refuse (exit 2) without one."""
-    from flows.cli import EXIT_BAD_INPUT, CommandError
-
-    print(plan_text, file=sys.stderr)
-    if not sys.stdin.isatty():
-        raise CommandError(
-            f"Refusing to {what} without confirmation; review the plan above and rerun with --yes.",
-            EXIT_BAD_INPUT,
-        )
-    if input(f"{question} [y/N] ").strip().lower() not in {"y", "yes"}:
-        raise CommandError(f"{what.capitalize()} cancelled; nothing was changed.", EXIT_BAD_INPUT)
-
+from letta_ops.cli.errors import EXIT_OK, Refused
+from letta_ops.cli.options import lock_options, port, reset_options, store_options
+from letta_ops.cli.output import confirm, emit, render_table, with_progress
 
 # --------------------------------------------------------------------------- rollback
 
@@ -70,8 +59,7 @@ def render_rollback(report: dict) -> str:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from flows.cli import EXIT_OK, _with_progress, emit
-    from flows.rollback import rollback
+    from letta_ops.flows.rollback import rollback
 
     common = {
         "backup_set": args.to,
@@ -80,12 +68,17 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         "reset": args.reset,
     }
     if args.dry_run:
-        emit(rollback(**common, dry_run=True), args.json, render=render_rollback_plan)
+        emit(
+            rollback(**common, dry_run=True),
+            args.json,
+            render=render_rollback_plan,
+            versioned=True,
+        )
         return EXIT_OK
     if not args.yes:
         plan = rollback(**common, dry_run=True)
-        _confirm(render_rollback_plan(plan), "Proceed with the rollback?", "roll back")
-    report = _with_progress(
+        confirm(render_rollback_plan(plan), "Proceed with the rollback?", "roll back")
+    report = with_progress(
         lambda: rollback(
             **common,
             approval=args.approval,
@@ -93,11 +86,29 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             jobs=args.jobs,
         )
     )
-    emit(report, args.json, render=render_rollback)
+    emit(report, args.json, render=render_rollback, versioned=True)
     return EXIT_OK
 
 
 # --------------------------------------------------------------------------- restore
+
+
+def render_restore_plan(report: dict) -> str:
+    plan = report["plan"]
+    replaces = (
+        f"DROPS and replaces the database there ({plan['target_tables_before']} tables)"
+        if plan["replaces_existing"]
+        else "an empty database"
+    )
+    lines = [
+        f"plan (nothing changed): restore {plan['set']} (Letta {plan['letta_version']}) onto "
+        f"{plan['target']}: {replaces}, emptied by {plan['reset_mode']}",
+        f"{plan['tables']} tables, {plan['rows']} rows, {plan['agents_in_set']} agents; "
+        f"{plan['objects_verified']} objects verified",
+    ]
+    if plan.get("start"):
+        lines.append(f"then start Letta {plan['letta_version']} at {plan['base_url']}")
+    return "\n".join(lines)
 
 
 def render_restore(report: dict) -> str:
@@ -123,44 +134,40 @@ def render_restore(report: dict) -> str:
 
 def _check_database_argument(reference: str) -> None:
     """Refuse a password on the command line before any flow run records the parameter."""
-    from flows.cli import EXIT_BAD_INPUT, CommandError
-    from tasks.restore_target import RestoreTargetRefused, is_uri, target_database
+    from letta_ops.tasks.restore_target import is_uri, target_database
 
     if is_uri(reference):
-        try:
-            target_database(reference)
-        except RestoreTargetRefused as exc:
-            raise CommandError(str(exc), EXIT_BAD_INPUT) from None
+        target_database(reference)  # RestoreTargetRefused (a Refused): exit 2
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from flows.cli import EXIT_OK, _with_progress, emit
-    from flows.restore import restore
+    from letta_ops.flows.restore import restore
 
     _check_database_argument(args.database)
-    if args.force and not args.yes:
-        _confirm(
+    if args.force and not args.yes and not args.dry_run:
+        confirm(
             f"restore {args.set} onto {args.database}: with --force an existing database "
             "there is DROPPED and replaced by the set.",
             "Drop and replace it?",
             "restore with --force",
         )
-    report = _with_progress(
-        lambda: restore(
-            args.set,
-            args.database,
-            server=args.server,
-            store=args.store,
-            force=args.force,
-            start=args.start,
-            port=args.port,
-            runtime=args.runtime,
-            jobs=args.jobs,
-            lock_timeout_seconds=args.wait,
-            reset=args.reset,
-            name=args.name,
-        )
-    )
+    options = {
+        "server": args.server,
+        "store": args.store,
+        "force": args.force,
+        "start": args.start,
+        "port": args.port,
+        "runtime": args.runtime,
+        "jobs": args.jobs,
+        "lock_timeout_seconds": args.wait,
+        "reset": args.reset,
+        "name": args.name,
+    }
+    if args.dry_run:
+        plan = restore(args.set, args.database, **options, dry_run=True)
+        emit(plan, args.json, render=render_restore_plan)
+        return EXIT_OK
+    report = with_progress(lambda: restore(args.set, args.database, **options))
     emit(report, args.json, render=render_restore)
     return EXIT_OK
 
@@ -169,8 +176,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def render_restore_agents(report: dict) -> str:
-    from flows.cli import render_table
-
     return (
         render_table(
             report["agents"],
@@ -189,8 +194,7 @@ def render_restore_agents(report: dict) -> str:
 
 
 def cmd_restore_agents(args: argparse.Namespace) -> int:
-    from flows.cli import EXIT_OK, emit
-    from flows.restore_agents import restore_agents
+    from letta_ops.flows.restore_agents import restore_agents
 
     report = restore_agents(
         args.set, args.agents, server=args.server, store=args.store, as_copy=args.as_copy
@@ -218,10 +222,9 @@ def render_recover(report: dict) -> str:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from flows.cli import EXIT_OK, _with_progress, emit
-    from flows.recover import recover
+    from letta_ops.flows.recover import recover
 
-    report = _with_progress(
+    report = with_progress(
         lambda: recover(
             server=args.server,
             store=args.store,
@@ -233,25 +236,29 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_unlock(args: argparse.Namespace) -> int:
-    from blocks.server_profile import load_profile
-    from flows.audit_record import audited_run
-    from flows.cli import EXIT_OK, emit
-    from flows.server_lock import unlock
+def render_unlock(result: dict) -> str:
+    if "would_free" in result:  # --dry-run
+        verb = "would free" if result["would_free"] else "would not free"
+        return f"plan (nothing freed): {verb} the slot of {result['server']}: {result['reason']}"
+    if result["freed"]:
+        return f"freed the destructive slot of {result['server']}: {result['reason']}"
+    return f"nothing to free on {result['server']}: {result['reason']}"
 
-    name = load_profile(args.server).name
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from letta_ops.blocks.server_profile import server_name
+    from letta_ops.flows.server_lock import unlock
+
+    name = server_name(args.server)
+    if args.dry_run:  # a look at the slot: nothing changes, so nothing to audit
+        emit(unlock(name, force=args.force, dry_run=True), args.json, render=render_unlock)
+        return EXIT_OK
+    from letta_ops.flows.audit_record import audited_run
+
     with audited_run("unlock", name, {"force": args.force}) as record:
         result = unlock(name, force=args.force)
         record.update(outcome="succeeded" if result["freed"] else "nothing to do", **result)
-    emit(
-        result,
-        args.json,
-        render=lambda r: (
-            f"freed the destructive slot of {r['server']}: {r['reason']}"
-            if r["freed"]
-            else f"nothing to free on {r['server']}: {r['reason']}"
-        ),
-    )
+    emit(result, args.json, render=render_unlock)
     return EXIT_OK
 
 
@@ -260,28 +267,21 @@ def cmd_resume(args: argparse.Namespace) -> int:
     without input): the run checks the server itself before it goes on."""
     from uuid import UUID
 
-    from prefect.exceptions import ObjectNotFound
-    from prefect.flow_runs import NotPausedError, resume_flow_run
-
-    from flows.cli import EXIT_BAD_INPUT, EXIT_OK, CommandError, emit
-
     try:
         run_id = UUID(args.run)
     except ValueError:
-        raise CommandError(
-            f"{args.run!r} is not a flow run id; copy it from the paused run's log line or page.",
-            EXIT_BAD_INPUT,
+        raise Refused(
+            f"{args.run!r} is not a flow run id; copy it from the paused run's log line or page."
         ) from None
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flow_runs import NotPausedError, resume_flow_run
+
     try:
         resume_flow_run(run_id)
     except ObjectNotFound:
-        raise CommandError(
-            f"No flow run {run_id} on this Prefect server.", EXIT_BAD_INPUT
-        ) from None
+        raise Refused(f"No flow run {run_id} on this Prefect server.") from None
     except NotPausedError:
-        raise CommandError(
-            f"Flow run {run_id} is not paused; nothing to resume.", EXIT_BAD_INPUT
-        ) from None
+        raise Refused(f"Flow run {run_id} is not paused; nothing to resume.") from None
     emit({"resumed": str(run_id)}, args.json, render=lambda r: f"resumed {r['resumed']}")
     return EXIT_OK
 
@@ -290,9 +290,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Register this area's sub-commands on the ``letta-ops`` parser."""
-    from flows.cli import lock_options, reset_options, store_options
-
+    """Register ``rollback``, ``restore``, ``recover``, ``unlock``, ``resume`` and
+    ``restore-agents``."""
     store = store_options()
     reset = reset_options()
     lock = lock_options(0)
@@ -315,7 +314,11 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         metavar="SET",
         help="SERVER/SET_ID, SET_ID or latest (default: the newest verified pre-upgrade set)",
     )
-    p.add_argument("--dry-run", action="store_true", help="only show the plan")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only show the plan (default: roll back, after a confirmation unless --yes)",
+    )
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument(
         "--approval",
@@ -342,8 +345,14 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     p.add_argument("--force", action="store_true", help="drop and replace a non-empty database")
     p.add_argument("--yes", action="store_true", help="do not ask before --force drops")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only check and show the plan (default: restore; with --force after a "
+        "confirmation unless --yes)",
+    )
     p.add_argument("--start", action="store_true", help="start a Letta of the set's version on it")
-    p.add_argument("--port", type=int, help="with --start: port on 127.0.0.1 for that server")
+    p.add_argument("--port", type=port, help="with --start: port on 127.0.0.1 for that server")
     p.add_argument(
         "--runtime", metavar="BLOCK", help="with --start: a saved Letta Process Runtime block"
     )
@@ -365,7 +374,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         "the backup set taken before the run and start the version it records. Idempotent; "
         "exits 0 with one sentence when there is nothing to recover.",
     )
-    p.add_argument("--dry-run", action="store_true", help="only show the decision")
+    p.add_argument(
+        "--dry-run", action="store_true", help="only show the decision (default: carry it out)"
+    )
     p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser(
@@ -377,6 +388,11 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         "over, and refuses otherwise (--force frees it anyway). Audited.",
     )
     p.add_argument("--force", action="store_true", help="free it even if the holder may run")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only say whether it would be freed, and why (default: free it)",
+    )
     p.set_defaults(func=cmd_unlock)
 
     p = sub.add_parser(

@@ -1,0 +1,203 @@
+"""``letta-ops backup``, ``backups list``, ``verify`` and ``prune``.
+
+``backups list`` with a repository URL (``--store`` or ``LETTA_OPS_STORE``) and no ``--server``
+reads the store without loading Prefect.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from letta_ops.cli.errors import EXIT_OK
+from letta_ops.cli.options import Parser, non_negative, store_options
+from letta_ops.cli.output import emit, render_table, with_progress
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from letta_ops.flows.backup import backup
+
+    report = with_progress(
+        lambda: backup(
+            server=args.server,
+            store=args.store,
+            allow_partial_agents=args.allow_partial_agents,
+            compression=args.compress,
+            concurrency=args.concurrency,
+            purpose="manual",
+            pinned=args.pin,
+        )
+    )
+    emit(report, args.json, render=render_backup)
+    return EXIT_OK
+
+
+def render_backup(report: dict) -> str:
+    lines = [
+        f"backup set   {report['set']}  ({'verified' if report['verified'] else 'NOT verified'})",
+        f"letta        {report['letta_version']}  alembic {report['alembic_revision']}",
+        f"agents       {report['agents_exported']} of {report['agents_total']} exported",
+        f"database     {report['tables']} tables, {report['rows']} rows, "
+        f"dump {report['dump_bytes']} bytes",
+    ]
+    lines += [
+        f"  failed     {a['id']} {a['name']!r}: {a['error']}" for a in report["agents_failed"]
+    ]
+    return "\n".join(lines)
+
+
+BACKUP_LIST_COLUMNS = ["set", "created_at", "complete", "verified", "pinned", "purpose", "bytes"]
+
+
+def cmd_backups_list(args: argparse.Namespace) -> int:
+    from letta_ops.blocks.server_profile import open_backup_store, server_name
+    from letta_ops.tasks.backup_catalog import list_backup_sets
+
+    store = open_backup_store(args.store, args.server)
+    server = None if args.all_servers else server_name(args.server)
+    rows = [
+        {
+            "set": f"{s.server}/{s.set_id}",
+            "created_at": s.created_at,
+            "complete": s.complete,
+            "verified": s.verified,
+            "pinned": s.pinned,
+            "purpose": s.purpose,
+            "bytes": s.size,
+        }
+        for s in list_backup_sets(store, server)
+    ]
+    emit(rows, args.json, render=lambda r: render_table(r, BACKUP_LIST_COLUMNS))
+    return EXIT_OK
+
+
+def render_verify(result: dict) -> str:
+    drill = result.get("drill_result")
+    return f"{result['set']}: verified {result['objects']} objects" + (
+        f", restore drill matched {drill['tables']} tables" if drill else ""
+    )
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from letta_ops.flows.verify import verify
+
+    result = verify(
+        args.set,
+        server=args.server,
+        store=args.store,
+        drill=args.drill,
+        drill_database=args.drill_database,
+        read_data=args.read_data,
+    )
+    emit(result, args.json, render=render_verify, versioned=True)
+    return EXIT_OK
+
+
+def render_prune(result: dict) -> str:
+    head = "deleted" if result["executed"] else "plan (nothing deleted; add --execute)"
+    return (
+        render_table(
+            result["sets"],
+            ["set_id", "server", "created_at", "action", "reasons", "verified", "pinned"],
+        )
+        + f"\n{head}: keep {result['keep']}, delete {result['delete']}"
+    )
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from letta_ops.blocks.server_profile import server_name
+    from letta_ops.flows.prune import prune
+
+    result = prune(
+        server=None if args.all_servers else server_name(args.server),
+        store=args.store,
+        keep_last=args.keep_last,
+        keep_daily=args.keep_daily,
+        keep_weekly=args.keep_weekly,
+        keep_monthly=args.keep_monthly,
+        execute=args.execute and not args.dry_run,
+    )
+    emit(result, args.json, render=render_prune)
+    return EXIT_OK
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register ``backup``, ``backups list``, ``verify`` and ``prune``."""
+    store = store_options()
+
+    p = sub.add_parser(
+        "backup",
+        parents=[common, store],
+        help="back up a server into a new verified backup set",
+        description="Export every agent (files named by agent id), pg_dump the "
+        "database with row counts in the same snapshot, write the "
+        "manifest last, verify the set from storage. Exit 1 if an "
+        "agent could not be exported, unless --allow-partial-agents.",
+    )
+    p.add_argument(
+        "--allow-partial-agents",
+        action="store_true",
+        help="succeed even if some agents cannot be exported (the dump holds them)",
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="agent exports in flight (4)")
+    p.add_argument(
+        "--compress",
+        metavar="SPEC",
+        default=None,
+        help="pg_dump compression: none, a gzip level 0-9, gzip:N, zstd[:N] or lz4[:N] (zstd "
+        "and lz4 need a client built with them); default LETTA_OPS_COMPRESS, else gzip:6. "
+        "Recorded in the manifest.",
+    )
+    p.add_argument("--pin", action="store_true", help="never let retention delete this set")
+    p.set_defaults(func=cmd_backup)
+
+    backups = sub.add_parser("backups", help="list backup sets")
+    bsub = backups.add_subparsers(dest="action", required=True, parser_class=Parser)
+    p = bsub.add_parser(
+        "list",
+        parents=[common, store],
+        help="sets of this server, newest first (complete = has a manifest)",
+    )
+    p.add_argument("--all-servers", action="store_true", help="every server in the store")
+    p.set_defaults(func=cmd_backups_list)
+
+    p = sub.add_parser(
+        "verify",
+        parents=[common, store],
+        help="check a set's checksums and dump; --drill restores it",
+        description="Check every object of a set: on S3 by the checksum the store computed at "
+        "upload (one metadata request each), elsewhere by re-reading it; read the dump's table "
+        "of contents. --read-data re-reads and re-hashes everything; --drill restores the set "
+        "into a scratch database and compares per-table counts.",
+    )
+    p.add_argument("set", metavar="SET", help="SERVER/SET_ID or SET_ID (see 'backups list')")
+    p.add_argument("--drill", action="store_true", help="restore into a scratch database")
+    p.add_argument(
+        "--read-data",
+        action="store_true",
+        help="download and re-hash every object instead of trusting the store's checksums",
+    )
+    p.add_argument(
+        "--drill-database",
+        metavar="BLOCK",
+        help="saved Letta Database block of the PostgreSQL to drill on (default: "
+        "LETTA_OPS_DRILL_PG_URI, else the server's own PostgreSQL)",
+    )
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "prune",
+        parents=[common, store],
+        help="apply grandfather-father-son retention (plan only by default)",
+        description="Show which sets retention keeps and deletes. The newest "
+        "verified set and pinned sets are never deleted; incomplete "
+        "sets older than a day are. Deletes only with --execute.",
+    )
+    p.add_argument("--keep-last", type=non_negative, default=7)
+    p.add_argument("--keep-daily", type=non_negative, default=7)
+    p.add_argument("--keep-weekly", type=non_negative, default=4)
+    p.add_argument("--keep-monthly", type=non_negative, default=6)
+    p.add_argument("--all-servers", action="store_true", help="prune every server's sets")
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--dry-run", action="store_true", help="only show the plan (the default)")
+    run.add_argument("--execute", action="store_true", help="really delete")
+    p.set_defaults(func=cmd_prune)

@@ -1,0 +1,90 @@
+"""``letta-ops``: the parser, built from each area's commands, and ``main``.
+
+Exit codes (also in the README and :mod:`cli.errors`): 0 done; 1 the operation ran and failed;
+2 refused, nothing was changed; 3 the check ran and something needs action; 11 busy; 130
+interrupted. ``main`` maps every exception to one of them in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from letta_ops.cli.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_BUSY,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NEEDS_ACTION,
+    EXIT_OK,
+    error_sentence,
+    exit_code_for,
+    report_failure,
+)
+from letta_ops.cli.options import Parser, common_options
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_BUSY",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_NEEDS_ACTION",
+    "EXIT_OK",
+    "build_parser",
+    "main",
+]
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Without PREFECT_API_URL each command runs on a temporary Prefect server; its 20 s default
+# start-up limit is too short on a busy two-core host.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+# The command line prints progress and one sentence per error; the runs' full logs (with
+# tracebacks) go to the Prefect API. PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=INFO shows them here.
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+# platformdirs warns on hosts without a login session; nothing here uses the runtime dir.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from letta_ops.cli import (
+        backups,
+        demo,
+        fleet,
+        history,
+        maintenance,
+        restore,
+        runtime,
+        serve,
+        upgrade,
+    )
+
+    parser = Parser(
+        prog="letta-ops",
+        description="Back up, upgrade, roll back and maintain self-hosted Letta servers.",
+        epilog="Exit codes: 0 done, 1 failed, 2 bad input (nothing changed), 3 needs action, "
+        "11 busy (another run holds the server), 130 interrupted.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    common = common_options()
+    # Each area registers its commands (in this order in --help).
+    for area in (runtime, backups, upgrade, fleet, serve, demo, restore, history, maintenance):
+        area.add_commands(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "operator", None):
+        os.environ["LETTA_OPS_OPERATOR"] = args.operator
+    try:
+        return args.func(args)
+    except (Exception, KeyboardInterrupt) as exc:  # its class says which exit code
+        return report_failure(getattr(args, "json", False), error_sentence(exc), exit_code_for(exc))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Parser pieces every area shares: the parser class, ``--server/--json/--operator``,
+``--store``, ``--wait``, ``--reset``, and the argument types that refuse bad input at once."""
+
+from __future__ import annotations
+
+import argparse
+
+from letta_ops.tasks.errors import EXIT_BAD_INPUT
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one sentence and exit 2, without the usage dump
+        self.exit(
+            EXIT_BAD_INPUT, f"letta-ops: error: {message}\nRun '{self.prog} --help' for usage.\n"
+        )
+
+
+def version(value: str) -> str:
+    """argparse type: refuse ``latest`` and non-server versions before anything runs."""
+    from letta_ops.tasks.letta_versions import UnsupportedLettaVersion, parse_server_version
+
+    try:
+        return str(parse_server_version(value))
+    except UnsupportedLettaVersion as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return number
+
+
+def non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return number
+
+
+def port(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (1-65535)")
+    return number
+
+
+def common_options() -> argparse.ArgumentParser:
+    """``--server``, ``--json`` and ``--operator``: on every command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--server",
+        metavar="NAME",
+        help="load the saved blocks called NAME; without it LETTA_BASE_URL, "
+        "LETTA_API_KEY and LETTA_PG_URI describe the server",
+    )
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    common.add_argument(
+        "--operator",
+        metavar="NAME",
+        help="who runs this, for the audit history (default: LETTA_OPS_OPERATOR, else your "
+        "login name)",
+    )
+    return common
+
+
+def store_options() -> argparse.ArgumentParser:
+    """The ``--store`` option every command that reads or writes backup sets shares."""
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument(
+        "--store",
+        metavar="URL",
+        help="backup repository: s3://BUCKET/PREFIX or file:///PATH (default: "
+        "LETTA_OPS_STORE, else the server's saved store block)",
+    )
+    return store
+
+
+def lock_options(default: float | None) -> argparse.ArgumentParser:
+    """The ``--wait`` option of every command that takes the server's destructive lock."""
+    lock = argparse.ArgumentParser(add_help=False)
+    shown = "the flow's default" if default is None else f"{default:g}; 0 refuses at once"
+    lock.add_argument(
+        "--wait",
+        type=float,
+        default=default,
+        metavar="SECONDS",
+        help=f"wait this long for another destructive run on the server to finish ({shown})",
+    )
+    return lock
+
+
+def reset_options() -> argparse.ArgumentParser:
+    """The ``--reset`` option of every command that empties a database and restores into it."""
+    reset = argparse.ArgumentParser(add_help=False)
+    reset.add_argument(
+        "--reset",
+        choices=["auto", "recreate", "in-place"],
+        default=None,
+        help="how to empty the database before a restore: 'recreate' drops and creates it "
+        "with pgvector (needs CREATEDB and a superuser); 'in-place' keeps the database and "
+        "pgvector and drops the schema's objects (needs only their ownership, as on managed "
+        "PostgreSQL); default: the database block's setting or LETTA_OPS_RESET_MODE, else "
+        "whichever the role may do. The plan says which one runs.",
+    )
+    return reset
+
+
+def lock_wait(args: argparse.Namespace) -> dict[str, float]:
+    """``--wait`` when given; else the flow's own default."""
+    return {} if args.wait is None else {"lock_timeout_seconds": args.wait}

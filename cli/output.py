@@ -1,0 +1,149 @@
+"""What the command line prints: human tables, ``--json`` documents, progress on stderr.
+
+``--json`` documents (README, "Scripting: --json"): datetimes are ISO-8601 strings, paths and
+ids strings, pydantic models their JSON dump; the outputs scripts read for state (``runtime
+status``, ``verify``, ``upgrade``, ``rollback``) carry ``"schema_version"`` at the top level.
+Progress and errors go to stderr, so stdout stays one JSON document.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from letta_ops.cli.errors import Refused
+
+#: Version of the ``--json`` shapes documented in the README; raised when a key changes
+#: meaning or goes away (new keys may appear without it).
+SCHEMA_VERSION = 1
+
+
+def json_value(value: Any) -> Any:
+    """``json.dumps``' ``default``: the JSON form of what the standard encoder lacks."""
+    # Imported here: --help never needs them (dataclasses alone loads inspect).
+    import dataclasses
+    from datetime import date, datetime, time
+    from enum import Enum
+    from pathlib import PurePath
+    from uuid import UUID
+
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, PurePath | UUID):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    dump = getattr(value, "model_dump", None)  # pydantic models
+    if callable(dump):
+        return dump(mode="json")
+    return str(value)  # anything else: its text, never a crash after the work is done
+
+
+def to_json(result: Any, versioned: bool = False) -> str:
+    """The ``--json`` document of ``result``; ``versioned`` puts ``schema_version`` first in a
+    dict result."""
+    if versioned and isinstance(result, dict):
+        result = {"schema_version": SCHEMA_VERSION, **result}
+    return json.dumps(result, indent=2, default=json_value)
+
+
+def emit(
+    result: Any,
+    as_json: bool,
+    render: Callable[[Any], str] | None = None,
+    versioned: bool = False,
+) -> None:
+    """Print ``result``: as JSON with ``--json``, else through ``render`` (or as a mapping)."""
+    if as_json:
+        print(to_json(result, versioned))
+    elif render is not None:
+        print(render(result))
+    else:
+        print(render_mapping(result))
+
+
+def render_mapping(data: dict) -> str:
+    width = max((len(str(k)) for k in data), default=0)
+    return "\n".join(f"{str(k).ljust(width)}  {v}" for k, v in data.items())
+
+
+def render_table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def progress(message: str) -> None:
+    """Progress goes to stderr so that ``--json`` output on stdout stays parseable."""
+    print(f"letta-ops: {message}", file=sys.stderr, flush=True)
+
+
+def confirm(plan_text: str, question: str, what: str) -> None:
+    """Show the plan and ask on a terminal; refuse (exit 2, nothing changed) without one."""
+    print(plan_text, file=sys.stderr)
+    if not sys.stdin.isatty():
+        raise Refused(
+            f"Refusing to {what} without confirmation; review the plan above and rerun with --yes."
+        )
+    if input(f"{question} [y/N] ").strip().lower() not in {"y", "yes"}:
+        raise Refused(f"{what.capitalize()} cancelled; nothing was changed.")
+
+
+class RichProgress:
+    """Progress bars on stderr for exports and uploads (stdout stays clean for --json)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._bytes = DownloadColumn()
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def start(self, label: str, total: int | None, unit: str) -> None:
+        self._tasks[label] = self._progress.add_task(f"{label} ({unit})", total=total)
+
+    def advance(self, label: str, amount: int = 1) -> None:
+        if label in self._tasks:
+            self._progress.advance(self._tasks[label], amount)
+
+    def finish(self, label: str) -> None:
+        if label in self._tasks:
+            task_id = self._tasks[label]
+            task = self._progress.tasks[task_id]
+            self._progress.update(task_id, total=task.completed)
+
+
+def with_progress(run: Callable[[], Any]) -> Any:
+    """Run ``run()`` with progress bars for what it reports through :mod:`tasks.progress_events`."""
+    from letta_ops.tasks import progress_events
+
+    with RichProgress() as bars:
+        progress_events.install(bars)
+        try:
+            return run()
+        finally:
+            progress_events.install(None)

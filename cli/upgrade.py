@@ -1,0 +1,160 @@
+"""``letta-ops upgrade``: to a pinned Letta version after a verified backup; rolls back on
+failure. Acts (after a confirmation unless ``--yes``); ``--dry-run`` prints the plan only."""
+
+from __future__ import annotations
+
+import argparse
+
+from letta_ops.cli.errors import EXIT_OK
+from letta_ops.cli.options import lock_options, reset_options, store_options, version
+from letta_ops.cli.output import confirm, emit, render_table, with_progress
+
+
+def render_plan(report: dict) -> str:
+    plan = report["plan"]
+    lines = [
+        f"upgrade {plan['server']} ({plan['base_url']}): Letta {plan['from_version']} -> "
+        f"{plan['to_version']}, strategy {plan['strategy']}"
+        + (" (LOSSY: agent files only)" if plan["lossy"] else " (lossless)"),
+        f"agents {plan['agents']}, database {plan['database_bytes']} bytes, "
+        f"expected downtime about {plan['expected_downtime_seconds']} s "
+        f"({plan['expected_downtime_source']})",
+        f"database: PostgreSQL {plan['postgres_major']}, role {plan['database_role']}, "
+        f"emptied by {plan['reset_mode']} when restoring",
+        f"runtime: {plan['runtime']}",
+        "steps:",
+    ]
+    lines += [f"  {i}. {step}" for i, step in enumerate(plan["steps"], 1)]
+    if plan["renames"]:
+        lines.append(f"renames ({plan['name_rule']}):")
+        lines += [
+            f"  {agent_id}: {c['old']!r} -> {c['new']!r}" for agent_id, c in plan["renames"].items()
+        ]
+    return "\n".join(lines)
+
+
+def render_upgrade(report: dict) -> str:
+    text = render_plan(report) + f"\noutcome: {report['outcome']}"
+    if report.get("downtime_seconds") is not None:
+        text += f", downtime {report['downtime_seconds']} s, backup {report['backup_set']}"
+    rows = report.get("verification") or []
+    if rows:
+        text += "\n" + render_table(
+            rows,
+            [
+                "name_before",
+                "name_after",
+                "messages_before",
+                "messages_after",
+                "blocks_before",
+                "blocks_after",
+            ],
+        )
+    return text
+
+
+def render_rehearsal(report: dict) -> str:
+    plan = report["plan"]
+    lines = [
+        f"rehearsal of {plan['server']} {plan['from_version']} -> {plan['to_version']} "
+        f"({plan['strategy']}) on a copy of {report['source_set']}: {report['outcome']}",
+        f"measured downtime {report.get('downtime_seconds')} s:",
+    ]
+    lines += [f"  {s['step']}: {s['seconds']} s" for s in report.get("downtime_steps", [])]
+    if report.get("not_carried"):
+        nc = report["not_carried"]
+        lines.append(
+            f"agent files would not carry {nc['messages']} messages, "
+            f"{nc['archival_passages']} archival passages"
+        )
+    lines += [f"renames: {a}: {c['old']!r} -> {c['new']!r}" for a, c in plan["renames"].items()]
+    lines += [f"log: {line}" for line in report.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    from letta_ops.flows.rehearse import rehearse
+
+    report = with_progress(
+        lambda: rehearse(
+            to_version=args.to,
+            server=args.server,
+            store=args.store,
+            strategy=args.strategy,
+            from_set=args.from_set,
+        )
+    )
+    emit(report, args.json, render=render_rehearsal, versioned=True)
+    return EXIT_OK
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from letta_ops.flows.upgrade import upgrade
+
+    if args.rehearse:
+        return cmd_rehearse(args)
+    common = {
+        "to_version": args.to,
+        "server": args.server,
+        "store": args.store,
+        "strategy": args.strategy,
+        "reset": args.reset,
+    }
+    if args.dry_run:
+        emit(upgrade(**common, dry_run=True), args.json, render=render_plan, versioned=True)
+        return EXIT_OK
+    if not args.yes:
+        plan = upgrade(**common, dry_run=True)
+        text = render_plan(plan)
+        if not plan["plan"]["rehearsal_current"]:
+            text += (
+                "\nWARNING: no rehearsal of this upgrade is newer than the newest backup; "
+                f"'letta-ops upgrade --to {args.to} --strategy {args.strategy} --rehearse' "
+                "runs it on a copy first and measures the downtime."
+            )
+        confirm(text, "Proceed with the upgrade?", "upgrade")
+    report = with_progress(
+        lambda: upgrade(**common, approval=args.approval, lock_timeout_seconds=args.wait)
+    )
+    emit(report, args.json, render=render_upgrade, versioned=True)
+    return EXIT_OK
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register ``upgrade``."""
+    p = sub.add_parser(
+        "upgrade",
+        parents=[common, store_options(), lock_options(0), reset_options()],
+        help="upgrade to a pinned Letta version after a verified backup; rolls back on failure",
+        description="Pre-flight (health, versions, disk, agent names under the target's rule), "
+        "a verified pinned backup, then strategy 'migrate' (stop, alembic upgrade the same "
+        "database, fix sequences, start the target: lossless) or 'rebuild' (export agents, "
+        "empty the database (see --reset), migrate, start, import agents with sanitized names). "
+        "Any failure after the first destructive step restores the backup and starts the old "
+        "version. Asks for confirmation unless --yes; --dry-run prints the plan only.",
+    )
+    p.add_argument("--to", required=True, type=version, metavar="X.Y.Z", help="target release")
+    p.add_argument("--strategy", choices=["migrate", "rebuild"], default="migrate")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan; change nothing (default: upgrade, after a confirmation unless --yes)",
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="run the upgrade on a restored copy (scratch database, free loopback port) and "
+        "report the measured downtime; the server is never touched",
+    )
+    p.add_argument(
+        "--from-set",
+        metavar="SET",
+        help="with --rehearse: the verified set to copy (default: take a backup first)",
+    )
+    p.add_argument(
+        "--approval",
+        action="store_true",
+        help="pause the Prefect run before the first destructive step until approved in the UI",
+    )
+    p.set_defaults(func=cmd_upgrade)

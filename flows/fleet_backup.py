@@ -1,0 +1,147 @@
+"""Back up every selected server: one child run each, spread over the work pool's workers.
+
+The runbook it replaces: "for each server, run the nightly backup; do not hammer one database
+host or one bucket; if one fails, do the rest and tell me which". Each child is the ordinary
+``letta-backup`` flow (its own verified set, audit record and lock), launched as a run of the
+``backup`` deployment so a worker that can reach that server takes it. Global concurrency
+limits bound how many children run at once per backup store and per database host; one
+server's failure never stops the others. The parent publishes a table (server, set, agents,
+bytes, duration, outcome, worker) and fails (exit 1) if any child failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.fleet_inventory import selected_servers
+from letta_ops.flows.fleet_runs import (
+    ChildOutcome,
+    ensure_limits,
+    launch_deployment_run,
+    limit_name,
+    outcome_from_run,
+    run_locally,
+    wait_for_runs,
+)
+from letta_ops.flows.run_context import publish_report, run_name
+from letta_ops.tasks.errors import Failed
+
+#: The per-server deployment children are launched from (prefect.yaml).
+CHILD_DEPLOYMENT = "letta-backup/backup"
+
+
+class FleetRunFailed(Failed):
+    """At least one server's child run failed; the others ran to the end."""
+
+
+@task(name="fleet-limits", cache_policy=NO_CACHE)
+def limits_for(
+    names: list[str], store: str | None, per_store: int, per_host: int
+) -> dict[str, list[str]]:
+    """Each server's concurrency limits: its backup store and its database host."""
+    from letta_ops.blocks.server_profile import load_profile, open_backup_store
+
+    per_server: dict[str, list[str]] = {}
+    sizes: dict[str, int] = {}
+    for name in names:
+        profile = load_profile(name or None, need_database=True)
+        db = profile.require_database().parts
+        store_limit = limit_name("store", open_backup_store(store, name or None).describe())
+        host_limit = limit_name("dbhost", f"{db['host']}-{db['port']}")
+        sizes[store_limit], sizes[host_limit] = per_store, per_host
+        per_server[name] = [store_limit, host_limit]
+    ensure_limits(sizes)
+    return per_server
+
+
+def set_size(outcome: ChildOutcome, store: str | None) -> tuple[int | None, int | None]:
+    """Agents and bytes of the child's set, from its manifest."""
+    if not outcome.backup_set or not outcome.ok:
+        return None, None
+    from letta_ops.blocks.server_profile import open_backup_store
+    from letta_ops.tasks.backup_catalog import load_manifest
+
+    manifest = load_manifest(
+        open_backup_store(store, outcome.server), *outcome.backup_set.split("/")
+    )
+    return len(manifest.agents), sum(o.size for o in manifest.objects.values())
+
+
+def render_fleet_backup_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Fleet backup of {report['selector']!r}: {report['succeeded']} of "
+        f"{len(report['servers'])} succeeded",
+        "",
+        "| server | set | agents | bytes | seconds | outcome | worker |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["servers"]:
+        outcome = "ok" if row["ok"] else f"FAILED: {row['error']}"
+        lines.append(
+            f"| {row['server']} | {row['backup_set'] or ''} | {row['agents'] or ''} | "
+            f"{row['bytes'] or ''} | {row['seconds'] or ''} | {outcome} | {row['worker'] or ''} |"
+        )
+    return "\n".join(lines)
+
+
+@flow(name="letta-fleet-backup", flow_run_name=run_name("fleet-backup", "servers"))
+def fleet_backup(
+    servers: str = "*",
+    store: str | None = None,
+    deployment: str | None = CHILD_DEPLOYMENT,
+    per_store_limit: int = 2,
+    per_host_limit: int = 1,
+    allow_partial_agents: bool = False,
+    timeout_seconds: float = 6 * 3600,
+) -> dict[str, Any]:
+    """Back up the saved servers ``servers`` selects (names, globs, ``key:value`` tags).
+
+    ``deployment`` (``FLOW/DEPLOYMENT``) is what each child runs as, on its work pool's
+    workers; None runs the children here, one after another.
+    """
+    with audited_run("fleet-backup", "fleet", {"servers": servers}) as audit:
+        logger = get_run_logger()
+        names = [e.name for e in selected_servers(servers)]
+        logger.info("fleet backup of %d server(s): %s", len(names), ", ".join(names))
+        limits = limits_for(names, store, per_store_limit, per_host_limit)
+        parameters = {
+            "store": store,
+            "allow_partial_agents": allow_partial_agents,
+            "purpose": "scheduled",
+        }
+        if deployment:
+            runs = {
+                n: launch_deployment_run(
+                    deployment, n, {**parameters, "concurrency_limits": limits[n]}
+                )
+                for n in names
+            }
+            finished = wait_for_runs(runs, timeout_seconds)
+            outcomes = [outcome_from_run(n, runs[n], finished.get(n)) for n in names]
+        else:
+            from letta_ops.flows.backup import backup
+
+            outcomes = [run_locally(n, backup, parameters) for n in names]
+        rows = []
+        for outcome in outcomes:
+            agents, size = set_size(outcome, store)
+            rows.append({**outcome.to_dict(), "agents": agents, "bytes": size})
+        failed = [r for r in rows if not r["ok"]]
+        report = {
+            "selector": servers,
+            "servers": rows,
+            "succeeded": len(rows) - len(failed),
+            "failed": [r["server"] for r in failed],
+        }
+        publish_report("fleet", "fleet-backup", render_fleet_backup_markdown(report), rows)
+        audit.update(details_servers=names, failed=report["failed"])
+        if failed:
+            raise FleetRunFailed(
+                f"{len(failed)} of {len(rows)} server backups failed: "
+                + "; ".join(f"{r['server']}: {r['error']}" for r in failed)
+            )
+        return report

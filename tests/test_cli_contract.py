@@ -1,0 +1,221 @@
+"""The command line's contract with scripts: exit codes by error class, the ``--json`` shapes,
+one dry-run vocabulary, and read-only commands that answer without loading Prefect."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from letta_ops.cli.main import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_NEEDS_ACTION,
+    EXIT_OK,
+    build_parser,
+    main,
+)
+from letta_ops.cli.output import SCHEMA_VERSION, to_json
+
+PROBE = """
+import json, sys
+from letta_ops.cli.main import main
+code = main(sys.argv[1:])
+heavy = sorted(m for m in ("prefect", "boto3", "alembic") if m in sys.modules)
+sys.stderr.write("PROBE " + json.dumps({"code": code, "heavy": heavy}) + "\\n")
+"""
+
+
+def _env_only(tmp_path: Path) -> dict[str, str]:
+    """A server described by environment variables only (no saved blocks, no Prefect API)."""
+    (tmp_path / "store").mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "LETTA_OPS_STORE": (tmp_path / "store").as_uri(),
+        "LETTA_OPS_AUDIT_URL": f"sqlite:///{tmp_path / 'audit.db'}",
+        "LETTA_OPS_STATE_DIR": str(tmp_path / "state"),
+        "LETTA_BASE_URL": "http://127.0.0.1:9",
+        "LETTA_OPS_SERVER_NAME": "contract",
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),  # no profiles file that sets a URL
+    }
+    for name in ("PREFECT_API_URL", "PREFECT_UI_URL", "LETTA_OPS_RUNTIME"):
+        env.pop(name, None)
+    return env
+
+
+@pytest.mark.parametrize(
+    "argv,code",
+    [
+        (["backups", "list", "--json"], EXIT_OK),
+        (["history", "--json"], EXIT_OK),
+        (["runtime", "status", "--json"], EXIT_NEEDS_ACTION),
+    ],
+)
+def test_read_only_commands_load_no_prefect(argv, code, tmp_path):
+    env = _env_only(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    [probe] = [line for line in out.stderr.splitlines() if line.startswith("PROBE ")]
+    # A fresh audit store is created once with alembic; later calls never import it.
+    assert json.loads(probe.removeprefix("PROBE ")) == {
+        "code": code,
+        "heavy": ["alembic"] if argv[0] == "history" else [],
+    }, out.stderr
+    if argv[0] == "history":
+        again = subprocess.run(
+            [sys.executable, "-c", PROBE, *argv], env=env, capture_output=True, text=True
+        )
+        assert '"heavy": []' in again.stderr, again.stderr
+    document = json.loads(out.stdout)
+    if isinstance(document, dict):  # runtime status
+        assert document["schema_version"] == SCHEMA_VERSION and document["kind"] == "process"
+        assert document["state_dir"] == str(tmp_path / "state" / "contract")
+
+
+def test_a_bad_url_is_refused_alike_with_and_without_blocks(tmp_path, monkeypatch, capsys):
+    """The name comes from tasks.server_naming on both paths: the same refusal, exit 2."""
+    for name, value in _env_only(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LETTA_BASE_URL", "ftp://letta.example")
+    assert main(["backups", "list"]) == EXIT_BAD_INPUT  # no blocks loaded
+    fast = capsys.readouterr().err.strip()
+    assert main(["runtime", "stop"]) == EXIT_BAD_INPUT  # the profile's blocks
+    profile = capsys.readouterr().err.strip()
+    assert fast == profile
+    assert "'ftp://letta.example' is not an http(s) URL" in fast
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"LETTA_BASE_URL": "http://10.0.0.5:8283/v1/"},
+        {"LETTA_BASE_URL": "https://letta.example.com"},
+        {"LETTA_OPS_SERVER_NAME": "prod/eu west", "LETTA_BASE_URL": "http://h:1"},
+        {"LETTA_OPS_SERVER_NAME": "../..", "LETTA_BASE_URL": "http://h:1"},
+    ],
+)
+def test_the_name_without_blocks_is_the_blocks_name(env):
+    from letta_ops.blocks.letta_server import LettaServer
+    from letta_ops.tasks.server_naming import server_name_from_env
+
+    assert server_name_from_env(env) == LettaServer.from_env(env).server_name
+
+
+def _raising(monkeypatch, error: BaseException) -> None:
+    from letta_ops.cli import runtime
+
+    def command(args):
+        raise error
+
+    monkeypatch.setattr(runtime, "cmd_runtime_status", command)
+
+
+def _validation_error(**values) -> Exception:
+    from letta_ops.tasks.backup_retention import RetentionPolicy
+
+    try:
+        RetentionPolicy(**values)
+    except Exception as exc:  # noqa: BLE001 - the ValidationError itself is the point
+        return exc
+    raise AssertionError("no validation error")
+
+
+def test_a_validation_error_is_a_refusal_only_when_a_validator_refused(monkeypatch, capsys):
+    # A validator that raised Refused (a policy keeping nothing): bad input, exit 2.
+    _raising(
+        monkeypatch, _validation_error(keep_last=0, keep_daily=0, keep_weekly=0, keep_monthly=0)
+    )
+    assert main(["runtime", "status", "--json"]) == EXIT_BAD_INPUT
+    assert "must keep something" in json.loads(capsys.readouterr().out)["error"]
+    # Any other ValidationError (a value that does not parse, a reply of the wrong shape):
+    # something ran and broke, exit 1.
+    _raising(monkeypatch, _validation_error(keep_last="many"))
+    assert main(["runtime", "status", "--json"]) == EXIT_FAILED
+    failure = json.loads(capsys.readouterr().out)
+    assert failure["exit_code"] == EXIT_FAILED and "\n" not in failure["error"]
+
+
+def test_json_times_are_iso_and_state_outputs_carry_a_schema_version():
+    moment = datetime(2026, 11, 23, 2, 15, tzinfo=UTC)
+    document = json.loads(to_json({"created_at": moment, "path": Path("/x")}, versioned=True))
+    assert document == {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": "2026-11-23T02:15:00+00:00",
+        "path": "/x",
+    }
+    # Lists stay lists (backups list, history): scripts index them.
+    assert json.loads(to_json([{"created_at": moment}], versioned=True)) == [
+        {"created_at": "2026-11-23T02:15:00+00:00"}
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv,dry_run",
+    [
+        (["prune"], False),
+        (["prune", "--dry-run"], True),
+        (["restore", "S", "--database", "blk", "--dry-run"], True),
+        (["unlock", "--dry-run"], True),
+        (["upgrade", "--to", "0.16.2", "--dry-run"], True),
+        (["rollback", "--dry-run"], True),
+        (["recover", "--dry-run"], True),
+        (["cleanup-sources", "--dry-run"], True),
+        (["rename-agents", "--sanitize", "--dry-run"], True),
+        (["sync-tools", "--control", "c", "--dry-run"], True),
+        (["repair-sequences", "--dry-run"], True),
+    ],
+)
+def test_every_command_that_deletes_or_replaces_accepts_dry_run(argv, dry_run):
+    assert build_parser().parse_args(argv).dry_run is dry_run
+
+
+@pytest.mark.parametrize("command", ["prune", "cleanup-sources", "rename-agents --sanitize"])
+def test_dry_run_and_execute_exclude_each_other(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command.split(), "--dry-run", "--execute"])
+    assert exit_.value.code == EXIT_BAD_INPUT
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_area_modules_never_import_the_parser_module():
+    """No circle: areas import cli.output / cli.errors / cli.options, never cli.main."""
+    import ast
+
+    for path in Path("cli").glob("*.py"):
+        if path.name in ("main.py", "__main__.py"):
+            continue
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        assert not imported & {"letta_ops.cli.main"}, path
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prune", "--keep-last", "-1"],
+        ["runtime", "status", "--port", "0"],
+        ["restore", "S", "--database", "blk", "--start", "--port", "70000"],
+    ],
+)
+def test_values_a_model_would_reject_are_refused_by_the_parser(argv, capsys):
+    """Refused before any run (exit 2), not a ValidationError inside it (exit 1)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.startswith("letta-ops: error: argument --")
