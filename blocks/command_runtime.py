@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
-from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused, StartedServer
+from letta_ops.blocks.letta_runtime import (
+    LettaRuntime,
+    RuntimeRefused,
+    StartedServer,
+    health_status,
+)
 from letta_ops.tasks.errors import Failed, final_error_line
 from letta_ops.tasks.letta_health import probe_health, wait_for_health, wait_until_down
 from letta_ops.tasks.letta_runtime_process import redact
@@ -114,13 +119,7 @@ class LettaCommandRuntime(LettaRuntime):
                 )
 
     def status(self) -> dict[str, Any]:
-        health = probe_health(self.base_url)
-        return {
-            "kind": self.kind,
-            "running": health is not None,
-            "version": health.get("version") if health else None,
-            "base_url": self.base_url,
-        }
+        return health_status(self.kind, self.base_url)
 
     def _run(self, what: str, argv: list[str], version: str | None, log) -> None:
         secrets = {k: v.get_secret_value() for k, v in self.command_env.items()}

@@ -41,6 +41,19 @@ class StartedServer:
     pid: int | None = None
 
 
+def health_status(kind: str, base_url: str) -> dict[str, Any]:
+    """Status of a server no process of ours holds: whatever ``/v1/health/`` answers now."""
+    from letta_ops.tasks.letta_health import probe_health
+
+    health = probe_health(base_url)
+    return {
+        "kind": kind,
+        "running": health is not None,
+        "version": health.get("version") if health else None,
+        "base_url": base_url,
+    }
+
+
 class LettaRuntime(Block):
     """Base of the runtime blocks: install settings and the migrations letta-ops runs."""
 

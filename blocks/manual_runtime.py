@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
-from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused, StartedServer
+from letta_ops.blocks.letta_runtime import (
+    LettaRuntime,
+    RuntimeRefused,
+    StartedServer,
+    health_status,
+)
 from letta_ops.tasks.errors import Failed
 from letta_ops.tasks.letta_health import probe_health, wait_for_health, wait_until_down
 
@@ -71,13 +76,7 @@ class LettaManualRuntime(LettaRuntime):
             )
 
     def status(self) -> dict[str, Any]:
-        health = probe_health(self.base_url)
-        return {
-            "kind": self.kind,
-            "running": health is not None,
-            "version": health.get("version") if health else None,
-            "base_url": self.base_url,
-        }
+        return health_status(self.kind, self.base_url)
 
     def stop(self, log=print) -> bool:
         if probe_health(self.base_url) is None:

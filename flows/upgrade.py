@@ -495,15 +495,24 @@ def upgrade(
     start_timeout_seconds: float = 240,
     reset: RequestedReset | None = None,
     require_rehearsal: bool = False,
+    rehearse: bool = False,
 ) -> dict[str, Any]:
     """Upgrade one server to ``to_version`` by ``strategy``; roll back on any failure.
 
     ``require_rehearsal`` (on in the deployment): refuse unless a successful rehearsal of these
     versions and strategy exists that is not older than the server's newest backup.
+    ``rehearse``: run the upgrade on a restored copy instead (:mod:`flows.rehearse`); the
+    server is not touched.
 
     ``reset`` says how a database is emptied before a restore or rebuild (``recreate`` or
     ``in-place``); by default the database block's setting, else whatever the role may do.
     """
+    if rehearse:
+        from letta_ops.flows.rehearse import rehearse as rehearse_flow
+
+        return rehearse_flow(
+            to_version, server, store, strategy, start_timeout_seconds=start_timeout_seconds
+        )
     with audited_run("upgrade", server) as audit:
         logger = get_run_logger()
         profile = load_profile(server, need_database=True)
