@@ -21,6 +21,7 @@ the cause and the log's last lines.
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from datetime import UTC, datetime
@@ -74,6 +75,29 @@ def downtime_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def notable_lines(text: str, limit: int = 20) -> list[str]:
     lines = [line.strip() for line in text.splitlines() if NOTABLE.search(line)]
     return lines[-limit:]
+
+
+class RunLogLines(logging.Handler):
+    """The run's own log lines while the chain runs on the copy: the target's alembic
+    warnings arrive there (``migrate_database`` logs them), not in the server's log."""
+
+    LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> RunLogLines:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self)
 
 
 @task(name="restore-copy", cache_policy=NO_CACHE)
@@ -188,8 +212,9 @@ def rehearse(
                 )
                 runner = run_migrate if strategy == "migrate" else run_rebuild
                 result: dict[str, Any] = {}
+                run_log = RunLogLines()
                 try:
-                    with transaction() as txn:
+                    with run_log, transaction() as txn:
                         txn.set("state", state)
                         result = runner(state, plan["to_version"], start_timeout_seconds)
                     report.update(
@@ -215,7 +240,8 @@ def rehearse(
                     downtime_seconds=result["downtime_seconds"]
                     if report["outcome"] == "succeeded"
                     else round(sum(s["seconds"] for s in down), 1),
-                    warnings=notable_lines(_log_text(copy)),
+                    warnings=notable_lines("\n".join(run_log.lines))
+                    + notable_lines(_log_text(copy)),
                 )
             finally:
                 copy.runtime.stop()

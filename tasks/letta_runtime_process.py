@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -197,7 +198,7 @@ def _run(
             f"{what} failed (exit {result.returncode}): {final_error_line(output)}\n"
             f"{output[-3000:]}"
         )
-    return result.stdout
+    return redact(f"{result.stdout or ''}{result.stderr or ''}", secrets)
 
 
 @contextlib.contextmanager
@@ -414,13 +415,17 @@ def migrate_database(
     env["LETTA_PG_URI"] = letta_pg_uri
     log(f"letta {runtime.version}: alembic upgrade head")
     secrets = _uri_secrets(letta_pg_uri)
-    _run(
+    output = _run(
         [str(runtime.alembic), "upgrade", "head"],
         cwd=where,
         env=env,
         what=f"alembic upgrade head for letta {runtime.version}",
         secrets=secrets,
     )
+    # Alembic logs each revision at INFO; what an operator must see are its warnings.
+    for line in output.splitlines():
+        if re.search(r"\b(WARNING|WARN|ERROR|Deprecat\w*)\b", line, re.IGNORECASE):
+            log(f"letta {runtime.version} alembic: {line.strip()}")
 
 
 # --------------------------------------------------------------------------- start / stop

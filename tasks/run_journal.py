@@ -153,6 +153,8 @@ class JournaledSteps:
         """How long each step took, in order (the last one up to now): a rehearsal's
         measurements, and a report's."""
         entered = self.__dict__.get("entered", [])
+        if not entered:
+            return []
         ends = [t for _, t in entered[1:]] + [time.monotonic()]
         return [
             {"step": step, "seconds": round(end - start, 1)}
