@@ -128,6 +128,11 @@ class LettaRuntime(Block):
     def restore_snapshot(self, files: dict[str, bytes], log=print) -> None:
         """Put back what :meth:`snapshot` returned (nothing for most runtimes)."""
 
+    def with_server_password(self, password: Any) -> LettaRuntime:
+        """This runtime, knowing the password the server's profile uses (a server it starts
+        must require it); runtimes that do not start the process themselves ignore it."""
+        return self
+
     def configured_variables(self) -> set[str] | None:
         """Names of the variables letta-ops gives the server (None: not known here)."""
         return None

@@ -44,6 +44,16 @@ class LettaProcessRuntime(LettaRuntime):
         default_factory=dict,
         description="Extra environment variables for the server process (secret values).",
     )
+    server_password: SecretStr | None = Field(
+        default=None,
+        description="The password the server requires (--secure); set from the server's "
+        "profile (LETTA_API_KEY or the Letta Server block) when empty here.",
+    )
+    open_server: bool = Field(
+        default=False,
+        description="Start the server without authentication even though the profile has a "
+        "password (LETTA_OPS_OPEN_SERVER=1); reports say it is open.",
+    )
 
     @classmethod
     def from_env(cls, server_name: str = "default") -> LettaProcessRuntime:
@@ -58,6 +68,7 @@ class LettaProcessRuntime(LettaRuntime):
             port=base.port or 8283,
             env_file=Path(env_file) if env_file else None,
             source_tree=os.environ.get("LETTA_OPS_SOURCE_TREE") or None,
+            open_server=os.environ.get("LETTA_OPS_OPEN_SERVER", "").lower() in {"1", "true"},
         )
 
     @classmethod
@@ -99,7 +110,22 @@ class LettaProcessRuntime(LettaRuntime):
             index_url=self.index_url,
             timeout=self.startup_timeout_seconds,
             log=log,
+            password=self.password_to_require(),
         )
+
+    def password_to_require(self) -> str | None:
+        """The password the started server must demand: none when ``open_server``."""
+        if self.open_server:
+            return None
+        if self.server_password is not None:
+            return self.server_password.get_secret_value()
+        explicit = self.server_env.get("LETTA_SERVER_PASSWORD")
+        return explicit.get_secret_value() if explicit is not None else None
+
+    def with_server_password(self, password: SecretStr | None) -> LettaProcessRuntime:
+        if password is None or self.server_password is not None:
+            return self
+        return self.model_copy(update={"server_password": password})
 
     def stop(self, log=print) -> runtime.ServerProcess | None:
         return runtime.stop_server(self.resolved_state_dir())

@@ -39,6 +39,10 @@ class ServerProfile:
     #: :class:`LettaRuntime` interface.
     runtime: LettaRuntime
 
+    def __post_init__(self) -> None:
+        # A server letta-ops starts must demand the password its profile uses.
+        self.runtime = self.runtime.with_server_password(self.server.password)
+
     @property
     def name(self) -> str:
         return self.server.server_name

@@ -129,7 +129,10 @@ def preflight(
         target = target.model_copy(update={"reset_mode": "recreate"})
     runtime = None
     if start:
-        runtime = restored_runtime(runtime_block, port, name)
+        # The restored server demands the password of the server the set was taken from.
+        runtime = restored_runtime(runtime_block, port, name).with_server_password(
+            profile.server.password
+        )
         if port_in_use(runtime.host, runtime.port):
             raise RestoreTargetRefused(
                 f"Something already listens on {runtime.host}:{runtime.port}; pick a free "
@@ -173,7 +176,7 @@ def start_server_step(
 def prove_step(
     runtime: LettaProcessRuntime, target: LettaDatabase, manifest: BackupManifest
 ) -> dict[str, Any]:
-    password = runtime.server_env.get("LETTA_SERVER_PASSWORD")
+    password = runtime.password_to_require()
     server = LettaServer(name=runtime.server_name, base_url=runtime.base_url, password=password)
     with LettaClient(server) as client:
         return prove_server_matches_set(client, target, manifest)

@@ -82,7 +82,13 @@ def start_set_version(
 ) -> dict[str, Any]:
     """Start Letta ``version`` on ``database`` and wait until it reports that version."""
     record = runtime.with_timeout(timeout).start(version, database, log=log)
-    return {"pid": record.pid, "version": record.version, "base_url": record.base_url}
+    secured = getattr(record, "secured", None)
+    return {
+        "pid": record.pid,
+        "version": record.version,
+        "base_url": record.base_url,
+        "auth": None if secured is None else ("password required" if secured else "OPEN"),
+    }
 
 
 def prove_server_matches_set(

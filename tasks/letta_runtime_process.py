@@ -86,6 +86,8 @@ class ServerProcess:
     started_at: str
     create_time: float
     log_file: str
+    #: Started with ``--secure`` and seen to refuse a request without credentials.
+    secured: bool = False
 
     @property
     def base_url(self) -> str:
@@ -511,8 +513,13 @@ def start_server(
     index_url: str = DEFAULT_INDEX_URL,
     timeout: float = 240.0,
     log: Callable[[str], None] = lambda _msg: None,
+    password: str | None = None,
 ) -> ServerProcess:
-    """Start ``letta server`` at exactly ``version`` and wait until it reports that version."""
+    """Start ``letta server`` at exactly ``version`` and wait until it reports that version.
+
+    With ``password`` the server runs ``--secure`` with the password in its environment
+    (never in argv), and must refuse a request without credentials before this returns.
+    """
     runtime = install_runtime(version, cache_dir, index_url, log)
     current = running_server(state_dir)
     if current is not None:
@@ -525,6 +532,9 @@ def start_server(
     home = private_directory(state_dir / "home")
     private_directory(state_dir)
     env = server_environment(letta_pg_uri, home, env_file, extra_env)
+    secure = ["--secure"] if password else []
+    if password:
+        env.update(LETTA_SERVER_PASSWORD=password, LETTA_SERVER_SECURE="true")
     logpath = log_file(state_dir)
     log(f"letta {runtime.version}: starting on {host}:{port} (log {logpath})")
     with logpath.open("ab") as out:
@@ -534,7 +544,7 @@ def start_server(
         )
         out.flush()
         proc = subprocess.Popen(
-            [str(runtime.letta), "server", "--host", host, "--port", str(port)],
+            [str(runtime.letta), "server", "--host", host, "--port", str(port), *secure],
             env=env,
             cwd=home,
             stdout=out,
@@ -550,6 +560,7 @@ def start_server(
         started_at=datetime.now(UTC).isoformat(),
         create_time=psutil.Process(proc.pid).create_time(),
         log_file=str(logpath),
+        secured=bool(password),
     )
     pid_file(state_dir).write_text(json.dumps(asdict(record), indent=2))
     try:
@@ -564,8 +575,30 @@ def start_server(
             f"letta {runtime.version} did not become healthy: {exc}\n"
             f"last lines of {logpath}:\n{tail}"
         ) from exc
-    log(f"letta {runtime.version}: healthy at {record.base_url}")
+    if password:
+        refused = anonymous_request_refused(record.base_url)
+        if not refused:
+            _terminate(record, grace=10)
+            pid_file(state_dir).unlink(missing_ok=True)
+            raise ServerStartError(
+                f"letta {runtime.version} started with --secure but answered GET /v1/agents/ "
+                "without credentials; it was stopped. Check LETTA_SERVER_PASSWORD handling of "
+                "this version."
+            )
+        log(f"letta {runtime.version}: healthy at {record.base_url}, password required")
+    else:
+        log(
+            f"letta {runtime.version}: healthy at {record.base_url}, OPEN: it answers without "
+            "credentials (set LETTA_API_KEY to start it secured)"
+        )
     return record
+
+
+def anonymous_request_refused(base_url: str) -> bool:
+    """Whether ``GET /v1/agents/`` without credentials is refused (401/403): the proof that a
+    server started secured really is."""
+    response = httpx.get(f"{base_url}/v1/agents/", params={"limit": 1}, timeout=30)
+    return response.status_code in (401, 403)
 
 
 def stop_server(state_dir: Path, grace: float = 30.0) -> ServerProcess | None:

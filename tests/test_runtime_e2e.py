@@ -58,3 +58,40 @@ def test_in_place_migration_keeps_every_agent(letta_runtime_factory, make_databa
 
     cached = installed_runtime(NEW_VERSION)
     assert cached is not None and cached.has_migrations
+
+
+def test_a_server_with_a_password_is_started_secured(make_database, monkeypatch, tmp_path):
+    """LETTA_API_KEY set: ``letta-ops runtime start`` runs the server --secure with the
+    password in its environment only, and it refuses a request without credentials."""
+    import httpx
+    import psutil
+
+    from letta_ops.cli.main import main
+    from letta_ops.tasks.embedded_postgres import free_loopback_port
+
+    db = make_database("secured")
+    password = "pw-" + tmp_path.name[-12:]
+    port = free_loopback_port()
+    base_url = f"http://127.0.0.1:{port}"
+    for name, value in {
+        "LETTA_BASE_URL": base_url,
+        "LETTA_PG_URI": db.letta_pg_uri(),
+        "LETTA_API_KEY": password,
+        "LETTA_OPS_STATE_DIR": str(tmp_path),
+        "LETTA_OPS_SERVER_NAME": "secured",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert main(["runtime", "start", "--version", NEW_VERSION, "--migrate"]) == 0
+    try:
+        anonymous = httpx.get(f"{base_url}/v1/agents/", timeout=30)
+        assert anonymous.status_code in (401, 403)
+        authorized = httpx.get(
+            f"{base_url}/v1/agents/", headers={"Authorization": f"Bearer {password}"}, timeout=30
+        )
+        assert authorized.status_code == 200
+        record = running_server(tmp_path / "secured")
+        assert record.secured
+        argv = " ".join(psutil.Process(record.pid).cmdline())
+        assert "--secure" in argv and password not in argv
+    finally:
+        main(["runtime", "stop"])
