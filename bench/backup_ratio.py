@@ -1,0 +1,151 @@
+"""Backup and restore at storage speed: ``python -m bench.backup_ratio [--gigabytes 1]``.
+
+Set-up as ``bench.run`` (PostgreSQL 18 + pgvector, moto, Letta 0.16.2 with 25 agents), then
+the database grows by incompressible ballast until its dump is about ``--gigabytes``. Measured
+in one run, each beside its baseline on the same database and dump:
+
+- **backup**: ``letta-ops backup`` (exports and pg_dump overlapping, the manifest last, the set
+  verified) against the slower of its two raw parts: the agents exported concurrently
+  (``export_agents``, 4 at once, to the same store) and ``pg_dump -Fc`` of the same database
+  to a local file. Goal (issue #15): <= 1.3x at about 1 GB, <= 1.15x at 5 GB.
+- **restore**: ``restore_database_from_set`` (download in parallel ranges, ``pg_restore -j 2``,
+  sequences, per-table counts) into an empty database against raw ``pg_restore -j 2`` of the
+  same dump file. Goal: <= 1.2x.
+
+Figures merge into ``bench/results.json`` under ``backup_ratio``. 5 GB takes too long on a
+two-core host to run routinely; pass ``--gigabytes 5`` to measure it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from bench.run import BUCKET, RESULTS_PATH, Environment, grow_database, log, mib  # noqa: E402
+from letta_ops.blocks.letta_database import LettaDatabase  # noqa: E402
+from letta_ops.tasks.agent_export import export_agents  # noqa: E402
+from letta_ops.tasks.letta_api import LettaClient, offline_agent_body  # noqa: E402
+from letta_ops.tasks.letta_postgres import create_database, drop_database  # noqa: E402
+from letta_ops.tasks.object_store import S3ObjectStore, s3_client_from_env  # noqa: E402
+from letta_ops.tasks.postgres_dump import tool, tool_env  # noqa: E402
+
+AGENTS = 25
+
+
+def timed(action) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = action()
+    return round(time.perf_counter() - started, 2), result
+
+
+def raw_pg_dump(db: LettaDatabase, path: Path) -> int:
+    subprocess.run(
+        [tool(db, "pg_dump"), "--format=custom", "--compress=gzip:6", "--file", str(path)],
+        env=tool_env(db),
+        check=True,
+    )
+    return path.stat().st_size
+
+
+def raw_pg_restore(db: LettaDatabase, path: Path, jobs: int = 2) -> None:
+    subprocess.run(
+        [tool(db, "pg_restore"), "--no-owner", f"--jobs={jobs}", "--dbname", db.database_name]
+        + [str(path)],
+        env=tool_env(db),
+        check=False,  # an extension that exists already is reported, not fatal
+        capture_output=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gigabytes", type=float, default=1.0)
+    args = parser.parse_args(argv)
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from letta_ops.flows.backup import backup
+    from letta_ops.flows.restore_server import restore_database_from_set
+    from letta_ops.tasks.backup_catalog import load_manifest
+
+    env = Environment(Path(tempfile.mkdtemp(prefix="letta-ops-bench-ratio-")))
+    os.chmod(env.root, 0o755)  # PostgreSQL runs as the unprivileged `postgres` user
+    figures: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds")}
+    try:
+        env.start_storage()
+        server = env.start_letta()
+        with LettaClient(server) as client:
+            agents = [
+                client.create_agent(offline_agent_body(f"ratio-agent-{i:02d}"))
+                for i in range(AGENTS)
+            ]
+        db = env.database
+        figures["ballast"] = grow_database(db, int(args.gigabytes * 1_000_000_000))
+        store = S3ObjectStore(s3_client_from_env(), BUCKET, "ratio")
+        os.environ.update(
+            LETTA_BASE_URL=server.base_url,
+            LETTA_PG_URI=db.letta_pg_uri(),
+            LETTA_OPS_SERVER_NAME="ratio",
+            LETTA_OPS_STORE=f"s3://{BUCKET}/ratio",
+            LETTA_OPS_AUDIT_URL=f"sqlite:///{env.root / 'audit.db'}",
+        )
+        dump_path = env.root / "raw.dump"
+        listed = [{"id": a["id"], "name": a["name"]} for a in agents]
+        with prefect_test_harness(server_startup_timeout=90):
+            with LettaClient(server) as client:
+                export_s, _ = timed(lambda: export_agents(client, listed, store, "raw-exports/", 4))
+            dump_s, dump_bytes = timed(lambda: raw_pg_dump(db, dump_path))
+            backup_s, report = timed(lambda: backup())
+            log(f"raw export {export_s} s, raw pg_dump {dump_s} s, letta-ops backup {backup_s} s")
+            manifest = load_manifest(store, *report["set"].split("/"))
+
+            raw_target = LettaDatabase(uri=env.postgres.uri("ratio_raw"))
+            create_database(raw_target)
+            raw_restore_s, _ = timed(lambda: raw_pg_restore(raw_target, dump_path))
+            drop_database(raw_target)
+            target = LettaDatabase(uri=env.postgres.uri("ratio_ops"))
+            create_database(target)
+            ops_restore_s, restored = timed(
+                lambda: restore_database_from_set(
+                    target.model_copy(update={"reset_mode": "in-place"}), store, manifest, 2
+                )
+            )
+            drop_database(target)
+            log(f"raw pg_restore -j 2 {raw_restore_s} s, letta-ops restore {ops_restore_s} s")
+        slower = max(export_s, dump_s)
+        figures.update(
+            dump_bytes=dump_bytes,
+            dump_mib=mib(dump_bytes),
+            agents=AGENTS,
+            raw_export_seconds=export_s,
+            raw_pg_dump_seconds=dump_s,
+            backup_seconds=backup_s,
+            backup_over_slower_raw=round(backup_s / slower, 2),
+            backup_goal="<= 1.3 at ~1 GB, <= 1.15 at 5 GB",
+            raw_pg_restore_seconds=raw_restore_s,
+            restore_seconds=ops_restore_s,
+            restore_over_raw=round(ops_restore_s / raw_restore_s, 2),
+            restore_goal="<= 1.2",
+            restore_count_differences=len(restored["count_differences"]),
+        )
+        results = json.loads(RESULTS_PATH.read_text()) if RESULTS_PATH.exists() else {}
+        results.setdefault("backup_ratio", {})[f"{args.gigabytes:g}GB"] = figures
+        RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(figures, indent=2))
+        return 0
+    finally:
+        env.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
