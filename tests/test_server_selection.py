@@ -53,3 +53,24 @@ def test_waves_start_with_one_canary() -> None:
         plan_waves(names, 2, canary="x")
     with pytest.raises(SelectionRefused, match="at least 1"):
         plan_waves(names, 0)
+
+
+def test_fleet_commands_parse() -> None:
+    from letta_ops.cli.main import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(
+        ["fleet-upgrade", "--to", "0.16.2", "--servers", "env:prod", "--wave-size", "3"]
+        + ["--canary", "prod-eu", "--dry-run", "--local"]
+    )
+    assert (args.to, args.servers, args.wave_size, args.canary) == (
+        "0.16.2",
+        "env:prod",
+        3,
+        "prod-eu",
+    )
+    assert args.dry_run and args.local and args.deployment == "letta-upgrade/upgrade"
+    args = parser.parse_args(["fleet-backup", "--per-host", "2"])
+    assert (args.servers, args.per_host, args.per_store) == ("*", 2, 2)
+    assert args.deployment == "letta-backup/backup"
+    assert parser.parse_args(["servers", "list", "--json"]).json
