@@ -24,6 +24,7 @@ from letta_ops.blocks.letta_runtime import (
     RuntimeRefused,
     StartedServer,
     health_status,
+    quiet,
 )
 from letta_ops.tasks.errors import Failed, final_error_line
 from letta_ops.tasks.letta_health import probe_health, wait_for_health, wait_until_down
@@ -151,7 +152,7 @@ class LettaCommandRuntime(LettaRuntime):
                 f"{final_error_line(output)}"
             )
 
-    def stop(self, log=print) -> bool:
+    def stop(self, log=quiet) -> bool:
         """Run the stop command, then wait until the server no longer answers; True if it
         answered before."""
         was_running = probe_health(self.base_url) is not None
@@ -165,7 +166,7 @@ class LettaCommandRuntime(LettaRuntime):
         return was_running
 
     def start(
-        self, version: str, database: LettaDatabase | None = None, log=print
+        self, version: str, database: LettaDatabase | None = None, log=quiet
     ) -> StartedServer:
         """Run the start command for ``version``; return when health reports it."""
         self._run("start", command_argv(self.start_command, version), version, log)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
-from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused, StartedServer
+from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused, StartedServer, quiet
 from letta_ops.tasks import letta_runtime_compose as compose
 from letta_ops.tasks.letta_versions import UnsupportedLettaVersion, parse_server_version
 
@@ -132,7 +132,7 @@ class DockerComposeRuntime(LettaRuntime):
             "service": self.service,
         }
 
-    def stop(self, log=print) -> bool:
+    def stop(self, log=quiet) -> bool:
         """``docker compose stop SERVICE`` (its container and volumes stay); True if it ran."""
         was_running = self.status()["running"]
         log(f"docker compose stop {self.service}")
@@ -142,7 +142,7 @@ class DockerComposeRuntime(LettaRuntime):
         return was_running
 
     def start(
-        self, version: str, database: LettaDatabase | None = None, log=print
+        self, version: str, database: LettaDatabase | None = None, log=quiet
     ) -> StartedServer:
         """Pin ``version``, ``up -d`` the service and wait until it is healthy at it."""
         log(f"docker compose: pin {self.service} to letta/letta:{version}, up -d")
@@ -165,7 +165,7 @@ class DockerComposeRuntime(LettaRuntime):
     def snapshot(self) -> dict[str, bytes]:
         return {Path(self.compose_file).name: Path(self.compose_file).read_bytes()}
 
-    def restore_snapshot(self, files: dict[str, bytes], log=print) -> None:
+    def restore_snapshot(self, files: dict[str, bytes], log=quiet) -> None:
         data = files.get(Path(self.compose_file).name)
         if data is not None and data != Path(self.compose_file).read_bytes():
             log(f"put back {self.compose_file} as it was in the set")

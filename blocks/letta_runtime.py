@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from letta_ops.blocks.letta_database import LettaDatabase
 
 
+def quiet(_message: str) -> None:
+    """The default log of runtime methods: nothing (stdout belongs to ``--json`` documents;
+    flows pass their run logger, the CLI its progress printer)."""
+
+
 class RuntimeRefused(Refused):
     """The runtime cannot drive this server as configured; the message says how to fix it."""
 
@@ -90,17 +95,17 @@ class LettaRuntime(Block):
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir or process.default_cache_dir()
 
-    def install(self, version: str, log=print) -> process.InstalledRuntime:
+    def install(self, version: str, log=quiet) -> process.InstalledRuntime:
         return process.install_runtime(version, self.resolved_cache_dir(), self.index_url, log)
 
-    def prepare(self, versions: list[str], log=print) -> None:
+    def prepare(self, versions: list[str], log=quiet) -> None:
         """Install, before anything stops, what the run may need: the versions whose
         migrations letta-ops runs (all of them: a rollback's undo may migrate too)."""
         if not self.migrates_on_start:
             for version in versions:
                 self.install(version, log)
 
-    def migrate(self, version: str, database: LettaDatabase, log=print) -> None:
+    def migrate(self, version: str, database: LettaDatabase, log=quiet) -> None:
         """Run ``version``'s alembic migrations against ``database`` from letta-ops' own
         pinned install, unless the server's start migrates by itself."""
         if self.migrates_on_start:
@@ -125,7 +130,7 @@ class LettaRuntime(Block):
         name: kept in each backup set so a rollback puts them back."""
         return {}
 
-    def restore_snapshot(self, files: dict[str, bytes], log=print) -> None:
+    def restore_snapshot(self, files: dict[str, bytes], log=quiet) -> None:
         """Put back what :meth:`snapshot` returned (nothing for most runtimes)."""
 
     def with_server_password(self, password: Any) -> LettaRuntime:
@@ -162,10 +167,10 @@ class LettaRuntime(Block):
         """``{"running": bool, "kind": ..., ...}``: whether this runtime's server runs."""
         raise NotImplementedError
 
-    def stop(self, log=print) -> Any:
+    def stop(self, log=quiet) -> Any:
         raise NotImplementedError
 
-    def start(self, version: str, database: LettaDatabase, log=print) -> Any:
+    def start(self, version: str, database: LettaDatabase, log=quiet) -> Any:
         """Start ``version`` on ``database``; return once ``/v1/health/`` reports it (an
         object with ``version``, ``base_url`` and ``pid``, which may be None)."""
         raise NotImplementedError

@@ -19,6 +19,7 @@ from letta_ops.blocks.letta_runtime import (
     RuntimeRefused,
     StartedServer,
     health_status,
+    quiet,
 )
 from letta_ops.tasks.errors import Failed
 from letta_ops.tasks.letta_health import probe_health, wait_for_health, wait_until_down
@@ -78,7 +79,7 @@ class LettaManualRuntime(LettaRuntime):
     def status(self) -> dict[str, Any]:
         return health_status(self.kind, self.base_url)
 
-    def stop(self, log=print) -> bool:
+    def stop(self, log=quiet) -> bool:
         if probe_health(self.base_url) is None:
             log(f"the server at {self.base_url} is already down")
             return False
@@ -94,7 +95,7 @@ class LettaManualRuntime(LettaRuntime):
         return True
 
     def start(
-        self, version: str, database: LettaDatabase | None = None, log=print
+        self, version: str, database: LettaDatabase | None = None, log=quiet
     ) -> StartedServer:
         where = f" on database {database.redacted_uri()}" if database is not None else ""
         await_operator(

@@ -9,7 +9,7 @@ from typing import ClassVar
 from pydantic import Field, SecretStr
 
 from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused
+from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused, quiet
 from letta_ops.tasks import letta_runtime_process as runtime
 from letta_ops.tasks.letta_versions import parse_server_version
 
@@ -96,7 +96,7 @@ class LettaProcessRuntime(LettaRuntime):
     def resolved_state_dir(self) -> Path:
         return self.state_dir or runtime.default_state_dir(self.server_name)
 
-    def start(self, version: str, database: LettaDatabase, log=print) -> runtime.ServerProcess:
+    def start(self, version: str, database: LettaDatabase, log=quiet) -> runtime.ServerProcess:
         state = runtime.private_directory(self.resolved_state_dir())
         return runtime.start_server(
             str(parse_server_version(version)),
@@ -127,7 +127,7 @@ class LettaProcessRuntime(LettaRuntime):
             return self
         return self.model_copy(update={"server_password": password})
 
-    def stop(self, log=print) -> runtime.ServerProcess | None:
+    def stop(self, log=quiet) -> runtime.ServerProcess | None:
         return runtime.stop_server(self.resolved_state_dir())
 
     def status(self) -> dict:

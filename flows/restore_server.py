@@ -15,7 +15,7 @@ from typing import Any
 from prefect import get_run_logger
 
 from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.blocks.letta_runtime import LettaRuntime
+from letta_ops.blocks.letta_runtime import LettaRuntime, quiet
 from letta_ops.blocks.server_profile import ServerProfile
 from letta_ops.tasks.backup_catalog import runtime_files_of_set
 from letta_ops.tasks.backup_manifest import BackupManifest
@@ -78,7 +78,7 @@ def start_set_version(
     database: LettaDatabase,
     version: str,
     timeout: float | None = None,
-    log=print,
+    log=quiet,
 ) -> dict[str, Any]:
     """Start Letta ``version`` on ``database`` and wait until it reports that version."""
     record = runtime.with_timeout(timeout).start(version, database, log=log)

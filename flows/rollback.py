@@ -161,7 +161,7 @@ def preflight(
     current, live, down = current_server(profile)
     # Both versions must install before anything stops: the set's is started (and the undo
     # starts the current one again).
-    profile.runtime.prepare([manifest.letta_version, current])
+    profile.runtime.prepare([manifest.letta_version, current], log=get_run_logger().info)
     size = database_size(database)
     free = shutil.disk_usage(tempfile.gettempdir()).free
     if free < size * 2:

@@ -135,7 +135,8 @@ def preflight(
             f"which role {privileges['role']} cannot create; use --strategy migrate (lossless), "
             f"or grant it CREATEDB and run as a superuser."
         )
-    profile.runtime.prepare([str(target), str(current)])  # the undo may start current again
+    # The undo may start the current version again.
+    profile.runtime.prepare([str(target), str(current)], log=get_run_logger().info)
     # Rebuild moves agent files, so names must pass the source's export and the target's
     # import; migrate keeps rows as they are, so only the target's rule is reported.
     rule = (
