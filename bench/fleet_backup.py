@@ -67,14 +67,16 @@ def start_servers(env: Environment, count: int, agents: int) -> list[LettaProces
         with LettaClient(server) as client:
             for i in range(agents):
                 client.create_agent(offline_agent_body(f"{name}-agent-{i:02d}"))
-        server.save(name, overwrite=True)
-        database.save(name, overwrite=True)
-        runtime.save(name, overwrite=True)
         log(f"{name}: Letta {LETTA_VERSION} with {agents} agents at {runtime.base_url}")
-        return runtime
+        return server, database, runtime
 
     with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(one, range(count)))
+        started = list(pool.map(one, range(count)))
+    for server, database, runtime in started:  # one at a time: block types register once
+        server.save(server.name, overwrite=True)
+        database.save(server.name, overwrite=True)
+        runtime.save(server.name, overwrite=True)
+    return [runtime for _, _, runtime in started]
 
 
 def start_workers(api_url: str) -> list[subprocess.Popen]:
@@ -144,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.testing.utilities import prefect_test_harness
 
     env = Environment(Path(tempfile.mkdtemp(prefix="letta-ops-bench-fleet-")))
+    os.chmod(env.root, 0o755)  # PostgreSQL runs as the unprivileged `postgres` user
     runtimes: list[LettaProcessRuntime] = []
     workers: list[subprocess.Popen] = []
     try:
