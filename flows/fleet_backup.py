@@ -20,6 +20,7 @@ from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.fleet_inventory import selected_servers
 from letta_ops.flows.fleet_runs import (
     ChildOutcome,
+    FleetRunFailed,
     ensure_limits,
     launch_deployment_run,
     limit_name,
@@ -28,14 +29,9 @@ from letta_ops.flows.fleet_runs import (
     wait_for_runs,
 )
 from letta_ops.flows.run_context import publish_report, run_name
-from letta_ops.tasks.errors import Failed
 
 #: The per-server deployment children are launched from (prefect.yaml).
 CHILD_DEPLOYMENT = "letta-backup/backup"
-
-
-class FleetRunFailed(Failed):
-    """At least one server's child run failed; the others ran to the end."""
 
 
 @task(name="fleet-limits", cache_policy=NO_CACHE)

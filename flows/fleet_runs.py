@@ -20,6 +20,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from letta_ops.tasks.audit_store import AuditStore
+from letta_ops.tasks.errors import Failed
+
+
+class FleetRunFailed(Failed):
+    """At least one server's child run failed (or a rollout stopped); the rest ran to the end."""
 
 
 @dataclass

@@ -22,10 +22,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from letta_ops.flows.audit_record import audited_run
-from letta_ops.flows.fleet_backup import FleetRunFailed
 from letta_ops.flows.fleet_inventory import selected_servers
 from letta_ops.flows.fleet_runs import (
     ChildOutcome,
+    FleetRunFailed,
     launch_deployment_run,
     outcome_from_run,
     run_locally,
