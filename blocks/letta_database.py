@@ -112,6 +112,22 @@ class LettaDatabase(Block):
         "drop the schema's objects: needs only their ownership, as on managed PostgreSQL), or "
         "'auto' (recreate when the role may, else in place).",
     )
+    pg_tools_compose_service: str | None = Field(
+        default=None,
+        description="Run pg_dump and pg_restore inside this Docker Compose service (the "
+        "database's own container, so its own tools: no version skew) through 'docker compose "
+        "exec -T'; empty to run them from pg_bin_dir on this host. letta-ops' own SQL still "
+        "connects to the URI.",
+    )
+    pg_tools_compose_file: Path | None = Field(
+        default=None,
+        description="The compose file that defines pg_tools_compose_service.",
+    )
+    pg_tools_compose_project: str | None = Field(
+        default=None,
+        description="Compose project name for that file (docker compose -p); empty for "
+        "Compose's default.",
+    )
 
     @field_validator("uri")
     @classmethod
@@ -122,15 +138,20 @@ class LettaDatabase(Block):
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> LettaDatabase:
         """Build from ``LETTA_PG_URI`` (and ``LETTA_PG_SCHEMA``, ``LETTA_OPS_PG_BIN``,
-        ``LETTA_OPS_RESET_MODE``)."""
+        ``LETTA_OPS_RESET_MODE``, ``LETTA_OPS_PG_COMPOSE_SERVICE`` with
+        ``LETTA_OPS_PG_COMPOSE_FILE``, else the runtime's ``LETTA_OPS_COMPOSE_FILE``)."""
         env = os.environ if environ is None else environ
         uri = env.get("LETTA_PG_URI", "")
         parse_letta_pg_uri(uri)
+        compose_file = env.get("LETTA_OPS_PG_COMPOSE_FILE") or env.get("LETTA_OPS_COMPOSE_FILE")
         return cls(
             uri=SecretStr(uri),
             db_schema=env.get("LETTA_PG_SCHEMA") or None,
             pg_bin_dir=Path(env["LETTA_OPS_PG_BIN"]) if env.get("LETTA_OPS_PG_BIN") else None,
             reset_mode=env.get("LETTA_OPS_RESET_MODE") or "auto",
+            pg_tools_compose_service=env.get("LETTA_OPS_PG_COMPOSE_SERVICE") or None,
+            pg_tools_compose_file=Path(compose_file) if compose_file else None,
+            pg_tools_compose_project=env.get("LETTA_OPS_COMPOSE_PROJECT") or None,
         )
 
     @property
@@ -160,6 +181,9 @@ class LettaDatabase(Block):
             db_schema=self.db_schema,
             pg_bin_dir=self.pg_bin_dir,
             reset_mode=self.reset_mode,
+            pg_tools_compose_service=self.pg_tools_compose_service,
+            pg_tools_compose_file=self.pg_tools_compose_file,
+            pg_tools_compose_project=self.pg_tools_compose_project,
         )
 
     def libpq_env(self) -> dict[str, str]:

@@ -63,6 +63,7 @@ from letta_ops.tasks.letta_postgres import (
 )
 from letta_ops.tasks.letta_versions import release_at_revision
 from letta_ops.tasks.object_store import ObjectStore
+from letta_ops.tasks.pg_client_tools import client_tools
 from letta_ops.tasks.postgres_privileges import RequestedReset
 from letta_ops.tasks.run_journal import JournaledSteps
 
@@ -174,6 +175,7 @@ def preflight(
         "server": profile.name,
         "base_url": profile.server.base_url,
         "runtime": profile.runtime.describe(),
+        "pg_tools": client_tools(database).describe(),
         "set": f"{manifest.server}/{manifest.set_id}",
         "set_created_at": manifest.created_at.isoformat(),
         "set_purpose": manifest.purpose,

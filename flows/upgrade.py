@@ -57,6 +57,7 @@ from letta_ops.tasks.letta_inventory import (
 from letta_ops.tasks.letta_postgres import alembic_revision, database_error_message, empty_database
 from letta_ops.tasks.letta_versions import ALEMBIC_HEADS, LettaVersion, parse_server_version
 from letta_ops.tasks.object_store import ObjectStore
+from letta_ops.tasks.pg_client_tools import client_tools
 from letta_ops.tasks.postgres_privileges import RequestedReset
 from letta_ops.tasks.rehearsal_history import latest_rehearsal, rehearsal_is_current
 from letta_ops.tasks.run_journal import JournaledSteps
@@ -178,6 +179,7 @@ def preflight(
         "to_version": str(target),
         "strategy": strategy,
         "runtime": profile.runtime.describe(),
+        "pg_tools": client_tools(database).describe(),
         "alembic_revision": alembic_revision(database),
         "reset_mode": privileges["reset_mode"],
         "database_role": privileges["role"],

@@ -24,7 +24,8 @@ from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.errors import Refused, final_error_line
 from letta_ops.tasks.letta_postgres import connect, counts_in_snapshot
 from letta_ops.tasks.object_store import ObjectStore, StoredObject
-from letta_ops.tasks.postgres_privileges import client_major, require_supported_server
+from letta_ops.tasks.pg_client_tools import LocalPgClientTools, PgToolError, client_tools
+from letta_ops.tasks.postgres_privileges import require_supported_server
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,7 @@ DEFAULT_COMPRESSION = "gzip:6"
 TRANSACTION_TIMEOUT_FROM_MAJOR = 17
 
 
-class PgToolError(RuntimeError):
-    """pg_dump / pg_restore failed; the message carries their stderr (never a password)."""
+__all__ = ["PgToolError", "dump_to_store", "list_dump", "restore_dump", "tables_in_dump"]
 
 
 @dataclass(frozen=True)
@@ -74,40 +74,36 @@ def require_compression_supported(db: LettaDatabase, compression: str) -> None:
     client itself, before anything is dumped. It checks the method before it connects."""
     if compression.partition(":")[0] not in ("zstd", "lz4"):
         return
-    probe = subprocess.run(
-        [tool(db, "pg_dump"), f"--compress={compression}", "--schema-only", "-f", os.devnull],
-        env={"PATH": os.environ.get("PATH", ""), "PGHOST": "/nonexistent", "PGDATABASE": "x"},
-        capture_output=True,
-        text=True,
+    tools = client_tools(db)
+    # A server that cannot exist: the method is checked before any connection is tried.
+    probe = tools.run(
+        "pg_dump",
+        f"--compress={compression}",
+        "--schema-only",
+        "-f",
+        os.devnull,
+        "--dbname=host=/nonexistent dbname=x",
     )
     if "compression" in probe.stderr:
         why = final_error_line(probe.stderr).removeprefix("pg_dump: error: ")
         raise Refused(
-            f"The pg_dump in {db.bin_dir()} cannot compress with {compression}: {why}; use a "
-            "gzip level or none, or set pg_bin_dir (or LETTA_OPS_PG_BIN) to a PostgreSQL "
+            f"The pg_dump of the {tools.describe()} cannot compress with {compression}: {why}; "
+            "use a gzip level or none, or set pg_bin_dir (or LETTA_OPS_PG_BIN) to a PostgreSQL "
             "client built with it."
         )
 
 
 def tool(db: LettaDatabase, name: str) -> str:
-    path = db.bin_dir() / name
-    if not path.exists():
-        raise PgToolError(
-            f"{name} was not found in {db.bin_dir()}; set pg_bin_dir on the Letta Database "
-            "block (or LETTA_OPS_PG_BIN) to a PostgreSQL client of the server's major or newer."
-        )
-    return str(path)
+    """The path of ``name`` on this host (benches and tests that run the raw tools)."""
+    return LocalPgClientTools(db.bin_dir(), db.libpq_env()).tool_path(name)
 
 
 def tool_env(db: LettaDatabase) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(db.libpq_env())
-    return env
+    return LocalPgClientTools(db.bin_dir(), db.libpq_env()).env()
 
 
 def tool_version(db: LettaDatabase, name: str = "pg_dump") -> str:
-    out = subprocess.run([tool(db, name), "--version"], capture_output=True, text=True)
-    return out.stdout.strip()
+    return client_tools(db).version(name)
 
 
 class StderrDrain:
@@ -188,20 +184,21 @@ def dump_to_store(
         snapshot = conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar()
         pg_version = conn.execute(sa.text("SHOW server_version")).scalar()
         server_major = int(conn.execute(sa.text("SHOW server_version_num")).scalar()) // 10000
-        require_supported_server(server_major, client_major(db.bin_dir()))
+        tools = client_tools(db)
+        require_supported_server(server_major, tools.major())
         vector = conn.execute(
             sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         ).scalar()
         counts = counts_in_snapshot(conn, schema)
         proc = subprocess.Popen(
-            [
-                tool(db, "pg_dump"),
+            tools.argv(
+                "pg_dump",
                 "--format=custom",
                 f"--compress={compression}",
                 f"--snapshot={snapshot}",
                 "--no-password",
-            ],
-            env=tool_env(db),
+            ),
+            env=tools.env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -220,9 +217,14 @@ def dump_to_store(
 
 def list_dump(bin_dir: Path, dump_path: Path) -> list[str]:
     """``pg_restore --list``: the archive's table of contents; fails on a damaged archive."""
-    result = subprocess.run(
-        [str(bin_dir / "pg_restore"), "--list", str(dump_path)], capture_output=True, text=True
+    return _toc(
+        subprocess.run(
+            [str(bin_dir / "pg_restore"), "--list", str(dump_path)], capture_output=True, text=True
+        )
     )
+
+
+def _toc(result: subprocess.CompletedProcess[str]) -> list[str]:
     if result.returncode != 0:
         raise PgToolError(f"pg_restore --list failed: {result.stderr.strip()[-2000:]}")
     return [line for line in result.stdout.splitlines() if line and not line.startswith(";")]
@@ -241,27 +243,19 @@ def restore_dump(db: LettaDatabase, dump_path: Path, jobs: int = 1) -> list[str]
         server_major = int(conn.execute(sa.text("SHOW server_version_num")).scalar()) // 10000
         extensions = set(conn.execute(sa.text("SELECT extname FROM pg_extension")).scalars())
         schemas = set(conn.execute(sa.text("SELECT nspname FROM pg_namespace")).scalars())
-    toc = list_dump(db.bin_dir(), dump_path)
-    keep = [line for line in toc if not _exists_in_target(line, extensions, schemas)]
-    with tempfile.NamedTemporaryFile("w", suffix=".list", delete=False) as listing:
-        listing.write("\n".join(keep) + "\n")
-    cmd = [
-        tool(db, "pg_restore"),
-        "--no-owner",
-        "--no-privileges",
-        "--no-password",
-        f"--use-list={listing.name}",
-        "-d",
-        db.database_name,
-    ]
-    if jobs > 1:
-        cmd += ["--jobs", str(jobs)]
-    try:
-        result = subprocess.run(
-            cmd + [str(dump_path)], env=tool_env(db), capture_output=True, text=True
-        )
-    finally:
-        os.unlink(listing.name)
+    tools = client_tools(db)
+    with tempfile.TemporaryDirectory(prefix="letta-ops-restore-") as work:
+        listing = Path(work) / "restore.list"
+        with tools.staged(dump_path) as dump:
+            toc = _toc(tools.run("pg_restore", "--list", dump))
+            keep = [line for line in toc if not _exists_in_target(line, extensions, schemas)]
+            listing.write_text("\n".join(keep) + "\n")
+            with tools.staged(listing) as use_list:
+                args = ["--no-owner", "--no-privileges", "--no-password"]
+                args += [f"--use-list={use_list}", "-d", db.database_name]
+                if jobs > 1:
+                    args += ["--jobs", str(jobs)]
+                result = tools.run("pg_restore", *args, dump)
     errors = restore_errors(result.stderr)
     real = [e for e in errors if not expected_restore_error(e, server_major)]
     if real or (result.returncode != 0 and not errors):

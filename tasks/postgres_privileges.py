@@ -14,9 +14,7 @@ The facts are read once (:func:`probe_privileges`); the decisions are pure funct
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import sqlalchemy as sa
@@ -24,6 +22,7 @@ import sqlalchemy as sa
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.letta_postgres import connect, database_error_message
+from letta_ops.tasks.pg_client_tools import client_tools
 
 ResetMode = Literal["recreate", "in-place"]
 RequestedReset = Literal["auto", "recreate", "in-place"]
@@ -285,20 +284,11 @@ def require_supported_server(server_major: int, client_major: int) -> None:
         )
 
 
-def client_major(bin_dir: Path) -> int:
-    """The major version of ``pg_restore`` in ``bin_dir`` (e.g. 18 for "pg_restore (PostgreSQL)
-    18.6")."""
-    out = subprocess.run(
-        [str(bin_dir / "pg_restore"), "--version"], capture_output=True, text=True, check=True
-    ).stdout
-    return int(out.strip().split()[-1].split(".")[0])
-
-
 def restore_plan(db: LettaDatabase, requested: RequestedReset | None = None) -> dict:
     """Pre-flight for every path that empties ``db`` and restores into it: the mode it will
     use and the facts that decided it. Raises :class:`PrivilegeRefused` with the fix."""
     facts = probe_privileges(db)
-    require_supported_server(facts.server_major, client_major(db.bin_dir()))
+    require_supported_server(facts.server_major, client_tools(db).major())
     mode = choose_reset_mode(facts, requested or db.reset_mode)
     return {
         "reset_mode": mode,

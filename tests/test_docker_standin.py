@@ -414,16 +414,36 @@ def test_exec_runs_the_pg_tools_against_the_test_cluster(docker_standin, pg_clus
     }
     docker = _runner(docker_standin, compose, env)
 
-    assert docker("exec", "-T", "letta_db", "pg_isready").returncode == 0
-    result = docker("exec", "-T", "letta_db", "psql", "-At", "-c", "select 40 + 2")
+    # As with Docker, the caller's variables reach the container only through -e.
+    passed = ("-e", "PGUSER", "-e", "PGPASSWORD", "-e", "PGDATABASE")
+    unpassed = docker("exec", "-T", "letta_db", "psql", "-At", "-c", "select 1")
+    assert unpassed.returncode != 0
+    assert docker("exec", "-T", *passed, "letta_db", "pg_isready").returncode == 0
+    result = docker("exec", "-T", *passed, "letta_db", "psql", "-At", "-c", "select 40 + 2")
     assert (result.returncode, result.stdout) == (0, b"42\n")
-    piped = docker("exec", "-T", "letta_db", "psql", "-At", stdin=b"select 'a\xc3\xa9';\n")
+    piped = docker("exec", "-T", *passed, "letta_db", "psql", "-At", stdin=b"select 'a\xc3\xa9';\n")
     assert piped.stdout == "aé\n".encode()
-    failed = docker("exec", "-T", "letta_db", "psql", "-v", "ON_ERROR_STOP=1", stdin=b"select 1/0;")
+    failed = docker(
+        "exec", "-T", *passed, "letta_db", "psql", "-v", "ON_ERROR_STOP=1", stdin=b"select 1/0;"
+    )
     assert failed.returncode == 3 and b"division by zero" in failed.stderr
     refused = docker("exec", "-T", "letta_db", "sh", "-c", "id")
     assert refused.returncode == 1 and b"stand-in" in refused.stderr
     assert docker("exec", "-T", "letta_server", "psql").returncode == 1
+
+    # cp into the container, read there by absolute path (plain and --opt=), then rm -f.
+    script = tmp_path / "query.sql"
+    script.write_text("select 6 * 7;\n")
+    assert docker("cp", str(script), "letta_db:/tmp/q.sql").returncode == 0
+    read = docker("exec", "-T", *passed, "letta_db", "psql", "-At", "--file=/tmp/q.sql")
+    assert (read.returncode, read.stdout) == (0, b"42\n")
+    read = docker("exec", "-T", *passed, "letta_db", "psql", "-At", "-f", "/tmp/q.sql")
+    assert read.stdout == b"42\n"
+    assert docker("exec", "-T", "letta_db", "rm", "-f", "/tmp/q.sql").returncode == 0
+    gone = docker("exec", "-T", *passed, "letta_db", "psql", "-At", "-f", "/tmp/q.sql")
+    assert gone.returncode != 0
+    assert docker("exec", "-T", "letta_db", "rm", "-f", "/etc/passwd").returncode == 1
+    assert docker("cp", str(script), "letta_server:/tmp/q.sql").returncode == 1
 
 
 # ------------------------------------------------------------------------------ e2e

@@ -79,29 +79,39 @@ def _snapshot(database, base_url: str) -> tuple:
     return http_agents(base_url), sql_table_counts(database), sql_agents(database)
 
 
-def test_compose_upgrade_failed_upgrade_rollback_and_rebuild(
-    docker_standin, make_database, s3_env, s3_bucket, monkeypatch, prefect_harness, tmp_path
-):
+def _compose_server(
+    docker_standin, database, monkeypatch, tmp_path, name: str, bucket: str
+) -> tuple[str, Path]:
+    """The operator's compose file and server, as they run it: ``docker compose up -d``
+    (the image migrates); the letta-ops environment points at it. Returns (URL, file)."""
     monkeypatch.setenv("PATH", f"{docker_standin}{os.pathsep}{os.environ['PATH']}")
-    database = make_database("compose")
     port = free_loopback_port()
     base_url = f"http://127.0.0.1:{port}"
     compose_file = tmp_path / "docker-compose.letta.yml"
     compose_file.write_text(COMPOSE.format(tag=FROM_VERSION, port=port))
-    original = compose_file.read_text()
-    _, bucket, _ = s3_bucket
-    _server_env(monkeypatch, database, base_url, "compose-a", bucket)
+    _server_env(monkeypatch, database, base_url, name, bucket)
     monkeypatch.setenv("LETTA_OPS_RUNTIME", "compose")
     monkeypatch.setenv("LETTA_OPS_COMPOSE_FILE", str(compose_file))
-
-    # The operator's server, as they run it: docker compose up -d (the image migrates).
     run_compose(["docker", "compose", "-f", str(compose_file), "up", "-d", "letta_server"])
     wait_for_health(base_url, FROM_VERSION, timeout=300)
     from letta_ops.blocks.letta_server import LettaServer
     from letta_ops.tasks.letta_api import LettaClient
 
-    with LettaClient(LettaServer(name="compose-a", base_url=base_url)) as client:
-        seed_agents(client, 5, prefix="compose")
+    with LettaClient(LettaServer(name=name, base_url=base_url)) as client:
+        seed_agents(client, 5, prefix=name)
+    return base_url, compose_file
+
+
+def test_compose_upgrade_failed_upgrade_and_rollback(
+    docker_standin, make_database, s3_env, s3_bucket, monkeypatch, prefect_harness, tmp_path
+):
+    """Server A: the database on a published port, pg tools from letta-ops' own install."""
+    database = make_database("compose")
+    _, bucket, _ = s3_bucket
+    base_url, compose_file = _compose_server(
+        docker_standin, database, monkeypatch, tmp_path, "compose-a", bucket
+    )
+    original = compose_file.read_text()
     before = _snapshot(database, base_url)
 
     # --- a compose file still on 'latest' is refused by pre-flight, with the fix -----------
@@ -133,22 +143,76 @@ def test_compose_upgrade_failed_upgrade_rollback_and_rebuild(
     upgraded = compose_file.read_text()
     assert compose_image_tag(upgraded, "letta_server") == NEW_VERSION
     assert _lines_but_image(upgraded) == _lines_but_image(original)
-    pre_upgrade = report["backup_set"]
 
     # --- rollback to the pre-upgrade set: the compose file as it was in the set -------------
-    rolled = rollback(backup_set=pre_upgrade)
+    rolled = rollback(backup_set=report["backup_set"])
     assert rolled["outcome"] == "succeeded"
     assert http_version(base_url) == FROM_VERSION
     assert _snapshot(database, base_url) == before
     assert compose_file.read_text() == original
 
-    # --- the rebuild upgrade (the same server, back on 0.14.0 as a fresh one would be) ------
+
+def test_compose_rebuild_on_a_second_server_with_pg_tools_in_the_database_container(
+    docker_standin,
+    make_database,
+    pg16_cluster,
+    s3_env,
+    s3_bucket,
+    monkeypatch,
+    prefect_harness,
+    tmp_path,
+):
+    """Server B: PostgreSQL 16 in its own compose service (``pgvector/pgvector:pg16``), reached
+    by pg_dump/pg_restore only through ``docker compose exec`` with that container's tools (here
+    the stand-in runs PostgreSQL 16's own tools against the session's PG 16 cluster). letta-ops'
+    own client tools are made unusable, so every dump and restore must go through the container.
+    """
+    from tests.fixtures.docker_standin import PG_BIN_ENV, PG_HOST_ENV, PG_PORT_ENV
+
+    database = make_database("compose_b", cluster=pg16_cluster)
+    monkeypatch.setenv(PG_BIN_ENV, str(pg16_cluster.bin_dir))
+    monkeypatch.setenv(PG_HOST_ENV, "127.0.0.1")
+    monkeypatch.setenv(PG_PORT_ENV, str(pg16_cluster.port))
+    monkeypatch.setenv("LETTA_OPS_PG_COMPOSE_SERVICE", "letta_db")
+    monkeypatch.setenv("LETTA_OPS_PG_BIN", str(tmp_path / "no-client-tools-here"))
+    _, bucket, _ = s3_bucket
+    base_url, compose_file = _compose_server(
+        docker_standin, database, monkeypatch, tmp_path, "compose-b", bucket
+    )
+    original = compose_file.read_text()
+    before = _snapshot(database, base_url)
+
+    plan = upgrade(NEW_VERSION, strategy="rebuild", dry_run=True)["plan"]
+    assert "inside service letta_db" in plan["pg_tools"], plan
+
+    # --- the rebuild upgrade: dump through exec, empty, migrate, import the agents -----------
     rebuilt = upgrade(NEW_VERSION, strategy="rebuild")
     assert rebuilt["outcome"] == "succeeded"
     assert http_version(base_url) == NEW_VERSION
     assert sorted(http_agents(base_url).values()) == sorted(before[0].values())
     assert compose_image_tag(compose_file.read_text(), "letta_server") == NEW_VERSION
     assert _lines_but_image(compose_file.read_text()) == _lines_but_image(original)
+
+    # --- rollback to the pre-upgrade set: pg_restore (16) inside the container -------------
+    rolled = rollback(backup_set=rebuilt["backup_set"])
+    assert rolled["outcome"] == "succeeded"
+    assert http_version(base_url) == FROM_VERSION
+    assert _snapshot(database, base_url) == before
+    assert compose_file.read_text() == original
+
+    # Every pg tool ran in the database container, with the password handed over by name.
+    execs = [json.loads(line) for line in _exec_log(compose_file).read_text().splitlines()]
+    tools = {entry["tool"] for entry in execs}
+    assert {"pg_dump", "pg_restore"} <= tools, tools
+    assert all(entry["service"] == "letta_db" for entry in execs)
+    assert all("PGPASSWORD" in entry["variables"] for entry in execs if entry["tool"] != "rm")
+
+
+def _exec_log(compose_file: Path) -> Path:
+    from tests.fixtures.docker_standin import ComposeProject, exec_log, project_name, state_root
+
+    name = project_name(None, {}, None, compose_file.parent)
+    return exec_log(ComposeProject(compose_file, name, {}, state_root(compose_file, os.environ)))
 
 
 def _run_hook(path: Path, *args: str) -> None:
