@@ -17,7 +17,7 @@ install: $(BIN)/.installed
 
 ## The whole suite, real Letta servers, PostgreSQL, S3 and Prefect included.
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 ## Only the fast tests (no Letta servers).
 test-fast: install
@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.cli_latency
 	$(BIN)/python -m bench.fleet_backup
+	$(BIN)/python -m bench.encryption_ratio
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
