@@ -11,21 +11,44 @@ No I/O at import or construction: boto3 is imported and a client built only in
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
+from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.object_store import (
     DEFAULT_PART_SIZE,
     LocalObjectStore,
+    ObjectLock,
+    ObjectStore,
     S3ObjectStore,
+    object_lock_from_settings,
     parse_store_url,
     validate_key,
+    with_object_lock,
 )
 
+#: Environment variables that lock the objects of new backup sets (S3 Object Lock).
+LOCK_DAYS_ENV = "LETTA_OPS_LOCK_DAYS"
+LOCK_MODE_ENV = "LETTA_OPS_LOCK_MODE"
+
 MiB = 1024 * 1024
+
+_ENCRYPTION_KEY_HELP = (
+    "Client-side encryption key of new backup sets: 32 random bytes in base64 (make one with "
+    "'letta-ops backups new-key'; keep a copy outside the store, no set restores without it). "
+    "Every object of a set but its manifest and catalog records is encrypted with AES-256-GCM; "
+    "the manifest records the key's id, never the key. Empty: LETTA_OPS_ENCRYPTION_KEY (or "
+    "LETTA_OPS_ENCRYPTION_KEY_FILE), else new sets are not encrypted."
+)
+_PREVIOUS_KEYS_HELP = (
+    "Keys of earlier rotations, separated by commas or newlines: sets written with them stay "
+    "readable. Added to LETTA_OPS_PREVIOUS_ENCRYPTION_KEYS and the key file's other lines."
+)
 
 
 class S3BackupStore(Block):
@@ -87,6 +110,28 @@ class S3BackupStore(Block):
         description="Multipart upload part size in MiB (S3 minimum 5); uploads hold about one "
         "part in memory, and objects may have at most 10,000 parts.",
     )
+    lock_days: float | None = Field(
+        default=None,
+        gt=0,
+        title="Object Lock days",
+        description="Lock every object of a new backup set for this many days with S3 Object "
+        "Lock (the bucket must have Object Lock enabled; a backup into a bucket without it is "
+        "refused before anything is written); empty for no lock. Prune keeps a locked set "
+        "until its lock ends.",
+    )
+    lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] = Field(
+        default="GOVERNANCE",
+        title="Object Lock mode",
+        description="GOVERNANCE: a principal allowed s3:BypassGovernanceRetention can still "
+        "lift the lock; COMPLIANCE: nobody can delete the objects (not even the account root) "
+        "until the lock ends.",
+    )
+    encryption_key: SecretStr | None = Field(
+        default=None, title="Encryption key", description=_ENCRYPTION_KEY_HELP
+    )
+    previous_encryption_keys: SecretStr | None = Field(
+        default=None, title="Previous encryption keys", description=_PREVIOUS_KEYS_HELP
+    )
 
     @field_validator("bucket")
     @classmethod
@@ -130,9 +175,15 @@ class S3BackupStore(Block):
         return boto3.client("s3", **kwargs)
 
     def object_store(self) -> S3ObjectStore:
-        """An :class:`S3ObjectStore` over this bucket and prefix (builds a boto3 client)."""
+        """An :class:`S3ObjectStore` over this bucket and prefix (builds a boto3 client);
+        with ``lock_days``, every object it writes is locked."""
+        lock = ObjectLock(self.lock_mode, self.lock_days) if self.lock_days else None
         return S3ObjectStore(
-            self._client(), self.bucket, self.prefix, part_size=self.part_size_mb * MiB
+            self._client(),
+            self.bucket,
+            self.prefix,
+            part_size=self.part_size_mb * MiB,
+            lock=lock,
         )
 
 
@@ -146,9 +197,18 @@ class LocalBackupStore(Block):
     _block_type_name = "Letta Backup Store Local"
     _description = "A local or mounted directory holding write-once Letta backup sets."
 
+    # Validation errors must never echo a key back to a log.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     path: Path = Field(
         description="Absolute path of the directory holding the backup sets, e.g. "
         "/var/backups/letta; created on first write.",
+    )
+    encryption_key: SecretStr | None = Field(
+        default=None, title="Encryption key", description=_ENCRYPTION_KEY_HELP
+    )
+    previous_encryption_keys: SecretStr | None = Field(
+        default=None, title="Previous encryption keys", description=_PREVIOUS_KEYS_HELP
     )
 
     @field_validator("path")
@@ -171,6 +231,32 @@ class LocalBackupStore(Block):
         return LocalObjectStore(self.path)
 
 
+def with_store_encryption(
+    store: ObjectStore,
+    block: S3BackupStore | LocalBackupStore | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ObjectStore:
+    """``store`` encrypting new sets and decrypting old ones with the key ring of ``block``'s
+    fields and the environment (``LETTA_OPS_ENCRYPTION_KEY``, ``LETTA_OPS_ENCRYPTION_KEY_FILE``,
+    ``LETTA_OPS_PREVIOUS_ENCRYPTION_KEYS``); as it is when no key is configured anywhere.
+
+    A set's manifest and catalog records stay plaintext (:func:`stays_plaintext`), so
+    ``backups list``, ``prune`` and a key-less ``verify`` need no key.
+    """
+    from letta_ops.tasks.backup_manifest import stays_plaintext
+    from letta_ops.tasks.object_encryption import load_key_ring, with_encryption
+
+    def secret(value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+    ring = load_key_ring(
+        secret(getattr(block, "encryption_key", None)),
+        secret(getattr(block, "previous_encryption_keys", None)),
+        environ,
+    )
+    return with_encryption(store, ring, plaintext=stays_plaintext)
+
+
 def backup_store_from_url(url: str) -> S3BackupStore | LocalBackupStore:
     """Build an unsaved block from a ``--store`` / ``LETTA_OPS_STORE`` repository URL.
 
@@ -185,4 +271,47 @@ def backup_store_from_url(url: str) -> S3BackupStore | LocalBackupStore:
     return LocalBackupStore(path=location.path)
 
 
-__all__ = ["LocalBackupStore", "S3BackupStore", "backup_store_from_url"]
+def apply_object_lock(
+    store: ObjectStore,
+    lock_days: float | None = None,
+    lock_mode: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ObjectStore:
+    """The store a backup writes its set through, locked as asked.
+
+    Which lock, first match wins: ``lock_days`` (``--lock-days``; 0 means no lock), else
+    ``LETTA_OPS_LOCK_DAYS``, else the saved block's ``lock_days`` (already in ``store``). The
+    mode likewise: ``lock_mode``, ``LETTA_OPS_LOCK_MODE``, the block's, GOVERNANCE. The
+    bucket is checked here, so a lock it cannot keep is refused before anything is written.
+    """
+    env = os.environ if environ is None else environ
+    current = getattr(store, "lock", None)
+    mode = lock_mode or env.get(LOCK_MODE_ENV) or (current.mode if current else None)
+    if lock_days is not None:
+        lock = object_lock_from_settings(lock_days, mode)
+    elif env.get(LOCK_DAYS_ENV, "").strip():
+        lock = object_lock_from_settings(env[LOCK_DAYS_ENV], mode, source=LOCK_DAYS_ENV)
+    elif current is not None:
+        lock = ObjectLock(mode or current.mode, current.days)
+    else:
+        if lock_mode:
+            raise Refused(
+                f"--lock-mode was given without a lock; add --lock-days N (or set {LOCK_DAYS_ENV})."
+            )
+        return store
+    locked = with_object_lock(store, lock)
+    holder = getattr(locked, "inner", locked)  # under client-side encryption, the bytes' store
+    if isinstance(holder, S3ObjectStore):
+        holder.require_object_lock()
+    return locked
+
+
+__all__ = [
+    "LOCK_DAYS_ENV",
+    "LOCK_MODE_ENV",
+    "LocalBackupStore",
+    "S3BackupStore",
+    "apply_object_lock",
+    "backup_store_from_url",
+    "with_store_encryption",
+]

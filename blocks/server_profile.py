@@ -185,21 +185,30 @@ def _load_saved(name: str, need_database: bool) -> ServerProfile:
 def open_backup_store(store: str | None = None, server: str | None = None):
     """The backup store: ``--store URL``, else ``LETTA_OPS_STORE``, else a saved block.
 
-    Saved blocks are looked up under the server's name (an S3 or a local backup store).
+    Saved blocks are looked up under the server's name (an S3 or a local backup store). With
+    an encryption key (the block's, or ``LETTA_OPS_ENCRYPTION_KEY``...) the store encrypts
+    new sets and decrypts old ones (:func:`blocks.backup_store.with_store_encryption`).
     """
     url = store or os.environ.get("LETTA_OPS_STORE")
     if url:  # a repository URL: no block, no Prefect
+        from letta_ops.tasks.backup_manifest import stays_plaintext
+        from letta_ops.tasks.object_encryption import load_key_ring, with_encryption
         from letta_ops.tasks.object_store import open_store
 
-        return open_store(url)
+        return with_encryption(open_store(url), load_key_ring(), plaintext=stays_plaintext)
     if server:
-        from letta_ops.blocks.backup_store import LocalBackupStore, S3BackupStore
+        from letta_ops.blocks.backup_store import (
+            LocalBackupStore,
+            S3BackupStore,
+            with_store_encryption,
+        )
 
         for block_type in (S3BackupStore, LocalBackupStore):
             try:
-                return block_type.load(server).object_store()
+                block = block_type.load(server)
             except ValueError:
                 continue
+            return with_store_encryption(block.object_store(), block)
     raise ProfileError(
         "No backup store is configured; pass --store s3://BUCKET/PREFIX or "
         "--store file:///PATH, or set LETTA_OPS_STORE."

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from letta_ops.cli.errors import EXIT_OK
-from letta_ops.cli.options import Parser, non_negative, store_options
+from letta_ops.cli.options import Parser, non_negative, object_lock_options, store_options
 from letta_ops.cli.output import emit, render_table, with_progress
 
 
@@ -25,6 +25,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             purpose="manual",
             pinned=args.pin,
+            lock_days=args.lock_days,
+            lock_mode=args.lock_mode,
         )
     )
     emit(report, args.json, render=render_backup)
@@ -39,6 +41,11 @@ def render_backup(report: dict) -> str:
         f"database     {report['tables']} tables, {report['rows']} rows, "
         f"dump {report['dump_bytes']} bytes",
     ]
+    if report.get("object_lock"):
+        lock = report["object_lock"]
+        lines.append(f"locked       {lock['mode'].lower()} until {lock['retain_until']}")
+    if report.get("encryption_key_id"):
+        lines.append(f"encrypted    AES-256-GCM, key id {report['encryption_key_id']}")
     lines += [
         f"  failed     {a['id']} {a['name']!r}: {a['error']}" for a in report["agents_failed"]
     ]
@@ -72,9 +79,43 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
 
 def render_verify(result: dict) -> str:
     drill = result.get("drill_result")
-    return f"{result['set']}: verified {result['objects']} objects" + (
-        f", restore drill matched {drill['tables']} tables" if drill else ""
+    encryption = result.get("encryption")
+    return (
+        f"{result['set']}: verified {result['objects']} objects"
+        + (f", restore drill matched {drill['tables']} tables" if drill else "")
+        + (
+            f" (encrypted, key id {encryption['key_id']}: "
+            + (
+                "decrypted and authenticated)"
+                if encryption["decrypted"]
+                else "stored bytes only; no key, so the dump's table of contents was not read)"
+            )
+            if encryption
+            else ""
+        )
     )
+
+
+def cmd_backups_new_key(args: argparse.Namespace) -> int:
+    """Print a new client-side encryption key and its id. The key goes to stdout only, for
+    the operator to put where it belongs (a key file, a secret store, the block's field)."""
+    import sys
+
+    from letta_ops.tasks.object_encryption import new_key, parse_key
+
+    key = new_key()
+    key_id = parse_key(key, "the new key").key_id
+    if args.json:
+        emit({"key": key, "key_id": key_id}, True, render=str)
+    else:
+        print(key)
+        print(
+            f"key id {key_id}: keep this key outside the backup store (no encrypted set "
+            "restores without it); set LETTA_OPS_ENCRYPTION_KEY, put it first in "
+            "--encryption-key-file, or save it in the store block's encryption_key.",
+            file=sys.stderr,
+        )
+    return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -97,7 +138,16 @@ def render_prune(result: dict) -> str:
     return (
         render_table(
             result["sets"],
-            ["set_id", "server", "created_at", "action", "reasons", "verified", "pinned"],
+            [
+                "set_id",
+                "server",
+                "created_at",
+                "action",
+                "reasons",
+                "verified",
+                "pinned",
+                "prunable_after",
+            ],
         )
         + f"\n{head}: keep {result['keep']}, delete {result['delete']}"
     )
@@ -126,7 +176,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
     p = sub.add_parser(
         "backup",
-        parents=[common, store],
+        parents=[common, store, object_lock_options()],
         help="back up a server into a new verified backup set",
         description="Export every agent (files named by agent id), pg_dump the "
         "database with row counts in the same snapshot, write the "
@@ -159,6 +209,16 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     p.add_argument("--all-servers", action="store_true", help="every server in the store")
     p.set_defaults(func=cmd_backups_list)
+    p = bsub.add_parser(
+        "new-key",
+        parents=[common],
+        help="print a new client-side encryption key (stdout) and its id (stderr)",
+        description="Print 32 random bytes in base64: a key for LETTA_OPS_ENCRYPTION_KEY, a "
+        "key file or the store block's encryption_key. To rotate, make a new key current and "
+        "keep the old one listed (LETTA_OPS_PREVIOUS_ENCRYPTION_KEYS or the key file's next "
+        "lines) for as long as sets written with it are kept.",
+    )
+    p.set_defaults(func=cmd_backups_new_key)
 
     p = sub.add_parser(
         "verify",
@@ -190,7 +250,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         help="apply grandfather-father-son retention (plan only by default)",
         description="Show which sets retention keeps and deletes. The newest "
         "verified set and pinned sets are never deleted; incomplete "
-        "sets older than a day are. Deletes only with --execute.",
+        "sets older than a day are. A set still under S3 Object Lock stays, with the date it "
+        "becomes prunable. Deletes only with --execute.",
     )
     p.add_argument("--keep-last", type=non_negative, default=7)
     p.add_argument("--keep-daily", type=non_negative, default=7)

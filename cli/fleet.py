@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from letta_ops.cli.errors import EXIT_OK
-from letta_ops.cli.options import positive, store_options, version
+from letta_ops.cli.options import object_lock_options, positive, store_options, version
 from letta_ops.cli.output import emit, render_table, with_progress
 
 SERVERS_COLUMNS = ["server", "tags", "health", "version", "newest_verified_set"]
@@ -67,6 +67,8 @@ def cmd_fleet_backup(args: argparse.Namespace) -> int:
             per_store_limit=args.per_store,
             per_host_limit=args.per_host,
             allow_partial_agents=args.allow_partial_agents,
+            lock_days=args.lock_days,
+            lock_mode=args.lock_mode,
         )
     )
     emit(report, args.json, render=render_fleet_backup, versioned=True)
@@ -142,7 +144,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
     p = sub.add_parser(
         "fleet-backup",
-        parents=[common, store, selector, local],
+        parents=[common, store, selector, local, object_lock_options()],
         help="back up every selected server (one child run each, on the workers)",
         description="One run of the backup deployment per selected server, on the work pool's "
         "workers; at most --per-store children per backup store and --per-host per database "

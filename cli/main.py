@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "operator", None):
         os.environ["LETTA_OPS_OPERATOR"] = args.operator
+    if getattr(args, "encryption_key_file", None):
+        # The path, never a key, travels to the flows (their store reads the file).
+        os.environ["LETTA_OPS_ENCRYPTION_KEY_FILE"] = args.encryption_key_file
     try:
         return args.func(args)
     except (Exception, KeyboardInterrupt) as exc:  # its class says which exit code

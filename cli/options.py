@@ -74,6 +74,13 @@ def store_options() -> argparse.ArgumentParser:
         help="backup repository: s3://BUCKET/PREFIX or file:///PATH (default: "
         "LETTA_OPS_STORE, else the server's saved store block)",
     )
+    store.add_argument(
+        "--encryption-key-file",
+        metavar="FILE",
+        help="file of client-side encryption keys, one base64 key per line: the first "
+        "encrypts new sets, every line decrypts (default: LETTA_OPS_ENCRYPTION_KEY_FILE, "
+        "LETTA_OPS_ENCRYPTION_KEY, else the store block's key; none: sets are not encrypted)",
+    )
     return store
 
 
@@ -87,6 +94,41 @@ def lock_options(default: float | None) -> argparse.ArgumentParser:
         default=default,
         metavar="SECONDS",
         help=f"wait this long for another destructive run on the server to finish ({shown})",
+    )
+    return lock
+
+
+def days(value: str) -> float:
+    """argparse type: a non-negative number of days (fractions allowed)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value} is not a number of days") from None
+    if not number >= 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} is not a non-negative number of days")
+    return number
+
+
+def object_lock_options() -> argparse.ArgumentParser:
+    """``--lock-days`` / ``--lock-mode``: S3 Object Lock on the objects of new backup sets."""
+    lock = argparse.ArgumentParser(add_help=False)
+    lock.add_argument(
+        "--lock-days",
+        type=days,
+        default=None,
+        metavar="DAYS",
+        help="lock every object of the new set with S3 Object Lock for DAYS (the bucket must "
+        "have Object Lock enabled; refused before anything is written otherwise); 0 for no "
+        "lock; default LETTA_OPS_LOCK_DAYS, else the store block's lock_days",
+    )
+    lock.add_argument(
+        "--lock-mode",
+        type=str.upper,
+        choices=["GOVERNANCE", "COMPLIANCE"],
+        default=None,
+        help="governance (a principal allowed s3:BypassGovernanceRetention can lift it) or "
+        "compliance (nobody can); default LETTA_OPS_LOCK_MODE, else the block's, else "
+        "governance",
     )
     return lock
 

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from letta_ops.blocks.backup_store import apply_object_lock
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from letta_ops.flows.audit_record import audited_run, counts_summary
 from letta_ops.flows.fleet_runs import fleet_slots
@@ -35,8 +36,10 @@ from letta_ops.tasks.backup_manifest import (
     MANIFEST_NAME,
     AgentEntry,
     BackupManifest,
+    ManifestLock,
     ManifestObject,
     Purpose,
+    SetEncryption,
     new_set_id,
     set_prefix,
 )
@@ -45,6 +48,7 @@ from letta_ops.tasks.letta_api import LettaAPIError, LettaClient
 from letta_ops.tasks.letta_inventory import agent_inventory
 from letta_ops.tasks.letta_postgres import alembic_revision, database_error_message
 from letta_ops.tasks.letta_versions import release_at_revision
+from letta_ops.tasks.object_encryption import SCHEME as ENCRYPTION_SCHEME
 from letta_ops.tasks.object_store import ObjectStore, StoredObject
 from letta_ops.tasks.postgres_dump import (
     DumpResult,
@@ -179,12 +183,20 @@ def build_manifest(
     purpose: str,
     pinned: bool,
     runtime_files: dict[str, StoredObject] | None = None,
+    object_lock: ManifestLock | None = None,
+    encryption: SetEncryption | None = None,
 ) -> BackupManifest:
     database = profile.require_database()
     runtime_files = runtime_files or {}
     stored = [*agent_objects, dump.stored, *runtime_files.values()]
     objects = {
-        o.key: ManifestObject(size=o.size, sha256=o.sha256, store_checksum=o.store_checksum)
+        o.key: ManifestObject(
+            size=o.size,
+            sha256=o.sha256,
+            store_checksum=o.store_checksum,
+            stored_size=getattr(o, "stored_size", None),
+            stored_sha256=getattr(o, "stored_sha256", None),
+        )
         for o in stored
     }
     return BackupManifest(
@@ -211,7 +223,32 @@ def build_manifest(
         tool_versions=_tool_versions(profile),
         runtime=profile.runtime.describe(),
         runtime_files={name: o.key for name, o in runtime_files.items()},
+        object_lock=object_lock,
+        encryption=encryption,
     )
+
+
+def set_encryption(stored: list[StoredObject]) -> SetEncryption | None:
+    """The set's client-side encryption for the manifest: the scheme and the key id (never
+    the key); None when its objects were stored as written. A set is encrypted as a whole:
+    one object written plain beside encrypted ones would be a bug, and fails the backup."""
+    key_ids = {getattr(o, "key_id", None) for o in stored}
+    if key_ids == {None}:
+        return None
+    if None in key_ids or len(key_ids) != 1:
+        raise BackupFailed(
+            "The set's objects were not all encrypted with one key; no manifest was written."
+        )
+    return SetEncryption(scheme=ENCRYPTION_SCHEME, key_id=key_ids.pop())
+
+
+def manifest_lock(store: ObjectStore) -> ManifestLock | None:
+    """The lock the store gives every object of the set (None: unlocked), for the manifest."""
+    lock = getattr(store, "lock", None)
+    retention = store.retention
+    if lock is None or retention is None or retention.retain_until is None:
+        return None
+    return ManifestLock(mode=retention.mode, days=lock.days, retain_until=retention.retain_until)
 
 
 def _encryption_key_configured(profile: ServerProfile) -> bool | None:
@@ -250,6 +287,10 @@ def backup_report(manifest: BackupManifest, verification: dict) -> dict[str, Any
         "verification_problems": verification["problems"],
         "purpose": manifest.purpose,
         "pinned": manifest.pinned,
+        "encryption_key_id": manifest.encryption.key_id if manifest.encryption else None,
+        "object_lock": manifest.object_lock.model_dump(mode="json")
+        if manifest.object_lock
+        else None,
     }
 
 
@@ -262,7 +303,14 @@ def render_backup_markdown(report: dict[str, Any]) -> str:
         f"- database: {report['tables']} tables, {report['rows']} rows, dump "
         f"{report['dump_bytes']} bytes",
         f"- verified from storage: **{'yes' if report['verified'] else 'NO'}**",
+        "- encrypted on the client: "
+        + (f"yes, key id `{report['encryption_key_id']}`" if report["encryption_key_id"] else "no"),
     ]
+    if report.get("object_lock"):
+        lock = report["object_lock"]
+        lines.append(
+            f"- locked: S3 Object Lock {lock['mode'].lower()} until {lock['retain_until']}"
+        )
     if report["agents_failed"]:
         lines += ["", "## Agents whose export failed (the pg_dump still holds them)", ""]
         lines += [f"- `{a['id']}` {a['name']!r}: {a['error']}" for a in report["agents_failed"]]
@@ -280,8 +328,15 @@ def backup(
     server_down_ok: bool = False,
     compression: str | None = None,
     concurrency_limits: list[str] | None = None,
+    lock_days: float | None = None,
+    lock_mode: str | None = None,
 ) -> dict[str, Any]:
     """Back up one Letta server into a new, verified, write-once backup set.
+
+    ``lock_days`` / ``lock_mode`` (``--lock-days``, else ``LETTA_OPS_LOCK_DAYS`` /
+    ``LETTA_OPS_LOCK_MODE``, else the S3 store block's fields): every object of the set is
+    written with S3 Object Lock retention until the run's start plus that many days, recorded
+    in the manifest. A bucket without Object Lock is refused before anything is written.
 
     ``compression`` is pg_dump's ``--compress`` (``gzip:6`` by default, ``LETTA_OPS_COMPRESS``;
     ``none``, gzip levels, and zstd/lz4 with a client built with them), recorded in the
@@ -300,7 +355,7 @@ def backup(
     with audited_run("backup", server) as audit, fleet_slots(concurrency_limits):
         logger = get_run_logger()
         profile = load_profile(server, need_database=True)
-        object_store = open_backup_store(store, server)
+        object_store = apply_object_lock(open_backup_store(store, server), lock_days, lock_mode)
         audit.update(server=profile.name, store=object_store)
         tag_current_run(profile.name, "backup")
         started = datetime.now(UTC)
@@ -352,6 +407,8 @@ def backup(
             purpose,
             pinned,
             runtime_files,
+            manifest_lock(object_store),
+            set_encryption([*agent_objects, dump.stored, *runtime_files.values()]),
         )
         write_manifest_task(object_store, prefix, manifest)
         audit.update(

@@ -9,13 +9,18 @@ The runbook this replaces, as one run (read-only; nothing is changed):
 3. the database: alembic revision equals the head of the running version; pgvector installed;
    ``messages.sequence_id`` has its default and every sequence is past its maximum; free disk
    for a dump;
-4. the backups: the newest verified set is recent enough;
+4. the backups: the newest verified set is recent enough; the bucket has Object Lock (and
+   a default retention) and new sets are locked; the credentials in use can or cannot
+   delete (a probe that deletes a random key that does not exist); and the server refuses
+   ``GET /v1/agents/`` without credentials (or was declared open);
 5. publish the findings, each with a one-line fix. ``needs_action`` is true when any finding
    needs an operator (the command line exits 3).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,7 @@ from letta_ops.tasks.doctor_check_names import CHECK_NAMES
 from letta_ops.tasks.doctor_checks import Finding, guarded
 from letta_ops.tasks.errors import NeedsAction, Refused
 from letta_ops.tasks.letta_api import LettaAPIError, LettaClient
+from letta_ops.tasks.object_encryption import EncryptionKeyMissing, current_key_id, key_ring_of
 
 
 class ServerNeedsAction(NeedsAction):
@@ -78,8 +84,22 @@ def check_server(
     server_env = profile.runtime.server_environment()
     compose_text = compose_file.read_text() if compose_file and compose_file.exists() else None
     runtime_names = profile.runtime.configured_variables() or set()
+    if health is None:
+        refused, auth_error = None, error
+    else:
+        refused, auth_error = checks.anonymous_access_refused(profile.server.base_url)
+    open_by_choice = bool(getattr(profile.runtime, "open_server", False)) or os.environ.get(
+        "LETTA_OPS_OPEN_SERVER", ""
+    ).lower() in {"1", "true"}
     findings = [
         checks.check_health(health, error, profile.server.base_url),
+        checks.check_server_auth(
+            refused,
+            auth_error,
+            profile.server.base_url,
+            password_configured=profile.server.password is not None,
+            open_by_choice=open_by_choice,
+        ),
         *guarded(
             "database-uri",
             lambda: checks.check_database_uri(
@@ -105,7 +125,7 @@ def check_server(
 @task(name="check-database", cache_policy=NO_CACHE)
 def check_database(db: LettaDatabase | None, version: str | None) -> list[Finding]:
     """Schema revision, pgvector, sequences and room for a dump."""
-    names = ("alembic", "pgvector", "sequences", "dump-space")
+    names = ("alembic", "pgvector", "pg-tools", "sequences", "dump-space")
     if db is None:
         reason = "no usable database configuration (see database-uri)"
         return [checks.skipped(n, reason) for n in names]
@@ -116,6 +136,7 @@ def check_database(db: LettaDatabase | None, version: str | None) -> list[Findin
     return [
         *guarded("alembic", lambda: checks.check_alembic(alembic_revision(db), version)),
         *guarded("pgvector", lambda: checks.check_pgvector(checks.pgvector_version(db))),
+        *guarded("pg-tools", lambda: checks.check_pg_tools(db)),
         *guarded("restore-privileges", lambda: checks.check_restore_privileges(db)),
         *guarded("sequences", lambda: checks.check_sequences(sequence_health(db))),
         *guarded(
@@ -158,6 +179,12 @@ def check_backups(
 ) -> list[Finding]:
     try:
         object_store = open_backup_store(store, server)
+    except EncryptionKeyMissing as exc:  # the store is there; its key configuration is not
+        sentence = str(exc).strip().splitlines()[0]
+        return [
+            checks.action("backup-encryption", sentence, "Fix the key configuration named."),
+            checks.skipped("backup-age", "the store's encryption keys are unusable"),
+        ]
     except ValueError as exc:
         return [
             checks.action(
@@ -166,14 +193,60 @@ def check_backups(
                 "Set LETTA_OPS_STORE (or pass --store) and schedule the nightly-backup deployment.",
             )
         ]
-    return guarded(
-        "backup-age",
-        lambda: checks.check_backup_age(
-            checks.newest_verified_backup(object_store, server_name),
-            datetime.now(UTC),
-            max_age_hours,
-            object_store.describe(),
+    ring = key_ring_of(object_store)
+    return [
+        *guarded(
+            "backup-age",
+            lambda: checks.check_backup_age(
+                checks.newest_verified_backup(object_store, server_name),
+                datetime.now(UTC),
+                max_age_hours,
+                object_store.describe(),
+            ),
         ),
+        checks.check_backup_encryption(
+            object_store.describe(), current_key_id(object_store), len(ring.keys)
+        ),
+    ]
+
+
+@task(name="check-store-protection", cache_policy=NO_CACHE)
+def check_store_protection(store: str | None, server: str | None) -> list[Finding]:
+    """Can the store keep sets immutable (Object Lock), and can these credentials delete?
+
+    The delete probe deletes a random key that does not exist (see
+    :meth:`S3ObjectStore.probe_delete`): nothing real is ever deleted.
+    """
+    try:
+        object_store = open_backup_store(store, server)
+    except ValueError as exc:
+        reason = f"no usable backup store ({str(exc).strip().splitlines()[0]})"
+        return [checks.skipped("backup-lock", reason), checks.skipped("backup-delete", reason)]
+    where = object_store.describe()
+    bucket_lock = None
+    findings = guarded("backup-lock", lambda: _lock_finding(object_store))
+    with contextlib.suppress(Exception):  # the finding above already says why
+        bucket_lock = object_store.bucket_lock()
+    probe = getattr(object_store, "probe_delete", None)  # S3 only
+    try:
+        requested = checks.requested_object_lock(object_store)
+    except ValueError:  # a bad LETTA_OPS_LOCK_DAYS: backup-lock says so
+        requested = None
+    sets_locked = bool(
+        bucket_lock and bucket_lock.enabled and (bucket_lock.default_mode or requested)
+    )
+    findings += guarded(
+        "backup-delete",
+        lambda: checks.check_backup_delete(probe() if probe else None, sets_locked, where),
+    )
+    return findings
+
+
+def _lock_finding(object_store: Any) -> Finding:
+    return checks.check_backup_lock(
+        object_store.bucket_lock(),
+        checks.requested_object_lock(object_store),
+        object_store.describe(),
     )
 
 
@@ -234,6 +307,7 @@ def doctor(
             *guarded("interrupted-run", lambda: check_interrupted(profile.name, server)),
             *guarded("agent-names", lambda: check_agent_names(profile, version)),
             *check_backups(profile.name, store, server, max_backup_age_hours),
+            *check_store_protection(store, server),
         ]
         order = {name: i for i, name in enumerate(CHECK_NAMES)}
         findings.sort(key=lambda f: order.get(f.check, len(order)))

@@ -93,8 +93,13 @@ def fleet_backup(
     per_host_limit: int = 1,
     allow_partial_agents: bool = False,
     timeout_seconds: float = 6 * 3600,
+    lock_days: float | None = None,
+    lock_mode: str | None = None,
 ) -> dict[str, Any]:
     """Back up the saved servers ``servers`` selects (names, globs, ``key:value`` tags).
+
+    ``lock_days`` / ``lock_mode`` are passed to every child backup (S3 Object Lock on each
+    set; None: each child's own ``LETTA_OPS_LOCK_DAYS`` or store block decides).
 
     ``deployment`` (``FLOW/DEPLOYMENT``) is what each child runs as, on its work pool's
     workers; None runs the children here, one after another.
@@ -109,6 +114,10 @@ def fleet_backup(
             "allow_partial_agents": allow_partial_agents,
             "purpose": "scheduled",
         }
+        if lock_days is not None:
+            parameters["lock_days"] = lock_days
+        if lock_mode is not None:
+            parameters["lock_mode"] = lock_mode
         if deployment:
             runs = {
                 n: launch_deployment_run(

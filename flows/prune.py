@@ -2,7 +2,8 @@
 
 Runbook: list the sets, plan what to keep (newest N, one per day/week/month, the newest
 verified set and every pinned set always) and what to delete (the rest, plus incomplete sets
-older than a day); show the plan; delete only when told to execute.
+older than a day); keep the sets S3 Object Lock still holds, saying until when; show the
+plan; delete only when told to execute.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from letta_ops.tasks.backup_retention import (
     RetentionPlan,
     RetentionPolicy,
     execute_plan,
-    plan_retention,
+    plan_around_locks,
 )
 from letta_ops.tasks.object_store import ObjectStore
 
@@ -31,7 +32,8 @@ from letta_ops.tasks.object_store import ObjectStore
 def plan_retention_task(
     store: ObjectStore, server: str | None, policy: RetentionPolicy
 ) -> RetentionPlan:
-    return plan_retention(list_backup_sets(store, server), policy, datetime.now(UTC))
+    """Plan around the Object Locks the store reports for the sets it would delete."""
+    return plan_around_locks(store, list_backup_sets(store, server), policy, datetime.now(UTC))
 
 
 @task(name="apply-retention", cache_policy=NO_CACHE)
@@ -74,8 +76,10 @@ def prune(
             keep_audit_records(object_store, [d.set.prefix for d in plan.delete])
         deleted = apply_retention_task(object_store, plan) if execute else []
         rows = plan.to_rows()
+        held = [d for d in plan.keep if d.held_by_lock]
         audit.update(
             sets_kept=len(plan.keep),
+            sets_held_by_lock=len(held),
             sets_to_delete=len(plan.delete),
             sets_deleted=[str(d) for d in deleted],
             executed=execute,
@@ -85,10 +89,13 @@ def prune(
             f"- keep {len(plan.keep)} set(s), delete {len(plan.delete)}\n"
             f"- deleted: {len(deleted)}"
         )
+        for decision in held:
+            summary += f"\n- kept by S3 Object Lock: {decision.set.set_id}: {decision.reasons[0]}"
         publish_report(server or "all", "prune", summary, rows)
         return {
             "executed": execute,
             "keep": len(plan.keep),
+            "held_by_lock": len(held),
             "delete": len(plan.delete),
             "deleted": deleted,
             "sets": rows,

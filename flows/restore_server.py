@@ -19,9 +19,23 @@ from letta_ops.blocks.letta_runtime import LettaRuntime, quiet
 from letta_ops.blocks.server_profile import ServerProfile
 from letta_ops.tasks.backup_catalog import runtime_files_of_set
 from letta_ops.tasks.backup_manifest import BackupManifest
-from letta_ops.tasks.backup_verification import compare_counts, downloaded
+from letta_ops.tasks.backup_set_admission import require_key
+from letta_ops.tasks.backup_verification import (
+    compare_counts,
+    downloaded,
+    restore_set_dump,
+    set_dump_toc,
+)
 from letta_ops.tasks.letta_api import LettaClient
-from letta_ops.tasks.letta_postgres import database_error_message, empty_database, table_row_counts
+from letta_ops.tasks.letta_postgres import (
+    create_database,
+    database_error_message,
+    drop_database,
+    empty_database,
+    incoming_database,
+    swap_in_database,
+    table_row_counts,
+)
 from letta_ops.tasks.object_store import ObjectStore
 from letta_ops.tasks.postgres_dump import restore_dump
 from letta_ops.tasks.postgres_privileges import RequestedReset, restore_plan
@@ -57,20 +71,61 @@ def empty_database_steps(mode: str) -> list[str]:
 def restore_database_from_set(
     database: LettaDatabase, store: ObjectStore, manifest: BackupManifest, jobs: int = 2
 ) -> dict[str, Any]:
-    """Empty ``database`` (recreate it with pgvector, or reset its schema in place, as its
-    ``reset_mode`` says; ``auto`` decides now), restore the set's dump (``jobs`` parallel
-    pg_restore workers: the dump is a custom-format file), fix sequences, and compare
-    per-table counts with the manifest."""
+    """Put the set's database in place of ``database``, as its ``reset_mode`` says (``auto``
+    decides now): ``recreate`` restores into a new database while the dump downloads and
+    swaps it in once counted; ``in-place`` downloads the dump, resets the schema, restores
+    (``jobs`` parallel pg_restore workers). Then sequences are fixed and per-table counts
+    compared with the manifest."""
+    require_key(store, manifest)
     database = database_for_set(database, manifest)
     if database.reset_mode == "auto":
         database, _ = with_reset_mode(database)
-    empty_database(database, database.reset_mode)
+    if database.reset_mode == "recreate":
+        return _restore_beside_and_swap(database, store, manifest, jobs)
     expected = manifest.objects[manifest.dump]
+    # In place there is nowhere else to restore to: the dump is downloaded (decrypted and
+    # authenticated, sha256 compared) before the schema is emptied, so a damaged dump or a
+    # wrong key leaves the database as it was.
     with downloaded(store, manifest.dump, expected.sha256) as dump_path:
+        empty_database(database, database.reset_mode)
         warnings = restore_dump(database, dump_path, jobs=jobs)
     sequences = repair_sequences(database).to_dict()
     differences = compare_counts(manifest.row_counts, table_row_counts(database))
     return {"restore_warnings": warnings, "sequences": sequences, "count_differences": differences}
+
+
+def _restore_beside_and_swap(
+    database: LettaDatabase, store: ObjectStore, manifest: BackupManifest, jobs: int
+) -> dict[str, Any]:
+    """Recreate mode: restore into a new database beside the live one *while the dump
+    downloads*, prove it (digest, sequences, per-table counts), and only then drop the live
+    database and rename the new one in its place.
+
+    Why: the download and the restore overlap (about the slower of the two, not their sum),
+    and the live database stays exactly as it was until a complete, counted copy replaces it;
+    a copy whose counts differ from the manifest is dropped and the live database kept.
+    """
+    incoming = incoming_database(database)
+    toc = set_dump_toc(store, manifest)  # a wrong key or a damaged header: nothing created
+    drop_database(incoming)  # left by a restore that was interrupted
+    create_database(incoming, with_pgvector=True)
+    try:
+        warnings = restore_set_dump(store, manifest, incoming, jobs, toc)
+        sequences = repair_sequences(incoming).to_dict()
+        differences = compare_counts(manifest.row_counts, table_row_counts(incoming))
+    except BaseException:
+        drop_database(incoming)
+        raise
+    if differences:
+        drop_database(incoming)
+    else:
+        swap_in_database(incoming, database)
+    return {
+        "restore_warnings": warnings,
+        "sequences": sequences,
+        "count_differences": differences,
+        "replaced": not differences,
+    }
 
 
 def start_set_version(
@@ -131,6 +186,7 @@ def restore_server_from_set(
     started = time.monotonic()
     label = f"{manifest.server}/{manifest.set_id}"
     try:
+        require_key(store, manifest)  # before the stop: a set nobody can decrypt changes nothing
         runtime.stop(log=logger.info)
         restored = restore_database_from_set(database, store, manifest, jobs)
         runtime.restore_snapshot(runtime_files_of_set(store, manifest), log=logger.info)

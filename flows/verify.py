@@ -29,8 +29,10 @@ from letta_ops.tasks.backup_catalog import (
     record_verification,
 )
 from letta_ops.tasks.backup_manifest import BackupManifest, parse_set_reference, set_prefix
+from letta_ops.tasks.backup_set_admission import missing_key
 from letta_ops.tasks.backup_verification import check_dump, check_objects, drill, reads_back
 from letta_ops.tasks.errors import Failed
+from letta_ops.tasks.object_encryption import EncryptionKeyMissing, key_ring_of
 from letta_ops.tasks.object_store import ObjectStore
 from letta_ops.tasks.restore_target import same_database
 
@@ -52,7 +54,7 @@ def objects_read(manifest: BackupManifest, read_data: bool) -> dict[str, int]:
     return {
         "by_store_checksum": len(manifest.objects) - len(back),
         "read_back": len(back),
-        "bytes_read_back": sum(o.size for o in back),
+        "bytes_read_back": sum(o.stored_bytes for o in back),
     }
 
 
@@ -126,6 +128,17 @@ def render_verify_markdown(result: dict[str, Any]) -> str:
         f"{checked['bytes_read_back']} bytes)",
     ]
     lines += [f"- **{p['object']}**: {p['problem']}" for p in result["problems"]]
+    encryption = result.get("encryption")
+    if encryption:
+        lines.append(
+            f"- encrypted ({encryption['scheme']}, key id `{encryption['key_id']}`): "
+            + (
+                "decrypted and authenticated"
+                if encryption["decrypted"]
+                else "stored objects checked without the key; the dump's table of contents "
+                "was not read"
+            )
+        )
     if result.get("dump"):
         lines.append(
             f"- dump: {result['dump']['toc_entries']} TOC entries, "
@@ -172,8 +185,13 @@ def verify(
             counts_before=counts_summary(manifest.row_counts, len(manifest.agents)),
         )
 
+        # Without any key the stored objects are still checked (checksums need no key); a
+        # drill, or a key ring that lacks the set's key, is refused in one sentence.
+        key_problem = missing_key(object_store, manifest)
+        if key_problem and (drill or key_ring_of(object_store)):
+            raise EncryptionKeyMissing(key_problem)
         problems = check_objects_task(object_store, manifest, read_data)
-        dump = check_dump_task(object_store, manifest) if not problems else None
+        dump = check_dump_task(object_store, manifest) if not problems and not key_problem else None
         drill_result = None
         if drill and not problems:
             target, dedicated = drill_target(server, drill_database)
@@ -182,8 +200,7 @@ def verify(
             drill_result = drill_task(object_store, manifest, target, dedicated)
         ok = (
             not problems
-            and dump is not None
-            and not dump["tables_missing"]
+            and (key_problem is not None or (dump is not None and not dump["tables_missing"]))
             and (drill_result is None or not drill_result["differences"])
         )
         result = {
@@ -197,6 +214,11 @@ def verify(
             "problems": problems,
             "dump": dump,
             "drill_result": drill_result,
+            "encryption": (
+                {**manifest.encryption.model_dump(), "decrypted": key_problem is None}
+                if manifest.encryption
+                else None
+            ),
         }
         record_verification(object_store, set_prefix(server_name, set_id), result)
         audit.update(

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from letta_ops.tasks.backup_manifest import MANIFEST_NAME, VERIFY_DIR, BackupManifest, set_prefix
 from letta_ops.tasks.backup_retention import BackupSetSummary
 from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.object_store import ObjectStore
+from letta_ops.tasks.object_store import ObjectRetention, ObjectStore
 
 PIN_MARKER = "pin.json"
 
@@ -58,6 +58,11 @@ def list_backup_sets(store: ObjectStore, server: str | None = None) -> list[Back
                 purpose=manifest.purpose if manifest else None,
                 last_modified=max(o.last_modified for o in objects),
                 size=sum(o.size for o in objects),
+                lock=ObjectRetention(
+                    mode=manifest.object_lock.mode, retain_until=manifest.object_lock.retain_until
+                )
+                if manifest and manifest.object_lock
+                else None,
             )
         )
     return sorted(summaries, key=lambda s: s.created_at or s.last_modified, reverse=True)

@@ -35,14 +35,63 @@ Purpose = Literal[
 
 
 class ManifestObject(BaseModel):
-    size: int = Field(description="Bytes stored.")
-    sha256: str = Field(description="sha256 hex digest of the stored bytes.")
+    size: int = Field(description="Bytes of the object's content (the plaintext if encrypted).")
+    sha256: str = Field(
+        description="sha256 hex digest of the content (the plaintext if encrypted): what a "
+        "restore compares after downloading."
+    )
     store_checksum: StoreChecksum | None = Field(
         default=None,
         description="The checksum the store computed and keeps with the object (S3: SHA256, "
         "FULL_OBJECT for a single upload, COMPOSITE for a multipart one): verification "
         "compares it with one metadata request. None (a local directory, a store that keeps "
         "none, sets written before it was recorded): verification re-reads the object.",
+    )
+    stored_size: int | None = Field(
+        default=None,
+        description="Bytes stored when the object is encrypted (header, frames and tags); "
+        "None: stored as it is (size).",
+    )
+    stored_sha256: str | None = Field(
+        default=None,
+        description="sha256 of the stored ciphertext when the object is encrypted: "
+        "verification without the key compares it; None: stored as it is (sha256).",
+    )
+
+    @property
+    def stored_bytes(self) -> int:
+        """What the store holds for this object, in bytes (verification compares it)."""
+        return self.size if self.stored_size is None else self.stored_size
+
+    @property
+    def stored_digest(self) -> str:
+        """The sha256 of what the store holds (verification compares it)."""
+        return self.sha256 if self.stored_sha256 is None else self.stored_sha256
+
+
+class SetEncryption(BaseModel):
+    """How a set's objects were encrypted on the client: enough to name the key a restore
+    needs, never the key. Unrelated to ``encryption_key_configured`` (Letta's own key)."""
+
+    scheme: str = Field(
+        description="Format of the encrypted objects, e.g. "
+        "letta-ops/aes-256-gcm-stream@1 (tasks/object_encryption.py)."
+    )
+    key_id: str = Field(description="Fingerprint of the master key (HKDF of it, one-way).")
+
+
+class ManifestLock(BaseModel):
+    """The S3 Object Lock every object of the set was written with (the manifest included)."""
+
+    mode: Literal["GOVERNANCE", "COMPLIANCE"] = Field(
+        description="GOVERNANCE (a principal allowed s3:BypassGovernanceRetention can lift "
+        "it) or COMPLIANCE (nobody can, until it ends)."
+    )
+    days: float = Field(description="The retention asked for (--lock-days).")
+    retain_until: datetime = Field(
+        description="When the lock of the set's objects ends: until then S3 refuses to "
+        "delete them and prune keeps the set. Records added later (verifications, audit) "
+        "may carry a later date of their own; prune reads the store before deleting."
     )
 
 
@@ -76,6 +125,11 @@ class BackupManifest(BaseModel):
     encryption_key_configured: bool | None = Field(
         default=None, description="Whether LETTA_ENCRYPTION_KEY was set (never the key)."
     )
+    encryption: SetEncryption | None = Field(
+        default=None,
+        description="Client-side encryption of every object but the manifest and the catalog "
+        "records (verifications, audit, journal): scheme and key id. None: stored as written.",
+    )
     row_counts: dict[str, int] = Field(description="Per-table counts in the dump's snapshot.")
     dump: str = Field(description="Key of the pg_dump (custom format).")
     dump_compression: str | None = Field(
@@ -92,6 +146,9 @@ class BackupManifest(BaseModel):
         description="Files the runtime changes on a start (a compose file), by name -> object "
         "key in this set; a rollback to the set puts them back.",
     )
+    object_lock: ManifestLock | None = Field(
+        default=None, description="The set's S3 Object Lock retention; None: not locked."
+    )
 
     @property
     def failed_agents(self) -> list[AgentEntry]:
@@ -103,6 +160,32 @@ class BackupManifest(BaseModel):
     @classmethod
     def from_json(cls, data: bytes) -> BackupManifest:
         return cls.model_validate_json(data)
+
+
+#: Entries of a set that stay plaintext when the set is encrypted: the manifest (so `backups
+#: list`, `prune` and a key-less verify can read it) and the catalog records beside it, which
+#: hold only what the manifest already says (verification results, redacted audit records,
+#: the run journal's steps); ``pin.json`` is a marker. Names kept in step with
+#: ``tasks/audit_store.py`` (SET_AUDIT_DIR, STORE_AUDIT_DIR) and ``tasks/run_journal.py``.
+PLAINTEXT_FILES = frozenset({MANIFEST_NAME, "pin.json"})
+PLAINTEXT_DIRS = frozenset({VERIFY_DIR, "audit", "journal"})
+STORE_AUDIT_DIR = "audit"
+
+
+def stays_plaintext(key: str) -> bool:
+    """Whether an object of the store stays plaintext under client-side encryption: the
+    catalog entries of a set (``SERVER/SET_ID/...``, see :data:`PLAINTEXT_FILES`) and the
+    store's own audit records (``audit/NAME.json``). Everything else is encrypted, so an
+    object nobody listed here is never left readable."""
+    parts = key.split("/")
+    if len(parts) == 2:
+        return parts[0] == STORE_AUDIT_DIR
+    if len(parts) < 3:
+        return False
+    inside = parts[2:]
+    if len(inside) == 1:
+        return inside[0] in PLAINTEXT_FILES
+    return inside[0] in PLAINTEXT_DIRS
 
 
 def new_set_id(now: datetime | None = None, run_id: str = "") -> str:

@@ -8,12 +8,17 @@ pointing at missing objects.
 Rules (DESIGN.md, "Backup sets"): sets are ordered by *manifest* time (object times change
 when a store is copied or restored, the manifest does not), and retention never deletes the
 newest verified set of a server nor a pinned set (e.g. the one taken before an upgrade).
+
+S3 Object Lock: a set with an object still locked is never deleted (S3 would refuse, or in a
+versioned bucket only hide it behind delete markers); the plan keeps it, says why and from
+when it becomes prunable. :func:`plan_around_locks` reads the locks from the store itself
+(records added to a set later may be locked longer than its manifest says).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +26,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from letta_ops.tasks.backup_manifest import MANIFEST_NAME
 from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.object_store import ObjectStore
+from letta_ops.tasks.object_store import ObjectRetention, ObjectStore
 
 #: Marker object that pins a set after the fact (a manifest is never rewritten).
 PIN_NAME = "pin.json"
@@ -46,6 +51,12 @@ class BackupSetSummary:
     purpose: str | None
     last_modified: datetime  # newest object in the set: the age of an incomplete set
     size: int
+    #: S3 Object Lock still (or once) holding the set's objects: from its manifest, or read
+    #: from the store for the sets a plan would delete.
+    lock: ObjectRetention | None = None
+
+    def locked(self, now: datetime) -> bool:
+        return self.lock is not None and self.lock.active(_utc(now))
 
 
 class RetentionPolicy(BaseModel):
@@ -81,10 +92,18 @@ class RetentionPolicy(BaseModel):
 
 @dataclass
 class Decision:
-    """One set and why it is kept (or deleted)."""
+    """One set and why it is kept (or deleted); ``prunable_after`` is set when only an
+    Object Lock keeps it: the moment the lock ends (None with a legal hold: when lifted)."""
 
     set: BackupSetSummary
     reasons: list[str] = field(default_factory=list)
+    held_by_lock: bool = False
+
+    @property
+    def prunable_after(self) -> datetime | None:
+        if not self.held_by_lock or self.set.lock is None:
+            return None
+        return self.set.lock.retain_until
 
 
 @dataclass
@@ -106,9 +125,34 @@ class RetentionPlan:
                 "verified": d.set.verified,
                 "pinned": d.set.pinned,
                 "size": d.set.size,
+                "lock_mode": d.set.lock.mode if d.set.lock else None,
+                "locked_until": _iso(d.set.lock.retain_until) if d.set.lock else None,
+                "prunable_after": _iso(d.prunable_after),
             }
             for d, action in rows
         ]
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return _utc(moment).isoformat() if moment else None
+
+
+def lock_reason(lock: ObjectRetention) -> str:
+    """Why a set the policy would delete stays, and from when it can go."""
+    if lock.retain_until is None:
+        return "under an S3 legal hold: prunable once the hold is lifted"
+    until = _utc(lock.retain_until).isoformat()
+    return f"locked ({lock.mode.lower()}) until {until}: prunable after that"
+
+
+def _held_or_deleted(
+    summary: BackupSetSummary, reasons: list[str], now: datetime
+) -> tuple[bool, Decision]:
+    """(kept?, decision) for a set no rule keeps: an active Object Lock keeps it anyway."""
+    if summary.locked(now):
+        assert summary.lock is not None
+        return True, Decision(summary, [lock_reason(summary.lock)], held_by_lock=True)
+    return False, Decision(summary, reasons)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -167,7 +211,8 @@ def _plan_server(
         if reasons:
             keep.append(Decision(summary, reasons))
         else:
-            delete.append(Decision(summary, [REASON_UNSELECTED]))
+            kept, decision = _held_or_deleted(summary, [REASON_UNSELECTED], now)
+            (keep if kept else delete).append(decision)
 
     grace = timedelta(hours=policy.incomplete_grace_hours)
     incomplete = [s for s in sets if not (s.complete and s.created_at is not None)]
@@ -178,7 +223,8 @@ def _plan_server(
             if summary.pinned:
                 keep.append(Decision(summary, [REASON_PINNED]))
             else:
-                delete.append(Decision(summary, [reason]))
+                kept, decision = _held_or_deleted(summary, [reason], now)
+                (keep if kept else delete).append(decision)
         else:
             reasons = [REASON_INCOMPLETE_RUNNING] + ([REASON_PINNED] if summary.pinned else [])
             keep.append(Decision(summary, reasons))
@@ -203,6 +249,23 @@ def plan_retention(
     return plan
 
 
+def plan_around_locks(
+    store: ObjectStore, sets: list[BackupSetSummary], policy: RetentionPolicy, now: datetime
+) -> RetentionPlan:
+    """:func:`plan_retention`, with the Object Lock of every set it would delete read from
+    the store (the newest lock of any object version under the set), then planned again.
+
+    Only the candidates are read (one request per object), so kept sets cost nothing; a store
+    that cannot lock (a directory, a bucket without Object Lock) answers at once.
+    """
+    first = plan_retention(sets, policy, now)
+    if not first.delete:
+        return first
+    read = {d.set.prefix: store.active_lock(d.set.prefix, _utc(now)) for d in first.delete}
+    updated = [replace(s, lock=read[s.prefix]) if s.prefix in read else s for s in sets]
+    return plan_retention(updated, policy, now)
+
+
 def execute_plan(
     store: ObjectStore, plan: RetentionPlan, log: Callable[[str], None] = lambda m: None
 ) -> list[str]:
@@ -210,8 +273,9 @@ def execute_plan(
 
     The manifest goes first: if the prune is interrupted, what remains is an *incomplete* set
     (never offered for restore, removed by a later run) rather than a manifest that promises
-    objects that are gone. Pins are re-checked just before deleting because the plan may have
-    been made (and shown) a while ago.
+    objects that are gone. Pins and Object Locks are re-checked just before deleting because
+    the plan may have been made (and shown) a while ago: a locked object is never sent a
+    delete.
     """
     for decision in plan.delete:
         # "srv/20260101T000000Z-a" without the slash would also match "...-ab/": refuse early.
@@ -223,6 +287,10 @@ def execute_plan(
         prefix = summary.prefix
         if summary.pinned or store.exists(prefix + PIN_NAME):
             log(f"Skipping {summary.server}/{summary.set_id}: it was pinned after planning.")
+            continue
+        lock = store.active_lock(prefix, datetime.now(UTC))
+        if lock is not None:
+            log(f"Skipping {summary.server}/{summary.set_id}: {lock_reason(lock)}.")
             continue
         log(f"Deleting {summary.server}/{summary.set_id} ({', '.join(decision.reasons)}).")
         store.delete(prefix + MANIFEST_NAME)

@@ -14,6 +14,7 @@ from letta_ops.tasks.backup_catalog import BackupSetError, list_backup_sets
 from letta_ops.tasks.backup_manifest import BackupManifest
 from letta_ops.tasks.backup_retention import BackupSetSummary
 from letta_ops.tasks.backup_verification import check_objects
+from letta_ops.tasks.object_encryption import HOW_TO_SUPPLY, EncryptionKeyMissing, key_ring_of
 from letta_ops.tasks.object_store import ObjectStore
 
 
@@ -42,15 +43,42 @@ def require_same_server(manifest: BackupManifest, server: str) -> None:
         )
 
 
+def missing_key(store: ObjectStore, manifest: BackupManifest) -> str | None:
+    """Why the set cannot be decrypted with the store's keys, as one sentence; None when it
+    can (or is not encrypted)."""
+    encryption = manifest.encryption
+    ring = key_ring_of(store)
+    if encryption is None or ring.get(encryption.key_id) is not None:
+        return None
+    have = (
+        f"none of the configured keys ({ring.describe()}) is that key"
+        if ring
+        else "no encryption key is configured"
+    )
+    return (
+        f"Backup set {manifest.server}/{manifest.set_id} is encrypted with key id "
+        f"{encryption.key_id} and {have}; supply that key with {HOW_TO_SUPPLY}."
+    )
+
+
+def require_key(store: ObjectStore, manifest: BackupManifest) -> None:
+    """Refuse, before anything is stopped or downloaded, a set whose key is not configured."""
+    problem = missing_key(store, manifest)
+    if problem:
+        raise EncryptionKeyMissing(problem)
+
+
 def require_intact(
     store: ObjectStore, manifest: BackupManifest, keys: Iterable[str] | None = None
 ) -> int:
     """Check the set's objects (or only ``keys``) as ``verify`` does -- the store's recorded
-    checksum where there is one, else re-read -- and refuse on any size or checksum mismatch.
-    The restore itself still compares the downloaded dump's sha256 with the manifest.
+    checksum where there is one, else re-read -- and refuse on any size or checksum mismatch,
+    or when the set is encrypted with a key that is not configured. The restore itself still
+    decrypts (authenticating every frame) and compares the dump's sha256 with the manifest.
 
     Returns how many objects were checked.
     """
+    require_key(store, manifest)
     wanted = set(manifest.objects) if keys is None else set(keys)
     unknown = sorted(wanted - set(manifest.objects))
     if unknown:

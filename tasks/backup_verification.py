@@ -29,8 +29,14 @@ from letta_ops.tasks.letta_postgres import (
     reset_schema_in_place,
     table_row_counts,
 )
+from letta_ops.tasks.object_encryption import stored_form
 from letta_ops.tasks.object_store import ObjectStore
-from letta_ops.tasks.postgres_dump import PgToolError, list_dump, restore_dump, tables_in_dump
+from letta_ops.tasks.postgres_dump import (
+    PgToolError,
+    list_dump,
+    restore_dump_streaming,
+    tables_in_dump,
+)
 from letta_ops.tasks.postgres_privileges import (
     PrivilegeRefused,
     choose_reset_mode,
@@ -58,8 +64,11 @@ def check_objects(
     """Check every object the manifest lists; return one problem per bad object.
 
     An object with a recorded store checksum costs one metadata request (size and checksum);
-    the others, and every object with ``read_data``, are read back and hashed.
+    the others, and every object with ``read_data``, are read back and hashed. What is
+    checked is what the store holds -- the ciphertext of an encrypted set -- so this needs no
+    key; decrypting authenticates the content on top (the dump's TOC, every restore).
     """
+    store = stored_form(store)
     items = sorted(manifest.objects.items())
     with ThreadPoolExecutor(CHECK_WORKERS, thread_name_prefix="check-object") as pool:
         found = list(pool.map(lambda item: _object_problem(store, *item, read_data), items))
@@ -82,17 +91,17 @@ def _object_problem(
 
 def _problem_read_back(store: ObjectStore, key: str, expected: ManifestObject) -> str | None:
     actual = store.hash_object(key)
-    if actual.size != expected.size:
-        return f"size {actual.size} != manifest {expected.size}"
-    if actual.sha256 != expected.sha256:
+    if actual.size != expected.stored_bytes:
+        return f"size {actual.size} != manifest {expected.stored_bytes}"
+    if actual.sha256 != expected.stored_digest:
         return "sha256 differs from the manifest"
     return None
 
 
 def _problem_in_metadata(store: ObjectStore, key: str, expected: ManifestObject) -> str | None:
     actual = store.metadata(key)
-    if actual.size != expected.size:
-        return f"size {actual.size} != manifest {expected.size}"
+    if actual.size != expected.stored_bytes:
+        return f"size {actual.size} != manifest {expected.stored_bytes}"
     recorded = expected.store_checksum
     assert recorded is not None  # objects without one are read back
     if not recorded.matches(actual.store_checksum):
@@ -118,6 +127,41 @@ def downloaded(store: ObjectStore, key: str, expected_sha256: str | None = None)
         path.chmod(0o644)
         Path(tmp).chmod(0o755)
         yield path
+
+
+def set_dump_toc(store: ObjectStore, manifest: BackupManifest) -> list[str]:
+    """The set's dump's table of contents, from its first bytes (decrypted when the set is
+    encrypted: a wrong key fails here, before anything is created or emptied)."""
+    expected = manifest.objects.get(manifest.dump)
+    size = expected.size if expected else store.metadata(manifest.dump).size
+    return read_dump_toc(store, manifest.dump, size, default_pg_bin_dir())[0]
+
+
+def restore_set_dump(
+    store: ObjectStore,
+    manifest: BackupManifest,
+    db: LettaDatabase,
+    jobs: int = 2,
+    toc: list[str] | None = None,
+) -> list[str]:
+    """Restore the set's dump into ``db`` while it downloads (one sequential read of the
+    object, decrypted and authenticated frame by frame when encrypted); returns the errors
+    pg_restore was allowed. The sha256 of every byte read must equal the manifest's.
+
+    ``db`` must hold nothing to lose (a scratch database, or one swapped in afterwards):
+    see :func:`letta_ops.tasks.postgres_dump.restore_dump_streaming`.
+    """
+    expected = manifest.objects.get(manifest.dump)
+    toc = toc if toc is not None else set_dump_toc(store, manifest)
+    with (
+        tempfile.TemporaryDirectory(prefix="letta-ops-dump-") as tmp,
+        store.open_read(manifest.dump) as stream,
+    ):
+        Path(tmp).chmod(0o755)  # a local pg_restore may run as another user; the file is 0644
+        restored = restore_dump_streaming(db, stream, toc, Path(tmp) / "database.dump", jobs)
+    if expected and (restored.sha256, restored.size) != (expected.sha256, expected.size):
+        raise PgToolError(f"{manifest.dump} does not match its sha256 in the manifest.")
+    return restored.warnings
 
 
 def check_dump(store: ObjectStore, manifest: BackupManifest, bin_dir: Path | None = None) -> dict:
@@ -213,13 +257,15 @@ def drill(
     role may not create databases (managed PostgreSQL): then the drill resets that database's
     schema in place, restores into it, and empties it again afterwards.
     """
+    # The table of contents is read (decrypted and authenticated) before the scratch database
+    # exists: a wrong key or a damaged archive header never gets as far as creating one. The
+    # rest restores while it downloads: the scratch database holds nothing to lose.
+    toc = set_dump_toc(store, manifest)
     with scratch_database(target, manifest.db_schema, dedicated, purpose="drill") as (
         scratch,
         in_place,
     ):
-        expected = manifest.objects.get(manifest.dump)
-        with downloaded(store, manifest.dump, expected.sha256 if expected else None) as path:
-            warnings = restore_dump(scratch, path, jobs=jobs)
+        warnings = restore_set_dump(store, manifest, scratch, jobs, toc)
         counts = table_row_counts(scratch)
     differences = compare_counts(manifest.row_counts, counts)
     return {

@@ -6,9 +6,11 @@ it: ``letta-ops --help`` must not import Prefect or SQLAlchemy to print them.
 
 CHECK_NAMES = (
     "health",
+    "server-auth",
     "runtime",
     "alembic",
     "pgvector",
+    "pg-tools",
     "restore-privileges",
     "interrupted-run",
     "agent-names",
@@ -19,4 +21,7 @@ CHECK_NAMES = (
     "compose-pin",
     "dump-space",
     "backup-age",
+    "backup-lock",
+    "backup-delete",
+    "backup-encryption",
 )

@@ -73,6 +73,32 @@ def drop_database(db: LettaDatabase) -> None:
         conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quote_ident(db.database_name)}"))
 
 
+#: Suffix of the database a recreate-mode restore fills before it replaces the live one.
+INCOMING_SUFFIX = "_lops_incoming"
+
+
+def incoming_database(db: LettaDatabase) -> LettaDatabase:
+    """The database a restore fills beside ``db`` (same server and credentials) and swaps in
+    only once it is complete: the live database stays as it was until then."""
+    return db.for_database(db.database_name[: 63 - len(INCOMING_SUFFIX)] + INCOMING_SUFFIX)
+
+
+def swap_in_database(incoming: LettaDatabase, live: LettaDatabase) -> None:
+    """Replace ``live`` by ``incoming``: drop it (ending its sessions), rename ``incoming``.
+
+    Between the two statements no database has the live name; a crash there leaves the
+    complete incoming copy, which a rerun of the restore replaces from the set anyway.
+    """
+    drop_database(live)
+    with connect(live.for_database("postgres"), autocommit=True) as conn:
+        conn.execute(
+            sa.text(
+                f"ALTER DATABASE {quote_ident(incoming.database_name)} "
+                f"RENAME TO {quote_ident(live.database_name)}"
+            )
+        )
+
+
 def reset_schema_in_place(db: LettaDatabase) -> int:
     """Drop every object of Letta's schema that no extension owns; keep the database, the
     schema and pgvector. Returns how many objects were dropped.

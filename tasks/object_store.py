@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
@@ -136,6 +136,106 @@ class ListedObject:
     key: str
     size: int
     last_modified: datetime
+
+
+# --------------------------------------------------------------------------------------------
+# S3 Object Lock
+# --------------------------------------------------------------------------------------------
+
+#: S3 Object Lock's retention modes: GOVERNANCE can be lifted by a principal allowed
+#: s3:BypassGovernanceRetention, COMPLIANCE by nobody (not even the account root) until it ends.
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+#: Mode reported for an object under a legal hold: locked with no end date.
+LEGAL_HOLD = "LEGAL_HOLD"
+
+
+def parse_lock_mode(text: str | None) -> str:
+    """``governance`` / ``compliance`` in any case -> S3's spelling; GOVERNANCE when empty."""
+    mode = (text or "GOVERNANCE").strip().upper()
+    if mode not in LOCK_MODES:
+        raise Refused(f"Object Lock mode {text!r} is not known; use 'governance' or 'compliance'.")
+    return mode
+
+
+@dataclass(frozen=True)
+class ObjectRetention:
+    """A lock on stored objects: its mode and the moment it ends (None: a legal hold, which
+    ends only when someone lifts it)."""
+
+    mode: str
+    retain_until: datetime | None
+
+    def active(self, now: datetime) -> bool:
+        """Whether S3 still refuses to delete the object at ``now``."""
+        return self.retain_until is None or self.retain_until > now
+
+    def describe(self) -> str:
+        if self.retain_until is None:
+            return "under a legal hold (no end date)"
+        return f"locked ({self.mode.lower()}) until {self.retain_until.isoformat()}"
+
+
+@dataclass(frozen=True)
+class ObjectLock:
+    """What a backup asks for: every object written gets ``mode`` retention for ``days``.
+
+    ``days`` may be fractional (S3 takes a retain-until *date* per object, to the second);
+    operators use whole days, tests use seconds.
+    """
+
+    mode: str
+    days: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", parse_lock_mode(self.mode))
+        if not self.days > 0:
+            raise Refused(f"Object Lock days must be above zero, not {self.days!r}.")
+
+    def retention(self, now: datetime) -> ObjectRetention:
+        """The retention of objects written from ``now``: rounded up to a whole second,
+        because S3 stores retain-until dates to the second."""
+        until = now.astimezone(UTC) + timedelta(days=self.days)
+        if until.microsecond:
+            until = until.replace(microsecond=0) + timedelta(seconds=1)
+        return ObjectRetention(mode=self.mode, retain_until=until)
+
+
+def object_lock_from_settings(
+    days: float | str | None, mode: str | None, *, source: str = "--lock-days"
+) -> ObjectLock | None:
+    """An :class:`ObjectLock` from a flag, variable or block field; None when ``days`` is
+    empty or zero (no lock asked for)."""
+    if days is None or (isinstance(days, str) and not days.strip()):
+        return None
+    try:
+        value = float(days)
+    except ValueError as exc:
+        raise Refused(f"{source} must be a number of days, not {days!r}.") from exc
+    if value == 0:
+        return None
+    if value < 0:
+        raise Refused(f"{source} must be a positive number of days, not {days!r}.")
+    return ObjectLock(mode=parse_lock_mode(mode), days=value)
+
+
+@dataclass(frozen=True)
+class BucketLockConfiguration:
+    """A bucket's Object Lock settings (``GetObjectLockConfiguration``)."""
+
+    enabled: bool
+    default_mode: str | None = None
+    default_days: int | None = None
+    default_years: int | None = None
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "Object Lock is not enabled"
+        if not self.default_mode:
+            return "Object Lock is enabled, no default retention"
+        period = (
+            f"{self.default_days} day(s)" if self.default_days else f"{self.default_years} year(s)"
+        )
+        return f"Object Lock is enabled, default retention {self.default_mode.lower()} {period}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,6 +395,22 @@ class ObjectStore(ABC):
     def describe(self) -> str:
         """Where this store points, as a URL safe for logs and the audit (never credentials)."""
 
+    #: The retention every object this store writes gets (S3 Object Lock); None: unlocked.
+    retention: ObjectRetention | None = None
+
+    def bucket_lock(self) -> BucketLockConfiguration | None:
+        """The store's Object Lock settings; None where the store has no such thing (a
+        directory)."""
+        return None
+
+    def active_lock(self, prefix: str, now: datetime) -> ObjectRetention | None:
+        """The lock that still holds an object under ``prefix`` at ``now`` (the one ending
+        last; a legal hold beats any date), or None when every object may be deleted.
+
+        Retention (prune) asks this before deleting a set: a store that cannot lock says None.
+        """
+        return None
+
 
 # --------------------------------------------------------------------------------------------
 # S3
@@ -347,6 +463,7 @@ class S3ObjectStore(ObjectStore):
         part_size: int = DEFAULT_PART_SIZE,
         download_part_size: int = DOWNLOAD_PART_SIZE,
         download_workers: int = DOWNLOAD_WORKERS,
+        lock: ObjectLock | None = None,
     ) -> None:
         if not bucket or "/" in bucket:
             raise Refused(f"S3 bucket name {bucket!r} is empty or contains '/'.")
@@ -367,6 +484,12 @@ class S3ObjectStore(ObjectStore):
         self.conditional_writes = True
         #: Turned off (and said once) when the store keeps no checksum with what it stores.
         self.keeps_checksums = True
+        #: With a lock, every object this store writes is locked until the *same* moment
+        #: (this store's creation plus the lock's days): a backup set opens its own store, so
+        #: the whole set becomes prunable at one date, the one its manifest records.
+        self.lock = lock
+        self.retention = lock.retention(datetime.now(UTC)) if lock else None
+        self._bucket_lock: BucketLockConfiguration | None = None
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -382,6 +505,161 @@ class S3ObjectStore(ObjectStore):
 
     def _relative(self, full_key: str) -> str:
         return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    # -- Object Lock --------------------------------------------------------------------------
+
+    def bucket_lock(self) -> BucketLockConfiguration:
+        """The bucket's Object Lock configuration (one request, then remembered)."""
+        from botocore.exceptions import ClientError
+
+        if self._bucket_lock is not None:
+            return self._bucket_lock
+        try:
+            response = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            # Not configured, or a store that has no Object Lock at all (501 NotImplemented).
+            if _error_code(exc) not in {
+                "ObjectLockConfigurationNotFoundError",
+                "NotImplemented",
+                "MethodNotAllowed",
+            } and not _is_conditional_unsupported(exc):
+                raise
+            self._bucket_lock = BucketLockConfiguration(enabled=False)
+            return self._bucket_lock
+        config = response.get("ObjectLockConfiguration") or {}
+        default = (config.get("Rule") or {}).get("DefaultRetention") or {}
+        self._bucket_lock = BucketLockConfiguration(
+            enabled=config.get("ObjectLockEnabled") == "Enabled",
+            default_mode=default.get("Mode"),
+            default_days=default.get("Days"),
+            default_years=default.get("Years"),
+        )
+        return self._bucket_lock
+
+    def _lock_enabled(self) -> bool:
+        """Whether the bucket has Object Lock, for deletes and prune plans; credentials not
+        allowed to read the configuration (older prune credentials) are taken as "no lock",
+        said once, and S3 itself still refuses to delete a locked version."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.bucket_lock().enabled
+        except ClientError as exc:
+            if _error_code(exc) != "AccessDenied" and _http_status(exc) != 403:
+                raise
+            logger.warning(
+                "%s: these credentials may not read the bucket's Object Lock configuration "
+                "(allow s3:GetBucketObjectLockConfiguration); treating it as unlocked.",
+                self.describe(),
+            )
+            self._bucket_lock = BucketLockConfiguration(enabled=False)
+            return False
+
+    def require_object_lock(self) -> None:
+        """Refuse a lock the bucket cannot keep, before anything is written.
+
+        Why refuse rather than write unlocked: an operator who asked for immutable sets and
+        silently got deletable ones finds out only when the sets are gone.
+        """
+        from botocore.exceptions import ClientError
+
+        if self.lock is None:
+            return
+        try:
+            enabled = self.bucket_lock().enabled
+        except ClientError as exc:
+            raise Refused(
+                f"Could not read the Object Lock configuration of bucket {self.bucket!r} "
+                f"({_error_code(exc) or exc}); allow s3:GetBucketObjectLockConfiguration to "
+                "the backup credentials, or drop --lock-days."
+            ) from exc
+        if not enabled:
+            raise Refused(
+                f"Bucket {self.bucket!r} does not have Object Lock enabled, so its objects "
+                "cannot be locked; back up into a bucket created with Object Lock (aws s3api "
+                "create-bucket --object-lock-enabled-for-bucket) or drop --lock-days / "
+                "LETTA_OPS_LOCK_DAYS."
+            )
+
+    def _lock_arguments(self) -> dict[str, Any]:
+        """Request arguments that lock a new object (PutObject, CreateMultipartUpload).
+
+        S3 requires a checksum header on such uploads; every upload here sends SHA-256.
+        """
+        if self.retention is None:
+            return {}
+        self.require_object_lock()
+        return {
+            "ObjectLockMode": self.retention.mode,
+            "ObjectLockRetainUntilDate": self.retention.retain_until,
+        }
+
+    def _versions(self, full_prefix: str) -> Iterator[dict[str, Any]]:
+        """Every version and delete marker under ``full_prefix`` (``ListObjectVersions``)."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
+        while True:
+            response = self.client.list_object_versions(**kwargs)
+            for item in response.get("Versions", []) or []:
+                yield {**item, "DeleteMarker": False}
+            for item in response.get("DeleteMarkers", []) or []:
+                yield {**item, "DeleteMarker": True}
+            if not response.get("IsTruncated"):
+                return
+            kwargs["KeyMarker"] = response.get("NextKeyMarker")
+            kwargs["VersionIdMarker"] = response.get("NextVersionIdMarker")
+
+    def active_lock(self, prefix: str, now: datetime) -> ObjectRetention | None:
+        """Read the retention of every object version under ``prefix`` (one HEAD each).
+
+        Versions, not only current objects: in a locked bucket an object "deleted" without a
+        version id is only hidden behind a delete marker, and its locked version stays.
+        Nothing is asked of a bucket without Object Lock.
+        """
+        if not prefix:
+            raise Refused("Refusing to read locks with an empty prefix (the whole store).")
+        if not self._lock_enabled():
+            return None
+        latest: ObjectRetention | None = None
+        for version in self._versions(self._full_prefix(prefix)):
+            if version["DeleteMarker"]:
+                continue
+            head = self.client.head_object(
+                Bucket=self.bucket, Key=version["Key"], VersionId=version["VersionId"]
+            )
+            retention = _retention_in(head)
+            if retention is None or not retention.active(now):
+                continue
+            if retention.retain_until is None:  # a legal hold: nothing ends it by date
+                return retention
+            if latest is None or retention.retain_until > (latest.retain_until or now):
+                latest = retention
+        return latest
+
+    def _ensure_retention(self, key: str, full_key: str, version_id: str | None) -> None:
+        """Make sure a just-completed multipart upload holds this store's lock.
+
+        S3 takes the lock from CreateMultipartUpload; some S3-compatible stores (moto among
+        them) drop it when the upload completes. Then PutObjectRetention sets it, and an
+        object that still is not locked fails the upload rather than pass as locked.
+        """
+        assert self.retention is not None and self.retention.retain_until is not None
+        target: dict[str, Any] = {"Bucket": self.bucket, "Key": full_key}
+        if version_id:
+            target["VersionId"] = version_id
+        if _holds(_retention_in(self.client.head_object(**target)), self.retention):
+            return
+        self.client.put_object_retention(
+            **target,
+            Retention={
+                "Mode": self.retention.mode,
+                "RetainUntilDate": self.retention.retain_until,
+            },
+        )
+        if not _holds(_retention_in(self.client.head_object(**target)), self.retention):
+            raise OSError(
+                f"{self.describe()} did not keep the Object Lock of {key!r}; use a store that "
+                "supports S3 Object Lock on multipart uploads, or drop --lock-days."
+            )
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -412,6 +690,7 @@ class S3ObjectStore(ObjectStore):
         self, key: str, stream: BinaryIO, *, progress: ProgressCallback | None = None
     ) -> StoredObject:
         full_key = self._full_key(key)
+        self.require_object_lock()  # a lock the bucket cannot keep: refused before writing
         if self.exists(key):
             raise ObjectExistsError(
                 f"Object {key!r} already exists in {self.describe()}; backups are never "
@@ -431,6 +710,7 @@ class S3ObjectStore(ObjectStore):
                 Key=full_key,
                 Body=data,
                 **_checksum_arguments(sent.value),
+                **self._lock_arguments(),
             )
             if progress is not None:
                 progress(len(data))
@@ -446,6 +726,7 @@ class S3ObjectStore(ObjectStore):
             Key=full_key,
             ChecksumAlgorithm=STORE_CHECKSUM_ALGORITHM,
             ChecksumType="COMPOSITE",
+            **self._lock_arguments(),
         )["UploadId"]
         parts: list[dict[str, Any]] = []
         #: S3's COMPOSITE checksum: the sha256 of the parts' sha256 digests, in order.
@@ -491,6 +772,8 @@ class S3ObjectStore(ObjectStore):
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
             )
+            if self.retention is not None:
+                self._ensure_retention(key, full_key, response.get("VersionId"))
         except BaseException:
             # Nothing partial may stay visible or billable: abort, then report the real error.
             try:
@@ -674,28 +957,47 @@ class S3ObjectStore(ObjectStore):
     # -- deletes ------------------------------------------------------------------------------
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._full_key(key))
+        """Delete one object; in a bucket with Object Lock, every version of it.
+
+        Why versions there: Object Lock buckets are versioned, and a delete without a version
+        id only hides the object behind a delete marker while its data stays (and is billed)
+        forever. A version still locked makes S3 refuse (AccessDenied); retention asks
+        :meth:`active_lock` first so that never happens.
+        """
+        full_key = self._full_key(key)
+        if not self._lock_enabled():
+            self.client.delete_object(Bucket=self.bucket, Key=full_key)
+            return
+        for version in list(self._versions(full_key)):
+            if version["Key"] == full_key:
+                self.client.delete_object(
+                    Bucket=self.bucket, Key=full_key, VersionId=version["VersionId"]
+                )
 
     def delete_prefix(self, prefix: str) -> int:
         """Batch-delete (1000 keys per request), one by one where the store refuses batches.
 
         Some S3-compatible stores reject ``DeleteObjects`` because of its checksum header; the
-        fallback keeps retention working there.
+        fallback keeps retention working there. In a bucket with Object Lock every version
+        and delete marker goes (see :meth:`delete`). Returns the number of objects deleted.
         """
         from botocore.exceptions import ClientError
 
         if not prefix:
             raise Refused("Refusing to delete with an empty prefix (it would wipe the store).")
-        keys = [item.key for item in self.list(prefix)]
-        for start in range(0, len(keys), 1000):
-            batch = keys[start : start + 1000]
+        entries: list[dict[str, str]]
+        if self._lock_enabled():
+            versions = list(self._versions(self._full_prefix(prefix)))
+            entries = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in versions]
+            count = len({v["Key"] for v in versions if not v["DeleteMarker"]})
+        else:
+            entries = [{"Key": self._full_key(item.key)} for item in self.list(prefix)]
+            count = len(entries)
+        for start in range(0, len(entries), 1000):
+            batch = entries[start : start + 1000]
             try:
                 response = self.client.delete_objects(
-                    Bucket=self.bucket,
-                    Delete={
-                        "Objects": [{"Key": self._full_key(k)} for k in batch],
-                        "Quiet": True,
-                    },
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
                 )
             except ClientError as exc:
                 if _error_code(exc) not in {
@@ -706,8 +1008,8 @@ class S3ObjectStore(ObjectStore):
                     "BadDigest",
                 }:
                     raise
-                for k in batch:
-                    self.delete(k)
+                for entry in batch:
+                    self.client.delete_object(Bucket=self.bucket, **entry)
                 continue
             errors = response.get("Errors") or []
             if errors:
@@ -716,10 +1018,73 @@ class S3ObjectStore(ObjectStore):
                     f"{len(errors)} objects under {prefix!r} could not be deleted from "
                     f"{self.describe()}; first: {first.get('Key')!r}: {first.get('Message')}"
                 )
-        return len(keys)
+        return count
+
+    def probe_delete(self) -> bool:
+        """Whether these credentials may delete objects, asked without deleting anything.
+
+        ``DeleteObject`` of a random key that does not exist: S3 answers 204 when the
+        credentials may delete and AccessDenied when not. In a versioned bucket (Object Lock)
+        the answer is a delete marker for that key; it is removed again (by its version id)
+        when the credentials allow it, and hides nothing since the key never existed.
+        """
+        from botocore.exceptions import ClientError
+
+        key = f"letta-ops-delete-probe-{secrets.token_hex(12)}"
+        if self.exists(key):  # never delete a real object, however unlikely the name
+            raise OSError(f"The probe key {key!r} exists in {self.describe()}; run again.")
+        full_key = self._full_key(key)
+        try:
+            response = self.client.delete_object(Bucket=self.bucket, Key=full_key)
+        except ClientError as exc:
+            if _error_code(exc) in {"AccessDenied", "AllAccessDisabled"} or _http_status(exc) in {
+                401,
+                403,
+            }:
+                return False
+            raise
+        marker = response.get("VersionId")
+        if marker and response.get("DeleteMarker"):
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=full_key, VersionId=marker)
+            except ClientError as exc:
+                logger.warning(
+                    "The delete probe left a delete marker on %r in %s (%s); it hides nothing.",
+                    key,
+                    self.describe(),
+                    _error_code(exc) or exc,
+                )
+        return True
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+def _retention_in(head: dict[str, Any]) -> ObjectRetention | None:
+    """The Object Lock a ``head_object`` response reports (a legal hold first), if any."""
+    if head.get("ObjectLockLegalHoldStatus") == "ON":
+        return ObjectRetention(mode=LEGAL_HOLD, retain_until=None)
+    until = head.get("ObjectLockRetainUntilDate")
+    mode = head.get("ObjectLockMode")
+    if not until or not mode:
+        return None
+    if isinstance(until, str):
+        until = datetime.fromisoformat(until.replace("Z", "+00:00"))
+    until = until.replace(tzinfo=UTC) if until.tzinfo is None else until.astimezone(UTC)
+    return ObjectRetention(mode=str(mode), retain_until=until)
+
+
+def _holds(kept: ObjectRetention | None, wanted: ObjectRetention) -> bool:
+    """Whether ``kept`` locks at least as long as ``wanted``, in the same mode."""
+    return (
+        kept is not None
+        and kept.mode == wanted.mode
+        and (
+            kept.retain_until is None
+            or wanted.retain_until is None
+            or kept.retain_until >= wanted.retain_until
+        )
+    )
 
 
 def _checksum_arguments(sha256_b64: str) -> dict[str, str]:
@@ -1020,7 +1385,46 @@ def open_store(
     return LocalObjectStore(location.path)
 
 
+def with_object_lock(store: ObjectStore, lock: ObjectLock | None) -> ObjectStore:
+    """``store`` writing every new object with ``lock`` (None: without any lock).
+
+    A new store object (the lock is constructor state: its retain-until date is fixed when
+    the store is made, so one backup set shares one date). Only S3 can lock objects.
+    """
+    inner = getattr(store, "inner", None)
+    if isinstance(inner, ObjectStore) and hasattr(store, "over"):
+        # A wrapper (client-side encryption): lock the store that holds the bytes.
+        return store.over(with_object_lock(inner, lock))
+    if not isinstance(store, S3ObjectStore):
+        if lock is None:
+            return store
+        raise Refused(
+            f"{store.describe()} cannot lock objects (S3 Object Lock needs an S3 bucket); "
+            "back up to s3://BUCKET/PREFIX or drop --lock-days / LETTA_OPS_LOCK_DAYS."
+        )
+    locked = S3ObjectStore(
+        store.client,
+        store.bucket,
+        store.prefix,
+        part_size=store.part_size,
+        download_part_size=store.download_part_size,
+        download_workers=store.download_workers,
+        lock=lock,
+    )
+    locked.conditional_writes = store.conditional_writes
+    locked.keeps_checksums = store.keeps_checksums
+    return locked
+
+
 __all__ = [
+    "LEGAL_HOLD",
+    "LOCK_MODES",
+    "BucketLockConfiguration",
+    "ObjectLock",
+    "ObjectRetention",
+    "object_lock_from_settings",
+    "parse_lock_mode",
+    "with_object_lock",
     "DEFAULT_PART_SIZE",
     "DOWNLOAD_PART_SIZE",
     "DOWNLOAD_WORKERS",

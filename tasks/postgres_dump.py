@@ -8,6 +8,7 @@ dump, so they are counted in the very transaction snapshot that pg_dump exports.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -17,6 +18,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import sqlalchemy as sa
 
@@ -37,7 +39,14 @@ DEFAULT_COMPRESSION = "gzip:6"
 TRANSACTION_TIMEOUT_FROM_MAJOR = 17
 
 
-__all__ = ["PgToolError", "dump_to_store", "list_dump", "restore_dump", "tables_in_dump"]
+__all__ = [
+    "PgToolError",
+    "dump_to_store",
+    "list_dump",
+    "restore_dump",
+    "restore_dump_streaming",
+    "tables_in_dump",
+]
 
 
 @dataclass(frozen=True)
@@ -230,6 +239,40 @@ def _toc(result: subprocess.CompletedProcess[str]) -> list[str]:
     return [line for line in result.stdout.splitlines() if line and not line.startswith(";")]
 
 
+@dataclass(frozen=True)
+class RestoreTarget:
+    """What a restore must know of its target before pg_restore runs."""
+
+    server_major: int
+    extensions: frozenset[str]
+    schemas: frozenset[str]
+
+    @classmethod
+    def of(cls, db: LettaDatabase) -> RestoreTarget:
+        with connect(db) as conn:
+            major = int(conn.execute(sa.text("SHOW server_version_num")).scalar()) // 10000
+            extensions = conn.execute(sa.text("SELECT extname FROM pg_extension")).scalars()
+            schemas = conn.execute(sa.text("SELECT nspname FROM pg_namespace")).scalars()
+            return cls(major, frozenset(extensions), frozenset(schemas))
+
+    def listing(self, toc: list[str]) -> str:
+        """The ``--use-list`` file's text: the TOC without what the target already has."""
+        keep = [line for line in toc if not _exists_in_target(line, self.extensions, self.schemas)]
+        return "\n".join(keep) + "\n"
+
+    def tolerated(self, returncode: int, stderr: str) -> list[str]:
+        """The expected errors of a finished pg_restore; raises on any other."""
+        errors = restore_errors(stderr)
+        real = [e for e in errors if not expected_restore_error(e, self.server_major)]
+        if real or (returncode != 0 and not errors):
+            raise PgToolError(f"pg_restore failed: {' | '.join(real or [stderr.strip()])[:2000]}")
+        return [e.splitlines()[0] for e in errors]
+
+
+#: pg_restore options every restore uses: the target's roles need not match the source's.
+RESTORE_OPTIONS = ("--no-owner", "--no-privileges", "--no-password")
+
+
 def restore_dump(db: LettaDatabase, dump_path: Path, jobs: int = 1) -> list[str]:
     """Restore a custom-format dump into ``db`` (emptied by ``empty_database``); returns the
     expected errors it tolerated.
@@ -239,30 +282,94 @@ def restore_dump(db: LettaDatabase, dump_path: Path, jobs: int = 1) -> list[str]
     role that is not their owner may not even comment on them), so every error pg_restore
     reports is real, except ``SET transaction_timeout`` on a server older than 17.
     """
-    with connect(db) as conn:
-        server_major = int(conn.execute(sa.text("SHOW server_version_num")).scalar()) // 10000
-        extensions = set(conn.execute(sa.text("SELECT extname FROM pg_extension")).scalars())
-        schemas = set(conn.execute(sa.text("SELECT nspname FROM pg_namespace")).scalars())
+    target = RestoreTarget.of(db)
     tools = client_tools(db)
     with tempfile.TemporaryDirectory(prefix="letta-ops-restore-") as work:
         listing = Path(work) / "restore.list"
         with tools.staged(dump_path) as dump:
-            toc = _toc(tools.run("pg_restore", "--list", dump))
-            keep = [line for line in toc if not _exists_in_target(line, extensions, schemas)]
-            listing.write_text("\n".join(keep) + "\n")
+            listing.write_text(target.listing(_toc(tools.run("pg_restore", "--list", dump))))
             with tools.staged(listing) as use_list:
-                args = ["--no-owner", "--no-privileges", "--no-password"]
-                args += [f"--use-list={use_list}", "-d", db.database_name]
+                args = [*RESTORE_OPTIONS, f"--use-list={use_list}", "-d", db.database_name]
                 if jobs > 1:
                     args += ["--jobs", str(jobs)]
                 result = tools.run("pg_restore", *args, dump)
-    errors = restore_errors(result.stderr)
-    real = [e for e in errors if not expected_restore_error(e, server_major)]
-    if real or (result.returncode != 0 and not errors):
-        raise PgToolError(
-            f"pg_restore failed: {' | '.join(real or [result.stderr.strip()])[:2000]}"
-        )
-    return [e.splitlines()[0] for e in errors]
+    return target.tolerated(result.returncode, result.stderr)
+
+
+@dataclass(frozen=True)
+class StreamedRestore:
+    """A restore that read its dump as it arrived: what it tolerated and what it read."""
+
+    warnings: list[str]
+    sha256: str
+    size: int
+
+
+def restore_dump_streaming(
+    db: LettaDatabase,
+    stream: BinaryIO,
+    toc: list[str],
+    spool: Path,
+    jobs: int = 1,
+    chunk_size: int = 1 << 20,
+) -> StreamedRestore:
+    """Restore a custom-format dump into ``db`` *while it downloads*: tables and their rows
+    from the stream itself, then indexes and constraints with ``jobs`` workers.
+
+    Why: downloading a dump and then restoring it costs both times; a restore that reads the
+    download as it arrives costs about the slower of the two. pg_restore reads an archive on
+    its standard input in order (pre-data and data sections; pg_dump wrote it in that order
+    to a pipe), while the same bytes are hashed and kept in ``spool``; the post-data section
+    (indexes, constraints, the bulk of the CPU) then runs in parallel from that file.
+
+    ``db`` must be a database that holds nothing to lose (a drill's scratch database, or a
+    new one swapped in only after this returns and the caller compared the digest with the
+    manifest): the rows go in before the last byte has been checked.
+    """
+    target = RestoreTarget.of(db)
+    tools = client_tools(db)
+    digest, size = hashlib.sha256(), 0
+    with tempfile.TemporaryDirectory(prefix="letta-ops-restore-") as work:
+        listing = Path(work) / "restore.list"
+        listing.write_text(target.listing(toc))
+        with tools.staged(listing) as use_list:
+            base = [*RESTORE_OPTIONS, f"--use-list={use_list}", "-d", db.database_name]
+            proc = subprocess.Popen(
+                tools.argv("pg_restore", *base, "--section=pre-data", "--section=data"),
+                env=tools.env(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            stderr = StderrDrain(proc)
+            try:
+                with open(spool, "wb") as kept:
+                    for chunk in iter(lambda: stream.read(chunk_size), b""):
+                        kept.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                        if proc.stdin is not None:
+                            try:
+                                proc.stdin.write(chunk)
+                            except BrokenPipeError:
+                                proc.stdin = None
+                                if proc.wait() != 0:
+                                    break  # it failed: its stderr says why, below
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                returncode = proc.wait()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            warnings = target.tolerated(returncode, stderr.text())
+            with tools.staged(spool) as dump:
+                args = [*base, "--section=post-data"]
+                if jobs > 1:
+                    args += ["--jobs", str(jobs)]
+                result = tools.run("pg_restore", *args, dump)
+    warnings += target.tolerated(result.returncode, result.stderr)
+    return StreamedRestore(warnings, digest.hexdigest(), size)
 
 
 def _exists_in_target(toc_line: str, extensions: set[str], schemas: set[str]) -> bool:

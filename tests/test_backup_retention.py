@@ -231,6 +231,9 @@ def test_to_rows() -> None:
             "verified": True,
             "pinned": False,
             "size": 100,
+            "lock_mode": None,
+            "locked_until": None,
+            "prunable_after": None,
         },
         {
             "server": "prod",
@@ -241,6 +244,9 @@ def test_to_rows() -> None:
             "verified": True,
             "pinned": False,
             "size": 100,
+            "lock_mode": None,
+            "locked_until": None,
+            "prunable_after": None,
         },
     ]
 

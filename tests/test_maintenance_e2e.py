@@ -243,8 +243,12 @@ def test_doctor_finds_dropped_default_and_repair_fixes_it(letta, store, capsys):
 
     with letta.client() as client:
         assert client.create_agent(offline_agent_body("works-again"))["id"]
+    # The test bed's own weaknesses are actions too (moto's credentials may delete unlocked,
+    # unencrypted sets; the server is open): ignored here by name, asserted in
+    # test_object_lock_e2e and test_encryption_e2e.
+    ignored = ("encryption-key", "backup-age", "backup-encryption", "backup-delete", "server-auth")
     code, report = cli_json(
-        capsys, "doctor", "--ignore", "encryption-key", "--ignore", "backup-age"
+        capsys, "doctor", *[part for check in ignored for part in ("--ignore", check)]
     )
-    assert code == EXIT_OK, report
+    assert code == EXIT_OK, [f for f in report["findings"] if f["status"] == "action"]
     assert {f["check"]: f["status"] for f in report["findings"]}["sequences"] == "ok"

@@ -7,6 +7,7 @@ results are counted by the tests' own SQL (``tests.fixtures.oracle``).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,12 @@ from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.letta_postgres import connect, empty_database
 from letta_ops.tasks.object_store import open_store
 from letta_ops.tasks.postgres_dump import (
+    PgToolError,
     dump_to_store,
     expected_restore_error,
+    list_dump,
     restore_dump,
+    restore_dump_streaming,
     restore_errors,
 )
 from letta_ops.tasks.postgres_privileges import (
@@ -105,6 +109,39 @@ def test_dump_empty_and_restore(pg_clusters, make_database, tmp_path: Path, majo
     assert sql_scalar(target, "SELECT count(*) FROM pg_type WHERE typname = 'job_status'") == 0
     assert sql_scalar(target, "SELECT count(*) FROM pg_proc WHERE proname = 'message_count'") == 0
     assert sql_scalar(target, "SELECT count(*) FROM pg_extension WHERE extname = 'vector'") == 1
+
+
+@pytest.mark.parametrize("major,role", CELLS, ids=[f"pg{m}-{r}" for m, r in CELLS])
+def test_restore_while_the_dump_streams(pg_clusters, make_database, tmp_path: Path, major, role):
+    """Tables and rows from the stream itself, indexes and constraints from the spooled file
+    in parallel; the digest is of exactly what was read. A cut stream fails, in one line."""
+    source = _database(pg_clusters, make_database, major, role, "ssrc")
+    _run(source, SCHEMA)
+    before = sql_table_counts(source)
+    store = open_store(f"file://{tmp_path}")
+    dumped = dump_to_store(source, store, "s/database.dump")
+    toc = list_dump(source.bin_dir(), tmp_path / "s" / "database.dump")
+
+    target = _database(pg_clusters, make_database, major, role, "sdst")
+    empty_database(target, restore_plan(target)["reset_mode"])
+    with store.open_read("s/database.dump") as stream:
+        restored = restore_dump_streaming(target, stream, toc, tmp_path / "spool", jobs=2)
+    assert (restored.sha256, restored.size) == (dumped.stored.sha256, dumped.stored.size)
+    assert sql_table_counts(target) == before
+    assert all("transaction_timeout" in line for line in restored.warnings)
+    # post-data ran: the default is back, the primary key and the foreign key exist.
+    _run(target, "INSERT INTO messages (id, agent_id) VALUES ('m-new', 'agent-1')")
+    assert sql_scalar(target, "SELECT sequence_id FROM messages WHERE id = 'm-new'") == 41
+    with pytest.raises(sa.exc.DBAPIError, match="duplicate key"):
+        _run(target, "INSERT INTO messages (id, agent_id) VALUES ('m-1', 'agent-1')")
+    with pytest.raises(sa.exc.DBAPIError, match="foreign key"):
+        _run(target, "INSERT INTO messages (id, agent_id) VALUES ('m-x', 'no-such-agent')")
+
+    cut = _database(pg_clusters, make_database, major, role, "scut")
+    empty_database(cut, restore_plan(cut)["reset_mode"])
+    data = (tmp_path / "s" / "database.dump").read_bytes()
+    with pytest.raises(PgToolError, match="pg_restore failed"):
+        restore_dump_streaming(cut, io.BytesIO(data[: len(data) // 2]), toc, tmp_path / "c")
 
 
 @pytest.mark.parametrize("major", [16, 18])
