@@ -43,7 +43,6 @@ import re
 import secrets
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,8 +63,7 @@ from letta_ops.tasks.object_store import (
     ObjectStore,
     ProgressCallback,
     StoredObject,
-    _hash_file_range,
-    _pwrite_all,
+    download_in_ranges,
 )
 
 #: What the manifest records as the set's scheme.
@@ -691,35 +689,7 @@ class EncryptedObjectStore(ObjectStore):
         span = max(1, part // header.frame_size) * header.frame_size
         if workers == 1 or total <= span:
             return ObjectStore.download_to(self, key, path)
-        ranges = [(start, min(span, total - start)) for start in range(0, total, span)]
-        digest = hashlib.sha256()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="decrypt-range") as pool:
-                futures = [pool.submit(self._fetch_plain_range, key, fd, *r) for r in ranges]
-                try:
-                    for future, (start, length) in zip(futures, ranges, strict=True):
-                        future.result()
-                        _hash_file_range(fd, start, length, digest)
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
-        finally:
-            os.close(fd)
-        return StoredObject(key=key, size=total, sha256=digest.hexdigest())
-
-    def _fetch_plain_range(self, key: str, fd: int, start: int, length: int) -> None:
-        written = 0
-        with self.open_read(key, start=start, length=length) as plain:
-            while chunk := plain.read(CHUNK_SIZE):
-                _pwrite_all(fd, chunk, start + written)
-                written += len(chunk)
-        if written != length:
-            raise OSError(
-                f"Object {key!r} in {self.describe()} gave {written} of {length} bytes at "
-                f"offset {start}; it changed or the connection broke, run the restore again."
-            )
+        return download_in_ranges(self, key, path, total, span, workers)
 
     # -- everything else is the inner store's -------------------------------------------------
 

@@ -886,39 +886,9 @@ class S3ObjectStore(ObjectStore):
         size = self.metadata(key).size
         if size <= self.download_part_size or self.download_workers == 1:
             return super().download_to(key, path)
-        ranges = [
-            (start, min(self.download_part_size, size - start))
-            for start in range(0, size, self.download_part_size)
-        ]
-        digest = hashlib.sha256()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with ThreadPoolExecutor(self.download_workers, thread_name_prefix="s3-range") as pool:
-                futures = [pool.submit(self._fetch_range, key, fd, *r) for r in ranges]
-                try:
-                    for future, (start, length) in zip(futures, ranges, strict=True):
-                        future.result()
-                        _hash_file_range(fd, start, length, digest)
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
-        finally:
-            os.close(fd)
-        return StoredObject(key=key, size=size, sha256=digest.hexdigest())
-
-    def _fetch_range(self, key: str, fd: int, start: int, length: int) -> None:
-        """Write bytes ``start .. start + length`` of the object at the same offset of ``fd``."""
-        written = 0
-        with self.open_read(key, start=start, length=length) as body:
-            while chunk := body.read(CHUNK_SIZE):
-                _pwrite_all(fd, chunk, start + written)
-                written += len(chunk)
-        if written != length:
-            raise OSError(
-                f"Object {key!r} in {self.describe()} returned {written} of {length} bytes at "
-                f"offset {start}; it changed or the connection broke, run the restore again."
-            )
+        return download_in_ranges(
+            self, key, path, size, self.download_part_size, self.download_workers
+        )
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -1094,6 +1064,50 @@ def _checksum_arguments(sha256_b64: str) -> dict[str, str]:
     the algorithm header is what tells moto (and S3) which checksum the request carries.
     """
     return {"ChecksumAlgorithm": STORE_CHECKSUM_ALGORITHM, "ChecksumSHA256": sha256_b64}
+
+
+def download_in_ranges(
+    store: ObjectStore,
+    key: str,
+    path: str | os.PathLike[str],
+    size: int,
+    span: int,
+    workers: int,
+) -> StoredObject:
+    """Fetch ``size`` bytes of ``store``'s object in ``span``-byte ranges, ``workers`` at a
+    time (``store.open_read`` of each range), each written at its offset in ``path``; the
+    sha256 is computed in order, from the file, as ranges complete."""
+    ranges = [(start, min(span, size - start)) for start in range(0, size, span)]
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="download-range") as pool:
+            futures = [pool.submit(_fetch_range, store, key, fd, *r) for r in ranges]
+            try:
+                for future, (start, length) in zip(futures, ranges, strict=True):
+                    future.result()
+                    _hash_file_range(fd, start, length, digest)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    finally:
+        os.close(fd)
+    return StoredObject(key=key, size=size, sha256=digest.hexdigest())
+
+
+def _fetch_range(store: ObjectStore, key: str, fd: int, start: int, length: int) -> None:
+    """Write bytes ``start .. start + length`` of the object at the same offset of ``fd``."""
+    written = 0
+    with store.open_read(key, start=start, length=length) as body:
+        while chunk := body.read(CHUNK_SIZE):
+            _pwrite_all(fd, chunk, start + written)
+            written += len(chunk)
+    if written != length:
+        raise OSError(
+            f"Object {key!r} in {store.describe()} returned {written} of {length} bytes at "
+            f"offset {start}; it changed or the connection broke, run the restore again."
+        )
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

@@ -165,6 +165,7 @@ def roles(iam_moto: str) -> dict[str, Any]:
         )
         key = iam.create_access_key(UserName=name)["AccessKey"]
         clients[name] = _client("s3", iam_moto, key["AccessKeyId"], key["SecretAccessKey"])
+        clients[f"{name}-credentials"] = (key["AccessKeyId"], key["SecretAccessKey"])
     httpx.post(f"{iam_moto}/moto-api/reset-auth", content=b"0").raise_for_status()
     try:
         yield clients
