@@ -155,7 +155,7 @@ class S3BackupStore(Block):
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
     def _client(self) -> Any:
-        import boto3
+        import boto3.session
         from botocore.config import Config
 
         config = Config(
@@ -172,7 +172,8 @@ class S3BackupStore(Block):
             kwargs["aws_access_key_id"] = self.aws_access_key_id
         if self.aws_secret_access_key is not None:
             kwargs["aws_secret_access_key"] = self.aws_secret_access_key.get_secret_value()
-        return boto3.client("s3", **kwargs)
+        # A session of its own: boto3's default one keeps the first credentials it resolved.
+        return boto3.session.Session().client("s3", **kwargs)
 
     def object_store(self) -> S3ObjectStore:
         """An :class:`S3ObjectStore` over this bucket and prefix (builds a boto3 client);

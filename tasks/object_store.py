@@ -1366,8 +1366,12 @@ def s3_client_from_env() -> Any:
     With ``AWS_ENDPOINT_URL`` set (MinIO, Ceph, Garage, moto, ...) use path-style addressing
     and send checksums only when an operation requires them: boto3 >= 1.36 otherwise adds
     CRC32 headers that several S3-compatible stores reject.
+
+    A new boto3 session each time, not boto3's default one: that one resolves credentials
+    once per process and keeps them, so a worker (or a test run) that backs up one server
+    with one role and restores another with another would send the first role's keys.
     """
-    import boto3
+    import boto3.session
     from botocore.config import Config
 
     config = None
@@ -1381,7 +1385,7 @@ def s3_client_from_env() -> Any:
             ),
             s3={"addressing_style": "path"},
         )
-    return boto3.client("s3", config=config)
+    return boto3.session.Session().client("s3", config=config)
 
 
 def open_store(

@@ -419,3 +419,16 @@ def test_s3_store_without_conditional_writes_still_refuses_overwrites(s3_bucket:
     assert len(refused) == 1 and store.conditional_writes is False
     assert store.read_bytes("small") == b"one"
     assert store.hash_object("large").sha256 == GeneratedStream.expected(6 * MiB)[1]
+
+
+def test_each_s3_client_reads_the_credentials_of_its_moment(monkeypatch) -> None:
+    """boto3's default session keeps the first credentials it resolved; a worker that backs
+    up with one role and restores with another must not send the first role's keys."""
+    from letta_ops.tasks.object_store import s3_client_from_env
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for key in ("backup-role-key", "restore-role-key"):
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", f"{key}-secret")
+        client = s3_client_from_env()
+        assert client._request_signer._credentials.access_key == key
