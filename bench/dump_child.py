@@ -1,9 +1,9 @@
 """The child process of the dump measurement: ``python -m bench.dump_child`` (JSON on stdin).
 
 Why a separate process: the peak memory of ``dump_to_store`` must be the memory of a process
-that does nothing else. The parent runs moto (which keeps every uploaded byte in *its* memory),
-a Letta client and the bench itself; this child only imports what a backup worker imports,
-settles, then streams one ``pg_dump`` into one store while a thread samples its own RSS.
+that does nothing else. moto (which keeps every uploaded byte in *its* memory) runs apart, the
+parent runs a Letta client and the bench itself; this child only imports what a backup worker
+imports, settles, then streams one ``pg_dump`` into one store while a thread samples its own RSS.
 
 Input (stdin, so the database password never appears in a process argument)::
 

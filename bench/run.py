@@ -16,7 +16,7 @@ What it measures:
    10x the RSS at rest of a dump worker (capped at 1.2 GB, generation capped at 3 minutes).
    Then ``dump_to_store`` runs in a fresh child process (``bench.dump_child``) that samples its
    own RSS every 50 ms, reads the kernel's ``ru_maxrss`` and the tracemalloc peak; once into
-   the S3 store (moto runs in *this* process, so its copy of the data is not counted) with
+   the S3 store (moto runs in a process of its own, so its copy of the data is not counted) with
    the default 16 MiB part size, once into a ``LocalObjectStore`` for comparison.
 3. **Store reads** (``bench/store_reads.py``): verification of a set by the store's checksums
    against ``read_data``, and a restore's download in parallel byte ranges against one stream,
@@ -103,6 +103,23 @@ def mib(n: float | int | None) -> str:
 # ------------------------------------------------------------------------------------------
 
 
+def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until ``url`` answers; fail at once if ``proc`` (its server) exits first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with code {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer within {timeout:.0f} s") from None
+            time.sleep(0.2)
+
+
 class Environment:
     """PostgreSQL, moto and a Letta server, each stopped by the handle we got when starting."""
 
@@ -123,12 +140,17 @@ class Environment:
         self.database = LettaDatabase(uri=self.postgres.uri("letta"))
         create_database(self.database)
 
-        from moto.server import ThreadedMotoServer
-
+        # moto in a process of its own: a real store is another machine, and a moto thread in
+        # this process would take the interpreter lock from the code being measured.
         port = free_loopback_port()
-        self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        self.moto.start()
+        moto_server = str(Path(sys.executable).with_name("moto_server"))
+        self.moto = subprocess.Popen(
+            [moto_server, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.endpoint = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{self.endpoint}/moto-api/", self.moto)
         s3_env = {
             "AWS_ACCESS_KEY_ID": "bench",
             "AWS_SECRET_ACCESS_KEY": secrets.token_hex(8),
@@ -152,11 +174,20 @@ class Environment:
         if self.runtime.stop() is not None:
             log("Letta server stopped")
 
+    def stop_moto(self) -> None:
+        if self.moto is not None and self.moto.poll() is None:
+            self.moto.terminate()
+            try:
+                self.moto.wait(10)
+            except subprocess.TimeoutExpired:
+                self.moto.kill()
+                self.moto.wait()
+
     def close(self) -> None:
         errors = []
         for what, action in (
             ("Letta server", self.stop_letta),
-            ("moto", lambda: self.moto and self.moto.stop()),
+            ("moto", self.stop_moto),
             ("PostgreSQL", self.postgres.remove),
         ):
             try:
@@ -388,6 +419,118 @@ def grow_database(db: LettaDatabase, target_dump: int) -> dict[str, Any]:
         "ballast_table_bytes": int(table_bytes),
         "database_bytes": int(database_bytes),
         "generation_seconds": round(generation_seconds, 1),
+        "stopped_by_time_budget": state["stopped_by_budget"],
+        "time_budget_seconds": GENERATION_BUDGET_SECONDS,
+    }
+
+
+_WORDS = (
+    "the agent remembers what the user said about memory tools archival search core block "
+    "persona human message reply function call result error retry schedule meeting project "
+    "deadline summary context window token budget note follow up question answer plan step"
+).split()
+_CONVERSATION_BATCH = sa.text(
+    """
+    WITH w AS (SELECT CAST(:words AS text[]) AS words)
+    INSERT INTO bench_messages
+    SELECT 'message-' || md5(:seed || g::text), 'agent-' || mod(g, 26),
+           (ARRAY['user', 'assistant', 'tool', 'system'])[1 + mod(g, 4)],
+           jsonb_build_object('type', 'text', 'text', (
+               SELECT string_agg(w.words[1 + mod(hashint8(g * 64 + k) & 1023, 48)], ' ')
+               FROM generate_series(1, 24 + mod(g, 40)) k)),
+           TIMESTAMPTZ '2026-01-01' + make_interval(secs => g)
+    FROM w, generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) g
+    """
+)
+_PASSAGE_BATCH = sa.text(
+    """
+    INSERT INTO bench_passages
+    SELECT 'passage-' || md5(:seed || g::text), 'agent-' || mod(g, 26), m.content ->> 'text',
+           CAST((SELECT array_agg(random()) FROM generate_series(1, 384 + 0 * g)) AS vector(384))
+    FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) g
+    JOIN bench_messages m ON m.id = 'message-' || md5(:seed || (g * 20)::text)
+    """
+)
+#: Messages per statement; one passage (with a 384-float embedding) per 20 messages.
+CONVERSATION_BATCH_ROWS = 50_000
+
+
+def grow_conversations(db: LettaDatabase, target_database: int) -> dict[str, Any]:
+    """Grow the database to about ``target_database`` bytes with rows shaped like Letta's:
+    many short messages (JSON text from a 48-word vocabulary: compressible, as chat is), two
+    indexes on them, and passages with 384-float embeddings (not compressible).
+
+    Why beside the incompressible ballast: a real Letta database is many rows that compress
+    well (the issue's: 1.35 GB, a 64 MB dump), so a restore is bound by PostgreSQL (parsing
+    rows, building indexes) far more than by the download; the ballast is the opposite end.
+    """
+    started = time.perf_counter()
+    seed = secrets.token_hex(8)
+    with connect(db, autocommit=True) as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE bench_messages (id text PRIMARY KEY, agent_id text NOT NULL, "
+                "role text NOT NULL, content jsonb NOT NULL, created_at timestamptz NOT NULL)"
+            )
+        )
+        conn.execute(sa.text("CREATE INDEX ON bench_messages (agent_id, created_at)"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE bench_passages (id text PRIMARY KEY, agent_id text NOT NULL, "
+                "text text NOT NULL, embedding vector(384))"
+            )
+        )
+    size_sql = sa.text("SELECT pg_database_size(current_database())")
+    lock = threading.Lock()
+    state = {"next": 0, "stopped_by_budget": False, "full": False}
+    deadline = started + GENERATION_BUDGET_SECONDS
+
+    def worker() -> None:
+        with connect(db, autocommit=True) as conn:
+            while True:
+                with lock:
+                    if state["full"]:
+                        return
+                    if time.perf_counter() > deadline:
+                        state["stopped_by_budget"] = True
+                        return
+                    batch = state["next"]
+                    state["next"] += 1
+                lo = batch * CONVERSATION_BATCH_ROWS + 1
+                hi = lo + CONVERSATION_BATCH_ROWS - 1
+                params = {"seed": seed, "words": _WORDS}
+                conn.execute(_CONVERSATION_BATCH, {**params, "lo": lo, "hi": hi})
+                conn.execute(_PASSAGE_BATCH, {"seed": seed, "lo": -(-lo // 20), "hi": hi // 20})
+                size = conn.execute(size_sql).scalar()
+                with lock:
+                    state["full"] = state["full"] or size >= target_database
+                log(f"conversations: batch {batch + 1}, database {mib(size)}")
+
+    with ThreadPoolExecutor(GENERATION_WORKERS, thread_name_prefix="conversations") as pool:
+        for future in [pool.submit(worker) for _ in range(GENERATION_WORKERS)]:
+            future.result()
+    with connect(db, autocommit=True) as conn:
+        conn.execute(sa.text("VACUUM ANALYZE bench_messages"))
+        conn.execute(sa.text("VACUUM ANALYZE bench_passages"))
+        conn.execute(sa.text("CHECKPOINT"))
+        messages, passages, database_bytes = conn.execute(
+            sa.text(
+                "SELECT (SELECT count(*) FROM bench_messages), "
+                "(SELECT count(*) FROM bench_passages), pg_database_size(current_database())"
+            )
+        ).one()
+    seconds = time.perf_counter() - started
+    log(f"conversations: {messages} messages, {passages} passages, {mib(database_bytes)}")
+    return {
+        "method": "messages (JSON text of 24-63 words from a 48-word vocabulary, primary key "
+        "and (agent_id, created_at) index) and one passage per 20 messages (text and a "
+        f"384-float embedding), {CONVERSATION_BATCH_ROWS} messages per statement by "
+        f"{GENERATION_WORKERS} connections",
+        "target_database_bytes": target_database,
+        "messages": int(messages),
+        "passages": int(passages),
+        "database_bytes": int(database_bytes),
+        "generation_seconds": round(seconds, 1),
         "stopped_by_time_budget": state["stopped_by_budget"],
         "time_budget_seconds": GENERATION_BUDGET_SECONDS,
     }

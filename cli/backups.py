@@ -9,8 +9,15 @@ from __future__ import annotations
 import argparse
 
 from letta_ops.cli.errors import EXIT_OK
-from letta_ops.cli.options import Parser, non_negative, object_lock_options, store_options
-from letta_ops.cli.output import emit, render_table, with_progress
+from letta_ops.cli.options import (
+    Parser,
+    common_options,
+    json_list_options,
+    non_negative,
+    object_lock_options,
+    store_options,
+)
+from letta_ops.cli.output import emit, emit_rows, render_table, with_progress
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -73,7 +80,7 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
         }
         for s in list_backup_sets(store, server)
     ]
-    emit(rows, args.json, render=lambda r: render_table(r, BACKUP_LIST_COLUMNS))
+    emit_rows(rows, "sets", args, render=lambda r: render_table(r, BACKUP_LIST_COLUMNS))
     return EXIT_OK
 
 
@@ -204,7 +211,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     bsub = backups.add_subparsers(dest="action", required=True, parser_class=Parser)
     p = bsub.add_parser(
         "list",
-        parents=[common, store],
+        # --json and the deprecated --json-list (the plain list), one or the other.
+        parents=[common_options(with_json=False), json_list_options("sets"), store],
         help="sets of this server, newest first (complete = has a manifest)",
     )
     p.add_argument("--all-servers", action="store_true", help="every server in the store")

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from letta_ops.cli.errors import EXIT_OK, Failed, Refused
-from letta_ops.cli.options import Parser, store_options
-from letta_ops.cli.output import emit, render_mapping, render_table
+from letta_ops.cli.options import Parser, common_options, json_list_options, store_options
+from letta_ops.cli.output import emit, emit_rows, render_mapping, render_table
 
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -55,7 +55,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     """Register ``history`` and ``history show`` on the ``letta-ops`` parser."""
     p = sub.add_parser(
         "history",
-        parents=[common, store_options()],
+        # --json and the deprecated --json-list (the plain list), one or the other.
+        parents=[common_options(with_json=False), json_list_options("records"), store_options()],
         help="the audit history: every letta-ops run, who started it and how it ended",
         description="List the audit records of letta-ops runs (newest first) from the local "
         "audit store (LETTA_OPS_AUDIT_URL, default a SQLite file in the user's data "
@@ -122,16 +123,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     )
     ui = prefect_ui_url()
     rows = [history_row(r, ui) for r in records]
-    if args.json:
-        emit(
-            [
-                {**r.model_dump(mode="json"), "prefect_url": row["link"]}
-                for r, row in zip(records, rows, strict=True)
-            ],
-            True,
-        )
-    else:
-        emit(rows, False, render=_render_history)
+    if args.json or args.json_list:
+        rows = [
+            {**r.model_dump(mode="json"), "prefect_url": row["link"]}
+            for r, row in zip(records, rows, strict=True)
+        ]
+    emit_rows(rows, "records", args, render=_render_history)
     return EXIT_OK
 
 

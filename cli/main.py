@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (Exception, KeyboardInterrupt) as exc:  # its class says which exit code
-        return report_failure(getattr(args, "json", False), error_sentence(exc), exit_code_for(exc))
+        # --json-list (deprecated) keeps --json's failure document too.
+        as_json = getattr(args, "json", False) or getattr(args, "json_list", False)
+        return report_failure(as_json, error_sentence(exc), exit_code_for(exc))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from letta_ops.cli.output import SCHEMA_VERSION
 from letta_ops.tasks.errors import EXIT_BAD_INPUT
 
 
@@ -46,8 +47,9 @@ def port(value: str) -> int:
     return number
 
 
-def common_options() -> argparse.ArgumentParser:
-    """``--server``, ``--json`` and ``--operator``: on every command."""
+def common_options(with_json: bool = True) -> argparse.ArgumentParser:
+    """``--server``, ``--json`` and ``--operator``: on every command. ``with_json=False`` leaves
+    ``--json`` out, for a command that adds it with :func:`json_list_options`."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--server",
@@ -55,7 +57,8 @@ def common_options() -> argparse.ArgumentParser:
         help="load the saved blocks called NAME; without it LETTA_BASE_URL, "
         "LETTA_API_KEY and LETTA_PG_URI describe the server",
     )
-    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    if with_json:
+        common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     common.add_argument(
         "--operator",
         metavar="NAME",
@@ -63,6 +66,27 @@ def common_options() -> argparse.ArgumentParser:
         "login name)",
     )
     return common
+
+
+def json_list_options(key: str) -> argparse.ArgumentParser:
+    """``--json`` or the deprecated ``--json-list``, one or the other (exit 2 for both): for
+    the commands whose ``--json`` was a plain list before it became ``{"schema_version",
+    KEY: [...]}`` (``backups list``, ``history``). ``--json-list`` prints the old list for one
+    more release."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--json",
+        action="store_true",
+        help=f'print machine-readable JSON: {{"schema_version": {SCHEMA_VERSION}, "{key}": [...]}}',
+    )
+    group.add_argument(
+        "--json-list",
+        action="store_true",
+        help="deprecated, will be removed in the next release: print the rows as the old plain "
+        "JSON list (without schema_version); use --json",
+    )
+    return parser
 
 
 def store_options() -> argparse.ArgumentParser:

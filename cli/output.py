@@ -2,7 +2,9 @@
 
 ``--json`` documents (README, "Scripting: --json"): datetimes are ISO-8601 strings, paths and
 ids strings, pydantic models their JSON dump; the outputs scripts read for state (``runtime
-status``, ``verify``, ``upgrade``, ``rollback``) carry ``"schema_version"`` at the top level.
+status``, ``verify``, ``upgrade``, ``rollback``, ``backups list``, ``history``) carry
+``"schema_version"`` at the top level (the listings their rows under ``sets`` / ``records``;
+:func:`emit_rows`).
 Progress and errors go to stderr, so stdout stays one JSON document.
 """
 
@@ -66,6 +68,23 @@ def emit(
         print(render(result))
     else:
         print(render_mapping(result))
+
+
+def emit_rows(rows: list[Any], key: str, args: Any, render: Callable[[list[Any]], str]) -> None:
+    """Print the rows of a listing command (``backups list``, ``history``): with ``--json``
+    ``{"schema_version", KEY: rows}``; with the deprecated ``--json-list`` the plain list those
+    commands printed before schema 1 (and one deprecation line on stderr); else ``render``."""
+    if getattr(args, "json_list", False):
+        print(
+            f"letta-ops: warning: --json-list is deprecated and will be removed in the next "
+            f'release; use --json (the same rows under "{key}", with "schema_version").',
+            file=sys.stderr,
+        )
+        print(to_json(rows))
+    elif args.json:
+        print(to_json({key: rows}, versioned=True))
+    else:
+        print(render(rows))
 
 
 def render_mapping(data: dict) -> str:

@@ -64,6 +64,7 @@ from letta_ops.tasks.object_store import (
     ProgressCallback,
     StoredObject,
     download_in_ranges,
+    range_span,
 )
 
 #: What the manifest records as the set's scheme.
@@ -671,10 +672,10 @@ class EncryptedObjectStore(ObjectStore):
     def download_to(self, key: str, path: str | os.PathLike[str]) -> StoredObject:
         """Decrypt the object into ``path``; returns the plaintext's size and sha256.
 
-        The inner store's parallel ranged download is kept: ranges of whole frames (about
-        the inner store's ``download_part_size``) are fetched by ``download_workers``
-        threads, each decrypted and written at its plaintext offset, and the sha256 is
-        computed in order from the file. One pass, and no ciphertext copy on disk.
+        The inner store's parallel ranged download is kept: ranges of whole frames (about one
+        per worker, see :func:`range_span`) are fetched by ``download_workers`` threads,
+        each decrypted and written at its plaintext offset, and the sha256 is computed in
+        order from the file. One pass, and no ciphertext copy on disk.
         """
         if self.plaintext(key):
             return self.inner.download_to(key, path)
@@ -686,7 +687,7 @@ class EncryptedObjectStore(ObjectStore):
         total = plain_size(located.stored_size, header.frame_size, key)
         workers = int(getattr(self.inner, "download_workers", 1) or 1)
         part = int(getattr(self.inner, "download_part_size", DOWNLOAD_PART_SIZE))
-        span = max(1, part // header.frame_size) * header.frame_size
+        span = range_span(total, part, workers, align=header.frame_size)
         if workers == 1 or total <= span:
             return ObjectStore.download_to(self, key, path)
         return download_in_ranges(self, key, path, total, span, workers)

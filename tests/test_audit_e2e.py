@@ -57,7 +57,7 @@ def test_history_of_backup_failed_upgrade_and_upgrade(
 
     code, out, _ = _history(capsys, "--json")
     assert code == 0
-    rows = json.loads(out)
+    rows = json.loads(out)["records"]
     assert [(r["operation"], r["outcome"]) for r in rows] == [
         ("upgrade", "succeeded"),
         ("upgrade", "failed"),
@@ -82,7 +82,7 @@ def test_history_of_backup_failed_upgrade_and_upgrade(
     code, out, _ = _history(capsys, "--subflows", "--operation", "backup")
     assert code == 0 and len(out.splitlines()) == 1 + 3  # header + three backups
     code, out, _ = _history(capsys, "--subflows", "--operation", "backup", "--json")
-    backups = json.loads(out)
+    backups = json.loads(out)["records"]
     assert code == 0
     assert sorted(
         (b["parameters"]["purpose"], b["parent_flow_run_id"] or "", b["backup_set"])
@@ -158,5 +158,5 @@ def test_history_of_backup_failed_upgrade_and_upgrade(
     audit_db.unlink()
     code, out, err = _history(capsys, "--rebuild", "--json")
     assert code == 0 and f"loaded {len(before)} audit record(s)" in err
-    assert [r["record_id"] for r in json.loads(out)] == [r["record_id"] for r in rows]
+    assert [r["record_id"] for r in json.loads(out)["records"]] == [r["record_id"] for r in rows]
     assert _top_level(AuditStore.from_env().query()) == _top_level(before)

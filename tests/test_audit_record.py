@@ -145,7 +145,7 @@ def test_prefect_runs_are_recorded_named_tagged_and_shown(
         assert {"server:prod", "op:probe"} <= set(client.read_flow_run(ok.flow_run_id).tags)
 
     code, out, _ = _history(capsys, "--json")
-    rows = json.loads(out)
+    rows = json.loads(out)["records"]
     assert code == 0 and [r["outcome"] for r in rows] == ["failed", "succeeded"]
     assert rows[1]["prefect_url"].endswith(f"/runs/flow-run/{record_id}")
     code, out, _ = _history(capsys, "--outcome", "succeeded")

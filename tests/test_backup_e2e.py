@@ -199,7 +199,7 @@ def test_cli_backup_list_verify_prune(server_25, backup_env, capsys):
     assert report["agents_total"] == 25 and report["verified"]
 
     assert main(["backups", "list", "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
+    listed = json.loads(capsys.readouterr().out)["sets"]
     assert len(listed) == 2 and listed[0]["set"] == report["set"]
     assert all(row["complete"] and row["verified"] for row in listed)
 

@@ -78,9 +78,143 @@ def test_read_only_commands_load_no_prefect(argv, code, tmp_path):
         )
         assert '"heavy": []' in again.stderr, again.stderr
     document = json.loads(out.stdout)
-    if isinstance(document, dict):  # runtime status
-        assert document["schema_version"] == SCHEMA_VERSION and document["kind"] == "process"
+    assert document["schema_version"] == SCHEMA_VERSION
+    if argv[0] == "runtime":
+        assert document["kind"] == "process"
         assert document["state_dir"] == str(tmp_path / "state" / "contract")
+    else:  # an empty store, a fresh audit store: no rows, under their key
+        assert document == {
+            "schema_version": SCHEMA_VERSION,
+            "sets" if argv[0] == "backups" else "records": [],
+        }
+
+
+#: The listings: argv, and the key their rows go under in the ``--json`` object.
+LISTINGS = [(["backups", "list"], "sets"), (["history"], "records")]
+
+
+@pytest.fixture
+def listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The environment-only server "contract" with rows to list: in its local store a
+    complete, verified set and a set a killed run left without a manifest; in a fresh SQLite
+    audit store two runs."""
+    from letta_ops.tasks.audit_store import AuditRecord, AuditStore
+    from letta_ops.tasks.backup_catalog import record_verification
+    from letta_ops.tasks.backup_manifest import MANIFEST_NAME, BackupManifest, ManifestObject
+    from letta_ops.tasks.object_store import LocalObjectStore
+
+    for name, value in _env_only(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    store = LocalObjectStore(tmp_path / "store")
+    store.put_bytes("contract/20261122T021500Z/database.dump", b"cut short")
+    prefix = "contract/20261123T021500Z/"
+    dump = store.put_bytes(prefix + "database.dump", b"dump")
+    moment = datetime(2026, 11, 23, 2, 15, tzinfo=UTC)
+    manifest = BackupManifest(
+        set_id="20261123T021500Z",
+        server="contract",
+        created_at=moment,
+        completed_at=moment,
+        letta_version="0.16.2",
+        alembic_revision="27de0f58e076",
+        base_url="http://127.0.0.1:9",
+        database_name="letta",
+        db_schema="public",
+        postgres_version="18.1",
+        pgvector_version="0.8.6",
+        row_counts={"agents": 0},
+        dump=dump.key,
+        agents=[],
+        objects={dump.key: ManifestObject(size=dump.size, sha256=dump.sha256)},
+    )
+    store.put_bytes(prefix + MANIFEST_NAME, manifest.to_json())
+    record_verification(store, prefix, {"ok": True})
+    audit = AuditStore.from_env()
+    for record_id, operation, minute in (("run-1", "backup", 15), ("run-2", "verify", 30)):
+        audit.save(
+            AuditRecord(
+                record_id=record_id,
+                operation=operation,
+                server="contract",
+                outcome="succeeded",
+                started_at=moment.replace(minute=minute),
+            )
+        )
+    return tmp_path
+
+
+def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv,key", LISTINGS)
+def test_listings_print_their_rows_under_a_key_beside_the_schema_version(argv, key, listed, capsys):
+    code, out, err = _run(capsys, [*argv, "--json"])
+    assert code == EXIT_OK, err
+    document = json.loads(out)
+    assert isinstance(document, dict) and list(document) == ["schema_version", key]
+    assert document["schema_version"] == SCHEMA_VERSION
+    assert "deprecated" not in err
+    rows = document[key]
+    if key == "sets":  # the rows' shape as before
+        by_set = {row["set"]: row for row in rows}
+        assert sorted(by_set) == ["contract/20261122T021500Z", "contract/20261123T021500Z"]
+        complete, killed = by_set["contract/20261123T021500Z"], by_set["contract/20261122T021500Z"]
+        assert set(complete) == {
+            "set",
+            "created_at",
+            "complete",
+            "verified",
+            "pinned",
+            "purpose",
+            "bytes",
+        }
+        assert complete["created_at"] == "2026-11-23T02:15:00+00:00"
+        assert complete["complete"] and complete["verified"] and not complete["pinned"]
+        assert complete["purpose"] == "manual" and complete["bytes"] > 0
+        assert killed["complete"] is False and killed["created_at"] is None
+    else:  # newest first: whole audit records and their Prefect link
+        from letta_ops.tasks.audit_store import AuditRecord
+
+        assert [row["record_id"] for row in rows] == ["run-2", "run-1"]
+        assert all(set(row) == {*AuditRecord.model_fields, "prefect_url"} for row in rows)
+        started = datetime.fromisoformat(rows[0]["started_at"])
+        assert started == datetime(2026, 11, 23, 2, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("argv,key", LISTINGS)
+def test_json_list_still_prints_the_plain_list_and_says_it_is_deprecated(argv, key, listed, capsys):
+    code, out, _ = _run(capsys, [*argv, "--json"])
+    assert code == EXIT_OK
+    rows = json.loads(out)[key]
+    code, out, err = _run(capsys, [*argv, "--json-list"])
+    assert code == EXIT_OK
+    assert json.loads(out) == rows and len(rows) == 2  # the same rows, as a list
+    [line] = err.strip().splitlines()
+    assert line.startswith("letta-ops: warning: --json-list is deprecated")
+    assert "will be removed" in line and "--json" in line
+    # A failure is still the {"error", "exit_code"} document on stdout, as with --json.
+    bad_store = ["--store", "ftp://x/y"] if key == "sets" else ["--rebuild", "--store", "ftp://x/y"]
+    code, out, err = _run(capsys, [*argv, "--json-list", *bad_store])
+    assert code == EXIT_BAD_INPUT
+    assert json.loads(out)["exit_code"] == EXIT_BAD_INPUT and "s3://" in err
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == EXIT_OK
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--json-list deprecated, will be removed in the next release" in help_text
+
+
+@pytest.mark.parametrize("argv,key", LISTINGS)
+def test_json_and_json_list_exclude_each_other(argv, key, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--json", "--json-list"])
+    assert exit_.value.code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "--json-list: not allowed with argument --json" in err
 
 
 def test_a_bad_url_is_refused_alike_with_and_without_blocks(tmp_path, monkeypatch, capsys):
@@ -155,7 +289,7 @@ def test_json_times_are_iso_and_state_outputs_carry_a_schema_version():
         "created_at": "2026-11-23T02:15:00+00:00",
         "path": "/x",
     }
-    # Lists stay lists (backups list, history): scripts index them.
+    # Only an object gets one: a list (what the deprecated --json-list prints) stays a list.
     assert json.loads(to_json([{"created_at": moment}], versioned=True)) == [
         {"created_at": "2026-11-23T02:15:00+00:00"}
     ]

@@ -112,8 +112,8 @@ def test_encrypted_backup_verify_drill_rotation_rollback_and_no_secret_anywhere(
     # --- without the key: list and verify what is stored; a drill is refused --------------
     monkeypatch.delenv("LETTA_OPS_ENCRYPTION_KEY")
     code, out, _ = _cli(capsys, "backups", "list", "--json")
-    assert code == EXIT_OK and json.loads(out)[0]["set"] == first["set"]
-    assert json.loads(out)[0]["verified"] is True
+    assert code == EXIT_OK and json.loads(out)["sets"][0]["set"] == first["set"]
+    assert json.loads(out)["sets"][0]["verified"] is True
     keyless = verify(first["set"])
     assert keyless["ok"] and keyless["dump"] is None and not keyless["encryption"]["decrypted"]
     code, _, err = _cli(capsys, "verify", first["set"], "--drill")

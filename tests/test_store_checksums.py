@@ -46,6 +46,7 @@ from letta_ops.tasks.object_store import (
     S3ObjectStore,
     StoreChecksum,
     StoredObject,
+    range_span,
 )
 from letta_ops.tasks.postgres_dump import PgToolError, dump_to_store
 from tests.test_object_store import GeneratedStream
@@ -312,8 +313,10 @@ def test_a_local_store_keeps_no_checksum_and_is_read_back(tmp_path: Path) -> Non
 
 
 def test_a_large_object_downloads_in_parallel_ranges(s3, tmp_path: Path) -> None:
+    """One range per worker (4), the last one short: not one request per 1 MiB part."""
     store, _client, calls = s3
-    size = 5 * MiB + 12_345  # six 1 MiB ranges, the last one short
+    size = 5 * MiB + 12_345
+    span = -(-size // 4)
     stored = store.put_stream("srv/database.dump", GeneratedStream(size))
     calls.clear()
 
@@ -323,9 +326,25 @@ def test_a_large_object_downloads_in_parallel_ranges(s3, tmp_path: Path) -> None
     assert (tmp_path / "out").read_bytes() == GeneratedStream(size).read()
     ranges = sorted(rng for _, rng, _ in calls.of("GetObject"))
     assert ranges == sorted(
-        f"bytes={start}-{min(start + MiB, size) - 1}" for start in range(0, size, MiB)
+        f"bytes={start}-{min(start + span, size) - 1}" for start in range(0, size, span)
     )
+    assert len(ranges) == 4
     assert len({thread for _, _, thread in calls.of("GetObject")}) > 1
+
+
+@pytest.mark.parametrize(
+    ("size", "part", "workers", "align", "span"),
+    [
+        (100 * MiB, 8 * MiB, 4, 1, 25 * MiB),  # about one range per worker
+        (100 * MiB + 1, 8 * MiB, 4, 1, 25 * MiB + 1),  # rounded up: never a fifth sliver
+        (20 * MiB, 8 * MiB, 4, 1, 8 * MiB),  # never below the part size
+        (100 * MiB, 8 * MiB, 3, 256 * 1024, 67 * MiB // 2),  # whole encrypted frames
+        (100 * MiB, 8 * MiB, 1, 1, 100 * MiB),
+    ],
+)
+def test_range_span(size: int, part: int, workers: int, align: int, span: int) -> None:
+    assert range_span(size, part, workers, align) == span
+    assert -(-size // span) <= workers
 
 
 def test_downloaded_refuses_a_dump_whose_sha256_differs(s3) -> None:
