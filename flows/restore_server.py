@@ -23,8 +23,8 @@ from letta_ops.tasks.backup_set_admission import require_key
 from letta_ops.tasks.backup_verification import (
     compare_counts,
     downloaded,
+    dump_head,
     restore_set_dump,
-    set_dump_toc,
 )
 from letta_ops.tasks.letta_api import LettaClient
 from letta_ops.tasks.letta_postgres import (
@@ -106,16 +106,16 @@ def _restore_beside_and_swap(
     a copy whose counts differ from the manifest is dropped and the live database kept.
     """
     incoming = incoming_database(database)
-    toc = set_dump_toc(store, manifest)  # a wrong key or a damaged header: nothing created
-    drop_database(incoming)  # left by a restore that was interrupted
-    create_database(incoming, with_pgvector=True)
-    try:
-        warnings = restore_set_dump(store, manifest, incoming, jobs, toc)
-        sequences = repair_sequences(incoming).to_dict()
-        differences = compare_counts(manifest.row_counts, table_row_counts(incoming))
-    except BaseException:
-        drop_database(incoming)
-        raise
+    with dump_head(store, manifest) as head:  # a wrong key or a damaged header: nothing created
+        drop_database(incoming)  # left by a restore that was interrupted
+        create_database(incoming, with_pgvector=True)
+        try:
+            warnings = restore_set_dump(store, manifest, incoming, head, jobs)
+            sequences = repair_sequences(incoming).to_dict()
+            differences = compare_counts(manifest.row_counts, table_row_counts(incoming))
+        except BaseException:
+            drop_database(incoming)
+            raise
     if differences:
         drop_database(incoming)
     else:

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from letta_ops.blocks.letta_database import LettaDatabase, default_pg_bin_dir
@@ -129,20 +130,36 @@ def downloaded(store: ObjectStore, key: str, expected_sha256: str | None = None)
         yield path
 
 
-def set_dump_toc(store: ObjectStore, manifest: BackupManifest) -> list[str]:
-    """The set's dump's table of contents, from its first bytes (decrypted when the set is
-    encrypted: a wrong key fails here, before anything is created or emptied)."""
+@dataclass(frozen=True)
+class DumpHead:
+    """The first bytes of a set's dump (in ``path``) and the table of contents they hold."""
+
+    path: Path
+    toc: list[str]
+
+
+@contextmanager
+def dump_head(store: ObjectStore, manifest: BackupManifest) -> Iterator[DumpHead]:
+    """The set's dump's first bytes and table of contents (decrypted when the set is
+    encrypted: a wrong key fails here, before anything is created or emptied), in a
+    temporary file for as long as the restore needs it.
+
+    Why keep them: pg_restore's pre-data and post-data sections need only the table of
+    contents, so a streamed restore runs them from this file and reads the stream once, for
+    the rows (see :func:`letta_ops.tasks.postgres_dump.restore_dump_streaming`).
+    """
     expected = manifest.objects.get(manifest.dump)
     size = expected.size if expected else store.metadata(manifest.dump).size
-    return read_dump_toc(store, manifest.dump, size, default_pg_bin_dir())[0]
+    with tempfile.TemporaryDirectory(prefix="letta-ops-toc-") as tmp:
+        Path(tmp).chmod(0o755)  # a local pg_restore may run as another user
+        path = Path(tmp) / "head.dump"
+        toc, _ = read_dump_toc(store, manifest.dump, size, default_pg_bin_dir(), keep=path)
+        path.chmod(0o644)
+        yield DumpHead(path, toc)
 
 
 def restore_set_dump(
-    store: ObjectStore,
-    manifest: BackupManifest,
-    db: LettaDatabase,
-    jobs: int = 2,
-    toc: list[str] | None = None,
+    store: ObjectStore, manifest: BackupManifest, db: LettaDatabase, head: DumpHead, jobs: int = 2
 ) -> list[str]:
     """Restore the set's dump into ``db`` while it downloads (one sequential read of the
     object, decrypted and authenticated frame by frame when encrypted); returns the errors
@@ -152,13 +169,8 @@ def restore_set_dump(
     see :func:`letta_ops.tasks.postgres_dump.restore_dump_streaming`.
     """
     expected = manifest.objects.get(manifest.dump)
-    toc = toc if toc is not None else set_dump_toc(store, manifest)
-    with (
-        tempfile.TemporaryDirectory(prefix="letta-ops-dump-") as tmp,
-        store.open_read(manifest.dump) as stream,
-    ):
-        Path(tmp).chmod(0o755)  # a local pg_restore may run as another user; the file is 0644
-        restored = restore_dump_streaming(db, stream, toc, Path(tmp) / "database.dump", jobs)
+    with store.open_read(manifest.dump) as stream:
+        restored = restore_dump_streaming(db, stream, head.path, head.toc, jobs)
     if expected and (restored.sha256, restored.size) != (expected.sha256, expected.size):
         raise PgToolError(f"{manifest.dump} does not match its sha256 in the manifest.")
     return restored.warnings
@@ -183,12 +195,15 @@ def check_dump(store: ObjectStore, manifest: BackupManifest, bin_dir: Path | Non
     }
 
 
-def read_dump_toc(store: ObjectStore, key: str, size: int, bin_dir: Path) -> tuple[list[str], int]:
+def read_dump_toc(
+    store: ObjectStore, key: str, size: int, bin_dir: Path, keep: Path | None = None
+) -> tuple[list[str], int]:
     """``pg_restore --list`` on the shortest fetched prefix of the dump that holds its table
-    of contents; returns the TOC and how many bytes were read. A damaged archive fails with
-    pg_restore's error once the whole dump has been read."""
+    of contents; returns the TOC and how many bytes were read (the prefix stays in ``keep``
+    when given). A damaged archive fails with pg_restore's error once the whole dump has been
+    read."""
     with tempfile.TemporaryDirectory(prefix="letta-ops-toc-") as tmp:
-        path = Path(tmp) / "database.dump"
+        path = keep or Path(tmp) / "database.dump"
         have = 0
         with path.open("wb") as out:
             while True:
@@ -260,12 +275,14 @@ def drill(
     # The table of contents is read (decrypted and authenticated) before the scratch database
     # exists: a wrong key or a damaged archive header never gets as far as creating one. The
     # rest restores while it downloads: the scratch database holds nothing to lose.
-    toc = set_dump_toc(store, manifest)
-    with scratch_database(target, manifest.db_schema, dedicated, purpose="drill") as (
-        scratch,
-        in_place,
+    with (
+        dump_head(store, manifest) as head,
+        scratch_database(target, manifest.db_schema, dedicated, purpose="drill") as (
+            scratch,
+            in_place,
+        ),
     ):
-        warnings = restore_set_dump(store, manifest, scratch, jobs, toc)
+        warnings = restore_set_dump(store, manifest, scratch, head, jobs)
         counts = table_row_counts(scratch)
     differences = compare_counts(manifest.row_counts, counts)
     return {

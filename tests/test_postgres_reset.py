@@ -8,19 +8,21 @@ results are counted by the tests' own SQL (``tests.fixtures.oracle``).
 from __future__ import annotations
 
 import io
+import subprocess
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.backup_verification import read_dump_toc
 from letta_ops.tasks.letta_postgres import connect, empty_database
 from letta_ops.tasks.object_store import open_store
+from letta_ops.tasks.post_data_schedule import data_started, post_data_by_table
 from letta_ops.tasks.postgres_dump import (
     PgToolError,
     dump_to_store,
     expected_restore_error,
-    list_dump,
     restore_dump,
     restore_dump_streaming,
     restore_errors,
@@ -113,19 +115,29 @@ def test_dump_empty_and_restore(pg_clusters, make_database, tmp_path: Path, majo
 
 @pytest.mark.parametrize("major,role", CELLS, ids=[f"pg{m}-{r}" for m, r in CELLS])
 def test_restore_while_the_dump_streams(pg_clusters, make_database, tmp_path: Path, major, role):
-    """Tables and rows from the stream itself, indexes and constraints from the spooled file
-    in parallel; the digest is of exactly what was read. A cut stream fails, in one line."""
+    """Tables and rows from the stream itself; the tables first and then indexes and
+    constraints in parallel from the dump's head alone (its table of contents); the digest is
+    of exactly what was read. A cut stream fails, in one line, and so does a stream whose
+    first bytes are not the head's."""
     source = _database(pg_clusters, make_database, major, role, "ssrc")
     _run(source, SCHEMA)
+    # Rows enough that the dump is longer than the head read for its table of contents.
+    _run(source, "CREATE TABLE bulk AS SELECT g, md5(g::text) h FROM generate_series(1, 60000) g")
+    _run(source, "CREATE INDEX bulk_h ON bulk (h)")
     before = sql_table_counts(source)
     store = open_store(f"file://{tmp_path}")
     dumped = dump_to_store(source, store, "s/database.dump")
-    toc = list_dump(source.bin_dir(), tmp_path / "s" / "database.dump")
+    head = tmp_path / "head.dump"
+    toc, head_bytes = read_dump_toc(
+        store, "s/database.dump", dumped.stored.size, source.bin_dir(), keep=head
+    )
+    assert head.stat().st_size == head_bytes < dumped.stored.size  # the head is not the dump
+    head.chmod(0o644)
 
     target = _database(pg_clusters, make_database, major, role, "sdst")
     empty_database(target, restore_plan(target)["reset_mode"])
     with store.open_read("s/database.dump") as stream:
-        restored = restore_dump_streaming(target, stream, toc, tmp_path / "spool", jobs=2)
+        restored = restore_dump_streaming(target, stream, head, toc, jobs=2)
     assert (restored.sha256, restored.size) == (dumped.stored.sha256, dumped.stored.size)
     assert sql_table_counts(target) == before
     assert all("transaction_timeout" in line for line in restored.warnings)
@@ -136,12 +148,20 @@ def test_restore_while_the_dump_streams(pg_clusters, make_database, tmp_path: Pa
         _run(target, "INSERT INTO messages (id, agent_id) VALUES ('m-1', 'agent-1')")
     with pytest.raises(sa.exc.DBAPIError, match="foreign key"):
         _run(target, "INSERT INTO messages (id, agent_id) VALUES ('m-x', 'no-such-agent')")
+    assert sql_scalar(target, "SELECT count(*) FROM pg_indexes WHERE indexname = 'bulk_h'") == 1
 
     cut = _database(pg_clusters, make_database, major, role, "scut")
     empty_database(cut, restore_plan(cut)["reset_mode"])
     data = (tmp_path / "s" / "database.dump").read_bytes()
     with pytest.raises(PgToolError, match="pg_restore failed"):
-        restore_dump_streaming(cut, io.BytesIO(data[: len(data) // 2]), toc, tmp_path / "c")
+        restore_dump_streaming(cut, io.BytesIO(data[: len(data) // 2]), head, toc)
+
+    other = _database(pg_clusters, make_database, major, role, "sother")
+    empty_database(other, restore_plan(other)["reset_mode"])
+    altered = bytearray(data)
+    altered[head_bytes // 2] ^= 0xFF  # a byte inside the head's span
+    with pytest.raises(PgToolError, match="first bytes differ between two reads"):
+        restore_dump_streaming(other, io.BytesIO(bytes(altered)), head, toc)
 
 
 @pytest.mark.parametrize("major", [16, 18])
@@ -290,3 +310,47 @@ def test_compression_choices_are_validated_and_recorded(pg_cluster, tmp_path: Pa
         dump_to_store(db, store, "c/database.dump", compression="zstd")
     assert not (tmp_path / "c").exists()
     _run(db, "DROP TABLE compress_me")
+
+
+@pytest.mark.parametrize("major", [16, 18])
+def test_post_data_schedule_pairs_real_pg_restore_output(
+    pg_clusters, make_database, tmp_path: Path, major
+):
+    """Each table's primary key and indexes may be built once its rows are in; a foreign key
+    waits for the end; pg_restore's progress names the table whose rows start loading."""
+    source = _database(pg_clusters, make_database, major, "superuser", "sched")
+    _run(source, SCHEMA)
+    _run(source, "CREATE INDEX messages_agent ON messages (agent_id)")
+    dump = tmp_path / "database.dump"
+    dump_to_store(source, open_store(f"file://{tmp_path}"), "database.dump")
+    pg_restore = str(source.bin_dir() / "pg_restore")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([pg_restore, *args], capture_output=True, text=True, check=True)
+
+    post_data = [
+        line
+        for line in run("--list", "--section=post-data", str(dump)).stdout.splitlines()
+        if line and not line.startswith(";")
+    ]
+    schedule = post_data_by_table(
+        post_data, run("--section=post-data", "-f", "-", str(dump)).stdout
+    )
+
+    assert {table: [line.split()[-2] for line in lines] for table, lines in schedule.items()} == {
+        "public.agents": ["agents_pkey"],
+        "public.messages": ["messages_pkey", "messages_agent"],
+    }
+    foreign_keys = [line for line in post_data if "FK CONSTRAINT" in line]
+    assert foreign_keys and not any(line in sum(schedule.values(), []) for line in foreign_keys)
+    # A script whose entries do not pair with the list schedules nothing early.
+    assert (
+        post_data_by_table(post_data[1:], run("--section=post-data", "-f", "-", str(dump)).stdout)
+        == {}
+    )
+
+    progress = run("--verbose", "--section=data", "-f", "/dev/null", str(dump)).stderr
+    assert [t for line in progress.splitlines() if (t := data_started(line))] == [
+        "public.agents",
+        "public.messages",
+    ]
