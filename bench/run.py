@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -341,6 +342,22 @@ _INSERT_BATCH = sa.text(
 )
 
 
+def next_batch(
+    state: dict[str, Any], lock: threading.Lock, deadline: float, enough: Callable[[], bool]
+) -> int | None:
+    """The next batch number for a generator worker, or None when ``enough`` says so or the
+    time budget is spent (then ``state["stopped_by_budget"]``)."""
+    with lock:
+        if enough():
+            return None
+        if time.perf_counter() > deadline:
+            state["stopped_by_budget"] = True
+            return None
+        batch = state["next"]
+        state["next"] += 1
+        return batch
+
+
 def grow_database(db: LettaDatabase, target_dump: int) -> dict[str, Any]:
     """Add incompressible ballast until the full dump should reach ``target_dump`` bytes."""
     started = time.perf_counter()
@@ -373,15 +390,9 @@ def grow_database(db: LettaDatabase, target_dump: int) -> dict[str, Any]:
 
     def worker() -> None:
         with connect(db, autocommit=True) as conn:
-            while True:
-                with lock:
-                    if state["next"] >= batches_wanted:
-                        return
-                    if time.perf_counter() > deadline:
-                        state["stopped_by_budget"] = True
-                        return
-                    batch = state["next"]
-                    state["next"] += 1
+            while (
+                batch := next_batch(state, lock, deadline, lambda: state["next"] >= batches_wanted)
+            ) is not None:
                 conn.execute(_INSERT_BATCH, {"seed": seed, "batch": batch})
                 with lock:
                     state["done"] += 1
@@ -487,15 +498,7 @@ def grow_conversations(db: LettaDatabase, target_database: int) -> dict[str, Any
 
     def worker() -> None:
         with connect(db, autocommit=True) as conn:
-            while True:
-                with lock:
-                    if state["full"]:
-                        return
-                    if time.perf_counter() > deadline:
-                        state["stopped_by_budget"] = True
-                        return
-                    batch = state["next"]
-                    state["next"] += 1
+            while (batch := next_batch(state, lock, deadline, lambda: state["full"])) is not None:
                 lo = batch * CONVERSATION_BATCH_ROWS + 1
                 hi = lo + CONVERSATION_BATCH_ROWS - 1
                 params = {"seed": seed, "words": _WORDS}

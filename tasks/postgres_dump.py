@@ -16,6 +16,7 @@ import re
 import subprocess
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -29,7 +30,12 @@ from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.errors import Refused, final_error_line
 from letta_ops.tasks.letta_postgres import connect, counts_in_snapshot
 from letta_ops.tasks.object_store import ObjectStore, StoredObject
-from letta_ops.tasks.pg_client_tools import LocalPgClientTools, PgToolError, client_tools
+from letta_ops.tasks.pg_client_tools import (
+    LocalPgClientTools,
+    PgClientTools,
+    PgToolError,
+    client_tools,
+)
 from letta_ops.tasks.post_data_schedule import data_started, post_data_by_table
 from letta_ops.tasks.postgres_privileges import require_supported_server
 
@@ -360,8 +366,8 @@ def restore_dump_streaming(
     tools = client_tools(db)
     expected_head = head.read_bytes()  # the TOC: a few hundred KiB whatever the dump's size
     digest, size = hashlib.sha256(), 0
-    early = ThreadPoolExecutor(max(1, jobs - 1), thread_name_prefix="early-post-data")
-    with tempfile.TemporaryDirectory(prefix="letta-ops-restore-") as work, _shut(early):
+    pool = ThreadPoolExecutor(max(1, jobs - 1), thread_name_prefix="early-post-data")
+    with tempfile.TemporaryDirectory(prefix="letta-ops-restore-") as work, _shut(pool):
         listing = target.listing(toc).splitlines()
         with (
             tools.staged(_list_file(work, "restore", listing)) as use_list,
@@ -372,38 +378,14 @@ def restore_dump_streaming(
             result = tools.run("pg_restore", *base, "--section=pre-data", staged_head)
             warnings = target.tolerated(result.returncode, result.stderr)
 
-            schedule = post_data_by_table(
-                _toc(tools.run("pg_restore", "--list", "--section=post-data", staged_head)),
-                _script(tools.run("pg_restore", "--section=post-data", "-f", "-", staged_head)),
+            early = EarlyIndexBuilds(
+                post_data_by_table(
+                    _toc(tools.run("pg_restore", "--list", "--section=post-data", staged_head)),
+                    _script(tools.run("pg_restore", "--section=post-data", "-f", "-", staged_head)),
+                ),
+                lambda lines: _restore_listed(tools, target, target_args, work, lines, staged_head),
+                pool,
             )
-            started: list[Future[list[str]]] = []
-            built: set[str] = set()  # TOC lines handed to an early build
-            loading: list[str] = []
-
-            def build_indexes_of(table: str) -> None:
-                lines = schedule.pop(table, None)
-                if not lines:
-                    return
-                built.update(lines)
-                group = _list_file(work, f"early-{len(started)}", lines)
-
-                def run() -> list[str]:
-                    with tools.staged(group) as group_list:
-                        outcome = tools.run(
-                            "pg_restore", *target_args, f"--use-list={group_list}",
-                            "--section=post-data", staged_head,
-                        )  # fmt: skip
-                    return target.tolerated(outcome.returncode, outcome.stderr)
-
-                started.append(early.submit(run))
-
-            def on_progress(line: str) -> None:
-                table = data_started(line)
-                if table is not None:
-                    if loading:
-                        build_indexes_of(loading[-1])  # pg_restore moved on: its rows are in
-                    loading.append(table)
-
             proc = subprocess.Popen(
                 tools.argv("pg_restore", *base, "--verbose", "--section=data"),
                 env=tools.env(),
@@ -412,7 +394,7 @@ def restore_dump_streaming(
                 stderr=subprocess.PIPE,
             )
             _widen_pipe(proc.stdin)
-            stderr = StderrDrain(proc, on_progress)
+            stderr = StderrDrain(proc, early.progress)
             try:
                 for chunk in iter(lambda: stream.read(chunk_size), b""):
                     if size < len(expected_head):
@@ -434,18 +416,65 @@ def restore_dump_streaming(
                     proc.kill()
                     proc.wait()
             warnings += target.tolerated(returncode, stderr.text())  # text(): progress is over
-            if loading:
-                build_indexes_of(loading[-1])
-            for future in started:
-                warnings += future.result()
-            rest = [line for line in listing if line not in built]
-            args = [*target_args, "--section=post-data"]
-            if jobs > 1:
-                args += ["--jobs", str(jobs)]
-            with tools.staged(_list_file(work, "post-data", rest)) as rest_list:
-                result = tools.run("pg_restore", *args, f"--use-list={rest_list}", staged_head)
-    warnings += target.tolerated(result.returncode, result.stderr)
+            warnings += early.finish()
+            rest = [line for line in listing if line not in early.built]
+            warnings += _restore_listed(tools, target, target_args, work, rest, staged_head, jobs)
     return StreamedRestore(warnings, digest.hexdigest(), size)
+
+
+class EarlyIndexBuilds:
+    """A table's own keys and indexes, built (by ``build``, in ``pool``) once pg_restore's
+    progress shows it moved on to the next table; :meth:`finish` builds the last table's and
+    waits for all. ``built`` holds the TOC lines handed out, which the final step leaves out.
+    """
+
+    def __init__(
+        self,
+        schedule: dict[str, list[str]],
+        build: Callable[[list[str]], list[str]],
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        self.schedule, self.build, self.pool = schedule, build, pool
+        self.built: set[str] = set()
+        self._started: list[Future[list[str]]] = []
+        self._loading: str | None = None
+
+    def progress(self, line: str) -> None:
+        """A line of ``pg_restore --verbose``: when a table's rows start, the previous
+        table's are in."""
+        table = data_started(line)
+        if table is not None:
+            self._rows_are_in(self._loading)
+            self._loading = table
+
+    def finish(self) -> list[str]:
+        """After the data run (its progress read to the end): the warnings of every build."""
+        self._rows_are_in(self._loading)
+        return [warning for future in self._started for warning in future.result()]
+
+    def _rows_are_in(self, table: str | None) -> None:
+        lines = self.schedule.pop(table, None) if table else None
+        if lines:
+            self.built.update(lines)
+            self._started.append(self.pool.submit(self.build, lines))
+
+
+def _restore_listed(
+    tools: PgClientTools,
+    target: RestoreTarget,
+    target_args: list[str],
+    work: str,
+    lines: list[str],
+    archive: str,
+    jobs: int = 1,
+) -> list[str]:
+    """Restore the post-data entries among ``lines`` of ``archive`` (``jobs`` workers); the
+    errors allowed."""
+    listed = _list_file(work, f"post-data-{uuid.uuid4().hex[:8]}", lines)
+    args = [*target_args, "--section=post-data"] + (["--jobs", str(jobs)] if jobs > 1 else [])
+    with tools.staged(listed) as use_list:
+        result = tools.run("pg_restore", *args, f"--use-list={use_list}", archive)
+    return target.tolerated(result.returncode, result.stderr)
 
 
 @contextmanager
