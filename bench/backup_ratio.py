@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             dump_s, dump_bytes = timed(lambda: raw_pg_dump(db, dump_path))
             backup_s, report = timed(lambda: backup())
             log(f"raw export {export_s} s, raw pg_dump {dump_s} s, letta-ops backup {backup_s} s")
-            manifest = load_manifest(store, *report["set"].split("/"))
+            manifest = load_manifest(store, *report.set.split("/"))
 
             # Restores in rounds (raw, recreate, in-place, drill), medians of RESTORE_ROUNDS:
             # one restore of a 1 GB dump varies by a second or more on two shared cores.

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                     os.environ.pop("LETTA_OPS_ENCRYPTION_KEY", None)
                 seconds, report = timed(lambda: backup(purpose="manual"))
                 store = open_backup_store()
-                manifest = load_manifest(store, *report["set"].split("/"))
+                manifest = load_manifest(store, *report.set.split("/"))
                 assert (manifest.encryption is not None) == (kind == "encrypted")
                 target = env.root / "download.dump"
                 download_s, fetched = timed(

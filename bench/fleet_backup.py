@@ -128,7 +128,7 @@ def baseline(names: list[str]) -> float:
     return round(time.monotonic() - started, 2)
 
 
-def fleet() -> tuple[float, dict[str, Any]]:
+def fleet() -> tuple[float, Any]:  # the FleetBackupReport
     from letta_ops.flows.fleet_backup import fleet_backup
 
     started = time.monotonic()
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     took, report = fleet()
                     seconds[kind].append(took)
-                    workers_seen |= {r["worker"] for r in report["servers"] if r["worker"]}
+                    workers_seen |= {r.worker for r in report.servers if r.worker}
                 log(f"{kind}: {seconds[kind][-1]} s")
         base, fast = statistics.median(seconds["baseline"]), statistics.median(seconds["fleet"])
         figures = {

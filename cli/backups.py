@@ -7,6 +7,7 @@ reads the store without loading Prefect.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from letta_ops.cli.errors import EXIT_OK
 from letta_ops.cli.options import (
@@ -18,6 +19,11 @@ from letta_ops.cli.options import (
     store_options,
 )
 from letta_ops.cli.output import emit, emit_rows, render_table, with_progress
+
+if TYPE_CHECKING:  # the models load with the flows, never for --help
+    from letta_ops.flows.backup import BackupReport
+    from letta_ops.flows.prune import PruneReport
+    from letta_ops.flows.verify import VerifyReport
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -40,22 +46,19 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def render_backup(report: dict) -> str:
+def render_backup(report: BackupReport) -> str:
     lines = [
-        f"backup set   {report['set']}  ({'verified' if report['verified'] else 'NOT verified'})",
-        f"letta        {report['letta_version']}  alembic {report['alembic_revision']}",
-        f"agents       {report['agents_exported']} of {report['agents_total']} exported",
-        f"database     {report['tables']} tables, {report['rows']} rows, "
-        f"dump {report['dump_bytes']} bytes",
+        f"backup set   {report.set}  ({'verified' if report.verified else 'NOT verified'})",
+        f"letta        {report.letta_version}  alembic {report.alembic_revision}",
+        f"agents       {report.agents_exported} of {report.agents_total} exported",
+        f"database     {report.tables} tables, {report.rows} rows, dump {report.dump_bytes} bytes",
     ]
-    if report.get("object_lock"):
-        lock = report["object_lock"]
-        lines.append(f"locked       {lock['mode'].lower()} until {lock['retain_until']}")
-    if report.get("encryption_key_id"):
-        lines.append(f"encrypted    AES-256-GCM, key id {report['encryption_key_id']}")
-    lines += [
-        f"  failed     {a['id']} {a['name']!r}: {a['error']}" for a in report["agents_failed"]
-    ]
+    if report.object_lock:
+        lock = report.object_lock
+        lines.append(f"locked       {lock.mode.lower()} until {lock.retain_until.isoformat()}")
+    if report.encryption_key_id:
+        lines.append(f"encrypted    AES-256-GCM, key id {report.encryption_key_id}")
+    lines += [f"  failed     {a.id} {a.name!r}: {a.error}" for a in report.agents_failed]
     return "\n".join(lines)
 
 
@@ -84,17 +87,17 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def render_verify(result: dict) -> str:
-    drill = result.get("drill_result")
-    encryption = result.get("encryption")
+def render_verify(result: VerifyReport) -> str:
+    drill = result.drill_result
+    encryption = result.encryption
     return (
-        f"{result['set']}: verified {result['objects']} objects"
-        + (f", restore drill matched {drill['tables']} tables" if drill else "")
+        f"{result.set}: verified {result.objects} objects"
+        + (f", restore drill matched {drill.tables} tables" if drill else "")
         + (
-            f" (encrypted, key id {encryption['key_id']}: "
+            f" (encrypted, key id {encryption.key_id}: "
             + (
                 "decrypted and authenticated)"
-                if encryption["decrypted"]
+                if encryption.decrypted
                 else "stored bytes only; no key, so the dump's table of contents was not read)"
             )
             if encryption
@@ -140,11 +143,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def render_prune(result: dict) -> str:
-    head = "deleted" if result["executed"] else "plan (nothing deleted; add --execute)"
+def render_prune(result: PruneReport) -> str:
+    head = "deleted" if result.executed else "plan (nothing deleted; add --execute)"
     return (
         render_table(
-            result["sets"],
+            [row.model_dump(mode="json") for row in result.sets],
             [
                 "set_id",
                 "server",
@@ -156,7 +159,7 @@ def render_prune(result: dict) -> str:
                 "prunable_after",
             ],
         )
-        + f"\n{head}: keep {result['keep']}, delete {result['delete']}"
+        + f"\n{head}: keep {result.keep}, delete {result.delete}"
     )
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from letta_ops.cli.errors import EXIT_FAILED, EXIT_OK
 from letta_ops.cli.output import emit, progress
+
+if TYPE_CHECKING:  # the models load with the flows, never for --help
+    from letta_ops.flows.demo import DemoReport
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -15,9 +19,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.stop_ui:
         emit({"stopped": stop_prefect_ui()}, args.json)
         return EXIT_OK
-    report = run_demo(log=progress, ui=not args.no_ui)
-    emit(report, args.json, render=lambda r: r["text"])
-    return EXIT_OK if report["ok"] else EXIT_FAILED
+    report: DemoReport = run_demo(log=progress, ui=not args.no_ui)
+    emit(report, args.json, render=lambda r: r.text)
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -7,10 +7,15 @@ picks them by name, glob or ``key:value`` tag.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from letta_ops.cli.errors import EXIT_OK
 from letta_ops.cli.options import object_lock_options, positive, store_options, version
 from letta_ops.cli.output import emit, render_table, with_progress
+
+if TYPE_CHECKING:  # the models load with the flows, never for --help
+    from letta_ops.flows.fleet_backup import FleetBackupReport
+    from letta_ops.flows.fleet_upgrade import FleetUpgradeReport
 
 SERVERS_COLUMNS = ["server", "tags", "health", "version", "newest_verified_set"]
 
@@ -37,22 +42,22 @@ def cmd_servers_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def render_fleet_backup(report: dict) -> str:
+def render_fleet_backup(report: FleetBackupReport) -> str:
     rows = [
         {
-            "server": r["server"] or "(environment)",
-            "set": r["backup_set"] or "",
-            "agents": r["agents"],
-            "bytes": r["bytes"],
-            "seconds": r["seconds"],
-            "outcome": "ok" if r["ok"] else f"FAILED: {r['error']}",
-            "worker": r["worker"] or "",
+            "server": r.server or "(environment)",
+            "set": r.backup_set or "",
+            "agents": r.agents,
+            "bytes": r.bytes,
+            "seconds": r.seconds,
+            "outcome": "ok" if r.ok else f"FAILED: {r.error}",
+            "worker": r.worker or "",
         }
-        for r in report["servers"]
+        for r in report.servers
     ]
     columns = ["server", "set", "agents", "bytes", "seconds", "outcome", "worker"]
     return render_table(rows, columns) + (
-        f"\n{report['succeeded']} of {len(rows)} server backups succeeded"
+        f"\n{report.succeeded} of {len(rows)} server backups succeeded"
     )
 
 
@@ -75,18 +80,18 @@ def cmd_fleet_backup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def render_fleet_upgrade(report: dict) -> str:
-    lines = [f"fleet upgrade to {report['to_version']}: {report['outcome']}"]
+def render_fleet_upgrade(report: FleetUpgradeReport) -> str:
+    lines = [f"fleet upgrade to {report.to_version}: {report.outcome}"]
     lines += [
         f"  wave {i}: {', '.join(wave)}" + (" (canary)" if i == 1 else "")
-        for i, wave in enumerate(report["waves"], 1)
+        for i, wave in enumerate(report.waves, 1)
     ]
-    if report.get("stopped_because"):
-        lines.append(f"stopped: {report['stopped_because']}")
+    if report.stopped_because:
+        lines.append(f"stopped: {report.stopped_because}")
     lines += [
         f"  {name}: {version or 'down'}"
-        + (f" ({report['outcomes'][name]})" if report["outcomes"].get(name) else "")
-        for name, version in report["versions"].items()
+        + (f" ({report.outcomes[name]})" if report.outcomes.get(name) else "")
+        for name, version in report.versions.items()
     ]
     return "\n".join(lines)
 

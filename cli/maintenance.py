@@ -11,41 +11,48 @@ prints a table (or ``--json``) and leaves a report artifact on its Prefect flow 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
 
 from letta_ops.cli.errors import EXIT_FAILED, EXIT_NEEDS_ACTION, EXIT_OK
 from letta_ops.cli.options import lock_options, lock_wait, positive, store_options
 from letta_ops.cli.output import emit, progress, render_table
 
+if TYPE_CHECKING:  # the models load with the flows, never for --help
+    from letta_ops.flows.cleanup_sources import SourceCleanupReport
+    from letta_ops.flows.doctor import DoctorReport
+    from letta_ops.flows.rename_agents import RenameReport
+    from letta_ops.flows.repair_sequences import SequenceRepairReport
+    from letta_ops.flows.sync_tools import ToolSyncReport
+
 # --------------------------------------------------------------------------- sync-tools
 
 
-def _render_sync(report: dict[str, Any]) -> str:
+def _render_sync(report: ToolSyncReport) -> str:
     rows = [
         {
-            "agent": a["agent_name"],
-            "id": a["agent_id"],
-            "attach" if report["dry_run"] else "attached": ", ".join(a["attached"]),
-            "detach" if report["dry_run"] else "detached": ", ".join(a["detached"]),
-            "unchanged": a["unchanged"],
-            "error": a["error"] or "",
+            "agent": a.agent_name,
+            "id": a.agent_id,
+            "attach" if report.dry_run else "attached": ", ".join(a.attached),
+            "detach" if report.dry_run else "detached": ", ".join(a.detached),
+            "unchanged": a.unchanged,
+            "error": a.error or "",
         }
-        for a in report["agents"]
-        if a["attached"] or a["detached"] or a["error"]
+        for a in report.agents
+        if a.attached or a.detached or a.error
     ]
-    verbs = ("attach", "detach") if report["dry_run"] else ("attached", "detached")
+    verbs = ("attach", "detach") if report.dry_run else ("attached", "detached")
     head = (
         "plan (nothing changed; "
-        + ("add --execute to detach)" if report["mode"] == "exact" else "drop --dry-run)")
-        if report["dry_run"]
+        + ("add --execute to detach)" if report.mode == "exact" else "drop --dry-run)")
+        if report.dry_run
         else "synced"
     )
     return (
         render_table(rows, ["agent", "id", *verbs, "unchanged", "error"])
-        + f"\n{head}: control {report['control_agent']['name']!r} "
-        f"({len(report['control_tools'])} tools), {report['targets']} target(s), "
-        f"{verbs[0]} {report['attached']}, {verbs[1]} {report['detached']}, "
-        f"already in line {report['unchanged_agents']}, errors {report['errors']}"
+        + f"\n{head}: control {report.control_agent.name!r} "
+        f"({len(report.control_tools)} tools), {report.targets} target(s), "
+        f"{verbs[0]} {report.attached}, {verbs[1]} {report.detached}, "
+        f"already in line {report.unchanged_agents}, errors {report.errors}"
     )
 
 
@@ -78,20 +85,23 @@ def cmd_sync_tools(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- cleanup-sources
 
 
-def _render_cleanup(report: dict[str, Any]) -> str:
-    text = render_table(report["remove"], ["name", "id", "category", "reason", "outcome"])
-    for kept in report["kept"]:
-        text += f"\nkept {kept['name']!r} ({kept['id']}): {kept['reason']}"
-    if report["executed"]:
-        text += f"\nremoved {report['removed']}, left {report['left']}"
-        if report.get("backup_set"):
-            text += f" (backup before the SQL step: {report['backup_set']})"
+def _render_cleanup(report: SourceCleanupReport) -> str:
+    text = render_table(
+        [item.model_dump(mode="json") for item in report.remove],
+        ["name", "id", "category", "reason", "outcome"],
+    )
+    for kept in report.kept:
+        text += f"\nkept {kept.name!r} ({kept.id}): {kept.reason}"
+    if report.executed:
+        text += f"\nremoved {report.removed}, left {report.left}"
+        if report.backup_set:
+            text += f" (backup before the SQL step: {report.backup_set})"
     else:
-        hint = "--execute" if report["sql"] else "--execute (and --sql for phantoms)"
+        hint = "--execute" if report.sql else "--execute (and --sql for phantoms)"
         text += (
             f"\nplan (nothing deleted; add {hint}): "
-            f"{report['orphans']} orphan(s), {report['duplicates']} duplicate(s), "
-            f"{report['phantoms']} phantom(s) of {report['folders_total']} folder(s)"
+            f"{report.orphans} orphan(s), {report.duplicates} duplicate(s), "
+            f"{report.phantoms} phantom(s) of {report.folders_total} folder(s)"
         )
     return text
 
@@ -119,23 +129,24 @@ def cmd_cleanup_sources(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- repair-sequences
 
 
-def _render_repair(report: dict[str, Any]) -> str:
+def _render_repair(report: SequenceRepairReport) -> str:
+    # The changes differ by action: a missing attribute is an empty cell.
     rows = [
         {
-            "action": c["action"],
-            "sequence": c.get("sequence", ""),
-            "column": f"{c['table']}.{c['column']}" if c.get("table") else "",
-            "from": c.get("from", ""),
-            "to": c.get("to", ""),
+            "action": c.action,
+            "sequence": getattr(c, "sequence", ""),
+            "column": f"{c.table}.{c.column}" if getattr(c, "table", None) else "",
+            "from": getattr(c, "from_", ""),
+            "to": getattr(c, "to", ""),
         }
-        for c in report["changes"]
+        for c in report.changes
     ]
-    verb = "would change" if report["dry_run"] else "changed"
+    verb = "would change" if report.dry_run else "changed"
     text = render_table(rows, ["action", "sequence", "column", "from", "to"])
     text += (
-        f"\n{report['columns']} sequence column(s) checked in schema {report['schema']}; "
-        f"{verb} {len(rows)}; problems before {len(report['problems_before'])}, "
-        f"after {len(report['problems_after'])}"
+        f"\n{report.columns} sequence column(s) checked in schema {report.schema_}; "
+        f"{verb} {len(rows)}; problems before {len(report.problems_before)}, "
+        f"after {len(report.problems_after)}"
     )
     return text
 
@@ -151,13 +162,15 @@ def cmd_repair_sequences(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- rename-agents
 
 
-def _render_renames(report: dict[str, Any]) -> str:
-    if not report["renames"]:
-        return report.get("message", "nothing to do")
-    head = "renamed" if report["executed"] else "plan only: rerun with --execute to rename"
-    rows = render_table(report["renames"], ["agent", "from", "to"])
-    tail = f"\nnames before are in {report['backup_set']}" if report.get("backup_set") else ""
-    return f"{rows}\n{len(report['renames'])} agent(s), Letta {report['version']}: {head}{tail}"
+def _render_renames(report: RenameReport) -> str:
+    if not report.renames:
+        return report.message or "nothing to do"
+    head = "renamed" if report.executed else "plan only: rerun with --execute to rename"
+    rows = render_table(
+        [r.model_dump(mode="json") for r in report.renames], ["agent", "from", "to"]
+    )
+    tail = f"\nnames before are in {report.backup_set}" if report.backup_set else ""
+    return f"{rows}\n{len(report.renames)} agent(s), Letta {report.version}: {head}{tail}"
 
 
 def cmd_rename_agents(args: argparse.Namespace) -> int:
@@ -173,20 +186,20 @@ def cmd_rename_agents(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- doctor
 
 
-def _render_doctor(report: dict[str, Any]) -> str:
+def _render_doctor(report: DoctorReport) -> str:
     rows = [
         {
-            "check": f["check"] + (" (ignored)" if f["check"] in report["ignored"] else ""),
-            "status": f["status"].upper() if f["status"] == "action" else f["status"],
-            "finding": f["detail"],
-            "fix": f["fix"] or "",
+            "check": f.check + (" (ignored)" if f.check in report.ignored else ""),
+            "status": f.status.upper() if f.status == "action" else f.status,
+            "finding": f.detail,
+            "fix": f.fix or "",
         }
-        for f in report["findings"]
+        for f in report.findings
     ]
-    verdict = "NEEDS ACTION" if report["needs_action"] else "all well"
+    verdict = "NEEDS ACTION" if report.needs_action else "all well"
     return (
         render_table(rows, ["check", "status", "finding", "fix"])
-        + f"\n{report['server']} ({report['base_url']}), Letta {report['version'] or '?'}: "
+        + f"\n{report.server} ({report.base_url}), Letta {report.version or '?'}: "
         + verdict
     )
 
@@ -203,7 +216,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         ignore=args.ignore,
     )
     emit(report, args.json, render=_render_doctor)
-    return EXIT_NEEDS_ACTION if report["needs_action"] else EXIT_OK
+    return EXIT_NEEDS_ACTION if report.needs_action else EXIT_OK
 
 
 # --------------------------------------------------------------------------- parser

@@ -16,10 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from letta_ops.cli.errors import Refused
+from letta_ops.tasks.report_schema import SCHEMA_VERSION
 
-#: Version of the ``--json`` shapes documented in the README; raised when a key changes
-#: meaning or goes away (new keys may appear without it).
-SCHEMA_VERSION = 1
+__all__ = ["SCHEMA_VERSION"]
 
 
 def json_value(value: Any) -> Any:
@@ -31,7 +30,10 @@ def json_value(value: Any) -> Any:
     from pathlib import PurePath
     from uuid import UUID
 
-    if isinstance(value, datetime | date | time):
+    if isinstance(value, datetime):  # UTC as "Z", as the reports' pydantic dumps write it
+        text = value.isoformat()
+        return text[: -len("+00:00")] + "Z" if text.endswith("+00:00") else text
+    if isinstance(value, date | time):
         return value.isoformat()
     if isinstance(value, PurePath | UUID):
         return str(value)

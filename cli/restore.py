@@ -9,51 +9,59 @@ are one sentence and exit 2 with nothing changed; a failed operation exits 1.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from letta_ops.cli.errors import EXIT_OK, Refused
 from letta_ops.cli.options import lock_options, port, reset_options, store_options
 from letta_ops.cli.output import confirm, emit, render_table, with_progress
 
+if TYPE_CHECKING:  # the models load with the flows, never for --help
+    from letta_ops.flows.recover import RecoverReport
+    from letta_ops.flows.restore import RestoreReport
+    from letta_ops.flows.restore_agents import AgentRestoreReport
+    from letta_ops.flows.rollback import RollbackReport
+    from letta_ops.flows.server_lock import UnlockReport
+
 # --------------------------------------------------------------------------- rollback
 
 
-def render_rollback_plan(report: dict) -> str:
-    plan = report["plan"]
+def render_rollback_plan(report: RollbackReport) -> str:
+    plan = report.plan
     lines = [
-        f"rollback {plan['server']} ({plan['base_url']}): Letta {plan['from_version']} -> "
-        f"{plan['to_version']} from set {plan['set']}",
-        f"set taken {plan['set_created_at']} ({plan['set_purpose']}), "
-        f"{plan['objects_verified']} objects verified; {plan['tables']} tables, "
-        f"{plan['rows']} rows",
-        f"agents {plan['agents_now']} now -> {plan['agents_in_set']} after; expected downtime "
-        f"about {plan['expected_downtime_seconds']} s",
-        f"database: PostgreSQL {plan['postgres_major']}, role {plan['database_role']}, "
-        f"emptied by {plan['reset_mode']}",
+        f"rollback {plan.server} ({plan.base_url}): Letta {plan.from_version} -> "
+        f"{plan.to_version} from set {plan.set}",
+        f"set taken {plan.set_created_at.isoformat()} ({plan.set_purpose}), "
+        f"{plan.objects_verified} objects verified; {plan.tables} tables, "
+        f"{plan.rows} rows",
+        f"agents {plan.agents_now} now -> {plan.agents_in_set} after; expected downtime "
+        f"about {plan.expected_downtime_seconds} s",
+        f"database: PostgreSQL {plan.postgres_major}, role {plan.database_role}, "
+        f"emptied by {plan.reset_mode}",
     ]
-    if plan.get("server_down"):
+    if plan.server_down:
         lines.append(
-            f"the server is down: Letta {plan['from_version']} read from the database's "
+            f"the server is down: Letta {plan.from_version} read from the database's "
             "alembic revision; the safety backup is its pg_dump (no agent files)"
         )
-    if plan["agents_not_in_set"]:
+    if plan.agents_not_in_set:
         lines.append(
-            "not in the set (kept in the safety backup): " + ", ".join(plan["agents_not_in_set"])
+            "not in the set (kept in the safety backup): " + ", ".join(plan.agents_not_in_set)
         )
-    if plan["agents_coming_back"]:
-        lines.append("coming back: " + ", ".join(plan["agents_coming_back"]))
+    if plan.agents_coming_back:
+        lines.append("coming back: " + ", ".join(plan.agents_coming_back))
     lines.append("steps:")
-    lines += [f"  {i}. {step}" for i, step in enumerate(plan["steps"], 1)]
+    lines += [f"  {i}. {step}" for i, step in enumerate(plan.steps, 1)]
     return "\n".join(lines)
 
 
-def render_rollback(report: dict) -> str:
-    text = render_rollback_plan(report) + f"\noutcome: {report['outcome']}"
-    if report.get("downtime_seconds") is not None:
-        proof = report["verification"]
+def render_rollback(report: RollbackReport) -> str:
+    text = render_rollback_plan(report) + f"\noutcome: {report.outcome}"
+    if report.downtime_seconds is not None:
+        proof = report.verification
         text += (
-            f", downtime {report['downtime_seconds']} s; now Letta {proof['version']} with "
-            f"{proof['agents']} agents, counts equal the manifest's"
-            f"\nsafety backup (undo with --to): {report['safety_set']}"
+            f", downtime {report.downtime_seconds} s; now Letta {proof.version} with "
+            f"{proof.agents} agents, counts equal the manifest's"
+            f"\nsafety backup (undo with --to): {report.safety_set}"
         )
     return text
 
@@ -93,37 +101,38 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- restore
 
 
-def render_restore_plan(report: dict) -> str:
-    plan = report["plan"]
+def render_restore_plan(report: RestoreReport) -> str:
+    plan = report.plan
     replaces = (
-        f"DROPS and replaces the database there ({plan['target_tables_before']} tables)"
-        if plan["replaces_existing"]
+        f"DROPS and replaces the database there ({plan.target_tables_before} tables)"
+        if plan.replaces_existing
         else "an empty database"
     )
     lines = [
-        f"plan (nothing changed): restore {plan['set']} (Letta {plan['letta_version']}) onto "
-        f"{plan['target']}: {replaces}, emptied by {plan['reset_mode']}",
-        f"{plan['tables']} tables, {plan['rows']} rows, {plan['agents_in_set']} agents; "
-        f"{plan['objects_verified']} objects verified",
+        f"plan (nothing changed): restore {plan.set} (Letta {plan.letta_version}) onto "
+        f"{plan.target}: {replaces}, emptied by {plan.reset_mode}",
+        f"{plan.tables} tables, {plan.rows} rows, {plan.agents_in_set} agents; "
+        f"{plan.objects_verified} objects verified",
     ]
-    if plan.get("start"):
-        lines.append(f"then start Letta {plan['letta_version']} at {plan['base_url']}")
+    if plan.start:
+        lines.append(f"then start Letta {plan.letta_version} at {plan.base_url}")
     return "\n".join(lines)
 
 
-def render_restore(report: dict) -> str:
-    plan = report["plan"]
+def render_restore(report: RestoreReport) -> str:
+    plan = report.plan
     lines = [
-        f"restored {plan['set']} (Letta {plan['letta_version']}) onto {plan['target']}: "
-        f"{report['outcome']}",
-        f"{plan['tables']} tables, {plan['rows']} rows, {plan['agents_in_set']} agents; "
+        f"restored {plan.set} (Letta {plan.letta_version}) onto {plan.target}: {report.outcome}",
+        f"{plan.tables} tables, {plan.rows} rows, {plan.agents_in_set} agents; "
         "per-table counts equal the manifest's",
     ]
-    if report.get("server"):
-        s = report["server"]
-        lines.append(f"Letta {s['version']} runs at {s['base_url']} (pid {s['pid']})")
-    if report.get("address_with"):
-        env = " ".join(f"{k}={v}" for k, v in report["address_with"].items() if k != "LETTA_PG_URI")
+    if report.server:
+        s = report.server
+        lines.append(f"Letta {s.version} runs at {s.base_url} (pid {s.pid})")
+    if report.address_with:
+        env = " ".join(
+            f"{k}={v}" for k, v in report.address_with.model_dump().items() if k != "LETTA_PG_URI"
+        )
         lines.append(
             f"later commands find it with: {env} letta-ops runtime status "
             "(and upgrade, rollback, runtime stop; add LETTA_PG_URI for the database, "
@@ -175,10 +184,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- restore-agents
 
 
-def render_restore_agents(report: dict) -> str:
+def render_restore_agents(report: AgentRestoreReport) -> str:
     return (
         render_table(
-            report["agents"],
+            [row.model_dump(mode="json") for row in report.agents],
             [
                 "name_in_set",
                 "restored_as",
@@ -188,8 +197,8 @@ def render_restore_agents(report: dict) -> str:
                 "messages_in_file",
             ],
         )
-        + f"\nrestored {len(report['agents'])} agent(s) from {report['set']} into Letta "
-        f"{report['letta_version']}\nnote: {report['note']}"
+        + f"\nrestored {len(report.agents)} agent(s) from {report.set} into Letta "
+        f"{report.letta_version}\nnote: {report.note}"
     )
 
 
@@ -206,18 +215,18 @@ def cmd_restore_agents(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- recover, unlock
 
 
-def render_recover(report: dict) -> str:
-    if report["outcome"] == "nothing to recover":
-        return report["message"]
-    plan = report["plan"]
+def render_recover(report: RecoverReport) -> str:
+    if report.outcome == "nothing to recover":
+        return report.message
+    plan = report.plan
     lines = [
-        f"interrupted run {plan['run_id']} ({plan['operation']} of {report['server']}) "
-        f"stopped at '{plan['interrupted_at']}': {report['why_dead']}",
-        f"decision: {plan['action']}: {plan['reason']}",
+        f"interrupted run {plan.run_id} ({plan.operation} of {report.server}) "
+        f"stopped at '{plan.interrupted_at}': {report.why_dead}",
+        f"decision: {plan.action}: {plan.reason}",
     ]
-    if report.get("result"):
-        lines.append(f"done: {report['result'].get('done')}")
-    lines.append(f"outcome: {report['outcome']}")
+    if report.result:
+        lines.append(f"done: {report.result.done}")
+    lines.append(f"outcome: {report.outcome}")
     return "\n".join(lines)
 
 
@@ -236,13 +245,13 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def render_unlock(result: dict) -> str:
-    if "would_free" in result:  # --dry-run
-        verb = "would free" if result["would_free"] else "would not free"
-        return f"plan (nothing freed): {verb} the slot of {result['server']}: {result['reason']}"
-    if result["freed"]:
-        return f"freed the destructive slot of {result['server']}: {result['reason']}"
-    return f"nothing to free on {result['server']}: {result['reason']}"
+def render_unlock(result: UnlockReport) -> str:
+    if result.would_free is not None:  # --dry-run
+        verb = "would free" if result.would_free else "would not free"
+        return f"plan (nothing freed): {verb} the slot of {result.server}: {result.reason}"
+    if result.freed:
+        return f"freed the destructive slot of {result.server}: {result.reason}"
+    return f"nothing to free on {result.server}: {result.reason}"
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
@@ -257,7 +266,10 @@ def cmd_unlock(args: argparse.Namespace) -> int:
 
     with audited_run("unlock", name, {"force": args.force}) as record:
         result = unlock(name, force=args.force)
-        record.update(outcome="succeeded" if result["freed"] else "nothing to do", **result)
+        record.update(
+            outcome="succeeded" if result.freed else "nothing to do",
+            **result.model_dump(mode="json", exclude={"schema_version", "would_free"}),
+        )
     emit(result, args.json, render=render_unlock)
     return EXIT_OK
 

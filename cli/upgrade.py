@@ -4,40 +4,43 @@ failure. Acts (after a confirmation unless ``--yes``); ``--dry-run`` prints the 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from letta_ops.cli.errors import EXIT_OK
 from letta_ops.cli.options import lock_options, reset_options, store_options, version
 from letta_ops.cli.output import confirm, emit, render_table, with_progress
 
+if TYPE_CHECKING:  # the models load with the flows, never for --help
+    from letta_ops.flows.rehearse import RehearsalReport
+    from letta_ops.flows.upgrade import UpgradeReport
 
-def render_plan(report: dict) -> str:
-    plan = report["plan"]
+
+def render_plan(report: UpgradeReport) -> str:
+    plan = report.plan
     lines = [
-        f"upgrade {plan['server']} ({plan['base_url']}): Letta {plan['from_version']} -> "
-        f"{plan['to_version']}, strategy {plan['strategy']}"
-        + (" (LOSSY: agent files only)" if plan["lossy"] else " (lossless)"),
-        f"agents {plan['agents']}, database {plan['database_bytes']} bytes, "
-        f"expected downtime about {plan['expected_downtime_seconds']} s "
-        f"({plan['expected_downtime_source']})",
-        f"database: PostgreSQL {plan['postgres_major']}, role {plan['database_role']}, "
-        f"emptied by {plan['reset_mode']} when restoring",
-        f"runtime: {plan['runtime']}",
+        f"upgrade {plan.server} ({plan.base_url}): Letta {plan.from_version} -> "
+        f"{plan.to_version}, strategy {plan.strategy}"
+        + (" (LOSSY: agent files only)" if plan.lossy else " (lossless)"),
+        f"agents {plan.agents}, database {plan.database_bytes} bytes, "
+        f"expected downtime about {plan.expected_downtime_seconds} s "
+        f"({plan.expected_downtime_source})",
+        f"database: PostgreSQL {plan.postgres_major}, role {plan.database_role}, "
+        f"emptied by {plan.reset_mode} when restoring",
+        f"runtime: {plan.runtime}",
         "steps:",
     ]
-    lines += [f"  {i}. {step}" for i, step in enumerate(plan["steps"], 1)]
-    if plan["renames"]:
-        lines.append(f"renames ({plan['name_rule']}):")
-        lines += [
-            f"  {agent_id}: {c['old']!r} -> {c['new']!r}" for agent_id, c in plan["renames"].items()
-        ]
+    lines += [f"  {i}. {step}" for i, step in enumerate(plan.steps, 1)]
+    if plan.renames:
+        lines.append(f"renames ({plan.name_rule}):")
+        lines += [f"  {agent_id}: {c.old!r} -> {c.new!r}" for agent_id, c in plan.renames.items()]
     return "\n".join(lines)
 
 
-def render_upgrade(report: dict) -> str:
-    text = render_plan(report) + f"\noutcome: {report['outcome']}"
-    if report.get("downtime_seconds") is not None:
-        text += f", downtime {report['downtime_seconds']} s, backup {report['backup_set']}"
-    rows = report.get("verification") or []
+def render_upgrade(report: UpgradeReport) -> str:
+    text = render_plan(report) + f"\noutcome: {report.outcome}"
+    if report.downtime_seconds is not None:
+        text += f", downtime {report.downtime_seconds} s, backup {report.backup_set}"
+    rows = [row.model_dump(mode="json") for row in report.verification or []]
     if rows:
         text += "\n" + render_table(
             rows,
@@ -53,22 +56,22 @@ def render_upgrade(report: dict) -> str:
     return text
 
 
-def render_rehearsal(report: dict) -> str:
-    plan = report["plan"]
+def render_rehearsal(report: RehearsalReport) -> str:
+    plan = report.plan
     lines = [
-        f"rehearsal of {plan['server']} {plan['from_version']} -> {plan['to_version']} "
-        f"({plan['strategy']}) on a copy of {report['source_set']}: {report['outcome']}",
-        f"measured downtime {report.get('downtime_seconds')} s:",
+        f"rehearsal of {plan.server} {plan.from_version} -> {plan.to_version} "
+        f"({plan.strategy}) on a copy of {report.source_set}: {report.outcome}",
+        f"measured downtime {report.downtime_seconds} s:",
     ]
-    lines += [f"  {s['step']}: {s['seconds']} s" for s in report.get("downtime_steps", [])]
-    if report.get("not_carried"):
-        nc = report["not_carried"]
+    lines += [f"  {s.step}: {s.seconds} s" for s in report.downtime_steps]
+    if report.not_carried:
+        nc = report.not_carried
         lines.append(
-            f"agent files would not carry {nc['messages']} messages, "
-            f"{nc['archival_passages']} archival passages"
+            f"agent files would not carry {nc.messages} messages, "
+            f"{nc.archival_passages} archival passages"
         )
-    lines += [f"renames: {a}: {c['old']!r} -> {c['new']!r}" for a, c in plan["renames"].items()]
-    lines += [f"log: {line}" for line in report.get("warnings", [])]
+    lines += [f"renames: {a}: {c.old!r} -> {c.new!r}" for a, c in plan.renames.items()]
+    lines += [f"log: {line}" for line in report.warnings]
     return "\n".join(lines)
 
 
@@ -106,7 +109,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     if not args.yes:
         plan = upgrade(**common, dry_run=True)
         text = render_plan(plan)
-        if not plan["plan"]["rehearsal_current"]:
+        if not plan.plan.rehearsal_current:
             text += (
                 "\nWARNING: no rehearsal of this upgrade is newer than the newest backup; "
                 f"'letta-ops upgrade --to {args.to} --strategy {args.strategy} --rehearse' "

@@ -17,18 +17,20 @@ from typing import Any
 import sqlalchemy as sa
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 
 from letta_ops.blocks.backup_store import apply_object_lock
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from letta_ops.flows.audit_record import audited_run, counts_summary
 from letta_ops.flows.fleet_runs import fleet_slots
+from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import (
     current_flow_run_id,
     publish_report,
     run_name,
     tag_current_run,
 )
-from letta_ops.flows.verify import VerificationFailed, verify
+from letta_ops.flows.verify import ObjectProblem, VerificationFailed, VerifyReport, verify
 from letta_ops.tasks import progress_events
 from letta_ops.tasks.agent_export import export_agents
 from letta_ops.tasks.backup_manifest import (
@@ -269,51 +271,76 @@ def _tool_versions(profile: ServerProfile) -> dict[str, str]:
     }
 
 
-def backup_report(manifest: BackupManifest, verification: dict) -> dict[str, Any]:
+class FailedAgent(ReportPart):
+    id: str
+    name: str
+    error: str | None = Field(description="Why its export failed (the dump still holds it).")
+
+
+class BackupReport(FlowReport):
+    """``backup()``'s result and ``letta-ops backup --json``."""
+
+    set: str = Field(description="SERVER/SET_ID of the new set.")
+    server: str = Field(description="The server's name.")
+    letta_version: str | None = Field(description="Letta's version when backed up.")
+    alembic_revision: str | None = Field(description="The database's alembic revision.")
+    agents_total: int
+    agents_exported: int
+    agents_failed: list[FailedAgent] = Field(description="Agents without an agent file.")
+    tables: int = Field(description="Tables counted in the dump's snapshot.")
+    rows: int = Field(description="Rows counted in the dump's snapshot.")
+    dump_bytes: int
+    total_bytes: int = Field(description="Every object of the set, as stored.")
+    verified: bool = Field(description="The set passed verification from storage.")
+    verification_problems: list[ObjectProblem]
+    purpose: str
+    pinned: bool
+    encryption_key_id: str | None = Field(description="None: not encrypted on the client.")
+    object_lock: ManifestLock | None = Field(description="None: written without Object Lock.")
+
+
+def backup_report(manifest: BackupManifest, verification: VerifyReport) -> BackupReport:
     failed = manifest.failed_agents
-    return {
-        "set": f"{manifest.server}/{manifest.set_id}",
-        "server": manifest.server,
-        "letta_version": manifest.letta_version,
-        "alembic_revision": manifest.alembic_revision,
-        "agents_total": len(manifest.agents),
-        "agents_exported": len(manifest.agents) - len(failed),
-        "agents_failed": [{"id": a.id, "name": a.name, "error": a.error} for a in failed],
-        "tables": len(manifest.row_counts),
-        "rows": sum(manifest.row_counts.values()),
-        "dump_bytes": manifest.objects[manifest.dump].size,
-        "total_bytes": sum(o.size for o in manifest.objects.values()),
-        "verified": verification["ok"],
-        "verification_problems": verification["problems"],
-        "purpose": manifest.purpose,
-        "pinned": manifest.pinned,
-        "encryption_key_id": manifest.encryption.key_id if manifest.encryption else None,
-        "object_lock": manifest.object_lock.model_dump(mode="json")
-        if manifest.object_lock
-        else None,
-    }
+    return BackupReport(
+        set=f"{manifest.server}/{manifest.set_id}",
+        server=manifest.server,
+        letta_version=manifest.letta_version,
+        alembic_revision=manifest.alembic_revision,
+        agents_total=len(manifest.agents),
+        agents_exported=len(manifest.agents) - len(failed),
+        agents_failed=[FailedAgent(id=a.id, name=a.name, error=a.error) for a in failed],
+        tables=len(manifest.row_counts),
+        rows=sum(manifest.row_counts.values()),
+        dump_bytes=manifest.objects[manifest.dump].size,
+        total_bytes=sum(o.size for o in manifest.objects.values()),
+        verified=verification.ok,
+        verification_problems=verification.problems,
+        purpose=manifest.purpose,
+        pinned=manifest.pinned,
+        encryption_key_id=manifest.encryption.key_id if manifest.encryption else None,
+        object_lock=manifest.object_lock,
+    )
 
 
-def render_backup_markdown(report: dict[str, Any]) -> str:
+def render_backup_markdown(report: BackupReport) -> str:
     lines = [
-        f"# Backup {report['set']}",
+        f"# Backup {report.set}",
         "",
-        f"- Letta {report['letta_version']} (alembic `{report['alembic_revision']}`)",
-        f"- agents exported: **{report['agents_exported']} of {report['agents_total']}**",
-        f"- database: {report['tables']} tables, {report['rows']} rows, dump "
-        f"{report['dump_bytes']} bytes",
-        f"- verified from storage: **{'yes' if report['verified'] else 'NO'}**",
+        f"- Letta {report.letta_version} (alembic `{report.alembic_revision}`)",
+        f"- agents exported: **{report.agents_exported} of {report.agents_total}**",
+        f"- database: {report.tables} tables, {report.rows} rows, dump {report.dump_bytes} bytes",
+        f"- verified from storage: **{'yes' if report.verified else 'NO'}**",
         "- encrypted on the client: "
-        + (f"yes, key id `{report['encryption_key_id']}`" if report["encryption_key_id"] else "no"),
+        + (f"yes, key id `{report.encryption_key_id}`" if report.encryption_key_id else "no"),
     ]
-    if report.get("object_lock"):
-        lock = report["object_lock"]
+    if report.object_lock:
+        lock = report.object_lock
         lines.append(
-            f"- locked: S3 Object Lock {lock['mode'].lower()} until {lock['retain_until']}"
+            f"- locked: S3 Object Lock {lock.mode.lower()} until {lock.retain_until.isoformat()}"
         )
-    if report["agents_failed"]:
+    if report.agents_failed:
         lines += ["", "## Agents whose export failed (the pg_dump still holds them)", ""]
-        lines += [f"- `{a['id']}` {a['name']!r}: {a['error']}" for a in report["agents_failed"]]
+        lines += [f"- `{a.id}` {a.name!r}: {a.error}" for a in report.agents_failed]
     return "\n".join(lines)
 
 
@@ -330,7 +357,7 @@ def backup(
     concurrency_limits: list[str] | None = None,
     lock_days: float | None = None,
     lock_mode: str | None = None,
-) -> dict[str, Any]:
+) -> BackupReport:
     """Back up one Letta server into a new, verified, write-once backup set.
 
     ``lock_days`` / ``lock_mode`` (``--lock-days``, else ``LETTA_OPS_LOCK_DAYS`` /
@@ -425,9 +452,9 @@ def backup(
 
         report = backup_report(manifest, verification)
         audit.update(
-            agents_exported=report["agents_exported"],
-            agents_failed=[a["id"] for a in report["agents_failed"]],
-            verified=report["verified"],
+            agents_exported=report.agents_exported,
+            agents_failed=[a.id for a in report.agents_failed],
+            verified=report.verified,
         )
         publish_report(
             profile.name,
@@ -444,12 +471,12 @@ def backup(
                 for a in manifest.agents
             ],
         )
-        if report["agents_failed"] and not allow_partial_agents:
-            names = ", ".join(f"{a['id']} ({a['name']!r})" for a in report["agents_failed"])
+        if report.agents_failed and not allow_partial_agents:
+            names = ", ".join(f"{a.id} ({a.name!r})" for a in report.agents_failed)
             raise BackupFailed(
-                f"{len(report['agents_failed'])} agent(s) could not be exported: {names}; the "
-                f"pg_dump in {report['set']} still holds them. Rename them or rerun with "
+                f"{len(report.agents_failed)} agent(s) could not be exported: {names}; the "
+                f"pg_dump in {report.set} still holds them. Rename them or rerun with "
                 "--allow-partial-agents."
             )
-        logger.info("backup set %s verified", report["set"])
+        logger.info("backup set %s verified", report.set)
         return report

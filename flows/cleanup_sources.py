@@ -18,19 +18,20 @@ The runbook this replaces, as one run:
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger
+from pydantic import Field
 
 from letta_ops.blocks.server_profile import load_profile, open_backup_store
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.backup import backup
+from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
 from letta_ops.flows.server_lock import destructive_lock
 from letta_ops.tasks.errors import Failed
 from letta_ops.tasks.postgres_privileges import require_table_privileges
 from letta_ops.tasks.source_cleanup import (
     CleanupPlan,
+    FolderCategory,
     delete_through_api_task,
     plan_cleanup,
     survey_folders_task,
@@ -41,30 +42,69 @@ from letta_ops.tasks.source_phantom_rows import delete_phantom_rows_task, inspec
 LOCK_WAIT_SECONDS = 10.0
 
 
+class FolderToRemove(ReportPart):
+    """A folder the cleanup removes (in a plan: would remove), and what became of it."""
+
+    id: str
+    name: str
+    category: FolderCategory = Field(description="orphan, duplicate or phantom.")
+    reason: str = Field(description="Why it is removed.")
+    duplicate_of: str | None = Field(description="The folder it copies (duplicates only).")
+    outcome: str = Field(description="planned, deleted..., kept: why, needs --sql, ...")
+
+
+class KeptFolder(ReportPart):
+    """A folder that looks removable but is kept on purpose."""
+
+    id: str
+    name: str
+    reason: str = Field(description="Why it is kept (e.g. attached to an agent).")
+
+
+class SourceCleanupReport(FlowReport):
+    """``cleanup_sources()``'s result and ``letta-ops cleanup-sources --json``."""
+
+    server: str
+    executed: bool = Field(description="False: a plan, nothing was deleted.")
+    sql: bool = Field(description="Phantom rows were (to be) removed in SQL.")
+    backup_set: str | None = Field(
+        default=None, description="The verified pre-cleanup set (None: no SQL step ran)."
+    )
+    removed: int | None = Field(default=None, description="Folders removed (None: a plan).")
+    left: int | None = Field(
+        default=None, description="Removable folders still there afterwards (None: a plan)."
+    )
+    folders_total: int = Field(description="Folders the survey found.")
+    orphans: int
+    duplicates: int
+    phantoms: int = Field(description="Folders the API lists but cannot act on.")
+    remove: list[FolderToRemove]
+    kept: list[KeptFolder]
+
+
 class CleanupFailed(Failed):
     """The cleanup ran, but something it should have removed is still there."""
 
-    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, report: SourceCleanupReport | None = None) -> None:
         super().__init__(message)
         self.report = report
 
 
-def render_cleanup_markdown(server: str, report: dict[str, Any]) -> str:
-    head = "executed" if report["executed"] else "plan only (nothing deleted)"
+def render_cleanup_markdown(server: str, report: SourceCleanupReport) -> str:
+    head = "executed" if report.executed else "plan only (nothing deleted)"
     lines = [
         f"# Folder cleanup on {server}: {head}",
         "",
-        f"- folders: {report['folders_total']}; orphans {report['orphans']}, duplicates "
-        f"{report['duplicates']}, phantoms {report['phantoms']}",
+        f"- folders: {report.folders_total}; orphans {report.orphans}, duplicates "
+        f"{report.duplicates}, phantoms {report.phantoms}",
     ]
-    if report.get("backup_set"):
-        lines.append(f"- backup before the SQL step: {report['backup_set']}")
-    if report["executed"]:
-        lines.append(f"- removed: {report['removed']}; left: {report['left']}")
+    if report.backup_set:
+        lines.append(f"- backup before the SQL step: {report.backup_set}")
+    if report.executed:
+        lines.append(f"- removed: {report.removed}; left: {report.left}")
     lines += ["", "| folder | id | category | reason | outcome |", "|---|---|---|---|---|"]
     lines += [
-        f"| {i['name']} | `{i['id']}` | {i['category']} | {i['reason']} | {i['outcome']} |"
-        for i in report["remove"]
+        f"| {i.name} | `{i.id}` | {i.category} | {i.reason} | {i.outcome} |" for i in report.remove
     ]
     return "\n".join(lines)
 
@@ -76,7 +116,7 @@ def cleanup_sources(
     execute: bool = False,
     sql: bool = False,
     lock_timeout_seconds: float = LOCK_WAIT_SECONDS,
-) -> dict[str, Any]:
+) -> SourceCleanupReport:
     """Plan (and with ``execute`` apply) the removal of orphan, duplicate and phantom folders.
 
     Phantoms can only be removed with ``sql``, after a verified ``pre-cleanup`` backup into
@@ -107,48 +147,58 @@ def cleanup_sources(
             for item in plan.of("phantom"):
                 item.outcome = "needs --sql: the API cannot delete it"
 
-        report: dict[str, Any] = {"server": profile.name, "executed": execute, "sql": sql}
+        backup_set: str | None = None
+        outcome: dict[str, int] = {}
         if execute:
             with destructive_lock(profile.name, lock_timeout_seconds):
                 # The backup comes first, so it holds the server as it was before the run.
                 if sql and _removable_phantoms(plan, phantom_rows):
-                    report["backup_set"] = take_backup(server, store)
+                    backup_set = take_backup(server, store)
                 delete_through_api_task(profile.server, plan.remove)
                 doomed = _removable_phantoms(plan, phantom_rows) if sql else []
                 if doomed:
-                    if "backup_set" not in report:  # phantoms found only when deleting
-                        report["backup_set"] = take_backup(server, store)
-                    audit.update(backup_set=report["backup_set"], store=object_store)
+                    if backup_set is None:  # phantoms found only when deleting
+                        backup_set = take_backup(server, store)
+                    audit.update(backup_set=backup_set, store=object_store)
                     rows = delete_phantom_rows_task(profile.require_database(), doomed)
                     phantom_rows.update({r.id: r.to_dict() for r in rows})
                     _annotate_phantoms(plan, phantom_rows, planned=False)
             after = plan_cleanup(survey_folders_task(profile.server))
             removed = [i for i in plan.remove if i.outcome.startswith("deleted")]
             left_ids = {i.id for i in after.remove}
-            report.update(removed=len(removed), left=len(after.remove))
+            outcome = {"removed": len(removed), "left": len(after.remove)}
             failed = [i for i in plan.remove if i.id in left_ids and _was_expected(i, sql)]
         else:
             failed = []
-        report.update(plan.to_dict())
+        report = SourceCleanupReport.model_validate(
+            {
+                "server": profile.name,
+                "executed": execute,
+                "sql": sql,
+                "backup_set": backup_set,
+                **outcome,
+                **plan.to_dict(),
+            }
+        )
         publish_report(
             profile.name,
             "cleanup-sources",
             render_cleanup_markdown(profile.name, report),
-            [{k: str(v) for k, v in i.items()} for i in report["remove"]] or None,
+            [{k: str(v) for k, v in i.model_dump().items()} for i in report.remove] or None,
         )
         audit.update(
             executed=execute,
-            orphans=report["orphans"],
-            duplicates=report["duplicates"],
-            phantoms=report["phantoms"],
-            removed=report.get("removed"),
+            orphans=report.orphans,
+            duplicates=report.duplicates,
+            phantoms=report.phantoms,
+            removed=report.removed,
         )
         logger.info(
             "%s: %d orphan(s), %d duplicate(s), %d phantom(s)",
             "cleanup" if execute else "plan",
-            report["orphans"],
-            report["duplicates"],
-            report["phantoms"],
+            report.orphans,
+            report.duplicates,
+            report.phantoms,
         )
         if failed:
             raise CleanupFailed(
@@ -162,11 +212,11 @@ def cleanup_sources(
 def take_backup(server: str | None, store: str | None) -> str:
     """A verified backup set before any row is deleted in SQL; its ``SERVER/SET_ID``."""
     taken = backup(server=server, store=store, allow_partial_agents=True, purpose="pre-cleanup")
-    if not taken.get("verified"):
+    if not taken.verified:
         raise CleanupFailed(
-            f"The pre-cleanup backup {taken['set']} is not verified; nothing was deleted in SQL."
+            f"The pre-cleanup backup {taken.set} is not verified; nothing was deleted in SQL."
         )
-    return taken["set"]
+    return taken.set
 
 
 def _removable_phantoms(plan: CleanupPlan, rows: dict[str, dict]) -> list[str]:

@@ -11,6 +11,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import Field
+
+from letta_ops.flows.backup import BackupReport
 from letta_ops.flows.demo_environment import (
     DEMO_NEW_VERSION,
     DEMO_OLD_VERSION,
@@ -18,7 +21,33 @@ from letta_ops.flows.demo_environment import (
     seed_sample_agents,
     start_prefect_ui,
 )
+from letta_ops.flows.flow_report import FlowReport, ReportPart
+from letta_ops.flows.upgrade import UpgradeReport
+from letta_ops.flows.verify import VerifyReport
 from letta_ops.tasks.letta_api import LettaClient
+
+
+class DemoFlowRuns(ReportPart):
+    """The flow run id of each step of the demo (links into the Prefect UI)."""
+
+    backup: str
+    upgrade: str
+    drill: str
+
+
+class DemoReport(FlowReport):
+    """``run_demo()``'s result and ``letta-ops demo --json``."""
+
+    ok: bool = Field(
+        description="The upgrade succeeded, the drill passed and the server reports the new "
+        "version."
+    )
+    backup: BackupReport = Field(description="The backup of the old version.")
+    upgrade: UpgradeReport = Field(description="The upgrade to the new version.")
+    drill: VerifyReport = Field(description="The restore drill of the pre-upgrade set.")
+    flow_runs: DemoFlowRuns
+    prefect_ui: str = Field(description="The Prefect UI's URL (empty: none).")
+    text: str = Field(description="The demo's report as printed.")
 
 
 def _run(flow_fn, **params) -> tuple[Any, str]:
@@ -26,7 +55,7 @@ def _run(flow_fn, **params) -> tuple[Any, str]:
     return state.result(), str(state.state_details.flow_run_id)
 
 
-def run_demo(log: Callable[[str], None] = print, ui: bool = True) -> dict:
+def run_demo(log: Callable[[str], None] = print, ui: bool = True) -> DemoReport:
     """Run the demo on the demo's own Prefect UI server (``ui``) or a temporary one."""
     if not ui:
         return _run_demo(log)
@@ -38,7 +67,7 @@ def run_demo(log: Callable[[str], None] = print, ui: bool = True) -> dict:
         return _run_demo(log)
 
 
-def _run_demo(log: Callable[[str], None]) -> dict:
+def _run_demo(log: Callable[[str], None]) -> DemoReport:
     from prefect.settings import PREFECT_API_URL
 
     from letta_ops.flows.backup import backup
@@ -66,55 +95,55 @@ def _run_demo(log: Callable[[str], None]) -> dict:
         log(f"upgrading to Letta {DEMO_NEW_VERSION} (migrate strategy)")
         upgrade_report, upgrade_run = _run(upgrade, to_version=DEMO_NEW_VERSION)
         log("restore drill of the pre-upgrade backup set")
-        drill_report, drill_run = _run(verify, backup_set=upgrade_report["backup_set"], drill=True)
+        drill_report, drill_run = _run(verify, backup_set=upgrade_report.backup_set, drill=True)
         with LettaClient(env.server) as client:
             health = client.health()
-    runs = {"backup": backup_run, "upgrade": upgrade_run, "drill": drill_run}
-    return {
-        "ok": upgrade_report["outcome"] == "succeeded"
-        and drill_report["ok"]
+    runs = DemoFlowRuns(backup=backup_run, upgrade=upgrade_run, drill=drill_run)
+    return DemoReport(
+        ok=upgrade_report.outcome == "succeeded"
+        and drill_report.ok
         and health["version"] == DEMO_NEW_VERSION,
-        "backup": backup_report,
-        "upgrade": upgrade_report,
-        "drill": drill_report,
-        "flow_runs": runs,
-        "prefect_ui": ui_url,
-        "text": render_demo(backup_report, upgrade_report, drill_report, health, runs, ui_url),
-    }
+        backup=backup_report,
+        upgrade=upgrade_report,
+        drill=drill_report,
+        flow_runs=runs,
+        prefect_ui=ui_url,
+        text=render_demo(backup_report, upgrade_report, drill_report, health, runs, ui_url),
+    )
 
 
 def render_demo(
-    backup_report: dict,
-    upgrade_report: dict,
-    drill: dict,
+    backup_report: BackupReport,
+    upgrade_report: UpgradeReport,
+    drill: VerifyReport,
     health: dict,
-    runs: dict[str, str],
+    runs: DemoFlowRuns,
     ui_url: str,
 ) -> str:
     from letta_ops.cli.output import render_table
 
-    rows = upgrade_report.get("verification") or []
+    rows = [row.model_dump(mode="json") for row in upgrade_report.verification or []]
     lines = [
         "",
         "letta-ops demo report",
         "=====================",
-        f"backup   {backup_report['set']}: {backup_report['agents_exported']} of "
-        f"{backup_report['agents_total']} agent files, dump {backup_report['dump_bytes']} "
-        f"bytes, verified={backup_report['verified']}",
+        f"backup   {backup_report.set}: {backup_report.agents_exported} of "
+        f"{backup_report.agents_total} agent files, dump {backup_report.dump_bytes} "
+        f"bytes, verified={backup_report.verified}",
     ]
     lines += [
-        f"         not exportable by {backup_report['letta_version']}: "
-        f"{a['name']!r} ({a['id']}); the pg_dump holds it"
-        for a in backup_report["agents_failed"]
+        f"         not exportable by {backup_report.letta_version}: "
+        f"{a.name!r} ({a.id}); the pg_dump holds it"
+        for a in backup_report.agents_failed
     ]
     lines += [
-        f"upgrade  {upgrade_report['plan']['from_version']} -> "
-        f"{upgrade_report['plan']['to_version']} ({upgrade_report['plan']['strategy']}): "
-        f"{upgrade_report['outcome']}, downtime {upgrade_report.get('downtime_seconds')} s, "
-        f"pre-upgrade set {upgrade_report['backup_set']}",
+        f"upgrade  {upgrade_report.plan.from_version} -> "
+        f"{upgrade_report.plan.to_version} ({upgrade_report.plan.strategy}): "
+        f"{upgrade_report.outcome}, downtime {upgrade_report.downtime_seconds} s, "
+        f"pre-upgrade set {upgrade_report.backup_set}",
         f"server   now Letta {health['version']} ({health['status']})",
-        f"drill    restored {drill['drill_result']['tables']} tables into a scratch database,"
-        f" {len(drill['drill_result']['differences'])} count differences",
+        f"drill    restored {drill.drill_result.tables} tables into a scratch database,"
+        f" {len(drill.drill_result.differences)} count differences",
         "",
         "verification (per agent, before -> after):",
         render_table(
@@ -124,7 +153,10 @@ def render_demo(
     ]
     if ui_url:
         lines += ["", f"Prefect UI: {ui_url}"]
-        lines += [f"  {name:8} {ui_url}/runs/flow-run/{run_id}" for name, run_id in runs.items()]
+        lines += [
+            f"  {name:8} {ui_url}/runs/flow-run/{run_id}"
+            for name, run_id in runs.model_dump().items()
+        ]
         lines += [
             "  (artifacts: the run's Artifacts tab; stop the UI with 'letta-ops demo --stop-ui')"
         ]

@@ -27,25 +27,47 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.letta_server import LettaServer
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
 from letta_ops.tasks import doctor_checks as checks
 from letta_ops.tasks.doctor_check_names import CHECK_NAMES
-from letta_ops.tasks.doctor_checks import Finding, guarded
+from letta_ops.tasks.doctor_checks import Finding, Status, guarded
 from letta_ops.tasks.errors import NeedsAction, Refused
 from letta_ops.tasks.letta_api import LettaAPIError, LettaClient
 from letta_ops.tasks.object_encryption import EncryptionKeyMissing, current_key_id, key_ring_of
 
 
+class DoctorFinding(ReportPart):
+    """One check's verdict."""
+
+    check: str = Field(description="The check's name (see --ignore).")
+    status: Status = Field(description="ok, action (an operator must act) or skipped.")
+    detail: str = Field(description="What the check found.")
+    fix: str | None = Field(description="The one-line fix (for an action).")
+
+
+class DoctorReport(FlowReport):
+    """``doctor()``'s result and ``letta-ops doctor --json``."""
+
+    server: str
+    base_url: str
+    version: str | None = Field(description="The running Letta version (None: no answer).")
+    needs_action: bool = Field(description="A finding not ignored needs an operator (exit 3).")
+    findings: list[DoctorFinding] = Field(description="Every check, in the documented order.")
+    ignored: list[str] = Field(description="Checks the operator accepted (still reported).")
+
+
 class ServerNeedsAction(NeedsAction):
     """Raised (when asked to) so a scheduled doctor's run turns red and notifications fire."""
 
-    def __init__(self, message: str, report: dict[str, Any]) -> None:
+    def __init__(self, message: str, report: DoctorReport) -> None:
         super().__init__(message)
         self.report = report
 
@@ -250,20 +272,17 @@ def _lock_finding(object_store: Any) -> Finding:
     )
 
 
-def render_doctor_markdown(report: dict[str, Any]) -> str:
-    verdict = "needs action" if report["needs_action"] else "all well"
+def render_doctor_markdown(report: DoctorReport) -> str:
+    verdict = "needs action" if report.needs_action else "all well"
     lines = [
-        f"# Doctor: {report['server']} (Letta {report['version'] or 'unknown'}): **{verdict}**",
+        f"# Doctor: {report.server} (Letta {report.version or 'unknown'}): **{verdict}**",
         "",
         "| check | status | finding | fix |",
         "|---|---|---|---|",
     ]
-    lines += [
-        f"| {f['check']} | {f['status']} | {f['detail']} | {f['fix'] or ''} |"
-        for f in report["findings"]
-    ]
-    if report["ignored"]:
-        lines += ["", f"Ignored by the operator: {', '.join(report['ignored'])}"]
+    lines += [f"| {f.check} | {f.status} | {f.detail} | {f.fix or ''} |" for f in report.findings]
+    if report.ignored:
+        lines += ["", f"Ignored by the operator: {', '.join(report.ignored)}"]
     return "\n".join(lines)
 
 
@@ -276,7 +295,7 @@ def doctor(
     max_backup_age_hours: float = 26.0,
     ignore: list[str] | None = None,
     fail_on_action: bool = False,
-) -> dict[str, Any]:
+) -> DoctorReport:
     """Check one server; ``ignore`` lists checks the operator has accepted (still reported,
     never counted as needing action). With ``fail_on_action`` (the scheduled deployment) a
     finding that needs action fails the run, after the report is published."""
@@ -313,21 +332,26 @@ def doctor(
         findings.sort(key=lambda f: order.get(f.check, len(order)))
         ignored = sorted(set(ignore or ()))
         counted = [f for f in findings if f.check not in ignored]
-        report = {
-            "server": profile.name,
-            "base_url": profile.server.base_url,
-            "version": version,
-            "needs_action": checks.needs_action(counted),
-            "findings": [f.to_dict() for f in findings],
-            "ignored": ignored,
-        }
-        publish_report(profile.name, "doctor", render_doctor_markdown(report), report["findings"])
+        report = DoctorReport(
+            server=profile.name,
+            base_url=profile.server.base_url,
+            version=version,
+            needs_action=checks.needs_action(counted),
+            findings=[f.to_dict() for f in findings],
+            ignored=ignored,
+        )
+        publish_report(
+            profile.name,
+            "doctor",
+            render_doctor_markdown(report),
+            [f.to_dict() for f in findings],
+        )
         audit.update(
             versions_from=version,
-            needs_action=report["needs_action"],
+            needs_action=report.needs_action,
             actions=[f.check for f in counted if f.status == "action"],
         )
-        if fail_on_action and report["needs_action"]:
+        if fail_on_action and report.needs_action:
             first = next(f for f in counted if f.status == "action")
             raise ServerNeedsAction(
                 f"{profile.name} needs action on {first.check}: {first.detail}. Fix: {first.fix}",

@@ -11,10 +11,9 @@ bytes, duration, outcome, worker) and fails (exit 1) if any child failed.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.fleet_inventory import selected_servers
@@ -28,6 +27,7 @@ from letta_ops.flows.fleet_runs import (
     run_locally,
     wait_for_runs,
 )
+from letta_ops.flows.flow_report import FlowReport
 from letta_ops.flows.run_context import publish_report, run_name
 
 #: The per-server deployment children are launched from (prefect.yaml).
@@ -67,19 +67,35 @@ def set_size(outcome: ChildOutcome, store: str | None) -> tuple[int | None, int 
     return len(manifest.agents), sum(o.size for o in manifest.objects.values())
 
 
-def render_fleet_backup_markdown(report: dict[str, Any]) -> str:
+class FleetBackupServer(ChildOutcome):
+    """One server's child backup run and the size of the set it wrote."""
+
+    agents: int | None = Field(description="Agents in the child's set (None: no set).")
+    bytes: int | None = Field(description="Bytes of the child's set (None: no set).")
+
+
+class FleetBackupReport(FlowReport):
+    """``fleet_backup()``'s result and ``letta-ops fleet-backup --json``."""
+
+    selector: str = Field(description="The --servers selector the servers were picked by.")
+    servers: list[FleetBackupServer] = Field(description="Each selected server's child run.")
+    succeeded: int = Field(description="Child backups that completed.")
+    failed: list[str] = Field(description="Servers whose child backup failed.")
+
+
+def render_fleet_backup_markdown(report: FleetBackupReport) -> str:
     lines = [
-        f"# Fleet backup of {report['selector']!r}: {report['succeeded']} of "
-        f"{len(report['servers'])} succeeded",
+        f"# Fleet backup of {report.selector!r}: {report.succeeded} of "
+        f"{len(report.servers)} succeeded",
         "",
         "| server | set | agents | bytes | seconds | outcome | worker |",
         "|---|---|---|---|---|---|---|",
     ]
-    for row in report["servers"]:
-        outcome = "ok" if row["ok"] else f"FAILED: {row['error']}"
+    for row in report.servers:
+        outcome = "ok" if row.ok else f"FAILED: {row.error}"
         lines.append(
-            f"| {row['server']} | {row['backup_set'] or ''} | {row['agents'] or ''} | "
-            f"{row['bytes'] or ''} | {row['seconds'] or ''} | {outcome} | {row['worker'] or ''} |"
+            f"| {row.server} | {row.backup_set or ''} | {row.agents or ''} | "
+            f"{row.bytes or ''} | {row.seconds or ''} | {outcome} | {row.worker or ''} |"
         )
     return "\n".join(lines)
 
@@ -95,7 +111,7 @@ def fleet_backup(
     timeout_seconds: float = 6 * 3600,
     lock_days: float | None = None,
     lock_mode: str | None = None,
-) -> dict[str, Any]:
+) -> FleetBackupReport:
     """Back up the saved servers ``servers`` selects (names, globs, ``key:value`` tags).
 
     ``lock_days`` / ``lock_mode`` are passed to every child backup (S3 Object Lock on each
@@ -134,19 +150,24 @@ def fleet_backup(
         rows = []
         for outcome in outcomes:
             agents, size = set_size(outcome, store)
-            rows.append({**outcome.to_dict(), "agents": agents, "bytes": size})
-        failed = [r for r in rows if not r["ok"]]
-        report = {
-            "selector": servers,
-            "servers": rows,
-            "succeeded": len(rows) - len(failed),
-            "failed": [r["server"] for r in failed],
-        }
-        publish_report("fleet", "fleet-backup", render_fleet_backup_markdown(report), rows)
-        audit.update(details_servers=names, failed=report["failed"])
+            rows.append(FleetBackupServer(**outcome.model_dump(), agents=agents, bytes=size))
+        failed = [r for r in rows if not r.ok]
+        report = FleetBackupReport(
+            selector=servers,
+            servers=rows,
+            succeeded=len(rows) - len(failed),
+            failed=[r.server for r in failed],
+        )
+        publish_report(
+            "fleet",
+            "fleet-backup",
+            render_fleet_backup_markdown(report),
+            [r.model_dump(mode="json") for r in rows],
+        )
+        audit.update(details_servers=names, failed=report.failed)
         if failed:
             raise FleetRunFailed(
                 f"{len(failed)} of {len(rows)} server backups failed: "
-                + "; ".join(f"{r['server']}: {r['error']}" for r in failed)
+                + "; ".join(f"{r.server}: {r.error}" for r in failed)
             )
         return report

@@ -16,9 +16,11 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 from typing import Any
 
+from pydantic import Field
+
+from letta_ops.flows.flow_report import ReportPart
 from letta_ops.tasks.audit_store import AuditStore
 from letta_ops.tasks.errors import Failed
 
@@ -27,21 +29,19 @@ class FleetRunFailed(Failed):
     """At least one server's child run failed (or a rollout stopped); the rest ran to the end."""
 
 
-@dataclass
-class ChildOutcome:
+class ChildOutcome(ReportPart):
     """How one server's child run ended."""
 
-    server: str
-    flow_run_id: str | None
-    state: str
-    ok: bool
-    error: str | None = None
-    seconds: float | None = None
-    worker: str | None = None
-    backup_set: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    server: str = Field(description="The saved server's name (empty: the environment's).")
+    flow_run_id: str | None = Field(description="The child's flow run id.")
+    state: str = Field(description="The child run's final Prefect state type, or TIMED OUT.")
+    ok: bool = Field(description="The child run completed.")
+    error: str | None = Field(default=None, description="Why it failed (None: it did not).")
+    seconds: float | None = Field(default=None, description="How long the child ran.")
+    worker: str | None = Field(default=None, description="The worker that ran it (None: here).")
+    backup_set: str | None = Field(
+        default=None, description="SERVER/SET_ID of the set the child wrote, if any."
+    )
 
 
 def limit_name(kind: str, key: str) -> str:
@@ -111,7 +111,13 @@ def outcome_from_run(server: str, run_id: str, run: Any | None) -> ChildOutcome:
     """The child's end, its error and worker from its audit record."""
     record = _audit_record(run_id)
     if run is None:
-        return ChildOutcome(server, run_id, "TIMED OUT", False, "still running at the deadline")
+        return ChildOutcome(
+            server=server,
+            flow_run_id=run_id,
+            state="TIMED OUT",
+            ok=False,
+            error="still running at the deadline",
+        )
     state = run.state.type.value if run.state is not None else "UNKNOWN"
     ok = run.state is not None and run.state.is_completed()
     error = None if ok else (record.error if record else None) or (run.state.message or state)
@@ -119,10 +125,10 @@ def outcome_from_run(server: str, run_id: str, run: Any | None) -> ChildOutcome:
     if record is not None and record.ended_at is not None:
         seconds = round((record.ended_at - record.started_at).total_seconds(), 1)
     return ChildOutcome(
-        server,
-        run_id,
-        state,
-        ok,
+        server=server,
+        flow_run_id=run_id,
+        state=state,
+        ok=ok,
         error=error,
         seconds=seconds,
         worker=(record.details or {}).get("worker") if record else None,
@@ -140,10 +146,10 @@ def run_locally(server: str, child: Callable[..., Any], parameters: dict[str, An
     if not state.is_completed():
         error = (record.error if record else None) or state.message
     return ChildOutcome(
-        server,
-        run_id,
-        state.type.value,
-        state.is_completed(),
+        server=server,
+        flow_run_id=run_id,
+        state=state.type.value,
+        ok=state.is_completed(),
         error=error,
         seconds=round(time.monotonic() - started, 1),
         backup_set=record.backup_set if record else None,

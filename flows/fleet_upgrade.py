@@ -20,6 +20,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.fleet_inventory import selected_servers
@@ -31,6 +32,7 @@ from letta_ops.flows.fleet_runs import (
     run_locally,
     wait_for_runs,
 )
+from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name
 from letta_ops.tasks.letta_versions import parse_server_version
 from letta_ops.tasks.server_selection import ServerEntry, plan_waves
@@ -102,17 +104,60 @@ def run_wave(
     return [run_locally(n, upgrade, parameters) for n in names]
 
 
-def render_fleet_upgrade_markdown(report: dict[str, Any]) -> str:
+class SmokeCheck(ReportPart):
+    """A scratch agent created, exported and deleted on one server."""
+
+    ok: bool = Field(description="The export returned the agent.")
+    seconds: float = Field(description="How long the round trip took.")
+
+
+class SoakResult(ReportPart):
+    """The soak after the canary wave (``soak()``'s dict, validated)."""
+
+    ok: bool = Field(description="Every upgraded server held the target and passed the smoke.")
+    error: str | None = Field(default=None, description="Why the soak failed (None: it held).")
+    smoke: dict[str, SmokeCheck] | None = Field(
+        default=None, description="The smoke check by server ({}: not asked; None: not reached)."
+    )
+    soak_seconds: float | None = Field(
+        default=None, description="How long health was watched (None: the soak failed)."
+    )
+
+
+class FleetUpgradeReport(FlowReport):
+    """``fleet_upgrade()``'s result and ``letta-ops fleet-upgrade --json``."""
+
+    to_version: str = Field(description="The version every server is upgraded to.")
+    selector: str = Field(description="The --servers selector the servers were picked by.")
+    waves: list[list[str]] = Field(description="Server names by wave; the first is the canary.")
+    strategy: str = Field(description="Each server's upgrade strategy (migrate or rebuild).")
+    outcome: str = Field(description="planned (dry run), succeeded or stopped.")
+    versions: dict[str, str | None] = Field(
+        description="Letta's version on each server by name (None: down)."
+    )
+    outcomes: dict[str, str] = Field(
+        description="Each server's result by name (upgraded, failed ..., not started)."
+    )
+    approved_by: str | None = Field(
+        default=None, description="Who approved the last wave (None: no approval asked)."
+    )
+    soak: SoakResult | None = Field(default=None, description="None: the soak was not reached.")
+    stopped_because: str | None = Field(
+        default=None, description="Why no further wave started (None: not stopped)."
+    )
+
+
+def render_fleet_upgrade_markdown(report: FleetUpgradeReport) -> str:
     lines = [
-        f"# Fleet upgrade to {report['to_version']}: **{report['outcome']}**",
+        f"# Fleet upgrade to {report.to_version}: **{report.outcome}**",
         "",
-        "waves: " + " | ".join(", ".join(w) for w in report["waves"]),
+        "waves: " + " | ".join(", ".join(w) for w in report.waves),
     ]
-    if report.get("stopped_because"):
-        lines.append(f"stopped: {report['stopped_because']}")
+    if report.stopped_because:
+        lines.append(f"stopped: {report.stopped_because}")
     lines += ["", "| server | version now | outcome |", "|---|---|---|"]
-    for name, version in report["versions"].items():
-        lines.append(f"| {name} | {version or 'down'} | {report['outcomes'].get(name, '')} |")
+    for name, version in report.versions.items():
+        lines.append(f"| {name} | {version or 'down'} | {report.outcomes.get(name, '')} |")
     return "\n".join(lines)
 
 
@@ -131,7 +176,7 @@ def fleet_upgrade(
     dry_run: bool = False,
     timeout_seconds: float = 3 * 3600,
     upgrade_parameters: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> FleetUpgradeReport:
     """Upgrade the servers ``servers`` selects to ``to_version``: canary, soak, waves.
 
     ``deployment`` is the per-server upgrade deployment the children run as (on its work
@@ -143,15 +188,15 @@ def fleet_upgrade(
         logger = get_run_logger()
         entries = {e.name: e for e in selected_servers(servers)}
         waves = plan_waves(list(entries), wave_size, canary)
-        report: dict[str, Any] = {
-            "to_version": version,
-            "selector": servers,
-            "waves": waves,
-            "strategy": strategy,
-            "outcome": "planned",
-            "versions": current_versions(list(entries.values())),
-            "outcomes": {},
-        }
+        report = FleetUpgradeReport(
+            to_version=version,
+            selector=servers,
+            waves=waves,
+            strategy=strategy,
+            outcome="planned",
+            versions=current_versions(list(entries.values())),
+            outcomes={},
+        )
         if dry_run:
             audit.update(outcome="planned")
             return report
@@ -168,36 +213,38 @@ def fleet_upgrade(
             if index > 0 and approval_between_waves:
                 from letta_ops.flows.operator_approval import await_operator_approval
 
-                report["approved_by"] = await_operator_approval(
+                report.approved_by = await_operator_approval(
                     f"fleet upgrade wave {index + 1} ({', '.join(wave)})", "fleet"
                 )
             logger.info("wave %d of %d: %s", index + 1, len(waves), ", ".join(wave))
             outcomes = run_wave([entries[n] for n in wave], deployment, parameters, timeout_seconds)
             for outcome in outcomes:
-                report["outcomes"][outcome.server] = (
+                report.outcomes[outcome.server] = (
                     "upgraded"
                     if outcome.ok
                     else f"failed (rolled back by its run): {outcome.error}"
                 )
             failed = [o for o in outcomes if not o.ok]
             if failed:
-                report["stopped_because"] = f"{failed[0].server} failed: {failed[0].error}"
+                report.stopped_because = f"{failed[0].server} failed: {failed[0].error}"
                 break
             if index == 0:
-                soaked = soak([entries[n] for n in wave], version, soak_seconds, smoke_check)
-                report["soak"] = soaked
-                if not soaked["ok"]:
-                    report["stopped_because"] = soaked["error"]
+                soaked = SoakResult.model_validate(
+                    soak([entries[n] for n in wave], version, soak_seconds, smoke_check)
+                )
+                report.soak = soaked
+                if not soaked.ok:
+                    report.stopped_because = soaked.error
                     break
         for name in entries:
-            report["outcomes"].setdefault(name, "not started")
-        report["versions"] = current_versions(list(entries.values()))
-        report["outcome"] = "stopped" if report.get("stopped_because") else "succeeded"
+            report.outcomes.setdefault(name, "not started")
+        report.versions = current_versions(list(entries.values()))
+        report.outcome = "stopped" if report.stopped_because else "succeeded"
         publish_report("fleet", "fleet-upgrade", render_fleet_upgrade_markdown(report))
-        audit.update(versions_to=version, stopped_because=report.get("stopped_because"))
-        if report.get("stopped_because"):
+        audit.update(versions_to=version, stopped_because=report.stopped_because)
+        if report.stopped_because:
             raise FleetRunFailed(
-                f"Fleet upgrade to {version} stopped: {report['stopped_because']}; "
-                + ", ".join(f"{n} on {v or 'down'}" for n, v in report["versions"].items())
+                f"Fleet upgrade to {version} stopped: {report.stopped_because}; "
+                + ", ".join(f"{n} on {v or 'down'}" for n, v in report.versions.items())
             )
         return report

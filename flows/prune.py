@@ -9,13 +9,14 @@ plan; delete only when told to execute.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 
 from letta_ops.blocks.server_profile import open_backup_store
 from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
 from letta_ops.tasks.audit_store import preserve_set_records
 from letta_ops.tasks.backup_catalog import list_backup_sets
@@ -26,6 +27,34 @@ from letta_ops.tasks.backup_retention import (
     plan_around_locks,
 )
 from letta_ops.tasks.object_store import ObjectStore
+
+
+class PruneRow(ReportPart):
+    """One set and what the policy does with it."""
+
+    server: str
+    set_id: str
+    created_at: datetime | None
+    action: str = Field(description="keep or delete.")
+    reasons: str = Field(description="Why, comma-separated (the rules that keep it, or why not).")
+    verified: bool
+    pinned: bool
+    size: int = Field(description="Bytes stored.")
+    lock_mode: str | None = Field(description="S3 Object Lock mode, None: not locked.")
+    locked_until: datetime | None
+    prunable_after: datetime | None = Field(description="When a lock stops holding it.")
+
+
+class PruneReport(FlowReport):
+    """``prune()``'s result and ``letta-ops prune --json``."""
+
+    executed: bool = Field(description="False: a plan, nothing was deleted.")
+    keep: int
+    held_by_lock: int = Field(description="Sets kept only because Object Lock holds them.")
+    delete: int = Field(description="Sets the plan deletes.")
+    deleted: list[str] = Field(description="Prefixes actually deleted.")
+    sets: list[PruneRow]
+    policy: RetentionPolicy
 
 
 @task(name="plan-retention", cache_policy=NO_CACHE)
@@ -59,7 +88,7 @@ def prune(
     keep_weekly: int = 4,
     keep_monthly: int = 6,
     execute: bool = False,
-) -> dict[str, Any]:
+) -> PruneReport:
     """Plan (and with ``execute`` apply) retention; ``server`` None means every server."""
     with audited_run("prune", server or "all") as audit:
         policy = RetentionPolicy(
@@ -92,12 +121,12 @@ def prune(
         for decision in held:
             summary += f"\n- kept by S3 Object Lock: {decision.set.set_id}: {decision.reasons[0]}"
         publish_report(server or "all", "prune", summary, rows)
-        return {
-            "executed": execute,
-            "keep": len(plan.keep),
-            "held_by_lock": len(held),
-            "delete": len(plan.delete),
-            "deleted": deleted,
-            "sets": rows,
-            "policy": policy.model_dump(),
-        }
+        return PruneReport(
+            executed=execute,
+            keep=len(plan.keep),
+            held_by_lock=len(held),
+            delete=len(plan.delete),
+            deleted=deleted,
+            sets=rows,
+            policy=policy,
+        )

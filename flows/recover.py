@@ -23,9 +23,11 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.restore_server import (
     prove_server_matches_set,
     restore_server_from_set,
@@ -39,6 +41,7 @@ from letta_ops.flows.run_context import (
     tag_current_run,
 )
 from letta_ops.flows.server_lock import destructive_lock
+from letta_ops.flows.verify import CountDifference
 from letta_ops.tasks.audit_store import AuditStore
 from letta_ops.tasks.backup_catalog import load_manifest
 from letta_ops.tasks.errors import Failed, NeedsAction
@@ -62,6 +65,55 @@ class RestoreMustBeRerun(NeedsAction):
 
 class RecoveryFailed(Failed):
     """Recovery ran and the server is still not proven consistent; run recover again."""
+
+
+# --------------------------------------------------------------------------- the report
+
+
+class RecoveryResult(ReportPart):
+    """What recovery did; which fields are set depends on the way out (close, start,
+    finish-forward, restore)."""
+
+    ok: bool = Field(description="The server is proven consistent again.")
+    done: str | None = Field(None, description="What was done, in one line.")
+    error: str | None = Field(None, description="Why it failed (None: it did not).")
+    version: str | None = Field(None, description="The version running after.")
+    agents: int | None = None
+    agents_equal: bool | None = Field(None, description="The set's agents, by id and name.")
+    agents_missing: list[str] | None = None
+    agents_unexpected: list[str] | None = None
+    agents_expected: int | None = Field(None, description="Finishing an upgrade forward.")
+    count_differences: list[CountDifference] | None = None
+    sequences: list[dict[str, Any]] | None = Field(
+        None,
+        description="The sequence repair's changes; their keys vary by action (action, "
+        "sequence, table, column, from, to).",
+    )
+    set: str | None = Field(None, description="The set restored (restore).")
+    seconds: float | None = Field(None, description="How long the restore took.")
+    pid: int | None = Field(None, description="The started server's pid (start).")
+    base_url: str | None = None
+    auth: str | None = Field(None, description="'password required' or 'OPEN' (start).")
+
+
+class RecoverReport(FlowReport):
+    """``recover()``'s result and ``letta-ops recover --json``."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    server: str
+    outcome: str = Field(description="nothing to recover, planned, recovered or failed.")
+    message: str | None = Field(None, description="Only when there is nothing to recover.")
+    interrupted_run: str | None = Field(None, description="The newest interrupted run's id.")
+    why_dead: str | None = Field(None, description="Why its process no longer runs it.")
+    plan: RecoveryPlan | None = Field(
+        None,
+        description="The decision (tasks.recovery_plan); its facts are the interrupted run's "
+        "journal as it began, whose keys vary by operation.",
+    )
+    others: list[str] | None = Field(None, description="Older interrupted runs, left open.")
+    result: RecoveryResult | None = Field(None, description="None: planned only.")
+    crashed: str | None = Field(None, description="How the run is marked crashed.")
 
 
 # --------------------------------------------------------------------------- finding runs
@@ -217,7 +269,7 @@ def recover(
     dry_run: bool = False,
     lock_timeout_seconds: float = 30,
     start_timeout_seconds: float = 240,
-) -> dict[str, Any]:
+) -> RecoverReport:
     """Take ``server`` out of an interrupted destructive run (see the module docstring)."""
     with audited_run("recover", server, {"dry_run": dry_run, "store": store}) as audit:
         profile = load_profile(server, need_database=True)
@@ -226,25 +278,25 @@ def recover(
         found = interrupted_runs(profile.name)
         if not found:
             audit.update(outcome="planned" if dry_run else "nothing to recover")
-            return {
-                "server": profile.name,
-                "outcome": "nothing to recover",
-                "message": f"No interrupted destructive run of {profile.name} was found; "
+            return RecoverReport(
+                server=profile.name,
+                outcome="nothing to recover",
+                message=f"No interrupted destructive run of {profile.name} was found; "
                 "nothing to recover.",
-            }
+            )
         journal, why = found[0]
         database = profile.require_database()
         plan = plan_recovery(journal, revision_now(database), running_version(profile))
-        report: dict[str, Any] = {
-            "server": profile.name,
-            "interrupted_run": plan.run_id,
-            "why_dead": why,
-            "plan": plan.to_dict(),
-            "others": [j[0].run_id for j, _ in found[1:]],
-        }
+        report = RecoverReport(
+            server=profile.name,
+            outcome="planned",
+            interrupted_run=plan.run_id,
+            why_dead=why,
+            plan=plan,
+            others=[j[0].run_id for j, _ in found[1:]],
+        )
         audit.update(interrupted_run=plan.run_id, action=plan.action, backup_set=plan.backup_set)
         if dry_run:
-            report["outcome"] = "planned"
             audit.update(outcome="planned")
             return report
         crashed = mark_crashed(journal, why)
@@ -259,9 +311,10 @@ def recover(
         audit.update(store=object_store)
         with destructive_lock(profile.name, lock_timeout_seconds):
             result = execute(plan, profile, object_store, start_timeout_seconds)
-        report.update(result=result, crashed=crashed)
+        report.result = result
+        report.crashed = crashed
         if not result.get("ok"):
-            report["outcome"] = "failed"
+            report.outcome = "failed"
             publish_report(profile.name, "recover", render_recover_markdown(report))
             raise RecoveryFailed(
                 f"Recovering {profile.name} from run {plan.run_id} failed "
@@ -271,23 +324,23 @@ def recover(
         closing = RunJournal(plan.run_id, plan.server, plan.operation, AuditStore.from_env())
         closing.finish(f"recovered by {audit.record_id}: {result['done']}")
         audit.update(versions_to=plan.version, rollback_outcome=result["done"])
-        report["outcome"] = "recovered"
+        report.outcome = "recovered"
         publish_report(profile.name, "recover", render_recover_markdown(report))
         return report
 
 
-def render_recover_markdown(report: dict[str, Any]) -> str:
-    plan = report["plan"]
+def render_recover_markdown(report: RecoverReport) -> str:
+    plan = report.plan
     lines = [
-        f"# Recover {report['server']}: **{report['outcome']}**",
+        f"# Recover {report.server}: **{report.outcome}**",
         "",
-        f"- interrupted run {plan['run_id']} ({plan['operation']}) at "
-        f"'{plan['interrupted_at']}': {report['why_dead']}",
-        f"- decision: {plan['action']}: {plan['reason']}",
+        f"- interrupted run {plan.run_id} ({plan.operation}) at "
+        f"'{plan.interrupted_at}': {report.why_dead}",
+        f"- decision: {plan.action}: {plan.reason}",
     ]
-    if report.get("result"):
-        lines.append(f"- result: {report['result'].get('done')}")
+    if report.result:
+        lines.append(f"- result: {report.result.done}")
     return "\n".join(lines)
 
 
-__all__ = ["RecoveryFailed", "interrupted_runs", "recover"]
+__all__ = ["RecoverReport", "RecoveryFailed", "RecoveryResult", "interrupted_runs", "recover"]

@@ -31,15 +31,26 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import transaction
+from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.letta_server import LettaServer
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.backup import backup
+from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.restore_server import restore_database_from_set, start_set_version
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
-from letta_ops.flows.upgrade import UpgradeState, preflight, run_migrate, run_rebuild
+from letta_ops.flows.upgrade import (
+    AgentVerification,
+    NotCarried,
+    TimedStep,
+    UpgradePlan,
+    UpgradeState,
+    preflight,
+    run_migrate,
+    run_rebuild,
+)
 from letta_ops.flows.verify import drill_target, refuse_live_drill_target, resolve_set
 from letta_ops.tasks.backup_catalog import load_manifest
 from letta_ops.tasks.backup_set_admission import require_dump, require_intact
@@ -58,6 +69,48 @@ NOTABLE = re.compile(r"\b(ERROR|CRITICAL|WARNING|WARN|Deprecat\w*)\b", re.IGNORE
 
 class RehearsalFailed(Failed):
     """The upgrade failed on the copy; production was not touched."""
+
+
+class RehearsalCopy(ReportPart):
+    """Where the copy ran (dropped and stopped at the end)."""
+
+    database: str = Field(description="The scratch database's name.")
+    base_url: str = Field(description="The copy's Letta server, on a loopback port.")
+
+
+class TargetHealth(ReportPart):
+    version: str
+    status: str
+
+
+class RehearsalReport(FlowReport):
+    """``rehearse()``'s result and ``letta-ops upgrade --rehearse --json``."""
+
+    # ``copy`` is BaseModel's: the field is ``copy_``, ``copy`` in the JSON.
+    model_config = ConfigDict(
+        validate_assignment=True, serialize_by_alias=True, validate_by_name=True
+    )
+
+    plan: UpgradePlan = Field(description="The upgrade's plan against the real server.")
+    source_set: str = Field(description="The set the copy was restored from.")
+    outcome: str = Field(description="running, succeeded or failed.")
+    copy_: RehearsalCopy | None = Field(None, alias="copy")
+    counts_before: dict[str, int] | None = Field(None, description="Rows per table, before.")
+    counts_after: dict[str, int] | None = Field(None, description="Rows per table, after.")
+    verification: list[AgentVerification] | None = Field(None, description="Per agent.")
+    not_carried: NotCarried | None = Field(None, description="Rebuild only.")
+    target_health: TargetHealth | None = None
+    error: str | None = Field(None, description="The cause of a failure, with its step.")
+    log_tail: str | None = Field(None, description="The copy's last log lines on a failure.")
+    steps: list[TimedStep] = Field(default_factory=list, description="Every step, timed.")
+    downtime_steps: list[TimedStep] = Field(
+        default_factory=list, description="The steps a real upgrade's server is down for."
+    )
+    downtime_seconds: float | None = Field(None, description="Measured: stop -> verified.")
+    warnings: list[str] = Field(
+        default_factory=list, description="Errors, warnings, deprecations the target logged."
+    )
+    finished_at: datetime | None = None
 
 
 def downtime_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -123,26 +176,26 @@ def copy_profile(profile: ServerProfile, scratch, workdir: Path) -> ServerProfil
     return ServerProfile(server, scratch, runtime)
 
 
-def render_rehearsal_markdown(report: dict[str, Any]) -> str:
-    plan = report["plan"]
+def render_rehearsal_markdown(report: RehearsalReport) -> str:
+    plan = report.plan
     lines = [
-        f"# Rehearsal of {plan['server']}: {plan['from_version']} -> {plan['to_version']} "
-        f"({plan['strategy']}) on a copy of {report['source_set']}: **{report['outcome']}**",
+        f"# Rehearsal of {plan.server}: {plan.from_version} -> {plan.to_version} "
+        f"({plan.strategy}) on a copy of {report.source_set}: **{report.outcome}**",
         "",
-        f"- measured downtime: {report.get('downtime_seconds')} s",
+        f"- measured downtime: {report.downtime_seconds} s",
     ]
-    lines += [f"  - {s['step']}: {s['seconds']} s" for s in report.get("downtime_steps", [])]
-    if report.get("error"):
-        lines.append(f"- cause: {report['error']}")
-    if report.get("not_carried"):
-        nc = report["not_carried"]
+    lines += [f"  - {s.step}: {s.seconds} s" for s in report.downtime_steps]
+    if report.error:
+        lines.append(f"- cause: {report.error}")
+    if report.not_carried:
+        nc = report.not_carried
         lines.append(
-            f"- agent files would not carry {nc['messages']} messages and "
-            f"{nc['archival_passages']} archival passages"
+            f"- agent files would not carry {nc.messages} messages and "
+            f"{nc.archival_passages} archival passages"
         )
-    for agent_id, change in plan["renames"].items():
-        lines.append(f"- would rename `{agent_id}`: {change['old']!r} -> {change['new']!r}")
-    lines += [f"- log: {line}" for line in report.get("warnings", [])]
+    for agent_id, change in plan.renames.items():
+        lines.append(f"- would rename `{agent_id}`: {change.old!r} -> {change.new!r}")
+    lines += [f"- log: {line}" for line in report.warnings]
     return "\n".join(lines)
 
 
@@ -154,7 +207,7 @@ def rehearse(
     strategy: str = "migrate",
     from_set: str | None = None,
     start_timeout_seconds: float = 240,
-) -> dict[str, Any]:
+) -> RehearsalReport:
     """Run the upgrade to ``to_version`` by ``strategy`` on a copy of the server's data."""
     with audited_run("rehearse", server, {"to": to_version, "strategy": strategy}) as audit:
         logger = get_run_logger()
@@ -165,28 +218,28 @@ def rehearse(
         object_store = open_backup_store(store, server)
         if from_set is None:
             taken = backup(server=server, store=store, allow_partial_agents=True, purpose="manual")
-            from_set = taken["set"]
+            from_set = taken.set
         server_name, set_id = resolve_set(object_store, from_set, profile.name)
         manifest = load_manifest(object_store, server_name, set_id)
         require_dump(manifest)
         require_intact(object_store, manifest)
         source = f"{manifest.server}/{manifest.set_id}"
         audit.update(
-            versions_from=plan["from_version"],
-            versions_to=plan["to_version"],
+            versions_from=plan.from_version,
+            versions_to=plan.to_version,
             backup_set=source,
             strategy=strategy,
             store=object_store,
         )
-        if manifest.letta_version != plan["from_version"]:
+        if manifest.letta_version != plan.from_version:
             raise RehearsalFailed(
                 f"Set {source} holds Letta {manifest.letta_version}, but the server runs "
-                f"{plan['from_version']}; rehearse from a set of the running version."
+                f"{plan.from_version}; rehearse from a set of the running version."
             )
         target, dedicated = drill_target(server, None)
         if dedicated:
             refuse_live_drill_target(target, server)
-        report: dict[str, Any] = {"plan": plan, "source_set": source, "outcome": "running"}
+        report = RehearsalReport(plan=plan, source_set=source, outcome="running")
         with (
             scratch_database(target, manifest.db_schema, dedicated, purpose="rehearsal") as (
                 scratch,
@@ -197,18 +250,20 @@ def rehearse(
             # The copy is the role's own: emptied in place, whatever production's mode.
             scratch = scratch.model_copy(update={"reset_mode": "in-place"})
             copy = copy_profile(profile, scratch, Path(workdir))
-            report["copy"] = {"database": scratch.database_name, "base_url": copy.server.base_url}
+            report.copy_ = RehearsalCopy(
+                database=scratch.database_name, base_url=copy.server.base_url
+            )
             try:
                 restore_copy(scratch, object_store, manifest)
-                start_copy(copy.runtime, scratch, plan["from_version"], start_timeout_seconds)
-                report["counts_before"] = table_row_counts(scratch)
+                start_copy(copy.runtime, scratch, plan.from_version, start_timeout_seconds)
+                report.counts_before = table_row_counts(scratch)
                 state = UpgradeState(
                     profile=copy,
                     store=object_store,
                     manifest=manifest,
-                    old_version=plan["from_version"],
+                    old_version=plan.from_version,
                     before_agents=agent_inventory(scratch),
-                    renames=plan["renames"] if strategy == "rebuild" else {},
+                    renames=plan.rename_map() if strategy == "rebuild" else {},
                 )
                 runner = run_migrate if strategy == "migrate" else run_rebuild
                 result: dict[str, Any] = {}
@@ -216,56 +271,54 @@ def rehearse(
                 try:
                     with run_log, transaction() as txn:
                         txn.set("state", state)
-                        result = runner(state, plan["to_version"], start_timeout_seconds)
-                    report.update(
-                        outcome="succeeded",
-                        verification=result["verification"],
-                        not_carried=result.get("not_carried"),
-                        counts_after=table_row_counts(scratch),
-                        target_health={"version": plan["to_version"], "status": "ok"},
-                    )
+                        result = runner(state, plan.to_version, start_timeout_seconds)
+                    counts_after = table_row_counts(scratch)
+                    report.outcome = "succeeded"
+                    report.verification = result["verification"]
+                    report.not_carried = result.get("not_carried")
+                    report.counts_after = counts_after
+                    report.target_health = TargetHealth(version=plan.to_version, status="ok")
                 except Exception as exc:
-                    report.update(
-                        outcome="failed",
-                        error=f"at step {state.step}: {database_error_message(exc)}",
-                        log_tail=_log_tail(copy),
-                    )
+                    report.outcome = "failed"
+                    report.error = f"at step {state.step}: {database_error_message(exc)}"
+                    report.log_tail = _log_tail(copy)
                 steps = state.step_seconds()
                 down = downtime_steps(steps)
-                report.update(
-                    steps=steps,
-                    downtime_steps=down,
-                    # The real upgrade's own measure when the chain ran through (stop to
-                    # verified), so plans compare like with like; else the steps' sum.
-                    downtime_seconds=result["downtime_seconds"]
-                    if report["outcome"] == "succeeded"
-                    else round(sum(s["seconds"] for s in down), 1),
-                    warnings=notable_lines("\n".join(run_log.lines))
-                    + notable_lines(_log_text(copy)),
+                report.steps = steps
+                report.downtime_steps = down
+                # The real upgrade's own measure when the chain ran through (stop to
+                # verified), so plans compare like with like; else the steps' sum.
+                report.downtime_seconds = (
+                    result["downtime_seconds"]
+                    if report.outcome == "succeeded"
+                    else round(sum(s["seconds"] for s in down), 1)
+                )
+                report.warnings = notable_lines("\n".join(run_log.lines)) + notable_lines(
+                    _log_text(copy)
                 )
             finally:
                 copy.runtime.stop()
-        report["finished_at"] = datetime.now(UTC).isoformat()
+        report.finished_at = datetime.now(UTC)
         audit.update(
-            outcome=report["outcome"],
-            downtime_seconds=report.get("downtime_seconds"),
-            downtime_steps=report.get("downtime_steps"),
-            counts_before=report.get("counts_before"),
-            counts_after=report.get("counts_after"),
+            outcome=report.outcome,
+            downtime_seconds=report.downtime_seconds,
+            downtime_steps=report.downtime_steps,
+            counts_before=report.counts_before,
+            counts_after=report.counts_after,
         )
         publish_report(profile.name, "rehearse", render_rehearsal_markdown(report))
-        if report["outcome"] != "succeeded":
+        if report.outcome != "succeeded":
             raise RehearsalFailed(
-                f"Rehearsal of {profile.name} {plan['from_version']} -> {plan['to_version']} "
-                f"({strategy}) failed on a copy of {source} {report['error']}; the server was "
-                f"not touched. Last log lines: {report.get('log_tail') or '(none)'}"
+                f"Rehearsal of {profile.name} {plan.from_version} -> {plan.to_version} "
+                f"({strategy}) failed on a copy of {source} {report.error}; the server was "
+                f"not touched. Last log lines: {report.log_tail or '(none)'}"
             )
         logger.info(
             "rehearsal: %s -> %s (%s) succeeded on a copy; measured downtime %s s",
-            plan["from_version"],
-            plan["to_version"],
+            plan.from_version,
+            plan.to_version,
             strategy,
-            report["downtime_seconds"],
+            report.downtime_seconds,
         )
         return report
 

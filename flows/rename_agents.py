@@ -15,14 +15,14 @@ agent file to restore one by one). The runbook this replaces, as one run:
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.server_profile import ServerProfile, load_profile
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.backup import backup
+from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
 from letta_ops.flows.server_lock import destructive_lock
 from letta_ops.tasks.agent_names import name_rule_for, plan_renames
@@ -32,6 +32,30 @@ from letta_ops.tasks.letta_api import LettaClient
 
 class RenameFailed(Failed):
     """Some agents do not carry their planned names after the run."""
+
+
+class AgentRename(ReportPart):
+    """One agent's new name. ``from`` is a Python keyword: the field is ``from_``, ``from`` in
+    the JSON."""
+
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True)
+
+    agent: str = Field(description="The agent's id.")
+    from_: str = Field(alias="from", description="The name the running version refuses.")
+    to: str = Field(description="The planned (with --execute: the new) name.")
+
+
+class RenameReport(FlowReport):
+    """``rename_agents()``'s result and ``letta-ops rename-agents --sanitize --json``."""
+
+    server: str
+    version: str = Field(description="The running Letta version, whose name rule applies.")
+    executed: bool = Field(description="False: a plan, nothing was renamed.")
+    renames: list[AgentRename] = Field(description="Every rename, by agent id.")
+    message: str | None = Field(default=None, description="Set when there is nothing to do.")
+    backup_set: str | None = Field(
+        default=None, description="The pinned pre-rename set (None: nothing was renamed)."
+    )
 
 
 @task(name="plan-renames", cache_policy=NO_CACHE)
@@ -60,7 +84,7 @@ def rename_agents(
     store: str | None = None,
     execute: bool = False,
     lock_timeout_seconds: float = 0,
-) -> dict[str, Any]:
+) -> RenameReport:
     """Plan (and with ``execute`` apply) new names for agents the running version refuses."""
     with audited_run("rename-agents", server, {"execute": execute, "store": store}) as audit:
         logger = get_run_logger()
@@ -68,16 +92,18 @@ def rename_agents(
         audit.update(server=profile.name)
         tag_current_run(profile.name, "rename-agents")
         version, renames = plan_task(profile)
-        report: dict[str, Any] = {
-            "server": profile.name,
-            "version": version,
-            "executed": False,
-            "renames": mapping(renames),
-        }
-        audit.update(versions_from=version, renames=report["renames"])
+        report = RenameReport.model_validate(
+            {
+                "server": profile.name,
+                "version": version,
+                "executed": False,
+                "renames": mapping(renames),
+            }
+        )
+        audit.update(versions_from=version, renames=mapping(renames))
         if not renames:
             audit.update(outcome="nothing to do")
-            report["message"] = f"Every agent's name is valid for Letta {version}; nothing to do."
+            report.message = f"Every agent's name is valid for Letta {version}; nothing to do."
             return report
         if not execute:
             audit.update(outcome="planned")
@@ -91,28 +117,28 @@ def rename_agents(
                 purpose="pre-rename",
                 pinned=True,
             )
-            report["backup_set"] = safety["set"]
-            audit.update(backup_set=safety["set"])
+            report.backup_set = safety.set
+            audit.update(backup_set=safety.set)
             live = rename_task(profile, renames)
         wrong = {a: live.get(a) for a, c in renames.items() if live.get(a) != c["new"]}
-        report["executed"] = True
+        report.executed = True
         publish_report(profile.name, "rename-agents", render_markdown(report))
         if wrong:
             raise RenameFailed(
                 f"{len(wrong)} agent(s) do not carry their planned names after the run: {wrong}; "
-                f"the names before are in {safety['set']}."
+                f"the names before are in {safety.set}."
             )
         logger.info("renamed %d agents on %s", len(renames), profile.name)
         return report
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    head = "renamed" if report["executed"] else "plan only (nothing renamed; --execute applies)"
-    lines = [f"# Agent names on {report['server']} (Letta {report['version']}): {head}", ""]
-    lines += [f"- `{r['agent']}`: {r['from']!r} -> {r['to']!r}" for r in report["renames"]]
-    if report.get("backup_set"):
-        lines.append(f"- names before are in the backup set {report['backup_set']}")
+def render_markdown(report: RenameReport) -> str:
+    head = "renamed" if report.executed else "plan only (nothing renamed; --execute applies)"
+    lines = [f"# Agent names on {report.server} (Letta {report.version}): {head}", ""]
+    lines += [f"- `{r.agent}`: {r.from_!r} -> {r.to!r}" for r in report.renames]
+    if report.backup_set:
+        lines.append(f"- names before are in the backup set {report.backup_set}")
     return "\n".join(lines)
 
 
-__all__ = ["RenameFailed", "rename_agents"]
+__all__ = ["AgentRename", "RenameFailed", "RenameReport", "rename_agents"]

@@ -21,13 +21,17 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.letta_server import LettaServer, sanitize_server_name
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import load_profile, open_backup_store
 from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.restore_server import (
+    ServerProof,
+    ServerStart,
     database_for_set,
     prove_server_matches_set,
     restore_database_from_set,
@@ -36,7 +40,7 @@ from letta_ops.flows.restore_server import (
 )
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
 from letta_ops.flows.server_lock import destructive_lock
-from letta_ops.flows.verify import resolve_set
+from letta_ops.flows.verify import CountDifference, resolve_set
 from letta_ops.tasks.backup_catalog import load_manifest
 from letta_ops.tasks.backup_manifest import BackupManifest
 from letta_ops.tasks.backup_set_admission import require_dump, require_intact
@@ -58,6 +62,56 @@ from letta_ops.tasks.run_journal import close_unfinished
 
 class RestoreFailed(Failed):
     """The restore ran but the result is not what the set holds."""
+
+
+class RestorePlan(ReportPart):
+    """What the pre-flight found and what the restore will do; nothing changed yet."""
+
+    set: str = Field(description="SERVER/SET_ID restored.")
+    set_created_at: datetime
+    letta_version: str = Field(description="The set's Letta version.")
+    target: str = Field(description="The target database's URI, password redacted.")
+    target_tables_before: int = Field(description="Tables the target held before.")
+    replaces_existing: bool = Field(description="The target held tables (--force).")
+    reset_mode: str = Field(description="How the target is emptied.")
+    objects_verified: int = Field(description="Objects whose sha256 was checked.")
+    tables: int
+    rows: int
+    agents_in_set: int
+    start: bool = Field(description="A Letta of the set's version starts on it.")
+    base_url: str | None = Field(description="Where it starts (None: not started).")
+    server_name: str | None = Field(description="The restored server's name (None: no start).")
+
+
+class RestoredAddress(ReportPart):
+    """The environment later commands find the restored server with."""
+
+    LETTA_BASE_URL: str
+    LETTA_OPS_SERVER_NAME: str
+    LETTA_PG_URI: str = Field(description="The target, password redacted (use PGPASSWORD).")
+
+
+class RestoreReport(FlowReport):
+    """``restore()``'s result and ``letta-ops restore --json``; with ``dry_run`` the plan."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    plan: RestorePlan
+    dry_run: bool = Field(False, description="True: the plan only, nothing changed.")
+    outcome: str = Field(description="planned, running, succeeded or failed.")
+    count_differences: list[CountDifference] | None = Field(
+        None, description="Tables whose restored count differs from the manifest's."
+    )
+    sequences: list[dict[str, Any]] | None = Field(
+        None,
+        description="The sequence repair's changes; their keys vary by action (action, "
+        "sequence, table, column, from, to).",
+    )
+    restore_warnings: list[str] | None = Field(None, description="What pg_restore warned about.")
+    server: ServerStart | None = Field(None, description="The started server (None: no start).")
+    verification: ServerProof | None = Field(None, description="None: no start.")
+    address_with: RestoredAddress | None = Field(None, description="None: no start.")
+    finished_at: datetime | None = None
 
 
 def restored_runtime(
@@ -101,7 +155,7 @@ def preflight(
     port: int | None,
     reset: RequestedReset | None = None,
     name: str | None = None,
-) -> tuple[dict[str, Any], BackupManifest, LettaDatabase, LettaProcessRuntime | None]:
+) -> tuple[RestorePlan, BackupManifest, LettaDatabase, LettaProcessRuntime | None]:
     target = target_database(database)
     profile = load_profile(server)
     server_name, set_id = resolve_set(store, backup_set, profile.name)
@@ -139,22 +193,22 @@ def preflight(
                 "port for the restored server."
             )
         install_runtime(manifest.letta_version, runtime.resolved_cache_dir(), runtime.index_url)
-    plan = {
-        "set": f"{manifest.server}/{manifest.set_id}",
-        "set_created_at": manifest.created_at.isoformat(),
-        "letta_version": manifest.letta_version,
-        "target": target.redacted_uri(),
-        "target_tables_before": tables,
-        "replaces_existing": bool(tables),
-        "reset_mode": privileges["reset_mode"] if privileges else "recreate",
-        "objects_verified": objects,
-        "tables": len(manifest.row_counts),
-        "rows": sum(manifest.row_counts.values()),
-        "agents_in_set": len(manifest.agents),
-        "start": start,
-        "base_url": runtime.base_url if runtime else None,
-        "server_name": runtime.server_name if runtime else None,
-    }
+    plan = RestorePlan(
+        set=f"{manifest.server}/{manifest.set_id}",
+        set_created_at=manifest.created_at,
+        letta_version=manifest.letta_version,
+        target=target.redacted_uri(),
+        target_tables_before=tables,
+        replaces_existing=bool(tables),
+        reset_mode=privileges["reset_mode"] if privileges else "recreate",
+        objects_verified=objects,
+        tables=len(manifest.row_counts),
+        rows=sum(manifest.row_counts.values()),
+        agents_in_set=len(manifest.agents),
+        start=start,
+        base_url=runtime.base_url if runtime else None,
+        server_name=runtime.server_name if runtime else None,
+    )
     return plan, manifest, target, runtime
 
 
@@ -182,21 +236,21 @@ def prove_step(
         return prove_server_matches_set(client, target, manifest)
 
 
-def render_restore_markdown(report: dict[str, Any]) -> str:
-    plan = report["plan"]
+def render_restore_markdown(report: RestoreReport) -> str:
+    plan = report.plan
     lines = [
-        f"# Restore {plan['set']} onto {plan['target']}: **{report['outcome']}**",
+        f"# Restore {plan.set} onto {plan.target}: **{report.outcome}**",
         "",
-        f"- Letta {plan['letta_version']}, {plan['tables']} tables, {plan['rows']} rows, "
-        f"{plan['agents_in_set']} agents; {plan['objects_verified']} objects verified",
+        f"- Letta {plan.letta_version}, {plan.tables} tables, {plan.rows} rows, "
+        f"{plan.agents_in_set} agents; {plan.objects_verified} objects verified",
     ]
-    if plan["replaces_existing"]:
-        lines.append(f"- replaced a database holding {plan['target_tables_before']} tables")
-    for d in report.get("count_differences") or []:
-        lines.append(f"- {d['table']}: manifest {d['expected']}, restored {d['actual']}")
-    if report.get("server"):
-        s = report["server"]
-        lines.append(f"- started Letta {s['version']} at {s['base_url']} (pid {s['pid']})")
+    if plan.replaces_existing:
+        lines.append(f"- replaced a database holding {plan.target_tables_before} tables")
+    for d in report.count_differences or []:
+        lines.append(f"- {d.table}: manifest {d.expected}, restored {d.actual}")
+    if report.server:
+        s = report.server
+        lines.append(f"- started Letta {s.version} at {s.base_url} (pid {s.pid})")
     return "\n".join(lines)
 
 
@@ -216,7 +270,7 @@ def restore(
     reset: RequestedReset | None = None,
     name: str | None = None,
     dry_run: bool = False,
-) -> dict[str, Any]:
+) -> RestoreReport:
     """Restore ``backup_set`` onto ``database``: a saved Letta Database block's name, or
     ``postgresql://USER@HOST:PORT/DB`` with the password in ``PGPASSWORD`` (never in the URI).
     With ``dry_run``, stop after the pre-flight and return its plan (nothing changed).
@@ -249,53 +303,49 @@ def restore(
         record.update(
             server=target_name,
             versions_to=manifest.letta_version,
-            backup_set=plan["set"],
-            target=plan["target"],
+            backup_set=plan.set,
+            target=plan.target,
         )
         if dry_run:
             record.update(outcome="planned")
-            return {"plan": plan, "dry_run": True, "outcome": "planned"}
-        report: dict[str, Any] = {"plan": plan, "outcome": "running"}
+            return RestoreReport(plan=plan, dry_run=True, outcome="planned")
+        report = RestoreReport(plan=plan, outcome="running")
+        proof = None
         with destructive_lock(target_name, lock_timeout_seconds):
             journal = record.journal()
-            journal.begin(set=plan["set"], target=plan["target"], reset_mode=target.reset_mode)
+            journal.begin(set=plan.set, target=plan.target, reset_mode=target.reset_mode)
             journal.enter("restore the set's dump")
             restored = restore_database_step(target, object_store, manifest, jobs)
-            report.update(
-                count_differences=restored["count_differences"],
-                sequences=restored["sequences"]["changes"],
-                restore_warnings=restored["restore_warnings"],
-            )
+            report.count_differences = restored["count_differences"]
+            report.sequences = restored["sequences"]["changes"]
+            report.restore_warnings = restored["restore_warnings"]
             if not restored["count_differences"] and letta_runtime is not None:
                 journal.enter(f"start {manifest.letta_version}")
-                report["server"] = start_server_step(
+                report.server = start_server_step(
                     letta_runtime, target, manifest.letta_version, start_timeout_seconds
                 )
-                report["verification"] = prove_step(letta_runtime, target, manifest)
-                report["address_with"] = {
-                    "LETTA_BASE_URL": letta_runtime.base_url,
-                    "LETTA_OPS_SERVER_NAME": letta_runtime.server_name,
-                    "LETTA_PG_URI": plan["target"],
-                }
+                proof = prove_step(letta_runtime, target, manifest)
+                report.verification = proof
+                report.address_with = RestoredAddress(
+                    LETTA_BASE_URL=letta_runtime.base_url,
+                    LETTA_OPS_SERVER_NAME=letta_runtime.server_name,
+                    LETTA_PG_URI=plan.target,
+                )
             journal.finish("restored")
             # An earlier restore onto this database that was interrupted is moot now.
             close_unfinished(journal.store, target_name, f"superseded by {record.record_id}")
-        problems = restored["count_differences"] or (
-            report.get("verification") and not report["verification"]["ok"]
-        )
-        report.update(
-            outcome="failed" if problems else "succeeded",
-            finished_at=datetime.now(UTC).isoformat(),
-        )
+        problems = restored["count_differences"] or (proof and not proof["ok"])
+        report.outcome = "failed" if problems else "succeeded"
+        report.finished_at = datetime.now(UTC)
         record.update(counts_after=manifest.row_counts if not problems else None)
         publish_report(target_name, "restore", render_restore_markdown(report))
         if problems:
             raise RestoreFailed(
-                f"Restored {plan['set']} onto {plan['target']}, but it does not match the "
-                f"manifest: {restored['count_differences'] or report['verification']}"
+                f"Restored {plan.set} onto {plan.target}, but it does not match the "
+                f"manifest: {restored['count_differences'] or proof}"
             )
-        logger.info("restored %s onto %s", plan["set"], plan["target"])
+        logger.info("restored %s onto %s", plan.set, plan.target)
         return report
 
 
-__all__ = ["RestoreFailed", "restore"]
+__all__ = ["RestoreFailed", "RestorePlan", "RestoreReport", "restore"]

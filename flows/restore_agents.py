@@ -20,9 +20,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
 from letta_ops.flows.verify import resolve_set
 from letta_ops.tasks.agent_file import rename_agent_file, summarize_agent_file
@@ -40,6 +42,33 @@ from letta_ops.tasks.object_store import ObjectStore
 
 class AgentRestoreFailed(Failed):
     """An import failed; agents imported before it stay and are named in the message."""
+
+
+class RestoredAgent(ReportPart):
+    """One agent imported from its file, checked against the file by its new id."""
+
+    agent_id: str = Field(description="Its id in the backup set.")
+    name_in_set: str
+    restored_as: str = Field(description="Its name on the server now.")
+    renamed: bool = Field(description="Restored under another name than in the set.")
+    new_id: str | None = Field(description="The id the server gave the import.")
+    blocks: int = Field(description="Memory blocks the restored agent has.")
+    blocks_match: bool = Field(description="Its blocks (label and value) are the file's.")
+    messages_in_file: int
+    messages_restored: int | None = Field(description="Messages in SQL (None: no database).")
+    ok: bool = Field(description="Name, blocks and messages match the file.")
+
+
+class AgentRestoreReport(FlowReport):
+    """``restore_agents()``'s result and ``letta-ops restore-agents --json``."""
+
+    set: str = Field(description="SERVER/SET_ID the agents came from.")
+    server: str
+    letta_version: str = Field(description="The running Letta version they were imported into.")
+    as_copy: bool = Field(description="Restored beside live agents under new names.")
+    agents: list[RestoredAgent]
+    outcome: str = Field(description="succeeded, or restored, check failed.")
+    note: str = Field(description="What agent files do not carry.")
 
 
 @task(name="restore-agents-preflight", cache_policy=NO_CACHE)
@@ -113,16 +142,16 @@ def check_restored_step(profile: ServerProfile, imported: dict[str, Any]) -> dic
     }
 
 
-def render_restore_agents_markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Restore agents from {report['set']}: **{report['outcome']}**", ""]
-    for row in report["agents"]:
+def render_restore_agents_markdown(report: AgentRestoreReport) -> str:
+    lines = [f"# Restore agents from {report.set}: **{report.outcome}**", ""]
+    for row in report.agents:
         lines.append(
-            f"- {row['name_in_set']!r} ({row['agent_id']}) -> {row['restored_as']!r} "
-            f"new id `{row['new_id']}`: {row['blocks']} blocks, "
-            f"{row['messages_restored']} of {row['messages_in_file']} messages "
-            f"{'ok' if row['ok'] else 'MISMATCH'}"
+            f"- {row.name_in_set!r} ({row.agent_id}) -> {row.restored_as!r} "
+            f"new id `{row.new_id}`: {row.blocks} blocks, "
+            f"{row.messages_restored} of {row.messages_in_file} messages "
+            f"{'ok' if row.ok else 'MISMATCH'}"
         )
-    lines.append(f"- {report['note']}")
+    lines.append(f"- {report.note}")
     return "\n".join(lines)
 
 
@@ -133,7 +162,7 @@ def restore_agents(
     server: str | None = None,
     store: str | None = None,
     as_copy: bool = False,
-) -> dict[str, Any]:
+) -> AgentRestoreReport:
     """Restore ``agents`` (ids or exact names) from ``backup_set``'s agent files into the
     running server; ``as_copy`` restores them beside live agents under new names."""
     parameters = {"backup_set": backup_set, "agents": agents, "as_copy": as_copy}
@@ -167,19 +196,19 @@ def restore_agents(
                     f"({exc}); restored before it: {done or 'none'}."
                 ) from exc
             rows.append(check_restored_step(profile, imported))
-        report = {
-            "set": label,
-            "server": profile.name,
-            "letta_version": version,
-            "as_copy": as_copy,
-            "agents": rows,
-            "outcome": "succeeded" if all(r["ok"] for r in rows) else "restored, check failed",
-            "note": "agent files carry memory blocks and part of the message history, no "
+        report = AgentRestoreReport(
+            set=label,
+            server=profile.name,
+            letta_version=version,
+            as_copy=as_copy,
+            agents=rows,
+            outcome="succeeded" if all(r["ok"] for r in rows) else "restored, check failed",
+            note="agent files carry memory blocks and part of the message history, no "
             "archival passages; the set's pg_dump holds everything",
-        }
-        record.update(restored=rows, outcome=report["outcome"])
+        )
+        record.update(restored=rows, outcome=report.outcome)
         publish_report(profile.name, "restore-agents", render_restore_agents_markdown(report), rows)
-        if report["outcome"] != "succeeded":
+        if report.outcome != "succeeded":
             raise AgentRestoreFailed(
                 f"Agents from {label} were imported but do not match their files: "
                 + "; ".join(f"{r['restored_as']!r} ({r['new_id']})" for r in rows if not r["ok"])
@@ -188,4 +217,4 @@ def restore_agents(
         return report
 
 
-__all__ = ["AgentRestoreFailed", "restore_agents"]
+__all__ = ["AgentRestoreFailed", "AgentRestoreReport", "RestoredAgent", "restore_agents"]

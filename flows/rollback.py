@@ -28,12 +28,16 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, transaction
+from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.backup import backup
+from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.operator_approval import ApprovalDeclined, await_operator_approval
 from letta_ops.flows.restore_server import (
+    ServerProof,
+    ServerRestore,
     database_for_set,
     empty_database_steps,
     prove_server_matches_set,
@@ -90,6 +94,63 @@ class RollbackState(JournaledSteps):
         """Shared, not copied: Prefect's ``txn.get`` deep-copies stored values, but the undo
         must report into the very state the flow reads (and a boto3 client cannot be copied)."""
         return self
+
+
+# --------------------------------------------------------------------------- the report
+
+
+class RollbackPlan(ReportPart):
+    """What the pre-flight found and what the rollback will do; nothing changed yet."""
+
+    server: str
+    base_url: str
+    runtime: str = Field(description="How the runtime stops and starts the server.")
+    pg_tools: str = Field(description="Which PostgreSQL client tools run, and where.")
+    set: str = Field(description="SERVER/SET_ID rolled back to.")
+    set_created_at: datetime
+    set_purpose: str
+    from_version: str = Field(description="The version now (a down server's: by revision).")
+    server_down: bool = Field(description="The server does not answer: read from its database.")
+    to_version: str = Field(description="The set's Letta version.")
+    agents_now: int
+    agents_in_set: int
+    agents_not_in_set: list[str] = Field(
+        description="Names of live agents the set lacks: gone after, kept in the safety set."
+    )
+    agents_coming_back: list[str] = Field(description="Names in the set that are not live.")
+    tables: int
+    rows: int
+    database_bytes: int
+    objects_verified: int = Field(description="Objects whose sha256 was checked.")
+    reset_mode: str = Field(description="How the database is emptied.")
+    database_role: str
+    postgres_major: int
+    steps: list[str]
+    expected_downtime_seconds: int | float
+
+
+class RollbackReport(FlowReport):
+    """``rollback()``'s result and ``letta-ops rollback --json``; with ``dry_run`` the plan."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    plan: RollbackPlan
+    dry_run: bool
+    outcome: str = Field(description="planned, succeeded, failed, or failed, undone.")
+    approved_by: str | None = Field(None, description="Who approved (None: not asked).")
+    safety_set: str | None = Field(None, description="The pre-rollback set: the undo.")
+    started_at: datetime | None = None
+    error: str | None = Field(None, description="The cause of a failure, with its step.")
+    undo: ServerRestore | None = Field(None, description="None: no undo was needed.")
+    downtime_seconds: float | None = Field(None, description="Stopped -> verified.")
+    sequences: list[dict[str, Any]] | None = Field(
+        None,
+        description="The sequence repair's changes; their keys vary by action (action, "
+        "sequence, table, column, from, to).",
+    )
+    restore_warnings: list[str] | None = Field(None, description="What pg_restore warned about.")
+    verification: ServerProof | None = None
+    finished_at: datetime | None = None
 
 
 # --------------------------------------------------------------------------- pre-flight
@@ -153,7 +214,7 @@ def preflight(
     store: ObjectStore,
     backup_set: str | None,
     reset: RequestedReset | None = None,
-) -> tuple[dict[str, Any], BackupManifest]:
+) -> tuple[RollbackPlan, BackupManifest]:
     manifest = choose_set(profile, store, backup_set)
     database = profile.require_database()
     # The rollback and its undo empty this database: prove the role may, before the stop.
@@ -171,30 +232,30 @@ def preflight(
             f"{size} bytes (safety dump and restore need about twice that); free some space."
         )
     in_set = {a.id: a.name for a in manifest.agents}
-    plan = {
-        "server": profile.name,
-        "base_url": profile.server.base_url,
-        "runtime": profile.runtime.describe(),
-        "pg_tools": client_tools(database).describe(),
-        "set": f"{manifest.server}/{manifest.set_id}",
-        "set_created_at": manifest.created_at.isoformat(),
-        "set_purpose": manifest.purpose,
-        "from_version": current,
-        "server_down": down,
-        "to_version": manifest.letta_version,
-        "agents_now": len(live),
-        "agents_in_set": len(in_set),
+    plan = RollbackPlan(
+        server=profile.name,
+        base_url=profile.server.base_url,
+        runtime=profile.runtime.describe(),
+        pg_tools=client_tools(database).describe(),
+        set=f"{manifest.server}/{manifest.set_id}",
+        set_created_at=manifest.created_at,
+        set_purpose=manifest.purpose,
+        from_version=current,
+        server_down=down,
+        to_version=manifest.letta_version,
+        agents_now=len(live),
+        agents_in_set=len(in_set),
         # Live agents the set does not hold: gone after the rollback, kept in the safety set.
-        "agents_not_in_set": sorted(name for i, name in live.items() if i not in in_set),
-        "agents_coming_back": sorted(name for i, name in in_set.items() if i not in live),
-        "tables": len(manifest.row_counts),
-        "rows": sum(manifest.row_counts.values()),
-        "database_bytes": size,
-        "objects_verified": len(manifest.objects),
-        "reset_mode": privileges["reset_mode"],
-        "database_role": privileges["role"],
-        "postgres_major": privileges["server_major"],
-        "steps": [
+        agents_not_in_set=sorted(name for i, name in live.items() if i not in in_set),
+        agents_coming_back=sorted(name for i, name in in_set.items() if i not in live),
+        tables=len(manifest.row_counts),
+        rows=sum(manifest.row_counts.values()),
+        database_bytes=size,
+        objects_verified=len(manifest.objects),
+        reset_mode=privileges["reset_mode"],
+        database_role=privileges["role"],
+        postgres_major=privileges["server_major"],
+        steps=[
             "safety backup of the current state (verified, pinned, pre-rollback)",
             "stop server",
             *empty_database_steps(privileges["reset_mode"]),
@@ -203,8 +264,8 @@ def preflight(
             f"start Letta {manifest.letta_version}",
             "verify version, agents and per-table counts against the manifest",
         ],
-        "expected_downtime_seconds": 75,
-    }
+        expected_downtime_seconds=75,
+    )
     return plan, manifest
 
 
@@ -284,29 +345,29 @@ def run_rollback(state: RollbackState, start_timeout: float, jobs: int) -> dict[
 # --------------------------------------------------------------------------- the flow
 
 
-def render_rollback_markdown(report: dict[str, Any]) -> str:
-    plan = report["plan"]
+def render_rollback_markdown(report: RollbackReport) -> str:
+    plan = report.plan
     lines = [
-        f"# Rollback {plan['server']}: {plan['from_version']} -> {plan['to_version']} "
-        f"from {plan['set']}: **{report['outcome']}**",
+        f"# Rollback {plan.server}: {plan.from_version} -> {plan.to_version} "
+        f"from {plan.set}: **{report.outcome}**",
         "",
-        f"- set taken {plan['set_created_at']} ({plan['set_purpose']}); "
-        f"{plan['objects_verified']} objects verified against their sha256",
-        f"- agents: {plan['agents_now']} now, {plan['agents_in_set']} in the set",
+        f"- set taken {plan.set_created_at.isoformat()} ({plan.set_purpose}); "
+        f"{plan.objects_verified} objects verified against their sha256",
+        f"- agents: {plan.agents_now} now, {plan.agents_in_set} in the set",
     ]
-    if plan["agents_not_in_set"]:
-        lines.append(f"- not in the set (kept in the safety backup): {plan['agents_not_in_set']}")
-    if report.get("safety_set"):
-        lines.append(f"- safety backup (undo with --to): {report['safety_set']}")
-    if report.get("downtime_seconds") is not None:
-        lines.append(f"- downtime (stopped -> verified): {report['downtime_seconds']} s")
-    if report.get("error"):
-        lines.append(f"- cause: {report['error']}")
-    if report.get("undo"):
-        undo = report["undo"]
+    if plan.agents_not_in_set:
+        lines.append(f"- not in the set (kept in the safety backup): {plan.agents_not_in_set}")
+    if report.safety_set:
+        lines.append(f"- safety backup (undo with --to): {report.safety_set}")
+    if report.downtime_seconds is not None:
+        lines.append(f"- downtime (stopped -> verified): {report.downtime_seconds} s")
+    if report.error:
+        lines.append(f"- cause: {report.error}")
+    if report.undo:
+        undo = report.undo
         lines.append(
-            f"- undo: {'restored' if undo.get('ok') else 'FAILED'} {undo.get('set')} "
-            f"(version {undo.get('version')}, {undo.get('seconds')} s) {undo.get('error', '')}"
+            f"- undo: {'restored' if undo.ok else 'FAILED'} {undo.set} "
+            f"(version {undo.version}, {undo.seconds} s) {undo.error or ''}"
         )
     return "\n".join(lines)
 
@@ -322,7 +383,7 @@ def rollback(
     start_timeout_seconds: float = 240,
     jobs: int = 2,
     reset: RequestedReset | None = None,
-) -> dict[str, Any]:
+) -> RollbackReport:
     """Put ``server`` back on ``backup_set`` (default: its newest verified pre-upgrade set).
 
     ``backup_set`` is ``SERVER/SET_ID``, a SET_ID of this server, or ``latest``. ``reset``
@@ -342,14 +403,14 @@ def rollback(
             record.update(outcome="refused")
             raise
         profile.database = profile.require_database().model_copy(
-            update={"reset_mode": plan["reset_mode"]}
+            update={"reset_mode": plan.reset_mode}
         )
         record.update(
-            versions_from=plan["from_version"],
-            versions_to=plan["to_version"],
-            backup_set=plan["set"],
+            versions_from=plan.from_version,
+            versions_to=plan.to_version,
+            backup_set=plan.set,
         )
-        report: dict[str, Any] = {"plan": plan, "dry_run": dry_run, "outcome": "planned"}
+        report = RollbackReport(plan=plan, dry_run=dry_run, outcome="planned")
         if dry_run:
             publish_report(profile.name, "rollback", render_rollback_markdown(report))
             record.update(outcome="planned")
@@ -358,32 +419,33 @@ def rollback(
         with destructive_lock(profile.name, lock_timeout_seconds):
             if approval:
                 try:
-                    report["approved_by"] = await_operator_approval("rollback", profile.name)
+                    report.approved_by = await_operator_approval("rollback", profile.name)
                 except ApprovalDeclined:
                     record.update(outcome="refused")
                     raise
-                record.update(approved_by=report["approved_by"])
+                record.update(approved_by=report.approved_by)
             safety_report = backup(
                 server=server,
                 store=store,
                 allow_partial_agents=True,
                 purpose="pre-rollback",
                 pinned=True,
-                server_down_ok=plan["server_down"],
+                server_down_ok=plan.server_down,
             )
-            safety = load_manifest(object_store, *safety_report["set"].split("/"))
+            safety = load_manifest(object_store, *safety_report.set.split("/"))
             state = RollbackState(profile, object_store, manifest, safety)
             state.journal = record.journal(object_store, set_prefix(safety.server, safety.set_id))
             state.journal.begin(
-                backup_set=safety_report["set"],
-                from_version=plan["from_version"],
+                backup_set=safety_report.set,
+                from_version=plan.from_version,
                 to_version=manifest.letta_version,
-                target_set=plan["set"],
+                target_set=plan.set,
                 target_revision=manifest.alembic_revision,
-                reset_mode=plan["reset_mode"],
+                reset_mode=plan.reset_mode,
             )
-            report.update(safety_set=safety_report["set"], started_at=datetime.now(UTC).isoformat())
-            record.update(counts_before=safety.row_counts, safety_set=safety_report["set"])
+            report.safety_set = safety_report.set
+            report.started_at = datetime.now(UTC)
+            record.update(counts_before=safety.row_counts, safety_set=safety_report.set)
             try:
                 with transaction() as txn:
                     txn.set("state", state)
@@ -393,11 +455,9 @@ def rollback(
                 undo = state.undo
                 if undo is None or undo.get("ok"):  # consistent again; else: recover
                     state.journal.finish("failed, undone" if undo else "failed, unchanged")
-                report.update(
-                    outcome="failed, undone" if (undo or {}).get("ok") else "failed",
-                    error=cause,
-                    undo=undo,
-                )
+                report.outcome = "failed, undone" if (undo or {}).get("ok") else "failed"
+                report.error = cause
+                report.undo = undo
                 record.update(
                     rollback_outcome=(
                         "not needed" if undo is None else "succeeded" if undo["ok"] else "failed"
@@ -405,28 +465,31 @@ def rollback(
                 )
                 publish_report(profile.name, "rollback", render_rollback_markdown(report))
                 raise RollbackFailed(
-                    f"Rollback of {profile.name} to {plan['set']} failed "
+                    f"Rollback of {profile.name} to {plan.set} failed "
                     f"({cause}); "
                     + (
                         "nothing destructive had happened"
                         if undo is None
-                        else f"the undo restored Letta {plan['from_version']} from the safety "
-                        f"set {safety_report['set']}"
+                        else f"the undo restored Letta {plan.from_version} from the safety "
+                        f"set {safety_report.set}"
                         if undo.get("ok")
-                        else f"the undo FAILED to restore Letta {plan['from_version']} "
+                        else f"the undo FAILED to restore Letta {plan.from_version} "
                         f"({undo.get('error') or 'counts differ'}): the server may be down; once "
-                        f"the cause is fixed run 'letta-ops rollback --to {safety_report['set']}'"
+                        f"the cause is fixed run 'letta-ops rollback --to {safety_report.set}'"
                     )
                 ) from exc
         state.journal.finish("succeeded")
         counts_after = table_row_counts(profile.require_database())
         record.update(counts_after=counts_after)
-        report.update(result, outcome="succeeded", finished_at=datetime.now(UTC).isoformat())
+        report.downtime_seconds = result["downtime_seconds"]
+        report.sequences = result["sequences"]
+        report.restore_warnings = result["restore_warnings"]
+        report.verification = result["verification"]
+        report.outcome = "succeeded"
+        report.finished_at = datetime.now(UTC)
         publish_report(profile.name, "rollback", render_rollback_markdown(report))
-        logger.info(
-            "rolled %s back to %s (Letta %s)", profile.name, plan["set"], plan["to_version"]
-        )
+        logger.info("rolled %s back to %s (Letta %s)", profile.name, plan.set, plan.to_version)
         return report
 
 
-__all__ = ["RollbackFailed", "RollbackRefused", "rollback"]
+__all__ = ["RollbackFailed", "RollbackPlan", "RollbackRefused", "RollbackReport", "rollback"]

@@ -33,7 +33,9 @@ from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitUpdate,
 )
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from pydantic import Field
 
+from letta_ops.flows.flow_report import FlowReport, StoredPart
 from letta_ops.flows.run_context import TERMINAL_STATES, flow_run_state
 from letta_ops.tasks.errors import Busy
 from letta_ops.tasks.run_journal import process_alive
@@ -47,6 +49,29 @@ ACQUIRE_GRACE_SECONDS = 30.0
 
 class ServerBusy(Busy):
     """Another destructive flow holds this server."""
+
+
+class LockHolder(StoredPart):
+    """Who took the slot, as it recorded itself (a record of an older letta-ops may lack
+    any of it)."""
+
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    since: datetime | None = None
+    lease_id: str | None = Field(None, description="The Prefect concurrency lease it holds.")
+    lease_expires_at: datetime | None = Field(None, description="Unless renewed.")
+
+
+class UnlockReport(FlowReport):
+    """``unlock()``'s result and ``letta-ops unlock --json``."""
+
+    server: str
+    freed: bool = Field(description="The slot was freed by this call.")
+    reason: str = Field(description="Why freed, or why not.")
+    would_free: bool | None = Field(None, description="--dry-run only: it would be freed.")
+    holder: LockHolder | None = Field(None, description="The holder (None: none recorded).")
 
 
 def lock_name(server: str) -> str:
@@ -237,7 +262,7 @@ def destructive_lock(server: str, timeout_seconds: float | None = 0) -> Iterator
             release_concurrency_slots_with_lease(lease_id)
 
 
-def unlock(server: str, force: bool = False, dry_run: bool = False) -> dict[str, Any]:
+def unlock(server: str, force: bool = False, dry_run: bool = False) -> UnlockReport:
     """Free the slot of a holder that is provably dead (or any holder with ``force``).
 
     With ``dry_run`` nothing is freed: ``would_free`` says whether it would be, and why.
@@ -245,30 +270,31 @@ def unlock(server: str, force: bool = False, dry_run: bool = False) -> dict[str,
     if not occupied_slots(server):
         if read_holder(server) and not dry_run:
             _write_holder(server, None)  # a stale record of a slot already freed
-        free = {"server": server, "freed": False, "reason": "the slot is free"}
-        return {**free, "would_free": False} if dry_run else free
+        return UnlockReport(
+            server=server,
+            freed=False,
+            reason="the slot is free",
+            would_free=False if dry_run else None,
+        )
     holder = read_holder(server)
     why = holder_is_dead(holder) if holder else None
     if dry_run:
         would = why is not None or force
         reason = why or ("forced by the operator" if force else None)
-        return {
-            "server": server,
-            "freed": False,
-            "would_free": would,
-            "reason": reason
+        return UnlockReport(
+            server=server,
+            freed=False,
+            would_free=would,
+            reason=reason
             or f"held by {describe_holder(holder)}, which may still run (--force frees it)",
-            "holder": holder,
-        }
+            holder=holder,
+        )
     if why is None and not force:
         raise ServerBusy(
             f"Server {server!r} is held by {describe_holder(holder)}, which may still run; "
             "nothing was freed (wait for it, or pass --force if you know it is dead)."
         )
     release_slot(server, holder)
-    return {
-        "server": server,
-        "freed": True,
-        "reason": why or "forced by the operator",
-        "holder": holder,
-    }
+    return UnlockReport(
+        server=server, freed=True, reason=why or "forced by the operator", holder=holder
+    )

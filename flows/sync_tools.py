@@ -16,27 +16,59 @@ Dry run by default for *exact* (it detaches); *additive* runs for real unless as
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger
+from pydantic import Field
 
 from letta_ops.blocks.server_profile import load_profile
 from letta_ops.flows.audit_record import audited_run
+from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+from letta_ops.tasks import tool_sync
 from letta_ops.tasks.errors import Failed
 from letta_ops.tasks.tool_sync import (
     SyncMode,
     TargetSelectionError,
     TargetSelector,
-    ToolSyncReport,
     run_tool_sync_task,
 )
+
+
+class ControlAgent(ReportPart):
+    id: str
+    name: str
+
+
+class AgentToolSync(ReportPart):
+    """What happened to one target agent (in a dry run: what would happen)."""
+
+    agent_id: str
+    agent_name: str
+    attached: list[str] = Field(description="Names of the tools attached (or to attach).")
+    detached: list[str] = Field(description="Names of the tools detached (or to detach).")
+    unchanged: int = Field(description="Tools the agent already had as the control agent.")
+    error: str | None = Field(description="Why the agent could not be synced (None: it was).")
+
+
+class ToolSyncReport(FlowReport):
+    """``sync_tools()``'s result and ``letta-ops sync-tools --json``."""
+
+    control_agent: ControlAgent = Field(description="The agent whose tools the others get.")
+    control_tools: list[str] = Field(description="Names of the control agent's tools.")
+    mode: SyncMode = Field(description="additive attaches; exact also detaches.")
+    dry_run: bool = Field(description="True: a plan, nothing was changed.")
+    selector: str = Field(description="How the targets were chosen, in words.")
+    targets: int = Field(description="Agents selected (never the control agent).")
+    attached: int = Field(description="Tool attachments over every target.")
+    detached: int = Field(description="Tool detachments over every target.")
+    unchanged_agents: int = Field(description="Targets already in line (nothing to do).")
+    errors: int = Field(description="Targets that ended with an error.")
+    agents: list[AgentToolSync]
 
 
 class ToolSyncFailed(Failed):
     """The sync ran, but some agents could not be brought in line; ``report`` says which."""
 
-    def __init__(self, message: str, report: dict[str, Any]) -> None:
+    def __init__(self, message: str, report: ToolSyncReport) -> None:
         super().__init__(message)
         self.report = report
 
@@ -46,21 +78,21 @@ def effective_dry_run(mode: SyncMode, dry_run: bool | None) -> bool:
     return mode == "exact" if dry_run is None else dry_run
 
 
-def render_sync_markdown(server: str, report: dict[str, Any]) -> str:
-    head = "plan only (nothing changed)" if report["dry_run"] else "applied"
+def render_sync_markdown(server: str, report: ToolSyncReport) -> str:
+    head = "plan only (nothing changed)" if report.dry_run else "applied"
     lines = [
-        f"# Tool sync on {server}: {report['mode']}, {head}",
+        f"# Tool sync on {server}: {report.mode}, {head}",
         "",
-        f"- control agent: {report['control_agent']['name']!r} "
-        f"(`{report['control_agent']['id']}`), {len(report['control_tools'])} tools",
-        f"- targets: {report['targets']} ({report['selector']})",
-        f"- attached: **{report['attached']}**, detached: **{report['detached']}**, "
-        f"agents already in line: {report['unchanged_agents']}, errors: **{report['errors']}**",
+        f"- control agent: {report.control_agent.name!r} "
+        f"(`{report.control_agent.id}`), {len(report.control_tools)} tools",
+        f"- targets: {report.targets} ({report.selector})",
+        f"- attached: **{report.attached}**, detached: **{report.detached}**, "
+        f"agents already in line: {report.unchanged_agents}, errors: **{report.errors}**",
     ]
-    failed = [a for a in report["agents"] if a["error"]]
+    failed = [a for a in report.agents if a.error]
     if failed:
         lines += ["", "## Errors", ""]
-        lines += [f"- {a['agent_name']!r} (`{a['agent_id']}`): {a['error']}" for a in failed]
+        lines += [f"- {a.agent_name!r} (`{a.agent_id}`): {a.error}" for a in failed]
     return "\n".join(lines)
 
 
@@ -75,7 +107,7 @@ def sync_tools(
     dry_run: bool | None = None,
     concurrency: int = 4,
     server: str | None = None,
-) -> dict[str, Any]:
+) -> ToolSyncReport:
     """Give the chosen agents the control agent's tools (``mode`` additive or exact).
 
     ``dry_run`` None: a dry run for exact mode, a real run for additive. Raises
@@ -98,10 +130,10 @@ def sync_tools(
             name_pattern=name_pattern,
             agent_ids=tuple(agent_ids or ()),
         )
-        result: ToolSyncReport = run_tool_sync_task(
+        result: tool_sync.ToolSyncReport = run_tool_sync_task(
             profile.server, control_agent, selector, mode, plan_only, concurrency
         )
-        report = result.to_dict()
+        report = ToolSyncReport.model_validate(result.to_dict())
         publish_report(
             profile.name,
             "sync-tools",
@@ -111,18 +143,18 @@ def sync_tools(
         audit.update(
             dry_run=plan_only,
             mode=mode,
-            targets=report["targets"],
-            attached=report["attached"],
-            detached=report["detached"],
-            errors=report["errors"],
+            targets=report.targets,
+            attached=report.attached,
+            detached=report.detached,
+            errors=report.errors,
         )
         logger.info(
             "%s: %d target(s), attached %d, detached %d, errors %d",
             "plan" if plan_only else "sync",
-            report["targets"],
-            report["attached"],
-            report["detached"],
-            report["errors"],
+            report.targets,
+            report.attached,
+            report.detached,
+            report.errors,
         )
         if result.errors:
             raise ToolSyncFailed(

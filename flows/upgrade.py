@@ -24,17 +24,20 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, transaction
+from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from letta_ops.flows.audit_record import audited_run, counts_summary, server_counts
 from letta_ops.flows.backup import backup
+from letta_ops.flows.flow_report import FlowReport, ReportPart, StoredPart
 from letta_ops.flows.operator_approval import ApprovalDeclined, await_operator_approval
 from letta_ops.flows.restore_server import (
+    ServerRestore,
     empty_database_steps,
     restore_server_from_set,
     start_set_version,
@@ -62,6 +65,9 @@ from letta_ops.tasks.postgres_privileges import RequestedReset
 from letta_ops.tasks.rehearsal_history import latest_rehearsal, rehearsal_is_current
 from letta_ops.tasks.run_journal import JournaledSteps
 from letta_ops.tasks.sequence_repair import repair_sequences
+
+if TYPE_CHECKING:
+    from letta_ops.flows.rehearse import RehearsalReport
 
 Strategy = Literal["migrate", "rebuild"]
 
@@ -93,6 +99,124 @@ class UpgradeState(JournaledSteps):
         return self
 
 
+# --------------------------------------------------------------------------- the report
+
+
+class Rename(ReportPart):
+    old: str = Field(description="The agent's name now.")
+    new: str = Field(description="The name the target version accepts.")
+
+
+class TimedStep(StoredPart):
+    step: str
+    seconds: float
+
+
+class RehearsalRecord(StoredPart):
+    """The newest successful rehearsal of these versions and strategy (audit history)."""
+
+    run: str = Field(description="The rehearsal's audit record id.")
+    at: datetime = Field(description="When it ended.")
+    age_hours: float
+    downtime_seconds: int | float = Field(description="The downtime it measured.")
+    downtime_steps: list[TimedStep]
+    source_set: str | None = Field(description="The set the copy was restored from.")
+
+
+class UpgradePlan(ReportPart):
+    """What the pre-flight found and what the upgrade will do; nothing changed yet."""
+
+    server: str
+    base_url: str
+    from_version: str
+    to_version: str
+    strategy: str = Field(description="migrate (lossless) or rebuild (agent files).")
+    runtime: str = Field(description="How the runtime stops and starts the server.")
+    pg_tools: str = Field(description="Which PostgreSQL client tools run, and where.")
+    alembic_revision: str | None
+    reset_mode: str = Field(description="How the database is emptied before a restore.")
+    database_role: str
+    postgres_major: int
+    agents: int
+    database_bytes: int
+    free_bytes: int = Field(description="Free bytes in the temporary directory.")
+    name_rule: str = Field(description="The agent-name rule the renames follow.")
+    renames: dict[str, Rename] = Field(description="Agent id -> the rename the rule needs.")
+    steps: list[str]
+    rehearsal: RehearsalRecord | None = Field(description="None: never rehearsed.")
+    expected_downtime_seconds: int | float
+    expected_downtime_source: str = Field(description="Measured by a rehearsal, or a guess.")
+    lossy: bool = Field(description="Agent files only (rebuild): not everything carries.")
+    rehearsal_current: bool | None = Field(
+        None,
+        description="A rehearsal not older than the newest backup exists (None: not asked, "
+        "as in a rehearsal's own plan).",
+    )
+
+    def rename_map(self) -> dict[str, dict[str, str]]:
+        """The renames as the steps take them: ``{agent_id: {"old": ..., "new": ...}}``."""
+        return {agent_id: change.model_dump() for agent_id, change in self.renames.items()}
+
+
+class SequenceRepair(ReportPart):
+    """What the sequence repair after the migration changed and checked."""
+
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True)
+
+    schema_: str = Field(alias="schema", description="The schema repaired.")
+    dry_run: bool
+    changes: list[dict[str, Any]] = Field(
+        description="Changes made; their keys vary by action (action, sequence, table, "
+        "column, from, to)."
+    )
+    checked: list[dict[str, Any]] = Field(
+        description="Every column checked (table, column, sequence, source, max, next_value, ok)."
+    )
+
+
+class AgentVerification(ReportPart):
+    """One agent before and after the upgrade."""
+
+    agent: str = Field(description="The agent's id before.")
+    name_before: str
+    name_after: str
+    messages_before: int
+    messages_after: int | None = Field(description="None: the agent is missing after.")
+    blocks_before: int
+    blocks_after: int | None = Field(description="None: the agent is missing after.")
+
+
+class NotCarried(ReportPart):
+    """What a rebuild's agent files did not carry (the pre-upgrade dump still holds it)."""
+
+    messages: int
+    archival_passages: int
+    note: str
+
+
+class UpgradeReport(FlowReport):
+    """``upgrade()``'s result and ``letta-ops upgrade --json``; with ``dry_run`` the plan."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    plan: UpgradePlan
+    dry_run: bool
+    outcome: str = Field(
+        description="planned, succeeded, failed, or failed, rolled back (in the audit)."
+    )
+    approved_by: str | None = Field(None, description="Who approved (None: not asked).")
+    backup_set: str | None = Field(None, description="The pre-upgrade set (None: planned).")
+    started_at: datetime | None = None
+    error: str | None = Field(None, description="The cause of a failure, with its step.")
+    rollback: ServerRestore | None = Field(None, description="None: no rollback was needed.")
+    downtime_seconds: float | None = Field(None, description="Stopped -> verified.")
+    sequences: SequenceRepair | None = None
+    agents_after: int | None = None
+    verification: list[AgentVerification] | None = Field(None, description="Per agent.")
+    not_carried: NotCarried | None = Field(None, description="Rebuild only.")
+    finished_at: datetime | None = None
+
+
 # --------------------------------------------------------------------------- pre-flight
 
 
@@ -102,7 +226,7 @@ def preflight(
     to_version: str,
     strategy: Strategy,
     reset: RequestedReset | None = None,
-) -> dict[str, Any]:
+) -> UpgradePlan:
     target = parse_server_version(to_version)
     database = profile.require_database()
     with LettaClient(profile.server) as client:
@@ -172,36 +296,36 @@ def preflight(
             "verify agents by name",
         ]
     )
-    return {
-        "server": profile.name,
-        "base_url": profile.server.base_url,
-        "from_version": str(current),
-        "to_version": str(target),
-        "strategy": strategy,
-        "runtime": profile.runtime.describe(),
-        "pg_tools": client_tools(database).describe(),
-        "alembic_revision": alembic_revision(database),
-        "reset_mode": privileges["reset_mode"],
-        "database_role": privileges["role"],
-        "postgres_major": privileges["server_major"],
-        "agents": len(agents),
-        "database_bytes": size,
-        "free_bytes": free,
-        "name_rule": rule.name,
-        "renames": renames,
-        "steps": steps,
-        "rehearsal": rehearsal,
-        "expected_downtime_seconds": rehearsal["downtime_seconds"]
+    return UpgradePlan(
+        server=profile.name,
+        base_url=profile.server.base_url,
+        from_version=str(current),
+        to_version=str(target),
+        strategy=strategy,
+        runtime=profile.runtime.describe(),
+        pg_tools=client_tools(database).describe(),
+        alembic_revision=alembic_revision(database),
+        reset_mode=privileges["reset_mode"],
+        database_role=privileges["role"],
+        postgres_major=privileges["server_major"],
+        agents=len(agents),
+        database_bytes=size,
+        free_bytes=free,
+        name_rule=rule.name,
+        renames=renames,
+        steps=steps,
+        rehearsal=rehearsal,
+        expected_downtime_seconds=rehearsal["downtime_seconds"]
         if rehearsal
         else (75 if strategy == "migrate" else 90 + 2 * len(agents)),
-        "expected_downtime_source": (
+        expected_downtime_source=(
             f"measured by the rehearsal at {rehearsal['at']} ({rehearsal['age_hours']} h ago)"
             if rehearsal
             else "a rough estimate: no rehearsal of these versions and strategy "
             f"(letta-ops upgrade --to {target} --strategy {strategy} --rehearse)"
         ),
-        "lossy": strategy == "rebuild",
-    }
+        lossy=strategy == "rebuild",
+    )
 
 
 def newest_backup_at(store: str | None, server: str | None, name: str) -> datetime | None:
@@ -455,33 +579,33 @@ def rollback_outcome(rollback: dict[str, Any] | None) -> str:
 # --------------------------------------------------------------------------- the flow
 
 
-def render_upgrade_markdown(report: dict[str, Any]) -> str:
-    plan = report["plan"]
+def render_upgrade_markdown(report: UpgradeReport) -> str:
+    plan = report.plan
     lines = [
-        f"# Upgrade {plan['server']}: {plan['from_version']} -> {plan['to_version']} "
-        f"({plan['strategy']}): **{report['outcome']}**",
+        f"# Upgrade {plan.server}: {plan.from_version} -> {plan.to_version} "
+        f"({plan.strategy}): **{report.outcome}**",
         "",
-        f"- runtime: {plan['runtime']}",
+        f"- runtime: {plan.runtime}",
     ]
-    if report.get("error"):
-        lines += [f"- cause: {report['error']}"]
-    if report.get("rollback"):
-        rb = report["rollback"]
+    if report.error:
+        lines += [f"- cause: {report.error}"]
+    if report.rollback:
+        rb = report.rollback
         lines += [
-            f"- rollback: {'succeeded' if rb.get('ok') else 'FAILED'} "
-            f"(version {rb.get('version')}, {rb.get('seconds')} s) {rb.get('error', '')}"
+            f"- rollback: {'succeeded' if rb.ok else 'FAILED'} "
+            f"(version {rb.version}, {rb.seconds} s) {rb.error or ''}"
         ]
-    if report.get("downtime_seconds") is not None:
-        lines += [f"- downtime (stopped -> verified): {report['downtime_seconds']} s"]
-    if report.get("backup_set"):
-        lines += [f"- pre-upgrade backup set: {report['backup_set']}"]
-    for agent_id, change in plan["renames"].items():
-        lines += [f"- renamed `{agent_id}`: {change['old']!r} -> {change['new']!r}"]
-    if report.get("not_carried"):
-        nc = report["not_carried"]
+    if report.downtime_seconds is not None:
+        lines += [f"- downtime (stopped -> verified): {report.downtime_seconds} s"]
+    if report.backup_set:
+        lines += [f"- pre-upgrade backup set: {report.backup_set}"]
+    for agent_id, change in plan.renames.items():
+        lines += [f"- renamed `{agent_id}`: {change.old!r} -> {change.new!r}"]
+    if report.not_carried:
+        nc = report.not_carried
         lines += [
-            f"- not carried by agent files: {nc['messages']} messages, "
-            f"{nc['archival_passages']} archival passages ({nc['note']})"
+            f"- not carried by agent files: {nc.messages} messages, "
+            f"{nc.archival_passages} archival passages ({nc.note})"
         ]
     return "\n".join(lines)
 
@@ -499,7 +623,7 @@ def upgrade(
     reset: RequestedReset | None = None,
     require_rehearsal: bool = False,
     rehearse: bool = False,
-) -> dict[str, Any]:
+) -> UpgradeReport | RehearsalReport:
     """Upgrade one server to ``to_version`` by ``strategy``; roll back on any failure.
 
     ``require_rehearsal`` (on in the deployment): refuse unless a successful rehearsal of these
@@ -524,26 +648,27 @@ def upgrade(
         plan = preflight(profile, to_version, strategy, reset)
         # Every later step, the automatic rollback included, empties the database this way.
         profile.database = profile.require_database().model_copy(
-            update={"reset_mode": plan["reset_mode"]}
+            update={"reset_mode": plan.reset_mode}
         )
         audit.update(
-            versions_from=plan["from_version"],
-            versions_to=plan["to_version"],
+            versions_from=plan.from_version,
+            versions_to=plan.to_version,
             strategy=strategy,
-            renames=audit_renames(plan["renames"]) if strategy == "rebuild" else None,
+            renames=audit_renames(plan.rename_map()) if strategy == "rebuild" else None,
         )
-        plan["rehearsal_current"] = rehearsal_is_current(
-            plan["rehearsal"], newest_backup_at(store, server, profile.name)
+        plan.rehearsal_current = rehearsal_is_current(
+            plan.rehearsal.model_dump(mode="json") if plan.rehearsal else None,
+            newest_backup_at(store, server, profile.name),
         )
-        if require_rehearsal and not plan["rehearsal_current"] and not dry_run:
+        if require_rehearsal and not plan.rehearsal_current and not dry_run:
             audit.update(outcome="refused")
             raise UpgradeRefused(
-                f"No rehearsal of {plan['from_version']} -> {plan['to_version']} "
+                f"No rehearsal of {plan.from_version} -> {plan.to_version} "
                 f"({strategy}) newer than the newest backup of {profile.name}; run "
-                f"'letta-ops upgrade --to {plan['to_version']} --strategy {strategy} "
+                f"'letta-ops upgrade --to {plan.to_version} --strategy {strategy} "
                 "--rehearse' first (or turn require_rehearsal off)."
             )
-        report: dict[str, Any] = {"plan": plan, "dry_run": dry_run, "outcome": "planned"}
+        report = UpgradeReport(plan=plan, dry_run=dry_run, outcome="planned")
         if dry_run:
             audit.update(outcome="planned")
             publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
@@ -552,11 +677,11 @@ def upgrade(
         with destructive_lock(profile.name, lock_timeout_seconds):
             if approval:
                 try:
-                    report["approved_by"] = await_operator_approval("upgrade", profile.name)
+                    report.approved_by = await_operator_approval("upgrade", profile.name)
                 except ApprovalDeclined:
                     audit.update(outcome="refused")
                     raise
-                audit.update(approved_by=report["approved_by"])
+                audit.update(approved_by=report.approved_by)
             backup_report = backup(
                 server=server,
                 store=store,
@@ -565,43 +690,42 @@ def upgrade(
                 pinned=True,
             )
             object_store = open_backup_store(store, server)
-            audit.update(backup_set=backup_report["set"], store=object_store)
-            manifest = load_manifest(object_store, *backup_report["set"].split("/"))
+            audit.update(backup_set=backup_report.set, store=object_store)
+            manifest = load_manifest(object_store, *backup_report.set.split("/"))
             state = UpgradeState(
                 profile=profile,
                 store=object_store,
                 manifest=manifest,
-                old_version=plan["from_version"],
+                old_version=plan.from_version,
                 before_agents=agent_inventory(profile.require_database()),
-                renames=plan["renames"] if strategy == "rebuild" else {},
+                renames=plan.rename_map() if strategy == "rebuild" else {},
             )
             audit.update(counts_before=counts_summary(manifest.row_counts, state.before_agents))
-            report.update(backup_set=backup_report["set"], started_at=datetime.now(UTC).isoformat())
+            report.backup_set = backup_report.set
+            report.started_at = datetime.now(UTC)
             state.journal = audit.journal(
                 object_store, set_prefix(manifest.server, manifest.set_id)
             )
             state.journal.begin(
-                backup_set=backup_report["set"],
-                from_version=plan["from_version"],
-                to_version=plan["to_version"],
+                backup_set=backup_report.set,
+                from_version=plan.from_version,
+                to_version=plan.to_version,
                 strategy=strategy,
-                reset_mode=plan["reset_mode"],
-                target_revision=ALEMBIC_HEADS.get(plan["to_version"]),
+                reset_mode=plan.reset_mode,
+                target_revision=ALEMBIC_HEADS.get(plan.to_version),
             )
             runner = run_migrate if strategy == "migrate" else run_rebuild
             try:
                 with transaction() as txn:
                     txn.set("state", state)
-                    result = runner(state, plan["to_version"], start_timeout_seconds)
+                    result = runner(state, plan.to_version, start_timeout_seconds)
             except Exception as exc:
                 cause = f"at step {state.step}: {database_error_message(exc)}"
-                report.update(
-                    outcome="failed, rolled back" if (state.rollback or {}).get("ok") else "failed",
-                    error=cause,
-                    rollback=state.rollback,
-                )
-                publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
                 rolled = state.rollback
+                report.outcome = "failed, rolled back" if (rolled or {}).get("ok") else "failed"
+                report.error = cause
+                report.rollback = rolled
+                publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
                 if rolled is None or rolled.get("ok"):  # consistent again; else: recover
                     state.journal.finish("failed, rolled back" if rolled else "failed, unchanged")
                 audit.update(
@@ -609,27 +733,48 @@ def upgrade(
                     counts_after=server_counts(profile.require_database()) if rolled else None,
                 )
                 raise UpgradeFailed(
-                    f"Upgrade of {profile.name} to {plan['to_version']} failed ({cause}); "
+                    f"Upgrade of {profile.name} to {plan.to_version} failed ({cause}); "
                     + (
                         "no rollback was needed: nothing destructive had happened"
                         if rolled is None
-                        else f"rollback restored Letta {state.old_version} from "
-                        f"{backup_report['set']}"
+                        else f"rollback restored Letta {state.old_version} from {backup_report.set}"
                         if rolled.get("ok")
                         else f"rollback FAILED to restore Letta {state.old_version} "
                         f"({rolled.get('error') or 'counts differ'}): the server may be down; "
                         f"once the cause is fixed run 'letta-ops rollback --to "
-                        f"{backup_report['set']}'"
+                        f"{backup_report.set}'"
                     )
                 ) from exc
         state.journal.finish("succeeded")
-        report.update(result, outcome="succeeded", finished_at=datetime.now(UTC).isoformat())
+        report.downtime_seconds = result["downtime_seconds"]
+        report.sequences = result["sequences"]
+        report.agents_after = result["agents_after"]
+        report.verification = result["verification"]
+        report.not_carried = result.get("not_carried")
+        report.outcome = "succeeded"
+        report.finished_at = datetime.now(UTC)
         audit.update(counts_after=server_counts(profile.require_database()))
         publish_report(
-            profile.name, "upgrade", render_upgrade_markdown(report), report.get("verification")
+            profile.name,
+            "upgrade",
+            render_upgrade_markdown(report),
+            [row.model_dump(mode="json") for row in report.verification],
         )
-        logger.info("upgraded %s to %s", profile.name, plan["to_version"])
+        logger.info("upgraded %s to %s", profile.name, plan.to_version)
         return report
 
 
-__all__ = ["LettaVersion", "UpgradeFailed", "UpgradeRefused", "upgrade"]
+__all__ = [
+    "AgentVerification",
+    "LettaVersion",
+    "NotCarried",
+    "RehearsalRecord",
+    "Rename",
+    "SequenceRepair",
+    "TimedStep",
+    "UpgradeFailed",
+    "UpgradePlan",
+    "UpgradeRefused",
+    "UpgradeReport",
+    "upgrade",
+]

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
-from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.server_profile import ProfileError, load_profile, open_backup_store
 from letta_ops.flows.audit_record import audited_run, counts_summary
+from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
 from letta_ops.tasks.backup_catalog import (
     BackupSetError,
@@ -28,7 +29,12 @@ from letta_ops.tasks.backup_catalog import (
     load_manifest,
     record_verification,
 )
-from letta_ops.tasks.backup_manifest import BackupManifest, parse_set_reference, set_prefix
+from letta_ops.tasks.backup_manifest import (
+    BackupManifest,
+    SetEncryption,
+    parse_set_reference,
+    set_prefix,
+)
 from letta_ops.tasks.backup_set_admission import missing_key
 from letta_ops.tasks.backup_verification import check_dump, check_objects, drill, reads_back
 from letta_ops.tasks.errors import Failed
@@ -39,6 +45,58 @@ from letta_ops.tasks.restore_target import same_database
 
 class VerificationFailed(Failed):
     """The set is not what its manifest promises."""
+
+
+class ObjectProblem(ReportPart):
+    object: str = Field(description="The object's key in the store.")
+    problem: str = Field(description="What is wrong with it (missing, size, checksum, ...).")
+
+
+class ObjectsChecked(ReportPart):
+    by_store_checksum: int = Field(description="Objects proven by the store's own checksum.")
+    read_back: int = Field(description="Objects read back and hashed here.")
+    bytes_read_back: int = Field(description="Stored bytes those reads cost.")
+
+
+class DumpCheck(ReportPart):
+    toc_entries: int = Field(description="Entries in the dump's table of contents.")
+    tables_with_data: int = Field(description="Tables whose rows the dump holds.")
+    tables_missing: list[str] = Field(description="Counted tables the dump lacks.")
+    bytes_read: int = Field(description="Bytes of the dump read to get its TOC.")
+
+
+class CountDifference(ReportPart):
+    table: str
+    expected: int | None = Field(description="Rows the manifest counted (None: not counted).")
+    actual: int | None = Field(description="Rows found (None: table absent).")
+
+
+class DrillResult(ReportPart):
+    scratch_database: str = Field(description="Where the set was restored.")
+    in_place: bool = Field(description="Restored into the given database, not a new one.")
+    tables: int = Field(description="Tables whose rows were counted after the restore.")
+    differences: list[CountDifference] = Field(description="Tables whose count differs.")
+    restore_warnings: list[str] = Field(description="What pg_restore warned about.")
+
+
+class VerifiedEncryption(SetEncryption):
+    decrypted: bool = Field(description="The key was at hand: the dump was decrypted and read.")
+
+
+class VerifyReport(FlowReport):
+    """``verify()``'s result and ``letta-ops verify --json``; also stored beside the set."""
+
+    ok: bool = Field(description="Every check passed.")
+    set: str = Field(description="SERVER/SET_ID.")
+    drill: bool = Field(description="A restore drill was asked for.")
+    checked_at: datetime = Field(description="When the checks ended.")
+    objects: int = Field(description="Objects the manifest lists.")
+    read_data: bool = Field(description="Every object was read back (--read-data).")
+    checked: ObjectsChecked
+    problems: list[ObjectProblem]
+    dump: DumpCheck | None = Field(description="The dump's TOC check (None: not reached).")
+    drill_result: DrillResult | None = Field(description="The drill (None: not asked).")
+    encryption: VerifiedEncryption | None = Field(description="None: not encrypted.")
 
 
 @task(name="check-objects", cache_policy=NO_CACHE)
@@ -118,41 +176,40 @@ def resolve_set(store: ObjectStore, reference: str, default_server: str | None) 
     return parse_set_reference(ref, default_server)
 
 
-def render_verify_markdown(result: dict[str, Any]) -> str:
-    checked = result["checked"]
+def render_verify_markdown(result: VerifyReport) -> str:
+    checked = result.checked
     lines = [
-        f"# Verify {result['set']}: {'passed' if result['ok'] else 'FAILED'}",
+        f"# Verify {result.set}: {'passed' if result.ok else 'FAILED'}",
         "",
-        f"- objects checked: {result['objects']} ({checked['by_store_checksum']} by the "
-        f"store's checksum, {checked['read_back']} read back: "
-        f"{checked['bytes_read_back']} bytes)",
+        f"- objects checked: {result.objects} ({checked.by_store_checksum} by the "
+        f"store's checksum, {checked.read_back} read back: "
+        f"{checked.bytes_read_back} bytes)",
     ]
-    lines += [f"- **{p['object']}**: {p['problem']}" for p in result["problems"]]
-    encryption = result.get("encryption")
+    lines += [f"- **{p.object}**: {p.problem}" for p in result.problems]
+    encryption = result.encryption
     if encryption:
         lines.append(
-            f"- encrypted ({encryption['scheme']}, key id `{encryption['key_id']}`): "
+            f"- encrypted ({encryption.scheme}, key id `{encryption.key_id}`): "
             + (
                 "decrypted and authenticated"
-                if encryption["decrypted"]
+                if encryption.decrypted
                 else "stored objects checked without the key; the dump's table of contents "
                 "was not read"
             )
         )
-    if result.get("dump"):
+    if result.dump:
         lines.append(
-            f"- dump: {result['dump']['toc_entries']} TOC entries, "
-            f"{result['dump']['tables_with_data']} tables with data"
+            f"- dump: {result.dump.toc_entries} TOC entries, "
+            f"{result.dump.tables_with_data} tables with data"
         )
-    if result.get("drill_result"):
-        d = result["drill_result"]
+    if result.drill_result:
+        d = result.drill_result
         lines.append(
-            f"- drill: restored {d['tables']} tables into {d['scratch_database']}; "
-            f"{len(d['differences'])} count differences"
+            f"- drill: restored {d.tables} tables into {d.scratch_database}; "
+            f"{len(d.differences)} count differences"
         )
         lines += [
-            f"  - {x['table']}: manifest {x['expected']}, restored {x['actual']}"
-            for x in d["differences"]
+            f"  - {x.table}: manifest {x.expected}, restored {x.actual}" for x in d.differences
         ]
     return "\n".join(lines)
 
@@ -165,7 +222,7 @@ def verify(
     drill: bool = False,
     drill_database: str | None = None,
     read_data: bool = False,
-) -> dict[str, Any]:
+) -> VerifyReport:
     """Verify ``backup_set``: ``SERVER/SET_ID``, a SET_ID of the current server, or
     ``latest`` (the newest complete set).
 
@@ -203,24 +260,24 @@ def verify(
             and (key_problem is not None or (dump is not None and not dump["tables_missing"]))
             and (drill_result is None or not drill_result["differences"])
         )
-        result = {
-            "ok": ok,
-            "set": f"{server_name}/{set_id}",
-            "drill": drill,
-            "checked_at": datetime.now(UTC).isoformat(),
-            "objects": len(manifest.objects),
-            "read_data": read_data,
-            "checked": objects_read(manifest, read_data),
-            "problems": problems,
-            "dump": dump,
-            "drill_result": drill_result,
-            "encryption": (
+        result = VerifyReport(
+            ok=ok,
+            set=f"{server_name}/{set_id}",
+            drill=drill,
+            checked_at=datetime.now(UTC),
+            objects=len(manifest.objects),
+            read_data=read_data,
+            checked=objects_read(manifest, read_data),
+            problems=problems,
+            dump=dump,
+            drill_result=drill_result,
+            encryption=(
                 {**manifest.encryption.model_dump(), "decrypted": key_problem is None}
                 if manifest.encryption
                 else None
             ),
-        }
-        record_verification(object_store, set_prefix(server_name, set_id), result)
+        )
+        record_verification(object_store, set_prefix(server_name, set_id), result.to_json_dict())
         audit.update(
             verified=ok,
             problems=len(problems),
@@ -245,6 +302,6 @@ def verify(
                 )
             )
         logger.info(
-            "backup set %s verified%s", result["set"], " with a restore drill" if drill else ""
+            "backup set %s verified%s", result.set, " with a restore drill" if drill else ""
         )
         return result

@@ -17,9 +17,9 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.dump_lanes import StreamSpool, assign_lanes
 from letta_ops.tasks.errors import Refused, final_error_line
 from letta_ops.tasks.letta_postgres import connect, counts_in_snapshot
 from letta_ops.tasks.object_store import ObjectStore, StoredObject
@@ -343,6 +344,7 @@ def restore_dump_streaming(
     toc: list[str],
     jobs: int = 1,
     chunk_size: int = 1 << 20,
+    weights: Mapping[str, int] | None = None,
 ) -> StreamedRestore:
     """Restore a custom-format dump into ``db`` *while it downloads*: tables and their rows
     as the stream arrives, each table's indexes as soon as its rows are in, and the remaining
@@ -355,8 +357,10 @@ def restore_dump_streaming(
     need only the table of contents: both run from ``head``, the dump's first bytes, which
     were fetched to read ``toc`` and must equal the stream's. A table's own indexes and keys
     are built while the next tables load (:mod:`letta_ops.tasks.post_data_schedule`), as
-    ``pg_restore -j`` does from a file. Nothing else of the dump touches the local disk; the
-    stream is hashed as it passes.
+    ``pg_restore -j`` does from a file. With ``jobs`` > 1 and rows in more than one table
+    (``weights``: the manifest's row counts), the tables load in up to ``jobs`` lanes that
+    follow one local spool of the stream (:mod:`letta_ops.tasks.dump_lanes`); with one lane
+    nothing of the dump touches the local disk. The stream is hashed as it passes.
 
     ``db`` must be a database that holds nothing to lose (a drill's scratch database, or a
     new one swapped in only after this returns and the caller compared the digest with the
@@ -365,61 +369,138 @@ def restore_dump_streaming(
     target = RestoreTarget.of(db)
     tools = client_tools(db)
     expected_head = head.read_bytes()  # the TOC: a few hundred KiB whatever the dump's size
-    digest, size = hashlib.sha256(), 0
     pool = ThreadPoolExecutor(max(1, jobs - 1), thread_name_prefix="early-post-data")
-    with tempfile.TemporaryDirectory(prefix="letta-ops-restore-") as work, _shut(pool):
+    with (
+        tempfile.TemporaryDirectory(prefix="letta-ops-restore-") as work,
+        ExitStack() as staged,
+        _shut(pool),  # before the staged files go: a running build reads the head
+    ):
         listing = target.listing(toc).splitlines()
-        with (
-            tools.staged(_list_file(work, "restore", listing)) as use_list,
-            tools.staged(head) as staged_head,
-        ):
-            target_args = [*RESTORE_OPTIONS, "-d", db.database_name]
-            base = [*target_args, f"--use-list={use_list}"]
-            result = tools.run("pg_restore", *base, "--section=pre-data", staged_head)
-            warnings = target.tolerated(result.returncode, result.stderr)
+        use_list = staged.enter_context(tools.staged(_list_file(work, "restore", listing)))
+        staged_head = staged.enter_context(tools.staged(head))
+        target_args = [*RESTORE_OPTIONS, "-d", db.database_name]
+        base = [*target_args, f"--use-list={use_list}"]
+        result = tools.run("pg_restore", *base, "--section=pre-data", staged_head)
+        warnings = target.tolerated(result.returncode, result.stderr)
 
-            early = EarlyIndexBuilds(
-                post_data_by_table(
-                    _toc(tools.run("pg_restore", "--list", "--section=post-data", staged_head)),
-                    _script(tools.run("pg_restore", "--section=post-data", "-f", "-", staged_head)),
-                ),
-                lambda lines: _restore_listed(tools, target, target_args, work, lines, staged_head),
-                pool,
-            )
-            proc = subprocess.Popen(
-                tools.argv("pg_restore", *base, "--verbose", "--section=data"),
-                env=tools.env(),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            _widen_pipe(proc.stdin)
-            stderr = StderrDrain(proc, early.progress)
-            try:
-                for chunk in iter(lambda: stream.read(chunk_size), b""):
-                    if size < len(expected_head):
-                        _require_same_head(expected_head, size, chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-                    if proc.stdin is not None:
-                        try:
-                            proc.stdin.write(chunk)
-                        except BrokenPipeError:
-                            proc.stdin = None
-                            if proc.wait() != 0:
-                                break  # it failed: its stderr says why, below
-                if proc.stdin is not None:
-                    proc.stdin.close()
-                returncode = proc.wait()
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            warnings += target.tolerated(returncode, stderr.text())  # text(): progress is over
-            warnings += early.finish()
-            rest = [line for line in listing if line not in early.built]
-            warnings += _restore_listed(tools, target, target_args, work, rest, staged_head, jobs)
-    return StreamedRestore(warnings, digest.hexdigest(), size)
+        schedule = post_data_by_table(
+            _toc(tools.run("pg_restore", "--list", "--section=post-data", staged_head)),
+            _script(tools.run("pg_restore", "--section=post-data", "-f", "-", staged_head)),
+        )
+
+        def build(lines: list[str]) -> list[str]:
+            return _restore_listed(tools, target, target_args, work, lines, staged_head)
+
+        lanes: list[DataLane] = []
+        for number, lines in enumerate(assign_lanes(listing, jobs, weights or {})):
+            lane_list = use_list
+            if lines != listing:
+                lane_file = _list_file(work, f"data-{number}", lines)
+                lane_list = staged.enter_context(tools.staged(lane_file))
+            early = EarlyIndexBuilds(schedule, build, pool)
+            argv = [*target_args, f"--use-list={lane_list}", "--verbose", "--section=data"]
+            lanes.append(DataLane(tools.argv("pg_restore", *argv), tools.env(), early))
+        source = CheckedStream(stream, chunk_size, expected_head)
+        try:
+            _feed_lanes(lanes, source, Path(work) / "stream.spool")
+        finally:
+            for lane in lanes:
+                lane.kill()
+        built: set[str] = set()
+        for lane in lanes:
+            warnings += target.tolerated(lane.proc.returncode, lane.stderr.text())
+            warnings += lane.early.finish()
+            built |= lane.early.built
+        rest = [line for line in listing if line not in built]
+        warnings += _restore_listed(tools, target, target_args, work, rest, staged_head, jobs)
+    return StreamedRestore(warnings, source.digest.hexdigest(), source.size)
+
+
+class DataLane:
+    """One ``pg_restore --section=data`` reading a dump on its standard input; its progress
+    starts the early index builds of the tables it loads (``early``)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], early: EarlyIndexBuilds) -> None:
+        self.early = early
+        self.proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        _widen_pipe(self.proc.stdin)
+        self.stderr = StderrDrain(self.proc, early.progress)
+
+    def feed(self, chunks: Iterable[bytes]) -> None:
+        """Write ``chunks`` until they end or pg_restore stops reading: it loaded its last
+        table and left, or it failed (its exit code says which)."""
+        stdin = self.proc.stdin
+        if stdin is None:
+            return
+        try:
+            for chunk in chunks:
+                stdin.write(chunk)
+            stdin.close()
+        except BrokenPipeError:
+            pass
+
+    def failed(self) -> bool:
+        return self.proc.poll() not in (None, 0)
+
+    def kill(self) -> None:
+        """Only if still running (after a failure elsewhere): never leave a child behind."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class CheckedStream:
+    """The stream's chunks, hashed as they pass (``digest``, ``size``); its first bytes
+    must equal ``head``."""
+
+    def __init__(self, stream: BinaryIO, chunk_size: int, head: bytes) -> None:
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self._chunks = self._read(stream, chunk_size, head)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def _read(self, stream: BinaryIO, chunk_size: int, head: bytes) -> Iterator[bytes]:
+        for chunk in iter(lambda: stream.read(chunk_size), b""):
+            if self.size < len(head):
+                _require_same_head(head, self.size, chunk)
+            self.digest.update(chunk)
+            self.size += len(chunk)
+            yield chunk
+
+
+def _feed_lanes(lanes: list[DataLane], source: CheckedStream, spool_path: Path) -> None:
+    """Feed every lane the whole stream. One lane reads the stream itself; several follow a
+    spool of it, each in a thread of its own. The stream is read to its end (its digest must
+    cover every byte) unless a lane failed."""
+    if len(lanes) == 1:
+        lanes[0].feed(source)
+        if lanes[0].proc.wait() == 0:
+            for _ in source:  # it left after its last table: the rest is still hashed
+                pass
+        return
+    spool = StreamSpool(spool_path)
+    feeders = [threading.Thread(target=lane.feed, args=(spool.chunks(),)) for lane in lanes]
+    for feeder in feeders:
+        feeder.start()
+    try:
+        for chunk in source:
+            spool.append(chunk)
+            if any(lane.failed() for lane in lanes):
+                break  # its stderr says why, below; no need to download the rest
+    except BaseException:
+        for lane in lanes:  # a feeder never waits on a lane that will not read again
+            lane.kill()
+        raise
+    finally:
+        spool.close()
+        for feeder in feeders:
+            feeder.join()
+    for lane in lanes:
+        lane.proc.wait()
 
 
 class EarlyIndexBuilds:

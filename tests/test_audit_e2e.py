@@ -53,7 +53,7 @@ def test_history_of_backup_failed_upgrade_and_upgrade(
     with pytest.raises(UpgradeFailed, match="rollback restored"):
         state.result()
     report = upgrade(NEW_VERSION, strategy="migrate")
-    assert report["outcome"] == "succeeded"
+    assert report.outcome == "succeeded"
 
     code, out, _ = _history(capsys, "--json")
     assert code == 0
@@ -65,7 +65,7 @@ def test_history_of_backup_failed_upgrade_and_upgrade(
     ]
     ok, failed, backed_up = rows
     assert backed_up["versions_from"] == OLD_VERSION and backed_up["versions_to"] is None
-    assert backed_up["backup_set"] == backup_report["set"]
+    assert backed_up["backup_set"] == backup_report.set
     assert backed_up["counts_before"]["agents"] == 3
     for run in (ok, failed):
         assert (run["versions_from"], run["versions_to"]) == (OLD_VERSION, NEW_VERSION)

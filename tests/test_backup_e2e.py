@@ -110,20 +110,20 @@ def test_backup_of_25_agents(server_25, backup_env):
 def test_partial_backup_allowed_then_tamper_and_drill(server_25, backup_env):
     client, bucket = backup_env
     report = backup(allow_partial_agents=True)
-    assert report["verified"] and report["agents_total"] == 25
+    assert report.verified and report.agents_total == 25
     store = _store(client, bucket)
-    set_ref = report["set"]
+    set_ref = report.set
 
     result = verify(set_ref, drill=True)
-    assert result["ok"] and result["drill_result"]["differences"] == []
+    assert result.ok and result.drill_result.differences == []
     # S3 keeps a SHA-256 of every object: verification asks for it, --read-data reads all.
-    assert result["checked"]["read_back"] == 0
-    assert result["dump"]["bytes_read"] == min(report["dump_bytes"], TOC_FIRST_READ)
+    assert result.checked.read_back == 0
+    assert result.dump.bytes_read == min(report.dump_bytes, TOC_FIRST_READ)
     full = verify(set_ref, read_data=True)
-    assert full["ok"] and full["checked"]["read_back"] == full["objects"]
+    assert full.ok and full.checked.read_back == full.objects
     recorded = load_manifest(store, *set_ref.split("/")).row_counts
     assert recorded == sql_table_counts(server_25.database)
-    assert result["drill_result"]["tables"] == len(recorded)
+    assert result.drill_result.tables == len(recorded)
 
     # Flip one byte of one stored agent file, behind the store's back.
     manifest = load_manifest(store, *set_ref.split("/"))
@@ -181,7 +181,7 @@ def test_s3_endpoint_killed_mid_backup(server_25, s3_env, s3_bucket, monkeypatch
         assert not incomplete.complete
 
         report = backup(allow_partial_agents=True)
-        assert report["verified"]
+        assert report.verified
         sets = list_backup_sets(store, "killed")
         assert [s.complete for s in sets] == [True, False]
     finally:
@@ -309,7 +309,7 @@ def test_postgres_restarted_mid_backup(server_25, tmp_path, monkeypatch, prefect
         assert not [s for s in list_backup_sets(store, "pg-restarted") if s.complete]
 
         report = backup(server_down_ok=True, allow_partial_agents=True)  # PostgreSQL is back
-        assert report["verified"]
+        assert report.verified
         assert [s.complete for s in list_backup_sets(store, "pg-restarted")] == [True]
     finally:
         cluster.remove()

@@ -172,7 +172,7 @@ def test_listings_print_their_rows_under_a_key_beside_the_schema_version(argv, k
             "purpose",
             "bytes",
         }
-        assert complete["created_at"] == "2026-11-23T02:15:00+00:00"
+        assert complete["created_at"] == "2026-11-23T02:15:00Z"
         assert complete["complete"] and complete["verified"] and not complete["pinned"]
         assert complete["purpose"] == "manual" and complete["bytes"] > 0
         assert killed["complete"] is False and killed["created_at"] is None
@@ -286,12 +286,12 @@ def test_json_times_are_iso_and_state_outputs_carry_a_schema_version():
     document = json.loads(to_json({"created_at": moment, "path": Path("/x")}, versioned=True))
     assert document == {
         "schema_version": SCHEMA_VERSION,
-        "created_at": "2026-11-23T02:15:00+00:00",
+        "created_at": "2026-11-23T02:15:00Z",
         "path": "/x",
     }
     # Only an object gets one: a list (what the deprecated --json-list prints) stays a list.
     assert json.loads(to_json([{"created_at": moment}], versioned=True)) == [
-        {"created_at": "2026-11-23T02:15:00+00:00"}
+        {"created_at": "2026-11-23T02:15:00Z"}
     ]
 
 

@@ -86,8 +86,8 @@ def test_encrypted_backup_verify_drill_rotation_rollback_and_no_secret_anywhere(
 
     # --- an encrypted backup: every object but the catalog is ciphertext ------------------
     first = backup(purpose="manual")
-    assert first["verified"] and first["encryption_key_id"] == key_id
-    manifest = load_manifest(plain_store, *first["set"].split("/"))  # no key needed
+    assert first.verified and first.encryption_key_id == key_id
+    manifest = load_manifest(plain_store, *first.set.split("/"))  # no key needed
     assert manifest.encryption.key_id == key_id and manifest.row_counts == before_counts
     stored = _objects(client, bucket)
     content = {k: v for k, v in stored.items() if not stays_plaintext(k.split("/", 1)[1])}
@@ -100,34 +100,34 @@ def test_encrypted_backup_verify_drill_rotation_rollback_and_no_secret_anywhere(
     phase("encrypted backup")
 
     # --- verify and a drill with the key -----------------------------------------------------
-    drilled = verify(first["set"], drill=True)
-    assert drilled["ok"] and drilled["drill_result"]["differences"] == []
-    assert drilled["encryption"] == {
+    drilled = verify(first.set, drill=True)
+    assert drilled.ok and drilled.drill_result.differences == []
+    assert drilled.encryption.model_dump() == {
         "scheme": "letta-ops/aes-256-gcm-stream@1",
         "key_id": key_id,
         "decrypted": True,
     }
-    assert drilled["dump"]["tables_missing"] == [] and drilled["dump"]["toc_entries"] > 0
+    assert drilled.dump.tables_missing == [] and drilled.dump.toc_entries > 0
 
     # --- without the key: list and verify what is stored; a drill is refused --------------
     monkeypatch.delenv("LETTA_OPS_ENCRYPTION_KEY")
     code, out, _ = _cli(capsys, "backups", "list", "--json")
-    assert code == EXIT_OK and json.loads(out)["sets"][0]["set"] == first["set"]
+    assert code == EXIT_OK and json.loads(out)["sets"][0]["set"] == first.set
     assert json.loads(out)["sets"][0]["verified"] is True
-    keyless = verify(first["set"])
-    assert keyless["ok"] and keyless["dump"] is None and not keyless["encryption"]["decrypted"]
-    code, _, err = _cli(capsys, "verify", first["set"], "--drill")
+    keyless = verify(first.set)
+    assert keyless.ok and keyless.dump is None and not keyless.encryption.decrypted
+    code, _, err = _cli(capsys, "verify", first.set, "--drill")
     assert code == EXIT_BAD_INPUT
     [line] = err.strip().splitlines()
     assert key_id in line and "no encryption key is configured" in line
 
     # --- a wrong key: one sentence naming the key the set needs, nothing restored ---------
     monkeypatch.setenv("LETTA_OPS_ENCRYPTION_KEY", WRONG)
-    code, _, err = _cli(capsys, "verify", first["set"], "--drill")
+    code, _, err = _cli(capsys, "verify", first.set, "--drill")
     assert code == EXIT_BAD_INPUT
     [line] = err.strip().splitlines()
     assert key_id in line and "LETTA_OPS_ENCRYPTION_KEY" in line and WRONG not in line
-    code, _, err = _cli(capsys, "rollback", "--to", first["set"], "--yes")
+    code, _, err = _cli(capsys, "rollback", "--to", first.set, "--yes")
     assert code == EXIT_BAD_INPUT and key_id in err
     assert http_agents(running.server.base_url) == before_agents
     phase("verify, drill, no key, wrong key")
@@ -141,29 +141,29 @@ def test_encrypted_backup_verify_drill_rotation_rollback_and_no_secret_anywhere(
     with running.client() as letta:
         seed_agents(letta, 1, prefix="after")
     second = backup(purpose="manual")
-    assert second["encryption_key_id"] == parse_key(ROTATED, "k").key_id != key_id
+    assert second.encryption_key_id == parse_key(ROTATED, "k").key_id != key_id
 
     # --- rollback to the first set (old key) with the rotated ring ---------------------------
-    rolled = rollback(backup_set=first["set"], lock_timeout_seconds=30)
-    assert rolled["outcome"] == "succeeded", rolled
+    rolled = rollback(backup_set=first.set, lock_timeout_seconds=30)
+    assert rolled.outcome == "succeeded", rolled
     assert _agents(running.server.base_url, PASSWORD) == before_agents
     assert sql_table_counts(running.database) == before_counts
     phase("rotation and rollback")
 
     # --- one byte of ciphertext altered: refused by checksums, and by authentication ------
-    dump_key = f"backups/{second['set']}/database.dump"
+    dump_key = f"backups/{second.set}/database.dump"
     body = bytearray(client.get_object(Bucket=bucket, Key=dump_key)["Body"].read())
     body[len(body) // 2] ^= 0x01
     client.put_object(Bucket=bucket, Key=dump_key, Body=bytes(body))
-    code, _, err = _cli(capsys, "verify", second["set"])
+    code, _, err = _cli(capsys, "verify", second.set)
     assert code != EXIT_OK and "database.dump" in err
     # Someone who can write the bucket forges the manifest to match: the tag still refuses.
-    manifest_key = f"backups/{second['set']}/{MANIFEST_NAME}"
+    manifest_key = f"backups/{second.set}/{MANIFEST_NAME}"
     forged = json.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
-    entry = forged["objects"][f"{second['set']}/database.dump"]
+    entry = forged["objects"][f"{second.set}/database.dump"]
     entry.update(stored_sha256=hashlib.sha256(bytes(body)).hexdigest(), store_checksum=None)
     client.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(forged).encode())
-    code, _, err = _cli(capsys, "verify", second["set"], "--drill")
+    code, _, err = _cli(capsys, "verify", second.set, "--drill")
     assert code == EXIT_BAD_INPUT
     [line] = err.strip().splitlines()
     assert "failed authentication" in line and "database.dump" in line

@@ -147,7 +147,7 @@ def test_fleet_backup_and_rolling_upgrade_on_two_workers(workers, start_letta, s
 
     # --- fleet-upgrade whose canary fails: rolled back by its own run, no wave after --------
     planned = fleet_upgrade(NEW_VERSION, servers="team:fleet", wave_size=2, dry_run=True)
-    assert planned["waves"] == [["fleet-a"], ["fleet-b", "fleet-c"]]
+    assert planned.waves == [["fleet-a"], ["fleet-b", "fleet-c"]]
     pid_b = running["fleet-b"].runtime.status()["pid"]
     # Fault: the canary's target gets 3 s to become healthy (it needs ~40 s).
     state = fleet_upgrade(

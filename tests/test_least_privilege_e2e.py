@@ -65,27 +65,27 @@ def test_encrypted_locked_sets_under_the_backup_prune_and_restore_roles(
     # --- the backup flow, with credentials that may only put new objects and read -----------
     _as_role(monkeypatch, roles, iam_moto, "backup")
     report = backup(lock_days=1)
-    assert report["verified"], report
+    assert report.verified, report
     newer = backup(lock_days=1)
-    set_id = report["set"].split("/")[1]
+    set_id = report.set.split("/")[1]
     backup_store = S3ObjectStore(roles["backup"], bucket, PREFIX)
     assert {s.set_id for s in list_backup_sets(backup_store, SERVER)} == {
         set_id,
-        newer["set"].split("/")[1],
+        newer.set.split("/")[1],
     }
     manifest = load_manifest(backup_store, SERVER, set_id)
     assert manifest.encryption is not None and manifest.encryption.key_id == key_id
     assert manifest.object_lock is not None and manifest.object_lock.mode == "GOVERNANCE"
     with pytest.raises(ClientError, match="AccessDenied"):
-        roles["backup"].delete_object(Bucket=bucket, Key=f"{PREFIX}/{report['set']}/manifest.json")
+        roles["backup"].delete_object(Bucket=bucket, Key=f"{PREFIX}/{report.set}/manifest.json")
 
     # --- verify --drill: passes with the key; a wrong key is one sentence, nothing restored --
-    drilled = verify(report["set"], drill=True)
-    assert drilled["ok"] and drilled["drill_result"]["differences"] == [], drilled
+    drilled = verify(report.set, drill=True)
+    assert drilled.ok and drilled.drill_result.differences == [], drilled
     wrong = new_key()
     monkeypatch.setenv("LETTA_OPS_ENCRYPTION_KEY", wrong)
     with pytest.raises(EncryptionKeyMissing, match=f"key id {key_id}") as refused:
-        verify(report["set"], drill=True)
+        verify(report.set, drill=True)
     assert len(str(refused.value).strip().splitlines()) == 1 and wrong not in str(refused.value)
     assert MasterKey.__name__ not in str(refused.value)
     monkeypatch.setenv("LETTA_OPS_ENCRYPTION_KEY", key)
@@ -93,19 +93,19 @@ def test_encrypted_locked_sets_under_the_backup_prune_and_restore_roles(
     # --- prune, under the prune role: the older set is past the policy but locked ----------
     _as_role(monkeypatch, roles, iam_moto, "prune")
     plan = prune(server=SERVER, keep_last=1, keep_daily=0, keep_weekly=0, keep_monthly=0)
-    rows = {f"{r['server']}/{r['set_id']}": r for r in plan["sets"]}
-    assert rows[report["set"]]["action"] == "keep", rows
-    assert "locked (governance) until" in rows[report["set"]]["reasons"]
-    assert rows[report["set"]]["prunable_after"] == manifest.object_lock.retain_until.isoformat()
+    rows = {f"{r.server}/{r.set_id}": r for r in plan.sets}
+    assert rows[report.set].action == "keep", rows
+    assert "locked (governance) until" in rows[report.set].reasons
+    assert rows[report.set].prunable_after == manifest.object_lock.retain_until
 
     # --- the restore flow onto another database, with read-only credentials ----------------
     _as_role(monkeypatch, roles, iam_moto, "restore")
     monkeypatch.setenv("PGPASSWORD", pg_cluster.password)
     target = make_database("lp_restore")
     uri = f"postgresql://{pg_cluster.superuser}@127.0.0.1:{pg_cluster.port}/{target.database_name}"
-    restored = restore(report["set"], uri)
-    assert restored["outcome"] == "succeeded", restored
-    assert not restored["count_differences"]
+    restored = restore(report.set, uri)
+    assert restored.outcome == "succeeded", restored
+    assert not restored.count_differences
     assert sql_table_counts(target) == sql_table_counts(running.database)
     assert sql_agents(target) == sql_agents(running.database)
     with pytest.raises(ClientError, match="AccessDenied"):

@@ -42,9 +42,13 @@ def test_defaults_plan_what_deletes_and_apply_what_adds():
 
 
 def test_tables_say_whether_anything_changed():
+    from letta_ops.flows.doctor import DoctorReport
+    from letta_ops.flows.sync_tools import ToolSyncReport
+
     report = {
         "dry_run": True,
         "mode": "exact",
+        "selector": "tag fleet",
         "control_agent": {"id": "agent-c", "name": "control"},
         "control_tools": ["a", "b"],
         "targets": 2,
@@ -71,7 +75,7 @@ def test_tables_say_whether_anything_changed():
             },
         ],
     }
-    text = cli_maintenance._render_sync(report)
+    text = cli_maintenance._render_sync(ToolSyncReport.model_validate(report))
     assert "add --execute to detach" in text and "agent-1" in text and "agent-2" not in text
     doctor = {
         "server": "prod",
@@ -84,5 +88,5 @@ def test_tables_say_whether_anything_changed():
             {"check": "backup-age", "status": "action", "detail": "old", "fix": "back up"},
         ],
     }
-    text = cli_maintenance._render_doctor(doctor)
+    text = cli_maintenance._render_doctor(DoctorReport.model_validate(doctor))
     assert "ACTION" in text and "backup-age (ignored)" in text and "NEEDS ACTION" in text

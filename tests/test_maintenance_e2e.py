@@ -102,17 +102,17 @@ def test_tool_sync_42_agents_additive_exact_idempotent(letta, store, capsys):
 
         selection = {"control_agent": "fleet-control", "tags": ["fleet"]}
         plan = sync_tools(**selection, dry_run=True)
-        assert (plan["targets"], plan["attached"], plan["detached"]) == (FLEET, 3 * FLEET, 0)
+        assert (plan.targets, plan.attached, plan.detached) == (FLEET, 3 * FLEET, 0)
         exact_plan = sync_tools(**selection, mode="exact")  # exact plans unless told otherwise
-        assert exact_plan["dry_run"] is True
-        assert (exact_plan["attached"], exact_plan["detached"]) == (3 * FLEET, FLEET)
+        assert exact_plan.dry_run is True
+        assert (exact_plan.attached, exact_plan.detached) == (3 * FLEET, FLEET)
         target_ids = [a["id"] for a in targets]
         initial = {a: set(target_tools) for a in target_ids}
         assert tools_in_sql(letta.database, target_ids) == initial  # plans change nothing
 
         additive = sync_tools(**selection)
-        assert additive["dry_run"] is False and additive["errors"] == 0
-        assert (additive["attached"], additive["detached"]) == (3 * FLEET, 0)
+        assert additive.dry_run is False and additive.errors == 0
+        assert (additive.attached, additive.detached) == (3 * FLEET, 0)
         synced = {*control_ids, extra["id"]}
         assert tools_in_sql(letta.database, target_ids) == {a: synced for a in target_ids}
         # 11 tools: more than 0.16.x's default page of 10, so this read must page.
@@ -188,13 +188,13 @@ def test_cleanup_removes_orphans_duplicates_and_phantoms_only(letta, store, caps
         kept = {kb["id"], handbook["id"], handbook_2["id"]}
 
         plan = cleanup_sources()
-        assert plan["executed"] is False
-        by_name = {i["name"]: i for i in plan["remove"]}
+        assert plan.executed is False
+        by_name = {i.name: i for i in plan.remove}
         assert set(by_name) == {*debris, *phantoms}
-        assert by_name["kb_2"]["category"] == by_name["kb_1a2b3c4d"]["category"] == "duplicate"
-        assert by_name["scratch"]["category"] == "orphan"
-        assert {by_name[n]["category"] for n in phantoms} == {"phantom"}
-        assert any(k["id"] == handbook_2["id"] for k in plan["kept"])
+        assert by_name["kb_2"].category == by_name["kb_1a2b3c4d"].category == "duplicate"
+        assert by_name["scratch"].category == "orphan"
+        assert {by_name[n].category for n in phantoms} == {"phantom"}
+        assert any(k.id == handbook_2["id"] for k in plan.kept)
         assert {f["id"] for f in client.list_folders()} == before  # a plan deletes nothing
 
         code, done = cli_json(capsys, "cleanup-sources", "--execute", "--sql")

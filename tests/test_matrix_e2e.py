@@ -87,18 +87,18 @@ def test_destructive_paths_hold_on_cell(
     assert sum(a.messages for a in agents_before.values()) > 0
 
     # --- backup and restore drill -----------------------------------------------------------
-    set_ref = backup()["set"]
+    set_ref = backup().set
     if owner:
         # No scratch database for a NOCREATEDB role: refused with the way out.
         with pytest.raises(PrivilegeRefused, match="cannot create one.*LETTA_OPS_DRILL_PG_URI"):
             verify(set_ref, drill=True)
         drill_database = owner_database(cluster, "drill")
         monkeypatch.setenv("LETTA_OPS_DRILL_PG_URI", drill_database.letta_pg_uri())
-    drilled = verify(set_ref, drill=True)["drill_result"]
-    assert drilled["differences"] == [] and drilled["tables"] == len(tables_before)
+    drilled = verify(set_ref, drill=True).drill_result
+    assert drilled.differences == [] and drilled.tables == len(tables_before)
     if owner:  # LETTA_OPS_DRILL_PG_URI honoured: restored there in place, emptied after
-        assert drilled["scratch_database"] == drill_database.database_name
-        assert drilled["in_place"] and sql_table_counts(drill_database) == {}
+        assert drilled.scratch_database == drill_database.database_name
+        assert drilled.in_place and sql_table_counts(drill_database) == {}
         monkeypatch.delenv("LETTA_OPS_DRILL_PG_URI")
 
     # --- a path the role may not take is refused before anything stops ----------------------
@@ -130,19 +130,17 @@ def test_destructive_paths_hold_on_cell(
         monkeypatch.setenv("LETTA_OPS_DRILL_PG_URI", drill_database.letta_pg_uri())
         pid = running.runtime.status()["pid"]
         rehearsed = rehearse(NEW_VERSION, strategy="migrate")
-        assert rehearsed["outcome"] == "succeeded" and rehearsed["downtime_seconds"] > 0
-        assert [s["step"] for s in rehearsed["downtime_steps"]][0] == "stop server"
-        assert all(r["messages_after"] >= r["messages_before"] for r in rehearsed["verification"])
-        new_tables = sorted(set(rehearsed["counts_after"]) - set(rehearsed["counts_before"]))
+        assert rehearsed.outcome == "succeeded" and rehearsed.downtime_seconds > 0
+        assert [s.step for s in rehearsed.downtime_steps][0] == "stop server"
+        assert all(r.messages_after >= r.messages_before for r in rehearsed.verification)
+        new_tables = sorted(set(rehearsed.counts_after) - set(rehearsed.counts_before))
         assert new_tables, "0.16.2's migrations add tables"
-        plan = upgrade(NEW_VERSION, strategy="migrate", dry_run=True)["plan"]
-        assert plan["expected_downtime_seconds"] == rehearsed["downtime_seconds"]
-        assert plan["expected_downtime_source"].startswith("measured by the rehearsal")
-        rehearsed_rebuild = rehearse(
-            NEW_VERSION, strategy="rebuild", from_set=rehearsed["source_set"]
-        )
-        assert rehearsed_rebuild["outcome"] == "succeeded"
-        assert rehearsed_rebuild["not_carried"] is not None
+        plan = upgrade(NEW_VERSION, strategy="migrate", dry_run=True).plan
+        assert plan.expected_downtime_seconds == rehearsed.downtime_seconds
+        assert plan.expected_downtime_source.startswith("measured by the rehearsal")
+        rehearsed_rebuild = rehearse(NEW_VERSION, strategy="rebuild", from_set=rehearsed.source_set)
+        assert rehearsed_rebuild.outcome == "succeeded"
+        assert rehearsed_rebuild.not_carried is not None
 
         # A rehearsal made to fail: a table the target's migration creates already exists.
         sql_execute(database, f"CREATE TABLE {new_tables[0]} (id int)")
@@ -166,8 +164,8 @@ def test_destructive_paths_hold_on_cell(
         proc, running.runtime.server_name, f"alembic upgrade to {NEW_VERSION}"
     )
     recovered = recover()
-    assert recovered["outcome"] == "recovered" and recovered["interrupted_run"] == killed
-    assert recovered["plan"]["action"] == "restore"
+    assert recovered.outcome == "recovered" and recovered.interrupted_run == killed
+    assert recovered.plan.action == "restore"
     assert http_version(base_url) == FROM_VERSION
     assert http_agents(base_url) == http_before
     assert sql_table_counts(database) == tables_before
@@ -178,10 +176,10 @@ def test_destructive_paths_hold_on_cell(
     password = database.parts["password"]
     with ArgvWatch(str(password), cluster.password) as watch:
         report = upgrade(NEW_VERSION, strategy="migrate")
-    assert report["outcome"] == "succeeded"
-    assert report["plan"]["reset_mode"] == ("in-place" if owner else "recreate")
+    assert report.outcome == "succeeded"
+    assert report.plan.reset_mode == ("in-place" if owner else "recreate")
     if rehearsing:  # the rehearsal's measure against the real one
-        measured, real = rehearsed["downtime_seconds"], report["downtime_seconds"]
+        measured, real = rehearsed.downtime_seconds, report.downtime_seconds
         with capsys.disabled():
             print(f"\nmigrate downtime: rehearsal {measured} s, real upgrade {real} s")
         assert measured / 2 <= real <= measured * 2
@@ -197,7 +195,7 @@ def test_destructive_paths_hold_on_cell(
         sql_scalar(database, "SELECT version_num FROM alembic_version")
         == ALEMBIC_HEADS[NEW_VERSION]
     )
-    pre_upgrade = report["backup_set"]
+    pre_upgrade = report.backup_set
 
     if owner:  # rollback and restore, too, refuse a way the role may not take, before the stop
         pid = running.runtime.status()["pid"]
@@ -212,8 +210,8 @@ def test_destructive_paths_hold_on_cell(
 
     # --- rollback to the pre-upgrade set ----------------------------------------------------
     rolled = rollback()
-    assert rolled["outcome"] == "succeeded" and rolled["plan"]["set"] == pre_upgrade
-    assert rolled["plan"]["reset_mode"] == ("in-place" if owner else "recreate")
+    assert rolled.outcome == "succeeded" and rolled.plan.set == pre_upgrade
+    assert rolled.plan.reset_mode == ("in-place" if owner else "recreate")
     assert http_version(base_url) == FROM_VERSION
     assert http_agents(base_url) == http_before
     assert sql_table_counts(database) == tables_before
@@ -221,9 +219,9 @@ def test_destructive_paths_hold_on_cell(
 
     # --- the rebuild upgrade (agent files; lossy by nature, so compared by name) ------------
     rebuilt = upgrade(NEW_VERSION, strategy="rebuild")
-    assert rebuilt["outcome"] == "succeeded"
+    assert rebuilt.outcome == "succeeded"
     if rehearsing:
-        measured, real = rehearsed_rebuild["downtime_seconds"], rebuilt["downtime_seconds"]
+        measured, real = rehearsed_rebuild.downtime_seconds, rebuilt.downtime_seconds
         with capsys.disabled():
             print(f"\nrebuild downtime: rehearsal {measured} s, real upgrade {real} s")
         assert measured / 2 <= real <= measured * 2
@@ -242,8 +240,8 @@ def test_destructive_paths_hold_on_cell(
             restore(pre_upgrade, uri, force=True, reset="recreate")
         assert sql_scalar(other, "SELECT to_regclass('keep_me') IS NOT NULL")
     restored = restore(pre_upgrade, uri, force=True)
-    assert restored["outcome"] == "succeeded"
-    assert restored["plan"]["reset_mode"] == ("in-place" if owner else "recreate")
+    assert restored.outcome == "succeeded"
+    assert restored.plan.reset_mode == ("in-place" if owner else "recreate")
     assert sql_scalar(other, "SELECT to_regclass('keep_me') IS NULL")
     assert sql_table_counts(other) == tables_before
     assert sql_agents(other) == agents_before

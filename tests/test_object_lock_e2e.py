@@ -75,17 +75,17 @@ def test_locked_sets_verify_resist_deletes_and_prune_around_their_locks(lock_env
 
     # --- set A: locked for a day (governance), retention in the manifest, verified -------
     a = backup(lock_days=1, lock_mode="governance")
-    assert a["verified"] and a["object_lock"]["mode"] == "GOVERNANCE"
-    manifest_a = load_manifest(store, *a["set"].split("/"))
+    assert a.verified and a.object_lock.mode == "GOVERNANCE"
+    manifest_a = load_manifest(store, *a.set.split("/"))
     lock_a = manifest_a.object_lock
     assert lock_a is not None and lock_a.days == 1
     assert 86000 < (lock_a.retain_until - datetime.now(UTC)).total_seconds() <= 86400
-    prefix_a = f"backups/{a['set']}/"
-    for key in [*manifest_a.objects, f"{a['set']}/{MANIFEST_NAME}"]:
+    prefix_a = f"backups/{a.set}/"
+    for key in [*manifest_a.objects, f"{a.set}/{MANIFEST_NAME}"]:
         head = s3.head_object(Bucket=bucket, Key=f"backups/{key}")
         assert head["ObjectLockMode"] == "GOVERNANCE"  # agent files, dump, manifest
         assert head["ObjectLockRetainUntilDate"] == lock_a.retain_until
-    assert verify(a["set"])["ok"]
+    assert verify(a.set).ok
 
     # --- a delete by the backup role is denied (moto's IAM enforcement, README policy) ---
     from moto.core.authorization import enable_iam_authentication
@@ -117,36 +117,36 @@ def test_locked_sets_verify_resist_deletes_and_prune_around_their_locks(lock_env
     # --- set B: a short lock; set C: no lock, the newest ---------------------------------
     b = backup(lock_days=SHORT_LOCK_SECONDS / 86400)
     c = backup()
-    assert c["object_lock"] is None
-    lock_b = load_manifest(store, *b["set"].split("/")).object_lock
+    assert c.object_lock is None
+    lock_b = load_manifest(store, *b.set.split("/")).object_lock
     assert lock_b is not None
     time.sleep(max(0.0, (lock_b.retain_until - datetime.now(UTC)).total_seconds()) + 1)
 
     # --- prune: C kept by the policy, A kept by its lock (why, until when), B deleted -----
     keep_one = {"keep_last": 1, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}
     plan = prune(server=SERVER, **keep_one)
-    rows = {f"{r['server']}/{r['set_id']}": r for r in plan["sets"]}
-    assert rows[a["set"]]["action"] == "keep"
-    assert "locked (governance) until" in rows[a["set"]]["reasons"]
-    assert rows[a["set"]]["prunable_after"] == lock_a.retain_until.isoformat()
-    assert rows[b["set"]]["action"] == "delete" and rows[c["set"]]["action"] == "keep"
-    assert plan["held_by_lock"] == 1
-    json.dumps(plan)  # the --json shape: plain JSON
+    rows = {f"{r.server}/{r.set_id}": r for r in plan.sets}
+    assert rows[a.set].action == "keep"
+    assert "locked (governance) until" in rows[a.set].reasons
+    assert rows[a.set].prunable_after == lock_a.retain_until
+    assert rows[b.set].action == "delete" and rows[c.set].action == "keep"
+    assert plan.held_by_lock == 1
+    json.dumps(plan.model_dump(mode="json"))  # the --json shape: plain JSON
 
     done = prune(server=SERVER, execute=True, **keep_one)
-    assert done["deleted"] == [f"{b['set']}/"]
-    assert _versions(s3, bucket, f"backups/{b['set']}/") == []  # versions gone, no markers
+    assert done.deleted == [f"{b.set}/"]
+    assert _versions(s3, bucket, f"backups/{b.set}/") == []  # versions gone, no markers
     assert s3.head_object(Bucket=bucket, Key=f"{prefix_a}{MANIFEST_NAME}")  # A untouched
-    assert load_manifest(store, *c["set"].split("/"))
+    assert load_manifest(store, *c.set.split("/"))
 
     # --- doctor: the lock, the delete rights, the open server -----------------------------
     monkeypatch.setenv("LETTA_OPS_LOCK_DAYS", "30")
-    findings = {f["check"]: f for f in doctor()["findings"]}
-    assert findings["backup-lock"]["status"] == "ok"
-    assert "Object Lock is enabled" in findings["backup-lock"]["detail"]
-    assert "locked governance for 30 day(s)" in findings["backup-lock"]["detail"]
-    assert findings["backup-delete"]["status"] == "ok"  # can delete, but sets are locked
-    assert "can delete" in findings["backup-delete"]["detail"]
-    assert findings["server-auth"]["status"] == "action"  # this test server has no password
-    assert "without credentials" in findings["server-auth"]["detail"]
+    findings = {f.check: f for f in doctor().findings}
+    assert findings["backup-lock"].status == "ok"
+    assert "Object Lock is enabled" in findings["backup-lock"].detail
+    assert "locked governance for 30 day(s)" in findings["backup-lock"].detail
+    assert findings["backup-delete"].status == "ok"  # can delete, but sets are locked
+    assert "can delete" in findings["backup-delete"].detail
+    assert findings["server-auth"].status == "action"  # this test server has no password
+    assert "without credentials" in findings["server-auth"].detail
     assert not [v for v in _versions(s3, bucket, "backups/letta-ops-delete-probe-")]

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.backup_verification import read_dump_toc
+from letta_ops.tasks.dump_lanes import assign_lanes
 from letta_ops.tasks.letta_postgres import connect, empty_database
 from letta_ops.tasks.object_store import open_store
 from letta_ops.tasks.post_data_schedule import data_started, post_data_by_table
@@ -136,8 +137,9 @@ def test_restore_while_the_dump_streams(pg_clusters, make_database, tmp_path: Pa
 
     target = _database(pg_clusters, make_database, major, role, "sdst")
     empty_database(target, restore_plan(target)["reset_mode"])
+    assert len(assign_lanes(toc, 2, before)) == 2  # bulk in one lane, the rest in the other
     with store.open_read("s/database.dump") as stream:
-        restored = restore_dump_streaming(target, stream, head, toc, jobs=2)
+        restored = restore_dump_streaming(target, stream, head, toc, jobs=2, weights=before)
     assert (restored.sha256, restored.size) == (dumped.stored.sha256, dumped.stored.size)
     assert sql_table_counts(target) == before
     assert all("transaction_timeout" in line for line in restored.warnings)
@@ -154,7 +156,9 @@ def test_restore_while_the_dump_streams(pg_clusters, make_database, tmp_path: Pa
     empty_database(cut, restore_plan(cut)["reset_mode"])
     data = (tmp_path / "s" / "database.dump").read_bytes()
     with pytest.raises(PgToolError, match="pg_restore failed"):
-        restore_dump_streaming(cut, io.BytesIO(data[: len(data) // 2]), head, toc)
+        restore_dump_streaming(
+            cut, io.BytesIO(data[: len(data) // 2]), head, toc, jobs=2, weights=before
+        )
 
     other = _database(pg_clusters, make_database, major, role, "sother")
     empty_database(other, restore_plan(other)["reset_mode"])

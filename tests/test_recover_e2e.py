@@ -34,7 +34,7 @@ import pytest
 
 from letta_ops.flows.backup import BackupFailed, backup
 from letta_ops.flows.doctor import doctor
-from letta_ops.flows.recover import recover
+from letta_ops.flows.recover import RecoverReport, recover
 from letta_ops.flows.rename_agents import rename_agents
 from letta_ops.flows.rollback import rollback
 from letta_ops.tasks.audit_store import AuditStore
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.e2e
 FROM_VERSION = "0.14.0"
 
 
-def _recover_timed() -> tuple[dict, float]:
+def _recover_timed() -> tuple[RecoverReport, float]:
     started = time.monotonic()
     report = recover()
     return report, round(time.monotonic() - started, 1)
@@ -71,7 +71,7 @@ def test_kill_9_at_each_step_then_one_recover(
     audit = AuditStore.from_env()
     timings: dict[str, float] = {}
 
-    assert recover()["outcome"] == "nothing to recover"
+    assert recover().outcome == "nothing to recover"
 
     def assert_as_before() -> None:
         assert http_version(base_url) == FROM_VERSION
@@ -83,15 +83,15 @@ def test_kill_9_at_each_step_then_one_recover(
     proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate")
     killed = kill_when_step_begins(proc, server, f"alembic upgrade to {NEW_VERSION}")
     plan = recover(dry_run=True)
-    assert plan["outcome"] == "planned" and plan["plan"]["action"] == "restore"
-    assert plan["plan"]["interrupted_at"] == f"alembic upgrade to {NEW_VERSION}"
+    assert plan.outcome == "planned" and plan.plan.action == "restore"
+    assert plan.plan.interrupted_at == f"alembic upgrade to {NEW_VERSION}"
     report, timings["migrate: during migration"] = _recover_timed()
-    assert report["outcome"] == "recovered" and report["interrupted_run"] == killed
+    assert report.outcome == "recovered" and report.interrupted_run == killed
     assert_as_before()
     [record] = audit.find(killed)
     assert record.outcome == "crashed"
     assert f"during 'alembic upgrade to {NEW_VERSION}'" in record.error
-    assert recover()["outcome"] == "nothing to recover"  # idempotent
+    assert recover().outcome == "nothing to recover"  # idempotent
 
     # --- migrate, killed right after the server stopped --------------------------------------
     # The kill lands the moment the server process is gone (the journal may already show the
@@ -100,16 +100,16 @@ def test_kill_9_at_each_step_then_one_recover(
     proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate")
     kill_when_step_begins(proc, server, "stop server", 0.0, until_gone=server_pid)
     report, timings["migrate: after the stop"] = _recover_timed()
-    assert report["plan"]["interrupted_at"] in ("stop server", f"alembic upgrade to {NEW_VERSION}")
-    assert report["plan"]["action"] == "restore", report
+    assert report.plan.interrupted_at in ("stop server", f"alembic upgrade to {NEW_VERSION}")
+    assert report.plan.action == "restore", report
     assert_as_before()
 
     # --- rebuild, killed during agent import -----------------------------------------------
     proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "rebuild")
     killed = kill_when_step_begins(proc, server, "import agent files", 0.5)
     plan = recover(dry_run=True)
-    assert plan["plan"]["interrupted_at"] == "import agent files", plan
-    assert plan["plan"]["action"] == "restore", plan  # at the target's head, agents missing
+    assert plan.plan.interrupted_at == "import agent files", plan
+    assert plan.plan.action == "restore", plan  # at the target's head, agents missing
     report, timings["rebuild: during agent import"] = _recover_timed()
     assert_as_before()
 
@@ -117,7 +117,7 @@ def test_kill_9_at_each_step_then_one_recover(
     proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "rebuild")
     killed = kill_when_step_begins(proc, server, f"alembic upgrade to {NEW_VERSION}", 0.5)
     report, timings["rebuild: database emptied"] = _recover_timed()
-    assert report["plan"]["action"] == "restore", report
+    assert report.plan.action == "restore", report
     assert_as_before()
 
     # --- migrate, killed while the target starts: finished forward -------------------------
@@ -125,8 +125,8 @@ def test_kill_9_at_each_step_then_one_recover(
     proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate")
     killed = kill_when_step_begins(proc, server, f"start {NEW_VERSION}", 2.0)
     report, timings["migrate: target starting"] = _recover_timed()
-    assert report["plan"]["action"] == "finish-forward", report
-    pre_upgrade = report["plan"]["backup_set"]
+    assert report.plan.action == "finish-forward", report
+    pre_upgrade = report.plan.backup_set
     assert http_version(base_url) == NEW_VERSION
     assert http_agents(base_url) == http_before
     after = sql_agents(db)
@@ -138,8 +138,8 @@ def test_kill_9_at_each_step_then_one_recover(
     proc = letta_ops("rollback", "--yes")
     killed = kill_when_step_begins(proc, server, "restore the set's dump", 0.3)
     report, timings["rollback: during pg_restore"] = _recover_timed()
-    assert report["plan"]["action"] in ("restore", "finish-forward"), report
-    if report["plan"]["action"] == "restore":  # back on the safety set: 0.16.2, as it was
+    assert report.plan.action in ("restore", "finish-forward"), report
+    if report.plan.action == "restore":  # back on the safety set: 0.16.2, as it was
         assert http_version(base_url) == NEW_VERSION
         assert sql_table_counts(db) == upgraded_tables
     else:  # the dump was in: the rollback finished, 0.14.0 as before the upgrade
@@ -154,10 +154,10 @@ def test_kill_9_at_each_step_then_one_recover(
     assert not running.runtime.status().get("running")
     down_tables = sql_table_counts(db)
     report = rollback(backup_set=pre_upgrade)
-    assert report["outcome"] == "succeeded" and report["plan"]["server_down"]
-    assert report["plan"]["from_version"] == version_before  # from the alembic revision
+    assert report.outcome == "succeeded" and report.plan.server_down
+    assert report.plan.from_version == version_before  # from the alembic revision
     assert_as_before()
-    manifest = load_manifest(objects, *report["safety_set"].split("/"))
+    manifest = load_manifest(objects, *report.safety_set.split("/"))
     assert manifest.row_counts == down_tables  # the dump of the down server, complete
     assert all(a.file is None and "server was down" in a.error for a in manifest.agents)
 
@@ -167,19 +167,23 @@ def test_kill_9_at_each_step_then_one_recover(
         client.update_agent(victim, {"name": "AI/ML Expert"})  # PATCH does not validate
     with pytest.raises(BackupFailed, match="AI/ML Expert"):
         backup()
-    findings = {f["check"]: f for f in doctor(ignore=["backup-age"])["findings"]}
-    assert findings["agent-names"]["status"] == "action"
-    assert "rename-agents --sanitize" in findings["agent-names"]["fix"]
+    findings = {f.check: f for f in doctor(ignore=["backup-age"]).findings}
+    assert findings["agent-names"].status == "action"
+    assert "rename-agents --sanitize" in findings["agent-names"].fix
     plan = rename_agents()
-    assert plan["renames"] == [{"agent": victim, "from": "AI/ML Expert", "to": "AI-ML Expert"}]
+    assert [r.model_dump(by_alias=True) for r in plan.renames] == [
+        {"agent": victim, "from": "AI/ML Expert", "to": "AI-ML Expert"}
+    ]
     assert http_agents(base_url)[victim] == "AI/ML Expert"  # a plan changes nothing
     done = rename_agents(execute=True)
-    assert done["executed"] and done["backup_set"]
+    assert done.executed and done.backup_set
     assert http_agents(base_url)[victim] == "AI-ML Expert"
     [record, _plan] = AuditStore.from_env().query(server=server, operation="rename-agents")
-    assert record.outcome == "succeeded" and record.renames == done["renames"]
+    assert record.outcome == "succeeded" and record.renames == [
+        r.model_dump(by_alias=True) for r in done.renames
+    ]
     clean = backup()  # no --allow-partial-agents needed any more
-    assert clean["agents_exported"] == clean["agents_total"] == len(http_before)
+    assert clean.agents_exported == clean.agents_total == len(http_before)
 
     with capsys.disabled():
         print("\nfault matrix, one recover each:")

@@ -250,14 +250,20 @@ def test_cli_renders_plans_and_reports():
         render_rollback,
         render_rollback_plan,
     )
+    from letta_ops.flows.restore import RestoreReport
+    from letta_ops.flows.restore_agents import AgentRestoreReport
+    from letta_ops.flows.rollback import RollbackReport
 
     plan = {
         "server": "prod",
         "base_url": "http://127.0.0.1:8283",
+        "runtime": "letta-ops' process runtime",
+        "pg_tools": "PostgreSQL client tools in /usr/bin",
         "set": f"prod/{SET_A}",
         "set_created_at": "2026-11-23T02:15:00+00:00",
         "set_purpose": "pre-upgrade",
         "from_version": "0.16.2",
+        "server_down": False,
         "to_version": "0.11.7",
         "agents_now": 5,
         "agents_in_set": 4,
@@ -265,6 +271,7 @@ def test_cli_renders_plans_and_reports():
         "agents_coming_back": [],
         "tables": 40,
         "rows": 900,
+        "database_bytes": 1_000_000,
         "objects_verified": 5,
         "steps": ["stop server", "start Letta 0.11.7"],
         "expected_downtime_seconds": 75,
@@ -272,46 +279,79 @@ def test_cli_renders_plans_and_reports():
         "database_role": "letta_owner",
         "postgres_major": 16,
     }
-    assert "PostgreSQL 16, role letta_owner, emptied by in-place" in render_rollback_plan(
-        {"plan": plan}
+    planned = RollbackReport.model_validate({"plan": plan, "dry_run": True, "outcome": "planned"})
+    assert "PostgreSQL 16, role letta_owner, emptied by in-place" in render_rollback_plan(planned)
+    assert "not in the set (kept in the safety backup): added" in render_rollback_plan(planned)
+    assert "set taken 2026-11-23T02:15:00+00:00 (pre-upgrade)" in render_rollback_plan(planned)
+    done = RollbackReport.model_validate(
+        {
+            "plan": plan,
+            "dry_run": False,
+            "outcome": "succeeded",
+            "downtime_seconds": 41.0,
+            "safety_set": f"prod/{SET_B}",
+            "verification": {
+                "ok": True,
+                "version": "0.11.7",
+                "agents": 4,
+                "agents_equal": True,
+                "agents_missing": [],
+                "agents_unexpected": [],
+                "count_differences": [],
+            },
+        }
     )
-    assert "not in the set (kept in the safety backup): added" in render_rollback_plan(
-        {"plan": plan}
-    )
-    done = {
-        "plan": plan,
-        "outcome": "succeeded",
-        "downtime_seconds": 41.0,
-        "safety_set": f"prod/{SET_B}",
-        "verification": {"version": "0.11.7", "agents": 4},
-    }
     assert f"undo with --to): prod/{SET_B}" in render_rollback(done)
-    restored = {
-        "plan": {
-            "set": f"prod/{SET_A}",
-            "letta_version": "0.11.7",
-            "target": "postgresql://u:***@127.0.0.1:5432/staging",
-            "tables": 40,
-            "rows": 900,
-            "agents_in_set": 4,
-        },
-        "outcome": "succeeded",
-        "server": {"version": "0.11.7", "base_url": "http://127.0.0.1:8300", "pid": 42},
-    }
+    restored = RestoreReport.model_validate(
+        {
+            "plan": {
+                "set": f"prod/{SET_A}",
+                "set_created_at": "2026-11-23T02:15:00+00:00",
+                "letta_version": "0.11.7",
+                "target": "postgresql://u:***@127.0.0.1:5432/staging",
+                "target_tables_before": 0,
+                "replaces_existing": False,
+                "reset_mode": "recreate",
+                "objects_verified": 5,
+                "tables": 40,
+                "rows": 900,
+                "agents_in_set": 4,
+                "start": True,
+                "base_url": "http://127.0.0.1:8300",
+                "server_name": "127.0.0.1-8300",
+            },
+            "outcome": "succeeded",
+            "server": {
+                "version": "0.11.7",
+                "base_url": "http://127.0.0.1:8300",
+                "pid": 42,
+                "auth": "password required",
+            },
+        }
+    )
     assert "runs at http://127.0.0.1:8300" in render_restore(restored)
-    agents = {
-        "set": f"prod/{SET_A}",
-        "letta_version": "0.16.2",
-        "note": "files are partial",
-        "agents": [
-            {
-                "name_in_set": "Helper",
-                "restored_as": "Helper",
-                "new_id": "agent-new",
-                "blocks": 2,
-                "messages_restored": 4,
-                "messages_in_file": 4,
-            }
-        ],
-    }
+    agents = AgentRestoreReport.model_validate(
+        {
+            "set": f"prod/{SET_A}",
+            "server": "prod",
+            "letta_version": "0.16.2",
+            "as_copy": False,
+            "outcome": "succeeded",
+            "note": "files are partial",
+            "agents": [
+                {
+                    "agent_id": "agent-1",
+                    "name_in_set": "Helper",
+                    "restored_as": "Helper",
+                    "renamed": False,
+                    "new_id": "agent-new",
+                    "blocks": 2,
+                    "blocks_match": True,
+                    "messages_restored": 4,
+                    "messages_in_file": 4,
+                    "ok": True,
+                }
+            ],
+        }
+    )
     assert "agent-new" in render_restore_agents(agents)

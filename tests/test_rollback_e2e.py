@@ -90,14 +90,14 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
 
     # --- upgrade 0.11.7 -> 0.16.2 (migrate), then add an agent on 0.16.2 ---------------------
     upgraded = upgrade(NEW_VERSION, strategy="migrate", lock_timeout_seconds=30)
-    assert upgraded["outcome"] == "succeeded"
-    pre_upgrade = upgraded["backup_set"]
+    assert upgraded.outcome == "succeeded"
+    pre_upgrade = upgraded.backup_set
     with running.client() as client:
         added = client.create_agent(offline_agent_body("added-on-0162"))
     phases.done("upgraded to 0.16.2, agent added")
 
     # --- last night's set; restore one deleted agent from it -------------------------------
-    nightly = backup(purpose="scheduled")["set"]
+    nightly = backup(purpose="scheduled").set
     nightly_manifest = load_manifest(store, *nightly.split("/"))
     victim_id, victim_name = next(iter(sorted(before_agents.items())))
     exported = summarize_agent_file(
@@ -108,13 +108,13 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
     assert victim_id not in _live(running)
 
     report = restore_agents(nightly, [victim_name])
-    [row] = report["agents"]
-    assert row["ok"] and row["restored_as"] == victim_name and row["new_id"] != victim_id
+    [row] = report.agents
+    assert row.ok and row.restored_as == victim_name and row.new_id != victim_id
     with running.client() as client:
-        back = client.get_agent(row["new_id"])
+        back = client.get_agent(row.new_id)
     blocks = back.get("memory", {}).get("blocks") or back.get("blocks")
     assert {b["label"]: b["value"] for b in blocks} == exported.blocks
-    restored = sql_agents(running.database)[row["new_id"]]
+    restored = sql_agents(running.database)[row.new_id]
     assert restored.name == victim_name
     assert restored.messages == exported.messages > 0
     assert restored.blocks == len(exported.blocks)
@@ -122,8 +122,8 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
     # beside the live agent, as a copy; refused without --as-copy
     with pytest.raises(AgentRestoreRefused, match="already called"):
         restore_agents(nightly, [victim_id])
-    copy = restore_agents(nightly, ["added-on-0162"], as_copy=True)["agents"][0]
-    assert copy["restored_as"].startswith("added-on-0162 restored ") and copy["ok"]
+    copy = restore_agents(nightly, ["added-on-0162"], as_copy=True).agents[0]
+    assert copy.restored_as.startswith("added-on-0162 restored ") and copy.ok
     phases.done("deleted agent restored from the nightly set, and a copy beside a live one")
 
     # --- a tampered set is refused before anything is stopped ------------------------------
@@ -151,13 +151,13 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
 
     before_rollback = _live(running)
     report = rollback()
-    assert report["outcome"] == "succeeded", report
+    assert report.outcome == "succeeded", report
     assert http_version(running.server.base_url) == OLD_VERSION
     assert _live(running) == before_agents
     target = load_manifest(store, *pre_upgrade.split("/"))
     assert sql_table_counts(running.database) == target.row_counts == before_counts
     assert sql_agents(running.database) == before_rows
-    safety = load_manifest(store, *report["safety_set"].split("/"))
+    safety = load_manifest(store, *report.safety_set.split("/"))
     assert safety.purpose == "pre-rollback" and safety.pinned
     assert safety.letta_version == NEW_VERSION
     assert {a.id: a.name for a in safety.agents} == before_rollback
@@ -165,8 +165,8 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
     phases.done("rolled back to 0.11.7 with exactly the pre-upgrade agents and counts")
 
     # --- roll "forward" by restoring the safety set ----------------------------------------
-    forward = rollback(backup_set=report["safety_set"])
-    assert forward["outcome"] == "succeeded", forward
+    forward = rollback(backup_set=report.safety_set)
+    assert forward.outcome == "succeeded", forward
     assert http_version(running.server.base_url) == NEW_VERSION
     assert _live(running) == before_rollback
     assert sql_table_counts(running.database) == safety.row_counts
@@ -206,13 +206,13 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
         staged = restore(
             pre_upgrade, uri_without_password(empty.database_name), start=True, port=port
         )
-        assert staged["outcome"] == "succeeded" and not staged["count_differences"]
-        assert staged["verification"]["ok"] and staged["server"]["version"] == OLD_VERSION
+        assert staged.outcome == "succeeded" and not staged.count_differences
+        assert staged.verification.ok and staged.server.version == OLD_VERSION
         assert sql_table_counts(empty) == target.row_counts
         assert sql_agents(empty) == before_rows
         assert http_agents(f"http://127.0.0.1:{port}") == before_agents
         # One home per server: the next command finds it from its URL alone.
-        assert staged["address_with"]["LETTA_OPS_SERVER_NAME"] == f"127.0.0.1-{port}"
+        assert staged.address_with.LETTA_OPS_SERVER_NAME == f"127.0.0.1-{port}"
         restored_env = {**os.environ, "LETTA_BASE_URL": f"http://127.0.0.1:{port}"}
         restored_env.pop("LETTA_OPS_SERVER_NAME", None)
         status = subprocess.run(
@@ -223,7 +223,7 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
             check=False,
         )
         assert status.returncode == 0, status.stderr
-        assert json.loads(status.stdout)["pid"] == staged["server"]["pid"]
+        assert json.loads(status.stdout)["pid"] == staged.server.pid
         stopped = subprocess.run(
             [sys.executable, "-m", "letta_ops.cli", "runtime", "stop", "--json"],
             env=restored_env,

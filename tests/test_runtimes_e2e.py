@@ -123,8 +123,8 @@ def test_compose_upgrade_failed_upgrade_and_rollback(
     monkeypatch.setenv("LETTA_OPS_COMPOSE_FILE", str(compose_file))
     assert http_version(base_url) == FROM_VERSION  # nothing was stopped
 
-    plan = upgrade(NEW_VERSION, dry_run=True)["plan"]
-    assert plan["runtime"].startswith("Docker Compose:") and "letta_server" in plan["runtime"]
+    plan = upgrade(NEW_VERSION, dry_run=True).plan
+    assert plan.runtime.startswith("Docker Compose:") and "letta_server" in plan.runtime
 
     # --- an upgrade that fails after the stop is rolled back, compose file included -------
     state = upgrade(NEW_VERSION, strategy="migrate", start_timeout_seconds=3, return_state=True)
@@ -137,7 +137,7 @@ def test_compose_upgrade_failed_upgrade_and_rollback(
 
     # --- the migrate upgrade -----------------------------------------------------------------
     report = upgrade(NEW_VERSION, strategy="migrate")
-    assert report["outcome"] == "succeeded"
+    assert report.outcome == "succeeded"
     assert http_version(base_url) == NEW_VERSION
     assert http_agents(base_url) == before[0]
     upgraded = compose_file.read_text()
@@ -145,8 +145,8 @@ def test_compose_upgrade_failed_upgrade_and_rollback(
     assert _lines_but_image(upgraded) == _lines_but_image(original)
 
     # --- rollback to the pre-upgrade set: the compose file as it was in the set -------------
-    rolled = rollback(backup_set=report["backup_set"])
-    assert rolled["outcome"] == "succeeded"
+    rolled = rollback(backup_set=report.backup_set)
+    assert rolled.outcome == "succeeded"
     assert http_version(base_url) == FROM_VERSION
     assert _snapshot(database, base_url) == before
     assert compose_file.read_text() == original
@@ -182,20 +182,20 @@ def test_compose_rebuild_on_a_second_server_with_pg_tools_in_the_database_contai
     original = compose_file.read_text()
     before = _snapshot(database, base_url)
 
-    plan = upgrade(NEW_VERSION, strategy="rebuild", dry_run=True)["plan"]
-    assert "inside service letta_db" in plan["pg_tools"], plan
+    plan = upgrade(NEW_VERSION, strategy="rebuild", dry_run=True).plan
+    assert "inside service letta_db" in plan.pg_tools, plan
 
     # --- the rebuild upgrade: dump through exec, empty, migrate, import the agents -----------
     rebuilt = upgrade(NEW_VERSION, strategy="rebuild")
-    assert rebuilt["outcome"] == "succeeded"
+    assert rebuilt.outcome == "succeeded"
     assert http_version(base_url) == NEW_VERSION
     assert sorted(http_agents(base_url).values()) == sorted(before[0].values())
     assert compose_image_tag(compose_file.read_text(), "letta_server") == NEW_VERSION
     assert _lines_but_image(compose_file.read_text()) == _lines_but_image(original)
 
     # --- rollback to the pre-upgrade set: pg_restore (16) inside the container -------------
-    rolled = rollback(backup_set=rebuilt["backup_set"])
-    assert rolled["outcome"] == "succeeded"
+    rolled = rollback(backup_set=rebuilt.backup_set)
+    assert rolled.outcome == "succeeded"
     assert http_version(base_url) == FROM_VERSION
     assert _snapshot(database, base_url) == before
     assert compose_file.read_text() == original
@@ -268,11 +268,11 @@ def _command_then_manual(database, base_url: str, start: Path, stop: Path, monke
     monkeypatch.setenv("LETTA_OPS_STOP_COMMAND", str(stop))
     monkeypatch.setenv("LETTA_OPS_START_COMMAND", f"{start} {{version}}")
     report = upgrade(NEW_VERSION, strategy="migrate")
-    assert report["outcome"] == "succeeded"
-    assert report["plan"]["runtime"].startswith("operator commands:")
+    assert report.outcome == "succeeded"
+    assert report.plan.runtime.startswith("operator commands:")
     assert http_version(base_url) == NEW_VERSION and http_agents(base_url) == before[0]
-    rolled = rollback(backup_set=report["backup_set"])
-    assert rolled["outcome"] == "succeeded"
+    rolled = rollback(backup_set=report.backup_set)
+    assert rolled.outcome == "succeeded"
     assert http_version(base_url) == FROM_VERSION
     assert _snapshot(database, base_url) == before
 
@@ -292,7 +292,7 @@ def _command_then_manual(database, base_url: str, start: Path, stop: Path, monke
         act()
         resume(run_id)
     run.join(timeout=600)
-    assert done["report"]["outcome"] == "succeeded", done
+    assert done["report"].outcome == "succeeded", done
     assert http_version(base_url) == NEW_VERSION and http_agents(base_url) == before[0]
     assert probe_health(base_url)["version"] == NEW_VERSION
 

@@ -43,7 +43,7 @@ def test_scratch_copy_exports_every_agent_in_the_targets_format(
         monkeypatch.setenv(name, value)
     report = backup(store=f"s3://{bucket}/scratch", allow_partial_agents=True)
     store = S3ObjectStore(client_s3, bucket, "scratch")
-    manifest = load_manifest(store, *report["set"].split("/"))
+    manifest = load_manifest(store, *report.set.split("/"))
     profile = load_profile(None, need_database=True)
     renames = plan_renames(
         [{"id": a, "name": n} for a, n in before.items()], name_rule_for(NEW_VERSION)

@@ -99,7 +99,7 @@ def test_a_killed_holder_is_named_then_reclaimed_at_once(prefect_harness):
             unlock("lock-killed")
         # --dry-run only says so, without refusing (exit 0) and without freeing anything.
         planned = unlock("lock-killed", dry_run=True)
-        assert planned["would_free"] is False and "may still run" in planned["reason"]
+        assert planned.would_free is False and "may still run" in planned.reason
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -114,20 +114,18 @@ def test_unlock_frees_a_dead_holder_and_says_why(prefect_harness):
     import os
     import signal
 
-    from letta_ops.flows.server_lock import occupied_slots, unlock
+    from letta_ops.flows.server_lock import UnlockReport, occupied_slots, unlock
 
     proc = _holder_process("lock-unlock")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert occupied_slots("lock-unlock") == 1
     planned = unlock("lock-unlock", dry_run=True)
-    assert planned["would_free"] and f"pid {proc.pid}" in planned["reason"]
-    assert not planned["freed"] and occupied_slots("lock-unlock") == 1
+    assert planned.would_free and f"pid {proc.pid}" in planned.reason
+    assert not planned.freed and occupied_slots("lock-unlock") == 1
     freed = unlock("lock-unlock")
-    assert freed["freed"] and f"pid {proc.pid}" in freed["reason"]
+    assert freed.freed and f"pid {proc.pid}" in freed.reason
     assert occupied_slots("lock-unlock") == 0
-    assert unlock("lock-unlock") == {
-        "server": "lock-unlock",
-        "freed": False,
-        "reason": "the slot is free",
-    }
+    assert unlock("lock-unlock") == UnlockReport(
+        server="lock-unlock", freed=False, reason="the slot is free"
+    )

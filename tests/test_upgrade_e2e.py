@@ -78,8 +78,8 @@ def test_migrate_keeps_every_agent_and_message(start_letta, upgrade_env):
     tables_before = sql_table_counts(running.database)
 
     plan = upgrade(NEW_VERSION, dry_run=True)
-    assert plan["outcome"] == "planned" and plan["plan"]["from_version"] == OLD_VERSION
-    assert any(c["old"] == "AI/ML Expert" for c in plan["plan"]["renames"].values())
+    assert plan.outcome == "planned" and plan.plan.from_version == OLD_VERSION
+    assert any(c.old == "AI/ML Expert" for c in plan.plan.renames.values())
     assert list_backup_sets(store) == []  # a dry run changes nothing
     assert http_version(base_url) == OLD_VERSION
     assert sql_table_counts(running.database) == tables_before
@@ -95,8 +95,8 @@ def test_migrate_keeps_every_agent_and_message(start_letta, upgrade_env):
     assert sql_table_counts(running.database) == tables_before
 
     report = upgrade(NEW_VERSION, strategy="migrate")
-    assert report["outcome"] == "succeeded"
-    print(f"\nmigrate downtime: {report['downtime_seconds']} s")
+    assert report.outcome == "succeeded"
+    print(f"\nmigrate downtime: {report.downtime_seconds} s")
     assert http_version(base_url) == NEW_VERSION
     assert http_agents(base_url) == {a: v.name for a, v in before.items()}
     # The migration keeps rows as they are: every agent, message and block, exactly.
@@ -116,19 +116,19 @@ def test_rebuild_brings_16_of_16_across(start_letta, upgrade_env):
     assert http_agents(running.server.base_url) == {a: v.name for a, v in before.items()}
 
     report = upgrade(NEW_VERSION, strategy="rebuild")
-    assert report["outcome"] == "succeeded"
-    print(f"\nrebuild downtime: {report['downtime_seconds']} s")
-    renames = report["plan"]["renames"]
-    assert [c["old"] for c in renames.values()] == ["AI/ML Expert"]
-    assert renames[next(iter(renames))]["new"] == "AI-ML Expert"
-    expected = sorted(renames.get(a, {}).get("new", v.name) for a, v in before.items())
+    assert report.outcome == "succeeded"
+    print(f"\nrebuild downtime: {report.downtime_seconds} s")
+    renames = report.plan.renames
+    assert [c.old for c in renames.values()] == ["AI/ML Expert"]
+    assert renames[next(iter(renames))].new == "AI-ML Expert"
+    expected = sorted(renames[a].new if a in renames else v.name for a, v in before.items())
     assert http_version(running.server.base_url) == NEW_VERSION
     names = sorted(http_agents(running.server.base_url).values())
     assert names == expected and len(names) == 16
     assert sorted(a.name for a in sql_agents(running.database).values()) == expected
-    assert "note" in report["not_carried"]
-    rows = report["verification"]
-    assert len(rows) == 16 and all(r["messages_after"] is not None for r in rows)
+    assert report.not_carried.note
+    rows = report.verification
+    assert len(rows) == 16 and all(r.messages_after is not None for r in rows)
 
 
 def test_failed_target_start_rolls_back_and_lock_refuses(

@@ -1,0 +1,65 @@
+"""Lanes of a streamed restore: which tables load where, and the spool they all follow."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from letta_ops.tasks.dump_lanes import StreamSpool, assign_lanes, table_data_name
+
+TOC = [
+    "215; 1259 16390 TABLE public agents letta",
+    "3601; 0 16390 TABLE DATA public agents letta",
+    "3602; 0 16400 TABLE DATA public messages letta",
+    "3603; 0 16410 TABLE DATA public passages letta",
+    "3604; 0 16420 TABLE DATA public tools letta",
+    "3700; 0 0 SEQUENCE SET public message_seq letta",
+    "3390; 2606 16500 CONSTRAINT public messages messages_pkey letta",
+]
+
+
+def test_table_data_name_reads_only_table_data_lines():
+    assert table_data_name(TOC[2]) == "messages"
+    assert table_data_name(TOC[0]) is None and table_data_name(TOC[5]) is None
+
+
+def test_the_biggest_tables_go_to_different_lanes_and_lane_zero_keeps_the_rest():
+    weights = {"messages": 800_000, "passages": 500_000, "agents": 26, "tools": 40}
+    first, second = assign_lanes(TOC, 2, weights)
+    assert TOC[2] in first and TOC[3] in second  # messages and passages load side by side
+    assert set(first) | set(second) == set(TOC) and not set(first) & set(second)
+    assert TOC[5] in first and TOC[0] in first  # sequence values and other entries: lane 0
+    assert [line for line in TOC if line in first] == first  # TOC order kept in each lane
+
+
+def test_one_lane_when_only_one_table_has_rows_or_one_job():
+    assert assign_lanes(TOC, 2, {"messages": 10}) == [TOC]
+    assert assign_lanes(TOC, 1, {"messages": 10, "passages": 10}) == [TOC]
+    assert assign_lanes(TOC, 2, {}) == [TOC]
+    assert len(assign_lanes(TOC, 4, {"messages": 9, "passages": 5, "tools": 3})) == 3
+
+
+def test_every_reader_gets_every_byte_in_order_while_the_spool_grows(tmp_path: Path):
+    spool = StreamSpool(tmp_path / "spool")
+    chunks = [bytes([i]) * (1000 + i) for i in range(50)]
+    received: list[bytes] = [b"", b""]
+
+    def read(slot: int) -> None:
+        received[slot] = b"".join(spool.chunks(chunk_size=777))
+
+    readers = [threading.Thread(target=read, args=(slot,)) for slot in (0, 1)]
+    for reader in readers:
+        reader.start()
+    for chunk in chunks:
+        spool.append(chunk)
+    spool.close()
+    for reader in readers:
+        reader.join(timeout=10)
+    assert received == [b"".join(chunks)] * 2
+
+
+def test_a_reader_started_after_the_close_reads_everything(tmp_path: Path):
+    spool = StreamSpool(tmp_path / "spool")
+    spool.append(b"abc")
+    spool.close()
+    assert b"".join(spool.chunks()) == b"abc"
