@@ -11,7 +11,9 @@ was). Measured in one run, each beside its baseline on the same database and dum
 - **backup**: ``letta-ops backup`` (exports and pg_dump overlapping, the manifest last, the set
   verified) against the slower of its two raw parts: the agents exported concurrently
   (``export_agents``, 4 at once, to the same store) and ``pg_dump -Fc`` of the same database
-  to a local file. Goal (issue #15): <= 1.3x at about 1 GB, <= 1.15x at 5 GB.
+  to a local file. Goal (issue #15): <= 1.3x at about 1 GB, <= 1.15x at 5 GB. Beside it, for
+  the store's share: the same pg_dump piped into the same moto by boto3's managed upload
+  (``pg_dump | aws s3 cp -``).
 - **restore**: ``restore_database_from_set`` into an empty database, once per reset mode
   (``recreate``: restored beside it while the dump downloads, each table's indexes built as
   soon as its rows are in, then swapped in; ``in-place``:
@@ -73,6 +75,21 @@ def raw_pg_dump(db: LettaDatabase, path: Path) -> int:
         check=True,
     )
     return path.stat().st_size
+
+
+def raw_pg_dump_to_store(db: LettaDatabase, key: str) -> None:
+    """What an operator's script does without letta-ops: ``pg_dump -Fc | aws s3 cp -`` (boto3's
+    managed upload of the pipe, its default 8 MiB parts and 10 threads) into the same moto."""
+    proc = subprocess.Popen(
+        [tool(db, "pg_dump"), "--format=custom", "--compress=gzip:6"],
+        env=tool_env(db),
+        stdout=subprocess.PIPE,
+    )
+    try:
+        s3_client_from_env().upload_fileobj(proc.stdout, BUCKET, key)
+    finally:
+        if proc.wait() != 0:
+            raise RuntimeError(f"pg_dump failed (exit {proc.returncode})")
 
 
 def raw_pg_restore(db: LettaDatabase, path: Path, jobs: int = 2) -> None:
@@ -138,8 +155,12 @@ def main(argv: list[str] | None = None) -> int:
             with LettaClient(server) as client:
                 export_s, _ = timed(lambda: export_agents(client, listed, store, "raw-exports/", 4))
             dump_s, dump_bytes = timed(lambda: raw_pg_dump(db, dump_path))
+            to_store_s, _ = timed(lambda: raw_pg_dump_to_store(db, "raw-dump/database.dump"))
             backup_s, report = timed(lambda: backup())
-            log(f"raw export {export_s} s, raw pg_dump {dump_s} s, letta-ops backup {backup_s} s")
+            log(
+                f"raw export {export_s} s, raw pg_dump {dump_s} s (into the store {to_store_s} s), "
+                f"letta-ops backup {backup_s} s"
+            )
             manifest = load_manifest(store, *report.set.split("/"))
 
             # Restores in rounds (raw, recreate, in-place, drill), medians of RESTORE_ROUNDS:
@@ -186,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             raw_pg_dump_seconds=dump_s,
             backup_seconds=backup_s,
             backup_over_slower_raw=round(backup_s / slower, 2),
+            raw_pg_dump_into_store_seconds=to_store_s,
+            backup_over_raw_pg_dump_into_store=round(backup_s / max(export_s, to_store_s), 2),
             backup_goal="<= 1.3 at ~1 GB, <= 1.15 at 5 GB",
             raw_pg_restore_seconds=raw_restore_s,
             raw_pg_restore_runs=seconds["raw"],

@@ -34,8 +34,9 @@ import os
 import re
 import secrets
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,6 +52,11 @@ MiB = 1024 * 1024
 #: S3 refuses multipart parts below 5 MiB (except the last one).
 MIN_PART_SIZE = 5 * MiB
 DEFAULT_PART_SIZE = 16 * MiB
+#: Parts of a multipart upload on their way while the next one is read: the producer of
+#: the stream (pg_dump) does not wait for the store's round trip of each part (before, the
+#: pipe filled and pg_dump stopped while a part was sent). Memory: this many parts, plus
+#: the one being read.
+UPLOADS_IN_FLIGHT = 1
 #: S3 allows at most this many parts in one multipart upload.
 MAX_PARTS = 10_000
 #: Read size for hashing and copying; small enough to keep memory flat.
@@ -273,6 +279,14 @@ def validate_prefix(prefix: str) -> str:
         return prefix
     validate_key(prefix[:-1] if prefix.endswith("/") else prefix)
     return prefix
+
+
+def _part_sent(sending: Future[dict[str, Any]], progress: ProgressCallback | None) -> dict:
+    """Wait for one part's upload; its entry of CompleteMultipartUpload's list."""
+    part = sending.result()
+    if progress is not None:
+        progress(part["Size"])
+    return {key: value for key, value in part.items() if key != "Size"}
 
 
 def _read_part(stream: BinaryIO, size: int) -> bytearray:
@@ -730,41 +744,28 @@ class S3ObjectStore(ObjectStore):
             **self._lock_arguments(),
         )["UploadId"]
         parts: list[dict[str, Any]] = []
-        #: S3's COMPOSITE checksum: the sha256 of the parts' sha256 digests, in order.
-        composite = hashlib.sha256()
+        sending: deque[Future[dict[str, Any]]] = deque()
+        uploads = ThreadPoolExecutor(UPLOADS_IN_FLIGHT, thread_name_prefix="s3-upload-part")
         size = 0
         try:
             while data:
-                part_number = len(parts) + 1
+                part_number = len(parts) + len(sending) + 1
                 if part_number > MAX_PARTS:
                     raise Refused(
                         f"Object {key!r} needs more than {MAX_PARTS} parts of "
                         f"{self.part_size // MiB} MiB; raise the part size."
                     )
-                part_digest = hashlib.sha256(data).digest()
-                composite.update(part_digest)
-                response = self.client.upload_part(
-                    Bucket=self.bucket,
-                    Key=full_key,
-                    UploadId=upload_id,
-                    PartNumber=part_number,
-                    Body=data,
-                    **_checksum_arguments(_b64(part_digest)),
-                )
-                parts.append(
-                    {
-                        "PartNumber": part_number,
-                        "ETag": response["ETag"],
-                        "ChecksumSHA256": _b64(part_digest),
-                    }
+                while len(sending) >= UPLOADS_IN_FLIGHT:
+                    parts.append(_part_sent(sending.popleft(), progress))
+                sending.append(
+                    uploads.submit(self._upload_part, full_key, upload_id, part_number, data)
                 )
                 size += len(data)
-                if progress is not None:
-                    progress(len(data))
-                # Free the sent part before reading the next: memory stays at about one part.
-                del data
-                data = _read_part(stream, self.part_size)
+                del data  # the upload holds the part until it is sent
+                data = _read_part(stream, self.part_size)  # while the part is on its way
                 digest.update(data)
+            while sending:
+                parts.append(_part_sent(sending.popleft(), progress))
             response = self._conditional_call(
                 self.client.complete_multipart_upload,
                 key,
@@ -776,7 +777,11 @@ class S3ObjectStore(ObjectStore):
             if self.retention is not None:
                 self._ensure_retention(key, full_key, response.get("VersionId"))
         except BaseException:
-            # Nothing partial may stay visible or billable: abort, then report the real error.
+            # Nothing partial may stay visible or billable: stop sending (a part on the wire
+            # finishes first), abort, then report the real error.
+            for pending in sending:
+                pending.cancel()
+            uploads.shutdown(wait=True)
             try:
                 self.client.abort_multipart_upload(
                     Bucket=self.bucket, Key=full_key, UploadId=upload_id
@@ -790,6 +795,12 @@ class S3ObjectStore(ObjectStore):
                     self.describe(),
                 )
             raise
+        finally:
+            uploads.shutdown(wait=True)
+        #: S3's COMPOSITE checksum: the sha256 of the parts' sha256 digests, in order.
+        composite = hashlib.sha256(
+            b"".join(base64.b64decode(part["ChecksumSHA256"]) for part in parts)
+        )
         sent = StoreChecksum(STORE_CHECKSUM_ALGORITHM, "COMPOSITE", _b64(composite.digest()))
         return StoredObject(
             key=key,
@@ -797,6 +808,27 @@ class S3ObjectStore(ObjectStore):
             sha256=digest.hexdigest(),
             store_checksum=self._kept_checksum(key, sent, response),
         )
+
+    def _upload_part(
+        self, full_key: str, upload_id: str, part_number: int, data: bytearray
+    ) -> dict[str, Any]:
+        """Send one part with its sha256 (hashed here, in the sending thread); what
+        CompleteMultipartUpload needs of it."""
+        part_digest = _b64(hashlib.sha256(data).digest())
+        response = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=full_key,
+            UploadId=upload_id,
+            PartNumber=part_number,
+            Body=data,
+            **_checksum_arguments(part_digest),
+        )
+        return {
+            "PartNumber": part_number,
+            "ETag": response["ETag"],
+            "ChecksumSHA256": part_digest,
+            "Size": len(data),
+        }
 
     def _kept_checksum(
         self, key: str, sent: StoreChecksum, response: dict[str, Any]

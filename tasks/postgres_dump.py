@@ -228,6 +228,7 @@ def dump_to_store(
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
         )
+        _widen_pipe(proc.stdout)  # pg_dump keeps writing while a part goes to the store
         try:
             stderr = StderrDrain(proc)
             stream = io.BufferedReader(ProcessOutput(proc, "pg_dump", stderr), 1 << 20)
@@ -440,6 +441,9 @@ class DataLane:
             stdin.close()
         except BrokenPipeError:
             pass
+        except BaseException:
+            self.proc.kill()  # never a lane left waiting for bytes nobody sends: it fails
+            raise
 
     def failed(self) -> bool:
         return self.proc.poll() not in (None, 0)

@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +228,38 @@ def test_memory_stays_bounded_whatever_the_object_size(
     print(f"peak traced memory during put_stream: {report['peak'] / MiB:.1f} MiB")
     assert report["peak"] < 3 * PART_SIZE, f"peak {report['peak'] / MiB:.1f} MiB"
     assert store.hash_object("probe/big").sha256 == report["sha256"]
+
+
+def test_the_next_part_is_read_while_a_part_is_sent(s3_bucket: Any) -> None:
+    """pg_dump must not stop while a part crosses the network: the upload reads the stream's
+    next part while the previous one is on its way (one part in flight, memory two parts)."""
+    client, bucket, _endpoint = s3_bucket
+    store = S3ObjectStore(client, bucket, "backups/prod", part_size=PART_SIZE)
+    events: list[str] = []
+    real_upload_part = client.upload_part
+
+    def slow_upload_part(**kwargs: Any) -> Any:
+        events.append(f"send {kwargs['PartNumber']}")
+        time.sleep(0.3)
+        response = real_upload_part(**kwargs)
+        events.append(f"sent {kwargs['PartNumber']}")
+        return response
+
+    class RecordedStream(GeneratedStream):
+        def readinto(self, buffer: Any) -> int:
+            if self.position in (PART_SIZE, 2 * PART_SIZE):
+                events.append(f"read from {self.position // PART_SIZE + 1}")
+            return super().readinto(buffer)
+
+    client.upload_part = slow_upload_part
+    try:
+        stored = store.put_stream("srv/set-1/db.pgdump", RecordedStream(12 * MiB))
+    finally:
+        client.upload_part = real_upload_part
+    assert (stored.size, stored.sha256) == GeneratedStream.expected(12 * MiB)
+    # Part 2 is read while part 1 is sent; part 2 is sent only after part 1 is.
+    assert events.index("read from 2") < events.index("sent 1") < events.index("send 2")
+    assert store.hash_object("srv/set-1/db.pgdump").sha256 == stored.sha256
 
 
 @pytest.mark.parametrize("fail_after", [1 * MiB, 7 * MiB], ids=["first-part", "mid-multipart"])
