@@ -218,6 +218,7 @@ def build_manifest(
         pgvector_version=dump.pgvector_version,
         encryption_key_configured=_encryption_key_configured(profile),
         row_counts=dump.row_counts,
+        table_bytes=dump.table_bytes,
         dump=dump.stored.key,
         dump_compression=dump.compression,
         agents=entries,

@@ -131,6 +131,12 @@ class BackupManifest(BaseModel):
         "records (verifications, audit, journal): scheme and key id. None: stored as written.",
     )
     row_counts: dict[str, int] = Field(description="Per-table counts in the dump's snapshot.")
+    table_bytes: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per-table size on disk when the dump began (pg_table_size: rows and "
+        "TOAST, no indexes): how a restore spreads the tables over its lanes. Empty in sets "
+        "written before; the row counts stand in.",
+    )
     dump: str = Field(description="Key of the pg_dump (custom format).")
     dump_compression: str | None = Field(
         default=None, description="pg_dump's --compress (e.g. gzip:6, zstd:3, none)."

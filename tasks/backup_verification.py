@@ -171,7 +171,12 @@ def restore_set_dump(
     expected = manifest.objects.get(manifest.dump)
     with store.open_read(manifest.dump) as stream:
         restored = restore_dump_streaming(
-            db, stream, head.path, head.toc, jobs, weights=manifest.row_counts
+            db,
+            stream,
+            head.path,
+            head.toc,
+            jobs,
+            weights=manifest.table_bytes or manifest.row_counts,
         )
     if expected and (restored.sha256, restored.size) != (expected.sha256, expected.size):
         raise PgToolError(f"{manifest.dump} does not match its sha256 in the manifest.")

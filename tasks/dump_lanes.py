@@ -11,8 +11,9 @@ download or the other lanes back. The spool costs the dump's size on local disk 
 restore runs, which the download-first (in-place) restore costs as well.
 
 Which tables go in which lane is decided before the first byte arrives (pg_restore takes its
-list when it starts), by the rows the manifest counted: the biggest tables go to different
-lanes (longest first, each to the lightest lane).
+list when it starts), by each table's size on disk the manifest recorded (its row counts in
+older sets): the biggest tables go to different lanes (largest first, each to the lightest
+lane), and a dump that is nearly all one table keeps one lane and no spool.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ from typing import BinaryIO
 _TABLE_DATA = re.compile(r"^\d+; \d+ \d+ TABLE DATA (?P<schema>\S+) (?P<table>\S+) ")
 
 
+#: Lanes only when the busiest would do less than this share of the rows (by weight): with
+#: one table nearly all of the dump, lanes cannot shorten the load, and their spool and the
+#: extra readers of the stream cost CPU on the way.
+ONE_LANE_SHARE = 0.9
+
+
 def table_data_name(toc_line: str) -> str | None:
     """The table a ``TABLE DATA`` line of a TOC loads (``None`` for any other entry)."""
     found = _TABLE_DATA.match(toc_line)
@@ -36,8 +43,9 @@ def table_data_name(toc_line: str) -> str | None:
 def assign_lanes(listing: list[str], lanes: int, weights: Mapping[str, int]) -> list[list[str]]:
     """The ``--use-list`` lines of each data lane: lane 0 keeps every line but the table data
     handed to the others (sequence values and anything unnamed stay there); each table's
-    data goes to the lane with the fewest rows so far, biggest table first. Lanes that would
-    get no rows are dropped, so a dump with one table of rows keeps one lane."""
+    data goes to the lane with the least weight so far, heaviest table first. Lanes that
+    would get nothing are dropped, and one lane is kept when the busiest would carry at least
+    :data:`ONE_LANE_SHARE` of the weight."""
     data = [(line, weights.get(table_data_name(line) or "", 0)) for line in listing]
     data = [(line, rows) for line, rows in data if rows > 0 and table_data_name(line)]
     loads = [0] * max(1, lanes)
@@ -46,6 +54,8 @@ def assign_lanes(listing: list[str], lanes: int, weights: Mapping[str, int]) -> 
         lane = loads.index(min(loads))
         chosen[line] = lane
         loads[lane] += rows
+    if max(loads) >= ONE_LANE_SHARE * sum(loads):
+        return [listing]  # one table is nearly all of it: a spool would buy nothing
     used = sorted({0, *chosen.values()})
     lists: list[list[str]] = [[] for _ in used]
     for line in listing:

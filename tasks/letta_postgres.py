@@ -181,6 +181,20 @@ def table_row_counts(db: LettaDatabase) -> dict[str, int]:
         return counts_in_snapshot(conn, db.db_schema or "public")
 
 
+def table_sizes(conn: Connection, schema: str) -> dict[str, int]:
+    """Each table's size on disk (``pg_table_size``: rows and TOAST, no indexes), for
+    balancing a restore's lanes; a catalog read, no table is scanned."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT c.relname, pg_table_size(c.oid) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = :s AND c.relkind IN ('r', 'p')"
+        ),
+        {"s": schema},
+    )
+    return {name: int(size or 0) for name, size in rows}
+
+
 def counts_in_snapshot(conn: Connection, schema: str) -> dict[str, int]:
     tables = (
         conn.execute(

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.dump_lanes import StreamSpool, assign_lanes
 from letta_ops.tasks.errors import Refused, final_error_line
-from letta_ops.tasks.letta_postgres import connect, counts_in_snapshot
+from letta_ops.tasks.letta_postgres import connect, counts_in_snapshot, table_sizes
 from letta_ops.tasks.object_store import ObjectStore, StoredObject
 from letta_ops.tasks.pg_client_tools import (
     LocalPgClientTools,
@@ -67,6 +67,7 @@ class DumpResult:
     postgres_version: str
     pgvector_version: str | None
     compression: str = DEFAULT_COMPRESSION
+    table_bytes: dict[str, int] = field(default_factory=dict)
 
 
 def parse_compression(spec: str | None) -> str:
@@ -215,6 +216,7 @@ def dump_to_store(
             sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
         ).scalar()
         counts = counts_in_snapshot(conn, schema)
+        sizes = table_sizes(conn, schema)
         proc = subprocess.Popen(
             tools.argv(
                 "pg_dump",
@@ -238,7 +240,7 @@ def dump_to_store(
                 proc.kill()
                 proc.wait()
         conn.rollback()
-    return DumpResult(stored, counts, str(pg_version), vector, compression)
+    return DumpResult(stored, counts, str(pg_version), vector, compression, sizes)
 
 
 def list_dump(bin_dir: Path, dump_path: Path) -> list[str]:

@@ -102,6 +102,9 @@ def test_backup_of_25_agents(server_25, backup_env):
     assert not any("etc/passwd" in k or "AI/ML" in k for k in keys)
     assert manifest.row_counts == sql_table_counts(server_25.database)
     assert manifest.row_counts["agents"] == 25
+    # Sizes for the restore's lanes: every counted table, the ones with rows not empty.
+    assert set(manifest.table_bytes) == set(manifest.row_counts)
+    assert manifest.table_bytes["agents"] > 0 and manifest.table_bytes["messages"] > 0
     assert manifest.letta_version == NEW_VERSION
     assert manifest.dump in manifest.objects
     assert manifest.dump_compression == "gzip:6"  # the default, recorded

@@ -32,6 +32,11 @@ def test_the_biggest_tables_go_to_different_lanes_and_lane_zero_keeps_the_rest()
     assert [line for line in TOC if line in first] == first  # TOC order kept in each lane
 
 
+def test_one_lane_when_one_table_is_nearly_all_of_the_dump():
+    assert assign_lanes(TOC, 2, {"messages": 95, "passages": 5}) == [TOC]
+    assert len(assign_lanes(TOC, 2, {"messages": 85, "passages": 15})) == 2
+
+
 def test_one_lane_when_only_one_table_has_rows_or_one_job():
     assert assign_lanes(TOC, 2, {"messages": 10}) == [TOC]
     assert assign_lanes(TOC, 1, {"messages": 10, "passages": 10}) == [TOC]

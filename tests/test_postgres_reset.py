@@ -137,9 +137,11 @@ def test_restore_while_the_dump_streams(pg_clusters, make_database, tmp_path: Pa
 
     target = _database(pg_clusters, make_database, major, role, "sdst")
     empty_database(target, restore_plan(target)["reset_mode"])
-    assert len(assign_lanes(toc, 2, before)) == 2  # bulk in one lane, the rest in the other
+    # Weights as if messages were as big as bulk: bulk in one lane, the rest in the other.
+    weights = {**before, "messages": before["bulk"]}
+    assert len(assign_lanes(toc, 2, weights)) == 2
     with store.open_read("s/database.dump") as stream:
-        restored = restore_dump_streaming(target, stream, head, toc, jobs=2, weights=before)
+        restored = restore_dump_streaming(target, stream, head, toc, jobs=2, weights=weights)
     assert (restored.sha256, restored.size) == (dumped.stored.sha256, dumped.stored.size)
     assert sql_table_counts(target) == before
     assert all("transaction_timeout" in line for line in restored.warnings)
@@ -157,7 +159,7 @@ def test_restore_while_the_dump_streams(pg_clusters, make_database, tmp_path: Pa
     data = (tmp_path / "s" / "database.dump").read_bytes()
     with pytest.raises(PgToolError, match="pg_restore failed"):
         restore_dump_streaming(
-            cut, io.BytesIO(data[: len(data) // 2]), head, toc, jobs=2, weights=before
+            cut, io.BytesIO(data[: len(data) // 2]), head, toc, jobs=2, weights=weights
         )
 
     other = _database(pg_clusters, make_database, major, role, "sother")
