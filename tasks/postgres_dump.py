@@ -361,7 +361,7 @@ def restore_dump_streaming(
     were fetched to read ``toc`` and must equal the stream's. A table's own indexes and keys
     are built while the next tables load (:mod:`letta_ops.tasks.post_data_schedule`), as
     ``pg_restore -j`` does from a file. With ``jobs`` > 1 and rows in more than one table
-    (``weights``: the manifest's row counts), the tables load in up to ``jobs`` lanes that
+    (``weights``: each table's size, or its row count), tables load in up to ``jobs`` lanes that
     follow one local spool of the stream (:mod:`letta_ops.tasks.dump_lanes`); with one lane
     nothing of the dump touches the local disk. The stream is hashed as it passes.
 
