@@ -139,7 +139,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         drill_database=args.drill_database,
         read_data=args.read_data,
     )
-    emit(result, args.json, render=render_verify, versioned=True)
+    emit(result, args.json, render=render_verify)
     return EXIT_OK
 
 

@@ -76,7 +76,7 @@ def cmd_fleet_backup(args: argparse.Namespace) -> int:
             lock_mode=args.lock_mode,
         )
     )
-    emit(report, args.json, render=render_fleet_backup, versioned=True)
+    emit(report, args.json, render=render_fleet_backup)
     return EXIT_OK
 
 
@@ -114,7 +114,7 @@ def cmd_fleet_upgrade(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
         )
     )
-    emit(report, args.json, render=render_fleet_upgrade, versioned=True)
+    emit(report, args.json, render=render_fleet_upgrade)
     return EXIT_OK
 
 

@@ -51,7 +51,7 @@ def json_value(value: Any) -> Any:
 
 def to_json(result: Any, versioned: bool = False) -> str:
     """The ``--json`` document of ``result``; ``versioned`` puts ``schema_version`` first in a
-    dict result."""
+    dict result (a flow's report carries its own)."""
     if versioned and isinstance(result, dict):
         result = {"schema_version": SCHEMA_VERSION, **result}
     return json.dumps(result, indent=2, default=json_value)

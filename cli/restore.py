@@ -80,7 +80,6 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             rollback(**common, dry_run=True),
             args.json,
             render=render_rollback_plan,
-            versioned=True,
         )
         return EXIT_OK
     if not args.yes:
@@ -94,7 +93,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             jobs=args.jobs,
         )
     )
-    emit(report, args.json, render=render_rollback, versioned=True)
+    emit(report, args.json, render=render_rollback)
     return EXIT_OK
 
 

@@ -87,7 +87,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
             from_set=args.from_set,
         )
     )
-    emit(report, args.json, render=render_rehearsal, versioned=True)
+    emit(report, args.json, render=render_rehearsal)
     return EXIT_OK
 
 
@@ -104,7 +104,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         "reset": args.reset,
     }
     if args.dry_run:
-        emit(upgrade(**common, dry_run=True), args.json, render=render_plan, versioned=True)
+        emit(upgrade(**common, dry_run=True), args.json, render=render_plan)
         return EXIT_OK
     if not args.yes:
         plan = upgrade(**common, dry_run=True)
@@ -119,7 +119,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     report = with_progress(
         lambda: upgrade(**common, approval=args.approval, lock_timeout_seconds=args.wait)
     )
-    emit(report, args.json, render=render_upgrade, versioned=True)
+    emit(report, args.json, render=render_upgrade)
     return EXIT_OK
 
 

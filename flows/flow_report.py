@@ -9,8 +9,6 @@ times, ``schema_version`` first (:mod:`tasks.report_schema`).
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from letta_ops.tasks.report_schema import SCHEMA_VERSION
@@ -40,7 +38,3 @@ class FlowReport(BaseModel):
         default=SCHEMA_VERSION,
         description="Version of this report's JSON shape; raised when a key changes meaning.",
     )
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The report as JSON values (what ``--json`` prints, what the audit history keeps)."""
-        return self.model_dump(mode="json")

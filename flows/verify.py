@@ -277,7 +277,9 @@ def verify(
                 else None
             ),
         )
-        record_verification(object_store, set_prefix(server_name, set_id), result.to_json_dict())
+        record_verification(
+            object_store, set_prefix(server_name, set_id), result.model_dump(mode="json")
+        )
         audit.update(
             verified=ok,
             problems=len(problems),
