@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
+from letta_ops.tasks.dump_compression import parse_compression
 from letta_ops.tasks.errors import Refused
 
 ACCEPTED_SCHEMES = ("postgresql", "postgresql+asyncpg", "postgresql+pg8000", "postgres")
@@ -112,6 +113,12 @@ class LettaDatabase(Block):
         "drop the schema's objects: needs only their ownership, as on managed PostgreSQL), or "
         "'auto' (recreate when the role may, else in place).",
     )
+    compression: str | None = Field(
+        default=None,
+        description="pg_dump's --compress for this database's backups: none, a gzip level "
+        "0-9, gzip:N, or zstd[:N]/lz4[:N] when the client in pg_bin_dir is built with them; "
+        "empty for gzip:6. A run's --compress and LETTA_OPS_COMPRESS override it.",
+    )
     pg_tools_compose_service: str | None = Field(
         default=None,
         description="Run pg_dump and pg_restore inside this Docker Compose service (the "
@@ -135,10 +142,15 @@ class LettaDatabase(Block):
         parse_letta_pg_uri(value.get_secret_value())
         return value
 
+    @field_validator("compression")
+    @classmethod
+    def _check_compression(cls, value: str | None) -> str | None:
+        return parse_compression(value) if value else None
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> LettaDatabase:
         """Build from ``LETTA_PG_URI`` (and ``LETTA_PG_SCHEMA``, ``LETTA_OPS_PG_BIN``,
-        ``LETTA_OPS_RESET_MODE``, ``LETTA_OPS_PG_COMPOSE_SERVICE`` with
+        ``LETTA_OPS_RESET_MODE``, ``LETTA_OPS_COMPRESS``, ``LETTA_OPS_PG_COMPOSE_SERVICE`` with
         ``LETTA_OPS_PG_COMPOSE_FILE``, else the runtime's ``LETTA_OPS_COMPOSE_FILE``)."""
         env = os.environ if environ is None else environ
         uri = env.get("LETTA_PG_URI", "")
@@ -149,6 +161,7 @@ class LettaDatabase(Block):
             db_schema=env.get("LETTA_PG_SCHEMA") or None,
             pg_bin_dir=Path(env["LETTA_OPS_PG_BIN"]) if env.get("LETTA_OPS_PG_BIN") else None,
             reset_mode=env.get("LETTA_OPS_RESET_MODE") or "auto",
+            compression=env.get("LETTA_OPS_COMPRESS") or None,
             pg_tools_compose_service=env.get("LETTA_OPS_PG_COMPOSE_SERVICE") or None,
             pg_tools_compose_file=Path(compose_file) if compose_file else None,
             pg_tools_compose_project=env.get("LETTA_OPS_COMPOSE_PROJECT") or None,
@@ -181,6 +194,7 @@ class LettaDatabase(Block):
             db_schema=self.db_schema,
             pg_bin_dir=self.pg_bin_dir,
             reset_mode=self.reset_mode,
+            compression=self.compression,
             pg_tools_compose_service=self.pg_tools_compose_service,
             pg_tools_compose_file=self.pg_tools_compose_file,
             pg_tools_compose_project=self.pg_tools_compose_project,

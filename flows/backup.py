@@ -45,6 +45,7 @@ from letta_ops.tasks.backup_manifest import (
     new_set_id,
     set_prefix,
 )
+from letta_ops.tasks.dump_compression import chosen_compression
 from letta_ops.tasks.errors import Failed
 from letta_ops.tasks.letta_api import LettaAPIError, LettaClient
 from letta_ops.tasks.letta_inventory import agent_inventory
@@ -56,7 +57,6 @@ from letta_ops.tasks.postgres_dump import (
     DumpResult,
     PgToolError,
     dump_to_store,
-    parse_compression,
     require_compression_supported,
     tool_version,
 )
@@ -366,9 +366,9 @@ def backup(
     written with S3 Object Lock retention until the run's start plus that many days, recorded
     in the manifest. A bucket without Object Lock is refused before anything is written.
 
-    ``compression`` is pg_dump's ``--compress`` (``gzip:6`` by default, ``LETTA_OPS_COMPRESS``;
-    ``none``, gzip levels, and zstd/lz4 with a client built with them), recorded in the
-    manifest.
+    ``compression`` is pg_dump's ``--compress`` (``--compress``, else ``LETTA_OPS_COMPRESS``,
+    else the Letta Database block's ``compression``, else ``gzip:6``; ``none``, gzip levels, and
+    zstd/lz4 with a client built with them), recorded in the manifest.
 
     ``server_down_ok`` (safety backups before a rollback of a server that is down): a server
     that does not answer is backed up from its database alone, every agent listed as not
@@ -388,8 +388,9 @@ def backup(
         tag_current_run(profile.name, "backup")
         started = datetime.now(UTC)
 
-        compression = parse_compression(compression or os.environ.get("LETTA_OPS_COMPRESS"))
-        require_compression_supported(profile.require_database(), compression)
+        database = profile.require_database()
+        compression = chosen_compression(compression, database.compression)
+        require_compression_supported(database, compression)
         state = inspect_server(profile, server_down_ok)
         logger.info(
             "Letta %s at %s, %d agents",

@@ -177,6 +177,7 @@ def restore_set_dump(
             head.toc,
             jobs,
             weights=manifest.table_bytes or manifest.row_counts,
+            spool_bytes=expected.size if expected else None,
         )
     if expected and (restored.sha256, restored.size) != (expected.sha256, expected.size):
         raise PgToolError(f"{manifest.dump} does not match its sha256 in the manifest.")

@@ -19,6 +19,7 @@ lane), and a dump that is nearly all one table keeps one lane and no spool.
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,6 +33,20 @@ _TABLE_DATA = re.compile(r"^\d+; \d+ \d+ TABLE DATA (?P<schema>\S+) (?P<table>\S
 #: one table nearly all of the dump, lanes cannot shorten the load, and their spool and the
 #: extra readers of the stream cost CPU on the way.
 ONE_LANE_SHARE = 0.9
+
+
+#: Room left free beside a spool: a restore must not fill the disk it shares with others.
+SPOOL_HEADROOM = 256 << 20
+
+
+def room_for_spool(directory: Path, size: int | None) -> bool:
+    """Whether ``directory``'s file system holds a spool of ``size`` bytes (the dump's size;
+    ``None``: unknown, assumed to fit) with :data:`SPOOL_HEADROOM` to spare.
+
+    Why: lanes are only faster; a spool that fills the disk halfway fails the whole restore.
+    Without the room, one lane reads the stream directly and nothing touches the disk.
+    """
+    return size is None or shutil.disk_usage(directory).free >= size + SPOOL_HEADROOM
 
 
 def table_data_name(toc_line: str) -> str | None:

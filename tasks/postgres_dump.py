@@ -27,7 +27,8 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.tasks.dump_lanes import StreamSpool, assign_lanes
+from letta_ops.tasks.dump_compression import DEFAULT_COMPRESSION, parse_compression
+from letta_ops.tasks.dump_lanes import StreamSpool, assign_lanes, room_for_spool
 from letta_ops.tasks.errors import Refused, final_error_line
 from letta_ops.tasks.letta_postgres import connect, counts_in_snapshot, table_sizes
 from letta_ops.tasks.object_store import ObjectStore, StoredObject
@@ -41,9 +42,6 @@ from letta_ops.tasks.post_data_schedule import data_started, post_data_by_table
 from letta_ops.tasks.postgres_privileges import require_supported_server
 
 log = logging.getLogger(__name__)
-
-#: pg_dump's own default for the custom format: gzip at level 6.
-DEFAULT_COMPRESSION = "gzip:6"
 
 #: Servers older than this reject ``SET transaction_timeout``, which pg_dump/pg_restore >= 17
 #: send on every connection. That error, and only it, is expected from an older server.
@@ -68,26 +66,6 @@ class DumpResult:
     pgvector_version: str | None
     compression: str = DEFAULT_COMPRESSION
     table_bytes: dict[str, int] = field(default_factory=dict)
-
-
-def parse_compression(spec: str | None) -> str:
-    """A pg_dump ``--compress`` value: ``none``, a gzip level ``0``-``9`` (``6`` means
-    ``gzip:6``), ``gzip[:N]``, ``zstd[:N]`` (1-22) or ``lz4[:N]`` (1-12). Refused otherwise."""
-    text = (spec or DEFAULT_COMPRESSION).strip().lower()
-    if text.isdigit():
-        text = f"gzip:{text}"
-    method, _, level = text.partition(":")
-    limits = {"none": None, "gzip": (0, 9), "zstd": (1, 22), "lz4": (1, 12)}
-    if method not in limits or (method == "none" and level):
-        raise Refused(
-            f"Compression {spec!r} is not one pg_dump knows; use none, a gzip level 0-9, "
-            "gzip:N, zstd[:N] or lz4[:N]."
-        )
-    if level:
-        low, high = limits[method]
-        if not level.isdigit() or not low <= int(level) <= high:
-            raise Refused(f"Compression level {level!r} for {method} must be {low}-{high}.")
-    return text
 
 
 def require_compression_supported(db: LettaDatabase, compression: str) -> None:
@@ -317,11 +295,13 @@ def restore_dump(db: LettaDatabase, dump_path: Path, jobs: int = 1) -> list[str]
 
 @dataclass(frozen=True)
 class StreamedRestore:
-    """A restore that read its dump as it arrived: what it tolerated and what it read."""
+    """A restore that read its dump as it arrived: what it tolerated, what it read, and in
+    how many lanes its tables loaded."""
 
     warnings: list[str]
     sha256: str
     size: int
+    lanes: int = 1
 
 
 #: The pipe into pg_restore is widened to this (Linux ``F_SETPIPE_SZ``): with the default
@@ -348,6 +328,7 @@ def restore_dump_streaming(
     jobs: int = 1,
     chunk_size: int = 1 << 20,
     weights: Mapping[str, int] | None = None,
+    spool_bytes: int | None = None,
 ) -> StreamedRestore:
     """Restore a custom-format dump into ``db`` *while it downloads*: tables and their rows
     as the stream arrives, each table's indexes as soon as its rows are in, and the remaining
@@ -362,8 +343,9 @@ def restore_dump_streaming(
     are built while the next tables load (:mod:`letta_ops.tasks.post_data_schedule`), as
     ``pg_restore -j`` does from a file. With ``jobs`` > 1 and rows in more than one table
     (``weights``: each table's size, or its row count), tables load in up to ``jobs`` lanes that
-    follow one local spool of the stream (:mod:`letta_ops.tasks.dump_lanes`); with one lane
-    nothing of the dump touches the local disk. The stream is hashed as it passes.
+    follow one local spool of the stream (:mod:`letta_ops.tasks.dump_lanes`), when the
+    temporary directory has room for ``spool_bytes`` (the dump's size); with one lane nothing
+    of the dump touches the local disk. The stream is hashed as it passes.
 
     ``db`` must be a database that holds nothing to lose (a drill's scratch database, or a
     new one swapped in only after this returns and the caller compared the digest with the
@@ -394,8 +376,17 @@ def restore_dump_streaming(
         def build(lines: list[str]) -> list[str]:
             return _restore_listed(tools, target, target_args, work, lines, staged_head)
 
+        plan = assign_lanes(listing, jobs, weights or {})
+        if len(plan) > 1 and not room_for_spool(Path(work), spool_bytes):
+            log.warning(
+                "No room for a %s-byte spool of the dump in %s; its tables load in one lane "
+                "(slower, nothing on disk). Set TMPDIR to a larger disk for parallel lanes.",
+                spool_bytes,
+                work,
+            )
+            plan = [listing]
         lanes: list[DataLane] = []
-        for number, lines in enumerate(assign_lanes(listing, jobs, weights or {})):
+        for number, lines in enumerate(plan):
             lane_list = use_list
             if lines != listing:
                 lane_file = _list_file(work, f"data-{number}", lines)
@@ -405,18 +396,20 @@ def restore_dump_streaming(
             lanes.append(DataLane(tools.argv("pg_restore", *argv), tools.env(), early))
         source = CheckedStream(stream, chunk_size, expected_head)
         try:
-            _feed_lanes(lanes, source, Path(work) / "stream.spool")
+            failed_first = _feed_lanes(lanes, source, Path(work) / "stream.spool")
         finally:
             for lane in lanes:
                 lane.kill()
         built: set[str] = set()
-        for lane in lanes:
+        # The lane that failed first speaks first: the others were cut off because it failed,
+        # and their "unexpected end of file" is not the cause.
+        for lane in sorted(lanes, key=lambda lane: lane is not failed_first):
             warnings += target.tolerated(lane.proc.returncode, lane.stderr.text())
             warnings += lane.early.finish()
             built |= lane.early.built
         rest = [line for line in listing if line not in built]
         warnings += _restore_listed(tools, target, target_args, work, rest, staged_head, jobs)
-    return StreamedRestore(warnings, source.digest.hexdigest(), source.size)
+    return StreamedRestore(warnings, source.digest.hexdigest(), source.size, len(lanes))
 
 
 class DataLane:
@@ -478,16 +471,18 @@ class CheckedStream:
             yield chunk
 
 
-def _feed_lanes(lanes: list[DataLane], source: CheckedStream, spool_path: Path) -> None:
+def _feed_lanes(lanes: list[DataLane], source: CheckedStream, spool_path: Path) -> DataLane | None:
     """Feed every lane the whole stream. One lane reads the stream itself; several follow a
     spool of it, each in a thread of its own. The stream is read to its end (its digest must
-    cover every byte) unless a lane failed."""
+    cover every byte) unless a lane failed; then the spool ends there, and the lane seen
+    failing first is returned."""
     if len(lanes) == 1:
         lanes[0].feed(source)
         if lanes[0].proc.wait() == 0:
             for _ in source:  # it left after its last table: the rest is still hashed
                 pass
-        return
+        return None  # nothing to order
+    failed: DataLane | None = None
     spool = StreamSpool(spool_path)
     feeders = [threading.Thread(target=lane.feed, args=(spool.chunks(),)) for lane in lanes]
     for feeder in feeders:
@@ -495,7 +490,8 @@ def _feed_lanes(lanes: list[DataLane], source: CheckedStream, spool_path: Path) 
     try:
         for chunk in source:
             spool.append(chunk)
-            if any(lane.failed() for lane in lanes):
+            failed = next((lane for lane in lanes if lane.failed()), None)
+            if failed is not None:
                 break  # its stderr says why, below; no need to download the rest
     except BaseException:
         for lane in lanes:  # a feeder never waits on a lane that will not read again
@@ -507,6 +503,7 @@ def _feed_lanes(lanes: list[DataLane], source: CheckedStream, spool_path: Path) 
             feeder.join()
     for lane in lanes:
         lane.proc.wait()
+    return failed
 
 
 class EarlyIndexBuilds:

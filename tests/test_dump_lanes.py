@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from letta_ops.tasks.dump_lanes import StreamSpool, assign_lanes, table_data_name
+from letta_ops.tasks.dump_lanes import (
+    StreamSpool,
+    assign_lanes,
+    room_for_spool,
+    table_data_name,
+)
+from letta_ops.tasks.postgres_dump import CheckedStream, DataLane, EarlyIndexBuilds, _feed_lanes
 
 TOC = [
     "215; 1259 16390 TABLE public agents letta",
@@ -68,3 +78,50 @@ def test_a_reader_started_after_the_close_reads_everything(tmp_path: Path):
     spool.append(b"abc")
     spool.close()
     assert b"".join(spool.chunks()) == b"abc"
+
+
+def test_a_spool_needs_the_dumps_size_and_headroom_free_on_its_disk(tmp_path: Path):
+    total = shutil.disk_usage(tmp_path).total
+    assert room_for_spool(tmp_path, None)  # size unknown (an older set): assumed to fit
+    assert room_for_spool(tmp_path, 0)
+    assert not room_for_spool(tmp_path, total)  # the whole disk: never free with headroom
+    assert not room_for_spool(tmp_path, 10 * total)
+
+
+class _StreamHeldUntil:
+    """A dump stream: one chunk, then more only once ``ready()`` (a lane has died), then
+    its end; ``chunks_read`` says how far the restore read it."""
+
+    def __init__(self, ready, chunks: int = 8, size: int = 1 << 16) -> None:
+        self.ready, self.left, self.size, self.chunks_read = ready, chunks, size, 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self.chunks_read:
+            deadline = time.monotonic() + 10
+            while not self.ready() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        if self.chunks_read == self.left:
+            return b""
+        self.chunks_read += 1
+        return b"x" * self.size
+
+
+def test_the_lane_that_failed_first_is_named_and_the_stream_stops_there(tmp_path: Path):
+    """Two lanes; one fails after its first bytes, the other fails only when its input is cut
+    (as pg_restore does). The restore must report the first, not the cut one: the lanes here
+    are shell stand-ins for pg_restore, since what is tested is the feeding, not pg_restore."""
+    env = dict(os.environ)
+    with ThreadPoolExecutor(1) as pool:
+        early = [EarlyIndexBuilds({}, lambda lines: [], pool) for _ in range(2)]
+        cut_off = DataLane(["sh", "-c", "cat > /dev/null; exit 3"], env, early[0])
+        failing = DataLane(
+            ["sh", "-c", "head -c 1 > /dev/null; echo 'error: disk full' >&2; exit 1"],
+            env,
+            early[1],
+        )
+        stream = _StreamHeldUntil(lambda: failing.proc.poll() is not None)
+        source = CheckedStream(stream, 1 << 16, b"x")
+        first = _feed_lanes([cut_off, failing], source, tmp_path / "stream.spool")
+    assert first is failing and "disk full" in failing.stderr.text()
+    assert cut_off.proc.returncode == 3  # it was cut off, and ended as pg_restore would
+    assert stream.chunks_read < stream.left  # the rest of the dump was never downloaded

@@ -8,6 +8,7 @@ results are counted by the tests' own SQL (``tests.fixtures.oracle``).
 from __future__ import annotations
 
 import io
+import logging
 import subprocess
 from pathlib import Path
 
@@ -115,7 +116,9 @@ def test_dump_empty_and_restore(pg_clusters, make_database, tmp_path: Path, majo
 
 
 @pytest.mark.parametrize("major,role", CELLS, ids=[f"pg{m}-{r}" for m, r in CELLS])
-def test_restore_while_the_dump_streams(pg_clusters, make_database, tmp_path: Path, major, role):
+def test_restore_while_the_dump_streams(
+    pg_clusters, make_database, tmp_path: Path, major, role, caplog
+):
     """Tables and rows from the stream itself; the tables first and then indexes and
     constraints in parallel from the dump's head alone (its table of contents); the digest is
     of exactly what was read. A cut stream fails, in one line, and so does a stream whose
@@ -143,6 +146,7 @@ def test_restore_while_the_dump_streams(pg_clusters, make_database, tmp_path: Pa
     with store.open_read("s/database.dump") as stream:
         restored = restore_dump_streaming(target, stream, head, toc, jobs=2, weights=weights)
     assert (restored.sha256, restored.size) == (dumped.stored.sha256, dumped.stored.size)
+    assert restored.lanes == 2
     assert sql_table_counts(target) == before
     assert all("transaction_timeout" in line for line in restored.warnings)
     # post-data ran: the default is back, the primary key and the foreign key exist.
@@ -153,6 +157,17 @@ def test_restore_while_the_dump_streams(pg_clusters, make_database, tmp_path: Pa
     with pytest.raises(sa.exc.DBAPIError, match="foreign key"):
         _run(target, "INSERT INTO messages (id, agent_id) VALUES ('m-x', 'no-such-agent')")
     assert sql_scalar(target, "SELECT count(*) FROM pg_indexes WHERE indexname = 'bulk_h'") == 1
+
+    # No room on disk for the lanes' spool: one lane, read straight from the stream.
+    cramped = _database(pg_clusters, make_database, major, role, "scramped")
+    empty_database(cramped, restore_plan(cramped)["reset_mode"])
+    with store.open_read("s/database.dump") as stream, caplog.at_level(logging.WARNING):
+        restored = restore_dump_streaming(
+            cramped, stream, head, toc, jobs=2, weights=weights, spool_bytes=1 << 62
+        )
+    assert restored.lanes == 1 and restored.sha256 == dumped.stored.sha256
+    assert sql_table_counts(cramped) == before
+    assert "No room for a" in caplog.text and "one lane" in caplog.text
 
     cut = _database(pg_clusters, make_database, major, role, "scut")
     empty_database(cut, restore_plan(cut)["reset_mode"])
@@ -288,17 +303,9 @@ def test_cleanup_sql_needs_delete_on_sources(pg_cluster):
     require_table_privileges(owned, "sources", ("SELECT", "UPDATE", "DELETE"))
 
 
-def test_compression_choices_are_validated_and_recorded(pg_cluster, tmp_path: Path):
+def test_compression_choices_are_recorded(pg_cluster, tmp_path: Path):
+    """Spellings and precedence: ``tests/test_dump_compression.py``."""
     from letta_ops.tasks.errors import Refused
-    from letta_ops.tasks.postgres_dump import parse_compression
-
-    assert parse_compression(None) == "gzip:6"
-    assert parse_compression("9") == "gzip:9"
-    assert parse_compression("zstd:3") == "zstd:3"
-    assert parse_compression("NONE") == "none"
-    for bad in ("bzip2", "gzip:12", "zstd:0", "none:1", "gzip:x"):
-        with pytest.raises(Refused):
-            parse_compression(bad)
 
     db = LettaDatabase(uri=pg_cluster.uri("postgres"))
     _run(
