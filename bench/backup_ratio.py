@@ -21,6 +21,9 @@ was). Measured in one run, each beside its baseline on the same database and dum
   per-table counts), and the weekly drill (streamed into a scratch database), each against raw
   ``pg_restore -j 2`` of the same dump file; three rounds of all four, medians. Goal: <= 1.2x.
 
+Every measured run starts cold: a CHECKPOINT, ``sync`` and the page cache dropped (as root;
+see :func:`start_cold`).
+
 Figures merge into ``bench/results.json`` under ``backup_ratio``. 5 GB takes too long on a
 two-core host to run routinely; pass ``--gigabytes 5`` to measure it.
 """
@@ -38,6 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -53,7 +58,7 @@ from bench.run import (  # noqa: E402
 from letta_ops.blocks.letta_database import LettaDatabase  # noqa: E402
 from letta_ops.tasks.agent_export import export_agents  # noqa: E402
 from letta_ops.tasks.letta_api import LettaClient, offline_agent_body  # noqa: E402
-from letta_ops.tasks.letta_postgres import create_database, drop_database  # noqa: E402
+from letta_ops.tasks.letta_postgres import connect, create_database, drop_database  # noqa: E402
 from letta_ops.tasks.object_store import S3ObjectStore, s3_client_from_env  # noqa: E402
 from letta_ops.tasks.postgres_dump import tool, tool_env  # noqa: E402
 
@@ -62,7 +67,39 @@ RESTORE_ROUNDS = 3
 RESTORE_KINDS = ("recreate", "in-place", "drill")
 
 
-def timed(action) -> tuple[float, Any]:
+#: Where the kernel is asked to drop its page cache (root only; elsewhere a no-op).
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def start_cold(db: LettaDatabase) -> dict[str, bool]:
+    """Start a measurement with nothing dirty and nothing cached: a CHECKPOINT (PostgreSQL
+    writes what the last run left in its buffers), ``sync`` and the kernel's page cache dropped.
+
+    Why: the measurements run one after another on the same files. A restore leaves a
+    gigabyte of dirty buffers and WAL that the next run's checkpoint writes; at 5 GB the page
+    cache cannot hold the database, the dump file and moto's copies at once, so whichever ran
+    first read from memory and the later ones from disk. Those order effects (100 s at 5 GB,
+    a fifth of a 20 s restore) were larger than what is measured. The cache is dropped only
+    as root; ``page_cache_dropped`` in the figures says whether it was.
+    """
+    done = {"checkpoint": False, "page_cache_dropped": False}
+    try:
+        with connect(db, autocommit=True) as conn:
+            conn.execute(sa.text("CHECKPOINT"))
+        done["checkpoint"] = True
+    except sa.exc.SQLAlchemyError:
+        pass  # a role without pg_checkpoint: the runs keep that order effect
+    os.sync()
+    try:
+        DROP_CACHES.write_text("1\n")
+        done["page_cache_dropped"] = True
+    except OSError:
+        pass
+    return done
+
+
+def timed(action, db: LettaDatabase) -> tuple[float, Any]:
+    start_cold(db)
     started = time.perf_counter()
     result = action()
     return round(time.perf_counter() - started, 2), result
@@ -139,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(AGENTS)
             ]
         db = env.database
+        figures["before_each_run"] = start_cold(db)
         grow = grow_database if args.shape == "ballast" else grow_conversations
         figures[args.shape] = grow(db, int(args.gigabytes * 1_000_000_000))
         store = S3ObjectStore(s3_client_from_env(), BUCKET, "ratio")
@@ -153,10 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         listed = [{"id": a["id"], "name": a["name"]} for a in agents]
         with prefect_test_harness(server_startup_timeout=90):
             with LettaClient(server) as client:
-                export_s, _ = timed(lambda: export_agents(client, listed, store, "raw-exports/", 4))
-            dump_s, dump_bytes = timed(lambda: raw_pg_dump(db, dump_path))
-            to_store_s, _ = timed(lambda: raw_pg_dump_to_store(db, "raw-dump/database.dump"))
-            backup_s, report = timed(lambda: backup())
+                export_s, _ = timed(
+                    lambda: export_agents(client, listed, store, "raw-exports/", 4), db
+                )
+            dump_s, dump_bytes = timed(lambda: raw_pg_dump(db, dump_path), db)
+            to_store_s, _ = timed(lambda: raw_pg_dump_to_store(db, "raw-dump/database.dump"), db)
+            backup_s, report = timed(backup, db)
             log(
                 f"raw export {export_s} s, raw pg_dump {dump_s} s (into the store {to_store_s} s), "
                 f"letta-ops backup {backup_s} s"
@@ -170,19 +210,22 @@ def main(argv: list[str] | None = None) -> int:
             for round_number in range(args.rounds):
                 raw_target = LettaDatabase(uri=env.postgres.uri("ratio_raw"))
                 create_database(raw_target)
-                took, _ = timed(lambda raw_target=raw_target: raw_pg_restore(raw_target, dump_path))
+                took, _ = timed(
+                    lambda raw_target=raw_target: raw_pg_restore(raw_target, dump_path), db
+                )
                 seconds["raw"].append(took)
                 drop_database(raw_target)
                 for mode in ("recreate", "in-place"):
                     target = LettaDatabase(uri=env.postgres.uri("ratio_ops"), reset_mode=mode)
                     create_database(target)
                     took, restored = timed(
-                        lambda target=target: restore_database_from_set(target, store, manifest, 2)
+                        lambda target=target: restore_database_from_set(target, store, manifest, 2),
+                        db,
                     )
                     drop_database(target)
                     seconds[mode].append(took)
                     differences[mode] = len(restored["count_differences"])
-                took, drilled = timed(lambda: drill(store, manifest, db, jobs=2))
+                took, drilled = timed(lambda: drill(store, manifest, db, jobs=2), db)
                 seconds["drill"].append(took)
                 differences["drill"] = len(drilled["differences"])
                 log(f"restore round {round_number + 1}: " + ", ".join(
