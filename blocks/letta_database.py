@@ -150,7 +150,7 @@ class LettaDatabase(Block):
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> LettaDatabase:
         """Build from ``LETTA_PG_URI`` (and ``LETTA_PG_SCHEMA``, ``LETTA_OPS_PG_BIN``,
-        ``LETTA_OPS_RESET_MODE``, ``LETTA_OPS_COMPRESS``, ``LETTA_OPS_PG_COMPOSE_SERVICE`` with
+        ``LETTA_OPS_RESET_MODE``, ``LETTA_OPS_PG_COMPOSE_SERVICE`` with
         ``LETTA_OPS_PG_COMPOSE_FILE``, else the runtime's ``LETTA_OPS_COMPOSE_FILE``)."""
         env = os.environ if environ is None else environ
         uri = env.get("LETTA_PG_URI", "")
@@ -161,7 +161,6 @@ class LettaDatabase(Block):
             db_schema=env.get("LETTA_PG_SCHEMA") or None,
             pg_bin_dir=Path(env["LETTA_OPS_PG_BIN"]) if env.get("LETTA_OPS_PG_BIN") else None,
             reset_mode=env.get("LETTA_OPS_RESET_MODE") or "auto",
-            compression=env.get("LETTA_OPS_COMPRESS") or None,
             pg_tools_compose_service=env.get("LETTA_OPS_PG_COMPOSE_SERVICE") or None,
             pg_tools_compose_file=Path(compose_file) if compose_file else None,
             pg_tools_compose_project=env.get("LETTA_OPS_COMPOSE_PROJECT") or None,
