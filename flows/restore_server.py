@@ -155,7 +155,7 @@ def _restore_beside_and_swap(
         drop_database(incoming)  # left by a restore that was interrupted
         create_database(incoming, with_pgvector=True)
         try:
-            warnings = restore_set_dump(store, manifest, incoming, head, jobs)
+            warnings = restore_set_dump(manifest, incoming, head, jobs)
             sequences = repair_sequences(incoming).to_dict()
             differences = compare_counts(manifest.row_counts, table_row_counts(incoming))
         except BaseException:

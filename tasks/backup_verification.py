@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from letta_ops.blocks.letta_database import LettaDatabase, default_pg_bin_dir
 from letta_ops.tasks.backup_manifest import BackupManifest, ManifestObject
@@ -132,53 +133,78 @@ def downloaded(store: ObjectStore, key: str, expected_sha256: str | None = None)
 
 @dataclass(frozen=True)
 class DumpHead:
-    """The first bytes of a set's dump (in ``path``) and the table of contents they hold."""
+    """The first bytes of a set's dump (in ``path``), the table of contents they hold, and
+    the whole dump as one stream (``stream``: those bytes again, then the rest of the same
+    read)."""
 
     path: Path
     toc: list[str]
+    stream: BinaryIO
+
+
+class HeadThenRest:
+    """The bytes already read from a stream, then the rest of it: the restore reads the dump
+    from its first byte (its digest covers every byte) on the read that fetched the head."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._head:
+            return self._rest.read(size)
+        taken = self._head if size < 0 else self._head[:size]
+        self._head = self._head[len(taken) :]
+        return bytes(taken)
 
 
 @contextmanager
 def dump_head(store: ObjectStore, manifest: BackupManifest) -> Iterator[DumpHead]:
     """The set's dump's first bytes and table of contents (decrypted when the set is
     encrypted: a wrong key fails here, before anything is created or emptied), in a
-    temporary file for as long as the restore needs it.
+    temporary file for as long as the restore needs it, and the dump's one read, open.
 
     Why keep them: pg_restore's pre-data and post-data sections need only the table of
     contents, so a streamed restore runs them from this file and reads the stream once, for
-    the rows (see :func:`letta_ops.tasks.postgres_dump.restore_dump_streaming`).
+    the rows (see :func:`letta_ops.tasks.postgres_dump.restore_dump_streaming`). Why one
+    read: a second GET costs a round trip, and some stores (moto) read the whole object to
+    answer a ranged one.
     """
     expected = manifest.objects.get(manifest.dump)
     size = expected.size if expected else store.metadata(manifest.dump).size
-    with tempfile.TemporaryDirectory(prefix="letta-ops-toc-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="letta-ops-toc-") as tmp,
+        store.open_read(manifest.dump) as stream,
+    ):
         Path(tmp).chmod(0o755)  # a local pg_restore may run as another user
         path = Path(tmp) / "head.dump"
-        toc, _ = read_dump_toc(store, manifest.dump, size, default_pg_bin_dir(), keep=path)
+        toc, _ = _read_toc(
+            lambda have, want: _read_up_to(stream, want - have), size, default_pg_bin_dir(), path
+        )
         path.chmod(0o644)
-        yield DumpHead(path, toc)
+        yield DumpHead(path, toc, HeadThenRest(path.read_bytes(), stream))
 
 
 def restore_set_dump(
-    store: ObjectStore, manifest: BackupManifest, db: LettaDatabase, head: DumpHead, jobs: int = 2
+    manifest: BackupManifest, db: LettaDatabase, head: DumpHead, jobs: int = 2
 ) -> list[str]:
-    """Restore the set's dump into ``db`` while it downloads (one sequential read of the
-    object, decrypted and authenticated frame by frame when encrypted); returns the errors
-    pg_restore was allowed. The sha256 of every byte read must equal the manifest's.
+    """Restore the set's dump into ``db`` while it downloads (the one sequential read that
+    ``head`` holds, decrypted and authenticated frame by frame when encrypted); returns the
+    errors pg_restore was allowed. The sha256 of every byte read must equal the manifest's.
 
     ``db`` must hold nothing to lose (a scratch database, or one swapped in afterwards):
     see :func:`letta_ops.tasks.postgres_dump.restore_dump_streaming`.
     """
     expected = manifest.objects.get(manifest.dump)
-    with store.open_read(manifest.dump) as stream:
-        restored = restore_dump_streaming(
-            db,
-            stream,
-            head.path,
-            head.toc,
-            jobs,
-            weights=manifest.table_bytes or manifest.row_counts,
-            spool_bytes=expected.size if expected else None,
-        )
+    restored = restore_dump_streaming(
+        db,
+        head.stream,
+        head.path,
+        head.toc,
+        jobs,
+        weights=manifest.table_bytes or manifest.row_counts,
+        spool_bytes=expected.size if expected else None,
+    )
     if expected and (restored.sha256, restored.size) != (expected.sha256, expected.size):
         raise PgToolError(f"{manifest.dump} does not match its sha256 in the manifest.")
     return restored.warnings
@@ -207,25 +233,43 @@ def read_dump_toc(
     store: ObjectStore, key: str, size: int, bin_dir: Path, keep: Path | None = None
 ) -> tuple[list[str], int]:
     """``pg_restore --list`` on the shortest fetched prefix of the dump that holds its table
-    of contents; returns the TOC and how many bytes were read (the prefix stays in ``keep``
-    when given). A damaged archive fails with pg_restore's error once the whole dump has been
-    read."""
+    of contents (ranged reads); returns the TOC and how many bytes were read (the prefix stays
+    in ``keep`` when given). A damaged archive fails with pg_restore's error once the whole
+    dump has been read."""
+
+    def fetch(have: int, want: int) -> Iterator[bytes]:
+        with store.open_read(key, start=have, length=want - have) as source:
+            yield from _read_up_to(source, want - have)
+
     with tempfile.TemporaryDirectory(prefix="letta-ops-toc-") as tmp:
-        path = keep or Path(tmp) / "database.dump"
-        have = 0
-        with path.open("wb") as out:
-            while True:
-                want = min(size, max(TOC_FIRST_READ, have * TOC_READ_GROWTH))
-                with store.open_read(key, start=have, length=want - have) as source:
-                    while chunk := source.read(1 << 20):
-                        out.write(chunk)
-                        have += len(chunk)
-                out.flush()
-                try:
-                    return list_dump(bin_dir, path), have
-                except PgToolError:
-                    if have >= size or have < want:  # all of it, or all the store has
-                        raise
+        return _read_toc(fetch, size, bin_dir, keep or Path(tmp) / "database.dump")
+
+
+def _read_toc(
+    fetch: Callable[[int, int], Iterable[bytes]], size: int, bin_dir: Path, path: Path
+) -> tuple[list[str], int]:
+    """Fetch bytes ``have`` to ``want`` of the dump into ``path`` until pg_restore lists it:
+    256 KiB first, four times as much each time it finds them too short."""
+    have = 0
+    with path.open("wb") as out:
+        while True:
+            want = min(size, max(TOC_FIRST_READ, have * TOC_READ_GROWTH))
+            for chunk in fetch(have, want):
+                out.write(chunk)
+                have += len(chunk)
+            out.flush()
+            try:
+                return list_dump(bin_dir, path), have
+            except PgToolError:
+                if have >= size or have < want:  # all of it, or all the store has
+                    raise
+
+
+def _read_up_to(source: BinaryIO, count: int) -> Iterator[bytes]:
+    """Chunks of at most 1 MiB from ``source``, ``count`` bytes in all unless it ends first."""
+    while count > 0 and (chunk := source.read(min(count, 1 << 20))):
+        count -= len(chunk)
+        yield chunk
 
 
 @contextlib.contextmanager
@@ -290,7 +334,7 @@ def drill(
             in_place,
         ),
     ):
-        warnings = restore_set_dump(store, manifest, scratch, head, jobs)
+        warnings = restore_set_dump(manifest, scratch, head, jobs)
         counts = table_row_counts(scratch)
     differences = compare_counts(manifest.row_counts, counts)
     return {

@@ -365,13 +365,18 @@ def restore_dump_streaming(
         staged_head = staged.enter_context(tools.staged(head))
         target_args = [*RESTORE_OPTIONS, "-d", db.database_name]
         base = [*target_args, f"--use-list={use_list}"]
-        result = tools.run("pg_restore", *base, "--section=pre-data", staged_head)
+        # The post-data section is read (listed and scripted) while pre-data runs: both
+        # only read the head, and neither waits on the server.
+        with ThreadPoolExecutor(2, thread_name_prefix="post-data-read") as readers:
+            post_toc = readers.submit(
+                tools.run, "pg_restore", "--list", "--section=post-data", staged_head
+            )
+            post_script = readers.submit(
+                tools.run, "pg_restore", "--section=post-data", "-f", "-", staged_head
+            )
+            result = tools.run("pg_restore", *base, "--section=pre-data", staged_head)
+            schedule = post_data_by_table(_toc(post_toc.result()), _script(post_script.result()))
         warnings = target.tolerated(result.returncode, result.stderr)
-
-        schedule = post_data_by_table(
-            _toc(tools.run("pg_restore", "--list", "--section=post-data", staged_head)),
-            _script(tools.run("pg_restore", "--section=post-data", "-f", "-", staged_head)),
-        )
 
         def build(lines: list[str]) -> list[str]:
             return _restore_listed(tools, target, target_args, work, lines, staged_head)
@@ -400,11 +405,14 @@ def restore_dump_streaming(
         finally:
             for lane in lanes:
                 lane.kill()
+        stderr = {lane: lane.stderr.text() for lane in lanes}  # every progress line is read
+        # Every row is in: no early build starts now, in any lane (see EarlyIndexBuilds.finish).
+        pool.shutdown(wait=False, cancel_futures=True)
         built: set[str] = set()
         # The lane that failed first speaks first: the others were cut off because it failed,
         # and their "unexpected end of file" is not the cause.
         for lane in sorted(lanes, key=lambda lane: lane is not failed_first):
-            warnings += target.tolerated(lane.proc.returncode, lane.stderr.text())
+            warnings += target.tolerated(lane.proc.returncode, stderr[lane])
             warnings += lane.early.finish()
             built |= lane.early.built
         rest = [line for line in listing if line not in built]
@@ -508,8 +516,9 @@ def _feed_lanes(lanes: list[DataLane], source: CheckedStream, spool_path: Path) 
 
 class EarlyIndexBuilds:
     """A table's own keys and indexes, built (by ``build``, in ``pool``) once pg_restore's
-    progress shows it moved on to the next table; :meth:`finish` builds the last table's and
-    waits for all. ``built`` holds the TOC lines handed out, which the final step leaves out.
+    progress shows it moved on to the next table; :meth:`finish` waits for the builds
+    already running and takes back the rest. ``built`` holds the TOC lines of the builds that
+    ran, which the final step leaves out.
     """
 
     def __init__(
@@ -520,7 +529,7 @@ class EarlyIndexBuilds:
     ) -> None:
         self.schedule, self.build, self.pool = schedule, build, pool
         self.built: set[str] = set()
-        self._started: list[Future[list[str]]] = []
+        self._started: list[tuple[list[str], Future[list[str]]]] = []
         self._loading: str | None = None
 
     def progress(self, line: str) -> None:
@@ -532,15 +541,24 @@ class EarlyIndexBuilds:
             self._loading = table
 
     def finish(self) -> list[str]:
-        """After the data run (its progress read to the end): the warnings of every build."""
-        self._rows_are_in(self._loading)
-        return [warning for future in self._started for warning in future.result()]
+        """After the data run (its progress read to the end): the warnings of the builds that
+        ran. Builds still queued are cancelled and leave ``built``, and the last table's is
+        never queued: once the rows are in, the final step builds all of them in one
+        pg_restore with every worker, where one process per small table queued behind one
+        worker cost a second on a Letta database of 40 tables."""
+        running = []
+        for lines, future in self._started:  # all cancelled before any is waited for
+            if future.cancel():
+                self.built.difference_update(lines)
+            else:
+                running.append(future)
+        return [warning for future in running for warning in future.result()]
 
     def _rows_are_in(self, table: str | None) -> None:
         lines = self.schedule.pop(table, None) if table else None
         if lines:
             self.built.update(lines)
-            self._started.append(self.pool.submit(self.build, lines))
+            self._started.append((lines, self.pool.submit(self.build, lines)))
 
 
 def _restore_listed(

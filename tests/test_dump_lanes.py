@@ -125,3 +125,32 @@ def test_the_lane_that_failed_first_is_named_and_the_stream_stops_there(tmp_path
     assert first is failing and "disk full" in failing.stderr.text()
     assert cut_off.proc.returncode == 3  # it was cut off, and ended as pg_restore would
     assert stream.chunks_read < stream.left  # the rest of the dump was never downloaded
+
+
+def test_builds_still_queued_when_the_rows_are_in_go_back_to_the_final_step():
+    """One worker, held by the first table's build: the second table's build is still queued
+    when the data run ends. It is cancelled and leaves ``built`` (the final step builds it with
+    every worker, beside the last table's, which is never queued); the running one finishes
+    and its warnings are kept."""
+    release = threading.Event()
+    ran: list[list[str]] = []
+
+    def build(lines: list[str]) -> list[str]:
+        ran.append(lines)
+        release.wait(10)
+        return [f"warning from {lines[0]}"]
+
+    schedule = {"public.a": ["a_pkey"], "public.b": ["b_pkey"], "public.c": ["c_pkey"]}
+    with ThreadPoolExecutor(1) as pool:
+        early = EarlyIndexBuilds(schedule, build, pool)
+        for table in ("a", "b", "c"):
+            early.progress(f'pg_restore: processing data for table "public.{table}"')
+        deadline = time.monotonic() + 10
+        while not ran and time.monotonic() < deadline:
+            time.sleep(0.01)
+        threading.Timer(0.2, release.set).start()
+        warnings = early.finish()
+    assert ran == [["a_pkey"]]  # b's build never ran
+    assert warnings == ["warning from a_pkey"]
+    assert early.built == {"a_pkey"}  # b and c are left to the final step
+    assert schedule == {"public.c": ["c_pkey"]}

@@ -37,6 +37,7 @@ from letta_ops.tasks.backup_verification import (
     check_dump,
     check_objects,
     downloaded,
+    drill,
     read_dump_toc,
 )
 from letta_ops.tasks.letta_postgres import connect
@@ -242,6 +243,22 @@ def test_a_toc_longer_than_the_first_read_is_read_in_growing_prefixes(
     ranges = [rng for _, rng, _ in calls.of("GetObject")]
     assert ranges[:2] == ["bytes=0-511", "bytes=512-2047"]  # then four times more each time
     assert result["bytes_read"] < manifest.objects[manifest.dump].size
+
+
+def test_a_drill_reads_the_dump_once_its_toc_included(
+    backup_set, make_database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restore's table of contents comes from the start of the read that then streams the
+    rows: one GET of the whole dump, even when the TOC needs more than the first read."""
+    store, _client, calls, manifest = backup_set
+    monkeypatch.setattr("letta_ops.tasks.backup_verification.TOC_FIRST_READ", 512)
+
+    result = drill(store, manifest, make_database("drill_target"), jobs=2)
+
+    assert result["differences"] == [] and result["tables"] == 1
+    assert [(key, rng) for key, rng, _ in calls.of("GetObject")] == [
+        (f"{PREFIX}/{manifest.dump}", None)
+    ]
 
 
 def test_read_data_reads_every_object_again(backup_set) -> None:
