@@ -517,8 +517,8 @@ def _feed_lanes(lanes: list[DataLane], source: CheckedStream, spool_path: Path) 
 class EarlyIndexBuilds:
     """A table's own keys and indexes, built (by ``build``, in ``pool``) once pg_restore's
     progress shows it moved on to the next table; :meth:`finish` waits for the builds
-    already running and takes back the rest. ``built`` holds the TOC lines of the builds that
-    ran, which the final step leaves out.
+    already running and takes back the rest. ``built`` (set by :meth:`finish`) holds the TOC
+    lines of the builds that ran, which the final step leaves out.
     """
 
     def __init__(
@@ -542,22 +542,18 @@ class EarlyIndexBuilds:
 
     def finish(self) -> list[str]:
         """After the data run (its progress read to the end): the warnings of the builds that
-        ran. Builds still queued are cancelled and leave ``built``, and the last table's is
+        ran. Builds still queued are cancelled and left out of ``built``, and the last table's is
         never queued: once the rows are in, the final step builds all of them in one
         pg_restore with every worker, where one process per small table queued behind one
         worker cost a second on a Letta database of 40 tables."""
-        running = []
-        for lines, future in self._started:  # all cancelled before any is waited for
-            if future.cancel():
-                self.built.difference_update(lines)
-            else:
-                running.append(future)
-        return [warning for future in running for warning in future.result()]
+        # Every queued build is cancelled before any is waited for.
+        running = [(lines, f) for lines, f in self._started if not f.cancel()]
+        self.built = {line for lines, _ in running for line in lines}
+        return [warning for _, future in running for warning in future.result()]
 
     def _rows_are_in(self, table: str | None) -> None:
         lines = self.schedule.pop(table, None) if table else None
         if lines:
-            self.built.update(lines)
             self._started.append((lines, self.pool.submit(self.build, lines)))
 
 
