@@ -45,6 +45,12 @@ _ENCRYPTION_KEY_HELP = (
     "the manifest records the key's id, never the key. Empty: LETTA_OPS_ENCRYPTION_KEY (or "
     "LETTA_OPS_ENCRYPTION_KEY_FILE), else new sets are not encrypted."
 )
+_SIGNING_KEY_HELP = (
+    "A key (from 'letta-ops backups new-key') that authenticates the manifests and records of "
+    "a repository that is not encrypted (LETTA_OPS_SIGNING_KEY). Not needed with an "
+    "encryption key, which authenticates them too. Keep it outside the bucket: whoever can "
+    "write to the bucket could otherwise plant a set letta-ops would restore."
+)
 _PREVIOUS_KEYS_HELP = (
     "Keys of earlier rotations, separated by commas or newlines: sets written with them stay "
     "readable. Added to LETTA_OPS_PREVIOUS_ENCRYPTION_KEYS and the key file's other lines."
@@ -132,6 +138,9 @@ class S3BackupStore(Block):
     previous_encryption_keys: SecretStr | None = Field(
         default=None, title="Previous encryption keys", description=_PREVIOUS_KEYS_HELP
     )
+    signing_key: SecretStr | None = Field(
+        default=None, title="Signing key", description=_SIGNING_KEY_HELP
+    )
 
     @field_validator("bucket")
     @classmethod
@@ -211,6 +220,9 @@ class LocalBackupStore(Block):
     previous_encryption_keys: SecretStr | None = Field(
         default=None, title="Previous encryption keys", description=_PREVIOUS_KEYS_HELP
     )
+    signing_key: SecretStr | None = Field(
+        default=None, title="Signing key", description=_SIGNING_KEY_HELP
+    )
 
     @field_validator("path")
     @classmethod
@@ -242,20 +254,22 @@ def with_store_encryption(
     ``LETTA_OPS_PREVIOUS_ENCRYPTION_KEYS``); as it is when no key is configured anywhere.
 
     A set's manifest and catalog records stay plaintext (:func:`stays_plaintext`), so
-    ``backups list``, ``prune`` and a key-less ``verify`` need no key.
+    ``backups list``, ``prune`` and a key-less ``verify`` need no key. They are authenticated
+    with MAC keys derived from the same keys, or from the signing key (the block's
+    ``signing_key``, else ``LETTA_OPS_SIGNING_KEY``) when nothing is encrypted.
     """
-    from letta_ops.tasks.backup_manifest import stays_plaintext
-    from letta_ops.tasks.object_encryption import load_key_ring, with_encryption
+    from letta_ops.tasks.set_authentication import open_repository
 
     def secret(value: SecretStr | None) -> str | None:
         return value.get_secret_value() if value is not None else None
 
-    ring = load_key_ring(
+    return open_repository(
+        store,
         secret(getattr(block, "encryption_key", None)),
         secret(getattr(block, "previous_encryption_keys", None)),
+        secret(getattr(block, "signing_key", None)),
         environ,
     )
-    return with_encryption(store, ring, plaintext=stays_plaintext)
 
 
 def backup_store_from_url(url: str) -> S3BackupStore | LocalBackupStore:

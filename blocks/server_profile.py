@@ -191,11 +191,10 @@ def open_backup_store(store: str | None = None, server: str | None = None):
     """
     url = store or os.environ.get("LETTA_OPS_STORE")
     if url:  # a repository URL: no block, no Prefect
-        from letta_ops.tasks.backup_manifest import stays_plaintext
-        from letta_ops.tasks.object_encryption import load_key_ring, with_encryption
         from letta_ops.tasks.object_store import open_store
+        from letta_ops.tasks.set_authentication import open_repository
 
-        return with_encryption(open_store(url), load_key_ring(), plaintext=stays_plaintext)
+        return open_repository(open_store(url))
     if server:
         from letta_ops.blocks.backup_store import (
             LocalBackupStore,

@@ -33,9 +33,9 @@ from letta_ops.flows.run_context import (
 from letta_ops.flows.verify import ObjectProblem, VerificationFailed, VerifyReport, verify
 from letta_ops.tasks import progress_events
 from letta_ops.tasks.agent_export import export_agents
+from letta_ops.tasks.backup_catalog import write_manifest
 from letta_ops.tasks.backup_manifest import (
     DUMP_NAME,
-    MANIFEST_NAME,
     AgentEntry,
     BackupManifest,
     ManifestLock,
@@ -45,6 +45,7 @@ from letta_ops.tasks.backup_manifest import (
     new_set_id,
     set_prefix,
 )
+from letta_ops.tasks.backup_retention import safety_pin_until
 from letta_ops.tasks.dump_compression import chosen_compression
 from letta_ops.tasks.errors import Failed
 from letta_ops.tasks.letta_api import LettaAPIError, LettaClient
@@ -168,9 +169,8 @@ def store_runtime_files(
 
 @task(name="write-manifest", cache_policy=NO_CACHE)
 def write_manifest_task(store: ObjectStore, prefix: str, manifest: BackupManifest) -> str:
-    """The commit marker: written once, after every other object of the set."""
-    store.put_bytes(prefix + MANIFEST_NAME, manifest.to_json())
-    return prefix + MANIFEST_NAME
+    """The commit marker, authenticated: written once, after every other object of the set."""
+    return write_manifest(store, manifest)
 
 
 def build_manifest(
@@ -198,6 +198,8 @@ def build_manifest(
             store_checksum=o.store_checksum,
             stored_size=getattr(o, "stored_size", None),
             stored_sha256=getattr(o, "stored_sha256", None),
+            etag=o.etag,
+            version_id=o.version_id,
         )
         for o in stored
     }
@@ -209,6 +211,7 @@ def build_manifest(
         flow_run_id=current_flow_run_id(),
         purpose=purpose,
         pinned=pinned,
+        pinned_until=safety_pin_until(purpose, started) if pinned else None,
         letta_version=state["version"],
         alembic_revision=state["alembic_revision"],
         base_url=profile.server.base_url,

@@ -2,8 +2,9 @@
 
 Runbook: list the sets, plan what to keep (newest N, one per day/week/month, the newest
 verified set and every pinned set always) and what to delete (the rest, plus incomplete sets
-older than a day); keep the sets S3 Object Lock still holds, saying until when; show the
-plan; delete only when told to execute.
+older than a day); keep the sets S3 Object Lock still holds, saying until when, and every set
+that cannot be believed (quarantined: legacy or untrusted); show the plan; delete only when
+told to execute.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
 from letta_ops.tasks.audit_store import preserve_set_records
-from letta_ops.tasks.backup_catalog import list_backup_sets
+from letta_ops.tasks.backup_catalog import list_backup_sets, summarize_set
 from letta_ops.tasks.backup_retention import (
     RetentionPlan,
     RetentionPolicy,
@@ -39,6 +40,12 @@ class PruneRow(ReportPart):
     reasons: str = Field(description="Why, comma-separated (the rules that keep it, or why not).")
     verified: bool
     pinned: bool
+    pinned_until: datetime | None = Field(
+        default=None, description="When the pin ends; None: for good."
+    )
+    trust: str = Field(
+        default="keyless", description="trusted, keyless, legacy or untrusted (quarantined)."
+    )
     size: int = Field(description="Bytes stored.")
     lock_mode: str | None = Field(description="S3 Object Lock mode, None: not locked.")
     locked_until: datetime | None
@@ -53,6 +60,11 @@ class PruneReport(FlowReport):
     held_by_lock: int = Field(description="Sets kept only because Object Lock holds them.")
     delete: int = Field(description="Sets the plan deletes.")
     deleted: list[str] = Field(description="Prefixes actually deleted.")
+    quarantined: list[str] = Field(
+        default_factory=list,
+        description="Sets kept because they cannot be believed (legacy or untrusted): never "
+        "deleted by retention; 'letta-ops backups forget SET' removes one."
+    )
     sets: list[PruneRow]
     policy: RetentionPolicy
 
@@ -68,7 +80,9 @@ def plan_retention_task(
 @task(name="apply-retention", cache_policy=NO_CACHE)
 def apply_retention_task(store: ObjectStore, plan: RetentionPlan) -> list[str]:
     """Carry out a retention plan; never cached, since a delete must actually happen."""
-    return execute_plan(store, plan, log=get_run_logger().info)
+    return execute_plan(
+        store, plan, log=get_run_logger().info, reread=lambda s: summarize_set(store, s)
+    )
 
 
 def keep_audit_records(store: ObjectStore, prefixes: list[str]) -> None:
@@ -120,6 +134,9 @@ def prune(
         )
         for decision in held:
             summary += f"\n- kept by S3 Object Lock: {decision.set.set_id}: {decision.reasons[0]}"
+        quarantined = [d for d in plan.keep if d.set.quarantined]
+        for decision in quarantined:
+            summary += f"\n- quarantined: {decision.set.set_id}: {decision.reasons[0]}"
         publish_report(server or "all", "prune", summary, rows)
         return PruneReport(
             executed=execute,
@@ -127,6 +144,7 @@ def prune(
             held_by_lock=len(held),
             delete=len(plan.delete),
             deleted=deleted,
+            quarantined=[f"{d.set.server}/{d.set.set_id}" for d in quarantined],
             sets=rows,
             policy=policy,
         )

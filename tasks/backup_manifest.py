@@ -14,7 +14,7 @@ import re
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.object_store import StoreChecksum
@@ -25,7 +25,10 @@ MANIFEST_NAME = "manifest.json"
 DUMP_NAME = "database.dump"
 AGENTS_DIR = "agents"
 VERIFY_DIR = "verifications"
+PINS_DIR = "pins"
 
+#: A Letta release as letta-ops names it wherever a version reaches a command or a path.
+RELEASE_VERSION = re.compile(r"^\d{1,4}\.\d{1,4}\.\d{1,4}$")
 _SET_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-z]{4,36}$")
 _AGENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
@@ -56,6 +59,17 @@ class ManifestObject(BaseModel):
         default=None,
         description="sha256 of the stored ciphertext when the object is encrypted: "
         "verification without the key compares it; None: stored as it is (sha256).",
+    )
+    etag: str | None = Field(
+        default=None,
+        description="The store's ETag of the object as written: every later read is pinned "
+        "to it (If-Match), so an object rewritten after the set was written is refused, "
+        "never read. None: a store without ETags (a directory) or an older set.",
+    )
+    version_id: str | None = Field(
+        default=None,
+        description="The store's version id of the object as written (versioned buckets): "
+        "later reads ask for exactly that version.",
     )
 
     @property
@@ -115,6 +129,11 @@ class BackupManifest(BaseModel):
     flow_run_id: str | None = None
     purpose: Purpose = "manual"
     pinned: bool = Field(default=False, description="Retention never deletes a pinned set.")
+    pinned_until: datetime | None = Field(
+        default=None,
+        description="When the pin ends (then retention treats the set like any other); "
+        "None: pinned for good (when pinned). Later 'backups pin/unpin' records override it.",
+    )
     letta_version: str
     alembic_revision: str | None
     base_url: str
@@ -156,6 +175,26 @@ class BackupManifest(BaseModel):
         default=None, description="The set's S3 Object Lock retention; None: not locked."
     )
 
+    @field_validator("letta_version")
+    @classmethod
+    def _version_is_a_release(cls, value: str) -> str:
+        # The version reaches command templates ({version}) and image tags: digits only.
+        if not RELEASE_VERSION.match(value):
+            raise ValueError(f"letta_version {value[:40]!r} is not a release (X.Y.Z)")
+        return value
+
+    def objects_outside_set(self) -> list[str]:
+        """Object keys the manifest names that do not lie under its own set's prefix (a
+        manifest may only ever point into its own set)."""
+        prefix = set_prefix(self.server, self.set_id)
+        named = [
+            *self.objects,
+            self.dump,
+            *(a.file for a in self.agents if a.file),
+            *self.runtime_files.values(),
+        ]
+        return sorted({k for k in named if not k.startswith(prefix) or ".." in k.split("/")})
+
     @property
     def failed_agents(self) -> list[AgentEntry]:
         return [a for a in self.agents if a.file is None]
@@ -174,7 +213,7 @@ class BackupManifest(BaseModel):
 #: the run journal's steps); ``pin.json`` is a marker. Names kept in step with
 #: ``tasks/audit_store.py`` (SET_AUDIT_DIR, STORE_AUDIT_DIR) and ``tasks/run_journal.py``.
 PLAINTEXT_FILES = frozenset({MANIFEST_NAME, "pin.json"})
-PLAINTEXT_DIRS = frozenset({VERIFY_DIR, "audit", "journal"})
+PLAINTEXT_DIRS = frozenset({VERIFY_DIR, PINS_DIR, "audit", "journal"})
 STORE_AUDIT_DIR = "audit"
 
 

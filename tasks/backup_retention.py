@@ -7,7 +7,11 @@ pointing at missing objects.
 
 Rules (DESIGN.md, "Backup sets"): sets are ordered by *manifest* time (object times change
 when a store is copied or restored, the manifest does not), and retention never deletes the
-newest verified set of a server nor a pinned set (e.g. the one taken before an upgrade).
+newest verified set of a server nor a pinned set (e.g. the one taken before an upgrade), and
+never a set it cannot believe: a legacy or untrusted set (see ``tasks/backup_catalog.py``) is
+*quarantined* -- kept and reported until an operator removes it with ``backups forget`` -- so
+whoever can write to the bucket cannot get sets deleted by damaging their manifests. A pin with
+an end date protects the set until then; the plan says when each pin ends.
 
 S3 Object Lock: a set with an object still locked is never deleted (S3 would refuse, or in a
 versioned bucket only hide it behind delete markers); the plan keeps it, says why and from
@@ -17,7 +21,8 @@ when it becomes prunable. :func:`plan_around_locks` reads the locks from the sto
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,13 +33,38 @@ from letta_ops.tasks.backup_manifest import MANIFEST_NAME
 from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.object_store import ObjectRetention, ObjectStore
 
-#: Marker object that pins a set after the fact (a manifest is never rewritten).
-PIN_NAME = "pin.json"
-
 REASON_NEWEST_VERIFIED = "newest verified"
 REASON_PINNED = "pinned"
 REASON_INCOMPLETE_RUNNING = "incomplete, may still be running"
 REASON_UNSELECTED = "not kept by any rule"
+REASON_QUARANTINED = "quarantined"
+
+
+#: Sets taken right before a destructive step: pinned for :data:`SAFETY_PIN_DAYS_ENV` days.
+SAFETY_PURPOSES = frozenset({"pre-upgrade", "pre-rollback", "pre-rename"})
+SAFETY_PIN_DAYS_ENV = "LETTA_OPS_SAFETY_PIN_DAYS"
+DEFAULT_SAFETY_PIN_DAYS = 30.0
+
+
+def safety_pin_until(
+    purpose: str, started: datetime, environ: Mapping[str, str] | None = None
+) -> datetime | None:
+    """When the pin of a set taken for ``purpose`` ends: ``LETTA_OPS_SAFETY_PIN_DAYS`` (30)
+    after it was taken for a safety set (0: never ends); None for other sets (a manual
+    ``--pin`` holds until ``backups unpin``)."""
+    if purpose not in SAFETY_PURPOSES:
+        return None
+    text = ((os.environ if environ is None else environ).get(SAFETY_PIN_DAYS_ENV) or "").strip()
+    try:
+        days = float(text) if text else DEFAULT_SAFETY_PIN_DAYS
+    except ValueError:
+        days = -1.0
+    if not days >= 0 or days > 36500:
+        raise Refused(
+            f"{SAFETY_PIN_DAYS_ENV}={text!r} is not a number of days; set it to how long sets "
+            "taken before an upgrade, rollback or rename stay pinned (e.g. 30; 0 for good)."
+        )
+    return None if days == 0 else _utc(started) + timedelta(days=days)
 
 
 @dataclass(frozen=True)
@@ -54,9 +84,40 @@ class BackupSetSummary:
     #: S3 Object Lock still (or once) holding the set's objects: from its manifest, or read
     #: from the store for the sets a plan would delete.
     lock: ObjectRetention | None = None
+    #: How far the set is believed (tasks/set_authentication.py): trusted, keyless, legacy or
+    #: untrusted, and why not when it is not.
+    trust: str = "keyless"
+    trust_reason: str | None = None
+    #: The newest authenticated verification: verified, failed or unverified.
+    verification: str = "unverified"
+    #: When the pin ends (None: for good, or not pinned).
+    pinned_until: datetime | None = None
+    letta_version: str | None = None
 
     def locked(self, now: datetime) -> bool:
         return self.lock is not None and self.lock.active(_utc(now))
+
+    @property
+    def believed(self) -> bool:
+        """Whether the set may be chosen or pruned by a rule: its manifest authenticates (or
+        the repository is keyless)."""
+        return self.trust in ("trusted", "keyless")
+
+    @property
+    def quarantined(self) -> bool:
+        """Legacy and untrusted sets: shown, never chosen, never deleted by retention."""
+        return not self.believed
+
+    @property
+    def status(self) -> str:
+        """What ``backups list`` shows: UNTRUSTED / LEGACY, else the verification state."""
+        if self.trust == "untrusted":
+            return "UNTRUSTED"
+        if not self.complete:
+            return "incomplete"
+        if self.trust == "legacy":
+            return "LEGACY"
+        return self.verification.upper() if self.verification != "unverified" else "unverified"
 
 
 class RetentionPolicy(BaseModel):
@@ -124,6 +185,8 @@ class RetentionPlan:
                 "reasons": ", ".join(d.reasons),
                 "verified": d.set.verified,
                 "pinned": d.set.pinned,
+                "pinned_until": _iso(d.set.pinned_until),
+                "trust": d.set.trust,
                 "size": d.set.size,
                 "lock_mode": d.set.lock.mode if d.set.lock else None,
                 "locked_until": _iso(d.set.lock.retain_until) if d.set.lock else None,
@@ -176,11 +239,21 @@ def _month(moment: datetime) -> object:
     return (moment.year, moment.month)
 
 
+def _pin_reason(summary: BackupSetSummary) -> str:
+    until = summary.pinned_until
+    return f"{REASON_PINNED} until {_iso(until)}" if until else REASON_PINNED
+
+
 def _plan_server(
     sets: list[BackupSetSummary], policy: RetentionPolicy, now: datetime
 ) -> tuple[list[Decision], list[Decision]]:
     keep: list[Decision] = []
     delete: list[Decision] = []
+    for summary in sets:
+        if summary.quarantined:
+            why = summary.trust_reason or summary.trust
+            keep.append(Decision(summary, [f"{REASON_QUARANTINED} ({summary.trust}: {why})"]))
+    sets = [s for s in sets if not s.quarantined]
     complete = [s for s in sets if s.complete and s.created_at is not None]
     # Newest first by manifest time; set ids (timestamp + run id) break ties deterministically.
     complete.sort(key=lambda s: (_sort_time(s), s.set_id), reverse=True)
@@ -207,7 +280,7 @@ def _plan_server(
         if summary is newest_verified:
             reasons.append(REASON_NEWEST_VERIFIED)
         if summary.pinned:
-            reasons.append(REASON_PINNED)
+            reasons.append(_pin_reason(summary))
         if reasons:
             keep.append(Decision(summary, reasons))
         else:
@@ -267,15 +340,18 @@ def plan_around_locks(
 
 
 def execute_plan(
-    store: ObjectStore, plan: RetentionPlan, log: Callable[[str], None] = lambda m: None
+    store: ObjectStore,
+    plan: RetentionPlan,
+    log: Callable[[str], None] = lambda m: None,
+    reread: Callable[[BackupSetSummary], BackupSetSummary | None] | None = None,
 ) -> list[str]:
     """Delete the plan's sets; return the prefixes actually deleted.
 
     The manifest goes first: if the prune is interrupted, what remains is an *incomplete* set
     (never offered for restore, removed by a later run) rather than a manifest that promises
-    objects that are gone. Pins and Object Locks are re-checked just before deleting because
-    the plan may have been made (and shown) a while ago: a locked object is never sent a
-    delete.
+    objects that are gone. Pins, trust and Object Locks are re-checked just before deleting
+    (``reread`` reads the set again from the catalog) because the plan may have been made (and
+    shown) a while ago: a locked object is never sent a delete.
     """
     for decision in plan.delete:
         # "srv/20260101T000000Z-a" without the slash would also match "...-ab/": refuse early.
@@ -285,8 +361,9 @@ def execute_plan(
     for decision in plan.delete:
         summary = decision.set
         prefix = summary.prefix
-        if summary.pinned or store.exists(prefix + PIN_NAME):
-            log(f"Skipping {summary.server}/{summary.set_id}: it was pinned after planning.")
+        fresh = reread(summary) if reread is not None else summary
+        if fresh is None or fresh.pinned or fresh.quarantined:
+            log(f"Skipping {summary.server}/{summary.set_id}: pinned or quarantined since.")
             continue
         lock = store.active_lock(prefix, datetime.now(UTC))
         if lock is not None:

@@ -133,6 +133,11 @@ class MasterKey:
         """The per-object AES-256 key: HKDF-SHA256 of the master key with the object's salt."""
         return _hkdf(KEY_BYTES, salt, _OBJECT_KEY_INFO).derive(self._secret)
 
+    def derive(self, info: bytes, length: int = KEY_BYTES) -> bytes:
+        """A key for another purpose (HKDF-SHA256 with ``info`` naming it), e.g. the MAC key
+        of the catalog: one master key, never used twice for two things."""
+        return _hkdf(length, None, info).derive(self._secret)
+
     def __repr__(self) -> str:
         return f"MasterKey(key_id={self.key_id!r})"
 
@@ -539,6 +544,8 @@ class EncryptedObjectStore(ObjectStore):
         self.plaintext = plaintext
         self.frame_size = frame_size
         self._located: dict[str, _Located] = {}
+        #: Objects whose set says they are encrypted: read as plaintext, they are refused.
+        self._encrypted_only: set[str] = set()
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (bucket, client, prefix, ...) is the inner store's.
@@ -555,6 +562,21 @@ class EncryptedObjectStore(ObjectStore):
         return EncryptedObjectStore(
             inner, self.key_ring, plaintext=self.plaintext, frame_size=self.frame_size
         )
+
+    def expect_encrypted(self, keys: Iterable[str]) -> None:
+        """Refuse these objects when they are stored without the encryption header: their
+        (authenticated) manifest says the set is encrypted, so a plaintext object under one
+        of these names was put there by someone else."""
+        self._encrypted_only.update(keys)
+
+    def _plain(self, key: str) -> None:
+        """An object read as it is stored (no encryption header): refused when its set is
+        encrypted."""
+        if key in self._encrypted_only:
+            raise DecryptionFailed(
+                f"Object {key!r} is stored in plaintext, but its backup set is encrypted: it "
+                "was replaced in storage and will not be used."
+            )
 
     @property
     def encrypts(self) -> bool:
@@ -588,6 +610,8 @@ class EncryptedObjectStore(ObjectStore):
             stored_size=stored.size,
             stored_sha256=stored.sha256,
             key_id=current.key_id,
+            etag=stored.etag,
+            version_id=stored.version_id,
         )
 
     # -- reads --------------------------------------------------------------------------------
@@ -622,6 +646,7 @@ class EncryptedObjectStore(ObjectStore):
                 head = _read_exact(stream, HEADER_SIZE)
                 header = Header.parse(head, key)
                 if header is None:
+                    self._plain(key)
                     yield io.BufferedReader(_Prefixed(head, stream), CHUNK_SIZE)
                     return
                 aead, aad = self._aead(header, key)
@@ -631,6 +656,7 @@ class EncryptedObjectStore(ObjectStore):
             return
         located = self._locate(key)
         if located.header is None:
+            self._plain(key)
             with self.inner.open_read(key, start=start, length=length) as stream:
                 yield stream
             return
@@ -681,6 +707,7 @@ class EncryptedObjectStore(ObjectStore):
             return self.inner.download_to(key, path)
         located = self._locate(key)
         if located.header is None:
+            self._plain(key)
             return self.inner.download_to(key, path)
         header = located.header
         self._aead(header, key)  # a missing key fails before anything is fetched

@@ -35,7 +35,7 @@ import re
 import secrets
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -125,6 +125,24 @@ class StoredObject:
     size: int
     sha256: str
     store_checksum: StoreChecksum | None = None
+    #: The store's ETag and version id of what was written (None where it has none): the
+    #: manifest records them and later reads are pinned to them (:class:`ReadPin`).
+    etag: str | None = None
+    version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ReadPin:
+    """What a read of an object must get: the ETag (``If-Match``) and, on a versioned bucket,
+    the version (``VersionId``) recorded when it was written. Why: a set is checked, then
+    read again to restore; without a pin the second read could get bytes written in between."""
+
+    etag: str | None = None
+    version_id: str | None = None
+
+
+class ObjectChanged(Refused):
+    """An object no longer is what its set recorded (another ETag): it is not read."""
 
 
 @dataclass(frozen=True)
@@ -412,6 +430,14 @@ class ObjectStore(ABC):
 
     #: The retention every object this store writes gets (S3 Object Lock); None: unlocked.
     retention: ObjectRetention | None = None
+    #: The repository's MAC keys (:class:`letta_ops.tasks.set_authentication.RepositoryKeys`),
+    #: set by whoever opens the store; None: a keyless repository.
+    repository_keys: Any = None
+
+    def pin_reads(self, pins: Mapping[str, ReadPin]) -> None:
+        """Hold every later read (and metadata request) of these objects to what their set
+        recorded. A store without ETags or versions (a directory) has nothing to pin."""
+        return None
 
     def bucket_lock(self) -> BucketLockConfiguration | None:
         """The store's Object Lock settings; None where the store has no such thing (a
@@ -505,8 +531,27 @@ class S3ObjectStore(ObjectStore):
         self.lock = lock
         self.retention = lock.retention(datetime.now(UTC)) if lock else None
         self._bucket_lock: BucketLockConfiguration | None = None
+        self._read_pins: dict[str, ReadPin] = {}
 
     # -- keys ---------------------------------------------------------------------------------
+
+    def pin_reads(self, pins: Mapping[str, ReadPin]) -> None:
+        self._read_pins.update({k: p for k, p in pins.items() if p.etag or p.version_id})
+
+    def _pinned(self, key: str) -> dict[str, str]:
+        """``IfMatch`` / ``VersionId`` arguments of a read of ``key`` (empty: unpinned)."""
+        pin = self._read_pins.get(key)
+        if pin is None:
+            return {}
+        found = {"IfMatch": pin.etag, "VersionId": pin.version_id}
+        return {name: value for name, value in found.items() if value}
+
+    def _changed(self, key: str) -> ObjectChanged:
+        return ObjectChanged(
+            f"Object {key!r} in {self.describe()} is no longer the one its backup set recorded "
+            "(another ETag): it was rewritten after the set was written and is not read; run "
+            "'letta-ops verify' on the set."
+        )
 
     def _full_key(self, key: str) -> str:
         validate_key(key)
@@ -734,6 +779,8 @@ class S3ObjectStore(ObjectStore):
                 size=len(data),
                 sha256=digest.hexdigest(),
                 store_checksum=self._kept_checksum(key, sent, response),
+                etag=response.get("ETag"),
+                version_id=response.get("VersionId"),
             )
 
         upload_id = self.client.create_multipart_upload(
@@ -807,6 +854,8 @@ class S3ObjectStore(ObjectStore):
             size=size,
             sha256=digest.hexdigest(),
             store_checksum=self._kept_checksum(key, sent, response),
+            etag=response.get("ETag"),
+            version_id=response.get("VersionId"),
         )
 
     def _upload_part(
@@ -868,7 +917,7 @@ class S3ObjectStore(ObjectStore):
         if length == 0:
             yield io.BytesIO(b"")
             return
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": full_key}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": full_key, **self._pinned(key)}
         if start or length is not None:
             end = "" if length is None else str(start + length - 1)
             kwargs["Range"] = f"bytes={start}-{end}"
@@ -879,6 +928,8 @@ class S3ObjectStore(ObjectStore):
                 raise FileNotFoundError(
                     f"Object {key!r} does not exist in {self.describe()}."
                 ) from exc
+            if _is_precondition_failed(exc):
+                raise self._changed(key) from exc
             raise
         body = response["Body"]
         try:
@@ -897,13 +948,18 @@ class S3ObjectStore(ObjectStore):
 
         try:
             head = self.client.head_object(
-                Bucket=self.bucket, Key=self._full_key(key), ChecksumMode="ENABLED"
+                Bucket=self.bucket,
+                Key=self._full_key(key),
+                ChecksumMode="ENABLED",
+                **self._pinned(key),
             )
         except ClientError as exc:
             if _is_not_found(exc):
                 raise FileNotFoundError(
                     f"Object {key!r} does not exist in {self.describe()}."
                 ) from exc
+            if _is_precondition_failed(exc):
+                raise self._changed(key) from exc
             raise
         return ObjectMetadata(
             key=key, size=int(head["ContentLength"]), store_checksum=checksum_in(head)

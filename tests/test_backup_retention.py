@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
+from letta_ops.tasks.backup_catalog import record_pin, summarize_set, write_manifest
+from letta_ops.tasks.backup_manifest import BackupManifest, ManifestObject
 from letta_ops.tasks.backup_retention import (
     BackupSetSummary,
     RetentionPlan,
@@ -230,6 +232,8 @@ def test_to_rows() -> None:
             "reasons": "last 1, newest verified",
             "verified": True,
             "pinned": False,
+            "pinned_until": None,
+            "trust": "keyless",
             "size": 100,
             "lock_mode": None,
             "locked_until": None,
@@ -243,6 +247,8 @@ def test_to_rows() -> None:
             "reasons": "not kept by any rule",
             "verified": True,
             "pinned": False,
+            "pinned_until": None,
+            "trust": "keyless",
             "size": 100,
             "lock_mode": None,
             "locked_until": None,
@@ -257,15 +263,32 @@ def test_to_rows() -> None:
 
 
 def _write_set(store: LocalObjectStore, s: BackupSetSummary) -> list[str]:
+    """A set on disk with a real (keyless) manifest, so the catalog can read it again."""
     keys = [
         f"{s.prefix}database.dump",
         f"{s.prefix}agents/agent-1.af",
         f"{s.prefix}agents/agent-2.af",
-        f"{s.prefix}manifest.json",
     ]
-    for key in keys:
-        store.put_bytes(key, b"data")
-    return keys
+    stored = [store.put_bytes(key, b"data") for key in keys]
+    assert s.created_at is not None
+    manifest = BackupManifest(
+        set_id=s.set_id,
+        server=s.server,
+        created_at=s.created_at,
+        completed_at=s.created_at,
+        letta_version="0.16.2",
+        alembic_revision=None,
+        base_url="http://127.0.0.1:9",
+        database_name="letta",
+        db_schema="public",
+        postgres_version="18.1",
+        pgvector_version=None,
+        row_counts={},
+        dump=keys[0],
+        agents=[],
+        objects={o.key: ManifestObject(size=o.size, sha256=o.sha256) for o in stored},
+    )
+    return [*keys, write_manifest(store, manifest)]
 
 
 def _two_sets(store: LocalObjectStore) -> tuple[RetentionPlan, list[str], list[str]]:
@@ -283,18 +306,30 @@ def test_execute_plan_deletes_only_planned_sets(tmp_path) -> None:
     assert execute_plan(store, plan, log=messages.append) == [plan.delete[0].set.prefix]
     assert not any(store.exists(k) for k in old_keys)
     assert list(store.list(plan.delete[0].set.prefix)) == []
-    assert all(store.read_bytes(k) == b"data" for k in new_keys)
+    assert all(store.exists(k) for k in new_keys)
+    assert all(store.read_bytes(k) == b"data" for k in new_keys[:-1])
     assert len(messages) == 1
 
 
 def test_execute_plan_skips_set_pinned_after_planning(tmp_path) -> None:
     store = LocalObjectStore(tmp_path)
     plan, old_keys, _ = _two_sets(store)
-    store.put_bytes(plan.delete[0].set.prefix + "pin.json", b"{}")
+    doomed = plan.delete[0].set
+    record_pin(store, doomed.server, doomed.set_id, True, None)
     messages: list[str] = []
-    assert execute_plan(store, plan, log=messages.append) == []
+    reread = lambda s: summarize_set(store, s)  # noqa: E731 - as the prune flow passes it
+    assert execute_plan(store, plan, log=messages.append, reread=reread) == []
     assert all(store.exists(k) for k in old_keys)
     assert "pinned" in messages[0]
+
+
+def test_execute_plan_rereads_and_deletes_a_set_still_prunable(tmp_path) -> None:
+    """The control of the test above: the same re-read, no pin, and the set goes."""
+    store = LocalObjectStore(tmp_path)
+    plan, old_keys, _ = _two_sets(store)
+    reread = lambda s: summarize_set(store, s)  # noqa: E731
+    assert execute_plan(store, plan, reread=reread) == [plan.delete[0].set.prefix]
+    assert not any(store.exists(k) for k in old_keys)
 
 
 def test_interrupted_prune_leaves_an_incomplete_set(tmp_path) -> None:

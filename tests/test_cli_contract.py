@@ -106,12 +106,12 @@ def listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name, value in _env_only(tmp_path).items():
         monkeypatch.setenv(name, value)
     store = LocalObjectStore(tmp_path / "store")
-    store.put_bytes("contract/20261122T021500Z/database.dump", b"cut short")
-    prefix = "contract/20261123T021500Z/"
+    store.put_bytes("contract/20261122T021500Z-abcd/database.dump", b"cut short")
+    prefix = "contract/20261123T021500Z-abcd/"
     dump = store.put_bytes(prefix + "database.dump", b"dump")
     moment = datetime(2026, 11, 23, 2, 15, tzinfo=UTC)
     manifest = BackupManifest(
-        set_id="20261123T021500Z",
+        set_id="20261123T021500Z-abcd",
         server="contract",
         created_at=moment,
         completed_at=moment,
@@ -161,8 +161,14 @@ def test_listings_print_their_rows_under_a_key_beside_the_schema_version(argv, k
     rows = document[key]
     if key == "sets":  # the rows' shape as before
         by_set = {row["set"]: row for row in rows}
-        assert sorted(by_set) == ["contract/20261122T021500Z", "contract/20261123T021500Z"]
-        complete, killed = by_set["contract/20261123T021500Z"], by_set["contract/20261122T021500Z"]
+        assert sorted(by_set) == [
+            "contract/20261122T021500Z-abcd",
+            "contract/20261123T021500Z-abcd",
+        ]
+        complete, killed = (
+            by_set["contract/20261123T021500Z-abcd"],
+            by_set["contract/20261122T021500Z-abcd"],
+        )
         assert set(complete) == {
             "set",
             "created_at",

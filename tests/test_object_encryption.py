@@ -342,6 +342,8 @@ def test_every_interface_method_is_either_encrypted_or_forwarded() -> None:
         "retention",
         "bucket_lock",
         "active_lock",
+        "repository_keys",
+        "pin_reads",
     }
     assert public <= THROUGH_ENCRYPTION | stored_facts, public - THROUGH_ENCRYPTION - stored_facts
 

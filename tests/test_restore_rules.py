@@ -151,7 +151,7 @@ def test_set_of_another_server_is_refused(store):
         require_same_server(manifest, "prod")
     # A manifest copied under another server's prefix is refused on load.
     write_set(store, "prod", SET_B, [("agent-1", "a")], manifest_server="staging")
-    with pytest.raises(BackupSetError, match="moved or tampered"):
+    with pytest.raises(BackupSetError, match="copied from another set"):
         load_manifest(store, "prod", SET_B)
 
 
