@@ -26,7 +26,8 @@ from letta_ops.blocks.letta_runtime import (
     health_status,
     quiet,
 )
-from letta_ops.tasks.errors import Failed, final_error_line
+from letta_ops.tasks.backup_manifest import RELEASE_VERSION
+from letta_ops.tasks.errors import Failed, Refused, final_error_line
 from letta_ops.tasks.letta_health import probe_health, wait_for_health, wait_until_down
 from letta_ops.tasks.letta_runtime_process import redact
 
@@ -41,9 +42,16 @@ class RuntimeCommandFailed(Failed):
 
 
 def command_argv(template: list[str], version: str | None = None) -> list[str]:
-    """The argv of a command template, ``{version}`` filled in each argument."""
+    """The argv of a command template, ``{version}`` filled in each argument. The version must
+    be a release (X.Y.Z), wherever it came from (a manifest included): nothing else reaches an
+    operator's command."""
     if version is None:
         return list(template)
+    if not RELEASE_VERSION.match(version):
+        raise Refused(
+            f"{version[:40]!r} is not a Letta release (X.Y.Z); it is not put into the "
+            "operator's command."
+        )
     return [part.replace("{version}", version) for part in template]
 
 

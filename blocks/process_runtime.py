@@ -51,8 +51,9 @@ class LettaProcessRuntime(LettaRuntime):
     )
     open_server: bool = Field(
         default=False,
-        description="Start the server without authentication even though the profile has a "
-        "password (LETTA_OPS_OPEN_SERVER=1); reports say it is open.",
+        description="Declare on purpose that the server runs without authentication "
+        "(LETTA_OPS_OPEN_SERVER=1); refused when a password is configured. Reports say it is "
+        "open.",
     )
 
     @classmethod
@@ -114,13 +115,16 @@ class LettaProcessRuntime(LettaRuntime):
         )
 
     def password_to_require(self) -> str | None:
-        """The password the started server must demand: none when ``open_server``."""
-        if self.open_server:
-            return None
-        if self.server_password is not None:
-            return self.server_password.get_secret_value()
+        """The password the started server must demand. ``open_server`` is refused when a
+        password is configured: a server that has one is never started open by a variable."""
         explicit = self.server_env.get("LETTA_SERVER_PASSWORD")
-        return explicit.get_secret_value() if explicit is not None else None
+        password = self.server_password or explicit
+        if self.open_server and password is not None:
+            raise RuntimeRefused(
+                "LETTA_OPS_OPEN_SERVER (open_server) asks to start the server without "
+                "authentication, but a password is configured for it; unset one of the two."
+            )
+        return password.get_secret_value() if password is not None else None
 
     def with_server_password(self, password: SecretStr | None) -> LettaProcessRuntime:
         if password is None or self.server_password is not None:

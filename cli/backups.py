@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 from letta_ops.cli.errors import EXIT_OK
 from letta_ops.cli.options import (
     Parser,
+    allow_legacy_option,
     common_options,
+    future_date,
     json_list_options,
     non_negative,
     object_lock_options,
@@ -43,6 +45,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
         )
     )
     emit(report, args.json, render=render_backup)
+    from letta_ops.blocks.server_profile import open_backup_store
+
+    warn_if_keyless(open_backup_store(args.store, args.server))
     return EXIT_OK
 
 
@@ -62,7 +67,7 @@ def render_backup(report: BackupReport) -> str:
     return "\n".join(lines)
 
 
-BACKUP_LIST_COLUMNS = ["set", "created_at", "complete", "verified", "pinned", "purpose", "bytes"]
+BACKUP_LIST_COLUMNS = ["set", "created_at", "status", "pinned", "purpose", "bytes"]
 
 
 def cmd_backups_list(args: argparse.Namespace) -> int:
@@ -80,11 +85,40 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
             "pinned": s.pinned,
             "purpose": s.purpose,
             "bytes": s.size,
+            "status": s.status,
+            "trust": s.trust,
+            "trust_reason": s.trust_reason,
+            "verification": s.verification,
+            "pinned_until": s.pinned_until,
         }
         for s in list_backup_sets(store, server)
     ]
-    emit_rows(rows, "sets", args, render=lambda r: render_table(r, BACKUP_LIST_COLUMNS))
+    emit_rows(rows, "sets", args, render=render_backup_list)
+    if not args.json and not getattr(args, "json_list", False):
+        warn_if_keyless(store)
     return EXIT_OK
+
+
+def render_backup_list(rows: list[dict]) -> str:
+    """The table, each pin's end in its row, then why each UNTRUSTED / LEGACY set is so."""
+    shown = [
+        {**r, "pinned": f"until {r['pinned_until']:%Y-%m-%d}" if r["pinned_until"] else r["pinned"]}
+        for r in rows
+    ]
+    lines = [render_table(shown, BACKUP_LIST_COLUMNS)]
+    lines += [f"{r['set']}: {r['status']}: {r['trust_reason']}" for r in rows if r["trust_reason"]]
+    return "\n".join(lines)
+
+
+def warn_if_keyless(store: object) -> None:
+    """One line on stderr when an S3 repository has no key: its sets cannot be authenticated."""
+    import sys
+
+    from letta_ops.tasks.backup_catalog import keyless_warning
+
+    warning = keyless_warning(store)
+    if warning:
+        print(f"letta-ops: warning: {warning}", file=sys.stderr)
 
 
 def render_verify(result: VerifyReport) -> str:
@@ -128,6 +162,58 @@ def cmd_backups_new_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_backups_pin(args: argparse.Namespace) -> int:
+    """Pin (``--until DATE``, or for good) or unpin a set, as a new authenticated record."""
+    from letta_ops.blocks.server_profile import open_backup_store, server_name
+    from letta_ops.tasks.backup_catalog import load_manifest, record_pin
+    from letta_ops.tasks.backup_manifest import parse_set_reference
+
+    pinned = args.action == "pin"
+    store = open_backup_store(args.store, args.server)
+    server, set_id = parse_set_reference(args.set, server_name(args.server))
+    load_manifest(store, server, set_id, allow_legacy=args.allow_legacy)  # a set we believe
+    until = getattr(args, "until", None)
+    record_pin(store, server, set_id, pinned, until)
+    result = {
+        "set": f"{server}/{set_id}",
+        "pinned": pinned,
+        "until": until.isoformat() if until else None,
+    }
+    emit(
+        result,
+        args.json,
+        render=lambda r: (
+            f"{r['set']}: "
+            + (f"pinned until {r['until']}" if r["until"] else "pinned" if pinned else "unpinned")
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_backups_forget(args: argparse.Namespace) -> int:
+    """Remove a quarantined (legacy or untrusted) set: the only way one leaves the store."""
+    from letta_ops.blocks.server_profile import open_backup_store, server_name
+    from letta_ops.tasks.backup_catalog import forget_quarantined_set
+    from letta_ops.tasks.backup_manifest import parse_set_reference
+
+    store = open_backup_store(args.store, args.server)
+    server, set_id = parse_set_reference(args.set, server_name(args.server))
+    result = forget_quarantined_set(store, server, set_id, execute=args.execute)
+    emit(
+        result,
+        args.json,
+        render=lambda r: (
+            f"{r['set']} ({r['trust']}: {r['reason']}): "
+            + (
+                f"deleted {r['objects']} objects"
+                if r["executed"]
+                else f"would delete {r['objects']} objects; add --execute"
+            )
+        ),
+    )
+    return EXIT_OK
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from letta_ops.flows.verify import verify
 
@@ -138,6 +224,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         drill=args.drill,
         drill_database=args.drill_database,
         read_data=args.read_data,
+        allow_legacy=args.allow_legacy,
     )
     emit(result, args.json, render=render_verify)
     return EXIT_OK
@@ -232,6 +319,43 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     p.set_defaults(func=cmd_backups_new_key)
 
+    for action, summary in (
+        ("pin", "keep a set from retention, until --until DATE or for good"),
+        ("unpin", "let retention treat a pinned set like any other"),
+    ):
+        p = bsub.add_parser(
+            action,
+            parents=[common, store],
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}. Written as a new authenticated "
+            "record beside the set (the store is write-once); the newest record decides. "
+            "Sets taken before an upgrade, rollback or rename are pinned for "
+            "LETTA_OPS_SAFETY_PIN_DAYS (30) days; 'prune' shows when each pin ends.",
+        )
+        p.add_argument("set", metavar="SET", help="SERVER/SET_ID or SET_ID (see 'backups list')")
+        if action == "pin":
+            p.add_argument(
+                "--until",
+                metavar="DATE",
+                type=future_date,
+                help="end of the pin (YYYY-MM-DD or an ISO time, UTC); default: for good",
+            )
+        allow_legacy_option(p)
+        p.set_defaults(func=cmd_backups_pin)
+
+    p = bsub.add_parser(
+        "forget",
+        parents=[common, store],
+        help="delete a quarantined (UNTRUSTED or LEGACY) set; plan only without --execute",
+        description="Retention never deletes a set it cannot believe: one whose manifest or "
+        "records fail authentication, or one written before sets were authenticated. This "
+        "removes such a set, once you have looked at it. A trusted set is refused (prune "
+        "deletes those by policy).",
+    )
+    p.add_argument("set", metavar="SET", help="SERVER/SET_ID or SET_ID (see 'backups list')")
+    p.add_argument("--execute", action="store_true", help="really delete")
+    p.set_defaults(func=cmd_backups_forget)
+
     p = sub.add_parser(
         "verify",
         parents=[common, store],
@@ -248,6 +372,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         action="store_true",
         help="download and re-hash every object instead of trusting the store's checksums",
     )
+    allow_legacy_option(p)
     p.add_argument(
         "--drill-database",
         metavar="BLOCK",

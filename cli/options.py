@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 
 from letta_ops.cli.output import SCHEMA_VERSION
 from letta_ops.tasks.errors import EXIT_BAD_INPUT
@@ -45,6 +46,30 @@ def port(value: str) -> int:
     if not 1 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port (1-65535)")
     return number
+
+
+def future_date(value: str) -> datetime:
+    """argparse type: a date (``YYYY-MM-DD``, UTC midnight) or an ISO time, in the future."""
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a date; write YYYY-MM-DD or an ISO time such as 2027-01-31T12:00:00Z"
+        ) from None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if moment <= datetime.now(UTC):
+        raise argparse.ArgumentTypeError(f"{value} is in the past; a pin must end later")
+    return moment
+
+
+def allow_legacy_option(parser: argparse.ArgumentParser) -> None:
+    """``--allow-legacy``: use a set written before sets were authenticated, named explicitly."""
+    parser.add_argument(
+        "--allow-legacy",
+        action="store_true",
+        help="use this set although its manifest carries no authentication (written by a "
+        "letta-ops before sets were authenticated); never needed for sets written since",
+    )
 
 
 def common_options(with_json: bool = True) -> argparse.ArgumentParser:

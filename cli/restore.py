@@ -12,7 +12,13 @@ import argparse
 from typing import TYPE_CHECKING
 
 from letta_ops.cli.errors import EXIT_OK, Refused
-from letta_ops.cli.options import lock_options, port, reset_options, store_options
+from letta_ops.cli.options import (
+    allow_legacy_option,
+    lock_options,
+    port,
+    reset_options,
+    store_options,
+)
 from letta_ops.cli.output import confirm, emit, render_table, with_progress
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
@@ -49,6 +55,12 @@ def render_rollback_plan(report: RollbackReport) -> str:
         )
     if plan.agents_coming_back:
         lines.append("coming back: " + ", ".join(plan.agents_coming_back))
+    for name, diff in plan.runtime_file_changes.items():
+        lines.append(
+            f"runtime file {name} put back from the set: "
+            + ("unchanged" if not diff else f"{len(diff)} diff lines against the file now")
+        )
+        lines += [f"  {line}" for line in diff]
     lines.append("steps:")
     lines += [f"  {i}. {step}" for i, step in enumerate(plan.steps, 1)]
     return "\n".join(lines)
@@ -74,6 +86,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         "server": args.server,
         "store": args.store,
         "reset": args.reset,
+        "allow_legacy": args.allow_legacy,
     }
     if args.dry_run:
         emit(
@@ -170,6 +183,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         "lock_timeout_seconds": args.wait,
         "reset": args.reset,
         "name": args.name,
+        "allow_legacy": args.allow_legacy,
     }
     if args.dry_run:
         plan = restore(args.set, args.database, **options, dry_run=True)
@@ -336,6 +350,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         action="store_true",
         help="pause before the first destructive step until approved in the Prefect UI",
     )
+    allow_legacy_option(p)
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser(
@@ -373,6 +388,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         help="with --start: the restored server's name, which later commands use to find it "
         "(LETTA_OPS_SERVER_NAME); default 127.0.0.1-PORT, what LETTA_BASE_URL alone gives",
     )
+    allow_legacy_option(p)
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser(

@@ -33,7 +33,7 @@ from letta_ops.flows.run_context import (
 from letta_ops.flows.verify import ObjectProblem, VerificationFailed, VerifyReport, verify
 from letta_ops.tasks import progress_events
 from letta_ops.tasks.agent_export import export_agents
-from letta_ops.tasks.backup_catalog import write_manifest
+from letta_ops.tasks.backup_catalog import keyless_warning, write_manifest
 from letta_ops.tasks.backup_manifest import (
     DUMP_NAME,
     AgentEntry,
@@ -389,6 +389,8 @@ def backup(
         object_store = apply_object_lock(open_backup_store(store, server), lock_days, lock_mode)
         audit.update(server=profile.name, store=object_store)
         tag_current_run(profile.name, "backup")
+        if warning := keyless_warning(object_store):
+            logger.warning("%s.", warning)
         started = datetime.now(UTC)
 
         database = profile.require_database()

@@ -229,6 +229,10 @@ def check_backups(
         checks.check_backup_encryption(
             object_store.describe(), current_key_id(object_store), len(ring.keys)
         ),
+        *guarded(
+            "backup-authentication",
+            lambda: checks.check_backup_authentication(object_store, server_name),
+        ),
     ]
 
 

@@ -63,7 +63,7 @@ class PruneReport(FlowReport):
     quarantined: list[str] = Field(
         default_factory=list,
         description="Sets kept because they cannot be believed (legacy or untrusted): never "
-        "deleted by retention; 'letta-ops backups forget SET' removes one."
+        "deleted by retention; 'letta-ops backups forget SET' removes one.",
     )
     sets: list[PruneRow]
     policy: RetentionPolicy

@@ -155,11 +155,12 @@ def preflight(
     port: int | None,
     reset: RequestedReset | None = None,
     name: str | None = None,
+    allow_legacy: bool = False,
 ) -> tuple[RestorePlan, BackupManifest, LettaDatabase, LettaProcessRuntime | None]:
     target = target_database(database)
     profile = load_profile(server)
     server_name, set_id = resolve_set(store, backup_set, profile.name)
-    manifest = load_manifest(store, server_name, set_id)
+    manifest = load_manifest(store, server_name, set_id, allow_legacy)
     require_dump(manifest)
     target = database_for_set(target, manifest)
     where = f"{target.database_name} on {target.parts['host']}:{target.parts['port']}"
@@ -270,6 +271,7 @@ def restore(
     reset: RequestedReset | None = None,
     name: str | None = None,
     dry_run: bool = False,
+    allow_legacy: bool = False,
 ) -> RestoreReport:
     """Restore ``backup_set`` onto ``database``: a saved Letta Database block's name, or
     ``postgresql://USER@HOST:PORT/DB`` with the password in ``PGPASSWORD`` (never in the URI).
@@ -286,7 +288,17 @@ def restore(
         record.update(store=object_store)
         try:
             plan, manifest, target, letta_runtime = preflight(
-                object_store, backup_set, database, server, force, start, runtime, port, reset, name
+                object_store,
+                backup_set,
+                database,
+                server,
+                force,
+                start,
+                runtime,
+                port,
+                reset,
+                name,
+                allow_legacy,
             )
         except ValueError:
             record.update(outcome="refused")

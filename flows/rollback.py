@@ -18,6 +18,8 @@ The runbook this replaces, as one run:
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import shutil
 import tempfile
 import time
@@ -70,6 +72,9 @@ from letta_ops.tasks.object_store import ObjectStore
 from letta_ops.tasks.pg_client_tools import client_tools
 from letta_ops.tasks.postgres_privileges import RequestedReset
 from letta_ops.tasks.run_journal import JournaledSteps
+
+#: The most lines of a runtime file's diff the rollback plan shows.
+DIFF_LINES = 60
 
 
 class RollbackRefused(Refused):
@@ -127,6 +132,12 @@ class RollbackPlan(ReportPart):
     postgres_major: int
     steps: list[str]
     expected_downtime_seconds: int | float
+    runtime_file_changes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Each runtime file the rollback puts back (a compose file, from the "
+        "authenticated set) as a unified diff against the file in place now; empty lists: "
+        "unchanged.",
+    )
 
 
 class RollbackReport(FlowReport):
@@ -157,16 +168,19 @@ class RollbackReport(FlowReport):
 
 
 def choose_set(
-    profile: ServerProfile, store: ObjectStore, backup_set: str | None
+    profile: ServerProfile, store: ObjectStore, backup_set: str | None, allow_legacy: bool = False
 ) -> BackupManifest:
     """The named set (SERVER/SET_ID, SET_ID or latest), else the newest verified pre-upgrade
-    set; refused unless it is complete, this server's, and intact in storage."""
+    set; refused unless it authenticates (or is a legacy set named with ``allow_legacy``), is
+    complete, this server's, and intact in storage."""
     if backup_set:
         server_name, set_id = resolve_set(store, backup_set, profile.name)
     else:
         newest = newest_rollback_set(store, profile.name)
         server_name, set_id = newest.server, newest.set_id
-    manifest = load_manifest(store, server_name, set_id)
+    manifest = load_manifest(
+        store, server_name, set_id, allow_legacy=bool(backup_set and allow_legacy)
+    )
     require_same_server(manifest, profile.name)
     require_dump(manifest)
     require_intact(store, manifest)
@@ -214,8 +228,9 @@ def preflight(
     store: ObjectStore,
     backup_set: str | None,
     reset: RequestedReset | None = None,
+    allow_legacy: bool = False,
 ) -> tuple[RollbackPlan, BackupManifest]:
-    manifest = choose_set(profile, store, backup_set)
+    manifest = choose_set(profile, store, backup_set, allow_legacy)
     database = profile.require_database()
     # The rollback and its undo empty this database: prove the role may, before the stop.
     _, privileges = with_reset_mode(database_for_set(database, manifest), reset)
@@ -265,8 +280,32 @@ def preflight(
             "verify version, agents and per-table counts against the manifest",
         ],
         expected_downtime_seconds=75,
+        runtime_file_changes=runtime_file_changes(profile, store, manifest),
     )
     return plan, manifest
+
+
+def runtime_file_changes(
+    profile: ServerProfile, store: ObjectStore, manifest: BackupManifest
+) -> dict[str, list[str]]:
+    """What putting the set's runtime files back changes on the host: a unified diff per file
+    (of at most :data:`DIFF_LINES` lines) against the file in place now. Read from the
+    authenticated set, checked against its sha256, before anything is stopped."""
+    kept = runtime_files_of_set(store, manifest)
+    if not kept:
+        return {}
+    now = profile.runtime.snapshot()
+    changes = {}
+    for name, data in sorted(kept.items()):
+        diff = difflib.unified_diff(
+            now.get(name, b"").decode(errors="replace").splitlines(),
+            data.decode(errors="replace").splitlines(),
+            f"{name} (now)",
+            f"{name} (set {manifest.set_id})",
+            lineterm="",
+        )
+        changes[name] = list(itertools.islice(diff, DIFF_LINES))
+    return changes
 
 
 # --------------------------------------------------------------------------- steps
@@ -383,6 +422,7 @@ def rollback(
     start_timeout_seconds: float = 240,
     jobs: int = 2,
     reset: RequestedReset | None = None,
+    allow_legacy: bool = False,
 ) -> RollbackReport:
     """Put ``server`` back on ``backup_set`` (default: its newest verified pre-upgrade set).
 
@@ -398,7 +438,7 @@ def rollback(
         record.update(server=profile.name, store=object_store)
         tag_current_run(profile.name, "rollback")
         try:
-            plan, manifest = preflight(profile, object_store, backup_set, reset)
+            plan, manifest = preflight(profile, object_store, backup_set, reset, allow_legacy)
         except ValueError:
             record.update(outcome="refused")
             raise

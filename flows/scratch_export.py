@@ -9,12 +9,14 @@ until they exist. Names the target would refuse are changed on the scratch copy 
 
 from __future__ import annotations
 
+import secrets
 import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from packaging.version import Version
+from pydantic import SecretStr
 
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import ServerProfile
@@ -55,18 +57,22 @@ def export_via_scratch_copy(
     if manifest.db_schema:
         scratch = scratch.model_copy(update={"db_schema": manifest.db_schema})
     state_dir = Path(tempfile.mkdtemp(prefix="scratch-server-", dir=workdir))
-    # Whatever runs the real server, the scratch copy runs as a process on this host.
+    # Whatever runs the real server, the scratch copy runs as a process on this host, and
+    # always secured: with the real server's password, else a random one of its own (it holds
+    # every agent of the set, on a port any local user could reach).
+    password = profile.server.password or SecretStr(secrets.token_urlsafe(24))
     runtime = LettaProcessRuntime.scratch_of(
         profile.runtime, f"{profile.name}-scratch", free_loopback_port(), state_dir
-    )
+    ).model_copy(update={"server_password": password, "open_server": False})
     try:
         log(f"restoring {manifest.server}/{manifest.set_id} into {scratch.database_name}")
         restore_database_from_set(scratch, store, manifest)
         runtime.migrate(target_version, scratch, log=log)
         runtime.start(target_version, scratch, log=log)
         files: dict[str, str] = {}
-        # Same password as the real server (the runtime passes the same server environment).
-        scratch_server = profile.server.model_copy(update={"base_url": runtime.base_url})
+        scratch_server = profile.server.model_copy(
+            update={"base_url": runtime.base_url, "password": password}
+        )
         with LettaClient(scratch_server) as client:
             for agent_id, change in renames.items():
                 client.update_agent(agent_id, {"name": change["new"]})

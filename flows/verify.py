@@ -161,18 +161,24 @@ def refuse_live_drill_target(target: LettaDatabase, server: str | None) -> None:
 
 
 def resolve_set(store: ObjectStore, reference: str, default_server: str | None) -> tuple[str, str]:
-    """``SERVER/SET_ID``, ``SET_ID``, or ``latest`` / ``SERVER/latest`` (newest complete set)."""
+    """``SERVER/SET_ID``, ``SET_ID``, or ``latest`` / ``SERVER/latest``: the newest complete
+    set that authenticates and whose newest verification did not fail."""
     ref = reference.strip().strip("/") or "latest"
     server_part, _, last = ref.rpartition("/")
     if last == "latest":
         server_name = server_part or default_server
-        complete = [s for s in list_backup_sets(store, server_name) if s.complete]
-        if not complete:
+        candidates = [
+            s
+            for s in list_backup_sets(store, server_name)
+            if s.complete and s.believed and s.verification != "failed"
+        ]
+        if not candidates:
             raise BackupSetError(
-                f"There is no complete backup set of {server_name!r} in {store.describe()}; "
-                "run 'letta-ops backup' first."
+                f"There is no complete, trusted backup set of {server_name!r} in "
+                f"{store.describe()} that has not failed verification; run 'letta-ops backup' "
+                "first (see 'letta-ops backups list')."
             )
-        return complete[0].server, complete[0].set_id
+        return candidates[0].server, candidates[0].set_id
     return parse_set_reference(ref, default_server)
 
 
@@ -222,13 +228,15 @@ def verify(
     drill: bool = False,
     drill_database: str | None = None,
     read_data: bool = False,
+    allow_legacy: bool = False,
 ) -> VerifyReport:
     """Verify ``backup_set``: ``SERVER/SET_ID``, a SET_ID of the current server, or
     ``latest`` (the newest complete set).
 
     ``read_data`` (restic's ``--read-data``) reads every object back and compares its
     sha256, for when the store's own checksums are not trusted; without it an object whose
-    store checksum the manifest recorded costs one metadata request."""
+    store checksum the manifest recorded costs one metadata request. ``allow_legacy`` lets it
+    check a set written before sets were authenticated."""
     with audited_run("drill" if drill else "verify", server) as audit:
         logger = get_run_logger()
         default_server = load_profile(server).name if "/" not in backup_set else None
@@ -236,7 +244,7 @@ def verify(
         server_name, set_id = resolve_set(object_store, backup_set, default_server)
         audit.update(server=server_name, backup_set=f"{server_name}/{set_id}", store=object_store)
         tag_current_run(server_name, "verify")
-        manifest = load_manifest(object_store, server_name, set_id)
+        manifest = load_manifest(object_store, server_name, set_id, allow_legacy)
         audit.update(
             versions_from=manifest.letta_version,
             counts_before=counts_summary(manifest.row_counts, len(manifest.agents)),

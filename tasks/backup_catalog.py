@@ -358,6 +358,45 @@ def load_manifest(
     return manifest
 
 
+def forget_quarantined_set(
+    store: ObjectStore, server: str, set_id: str, execute: bool = False
+) -> dict[str, Any]:
+    """Delete a set retention keeps because it cannot be believed (legacy or untrusted);
+    refuse a believed set (retention decides about those). Without ``execute``, the plan."""
+    prefix = set_prefix(server, set_id)
+    objects = list(store.list(prefix))
+    if not objects:
+        raise BackupSetError(f"There is no backup set {server}/{set_id} in {store.describe()}.")
+    summary = _summary(store, server, set_id, objects)
+    if not summary.quarantined:
+        raise BackupSetError(
+            f"Backup set {server}/{set_id} is {summary.trust}, not quarantined; 'letta-ops "
+            "prune' deletes believed sets by the retention policy."
+        )
+    if execute:
+        store.delete_prefix(prefix)
+    return {
+        "set": f"{server}/{set_id}",
+        "trust": summary.trust,
+        "reason": summary.trust_reason,
+        "objects": len(objects),
+        "executed": execute,
+    }
+
+
+def keyless_warning(store: ObjectStore) -> str | None:
+    """Why a keyless S3 repository is a risk, in one sentence; None when it has a key or is a
+    local directory (the demo's)."""
+    if repository_keys_of(store) or not store.describe().startswith("s3://"):
+        return None
+    return (
+        f"{store.describe()} has no repository key, so its backup sets cannot be "
+        "authenticated: whoever can write to the bucket could plant one that letta-ops would "
+        "restore; make a key with 'letta-ops backups new-key' and set LETTA_OPS_ENCRYPTION_KEY "
+        "(or LETTA_OPS_SIGNING_KEY to authenticate without encrypting)"
+    )
+
+
 def runtime_files_of_set(store: ObjectStore, manifest: BackupManifest) -> dict[str, bytes]:
     """The runtime's files kept in a set (a compose file), by name, checked against the
     manifest's sha256 before anyone writes them back."""

@@ -32,7 +32,7 @@ from letta_ops.tasks.letta_postgres import (
     table_row_counts,
 )
 from letta_ops.tasks.object_encryption import stored_form
-from letta_ops.tasks.object_store import ObjectStore
+from letta_ops.tasks.object_store import ObjectChanged, ObjectStore
 from letta_ops.tasks.postgres_dump import (
     PgToolError,
     list_dump,
@@ -89,6 +89,8 @@ def _object_problem(
         return check(store, key, expected)
     except FileNotFoundError:
         return "missing"
+    except ObjectChanged:
+        return "rewritten after the set was written (the store's ETag differs from the manifest's)"
 
 
 def _problem_read_back(store: ObjectStore, key: str, expected: ManifestObject) -> str | None:
@@ -126,8 +128,9 @@ def downloaded(store: ObjectStore, key: str, expected_sha256: str | None = None)
         fetched = store.download_to(key, path)
         if expected_sha256 and fetched.sha256 != expected_sha256:
             raise PgToolError(f"{key} does not match its sha256 in the manifest.")
-        path.chmod(0o644)
-        Path(tmp).chmod(0o755)
+        # The decrypted dump is the whole database: readable by this user alone (the
+        # directory is 0700 as mkdtemp makes it).
+        path.chmod(0o600)
         yield path
 
 
@@ -171,17 +174,24 @@ def dump_head(store: ObjectStore, manifest: BackupManifest) -> Iterator[DumpHead
     answer a ranged one.
     """
     expected = manifest.objects.get(manifest.dump)
+    if manifest.encryption is None:
+        # Plaintext: nothing authenticates the bytes as they arrive, so no SQL runs from them
+        # until all of them match the manifest's sha256 (which the manifest's MAC covers).
+        with downloaded(store, manifest.dump, expected.sha256 if expected else None) as path:
+            toc = list_dump(default_pg_bin_dir(), path)
+            with path.open("rb") as stream:
+                yield DumpHead(path, toc, stream)
+        return
     size = expected.size if expected else store.metadata(manifest.dump).size
     with (
         tempfile.TemporaryDirectory(prefix="letta-ops-toc-") as tmp,
         store.open_read(manifest.dump) as stream,
     ):
-        Path(tmp).chmod(0o755)  # a local pg_restore may run as another user
-        path = Path(tmp) / "head.dump"
+        path = Path(tmp) / "head.dump"  # 0700 directory: the head is part of the database
         toc, _ = _read_toc(
             lambda have, want: _read_up_to(stream, want - have), size, default_pg_bin_dir(), path
         )
-        path.chmod(0o644)
+        path.chmod(0o600)
         yield DumpHead(path, toc, HeadThenRest(path.read_bytes(), stream))
 
 

@@ -24,4 +24,5 @@ CHECK_NAMES = (
     "backup-lock",
     "backup-delete",
     "backup-encryption",
+    "backup-authentication",
 )

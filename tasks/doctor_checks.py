@@ -458,6 +458,40 @@ def check_backup_encryption(store_url: str, key_id: str | None, keys: int) -> Fi
     return ok(check, f"new sets in {store_url} are not encrypted (a local directory){readable}")
 
 
+def check_backup_authentication(store, server: str) -> Finding:
+    """Whether the repository has a key that authenticates its sets, and whether any set of
+    this server fails authentication (planted, edited or copied: quarantined, never used)."""
+    from letta_ops.tasks.backup_catalog import (
+        keyless_warning,
+        list_backup_sets,
+        repository_keys_of,
+    )
+
+    check = "backup-authentication"
+    warning = keyless_warning(store)
+    if warning:
+        return action(
+            check,
+            warning,
+            "Make a key with 'letta-ops backups new-key', keep a copy outside the bucket, and set "
+            "LETTA_OPS_ENCRYPTION_KEY (or LETTA_OPS_SIGNING_KEY, or the store block's field).",
+        )
+    keys = repository_keys_of(store)
+    if not keys:
+        return ok(check, f"{store.describe()} is a local directory without a key")
+    untrusted = [s for s in list_backup_sets(store, server) if s.trust == "untrusted"]
+    if untrusted:
+        first = untrusted[0]
+        return action(
+            check,
+            f"{len(untrusted)} set(s) of {server} fail authentication, e.g. "
+            f"{first.server}/{first.set_id}: {first.trust_reason}",
+            "Find out who wrote them (the bucket's access log); they are never used or "
+            "pruned; remove each with 'letta-ops backups forget SET --execute'.",
+        )
+    return ok(check, f"sets in {store.describe()} are authenticated (key id {keys.current})")
+
+
 def needs_action(findings: list[Finding]) -> bool:
     return any(f.status == "action" for f in findings)
 

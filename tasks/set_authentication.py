@@ -37,6 +37,7 @@ from typing import Any, Literal
 from letta_ops.tasks.backup_manifest import stays_plaintext
 from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.object_encryption import (
+    HOW_TO_SUPPLY,
     KeyRing,
     MasterKey,
     load_key_ring,
@@ -135,8 +136,9 @@ class RepositoryKeys:
             return CheckedDocument(
                 body,
                 "untrusted",
-                f"{location} is authenticated with key id {seal.get('key_id')!r}, which is not "
-                f"configured (configured: {self.describe()})",
+                f"{location} is authenticated with key id {seal.get('key_id')}, which is not "
+                f"configured (configured: {self.describe()}); supply that key with "
+                f"{HOW_TO_SUPPLY} or {SIGNING_KEY_ENV}",
             )
         expected = _mac(key, kind, location, body)
         if not hmac.compare_digest(expected, str(seal.get("mac"))):

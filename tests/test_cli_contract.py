@@ -177,8 +177,14 @@ def test_listings_print_their_rows_under_a_key_beside_the_schema_version(argv, k
             "pinned",
             "purpose",
             "bytes",
+            "status",
+            "trust",
+            "trust_reason",
+            "verification",
+            "pinned_until",
         }
         assert complete["created_at"] == "2026-11-23T02:15:00Z"
+        assert (complete["status"], complete["trust"]) == ("VERIFIED", "keyless")
         assert complete["complete"] and complete["verified"] and not complete["pinned"]
         assert complete["purpose"] == "manual" and complete["bytes"] > 0
         assert killed["complete"] is False and killed["created_at"] is None

@@ -62,6 +62,24 @@ def _objects(client, bucket) -> dict[str, bytes]:
     return {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
 
 
+def _plant_copy(client, bucket, source: str, target: str) -> None:
+    """The attack of issue #26 with only PutObject: every object of ``source`` copied under
+    ``target``, the manifest and records re-pointed and re-dated, SHA-256 checksums sent."""
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"backups/{source}/")["Contents"]
+    for item in listed:
+        body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        name = item["Key"].removeprefix(f"backups/{source}/")
+        if name == MANIFEST_NAME or name.startswith("verifications/"):
+            document = json.loads(body.decode().replace(source.split("/")[1], target.split("/")[1]))
+            document["created_at" if name == MANIFEST_NAME else "checked_at"] = (
+                "2099-01-01T00:00:00Z"
+            )
+            body = json.dumps(document).encode()
+        client.put_object(
+            Bucket=bucket, Key=f"backups/{target}/{name}", Body=body, ChecksumAlgorithm="SHA256"
+        )
+
+
 def test_encrypted_backup_verify_drill_rotation_rollback_and_no_secret_anywhere(
     start_letta, s3_env, s3_bucket, monkeypatch, prefect_harness, audit_db, capsys
 ):
@@ -150,6 +168,33 @@ def test_encrypted_backup_verify_drill_rotation_rollback_and_no_secret_anywhere(
     assert sql_table_counts(running.database) == before_counts
     phase("rotation and rollback")
 
+    # --- the planted set of issue #26: a copy of a real set, re-dated 2099, its manifest and
+    # verification record edited, every object written with a valid SHA-256 store checksum --
+    planted = f"{second.set.split('/')[0]}/20990101T000000Z-planted1"
+    _plant_copy(client, bucket, second.set, planted)
+    code, out, _ = _cli(capsys, "backups", "list", "--json")
+    rows = {r["set"]: r for r in json.loads(out)["sets"]}
+    assert code == EXIT_OK and next(iter(rows)) == planted  # listed first, by its date
+    assert rows[planted]["status"] == "UNTRUSTED" and not rows[planted]["verified"]
+    assert "fails authentication" in rows[planted]["trust_reason"]
+    real_newest = next(r["set"] for r in rows.values() if r["status"] == "VERIFIED")
+    code, out, _ = _cli(capsys, "verify", "latest", "--json")
+    assert code == EXIT_OK and json.loads(out)["set"] == real_newest != planted
+    code, out, _ = _cli(capsys, "rollback", "--to", "latest", "--dry-run", "--json")
+    assert code == EXIT_OK and json.loads(out)["plan"]["set"] == real_newest
+    code, out, _ = _cli(capsys, "verify", "latest", "--drill", "--json")
+    assert code == EXIT_OK and json.loads(out)["set"] == real_newest
+    assert json.loads(out)["drill_result"]["differences"] == []
+    code, _, err = _cli(capsys, "rollback", "--to", planted, "--yes")
+    assert code == EXIT_BAD_INPUT
+    [line] = err.strip().splitlines()
+    assert planted in line and "fails authentication" in line
+    code, out, _ = _cli(capsys, "prune", "--execute", "--json")
+    assert code == EXIT_OK and planted in json.loads(out)["quarantined"]
+    assert planted not in json.loads(out)["deleted"]
+    assert _agents(running.server.base_url, PASSWORD) == before_agents
+    phase("planted set: untrusted, never chosen, refused, quarantined")
+
     # --- one byte of ciphertext altered: refused by checksums, and by authentication ------
     dump_key = f"backups/{second.set}/database.dump"
     body = bytearray(client.get_object(Bucket=bucket, Key=dump_key)["Body"].read())
@@ -166,7 +211,7 @@ def test_encrypted_backup_verify_drill_rotation_rollback_and_no_secret_anywhere(
     code, _, err = _cli(capsys, "verify", second.set, "--drill")
     assert code == EXIT_BAD_INPUT
     [line] = err.strip().splitlines()
-    assert "failed authentication" in line and "database.dump" in line
+    assert "fails authentication" in line and MANIFEST_NAME in line
 
     # --- neither key nor the password anywhere: objects, logs, artifacts, history ----------
     secret_values = [KEY, ROTATED, WRONG, PASSWORD]

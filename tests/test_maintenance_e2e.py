@@ -246,7 +246,14 @@ def test_doctor_finds_dropped_default_and_repair_fixes_it(letta, store, capsys):
     # The test bed's own weaknesses are actions too (moto's credentials may delete unlocked,
     # unencrypted sets; the server is open): ignored here by name, asserted in
     # test_object_lock_e2e and test_encryption_e2e.
-    ignored = ("encryption-key", "backup-age", "backup-encryption", "backup-delete", "server-auth")
+    ignored = (
+        "encryption-key",
+        "backup-age",
+        "backup-encryption",
+        "backup-authentication",
+        "backup-delete",
+        "server-auth",
+    )
     code, report = cli_json(
         capsys, "doctor", *[part for check in ignored for part in ("--ignore", check)]
     )

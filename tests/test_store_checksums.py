@@ -245,20 +245,24 @@ def test_a_toc_longer_than_the_first_read_is_read_in_growing_prefixes(
     assert result["bytes_read"] < manifest.objects[manifest.dump].size
 
 
-def test_a_drill_reads_the_dump_once_its_toc_included(
+def test_a_plaintext_drill_downloads_the_whole_dump_before_any_sql(
     backup_set, make_database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The restore's table of contents comes from the start of the read that then streams the
-    rows: one GET of the whole dump, even when the TOC needs more than the first read."""
+    """A plaintext set has nothing that authenticates its bytes as they arrive: the drill
+    fetches every byte of the dump (in parallel ranges) and compares the sha256 before
+    pg_restore runs. (An encrypted set streams: each frame is authenticated on arrival, see
+    tests/test_encryption_e2e.py.)"""
     store, _client, calls, manifest = backup_set
     monkeypatch.setattr("letta_ops.tasks.backup_verification.TOC_FIRST_READ", 512)
 
     result = drill(store, manifest, make_database("drill_target"), jobs=2)
 
     assert result["differences"] == [] and result["tables"] == 1
-    assert [(key, rng) for key, rng, _ in calls.of("GetObject")] == [
-        (f"{PREFIX}/{manifest.dump}", None)
-    ]
+    gets = calls.of("GetObject")
+    assert {key for key, _, _ in gets} == {f"{PREFIX}/{manifest.dump}"}
+    covered = sorted(tuple(map(int, rng.removeprefix("bytes=").split("-"))) for _, rng, _ in gets)
+    assert covered[0][0] == 0 and covered[-1][1] == manifest.objects[manifest.dump].size - 1
+    assert all(a[1] + 1 == b[0] for a, b in zip(covered, covered[1:], strict=False))
 
 
 def test_read_data_reads_every_object_again(backup_set) -> None:

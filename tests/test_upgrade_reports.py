@@ -114,6 +114,7 @@ ROLLBACK_PLAN = {
     "postgres_major": 16,
     "steps": ["safety backup", "stop server", "start Letta 0.11.7"],
     "expected_downtime_seconds": 75,
+    "runtime_file_changes": {"docker-compose.yml": ["-    image: letta/letta:0.16.2"]},
 }
 
 RESTORE_PLAN = {
