@@ -154,9 +154,10 @@ def cmd_backups_new_key(args: argparse.Namespace) -> int:
     else:
         print(key)
         print(
-            f"key id {key_id}: keep this key outside the backup store (no encrypted set "
-            "restores without it); set LETTA_OPS_ENCRYPTION_KEY, put it first in "
-            "--encryption-key-file, or save it in the store block's encryption_key.",
+            f"key id {key_id}: keep this key outside the backup store (no set restores or "
+            "authenticates without it); set LETTA_OPS_ENCRYPTION_KEY, put it first in "
+            "--encryption-key-file, or save it in the store block's encryption_key (or, to "
+            "authenticate sets without encrypting them, LETTA_OPS_SIGNING_KEY).",
             file=sys.stderr,
         )
     return EXIT_OK
@@ -311,7 +312,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p = bsub.add_parser(
         "new-key",
         parents=[common],
-        help="print a new client-side encryption key (stdout) and its id (stderr)",
+        help="print a new repository key (stdout) and its id (stderr): encryption or signing",
         description="Print 32 random bytes in base64: a key for LETTA_OPS_ENCRYPTION_KEY, a "
         "key file or the store block's encryption_key. To rotate, make a new key current and "
         "keep the old one listed (LETTA_OPS_PREVIOUS_ENCRYPTION_KEYS or the key file's next "

@@ -32,6 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, transaction
 from pydantic import ConfigDict, Field
 
+from letta_ops.blocks.letta_runtime import LettaRuntime
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.backup import backup
@@ -280,13 +281,13 @@ def preflight(
             "verify version, agents and per-table counts against the manifest",
         ],
         expected_downtime_seconds=75,
-        runtime_file_changes=runtime_file_changes(profile, store, manifest),
+        runtime_file_changes=runtime_file_changes(profile.runtime, store, manifest),
     )
     return plan, manifest
 
 
 def runtime_file_changes(
-    profile: ServerProfile, store: ObjectStore, manifest: BackupManifest
+    runtime: LettaRuntime, store: ObjectStore, manifest: BackupManifest
 ) -> dict[str, list[str]]:
     """What putting the set's runtime files back changes on the host: a unified diff per file
     (of at most :data:`DIFF_LINES` lines) against the file in place now. Read from the
@@ -294,7 +295,7 @@ def runtime_file_changes(
     kept = runtime_files_of_set(store, manifest)
     if not kept:
         return {}
-    now = profile.runtime.snapshot()
+    now = runtime.snapshot()
     changes = {}
     for name, data in sorted(kept.items()):
         diff = difflib.unified_diff(

@@ -18,6 +18,7 @@ from pathlib import Path
 from packaging.version import Version
 from pydantic import SecretStr
 
+from letta_ops.blocks.letta_server import LettaServer
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import ServerProfile
 from letta_ops.flows.restore_server import restore_database_from_set
@@ -34,6 +35,21 @@ FIRST_MULTI_ENTITY_EXPORT = Version("0.11.7")
 def exports_v1_agent_files(version: str) -> bool:
     """True for versions whose agent files the target cannot import (the old "v1" format)."""
     return Version(version) < FIRST_MULTI_ENTITY_EXPORT
+
+
+def secured_scratch(
+    profile: ServerProfile, port: int, state_dir: Path
+) -> tuple[LettaProcessRuntime, LettaServer]:
+    """The scratch copy's runtime and how to reach it. Whatever runs the real server, the copy
+    runs as a process on this host, and always secured: with the real server's password, else
+    a random one of its own (it holds every agent of the set, on a port any local user could
+    reach)."""
+    password = profile.server.password or SecretStr(secrets.token_urlsafe(24))
+    runtime = LettaProcessRuntime.scratch_of(
+        profile.runtime, f"{profile.name}-scratch", port, state_dir
+    ).model_copy(update={"server_password": password, "open_server": False})
+    server = profile.server.model_copy(update={"base_url": runtime.base_url, "password": password})
+    return runtime, server
 
 
 def export_via_scratch_copy(
@@ -57,22 +73,13 @@ def export_via_scratch_copy(
     if manifest.db_schema:
         scratch = scratch.model_copy(update={"db_schema": manifest.db_schema})
     state_dir = Path(tempfile.mkdtemp(prefix="scratch-server-", dir=workdir))
-    # Whatever runs the real server, the scratch copy runs as a process on this host, and
-    # always secured: with the real server's password, else a random one of its own (it holds
-    # every agent of the set, on a port any local user could reach).
-    password = profile.server.password or SecretStr(secrets.token_urlsafe(24))
-    runtime = LettaProcessRuntime.scratch_of(
-        profile.runtime, f"{profile.name}-scratch", free_loopback_port(), state_dir
-    ).model_copy(update={"server_password": password, "open_server": False})
+    runtime, scratch_server = secured_scratch(profile, free_loopback_port(), state_dir)
     try:
         log(f"restoring {manifest.server}/{manifest.set_id} into {scratch.database_name}")
         restore_database_from_set(scratch, store, manifest)
         runtime.migrate(target_version, scratch, log=log)
         runtime.start(target_version, scratch, log=log)
         files: dict[str, str] = {}
-        scratch_server = profile.server.model_copy(
-            update={"base_url": runtime.base_url, "password": password}
-        )
         with LettaClient(scratch_server) as client:
             for agent_id, change in renames.items():
                 client.update_agent(agent_id, {"name": change["new"]})

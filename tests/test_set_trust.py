@@ -337,3 +337,99 @@ def test_a_version_that_is_not_a_release_is_refused_in_the_manifest(bucket):
     document["letta_version"] = "0.16.2; rm -rf /"
     with pytest.raises(ValueError, match="not a release"):
         BackupManifest.model_validate(document)
+
+
+# --------------------------------------------------------------------------- smaller holes
+
+
+def test_a_catalog_document_larger_than_the_limit_is_not_read(bucket, monkeypatch):
+    client, name = bucket
+    store = _store(client, name, encryption=KEY)
+    _write_set(store, REAL)
+    monkeypatch.setattr("letta_ops.tasks.backup_catalog.MAX_DOCUMENT_BYTES", 64)
+    [summary] = list_backup_sets(store, SERVER)
+    assert summary.trust == "untrusted" and "not read" in summary.trust_reason
+
+
+def test_a_decrypted_dump_is_readable_by_this_user_alone(bucket):
+    from letta_ops.tasks.backup_verification import downloaded
+
+    client, name = bucket
+    store = _store(client, name, encryption=KEY)
+    manifest = _write_set(store, REAL)
+    load_manifest(store, SERVER, REAL)
+    with downloaded(store, manifest.dump, manifest.objects[manifest.dump].sha256) as path:
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_rollback_plan_shows_the_compose_file_it_puts_back(bucket, tmp_path):
+    """The compose file comes back only from the authenticated set: the plan shows its diff
+    against the file in place now."""
+    from letta_ops.blocks.compose_runtime import DockerComposeRuntime
+    from letta_ops.flows.rollback import runtime_file_changes
+
+    client, name = bucket
+    store = _store(client, name, encryption=KEY)
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text("services:\n  letta_server:\n    image: letta/letta:0.16.2\n")
+    runtime = DockerComposeRuntime(compose_file=compose, base_url="http://127.0.0.1:8283")
+    manifest = _write_set(store, REAL)
+    kept = store.put_bytes(
+        set_prefix(SERVER, "20261202T021500Z-compose1") + "runtime/docker-compose.yml",
+        b"services:\n  letta_server:\n    image: letta/letta:0.14.0\n",
+    )
+    with_file = manifest.model_copy(
+        update={
+            "set_id": "20261202T021500Z-compose1",
+            "dump": manifest.dump.replace(REAL, "20261202T021500Z-compose1"),
+            "objects": {
+                kept.key: ManifestObject(size=kept.size, sha256=kept.sha256, etag=kept.etag)
+            },
+            "runtime_files": {"docker-compose.yml": kept.key},
+        }
+    )
+    write_manifest(store, with_file)
+    loaded = load_manifest(store, SERVER, "20261202T021500Z-compose1")
+    diff = runtime_file_changes(runtime, store, loaded)["docker-compose.yml"]
+    assert "-    image: letta/letta:0.16.2" in diff and "+    image: letta/letta:0.14.0" in diff
+    compose.write_text("services:\n  letta_server:\n    image: letta/letta:0.14.0\n")
+    assert runtime_file_changes(runtime, store, loaded) == {"docker-compose.yml": []}
+
+
+def test_open_server_is_refused_when_a_password_is_configured():
+    from pydantic import SecretStr
+
+    from letta_ops.blocks.letta_runtime import RuntimeRefused
+    from letta_ops.blocks.process_runtime import LettaProcessRuntime
+
+    open_runtime = LettaProcessRuntime(server_name="s", open_server=True)
+    assert open_runtime.password_to_require() is None  # open, and nothing to protect
+    with pytest.raises(RuntimeRefused, match="a password is configured"):
+        open_runtime.with_server_password(SecretStr("pw")).password_to_require()
+
+
+def test_the_rebuild_scratch_server_always_runs_secured(monkeypatch, tmp_path):
+    from letta_ops.blocks.server_profile import load_profile
+    from letta_ops.flows.scratch_export import secured_scratch
+
+    monkeypatch.setenv("LETTA_BASE_URL", "http://127.0.0.1:8283")
+    monkeypatch.setenv("LETTA_OPS_OPEN_SERVER", "1")
+    monkeypatch.delenv("LETTA_API_KEY", raising=False)
+    runtime, server = secured_scratch(load_profile(), 9999, tmp_path)
+    password = runtime.password_to_require()
+    assert password and len(password) >= 24 and server.password.get_secret_value() == password
+    assert server.base_url == "http://127.0.0.1:9999"
+    monkeypatch.delenv("LETTA_OPS_OPEN_SERVER")
+    monkeypatch.setenv("LETTA_API_KEY", "the-real-password")
+    runtime, server = secured_scratch(load_profile(), 9999, tmp_path)
+    assert runtime.password_to_require() == "the-real-password"
+
+
+@pytest.mark.parametrize("version", ["0.16.2; id", "$(id)", "latest", "0.16", "../0.16.2"])
+def test_only_a_release_reaches_an_operator_command(version):
+    from letta_ops.blocks.command_runtime import command_argv
+
+    assert command_argv(["deploy", "{version}"], "0.16.2") == ["deploy", "0.16.2"]
+    with pytest.raises(ValueError, match="not a Letta release"):
+        command_argv(["deploy", "{version}"], version)
