@@ -199,7 +199,10 @@ def _newest_record(
     that is not believable (a forged record is never skipped silently)."""
     records = sorted((o for o in listed if f"/{directory}/" in o.key), key=lambda o: o.key)
     for obj in reversed(records):
-        checked = read_document(store, obj.key, kind, obj.size)
+        try:
+            checked = read_document(store, obj.key, kind, obj.size)
+        except FileNotFoundError:  # deleted since the listing (a prune of a copy of it)
+            continue
         believed = checked.usable or (checked.trust == "legacy" and set_trust == "legacy")
         if not believed:
             return None, checked.reason
@@ -277,10 +280,16 @@ def _summary(
         )
     try:
         checked = check_manifest(store, server, set_id, sizes[MANIFEST_NAME])
+    except FileNotFoundError:  # deleted since the listing: what is left is incomplete
+        checked = ManifestCheck(None, CheckedDocument(None, "keyless"))
     except Refused as exc:  # a set id that is not one: never ours
         checked = ManifestCheck(None, CheckedDocument(None, "untrusted", str(exc).rstrip(".")))
     manifest = checked.manifest
     trust, reason = checked.trust, checked.reason
+    if manifest is None and trust == "keyless":  # gone since the listing
+        return BackupSetSummary(
+            **common, created_at=None, complete=False, verified=False, pinned=False, purpose=None
+        )
     if manifest is None:  # a manifest object that is not a manifest: quarantined, never pruned
         return BackupSetSummary(
             **common,
