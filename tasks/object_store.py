@@ -1532,6 +1532,7 @@ def with_object_lock(store: ObjectStore, lock: ObjectLock | None) -> ObjectStore
     )
     locked.conditional_writes = store.conditional_writes
     locked.keeps_checksums = store.keeps_checksums
+    locked.repository_keys = store.repository_keys  # the same repository: the same MAC keys
     return locked
 
 

@@ -433,3 +433,15 @@ def test_only_a_release_reaches_an_operator_command(version):
     assert command_argv(["deploy", "{version}"], "0.16.2") == ["deploy", "0.16.2"]
     with pytest.raises(ValueError, match="not a Letta release"):
         command_argv(["deploy", "{version}"], version)
+
+
+@pytest.mark.parametrize("keys", [{"encryption": KEY}, {"signing": KEY}])
+def test_a_locked_store_keeps_the_repository_key(bucket, keys):
+    """--lock-days rebuilds the store that holds the bytes: its sets must still be signed."""
+    from letta_ops.tasks.backup_catalog import repository_keys_of
+    from letta_ops.tasks.object_store import ObjectLock, with_object_lock
+
+    client, name = bucket
+    store = _store(client, name, **keys)
+    locked = with_object_lock(store, ObjectLock("GOVERNANCE", 1))
+    assert repository_keys_of(locked) and repository_keys_of(locked) == repository_keys_of(store)
