@@ -151,3 +151,86 @@ def test_bundled_client_without_tls_is_refused_for_tls(pg_tls_cluster) -> None:
     with pytest.raises(Refused, match="built without TLS.*LETTA_OPS_PG_BIN") as refused:
         client_tools(db)
     assert len(str(refused.value).splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+def test_doctor_reports_each_connections_tls_state(pg_tls_cluster, pg_cluster) -> None:
+    from letta_ops.tasks.doctor_tls import check_database_tls
+
+    verified = check_database_tls(pg_tls_cluster.database())
+    details = [f.detail for f in verified]
+    assert (
+        details[0].startswith("letta-ops SQL (pg8000) -> 127.0.0.1:") and "verified" in details[0]
+    )
+    assert details[1].startswith("pg_dump/pg_restore") and ": verified (" in details[1]
+    assert all(f.status == "ok" for f in verified)
+
+    unverified = check_database_tls(pg_tls_cluster.database(mode="require"))
+    assert ": encrypted unverified (sslmode=require)" in unverified[0].detail
+    plain = check_database_tls(LettaDatabase(uri=pg_cluster.uri()))
+    assert ": plaintext (sslmode=prefer)" in plain[0].detail
+    assert "client built without TLS" not in plain[1].detail or ": plaintext" in plain[1].detail
+    # On loopback that is fine; off this host, anything but verified asks for action.
+    assert all(f.status == "ok" for f in unverified + plain)
+
+
+def test_doctor_asks_for_action_off_this_host_without_verification() -> None:
+    from letta_ops.tasks.doctor_tls import _finding, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("db.abc.supabase.co") and not is_loopback("10.0.0.5")
+    for state in ("plaintext", "encrypted unverified"):
+        finding = _finding("letta-ops SQL (pg8000)", state, "10.0.0.5", 5432, "sslmode=require")
+        assert finding.status == "action" and "sslmode=verify-full" in finding.fix
+    assert _finding("x", "verified", "10.0.0.5", 5432, "sslmode=verify-full").status == "ok"
+
+
+# --------------------------------------------------------------------------- poolers
+
+
+@pytest.mark.parametrize(
+    ("uri", "why"),
+    [
+        ("postgresql://postgres.ref:pw@aws-0-eu.pooler.supabase.com:6543/postgres", "port 6543"),
+        ("postgresql://op:pw@db.internal:5432/letta?pgbouncer=true", "pgbouncer=true"),
+        ("postgresql://op:pw@ep-cool-1-pooler.eu-central-1.aws.neon.tech/letta", "Neon pooler"),
+    ],
+)
+def test_transaction_pooler_uris_are_refused_with_the_fix(uri: str, why: str) -> None:
+    from letta_ops.tasks.postgres_pooler import PoolerRefused, refuse_transaction_pooler
+
+    db = LettaDatabase(uri=uri)
+    with pytest.raises(PoolerRefused) as refused:
+        refuse_transaction_pooler(db, "pg_dump", probe=False)
+    message = str(refused.value)
+    assert why in message and "LETTA_OPS_DIRECT_PG_URI" in message and "LETTA_PG_URI" in message
+    assert len(message.splitlines()) == 1 and ":pw@" not in message
+    # With a direct URI beside it, letta-ops uses that; the server keeps the pooled one.
+    direct = "postgresql://op:pw@db.direct.internal:5432/letta"
+    split = LettaDatabase(uri=uri, direct_uri=direct)
+    refuse_transaction_pooler(split, "pg_dump", probe=False)
+    assert split.parts["host"] == "db.direct.internal"
+    assert "db.direct" not in split.letta_pg_uri() and "pgbouncer" not in split.letta_pg_uri()
+    from_env = LettaDatabase.from_env({"LETTA_PG_URI": uri, "LETTA_OPS_DIRECT_PG_URI": direct})
+    assert from_env.ops_uri() == direct and from_env.uri.get_secret_value() == uri
+
+
+def test_a_direct_session_is_not_taken_for_a_pooler(pg_cluster) -> None:
+    from letta_ops.tasks.postgres_pooler import refuse_transaction_pooler, session_state_kept
+
+    db = LettaDatabase(uri=pg_cluster.uri())
+    assert session_state_kept(db)
+    refuse_transaction_pooler(db, "pg_dump")
+
+
+def test_preflight_says_when_a_letta_server_cannot_use_the_tls_settings(ca_file: Path) -> None:
+    from letta_ops.tasks.letta_server_tls import ServerTlsUnsupported, require_server_can_use_tls
+
+    uri = f"{URI}?sslmode=verify-full&sslrootcert={ca_file}"
+    require_server_can_use_tls(LettaDatabase(uri=uri), "0.16.2")  # sslmode + CA: every version
+    encrypted_key = LettaDatabase(uri=uri, sslpassword=SecretStr("s3cret-pass"))
+    with pytest.raises(ServerTlsUnsupported, match="Letta 0.16.2 cannot use an encrypted") as no:
+        require_server_can_use_tls(encrypted_key, "0.16.2")
+    assert len(str(no.value).splitlines()) == 1 and "s3cret-pass" not in str(no.value)
