@@ -6,6 +6,7 @@ Each kind of component lives in its own fixture module under ``tests/fixtures``.
 pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.tls_postgres",
+    "tests.fixtures.pgbouncer",
     "tests.fixtures.s3",
     "tests.fixtures.letta",
     "tests.fixtures.prefect",

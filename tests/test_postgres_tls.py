@@ -118,6 +118,10 @@ def test_refusals_name_host_port_reason_and_fix(pg_tls_cluster, pg_cluster) -> N
     message = str(plaintext.value)
     assert where in message and "requires TLS" in message and "sslmode=verify-full" in message
     assert len(message.splitlines()) == 1
+    # The command line prints this sentence, not the server's error it was raised from.
+    from letta_ops.cli.errors import error_sentence
+
+    assert error_sentence(plaintext.value) == message
 
     with pytest.raises(DatabaseConnectionFailed) as wrong_ca:
         with connect(pg_tls_cluster.database(ca=pg_tls_cluster.wrong_ca_cert)):
@@ -234,3 +238,42 @@ def test_preflight_says_when_a_letta_server_cannot_use_the_tls_settings(ca_file:
     with pytest.raises(ServerTlsUnsupported, match="Letta 0.16.2 cannot use an encrypted") as no:
         require_server_can_use_tls(encrypted_key, "0.16.2")
     assert len(str(no.value).splitlines()) == 1 and "s3cret-pass" not in str(no.value)
+
+
+def test_a_real_transaction_pooler_is_detected_and_refused_before_pg_dump(
+    pgbouncer, tmp_path: Path
+) -> None:
+    """Through a real pgbouncer: its transaction pool is refused before pg_dump starts (nothing
+    is written), with the fix; its session pool and a direct URI beside it are accepted."""
+    from letta_ops.tasks.object_store import LocalObjectStore
+    from letta_ops.tasks.postgres_dump import dump_to_store
+    from letta_ops.tasks.postgres_pooler import (
+        PoolerRefused,
+        refuse_transaction_pooler,
+        session_state_kept,
+    )
+
+    pooled = LettaDatabase(uri=pgbouncer.uri())
+    assert not session_state_kept(pooled)
+    store = LocalObjectStore(tmp_path / "store")
+    with pytest.raises(PoolerRefused, match="session state is not kept") as refused:
+        dump_to_store(pooled, store, "set/database.dump")
+    assert f"127.0.0.1:{pgbouncer.port}" in str(refused.value)
+    assert "LETTA_OPS_DIRECT_PG_URI" in str(refused.value)
+    assert not any((tmp_path / "store").rglob("*.dump"))
+
+    session = LettaDatabase(uri=pgbouncer.uri(session=True))
+    assert session_state_kept(session)
+    refuse_transaction_pooler(session, "pg_dump")
+
+
+def test_the_audit_store_on_postgres_takes_the_same_tls_settings(pg_tls_cluster) -> None:
+    from letta_ops.tasks.audit_store import AuditStore
+
+    store = AuditStore(pg_tls_cluster.uri())  # ?sslmode=verify-full&sslrootcert=...
+    with store.engine.connect() as conn:
+        encrypted = conn.execute(
+            sa.text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        ).scalar()
+    assert encrypted is True
+    store.engine.dispose()
