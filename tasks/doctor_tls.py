@@ -63,10 +63,19 @@ def check_database_tls(db: LettaDatabase) -> list[Finding]:
     own = tls.state_of(bool(row["own_encrypted"]))
     findings = [_finding("letta-ops SQL (pg8000)", own, host, port, tls.describe())]
 
-    tools_tls = db.pg_tools_compose_service is None and speaks_tls(db.bin_dir())
-    tools_state = own if tools_tls or tls.mode == "disable" else "plaintext"
-    how = tls.describe() if tools_tls else "client built without TLS"
-    findings.append(_finding("pg_dump/pg_restore", tools_state, host, port, how))
+    if db.pg_tools_compose_service:
+        findings.append(
+            ok(
+                CHECK,
+                f"pg_dump/pg_restore: inside compose service {db.pg_tools_compose_service}, "
+                "over the container's own socket",
+            )
+        )
+    else:
+        tools_tls = speaks_tls(db.bin_dir())
+        tools_state = own if tools_tls or tls.mode == "disable" else "plaintext"
+        how = tls.describe() if tools_tls else "client built without TLS"
+        findings.append(_finding("pg_dump/pg_restore", tools_state, host, port, how))
 
     server_tls = db.server_tls()
     server_host = str(_server_parts(db)["host"])

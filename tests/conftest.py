@@ -24,6 +24,7 @@ LONGEST_FILES_FIRST = (
     "test_fleet_e2e.py",
     "test_rollback_e2e.py",
     "test_upgrade_e2e.py",
+    "test_tls_e2e.py",
     "test_audit_e2e.py",
     "test_backup_e2e.py",
     "test_maintenance_e2e.py",

@@ -277,3 +277,23 @@ def test_the_audit_store_on_postgres_takes_the_same_tls_settings(pg_tls_cluster)
         ).scalar()
     assert encrypted is True
     store.engine.dispose()
+
+
+def test_connect_timeout_is_honoured_and_said(tmp_path: Path) -> None:
+    """A listener that accepts and never answers: connect_timeout=1 ends the wait in about a
+    second, with the host, port, reason and fix."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        port = silent.getsockname()[1]
+        db = LettaDatabase(uri=f"postgresql://op:pw@127.0.0.1:{port}/letta?connect_timeout=1")
+        started = time.monotonic()
+        with pytest.raises(DatabaseConnectionFailed) as failure:
+            with connect(db):
+                pass
+        assert time.monotonic() - started < 5
+    message = str(failure.value)
+    assert f"127.0.0.1:{port}" in message and "no answer within connect_timeout" in message

@@ -153,11 +153,9 @@ def test_tls_only_cell(tls_letta, tls_env, pg_tls_cluster, capsys, monkeypatch):
     assert encrypted == sessions
 
     # --- rollback to the pre-upgrade set ------------------------------------------------------
-    [pre] = [
-        s
-        for s in list_backup_sets(store, tls_letta.runtime.server_name)
-        if s.purpose == "pre-upgrade"
-    ]
+    # Two pre-upgrade sets (the failed run's and this one's): the newest is this upgrade's.
+    sets = list_backup_sets(store, tls_letta.runtime.server_name)
+    pre = max((s for s in sets if s.purpose == "pre-upgrade"), key=lambda s: s.set_id)
     rolled = rollback(backup_set=f"{pre.server}/{pre.set_id}")
     assert rolled.outcome == "succeeded", rolled
     assert http_version(base_url) == FROM_VERSION
