@@ -169,6 +169,12 @@ def client_tools(db: LettaDatabase) -> PgClientTools:
         )
     tools = LocalPgClientTools(db.bin_dir(), db.libpq_env())
     tls = db.tls()
+    if tls.password is not None:
+        raise Refused(
+            "pg_dump and pg_restore cannot be given sslpassword without putting it in their "
+            "arguments (libpq has no variable for it); use an unencrypted copy of sslkey "
+            "(openssl pkey -in client.key -out client-plain.key, mode 0600) for letta-ops."
+        )
     if tls.requires_tls and not speaks_tls(tools.bin_dir):
         raise Refused(
             f"The PostgreSQL client tools in {tools.bin_dir} are built without TLS, and "

@@ -297,3 +297,15 @@ def test_connect_timeout_is_honoured_and_said(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5
     message = str(failure.value)
     assert f"127.0.0.1:{port}" in message and "no answer within connect_timeout" in message
+
+
+def test_pg_tools_refuse_a_key_passphrase_they_could_only_take_in_argv(ca_file: Path) -> None:
+    db = LettaDatabase(
+        uri=f"{URI}?sslmode=verify-full&sslrootcert={ca_file}",
+        sslpassword=SecretStr("kp-secret"),
+    )
+    with pytest.raises(Refused, match="cannot be given sslpassword") as refused:
+        client_tools(db)
+    assert "kp-secret" not in str(refused.value)
+    # letta-ops' own SQL can use it: pg8000 gets it through load_cert_chain (no key here).
+    assert db.tls().password.get_secret_value() == "kp-secret"
