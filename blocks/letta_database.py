@@ -9,6 +9,7 @@ documentation before anything tries to connect with them.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
@@ -18,6 +19,12 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from letta_ops.tasks.dump_compression import parse_compression
 from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.postgres_tls import (
+    PostgresTls,
+    SslMode,
+    tls_settings,
+    without_connection_parameters,
+)
 
 ACCEPTED_SCHEMES = ("postgresql", "postgresql+asyncpg", "postgresql+pg8000", "postgres")
 
@@ -135,11 +142,37 @@ class LettaDatabase(Block):
         description="Compose project name for that file (docker compose -p); empty for "
         "Compose's default.",
     )
+    direct_uri: SecretStr | None = Field(
+        default=None,
+        description="LETTA_OPS_DIRECT_PG_URI: a direct (or session-mode pooler) URI of the same "
+        "database for letta-ops' own SQL, pg_dump and pg_restore, when the server's URI goes "
+        "through a transaction-mode pooler (Supabase port 6543, Neon -pooler hosts, "
+        "pgbouncer=true); the server keeps its pooled URI.",
+    )
+    sslmode: SslMode | None = Field(
+        default=None,
+        description="libpq sslmode (disable, allow, prefer, require, verify-ca, verify-full); "
+        "the URI's ?sslmode= wins, PGSSLMODE applies when neither is set; libpq's default is "
+        "prefer.",
+    )
+    sslrootcert: str | None = Field(
+        default=None,
+        description="The CA file (PEM) that signed the server's certificate, or 'system'; "
+        "needed by verify-ca and verify-full (PGSSLROOTCERT applies when unset).",
+    )
+    sslcert: Path | None = Field(
+        default=None, description="Client certificate (PEM) when the server asks for one."
+    )
+    sslkey: Path | None = Field(default=None, description="The client certificate's key (PEM).")
+    sslpassword: SecretStr | None = Field(
+        default=None, description="Passphrase of an encrypted sslkey."
+    )
 
-    @field_validator("uri")
+    @field_validator("uri", "direct_uri")
     @classmethod
-    def _check_uri(cls, value: SecretStr) -> SecretStr:
-        parse_letta_pg_uri(value.get_secret_value())
+    def _check_uri(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_letta_pg_uri(value.get_secret_value())
         return value
 
     @field_validator("compression")
@@ -164,11 +197,44 @@ class LettaDatabase(Block):
             pg_tools_compose_service=env.get("LETTA_OPS_PG_COMPOSE_SERVICE") or None,
             pg_tools_compose_file=Path(compose_file) if compose_file else None,
             pg_tools_compose_project=env.get("LETTA_OPS_COMPOSE_PROJECT") or None,
+            direct_uri=SecretStr(env["LETTA_OPS_DIRECT_PG_URI"])
+            if env.get("LETTA_OPS_DIRECT_PG_URI")
+            else None,
         )
+
+    def ops_uri(self) -> str:
+        """The URI letta-ops itself connects to: the direct one when the server's goes
+        through a transaction pooler, else the server's."""
+        return (self.direct_uri or self.uri).get_secret_value()
 
     @property
     def parts(self) -> dict[str, str | int]:
-        return parse_letta_pg_uri(self.uri.get_secret_value())
+        """Where letta-ops connects (user, password, host, port, database)."""
+        return parse_letta_pg_uri(self.ops_uri())
+
+    def tls(self, environ: Mapping[str, str] | None = None) -> PostgresTls:
+        """The TLS settings letta-ops connects with (URI query, then fields, then PGSSL*)."""
+        return tls_settings(
+            self.ops_uri(),
+            sslmode=self.sslmode,
+            sslrootcert=self.sslrootcert,
+            sslcert=self.sslcert,
+            sslkey=self.sslkey,
+            sslpassword=self.sslpassword,
+            environ=environ,
+        )
+
+    def server_tls(self, environ: Mapping[str, str] | None = None) -> PostgresTls:
+        """The TLS settings of the server's own URI (it may differ: a pooler's)."""
+        return tls_settings(
+            self.uri.get_secret_value(),
+            sslmode=self.sslmode,
+            sslrootcert=self.sslrootcert,
+            sslcert=self.sslcert,
+            sslkey=self.sslkey,
+            sslpassword=self.sslpassword,
+            environ=environ,
+        )
 
     @property
     def database_name(self) -> str:
@@ -178,18 +244,41 @@ class LettaDatabase(Block):
         return self.pg_bin_dir or default_pg_bin_dir()
 
     def letta_pg_uri(self) -> str:
-        """The plain ``postgresql://`` form to hand to a Letta server as ``LETTA_PG_URI``."""
-        return _with_scheme(self.uri.get_secret_value(), "postgresql")
+        """The ``postgresql://`` form to hand to a Letta server as ``LETTA_PG_URI``.
+
+        Letta turns ``sslmode=`` into asyncpg's ``ssl=`` and passes every other query parameter
+        to its driver as a keyword, which refuses ``sslrootcert`` and friends: so the URI keeps
+        only ``sslmode`` (when one was configured) and the files go in :meth:`letta_server_env`.
+        """
+        tls = self.server_tls()
+        keep = {"sslmode": tls.mode} if tls.mode_explicit else {}
+        uri = without_connection_parameters(self.uri.get_secret_value(), keep)
+        return _with_scheme(uri, "postgresql")
+
+    def letta_server_env(self) -> dict[str, str]:
+        """The ``PGSSL*`` variables a Letta server (and its migrations) need beside
+        :meth:`letta_pg_uri`: asyncpg and libpq read the CA and client files from them."""
+        env = self.server_tls().libpq_env()
+        env.pop("PGSSLMODE")
+        env.pop("PGCONNECT_TIMEOUT", None)
+        return env
 
     def sqlalchemy_url(self, driver: str = "pg8000") -> str:
-        return _with_scheme(self.uri.get_secret_value(), f"postgresql+{driver}")
+        """letta-ops' own URL: no libpq query parameters (see :meth:`tls`)."""
+        uri = without_connection_parameters(self.ops_uri())
+        return _with_scheme(uri, f"postgresql+{driver}")
 
     def for_database(self, database: str) -> LettaDatabase:
         """The same server and credentials, another database (scratch restores, admin work)."""
-        parsed = urlparse(self.uri.get_secret_value())
+        parsed = urlparse(self.ops_uri())
         uri = parsed._replace(path=f"/{database}").geturl()
         return LettaDatabase(
             uri=SecretStr(uri),
+            sslmode=self.sslmode,
+            sslrootcert=self.sslrootcert,
+            sslcert=self.sslcert,
+            sslkey=self.sslkey,
+            sslpassword=self.sslpassword,
             db_schema=self.db_schema,
             pg_bin_dir=self.pg_bin_dir,
             reset_mode=self.reset_mode,
@@ -211,6 +300,7 @@ class LettaDatabase(Block):
             "PGUSER": str(p["user"]),
             "PGPASSWORD": str(p["password"]),
             "PGDATABASE": str(p["database"]),
+            **self.tls().libpq_env(),
         }
 
     def redacted_uri(self) -> str:

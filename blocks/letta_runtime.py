@@ -118,6 +118,7 @@ class LettaRuntime(Block):
             self.source_tree,
             self.index_url,
             log,
+            extra_env=database.letta_server_env(),
         )
 
     def with_timeout(self, timeout: float | None) -> LettaRuntime:

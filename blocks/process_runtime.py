@@ -106,7 +106,10 @@ class LettaProcessRuntime(LettaRuntime):
             host=self.host,
             port=self.port,
             env_file=self.env_file,
-            extra_env={k: v.get_secret_value() for k, v in self.server_env.items()},
+            extra_env={
+                **{k: v.get_secret_value() for k, v in self.server_env.items()},
+                **database.letta_server_env(),
+            },
             cache_dir=self.resolved_cache_dir(),
             index_url=self.index_url,
             timeout=self.startup_timeout_seconds,

@@ -147,10 +147,11 @@ def check_server(
 @task(name="check-database", cache_policy=NO_CACHE)
 def check_database(db: LettaDatabase | None, version: str | None) -> list[Finding]:
     """Schema revision, pgvector, sequences and room for a dump."""
-    names = ("alembic", "pgvector", "pg-tools", "sequences", "dump-space")
+    names = ("alembic", "pgvector", "pg-tools", "database-tls", "sequences", "dump-space")
     if db is None:
         reason = "no usable database configuration (see database-uri)"
         return [checks.skipped(n, reason) for n in names]
+    from letta_ops.tasks.doctor_tls import check_database_tls
     from letta_ops.tasks.letta_inventory import database_size
     from letta_ops.tasks.letta_postgres import alembic_revision
     from letta_ops.tasks.sequence_repair import sequence_health
@@ -159,6 +160,7 @@ def check_database(db: LettaDatabase | None, version: str | None) -> list[Findin
         *guarded("alembic", lambda: checks.check_alembic(alembic_revision(db), version)),
         *guarded("pgvector", lambda: checks.check_pgvector(checks.pgvector_version(db))),
         *guarded("pg-tools", lambda: checks.check_pg_tools(db)),
+        *guarded("database-tls", lambda: check_database_tls(db)),
         *guarded("restore-privileges", lambda: checks.check_restore_privileges(db)),
         *guarded("sequences", lambda: checks.check_sequences(sequence_health(db))),
         *guarded(

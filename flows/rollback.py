@@ -68,6 +68,7 @@ from letta_ops.tasks.letta_postgres import (
     database_error_message,
     table_row_counts,
 )
+from letta_ops.tasks.letta_server_tls import require_server_can_use_tls
 from letta_ops.tasks.letta_versions import release_at_revision
 from letta_ops.tasks.object_store import ObjectStore
 from letta_ops.tasks.pg_client_tools import client_tools
@@ -236,6 +237,7 @@ def preflight(
     # The rollback and its undo empty this database: prove the role may, before the stop.
     _, privileges = with_reset_mode(database_for_set(database, manifest), reset)
     profile.runtime.require_drivable()
+    require_server_can_use_tls(database, manifest.letta_version)
     current, live, down = current_server(profile)
     # Both versions must install before anything stops: the set's is started (and the undo
     # starts the current one again).

@@ -58,6 +58,7 @@ from letta_ops.tasks.letta_inventory import (
     database_size,
 )
 from letta_ops.tasks.letta_postgres import alembic_revision, database_error_message, empty_database
+from letta_ops.tasks.letta_server_tls import require_server_can_use_tls
 from letta_ops.tasks.letta_versions import ALEMBIC_HEADS, LettaVersion, parse_server_version
 from letta_ops.tasks.object_store import ObjectStore
 from letta_ops.tasks.pg_client_tools import client_tools
@@ -243,6 +244,7 @@ def preflight(
     # The runtime must be able to stop this server and start the target (a compose file on
     # 'latest', a server the process runtime did not start: refused before anything stops).
     profile.runtime.require_drivable()
+    require_server_can_use_tls(database, str(target))
     size = database_size(database)
     free = shutil.disk_usage(tempfile.gettempdir()).free
     if free < size * 2:

@@ -219,6 +219,14 @@ class AuditStore:
         elif parsed.drivername in ("postgresql", "postgres"):
             # No driver named: use pg8000, which letta-ops installs (sqlalchemy would pick psycopg).
             parsed = parsed.set(drivername="postgresql+pg8000")
+        if parsed.drivername == "postgresql+pg8000":
+            # libpq's TLS settings (?sslmode=..., PGSSL*) as pg8000 takes them.
+            from letta_ops.tasks.letta_postgres import pg8000_connect_args
+            from letta_ops.tasks.postgres_tls import CONNECTION_QUERY_PARAMETERS, tls_settings
+
+            tls = tls_settings(self.url)
+            parsed = parsed.difference_update_query(CONNECTION_QUERY_PARAMETERS)
+            kwargs["connect_args"] = pg8000_connect_args(tls)
         try:
             return create_engine(parsed, **kwargs)
         except (ArgumentError, NoSuchModuleError) as exc:

@@ -11,6 +11,7 @@ CHECK_NAMES = (
     "alembic",
     "pgvector",
     "pg-tools",
+    "database-tls",
     "restore-privileges",
     "interrupted-run",
     "agent-names",

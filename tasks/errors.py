@@ -73,8 +73,13 @@ def database_error_message(exc: BaseException) -> str:
     """PostgreSQL's own sentence (and hint) from a driver error, not the driver's dict.
 
     pg8000 carries the server's error fields as a dict (``M`` message, ``H`` hint); other
-    exceptions are described by their first line.
+    exceptions are described by their first line. A letta-ops error already says it for the
+    operator (a failed connection names host, port, reason and fix): its own sentence wins
+    over the driver's error it was raised from.
     """
+    if isinstance(exc, LettaOpsError):
+        text = str(exc).strip()
+        return text.splitlines()[0] if text else type(exc).__name__
     current: BaseException | None = exc
     while current is not None:
         for arg in getattr(current, "args", ()):

@@ -19,6 +19,12 @@ from letta_ops.tasks.errors import Refused
 
 # Defined in tasks.errors (import-light: the command line's error path needs it); used from here.
 from letta_ops.tasks.errors import database_error_message as database_error_message
+from letta_ops.tasks.postgres_connect_errors import (
+    DatabaseConnectionFailed,
+    connection_failure,
+    is_connection_failure,
+)
+from letta_ops.tasks.postgres_tls import PostgresTls
 
 
 def quote_ident(name: str) -> str:
@@ -27,20 +33,55 @@ def quote_ident(name: str) -> str:
 
 @contextlib.contextmanager
 def engine_for(db: LettaDatabase, autocommit: bool = False) -> Iterator[Engine]:
-    kwargs = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
-    engine = sa.create_engine(db.sqlalchemy_url("pg8000"), poolclass=sa.pool.NullPool, **kwargs)
+    """An engine on pg8000 with the database's TLS settings (:mod:`tasks.postgres_tls`)."""
+    kwargs: dict = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    engine = sa.create_engine(
+        db.sqlalchemy_url("pg8000"),
+        poolclass=sa.pool.NullPool,
+        connect_args=pg8000_connect_args(db.tls()),
+        **kwargs,
+    )
+    sa.event.listen(engine, "connect", _no_timeout_after_connect)
     try:
         yield engine
     finally:
         engine.dispose()
 
 
+def pg8000_connect_args(tls: PostgresTls) -> dict:
+    """pg8000's keywords for these settings: ``ssl_context`` and ``connect_timeout``."""
+    args: dict = {"ssl_context": tls.ssl_context()}
+    if tls.connect_timeout:
+        args["timeout"] = tls.connect_timeout
+    return args
+
+
+def _no_timeout_after_connect(dbapi_connection, _record) -> None:
+    """pg8000 keeps its ``timeout`` on the socket for every later read: a long statement
+    (a big count, DROP DATABASE's checkpoint) must not die of connect_timeout."""
+    sock = getattr(dbapi_connection, "_usock", None)
+    if sock is not None:
+        sock.settimeout(None)
+
+
 @contextlib.contextmanager
 def connect(db: LettaDatabase, autocommit: bool = False) -> Iterator[Connection]:
-    with engine_for(db, autocommit) as engine, engine.connect() as conn:
-        if db.db_schema:
-            conn.execute(sa.text(f"SET search_path TO {quote_ident(db.db_schema)}, public"))
-        yield conn
+    """A connection as letta-ops' role; a failure to connect is one sentence (host:port, why,
+    the fix), raised as :class:`DatabaseConnectionFailed`."""
+    with engine_for(db, autocommit) as engine:
+        try:
+            conn = engine.connect()
+        except Exception as exc:
+            if not is_connection_failure(exc):
+                raise
+            p = db.parts
+            raise DatabaseConnectionFailed(
+                connection_failure(exc, str(p["host"]), int(p["port"]), db.tls().describe())
+            ) from exc
+        with conn:
+            if db.db_schema:
+                conn.execute(sa.text(f"SET search_path TO {quote_ident(db.db_schema)}, public"))
+            yield conn
 
 
 def database_exists(db: LettaDatabase) -> bool:

@@ -33,6 +33,7 @@ import httpx
 import psutil
 
 from letta_ops.tasks.errors import Refused, final_error_line
+from letta_ops.tasks.letta_alembic_tls import ALEMBIC_WITH_LIBPQ_TLS
 from letta_ops.tasks.letta_health import wait_for_health
 from letta_ops.tasks.letta_versions import SDIST_WITH_MIGRATIONS, parse_server_version
 
@@ -405,20 +406,24 @@ def migrate_database(
     source_tree: str | None = None,
     index_url: str = DEFAULT_INDEX_URL,
     log: Callable[[str], None] = lambda _msg: None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> None:
     """Run ``version``'s alembic migrations (``upgrade head``) against the database.
 
-    The URI reaches alembic through ``LETTA_PG_URI`` in its environment, never its arguments.
+    The URI reaches alembic through ``LETTA_PG_URI`` in its environment, never its arguments;
+    ``extra_env`` carries the ``PGSSL*`` files (:mod:`tasks.letta_alembic_tls` makes 0.14+'s
+    pg8000 honour them).
     """
     cache_dir = cache_dir or default_cache_dir()
     runtime = install_runtime(version, cache_dir, index_url, log)
     where = migrations_dir(runtime, source_tree, cache_dir)
     env = _base_env(Path(tempfile.gettempdir()))
+    env.update(extra_env or {})
     env["LETTA_PG_URI"] = letta_pg_uri
     log(f"letta {runtime.version}: alembic upgrade head")
     secrets = _uri_secrets(letta_pg_uri)
     output = _run(
-        [str(runtime.alembic), "upgrade", "head"],
+        [str(runtime.venv / "bin" / "python"), "-c", ALEMBIC_WITH_LIBPQ_TLS, "upgrade", "head"],
         cwd=where,
         env=env,
         what=f"alembic upgrade head for letta {runtime.version}",

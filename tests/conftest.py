@@ -5,6 +5,8 @@ Each kind of component lives in its own fixture module under ``tests/fixtures``.
 
 pytest_plugins = [
     "tests.fixtures.postgres",
+    "tests.fixtures.tls_postgres",
+    "tests.fixtures.pgbouncer",
     "tests.fixtures.s3",
     "tests.fixtures.letta",
     "tests.fixtures.prefect",
@@ -22,6 +24,7 @@ LONGEST_FILES_FIRST = (
     "test_fleet_e2e.py",
     "test_rollback_e2e.py",
     "test_upgrade_e2e.py",
+    "test_tls_e2e.py",
     "test_audit_e2e.py",
     "test_backup_e2e.py",
     "test_maintenance_e2e.py",
