@@ -74,6 +74,11 @@ class RestorePlan(ReportPart):
     target_tables_before: int = Field(description="Tables the target held before.")
     replaces_existing: bool = Field(description="The target held tables (--force).")
     reset_mode: str = Field(description="How the target is emptied.")
+    left_alone: list[str] = Field(
+        default_factory=list,
+        description="What the database holds that is not Letta's and stays as it is (the "
+        "operator's tables in Letta's schema one by one, other schemas as a whole).",
+    )
     objects_verified: int = Field(description="Objects whose sha256 was checked.")
     tables: int
     rows: int
@@ -201,6 +206,7 @@ def preflight(
         target_tables_before=tables,
         replaces_existing=bool(tables),
         reset_mode=privileges["reset_mode"] if privileges else "recreate",
+        left_alone=privileges["left_alone"] if privileges else [],
         objects_verified=objects,
         tables=len(manifest.row_counts),
         rows=sum(manifest.row_counts.values()),
