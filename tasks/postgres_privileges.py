@@ -234,7 +234,7 @@ def choose_reset_mode(p: DatabasePrivileges, requested: RequestedReset = "auto")
     """``recreate`` when asked or possible, else ``in-place``; refused with the fix when the
     role can do neither (or not the one asked for). A database that holds anything but
     Letta's objects is never recreated (:func:`shared_blockers`)."""
-    recreate = shared_blockers(p) + recreate_blockers(p)
+    recreate = recreate_blockers(p) + shared_blockers(p)
     in_place = in_place_blockers(p)
     if requested == "recreate":
         if recreate:
