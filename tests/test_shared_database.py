@@ -157,3 +157,43 @@ def test_a_new_database_gets_pgvector_where_the_dump_names_it(pg_cluster, tmp_pa
         assert "auth" not in schemas and "storage" not in schemas
     finally:
         drop_database(scratch)
+
+
+def test_lettas_schema_named_after_the_database(pg_cluster, make_database, tmp_path: Path):
+    """The Docker image's shape: Letta's tables and pgvector in a schema named after the
+    database (LETTA_PG_SCHEMA), ``public`` dropped; an operator table in a schema of its own.
+    The dump is that schema; a new database gets the schema and pgvector in it; a reset in
+    place keeps the other schema."""
+    admin = make_database("imgshape", with_pgvector=False)
+    schema = admin.database_name
+    sql_execute(admin, f'CREATE SCHEMA "{schema}"')
+    sql_execute(admin, f'CREATE EXTENSION vector WITH SCHEMA "{schema}"')
+    sql_execute(admin, "DROP SCHEMA public CASCADE")
+    sql_execute(admin, "CREATE SCHEMA reports")
+    sql_execute(admin, "CREATE TABLE reports.weekly AS SELECT g FROM generate_series(1, 7) g")
+    sql_execute(admin, f'ALTER DATABASE "{schema}" SET search_path TO "{schema}"')
+    db = admin.model_copy(update={"db_schema": schema})
+    for statement in LETTA_SCHEMA:
+        sql_execute(db, statement)
+    store = open_store(f"file://{tmp_path}")
+    dumped = dump_to_store(db, store, "s/database.dump")
+    dump_path = tmp_path / "s" / "database.dump"
+    assert dumped.row_counts == LETTA_COUNTS
+    assert dumped.pgvector_schema == schema
+    assert dumped.left_out == ["schema reports (1 objects)"]
+    assert not [line for line in list_dump(db.bin_dir(), dump_path) if "reports" in line]
+
+    copy = LettaDatabase(uri=pg_cluster.uri(f"{schema}_copy"), db_schema=schema)
+    create_database(copy, pgvector_schema=dumped.pgvector_schema)
+    try:
+        restore_dump(copy, dump_path)
+        assert sql_table_counts(copy, schema) == LETTA_COUNTS
+    finally:
+        drop_database(copy)
+
+    assert restore_plan(db)["reset_mode"] == "in-place"  # reports is not Letta's
+    empty_database(db, "in-place", also_tables=dumped.row_counts)
+    assert sql_table_counts(db, schema) == {}
+    assert sql_table_counts(db, "reports") == {"weekly": 7}
+    restore_dump(db, dump_path)
+    assert sql_table_counts(db, schema) == LETTA_COUNTS
