@@ -206,8 +206,6 @@ class DatabaseInventory:
     left_alone_in_schema: tuple[SchemaObject, ...]
     #: Other schemas holding objects no extension owns, with how many (``auth``: 3).
     other_schemas: dict[str, int] = field(default_factory=dict)
-    #: Letta's tables by bare name (what is dumped, counted and restored).
-    letta_tables: tuple[str, ...] = ()
     #: Constraints on the left-alone tables (a reset must not take them by cascade).
     left_alone_constraints: tuple[str, ...] = ()
 
@@ -278,6 +276,5 @@ def inventory(conn: Connection, schema: str, also_tables: Iterable[str] = ()) ->
         letta=tuple(letta),
         left_alone_in_schema=tuple(obj(r) for r in left),
         other_schemas=others,
-        letta_tables=tuple(sorted(r["bare"] for r in tables)),
         left_alone_constraints=constraints,
     )

@@ -19,7 +19,7 @@ from letta_ops.tasks.errors import Refused
 
 # Defined in tasks.errors (import-light: the command line's error path needs it); used from here.
 from letta_ops.tasks.errors import database_error_message as database_error_message
-from letta_ops.tasks.letta_objects import LETTA_TABLES, DatabaseInventory, inventory
+from letta_ops.tasks.letta_objects import LETTA_TABLES, inventory
 
 
 def quote_ident(name: str) -> str:
@@ -101,15 +101,6 @@ def swap_in_database(incoming: LettaDatabase, live: LettaDatabase) -> None:
                 f"RENAME TO {quote_ident(live.database_name)}"
             )
         )
-
-
-def letta_inventory(db: LettaDatabase, also_tables: Iterable[str] = ()) -> DatabaseInventory:
-    """Letta's objects in ``db`` and what letta-ops leaves alone there
-    (:mod:`letta_ops.tasks.letta_objects`), the block's ``extra_tables`` counted as Letta's."""
-    with connect(db) as conn:
-        found = inventory(conn, db.db_schema or "public", [*db.extra_tables, *also_tables])
-        conn.rollback()
-    return found
 
 
 #: The order a reset drops Letta's objects in: tables first (their sequences and types are

@@ -45,6 +45,7 @@ from letta_ops.tasks.pg_client_tools import (
 )
 from letta_ops.tasks.post_data_schedule import data_started, post_data_by_table
 from letta_ops.tasks.postgres_privileges import require_supported_server
+from letta_ops.tasks.restore_selection import outside_lettas_part
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ class RestoreTarget:
             line
             for line in toc
             if not _exists_in_target(line, self.extensions, self.schemas)
-            and not _not_restored(line, self.schema, self.kept)
+            and not outside_lettas_part(line, self.schema, self.kept)
         ]
         return "\n".join(keep) + "\n"
 
@@ -676,56 +677,6 @@ def _exists_in_target(toc_line: str, extensions: set[str], schemas: set[str]) ->
                 return True
             if parts[i - 2 : i] == ["COMMENT", "-"] and parts[i + 1 : i + 2]:
                 return parts[i + 1] in names
-    return False
-
-
-#: TOC entry kinds of more than one word, longest first (the schema follows the kind).
-_MULTIWORD_KINDS = (
-    "MATERIALIZED VIEW DATA",
-    "SEQUENCE OWNED BY",
-    "TEXT SEARCH CONFIGURATION",
-    "TEXT SEARCH DICTIONARY",
-    "PUBLICATION TABLE",
-    "MATERIALIZED VIEW",
-    "FK CONSTRAINT",
-    "FOREIGN TABLE",
-    "SEQUENCE SET",
-    "SECURITY LABEL",
-    "EVENT TRIGGER",
-    "INDEX ATTACH",
-    "TABLE ATTACH",
-    "ROW SECURITY",
-    "DEFAULT ACL",
-    "TABLE DATA",
-)
-_DEFINITIONS = ("TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "AGGREGATE")
-_TOC_ENTRY = re.compile(r"^\d+; \d+ \d+ (?P<rest>.*)$")
-
-
-def toc_entry(line: str) -> tuple[str, str, str] | None:
-    """A TOC line's kind, schema (``-`` for none) and the rest (tag and owner)."""
-    found = _TOC_ENTRY.match(line)
-    if not found:
-        return None
-    rest = found["rest"]
-    kind = next((k for k in _MULTIWORD_KINDS if rest.startswith(k + " ")), rest.split(" ")[0])
-    schema, _, tag = rest[len(kind) + 1 :].partition(" ")
-    return kind, schema, tag
-
-
-def _not_restored(line: str, schema: str, kept: frozenset[str]) -> bool:
-    """An entry of another schema than Letta's, or the definition (or its comment) of a type
-    or routine the target's Letta schema keeps because it is not Letta's."""
-    entry = toc_entry(line)
-    if entry is None:
-        return False
-    kind, entry_schema, tag = entry
-    if entry_schema not in ("-", schema):
-        return True
-    if kind in ("COMMENT", "ACL", "SECURITY LABEL"):
-        kind, _, tag = tag.partition(" ")
-    if kind in _DEFINITIONS:
-        return re.split(r"[ (]", tag, maxsplit=1)[0] in kept
     return False
 
 

@@ -11,6 +11,7 @@ upgrade, rollback and restore: ``tests/test_shared_database_e2e.py``.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,13 @@ def _letta_counts(db: LettaDatabase) -> dict[str, int]:
 
 def test_dump_reset_and_restore_touch_only_lettas_objects(pg_cluster, tmp_path: Path):
     role, admin = _shared(pg_cluster, "shared")
+    # The operator's function: its definition rides along in the dump (pg_dump cannot leave
+    # it out), the reset keeps it, and the restore must not try to create it again.
+    sql_execute(
+        role,
+        "CREATE FUNCTION note_count() RETURNS bigint LANGUAGE sql "
+        "AS 'SELECT count(*) FROM public.app_notes'",
+    )
     untouched = untouched_digests(admin)
     assert untouched["public.app_notes"][0] == 100
     assert _letta_counts(role) == LETTA_COUNTS
@@ -99,9 +107,11 @@ def test_dump_reset_and_restore_touch_only_lettas_objects(pg_cluster, tmp_path: 
     )
     assert sql_scalar(role, vector_schema) == "extensions"
 
+    assert sql_scalar(role, "SELECT note_count()") == 100
     restore_dump(role, dump_path, jobs=2)
     assert _letta_counts(role) == LETTA_COUNTS
     assert untouched_digests(admin) == untouched
+    assert sql_scalar(role, "SELECT note_count()") == 100
     sql_execute(role, "INSERT INTO messages (id, agent_id) VALUES ('m-new', 'agent-1')")
     assert sql_scalar(role, "SELECT sequence_id FROM messages WHERE id = 'm-new'") == 31
 
@@ -110,6 +120,31 @@ def test_dump_reset_and_restore_touch_only_lettas_objects(pg_cluster, tmp_path: 
     with pytest.raises(PrivilegeRefused, match="not Letta's .*table public.app_notes.*in-place"):
         restore_plan(admin, "recreate")
     assert untouched_digests(admin) == untouched
+
+
+def test_a_set_of_the_whole_database_restores_lettas_part(pg_cluster, tmp_path: Path):
+    """Sets written before held the whole database. Restoring one writes Letta's schema only:
+    other schemas' entries are left out, and a table of the operator's that the set holds (it
+    is in the set's counts) is put back as it was then."""
+    role, admin = _shared(pg_cluster, "oldset")
+    untouched = untouched_digests(admin)
+    whole = tmp_path / "whole.dump"
+    subprocess.run(
+        [str(admin.bin_dir() / "pg_dump"), "-Fc", "-f", str(whole), "-d", admin.letta_pg_uri()],
+        check=True,
+    )
+    assert any(" TABLE DATA auth users " in line for line in list_dump(admin.bin_dir(), whole))
+    sql_execute(role, "DELETE FROM app_notes WHERE id > 50")
+    sql_execute(admin, "INSERT INTO auth.users VALUES (gen_random_uuid(), 'new@x', now())")
+    auth_now = untouched_digests(admin)["auth.users"]
+
+    empty_database(role, "in-place", also_tables=[*LETTA_COUNTS, "app_notes"])
+    restore_dump(role, whole)
+    assert _letta_counts(role) == LETTA_COUNTS
+    after = untouched_digests(admin)
+    assert after["public.app_notes"] == untouched["public.app_notes"]  # as the set held it
+    assert after["auth.users"] == auth_now  # not restored: not Letta's schema
+    assert after["storage.objects"] == untouched["storage.objects"]
 
 
 def test_reset_refuses_what_a_cascade_would_take(pg_cluster):
