@@ -89,7 +89,7 @@ def main() -> int:
     gc.collect()
     rss_after_imports = _rss()
 
-    db = LettaDatabase(uri=spec["uri"])
+    db = LettaDatabase(uri=spec["uri"], extra_tables=spec.get("extra_tables", []))
     if spec["store"] == "s3":
         store = S3ObjectStore(
             s3_client_from_env(), spec["bucket"], part_size=int(spec["part_size"])

@@ -69,6 +69,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = Path(__file__).resolve().parent / "results.json"
 
 LETTA_VERSION = "0.16.2"
+#: The bench's tables beside Letta's: not Letta's, so backups carry them only when named.
+BENCH_TABLES = ["bench_ballast", "bench_messages", "bench_passages"]
 BUCKET = "letta-ops-bench"
 EXPORT_CONCURRENCY = 4
 EXPORT_ROUNDS = 3
@@ -138,7 +140,8 @@ class Environment:
     def start_storage(self) -> None:
         log(f"starting PostgreSQL 18 + pgvector on 127.0.0.1:{self.postgres.port}")
         self.postgres.start()
-        self.database = LettaDatabase(uri=self.postgres.uri("letta"))
+        # The bench's own tables are not Letta's: named so that backups carry them.
+        self.database = LettaDatabase(uri=self.postgres.uri("letta"), extra_tables=BENCH_TABLES)
         create_database(self.database)
 
         # moto in a process of its own: a real store is another machine, and a moto thread in
@@ -563,6 +566,7 @@ def measure_dump(env: Environment) -> dict[str, Any]:
             "mode": "probe",
             "store": "s3",
             "uri": uri,
+            "extra_tables": BENCH_TABLES,
             "bucket": BUCKET,
             "part_size": DEFAULT_PART_SIZE,
         },
@@ -584,6 +588,7 @@ def measure_dump(env: Environment) -> dict[str, Any]:
                 "mode": "dump",
                 "store": "s3",
                 "uri": uri,
+                "extra_tables": BENCH_TABLES,
                 "bucket": BUCKET,
                 "key": s3_key,
                 "part_size": DEFAULT_PART_SIZE,
@@ -608,6 +613,7 @@ def measure_dump(env: Environment) -> dict[str, Any]:
                 "mode": "dump",
                 "store": "local",
                 "uri": uri,
+                "extra_tables": BENCH_TABLES,
                 "key": local_key,
                 "local_root": str(local_root),
                 "interval": SAMPLE_INTERVAL,

@@ -148,7 +148,7 @@ def s3_client(endpoint: str) -> Any:
 
 def ballast_database(admin: LettaDatabase) -> LettaDatabase:
     """A database of ``BALLAST_ROWS`` rows of 1 MiB, beside the bench's Letta database."""
-    db = admin.for_database("bench_store_reads")
+    db = admin.for_database("bench_store_reads").model_copy(update={"extra_tables": ["ballast"]})
     create_database(db, with_pgvector=False)
     with connect(db, autocommit=True) as conn:
         conn.execute(sa.text("CREATE TABLE ballast (id int PRIMARY KEY, payload bytea)"))

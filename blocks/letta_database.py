@@ -90,6 +90,11 @@ def parse_letta_pg_uri(uri: str) -> dict[str, str | int]:
     return {"user": user, "password": password, "host": host, "port": port, "database": database}
 
 
+def extra_tables_from_env(env) -> list[str]:
+    """``LETTA_OPS_EXTRA_TABLES``: table names, comma-separated, blanks ignored."""
+    return [t.strip() for t in env.get("LETTA_OPS_EXTRA_TABLES", "").split(",") if t.strip()]
+
+
 class LettaDatabase(Block):
     """Connection to a Letta server's PostgreSQL database, and the pg client tools to use."""
 
@@ -107,6 +112,12 @@ class LettaDatabase(Block):
         default=None,
         description="Schema holding Letta's tables when not 'public' (the Docker image's init "
         "script uses a schema named after the database).",
+    )
+    extra_tables: list[str] = Field(
+        default_factory=list,
+        description="Tables of the operator's, in Letta's schema, to back up and restore with "
+        "Letta's (LETTA_OPS_EXTRA_TABLES, comma-separated). Every other table that is not "
+        "Letta's is left alone: never dumped, dropped or restored.",
     )
     pg_bin_dir: Path | None = Field(
         default=None,
@@ -192,6 +203,7 @@ class LettaDatabase(Block):
         return cls(
             uri=SecretStr(uri),
             db_schema=env.get("LETTA_PG_SCHEMA") or None,
+            extra_tables=extra_tables_from_env(env),
             pg_bin_dir=Path(env["LETTA_OPS_PG_BIN"]) if env.get("LETTA_OPS_PG_BIN") else None,
             reset_mode=env.get("LETTA_OPS_RESET_MODE") or "auto",
             pg_tools_compose_service=env.get("LETTA_OPS_PG_COMPOSE_SERVICE") or None,
@@ -280,6 +292,7 @@ class LettaDatabase(Block):
             sslkey=self.sslkey,
             sslpassword=self.sslpassword,
             db_schema=self.db_schema,
+            extra_tables=list(self.extra_tables),
             pg_bin_dir=self.pg_bin_dir,
             reset_mode=self.reset_mode,
             compression=self.compression,

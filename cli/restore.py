@@ -61,6 +61,8 @@ def render_rollback_plan(report: RollbackReport) -> str:
             + ("unchanged" if not diff else f"{len(diff)} diff lines against the file now")
         )
         lines += [f"  {line}" for line in diff]
+    if plan.left_alone:
+        lines.append("left alone (not Letta's): " + ", ".join(plan.left_alone))
     lines.append("steps:")
     lines += [f"  {i}. {step}" for i, step in enumerate(plan.steps, 1)]
     return "\n".join(lines)
@@ -116,7 +118,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def render_restore_plan(report: RestoreReport) -> str:
     plan = report.plan
     replaces = (
-        f"DROPS and replaces the database there ({plan.target_tables_before} tables)"
+        f"DROPS and replaces Letta's tables there ({plan.target_tables_before} tables)"
         if plan.replaces_existing
         else "an empty database"
     )
@@ -126,6 +128,8 @@ def render_restore_plan(report: RestoreReport) -> str:
         f"{plan.tables} tables, {plan.rows} rows, {plan.agents_in_set} agents; "
         f"{plan.objects_verified} objects verified",
     ]
+    if plan.left_alone:
+        lines.append("left alone (not Letta's): " + ", ".join(plan.left_alone))
     if plan.start:
         lines.append(f"then start Letta {plan.letta_version} at {plan.base_url}")
     return "\n".join(lines)

@@ -27,6 +27,7 @@ def render_plan(report: UpgradeReport) -> str:
         f"database: PostgreSQL {plan.postgres_major}, role {plan.database_role}, "
         f"emptied by {plan.reset_mode} when restoring",
         f"runtime: {plan.runtime}",
+        *(["left alone (not Letta's): " + ", ".join(plan.left_alone)] if plan.left_alone else []),
         "steps:",
     ]
     lines += [f"  {i}. {step}" for i, step in enumerate(plan.steps, 1)]

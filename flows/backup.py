@@ -219,6 +219,8 @@ def build_manifest(
         db_schema=database.db_schema or "public",
         postgres_version=dump.postgres_version,
         pgvector_version=dump.pgvector_version,
+        pgvector_schema=dump.pgvector_schema,
+        left_out=dump.left_out,
         encryption_key_configured=_encryption_key_configured(profile),
         row_counts=dump.row_counts,
         table_bytes=dump.table_bytes,

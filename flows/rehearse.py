@@ -241,7 +241,7 @@ def rehearse(
             refuse_live_drill_target(target, server)
         report = RehearsalReport(plan=plan, source_set=source, outcome="running")
         with (
-            scratch_database(target, manifest.db_schema, dedicated, purpose="rehearsal") as (
+            scratch_database(target, manifest.db_schema, dedicated, "rehearsal", manifest) as (
                 scratch,
                 _in_place,
             ),

@@ -8,8 +8,9 @@ The runbook this replaces, as one run:
    it); the set has a manifest and every object matches its sha256; with ``start``, the set's
    Letta version installs and the port is free;
 2. take the destructive lock of the target;
-3. drop and recreate the target -> pgvector -> parallel pg_restore -> repair sequences ->
-   compare per-table counts with the manifest;
+3. drop and recreate the target -> pgvector (or, when it holds anything that is not
+   Letta's, drop Letta's objects only: ``tasks.letta_objects``) -> parallel pg_restore ->
+   repair sequences -> compare per-table counts with the manifest;
 4. with ``start``: start a Letta of the set's version on it and prove version, agents and
    counts equal the manifest's.
 """
@@ -74,6 +75,11 @@ class RestorePlan(ReportPart):
     target_tables_before: int = Field(description="Tables the target held before.")
     replaces_existing: bool = Field(description="The target held tables (--force).")
     reset_mode: str = Field(description="How the target is emptied.")
+    left_alone: list[str] = Field(
+        default_factory=list,
+        description="What the database holds that is not Letta's and stays as it is (the "
+        "operator's tables in Letta's schema one by one, other schemas as a whole).",
+    )
     objects_verified: int = Field(description="Objects whose sha256 was checked.")
     tables: int
     rows: int
@@ -174,7 +180,8 @@ def preflight(
     if tables and not force:
         raise RestoreTargetRefused(
             f"Database {where} already holds {tables} tables; restore refuses to overwrite "
-            "it: pass --force to drop and replace it, or name an empty database."
+            "it: pass --force to replace Letta's tables there (what is not Letta's stays, "
+            "as the plan lists), or name an empty database."
         )
     objects = require_intact(store, manifest)
     privileges = None
@@ -202,6 +209,7 @@ def preflight(
         target_tables_before=tables,
         replaces_existing=bool(tables),
         reset_mode=privileges["reset_mode"] if privileges else "recreate",
+        left_alone=privileges["left_alone"] if privileges else [],
         objects_verified=objects,
         tables=len(manifest.row_counts),
         rows=sum(manifest.row_counts.values()),

@@ -110,7 +110,10 @@ def empty_database_steps(mode: str) -> list[str]:
     """How a plan names the step that empties the database, by reset mode."""
     if mode == "recreate":
         return ["drop and recreate database", "install pgvector"]
-    return ["empty Letta's schema in place (database and pgvector kept)"]
+    return [
+        "drop Letta's tables, sequences and types in place (database, pgvector and "
+        "everything that is not Letta's kept)"
+    ]
 
 
 def restore_database_from_set(
@@ -131,11 +134,15 @@ def restore_database_from_set(
     # In place there is nowhere else to restore to: the dump is downloaded (decrypted and
     # authenticated, sha256 compared) before the schema is emptied, so a damaged dump or a
     # wrong key leaves the database as it was.
+    # Letta's objects only: the set's tables (and any Letta table a newer version added) are
+    # dropped; the operator's tables and other schemas stay (tasks.letta_objects).
     with downloaded(store, manifest.dump, expected.sha256) as dump_path:
-        empty_database(database, database.reset_mode)
+        empty_database(database, database.reset_mode, also_tables=manifest.row_counts)
         warnings = restore_dump(database, dump_path, jobs=jobs)
     sequences = repair_sequences(database).to_dict()
-    differences = compare_counts(manifest.row_counts, table_row_counts(database))
+    differences = compare_counts(
+        manifest.row_counts, table_row_counts(database, manifest.row_counts)
+    )
     return {"restore_warnings": warnings, "sequences": sequences, "count_differences": differences}
 
 
@@ -153,11 +160,13 @@ def _restore_beside_and_swap(
     incoming = incoming_database(database)
     with dump_head(store, manifest) as head:  # a wrong key or a damaged header: nothing created
         drop_database(incoming)  # left by a restore that was interrupted
-        create_database(incoming, with_pgvector=True)
+        create_database(incoming, with_pgvector=True, pgvector_schema=manifest.pgvector_schema)
         try:
             warnings = restore_set_dump(manifest, incoming, head, jobs)
             sequences = repair_sequences(incoming).to_dict()
-            differences = compare_counts(manifest.row_counts, table_row_counts(incoming))
+            differences = compare_counts(
+                manifest.row_counts, table_row_counts(incoming, manifest.row_counts)
+            )
         except BaseException:
             drop_database(incoming)
             raise
@@ -201,7 +210,8 @@ def prove_server_matches_set(
     agents = {a["id"]: a["name"] for a in client.list_agents()}
     expected = {a.id: a.name for a in manifest.agents}
     differences = compare_counts(
-        manifest.row_counts, table_row_counts(database_for_set(database, manifest))
+        manifest.row_counts,
+        table_row_counts(database_for_set(database, manifest), manifest.row_counts),
     )
     return {
         "ok": version == manifest.letta_version and not differences and agents == expected,

@@ -9,7 +9,8 @@ The runbook this replaces, as one run:
 3. optionally wait for an operator's approval;
 4. back up the current state (verified, pinned, purpose ``pre-rollback``): a rollback is
    itself undoable by rolling "forward" to that set;
-5. stop -> drop and recreate the database -> pgvector -> parallel pg_restore -> repair
+5. stop -> drop and recreate the database -> pgvector (or, in a database Letta shares, drop
+   Letta's objects only: ``tasks.letta_objects``) -> parallel pg_restore -> repair
    sequences -> start the set's version -> prove version, agents and per-table counts equal
    the manifest's;
 6. any failure after the stop undoes itself inside a Prefect transaction: restore the safety
@@ -130,6 +131,11 @@ class RollbackPlan(ReportPart):
     database_bytes: int
     objects_verified: int = Field(description="Objects whose sha256 was checked.")
     reset_mode: str = Field(description="How the database is emptied.")
+    left_alone: list[str] = Field(
+        default_factory=list,
+        description="What the database holds that is not Letta's and stays as it is (the "
+        "operator's tables in Letta's schema one by one, other schemas as a whole).",
+    )
     database_role: str
     postgres_major: int
     steps: list[str]
@@ -271,6 +277,7 @@ def preflight(
         database_bytes=size,
         objects_verified=len(manifest.objects),
         reset_mode=privileges["reset_mode"],
+        left_alone=privileges["left_alone"],
         database_role=privileges["role"],
         postgres_major=privileges["server_major"],
         steps=[

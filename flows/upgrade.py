@@ -136,6 +136,11 @@ class UpgradePlan(ReportPart):
     pg_tools: str = Field(description="Which PostgreSQL client tools run, and where.")
     alembic_revision: str | None
     reset_mode: str = Field(description="How the database is emptied before a restore.")
+    left_alone: list[str] = Field(
+        default_factory=list,
+        description="What the database holds that is not Letta's and stays as it is (the "
+        "operator's tables in Letta's schema one by one, other schemas as a whole).",
+    )
     database_role: str
     postgres_major: int
     agents: int
@@ -308,6 +313,7 @@ def preflight(
         pg_tools=client_tools(database).describe(),
         alembic_revision=alembic_revision(database),
         reset_mode=privileges["reset_mode"],
+        left_alone=privileges["left_alone"],
         database_role=privileges["role"],
         postgres_major=privileges["server_major"],
         agents=len(agents),

@@ -141,6 +141,16 @@ class BackupManifest(BaseModel):
     db_schema: str
     postgres_version: str
     pgvector_version: str | None
+    pgvector_schema: str | None = Field(
+        default=None,
+        description="The schema pgvector was created in (extensions on Supabase): a new "
+        "database for this set gets it there. None: public, or a set written before.",
+    )
+    left_out: list[str] = Field(
+        default_factory=list,
+        description="What the database held that is not Letta's and the dump leaves out "
+        "(the operator's tables in Letta's schema, other schemas), as plans name them.",
+    )
     encryption_key_configured: bool | None = Field(
         default=None, description="Whether LETTA_ENCRYPTION_KEY was set (never the key)."
     )

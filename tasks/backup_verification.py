@@ -284,29 +284,41 @@ def _read_up_to(source: BinaryIO, count: int) -> Iterator[bytes]:
 
 @contextlib.contextmanager
 def scratch_database(
-    target: LettaDatabase, schema: str, dedicated: bool, purpose: str = "drill"
+    target: LettaDatabase,
+    schema: str,
+    dedicated: bool,
+    purpose: str = "drill",
+    manifest: BackupManifest | None = None,
 ) -> Iterator[tuple[LettaDatabase, bool]]:
     """A database to restore a copy into, on ``target``'s server, gone again afterwards.
 
     A new database (dropped after) when the role may create one; else, when ``target`` is
     ``dedicated`` to such copies (``LETTA_OPS_DRILL_PG_URI``, managed PostgreSQL), that
     database with Letta's schema reset in place before and after. Yields the database and
-    whether it is the dedicated one.
+    whether it is the dedicated one. With the ``manifest`` of the set to restore, a new
+    database gets pgvector in the schema the set's had (a dump names pgvector's type by it),
+    and a reset in place takes the set's tables too.
     """
+    vector_schema = manifest.pgvector_schema if manifest else None
+    also = list(manifest.row_counts) if manifest else []
+
+    def reset(db: LettaDatabase) -> None:
+        reset_schema_in_place(db, also)
+
     facts = probe_privileges(target)
     if not recreate_blockers(facts):
         scratch = target.for_database(f"letta_ops_{purpose}_{uuid.uuid4().hex[:10]}")
         if schema != "public":
             scratch = scratch.model_copy(update={"db_schema": schema})
-        create_database(scratch, with_pgvector=True)
+        create_database(scratch, with_pgvector=True, pgvector_schema=vector_schema)
         cleanup = drop_database
     elif dedicated:
         scratch = target
         if schema != "public":
             scratch = scratch.model_copy(update={"db_schema": schema})
         choose_reset_mode(probe_privileges(scratch), "in-place")
-        reset_schema_in_place(scratch)
-        cleanup = reset_schema_in_place
+        reset(scratch)
+        cleanup = reset
     else:
         raise PrivilegeRefused(
             f"A {purpose} needs a scratch database, but role {facts.role} cannot create one "
@@ -315,7 +327,7 @@ def scratch_database(
             f"{facts.role}; then CREATE EXTENSION vector in it)."
         )
     try:
-        yield scratch, cleanup is reset_schema_in_place
+        yield scratch, cleanup is reset
     finally:
         cleanup(scratch)
 
@@ -339,13 +351,13 @@ def drill(
     # rest restores while it downloads: the scratch database holds nothing to lose.
     with (
         dump_head(store, manifest) as head,
-        scratch_database(target, manifest.db_schema, dedicated, purpose="drill") as (
+        scratch_database(target, manifest.db_schema, dedicated, "drill", manifest) as (
             scratch,
             in_place,
         ),
     ):
         warnings = restore_set_dump(manifest, scratch, head, jobs)
-        counts = table_row_counts(scratch)
+        counts = table_row_counts(scratch, manifest.row_counts)
     differences = compare_counts(manifest.row_counts, counts)
     return {
         "scratch_database": scratch.database_name,

@@ -9,7 +9,7 @@ password ever appears in a process argument.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -19,6 +19,7 @@ from letta_ops.tasks.errors import Refused
 
 # Defined in tasks.errors (import-light: the command line's error path needs it); used from here.
 from letta_ops.tasks.errors import database_error_message as database_error_message
+from letta_ops.tasks.letta_objects import LETTA_TABLES, inventory
 from letta_ops.tasks.postgres_connect_errors import (
     DatabaseConnectionFailed,
     connection_failure,
@@ -93,12 +94,15 @@ def database_exists(db: LettaDatabase) -> bool:
         )
 
 
-def create_database(db: LettaDatabase, with_pgvector: bool = True) -> None:
-    """Create the database (must not exist) and, by default, the pgvector extension."""
+def create_database(
+    db: LettaDatabase, with_pgvector: bool = True, pgvector_schema: str | None = None
+) -> None:
+    """Create the database (must not exist) and, by default, the pgvector extension (in
+    ``pgvector_schema`` when given: a dump names pgvector's type by the schema it had)."""
     with connect(db.for_database("postgres"), autocommit=True) as conn:
         conn.execute(sa.text(f"CREATE DATABASE {quote_ident(db.database_name)}"))
     if with_pgvector:
-        ensure_pgvector(db)
+        ensure_pgvector(db, pgvector_schema)
 
 
 def drop_database(db: LettaDatabase) -> None:
@@ -140,65 +144,98 @@ def swap_in_database(incoming: LettaDatabase, live: LettaDatabase) -> None:
         )
 
 
-def reset_schema_in_place(db: LettaDatabase) -> int:
-    """Drop every object of Letta's schema that no extension owns; keep the database, the
-    schema and pgvector. Returns how many objects were dropped.
+#: The order a reset drops Letta's objects in: tables first (their sequences and types are
+#: still in use until then).
+_DROP_STATEMENTS = {
+    "table": "DROP TABLE IF EXISTS {} CASCADE",
+    "sequence": "DROP SEQUENCE IF EXISTS {} CASCADE",
+    "type": "DROP TYPE IF EXISTS {} CASCADE",
+    "domain": "DROP DOMAIN IF EXISTS {} CASCADE",
+}
+
+
+class ResetRefused(Refused):
+    """Dropping Letta's objects would have taken something that is not Letta's; nothing was
+    dropped."""
+
+
+def reset_schema_in_place(db: LettaDatabase, also_tables: Iterable[str] = ()) -> int:
+    """Drop Letta's objects in its schema (tables, their sequences and types: see
+    :mod:`letta_ops.tasks.letta_objects`; ``also_tables``, the tables of the set about to be
+    restored, count as Letta's); keep the database, the schema, pgvector, every other schema
+    and every object of the schema that is not Letta's. Returns how many objects were dropped.
 
     Why: a role that owns its tables but may not create databases or extensions (managed
-    PostgreSQL) can still empty its schema for a restore. One transaction: on any error
-    nothing is dropped.
+    PostgreSQL) can still empty Letta's part of its schema for a restore, and a database
+    Letta shares with the operator's own tables (Supabase) must keep them. One transaction:
+    if anything that is not Letta's would go with Letta's objects (a view over Letta's
+    tables, a foreign key to them, dropped by cascade), nothing is dropped and the sentence
+    names it.
     """
-    from letta_ops.tasks.postgres_privileges import SCHEMA_OBJECTS_SQL
-
     schema = db.db_schema or "public"
-    statements = {
-        "table": "DROP TABLE IF EXISTS {} CASCADE",
-        "foreign table": "DROP FOREIGN TABLE IF EXISTS {} CASCADE",
-        "view": "DROP VIEW IF EXISTS {} CASCADE",
-        "materialized view": "DROP MATERIALIZED VIEW IF EXISTS {} CASCADE",
-        "sequence": "DROP SEQUENCE IF EXISTS {} CASCADE",
-        "routine": "DROP ROUTINE IF EXISTS {} CASCADE",
-        "type": "DROP TYPE IF EXISTS {} CASCADE",
-        "domain": "DROP DOMAIN IF EXISTS {} CASCADE",
-    }
-    order = list(statements)
+    tables = [*db.extra_tables, *also_tables]
     with connect(db) as conn:
         if not conn.execute(sa.text("SELECT to_regnamespace(:s)"), {"s": schema}).scalar():
             conn.execute(sa.text(f"CREATE SCHEMA {quote_ident(schema)}"))
             conn.commit()
             return 0
-        objects = conn.execute(sa.text(SCHEMA_OBJECTS_SQL), {"schema": schema}).mappings().all()
-        for obj in sorted(objects, key=lambda o: order.index(o["kind"])):
-            conn.execute(sa.text(statements[obj["kind"]].format(obj["name"])))
-        left = conn.execute(sa.text(SCHEMA_OBJECTS_SQL), {"schema": schema}).all()
-        if left:
+        before = inventory(conn, schema, tables)
+        order = list(_DROP_STATEMENTS)
+        for obj in sorted(before.letta, key=lambda o: order.index(o.kind)):
+            conn.execute(sa.text(_DROP_STATEMENTS[obj.kind].format(obj.name)))
+        after = inventory(conn, schema, tables)
+        kept = {str(o) for o in after.left_alone_in_schema} | set(after.left_alone_constraints)
+        lost = [
+            *(str(o) for o in before.left_alone_in_schema if str(o) not in kept),
+            *(c for c in before.left_alone_constraints if c not in kept),
+            *(s for s in before.other_schemas if s not in after.other_schemas),
+        ]
+        if lost:
+            conn.rollback()
+            raise ResetRefused(
+                f"Resetting Letta's objects in schema {schema} would also drop {lost[0]}"
+                + (f" (and {len(lost) - 1} more)" if len(lost) > 1 else "")
+                + ", which is not Letta's but depends on Letta's tables; nothing was dropped; "
+                "drop or detach it first."
+            )
+        if after.letta:
             conn.rollback()
             raise RuntimeError(
-                f"resetting schema {schema} in place left {len(left)} objects "
-                f"(first: {left[0][0]} {left[0][1]}); nothing was dropped"
+                f"resetting schema {schema} in place left {len(after.letta)} of Letta's "
+                f"objects (first: {after.letta[0]}); nothing was dropped"
             )
         conn.commit()
-    return len(objects)
+    return len(before.letta)
 
 
-def empty_database(db: LettaDatabase, mode: str) -> None:
-    """Make ``db`` an empty database with pgvector, ready for a restore, the ``mode`` way:
-    ``recreate`` (drop, create, install pgvector) or ``in-place``
-    (:func:`reset_schema_in_place`). The mode comes from the pre-flight's
-    ``tasks.postgres_privileges.restore_plan``, which proved the role may do it."""
+def empty_database(
+    db: LettaDatabase, mode: str, pgvector_schema: str | None = None, also_tables=()
+) -> None:
+    """Make ``db`` ready for a restore, the ``mode`` way: ``recreate`` (drop, create, install
+    pgvector, in ``pgvector_schema`` when the set's was there) or ``in-place``
+    (:func:`reset_schema_in_place`: Letta's objects only). The mode comes from the
+    pre-flight's ``tasks.postgres_privileges.restore_plan``, which proved the role may do it
+    (and that recreating drops nothing but Letta's)."""
     if mode == "recreate":
         drop_database(db)
-        create_database(db, with_pgvector=True)
+        create_database(db, with_pgvector=True, pgvector_schema=pgvector_schema)
     elif mode == "in-place":
-        reset_schema_in_place(db)
+        reset_schema_in_place(db, also_tables)
     else:
         raise Refused(f"unknown reset mode {mode!r}; use 'recreate' or 'in-place'")
 
 
-def ensure_pgvector(db: LettaDatabase) -> str:
-    """Install pgvector if missing; return its version. Needs a superuser the first time."""
+def ensure_pgvector(db: LettaDatabase, schema: str | None = None) -> str:
+    """Install pgvector if missing (in ``schema`` when given, created if need be); return its
+    version. Needs a superuser the first time."""
     with connect(db, autocommit=True) as conn:
-        conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS vector"))
+        if schema:
+            conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
+            conn.execute(
+                sa.text(f"CREATE EXTENSION IF NOT EXISTS vector SCHEMA {quote_ident(schema)}")
+            )
+        else:
+            conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS vector"))
         return str(
             conn.execute(
                 sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
@@ -215,32 +252,41 @@ def alembic_revision(db: LettaDatabase) -> str | None:
         return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def table_row_counts(db: LettaDatabase) -> dict[str, int]:
-    """Exact row counts of every table in Letta's schema, in one repeatable-read snapshot."""
+def table_row_counts(db: LettaDatabase, also_tables: Iterable[str] = ()) -> dict[str, int]:
+    """Exact row counts of Letta's tables (:mod:`letta_ops.tasks.letta_objects`; with
+    ``also_tables``, e.g. the tables of a set being compared), in one repeatable-read
+    snapshot. The operator's own tables are not Letta's and are not counted."""
     with connect(db) as conn:
         conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-        return counts_in_snapshot(conn, db.db_schema or "public")
+        return counts_in_snapshot(conn, db.db_schema or "public", [*db.extra_tables, *also_tables])
 
 
-def table_sizes(conn: Connection, schema: str) -> dict[str, int]:
-    """Each table's size on disk (``pg_table_size``: rows and TOAST, no indexes), for
-    balancing a restore's lanes; a catalog read, no table is scanned."""
+def table_sizes(conn: Connection, schema: str, also_tables: Iterable[str] = ()) -> dict[str, int]:
+    """Each of Letta's tables' size on disk (``pg_table_size``: rows and TOAST, no indexes),
+    for balancing a restore's lanes; a catalog read, no table is scanned."""
     rows = conn.execute(
         sa.text(
             "SELECT c.relname, pg_table_size(c.oid) FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = :s AND c.relkind IN ('r', 'p')"
+            "WHERE n.nspname = :s AND c.relkind IN ('r', 'p') AND c.relname = ANY(:names)"
         ),
-        {"s": schema},
+        {"s": schema, "names": sorted(LETTA_TABLES | set(also_tables))},
     )
     return {name: int(size or 0) for name, size in rows}
 
 
-def counts_in_snapshot(conn: Connection, schema: str) -> dict[str, int]:
+def counts_in_snapshot(
+    conn: Connection, schema: str, also_tables: Iterable[str] = ()
+) -> dict[str, int]:
+    """Row counts of Letta's tables in ``schema`` (and ``also_tables``), in the caller's
+    transaction (a backup's: the dump's snapshot)."""
     tables = (
         conn.execute(
-            sa.text("SELECT tablename FROM pg_tables WHERE schemaname = :s ORDER BY tablename"),
-            {"s": schema},
+            sa.text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = :s "
+                "AND tablename = ANY(:names) ORDER BY tablename"
+            ),
+            {"s": schema, "names": sorted(LETTA_TABLES | set(also_tables))},
         )
         .scalars()
         .all()

@@ -4,6 +4,10 @@ Why streamed: a dump is the lossless artifact and can be tens of GB; it goes fro
 stdout straight into the object store (multipart), so memory stays at about one upload part.
 Why a snapshot: the per-table row counts in the manifest must describe exactly what is in the
 dump, so they are counted in the very transaction snapshot that pg_dump exports.
+Why only Letta's schema, and in it only Letta's tables: a database Letta shares (Supabase's
+``auth`` and ``storage``, the operator's own tables beside Letta's) is not letta-ops' to copy
+or to put back; :mod:`letta_ops.tasks.letta_objects` says which objects are Letta's, and a
+restore leaves out whatever the target keeps that is not Letta's.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.dump_compression import DEFAULT_COMPRESSION, parse_compression
 from letta_ops.tasks.dump_lanes import StreamSpool, assign_lanes, room_for_spool
 from letta_ops.tasks.errors import Refused, final_error_line
-from letta_ops.tasks.letta_postgres import connect, counts_in_snapshot, table_sizes
+from letta_ops.tasks.letta_objects import inventory
+from letta_ops.tasks.letta_postgres import connect, counts_in_snapshot, quote_ident, table_sizes
 from letta_ops.tasks.object_store import ObjectStore, StoredObject
 from letta_ops.tasks.pg_client_tools import (
     LocalPgClientTools,
@@ -41,6 +46,7 @@ from letta_ops.tasks.pg_client_tools import (
 from letta_ops.tasks.post_data_schedule import data_started, post_data_by_table
 from letta_ops.tasks.postgres_pooler import refuse_transaction_pooler
 from letta_ops.tasks.postgres_privileges import require_supported_server
+from letta_ops.tasks.restore_selection import outside_lettas_part
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,11 @@ class DumpResult:
     pgvector_version: str | None
     compression: str = DEFAULT_COMPRESSION
     table_bytes: dict[str, int] = field(default_factory=dict)
+    #: The schema pgvector lives in (``extensions`` on Supabase): a new database for this
+    #: dump must have it there, since the dump names pgvector's type by it.
+    pgvector_schema: str | None = None
+    #: What the dump leaves out because it is not Letta's (as plans name them).
+    left_out: list[str] = field(default_factory=list)
 
 
 def require_compression_supported(db: LettaDatabase, compression: str) -> None:
@@ -192,11 +203,15 @@ def dump_to_store(
         server_major = int(conn.execute(sa.text("SHOW server_version_num")).scalar()) // 10000
         tools = client_tools(db)
         require_supported_server(server_major, tools.major())
-        vector = conn.execute(
-            sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-        ).scalar()
-        counts = counts_in_snapshot(conn, schema)
-        sizes = table_sizes(conn, schema)
+        vector, vector_schema = conn.execute(
+            sa.text(
+                "SELECT e.extversion, n.nspname FROM pg_extension e "
+                "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+            )
+        ).first() or (None, None)
+        found = inventory(conn, schema, db.extra_tables)
+        counts = counts_in_snapshot(conn, schema, db.extra_tables)
+        sizes = table_sizes(conn, schema, db.extra_tables)
         proc = subprocess.Popen(
             tools.argv(
                 "pg_dump",
@@ -204,6 +219,7 @@ def dump_to_store(
                 f"--compress={compression}",
                 f"--snapshot={snapshot}",
                 "--no-password",
+                *letta_only_arguments(schema, found.excluded_relations()),
             ),
             env=tools.env(),
             stdout=subprocess.PIPE,
@@ -220,7 +236,24 @@ def dump_to_store(
                 proc.kill()
                 proc.wait()
         conn.rollback()
-    return DumpResult(stored, counts, str(pg_version), vector, compression, sizes)
+    return DumpResult(
+        stored,
+        counts,
+        str(pg_version),
+        vector,
+        compression,
+        sizes,
+        pgvector_schema=vector_schema,
+        left_out=found.left_alone(),
+    )
+
+
+def letta_only_arguments(schema: str, excluded: list[str]) -> list[str]:
+    """pg_dump's selection of Letta's objects: Letta's schema only (extensions and every
+    other schema stay out), without the relations of that schema that are not Letta's
+    (``--exclude-table`` takes views and sequences too). Names are quoted, so a ``*`` or a
+    capital in a name is taken literally, not as a pattern."""
+    return [f"--schema={quote_ident(schema)}"] + [f"--exclude-table={name}" for name in excluded]
 
 
 def list_dump(bin_dir: Path, dump_path: Path) -> list[str]:
@@ -245,18 +278,41 @@ class RestoreTarget:
     server_major: int
     extensions: frozenset[str]
     schemas: frozenset[str]
+    #: Letta's schema: a dump's entries of any other schema are left out (sets written
+    #: before dumps held Letta's schema only carry the whole database).
+    schema: str = "public"
+    #: Names of the types and routines Letta's schema already holds after its reset: the
+    #: operator's (Letta's were dropped), whose definitions a dump of the schema carries
+    #: along (pg_dump cannot leave them out) and which the restore must not recreate.
+    kept: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, db: LettaDatabase) -> RestoreTarget:
+        schema = db.db_schema or "public"
         with connect(db) as conn:
             major = int(conn.execute(sa.text("SHOW server_version_num")).scalar()) // 10000
             extensions = conn.execute(sa.text("SELECT extname FROM pg_extension")).scalars()
             schemas = conn.execute(sa.text("SELECT nspname FROM pg_namespace")).scalars()
-            return cls(major, frozenset(extensions), frozenset(schemas))
+            kept = conn.execute(
+                sa.text(
+                    "SELECT t.typname FROM pg_type t JOIN pg_namespace n "
+                    "ON n.oid = t.typnamespace WHERE n.nspname = :s "
+                    "UNION SELECT p.proname FROM pg_proc p JOIN pg_namespace n "
+                    "ON n.oid = p.pronamespace WHERE n.nspname = :s"
+                ),
+                {"s": schema},
+            ).scalars()
+            return cls(major, frozenset(extensions), frozenset(schemas), schema, frozenset(kept))
 
     def listing(self, toc: list[str]) -> str:
-        """The ``--use-list`` file's text: the TOC without what the target already has."""
-        keep = [line for line in toc if not _exists_in_target(line, self.extensions, self.schemas)]
+        """The ``--use-list`` file's text: the TOC without what the target already has, and
+        without anything outside Letta's schema."""
+        keep = [
+            line
+            for line in toc
+            if not _exists_in_target(line, self.extensions, self.schemas)
+            and not outside_lettas_part(line, self.schema, self.kept)
+        ]
         return "\n".join(keep) + "\n"
 
     def tolerated(self, returncode: int, stderr: str) -> list[str]:

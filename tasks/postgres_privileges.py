@@ -3,8 +3,11 @@
 Why this module: a restore must first empty the database it writes into, and there are two
 ways, each needing different privileges. *Recreate* drops and creates the database and installs
 pgvector: it needs CREATEDB (or a superuser) and, because pgvector is not a trusted extension,
-a superuser. *In place* keeps the database and its pgvector extension and drops every object of
-Letta's schema that no extension owns: it needs only ownership of those objects. Managed
+a superuser. *In place* keeps the database and its pgvector extension and drops Letta's
+objects in Letta's schema (:mod:`letta_ops.tasks.letta_objects`): it needs only ownership of
+those objects. A
+database that holds anything else (the operator's tables, other schemas: Supabase) is never
+recreated, since that would drop them. Managed
 PostgreSQL (RDS, Cloud SQL, Azure, Supabase) gives Letta a role that can do the second only.
 
 Every destructive run asks :func:`choose_reset_mode` *before* it stops anything, so a role that
@@ -21,6 +24,7 @@ import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.letta_objects import inventory
 from letta_ops.tasks.letta_postgres import connect, database_error_message
 from letta_ops.tasks.pg_client_tools import client_tools
 
@@ -68,6 +72,9 @@ class DatabasePrivileges:
     #: may drop any object in it, whoever owns the object.
     owns_schema: bool = False
     foreign_objects: tuple[ForeignObject, ...] = field(default_factory=tuple)
+    #: What the database holds that is not Letta's (``table public.app_notes``, ``schema auth
+    #: (3 objects)``): left alone by a reset in place, lost by a recreate.
+    not_letta: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def can_create_database(self) -> bool:
@@ -100,36 +107,6 @@ SELECT has_schema_privilege(:schema, 'USAGE') AS usage,
                    'USAGE') AS owns_schema
 """
 
-#: Objects of the schema that no extension owns, with their owners: what a reset in place
-#: drops. Array types and tables' row types go with their types and tables.
-SCHEMA_OBJECTS_SQL = """
-WITH ns AS (SELECT oid, nspname FROM pg_namespace WHERE nspname = :schema),
-objects AS (
-    SELECT CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'f' THEN 'foreign table'
-                          WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
-                          ELSE 'sequence' END AS kind,
-           format('%I.%I', ns.nspname, c.relname) AS name, c.relowner AS owner, c.oid,
-           'pg_class'::regclass AS classid
-    FROM pg_class c, ns WHERE c.relnamespace = ns.oid AND c.relkind IN ('r','p','f','v','m','S')
-    UNION ALL
-    SELECT CASE t.typtype WHEN 'd' THEN 'domain' ELSE 'type' END,
-           format('%I.%I', ns.nspname, t.typname), t.typowner, t.oid, 'pg_type'::regclass
-    FROM pg_type t, ns
-    WHERE t.typnamespace = ns.oid AND t.typtype IN ('c','d','e','r','m')
-      AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
-      AND NOT (t.typcategory = 'A')
-    UNION ALL
-    SELECT 'routine', p.oid::regprocedure::text, p.proowner, p.oid, 'pg_proc'::regclass
-    FROM pg_proc p, ns WHERE p.pronamespace = ns.oid
-)
-SELECT kind, name, pg_get_userbyid(owner) AS owner,
-       pg_has_role(current_user, owner, 'USAGE') AS owned
-FROM objects o
-WHERE NOT EXISTS (SELECT 1 FROM pg_depend d
-                  WHERE d.classid = o.classid AND d.objid = o.oid AND d.deptype = 'e')
-ORDER BY kind, name
-"""
-
 
 def probe_privileges(db: LettaDatabase) -> DatabasePrivileges:
     """Read the facts, as the configured role, without changing anything; a URI through a
@@ -146,9 +123,9 @@ def probe_privileges(db: LettaDatabase) -> DatabasePrivileges:
             rights = conn.execute(sa.text(_SCHEMA_SQL), {"schema": schema}).mappings().one()
             usage, create = bool(rights["usage"]), bool(rights["create"])
             owns_schema = bool(rights["owns_schema"])
-            for obj in conn.execute(sa.text(SCHEMA_OBJECTS_SQL), {"schema": schema}).mappings():
-                if not obj["owned"]:
-                    foreign.append(ForeignObject(obj["kind"], obj["name"], obj["owner"]))
+        found = inventory(conn, schema, db.extra_tables)
+        # Only Letta's objects are ever dropped: only theirs need an owner's right.
+        foreign = [ForeignObject(o.kind, o.name, o.owner) for o in found.letta if not o.owned]
         conn.rollback()
     maintenance_error = None
     try:
@@ -174,6 +151,7 @@ def probe_privileges(db: LettaDatabase) -> DatabasePrivileges:
         schema_create=create,
         owns_schema=owns_schema,
         foreign_objects=tuple(foreign),
+        not_letta=tuple(found.left_alone()),
     )
 
 
@@ -243,10 +221,25 @@ def in_place_blockers(p: DatabasePrivileges) -> list[str]:
     return blockers
 
 
+def shared_blockers(p: DatabasePrivileges) -> list[str]:
+    """What recreating the database would destroy that is not Letta's: a database Letta
+    shares (other schemas, the operator's tables beside Letta's) is only ever reset in place."""
+    if not p.not_letta:
+        return []
+    more = f" and {len(p.not_letta) - 3} more" if len(p.not_letta) > 3 else ""
+    return [
+        f"database {p.database} also holds what is not Letta's ({', '.join(p.not_letta[:3])}"
+        f"{more}), which recreating it would drop; fix: --reset in-place, which touches only "
+        "Letta's objects"
+    ]
+
+
 def choose_reset_mode(p: DatabasePrivileges, requested: RequestedReset = "auto") -> ResetMode:
     """``recreate`` when asked or possible, else ``in-place``; refused with the fix when the
-    role can do neither (or not the one asked for)."""
-    recreate, in_place = recreate_blockers(p), in_place_blockers(p)
+    role can do neither (or not the one asked for). A database that holds anything but
+    Letta's objects is never recreated (:func:`shared_blockers`)."""
+    recreate = recreate_blockers(p) + shared_blockers(p)
+    in_place = in_place_blockers(p)
     if requested == "recreate":
         if recreate:
             raise PrivilegeRefused(
@@ -305,6 +298,7 @@ def restore_plan(db: LettaDatabase, requested: RequestedReset | None = None) -> 
         "superuser": facts.superuser,
         "server_major": facts.server_major,
         "pgvector": facts.pgvector_installed,
+        "left_alone": list(facts.not_letta),
     }
 
 

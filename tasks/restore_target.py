@@ -18,7 +18,11 @@ from urllib.parse import quote, urlparse
 import sqlalchemy as sa
 from pydantic import SecretStr
 
-from letta_ops.blocks.letta_database import LettaDatabase, parse_letta_pg_uri
+from letta_ops.blocks.letta_database import (
+    LettaDatabase,
+    extra_tables_from_env,
+    parse_letta_pg_uri,
+)
 from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.letta_postgres import connect, database_exists
 
@@ -65,6 +69,7 @@ def target_database(reference: str, environ: Mapping[str, str] | None = None) ->
     return LettaDatabase(
         uri=SecretStr(parsed._replace(netloc=netloc).geturl()),
         db_schema=env.get("LETTA_PG_SCHEMA") or None,
+        extra_tables=extra_tables_from_env(env),
         pg_bin_dir=Path(bin_dir) if bin_dir else None,
     )
 

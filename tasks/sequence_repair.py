@@ -9,6 +9,9 @@ message insert fails (the column is NOT NULL); with a sequence behind ``max(sequ
 fail on the unique constraint. Sequences are therefore found through column defaults
 (``pg_attrdef`` expressions calling ``nextval``), as well as through ownership and identity.
 
+Only Letta's tables' sequences are repaired (``tasks.letta_objects``): a database Letta shares
+keeps the operator's sequences as they are.
+
 Everything is plain synchronous sqlalchemy (pg8000 through :func:`tasks.letta_postgres.connect`);
 a thin Prefect task sits at the bottom.
 
@@ -29,6 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Connection
 
 from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.letta_objects import LETTA_TABLES
 from letta_ops.tasks.letta_postgres import connect, quote_ident
 
 MESSAGES_TABLE = "messages"
@@ -290,15 +294,17 @@ def _read_state(conn: Connection, sequence: str) -> _SequenceState:
     return _SequenceState(int(last_value), bool(is_called), int(increment or 1))
 
 
-def _plan(conn: Connection, schema: str, lock: bool) -> _Plan:
+def _plan(conn: Connection, schema: str, lock: bool, tables: frozenset[str]) -> _Plan:
     """Read the catalog and the data; decide every change without making any.
 
+    Only the columns of ``tables`` (Letta's: ``tasks.letta_objects``) are considered: the
+    sequences of the operator's own tables beside Letta's are not letta-ops' to move.
     With ``lock``, the tables are locked against writes (until the transaction ends) before
     their maximum is read, so no insert slips in between planning and ``setval``.
     """
     missing = _messages_default_missing(conn, schema)
     changes: list[dict] = []
-    columns = find_sequence_columns(conn, schema)
+    columns = [c for c in find_sequence_columns(conn, schema) if c.table in tables]
     states: dict[str, _SequenceState] = {}
     if missing is not None:
         if not missing.sequence_exists:
@@ -402,6 +408,11 @@ def _apply(conn: Connection, plan: _Plan) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def letta_tables_of(db: LettaDatabase) -> frozenset[str]:
+    """The table names whose sequences are Letta's: Letta's own and the block's extras."""
+    return LETTA_TABLES | frozenset(db.extra_tables)
+
+
 def repair_sequences(db: LettaDatabase, dry_run: bool = False) -> SequenceRepairReport:
     """Give messages.sequence_id its default back and move every lagging sequence past its max.
 
@@ -411,7 +422,7 @@ def repair_sequences(db: LettaDatabase, dry_run: bool = False) -> SequenceRepair
     schema = db.db_schema or "public"
     with connect(db) as conn:
         try:
-            plan = _plan(conn, schema, lock=not dry_run)
+            plan = _plan(conn, schema, lock=not dry_run, tables=letta_tables_of(db))
             if not dry_run:
                 _apply(conn, plan)
         except BaseException:
@@ -431,7 +442,7 @@ def sequence_health(db: LettaDatabase) -> list[dict]:
     schema = db.db_schema or "public"
     with connect(db) as conn:
         try:
-            plan = _plan(conn, schema, lock=False)
+            plan = _plan(conn, schema, lock=False, tables=letta_tables_of(db))
         finally:
             conn.rollback()
     results = []

@@ -270,6 +270,7 @@ def test_postgres_restarted_mid_backup(server_25, tmp_path, monkeypatch, prefect
                     "FROM generate_series(1, 1000000) g"
                 )
             )
+        monkeypatch.setenv("LETTA_OPS_EXTRA_TABLES", "bulk_history")  # not Letta's: named
         monkeypatch.setenv("LETTA_BASE_URL", "http://127.0.0.1:9")  # nothing answers
         monkeypatch.setenv("LETTA_PG_URI", copy.letta_pg_uri())
         monkeypatch.setenv("LETTA_OPS_SERVER_NAME", "pg-restarted")

@@ -241,7 +241,12 @@ def test_destructive_paths_hold_on_cell(
         assert sql_scalar(other, "SELECT to_regclass('keep_me') IS NOT NULL")
     restored = restore(pre_upgrade, uri, force=True)
     assert restored.outcome == "succeeded"
-    assert restored.plan.reset_mode == ("in-place" if owner else "recreate")
-    assert sql_scalar(other, "SELECT to_regclass('keep_me') IS NULL")
-    assert sql_table_counts(other) == tables_before
+    # keep_me is not Letta's: the target is reset in place, never recreated (that would drop
+    # it), and it stays; Letta's tables are the set's.
+    assert restored.plan.reset_mode == "in-place"
+    assert restored.plan.left_alone == ["table public.keep_me"]
+    assert sql_scalar(other, "SELECT to_regclass('keep_me') IS NOT NULL")
+    restored_counts = sql_table_counts(other)
+    assert restored_counts.pop("keep_me") == 0
+    assert restored_counts == tables_before
     assert sql_agents(other) == agents_before

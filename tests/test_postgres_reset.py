@@ -39,7 +39,8 @@ from tests.fixtures.oracle import sql_scalar, sql_table_counts
 from tests.fixtures.postgres import owner_database
 
 #: A Letta-shaped schema: a vector column, a free-standing sequence behind a default (as
-#: ``messages.sequence_id``), an enum, a function, a view and a foreign key.
+#: ``messages.sequence_id``), an enum and a foreign key; and a function of the operator's
+#: (Letta creates none), whose definition a dump of the schema carries along.
 SCHEMA = """
 CREATE SEQUENCE message_seq_id;
 CREATE TYPE job_status AS ENUM ('created', 'running', 'done');
@@ -52,8 +53,6 @@ CREATE TABLE messages (
 );
 CREATE FUNCTION message_count(a text) RETURNS bigint LANGUAGE sql
     AS 'SELECT count(*) FROM messages WHERE agent_id = a';
-CREATE VIEW agent_messages AS
-    SELECT a.name, m.id FROM agents a JOIN messages m ON m.agent_id = a.id;
 INSERT INTO agents SELECT 'agent-' || i, 'Agent ' || i, 'done' FROM generate_series(1, 5) i;
 INSERT INTO messages (id, agent_id, embedding)
     SELECT 'm-' || i, 'agent-' || (i % 5 + 1), '[1,2,3]' FROM generate_series(1, 40) i;
@@ -80,7 +79,7 @@ def test_dump_empty_and_restore(pg_clusters, make_database, tmp_path: Path, majo
     source = _database(pg_clusters, make_database, major, role, "src")
     _run(source, SCHEMA)
     target = _database(pg_clusters, make_database, major, role, "dst")
-    _run(target, "CREATE TABLE stale (id int); INSERT INTO stale VALUES (1)")
+    _run(target, "CREATE TABLE agents (id int); INSERT INTO agents VALUES (1)")  # stale
     before = sql_table_counts(source)
     assert before == {"agents": 5, "messages": 40}
 
@@ -107,11 +106,13 @@ def test_dump_empty_and_restore(pg_clusters, make_database, tmp_path: Path, majo
     assert sql_scalar(target, "SELECT sequence_id FROM messages WHERE id = 'm-new'") == 41
     assert sql_scalar(target, "SELECT message_count('agent-1')") == 9
 
-    # Reset in place again: every object goes, the extension and the database stay.
+    # Reset in place again: Letta's tables, their sequence and enum go; the extension, the
+    # database and the function (not Letta's: Letta creates none) stay.
     empty_database(target, "in-place")
     assert sql_table_counts(target) == {}
     assert sql_scalar(target, "SELECT count(*) FROM pg_type WHERE typname = 'job_status'") == 0
-    assert sql_scalar(target, "SELECT count(*) FROM pg_proc WHERE proname = 'message_count'") == 0
+    assert sql_scalar(target, "SELECT to_regclass('message_seq_id')") is None
+    assert sql_scalar(target, "SELECT count(*) FROM pg_proc WHERE proname = 'message_count'") == 1
     assert sql_scalar(target, "SELECT count(*) FROM pg_extension WHERE extname = 'vector'") == 1
 
 
@@ -123,7 +124,9 @@ def test_restore_while_the_dump_streams(
     constraints in parallel from the dump's head alone (its table of contents); the digest is
     of exactly what was read. A cut stream fails, in one line, and so does a stream whose
     first bytes are not the head's."""
+    # bulk is the operator's: named as extra_tables, it is backed up with Letta's.
     source = _database(pg_clusters, make_database, major, role, "ssrc")
+    source = source.model_copy(update={"extra_tables": ["bulk"]})
     _run(source, SCHEMA)
     # Rows enough that the dump is longer than the head read for its table of contents.
     _run(source, "CREATE TABLE bulk AS SELECT g, md5(g::text) h FROM generate_series(1, 60000) g")
@@ -202,10 +205,10 @@ def test_owner_role_refusals_name_the_fix(pg_clusters, major):
         restore_plan(bare)
 
     # In public (owned by pg_database_owner since PostgreSQL 15) the database's owner may
-    # drop another role's table: the reset in place takes it too.
+    # drop another role's table: the reset in place takes Letta's, whoever owns them.
     admin = LettaDatabase(uri=cluster.uri(owned.database_name))
-    _run(owned, "CREATE TABLE mine (id int)")
-    _run(admin, "CREATE TABLE not_mine (id int)")
+    _run(owned, "CREATE TABLE agents (id int)")
+    _run(admin, "CREATE TABLE messages (id int)")
     assert restore_plan(owned)["reset_mode"] == "in-place"
     empty_database(owned, "in-place")
     assert sql_table_counts(owned) == {}
@@ -214,12 +217,12 @@ def test_owner_role_refusals_name_the_fix(pg_clusters, major):
     # role's object cannot be dropped: refused before anything is, naming owner and fix.
     _run(admin, f"CREATE SCHEMA shared; GRANT USAGE, CREATE ON SCHEMA shared TO {facts.role}")
     in_shared = owned.model_copy(update={"db_schema": "shared"})
-    _run(in_shared, "CREATE TABLE shared.mine (id int)")
-    _run(admin, "CREATE TABLE shared.not_mine (id int)")
-    with pytest.raises(PrivilegeRefused, match="belong to letta_ops.*table shared.not_mine"):
+    _run(in_shared, "CREATE TABLE shared.agents (id int)")
+    _run(admin, "CREATE TABLE shared.messages (id int)")
+    with pytest.raises(PrivilegeRefused, match="belong to letta_ops.*table shared.messages"):
         restore_plan(in_shared)
     with pytest.raises(sa.exc.DatabaseError, match="must be owner"):
-        _run(in_shared, "DROP TABLE shared.not_mine")
+        _run(in_shared, "DROP TABLE shared.messages")
     assert sql_scalar(admin, "SELECT count(*) FROM pg_tables WHERE schemaname = 'shared'") == 2
 
 
@@ -307,7 +310,7 @@ def test_compression_choices_are_recorded(pg_cluster, tmp_path: Path):
     """Spellings and precedence: ``tests/test_dump_compression.py``."""
     from letta_ops.tasks.errors import Refused
 
-    db = LettaDatabase(uri=pg_cluster.uri("postgres"))
+    db = LettaDatabase(uri=pg_cluster.uri("postgres"), extra_tables=["compress_me"])
     _run(
         db,
         "CREATE TABLE IF NOT EXISTS compress_me AS SELECT g, repeat('x', 200) AS t "

@@ -157,7 +157,7 @@ def test_a_store_that_keeps_no_checksum_records_none(s3) -> None:
 
 def _real_dump(make_database, store: S3ObjectStore, key: str) -> StoredObject:
     """A real custom-format pg_dump of a table of ~6 MiB random bytes: a multipart object."""
-    db = make_database("checksums")
+    db = make_database("checksums").model_copy(update={"extra_tables": ["ballast"]})
     with connect(db, autocommit=True) as conn:
         conn.execute(sa.text("CREATE TABLE ballast (id int PRIMARY KEY, payload bytea)"))
         conn.execute(

@@ -32,6 +32,7 @@ UPGRADE_PLAN = {
     "pg_tools": "PostgreSQL client tools in /usr/lib/postgresql/18/bin",
     "alembic_revision": "ddb69be34a72",
     "reset_mode": "recreate",
+    "left_alone": [],
     "database_role": "letta",
     "postgres_major": 18,
     "agents": 16,
@@ -110,6 +111,7 @@ ROLLBACK_PLAN = {
     "database_bytes": 12_345_678,
     "objects_verified": 6,
     "reset_mode": "in-place",
+    "left_alone": ["table public.app_notes", "schema auth (3 objects)"],
     "database_role": "letta_owner",
     "postgres_major": 16,
     "steps": ["safety backup", "stop server", "start Letta 0.11.7"],
@@ -125,6 +127,7 @@ RESTORE_PLAN = {
     "target_tables_before": 0,
     "replaces_existing": False,
     "reset_mode": "recreate",
+    "left_alone": [],
     "objects_verified": 6,
     "tables": 40,
     "rows": 900,
@@ -482,6 +485,15 @@ def test_cli_renderers_read_the_reports():
 
     restore_plan = RestoreReport(plan=RESTORE_PLAN, dry_run=True, outcome="planned")
     assert "then start Letta 0.11.7 at http://127.0.0.1:8300" in render_restore_plan(restore_plan)
+    assert "left alone" not in render_restore_plan(restore_plan)
+
+    from letta_ops.cli.restore import render_rollback_plan
+
+    rollback_plan = RollbackReport(plan=ROLLBACK_PLAN, dry_run=True, outcome="planned")
+    assert (
+        "left alone (not Letta's): table public.app_notes, schema auth (3 objects)"
+        in render_rollback_plan(rollback_plan)
+    )
 
     nothing = RecoverReport(server="prod", outcome="nothing to recover", message="Nothing.")
     assert render_recover(nothing) == "Nothing."
