@@ -24,6 +24,7 @@ from letta_ops.cli.errors import (
     report_failure,
 )
 from letta_ops.cli.options import Parser, common_options
+from letta_ops.cli.version import VersionAction
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 done, 1 failed, 2 bad input (nothing changed), 3 needs action, "
         "11 busy (another run holds the server), 130 interrupted.",
     )
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     common = common_options()
     # Each area registers its commands (in this order in --help).
