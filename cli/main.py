@@ -90,7 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     except (Exception, KeyboardInterrupt) as exc:  # its class says which exit code
         # --json-list (deprecated) keeps --json's failure document too.
         as_json = getattr(args, "json", False) or getattr(args, "json_list", False)
-        return report_failure(as_json, error_sentence(exc), exit_code_for(exc))
+        sentence = error_sentence(exc)
+        if isinstance(exc, TimeoutError):
+            from letta_ops.flows.run_timeouts import is_run_timeout, timeout_sentence
+
+            if is_run_timeout(exc):
+                sentence = timeout_sentence(getattr(args, "command", None), exc)
+        return report_failure(as_json, sentence, exit_code_for(exc))
 
 
 if __name__ == "__main__":
