@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         fleet,
         history,
         maintenance,
+        metrics,
         restore,
         runtime,
         serve,
@@ -72,7 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     common = common_options()
     # Each area registers its commands (in this order in --help).
-    for area in (runtime, backups, upgrade, fleet, serve, demo, restore, history, maintenance):
+    for area in (
+        runtime,
+        backups,
+        upgrade,
+        fleet,
+        serve,
+        demo,
+        restore,
+        history,
+        maintenance,
+        metrics,
+    ):
         area.add_commands(sub, common)
     return parser
 

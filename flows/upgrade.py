@@ -759,6 +759,7 @@ def upgrade(
         report.outcome = "succeeded"
         report.finished_at = datetime.now(UTC)
         audit.update(counts_after=server_counts(profile.require_database()))
+        audit.update(downtime_seconds=report.downtime_seconds)  # letta-ops metrics reads it
         publish_report(
             profile.name,
             "upgrade",
