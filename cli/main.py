@@ -51,6 +51,7 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 def build_parser() -> argparse.ArgumentParser:
     from letta_ops.cli import (
+        alerts,
         backups,
         demo,
         fleet,
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         history,
         maintenance,
         metrics,
+        alerts,
     ):
         area.add_commands(sub, common)
     return parser

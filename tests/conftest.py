@@ -26,6 +26,7 @@ LONGEST_FILES_FIRST = (
     "test_backup_e2e.py",
     "test_wheel_e2e.py",
     "test_run_timeouts_e2e.py",
+    "test_alerts_e2e.py",
     "test_maintenance_e2e.py",
     "test_runtime_e2e.py",
 )

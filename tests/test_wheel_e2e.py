@@ -154,6 +154,15 @@ def test_backup_doctor_and_restore_from_the_wheel(
     report = json.loads(backup.stdout)
     assert report["verified"] is True and report["agents_exported"] == 2, report
 
+    metrics = _run(wheel_venv, outside, "metrics", env=env)
+    assert metrics.returncode == 0, metrics.stderr[-3000:]
+    [age] = [
+        line
+        for line in metrics.stdout.splitlines()
+        if line.startswith('letta_ops_backup_last_verified_age_seconds{server="wheel-e2e"} ')
+    ]
+    assert 0 <= float(age.rsplit(" ", 1)[1]) < 600
+
     doctor = _run(wheel_venv, outside, "doctor", "--json", env=env)
     assert doctor.returncode in (0, 3), doctor.stderr[-3000:]  # 3: something needs action
     assert json.loads(doctor.stdout)["version"] == NEW_VERSION
