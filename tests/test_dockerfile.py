@@ -99,3 +99,21 @@ def test_the_image_has_the_tools_the_runtimes_need() -> None:
     for tool in ("pg_dump", "pg_restore", "psql"):
         assert f'"$pg_bin/{tool}"' in runs, tool
     assert "docker compose version" in runs and "letta-ops --version" in runs
+
+
+def test_the_readme_compose_worker_runs_the_image_with_the_compose_runtime() -> None:
+    import yaml
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### A worker beside a Letta stack (Compose)", 1)[1]
+    snippet = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    [(name, worker)] = yaml.safe_load(snippet).items()
+    assert name == "letta-ops-worker" and ":latest" not in worker["image"]
+    env = worker["environment"]
+    assert env["LETTA_OPS_RUNTIME"] == "compose"
+    compose_file = env["LETTA_OPS_COMPOSE_FILE"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in worker["volumes"]}
+    assert mounts["/var/run/docker.sock"] == "/var/run/docker.sock"
+    folder = str(Path(compose_file).parent)
+    assert mounts[folder] == folder  # mounted at the same path
+    assert worker["group_add"], "the worker is not root: it needs the socket's group"
