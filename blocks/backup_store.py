@@ -19,6 +19,7 @@ from typing import Any, Literal
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
+from letta_ops.blocks.block_docs import LOGO_URL, readme_section
 from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.object_store import (
     DEFAULT_PART_SIZE,
@@ -69,11 +70,12 @@ class S3BackupStore(Block):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     _block_type_name = "Letta Backup Store S3"
+    _logo_url = LOGO_URL
+    _documentation_url = readme_section("Backups")
     _description = (
         "An S3-compatible bucket and prefix holding write-once Letta backup sets, with optional "
         "credentials and endpoint."
     )
-    _documentation_url = "https://docs.prefect.io/integrations/prefect-aws"
 
     bucket: str = Field(description="Name of the bucket that holds the backup sets.")
     prefix: str = Field(
@@ -205,6 +207,8 @@ class LocalBackupStore(Block):
     """
 
     _block_type_name = "Letta Backup Store Local"
+    _logo_url = LOGO_URL
+    _documentation_url = readme_section("Backups")
     _description = "A local or mounted directory holding write-once Letta backup sets."
 
     # Validation errors must never echo a key back to a log.

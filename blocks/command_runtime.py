@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
+from letta_ops.blocks.block_docs import LOGO_URL, readme_section
 from letta_ops.blocks.letta_runtime import (
     LettaRuntime,
     RuntimeRefused,
@@ -60,6 +61,8 @@ class LettaCommandRuntime(LettaRuntime):
 
     kind: ClassVar[str] = "command"
     _block_type_name = "Letta Command Runtime"
+    _logo_url = LOGO_URL
+    _documentation_url = readme_section("Runtimes: what stops and starts the server")
     _description = (
         "A Letta server stopped and started by the operator's commands (systemctl, kubectl, "
         "a deploy hook); letta-ops waits for /v1/health/ to report the version."

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
+from letta_ops.blocks.block_docs import LOGO_URL, readme_section
 from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused, StartedServer, quiet
 from letta_ops.tasks import letta_runtime_compose as compose
 from letta_ops.tasks.letta_versions import UnsupportedLettaVersion, parse_server_version
@@ -30,6 +31,8 @@ class DockerComposeRuntime(LettaRuntime):
 
     kind: ClassVar[str] = "compose"
     _block_type_name = "Letta Docker Compose Runtime"
+    _logo_url = LOGO_URL
+    _documentation_url = readme_section("Runtimes: what stops and starts the server")
     _description = (
         "A Letta server run by Docker Compose: letta-ops pins its image to an exact version, "
         "starts it and waits until it reports that version healthy."

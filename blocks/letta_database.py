@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlparse
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
+from letta_ops.blocks.block_docs import LOGO_URL, readme_section
 from letta_ops.tasks.dump_compression import parse_compression
 from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.postgres_tls import (
@@ -102,6 +103,8 @@ class LettaDatabase(Block):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     _block_type_name = "Letta Database"
+    _logo_url = LOGO_URL
+    _documentation_url = readme_section("Prefect blocks: saving a server step by step")
     _description = "The PostgreSQL + pgvector database of a Letta server."
 
     uri: SecretStr = Field(

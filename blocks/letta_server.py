@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 # The naming rules live in tasks.server_naming (import-light: the read-only commands use them
 # without Prefect); sanitize_server_name stays importable from here.
+from letta_ops.blocks.block_docs import LOGO_URL, readme_section
 from letta_ops.tasks.server_naming import DEFAULT_BASE_URL, normalize_base_url
 from letta_ops.tasks.server_naming import sanitize_server_name as sanitize_server_name
 from letta_ops.tasks.server_naming import server_name as derive_server_name
@@ -25,6 +26,8 @@ class LettaServer(Block):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     _block_type_name = "Letta Server"
+    _logo_url = LOGO_URL
+    _documentation_url = readme_section("Prefect blocks: saving a server step by step")
     _description = "The REST endpoint of a self-hosted Letta server and its optional password."
 
     name: str = Field(

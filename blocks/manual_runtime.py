@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
+from letta_ops.blocks.block_docs import LOGO_URL, readme_section
 from letta_ops.blocks.letta_runtime import (
     LettaRuntime,
     RuntimeRefused,
@@ -37,6 +38,8 @@ class LettaManualRuntime(LettaRuntime):
 
     kind: ClassVar[str] = "manual"
     _block_type_name = "Letta Manual Runtime"
+    _logo_url = LOGO_URL
+    _documentation_url = readme_section("Runtimes: what stops and starts the server")
     _description = (
         "A Letta server stopped and started by an operator: the run pauses with the exact "
         "instruction and checks health and version when resumed."

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from pydantic import Field, SecretStr
 
+from letta_ops.blocks.block_docs import LOGO_URL, readme_section
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused, quiet
 from letta_ops.tasks import letta_runtime_process as runtime
@@ -23,6 +24,8 @@ class LettaProcessRuntime(LettaRuntime):
 
     kind: ClassVar[str] = "process"
     _block_type_name = "Letta Process Runtime"
+    _logo_url = LOGO_URL
+    _documentation_url = readme_section("Pinned Letta runtimes")
     _description = "Runs pinned Letta server versions installed from PyPI in isolated venvs."
 
     server_name: str = Field(

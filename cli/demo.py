@@ -14,11 +14,12 @@ if TYPE_CHECKING:  # the models load with the flows, never for --help
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from letta_ops.flows.demo import run_demo
-    from letta_ops.flows.demo_environment import stop_prefect_ui
+    from letta_ops.flows.demo_environment import require_demo_extra, stop_prefect_ui
 
     if args.stop_ui:
         emit({"stopped": stop_prefect_ui()}, args.json)
         return EXIT_OK
+    require_demo_extra()  # before anything starts
     report: DemoReport = run_demo(log=progress, ui=not args.no_ui)
     emit(report, args.json, render=lambda r: r.text)
     return EXIT_OK if report.ok else EXIT_FAILED

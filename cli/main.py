@@ -24,6 +24,7 @@ from letta_ops.cli.errors import (
     report_failure,
 )
 from letta_ops.cli.options import Parser, common_options
+from letta_ops.cli.version import VersionAction
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -50,11 +51,13 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 def build_parser() -> argparse.ArgumentParser:
     from letta_ops.cli import (
+        alerts,
         backups,
         demo,
         fleet,
         history,
         maintenance,
+        metrics,
         restore,
         runtime,
         serve,
@@ -67,10 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 done, 1 failed, 2 bad input (nothing changed), 3 needs action, "
         "11 busy (another run holds the server), 130 interrupted.",
     )
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     common = common_options()
     # Each area registers its commands (in this order in --help).
-    for area in (runtime, backups, upgrade, fleet, serve, demo, restore, history, maintenance):
+    for area in (
+        runtime,
+        backups,
+        upgrade,
+        fleet,
+        serve,
+        demo,
+        restore,
+        history,
+        maintenance,
+        metrics,
+        alerts,
+    ):
         area.add_commands(sub, common)
     return parser
 
@@ -88,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     except (Exception, KeyboardInterrupt) as exc:  # its class says which exit code
         # --json-list (deprecated) keeps --json's failure document too.
         as_json = getattr(args, "json", False) or getattr(args, "json_list", False)
-        return report_failure(as_json, error_sentence(exc), exit_code_for(exc))
+        sentence = error_sentence(exc)
+        if isinstance(exc, TimeoutError):
+            from letta_ops.flows.run_timeouts import is_run_timeout, timeout_sentence
+
+            if is_run_timeout(exc):
+                sentence = timeout_sentence(getattr(args, "command", None), exc)
+        return report_failure(as_json, sentence, exit_code_for(exc))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,26 @@ from letta_ops.cli.output import emit, render_table
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from letta_ops.flows.serve import load_deployments, serve_all
+    from letta_ops.flows.serve import build_runner_deployments, load_deployments, serve_all
 
+    if args.dry_run:
+        # Everything serving needs but the serving: each entrypoint imported from the installed
+        # package, each schedule and parameter checked by Prefect; nothing started.
+        rows = [
+            {
+                "name": d.name,
+                "flow": d.flow_name,
+                "schedules": len(d.schedules or []),
+                "parameters": sorted(d.parameters or {}),
+            }
+            for d in build_runner_deployments(args.file)
+        ]
+        emit(
+            rows,
+            args.json,
+            render=lambda r: render_table(r, ["name", "flow", "schedules", "parameters"]),
+        )
+        return EXIT_OK
     if args.list:
         rows = [
             {
@@ -39,4 +57,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     p.add_argument("--file", type=Path, default=None, help="prefect.yaml to read")
     p.add_argument("--list", action="store_true", help="only list the deployments")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="load every deployment's flow and schedule as serving would, then exit",
+    )
     p.set_defaults(func=cmd_serve)

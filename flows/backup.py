@@ -21,6 +21,7 @@ from pydantic import Field
 
 from letta_ops.blocks.backup_store import apply_object_lock
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run, counts_summary
 from letta_ops.flows.fleet_runs import fleet_slots
 from letta_ops.flows.flow_report import FlowReport, ReportPart
@@ -350,7 +351,12 @@ def render_backup_markdown(report: BackupReport) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-backup", flow_run_name=run_name("backup"), log_prints=False)
+@flow(
+    name="letta-backup",
+    flow_run_name=run_name("backup"),
+    log_prints=False,
+    timeout_seconds=run_timeouts.BACKUP,
+)
 def backup(
     server: str | None = None,
     store: str | None = None,

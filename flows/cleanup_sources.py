@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from letta_ops.blocks.server_profile import load_profile, open_backup_store
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.backup import backup
 from letta_ops.flows.flow_report import FlowReport, ReportPart
@@ -109,7 +110,11 @@ def render_cleanup_markdown(server: str, report: SourceCleanupReport) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-cleanup-sources", flow_run_name=run_name("cleanup-sources"))
+@flow(
+    name="letta-cleanup-sources",
+    timeout_seconds=run_timeouts.MAINTENANCE,
+    flow_run_name=run_name("cleanup-sources"),
+)
 def cleanup_sources(
     server: str | None = None,
     store: str | None = None,

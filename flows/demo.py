@@ -61,10 +61,19 @@ def run_demo(log: Callable[[str], None] = print, ui: bool = True) -> DemoReport:
         return _run_demo(log)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    # Prefect reads its settings once at import: point this process at the UI server
-    # through its settings context, not through os.environ.
-    with temporary_settings(updates={PREFECT_API_URL: f"{start_prefect_ui(log)}/api"}):
-        return _run_demo(log)
+    from letta_ops.flows.demo_environment import stop_prefect_ui
+
+    url, started_here = start_prefect_ui(log)
+    try:
+        # Prefect reads its settings once at import: point this process at the UI server
+        # through its settings context, not through os.environ.
+        with temporary_settings(updates={PREFECT_API_URL: f"{url}/api"}):
+            return _run_demo(log)
+    except BaseException:
+        if started_here:  # a failed demo leaves nothing running that it started
+            log("stopping the Prefect server this demo started")
+            stop_prefect_ui()
+        raise
 
 
 def _run_demo(log: Callable[[str], None]) -> DemoReport:

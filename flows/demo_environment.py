@@ -21,6 +21,7 @@ from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.letta_server import LettaServer
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.tasks.embedded_postgres import EmbeddedPostgres, free_loopback_port
+from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.letta_api import LettaClient, offline_agent_body
 from letta_ops.tasks.letta_postgres import create_database
 
@@ -39,6 +40,21 @@ class DemoEnvironment:
     server: LettaServer
     s3_endpoint: str
     bucket: str
+
+
+def require_demo_extra() -> None:
+    """Refuse, before anything starts, when the demo's local S3 (moto) is not installed.
+
+    Why an extra and not a dependency: moto's server brings Flask and a few dozen packages a
+    production worker never needs; ``make demo`` and ``pip install 'letta-ops[demo]'`` add it.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
+        raise Refused(
+            "letta-ops demo needs its local S3 endpoint (moto[server]), which is not installed: "
+            "install letta-ops with the demo extra (pip install 'letta-ops[demo]', or make demo)."
+        )
 
 
 @contextlib.contextmanager
@@ -147,8 +163,11 @@ def running_prefect_ui() -> tuple[int, str] | None:
     return info["pid"], info["url"]
 
 
-def start_prefect_ui(log: Callable[[str], None] = print, timeout: float = 120) -> str:
-    """A real Prefect server (API + UI) on loopback for the demo; reused if already up."""
+def start_prefect_ui(log: Callable[[str], None] = print, timeout: float = 120) -> tuple[str, bool]:
+    """A real Prefect server (API + UI) on loopback for the demo; reused if already up.
+
+    Returns its URL and whether this call started it (the caller stops it if the demo fails:
+    a command that fails leaves nothing of its own running)."""
     import json
     import subprocess
     import sys
@@ -160,7 +179,7 @@ def start_prefect_ui(log: Callable[[str], None] = print, timeout: float = 120) -
     existing = running_prefect_ui()
     if existing:
         log(f"reusing the demo's Prefect server at {existing[1]} (pid {existing[0]})")
-        return existing[1]
+        return existing[1], False
     state = prefect_ui_state_dir()
     state.mkdir(parents=True, exist_ok=True)
     port = free_loopback_port()
@@ -204,20 +223,34 @@ def start_prefect_ui(log: Callable[[str], None] = print, timeout: float = 120) -
             raise RuntimeError(f"the Prefect server exited; see {state / 'server.log'}")
         try:
             httpx.get(f"{url}/api/health", timeout=2).raise_for_status()
-            return url
+            return url, True
         except httpx.HTTPError:
             time.sleep(1)
-    proc.terminate()
+    _stop_process_group(proc.pid)
+    (state / "server.json").unlink(missing_ok=True)
     raise RuntimeError(f"the Prefect server did not answer within {timeout} s")
 
 
 def stop_prefect_ui() -> bool:
     """Stop the demo's Prefect server (by the pid letta-ops recorded when it started it)."""
-    import signal
-
     existing = running_prefect_ui()
     if existing is None:
         return False
-    os.killpg(existing[0], signal.SIGTERM)
+    _stop_process_group(existing[0])
     (prefect_ui_state_dir() / "server.json").unlink(missing_ok=True)
     return True
+
+
+def _stop_process_group(pid: int, grace: float = 20.0) -> None:
+    """SIGTERM the group letta-ops started (``start_new_session``), SIGKILL it after ``grace``."""
+    import signal
+
+    import psutil
+
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        psutil.Process(pid).wait(timeout=grace)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return
+    except psutil.TimeoutExpired:
+        os.killpg(pid, signal.SIGKILL)

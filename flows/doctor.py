@@ -33,6 +33,7 @@ from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.letta_server import LettaServer
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
@@ -292,7 +293,7 @@ def render_doctor_markdown(report: DoctorReport) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-doctor", flow_run_name=run_name("doctor"))
+@flow(name="letta-doctor", flow_run_name=run_name("doctor"), timeout_seconds=run_timeouts.DOCTOR)
 def doctor(
     server: str | None = None,
     store: str | None = None,

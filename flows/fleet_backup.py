@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.fleet_inventory import selected_servers
 from letta_ops.flows.fleet_runs import (
@@ -100,7 +101,11 @@ def render_fleet_backup_markdown(report: FleetBackupReport) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-fleet-backup", flow_run_name=run_name("fleet-backup", "servers"))
+@flow(
+    name="letta-fleet-backup",
+    timeout_seconds=run_timeouts.FLEET_BACKUP,
+    flow_run_name=run_name("fleet-backup", "servers"),
+)
 def fleet_backup(
     servers: str = "*",
     store: str | None = None,

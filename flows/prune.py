@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from letta_ops.blocks.server_profile import open_backup_store
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
@@ -93,7 +94,7 @@ def keep_audit_records(store: ObjectStore, prefixes: list[str]) -> None:
         get_run_logger().warning("audit: could not preserve the records of pruned sets: %s", exc)
 
 
-@flow(name="letta-prune", flow_run_name=run_name("prune"))
+@flow(name="letta-prune", flow_run_name=run_name("prune"), timeout_seconds=run_timeouts.PRUNE)
 def prune(
     server: str | None = None,
     store: str | None = None,

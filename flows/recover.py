@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.restore_server import (
@@ -192,7 +193,9 @@ def _database_for(profile: ServerProfile, plan: RecoveryPlan):
     return database.model_copy(update={"reset_mode": mode}) if mode else database
 
 
-@task(name="restore-pre-operation-set", cache_policy=NO_CACHE)
+@task(
+    name="restore-pre-operation-set", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.PG_RESTORE
+)
 def restore_step(profile: ServerProfile, store: ObjectStore, backup_set: str) -> dict[str, Any]:
     manifest = load_manifest(store, *backup_set.split("/"))
     return restore_server_from_set(profile, store, manifest)

@@ -36,6 +36,7 @@ from pydantic import ConfigDict, Field
 from letta_ops.blocks.letta_server import LettaServer
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.backup import backup
 from letta_ops.flows.flow_report import FlowReport, ReportPart
@@ -199,7 +200,11 @@ def render_rehearsal_markdown(report: RehearsalReport) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-rehearse", flow_run_name=run_name("rehearse", "to_version"))
+@flow(
+    name="letta-rehearse",
+    timeout_seconds=run_timeouts.REHEARSE,
+    flow_run_name=run_name("rehearse", "to_version"),
+)
 def rehearse(
     to_version: str,
     server: str | None = None,

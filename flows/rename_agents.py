@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.server_profile import ServerProfile, load_profile
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.backup import backup
 from letta_ops.flows.flow_report import FlowReport, ReportPart
@@ -78,7 +79,11 @@ def mapping(renames: dict[str, dict[str, str]]) -> list[dict[str, str]]:
     return [{"agent": a, "from": c["old"], "to": c["new"]} for a, c in sorted(renames.items())]
 
 
-@flow(name="letta-rename-agents", flow_run_name=run_name("rename-agents"))
+@flow(
+    name="letta-rename-agents",
+    timeout_seconds=run_timeouts.MAINTENANCE,
+    flow_run_name=run_name("rename-agents"),
+)
 def rename_agents(
     server: str | None = None,
     store: str | None = None,

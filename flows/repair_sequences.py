@@ -19,6 +19,7 @@ from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.server_profile import load_profile
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
@@ -123,7 +124,11 @@ def render_repair_markdown(server: str, report: SequenceRepairReport) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-repair-sequences", flow_run_name=run_name("repair-sequences"))
+@flow(
+    name="letta-repair-sequences",
+    timeout_seconds=run_timeouts.MAINTENANCE,
+    flow_run_name=run_name("repair-sequences"),
+)
 def repair_sequences(
     server: str | None = None,
     dry_run: bool = False,

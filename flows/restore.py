@@ -28,6 +28,7 @@ from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.letta_server import LettaServer, sanitize_server_name
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import load_profile, open_backup_store
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.restore_server import (
@@ -263,7 +264,11 @@ def render_restore_markdown(report: RestoreReport) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-restore", flow_run_name=run_name("restore", "backup_set"))
+@flow(
+    name="letta-restore",
+    timeout_seconds=run_timeouts.RESTORE,
+    flow_run_name=run_name("restore", "backup_set"),
+)
 def restore(
     backup_set: str,
     database: str,

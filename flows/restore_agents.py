@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
@@ -155,7 +156,11 @@ def render_restore_agents_markdown(report: AgentRestoreReport) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-restore-agents", flow_run_name=run_name("restore-agents", "backup_set"))
+@flow(
+    name="letta-restore-agents",
+    timeout_seconds=run_timeouts.MAINTENANCE,
+    flow_run_name=run_name("restore-agents", "backup_set"),
+)
 def restore_agents(
     backup_set: str,
     agents: list[str],

@@ -35,6 +35,7 @@ from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.letta_runtime import LettaRuntime
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.backup import backup
 from letta_ops.flows.flow_report import FlowReport, ReportPart
@@ -321,7 +322,9 @@ def runtime_file_changes(
 # --------------------------------------------------------------------------- steps
 
 
-@task(name="stop-letta-server", cache_policy=NO_CACHE)
+@task(
+    name="stop-letta-server", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.SERVER_STOP_START
+)
 def stop_server_step(profile: ServerProfile) -> None:
     profile.runtime.stop(log=get_run_logger().info)
 
@@ -335,7 +338,7 @@ def _undo_rollback(txn: Transaction) -> None:
     state.undo = restore_server_from_set(state.profile, state.store, state.safety)
 
 
-@task(name="restore-database", cache_policy=NO_CACHE)
+@task(name="restore-database", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.PG_RESTORE)
 def restore_database_step(
     profile: ServerProfile, store: ObjectStore, manifest: BackupManifest, jobs: int
 ) -> dict[str, Any]:
@@ -352,7 +355,9 @@ def put_back_runtime_files_step(
     )
 
 
-@task(name="start-letta-server", cache_policy=NO_CACHE)
+@task(
+    name="start-letta-server", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.SERVER_STOP_START
+)
 def start_server_step(profile: ServerProfile, version: str, timeout: float) -> dict[str, Any]:
     return start_set_version(
         profile.runtime, profile.require_database(), version, timeout, log=get_run_logger().info

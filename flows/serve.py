@@ -2,21 +2,30 @@
 
 Why read prefect.yaml rather than repeat it: the schedules a single operator serves must be the
 ones a team deploys to a work pool; one file says both.
+
+Why ``importlib.resources``: the file is package data of ``letta_ops`` (the repository's
+top-level ``prefect.yaml`` is a link to it, for ``prefect deploy``), so an installed wheel reads
+the same file a source checkout does, wherever site-packages is.
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-DEFAULT_FILE = Path(__file__).resolve().parent.parent / "prefect.yaml"
+
+def default_prefect_yaml() -> str:
+    """The text of the ``prefect.yaml`` shipped in the ``letta_ops`` package."""
+    return files("letta_ops").joinpath("prefect.yaml").read_text(encoding="utf-8")
 
 
 def load_deployments(path: Path | None = None) -> list[dict[str, Any]]:
-    data = yaml.safe_load((path or DEFAULT_FILE).read_text())
+    text = path.read_text(encoding="utf-8") if path else default_prefect_yaml()
+    data = yaml.safe_load(text)
     return list(data.get("deployments") or [])
 
 

@@ -11,8 +11,10 @@ by whom. So whoever takes the slot also writes a Prefect Variable ``letta-ops-lo
 flow run, host, pid, since, lease id. A busy refusal names that holder and when its lease
 expires; a holder whose Prefect run is over (crashed, cancelled, failed, completed) or whose
 pid on this host is gone is reclaimed at once (its lease released by id), and
-``letta-ops unlock`` does the same on demand. This uses Prefect 3.8's lease functions
-(``prefect.concurrency._sync``) because the public ``concurrency()`` hides the lease id.
+``letta-ops unlock`` does the same on demand. Releasing goes through the public client; taking
+and renewing use Prefect 3.8's private lease functions (``prefect.concurrency._sync``,
+``_leases``: the waiting on a busy limit and the renewal thread), because the public
+``concurrency()`` hides the lease id; ``tests/test_prefect_private_api.py`` pins them.
 """
 
 from __future__ import annotations
@@ -155,16 +157,20 @@ def describe_holder(holder: dict[str, Any] | None) -> str:
     )
 
 
+def release_lease(lease_id: UUID) -> None:
+    """Release a slot's lease through the public client API."""
+    with get_client(sync_client=True) as client:
+        client.release_concurrency_slots_with_lease(lease_id)
+
+
 def release_slot(server: str, holder: dict[str, Any] | None) -> None:
     """Free the slot ``holder`` took: release its lease by id, else (a lease lost with a
     temporary Prefect server leaves the slot counted with no lease) reset the limit, but only
     while the holder record still names that dead holder: a run that reclaimed the slot a
     moment ago has written its own record by then, and its slot is left alone."""
-    from prefect.concurrency._sync import release_concurrency_slots_with_lease
-
     if holder and holder.get("lease_id"):
         try:
-            release_concurrency_slots_with_lease(UUID(holder["lease_id"]))
+            release_lease(UUID(holder["lease_id"]))
             if read_holder(server) == holder:
                 _write_holder(server, None)
             return
@@ -204,10 +210,7 @@ def destructive_lock(server: str, timeout_seconds: float | None = 0) -> Iterator
     the other waits for it and is refused after the grace.
     """
     from prefect.concurrency._leases import maintain_concurrency_lease
-    from prefect.concurrency._sync import (
-        acquire_concurrency_slots_with_lease,
-        release_concurrency_slots_with_lease,
-    )
+    from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
 
     reclaim_if_dead(server)
 
@@ -259,7 +262,7 @@ def destructive_lock(server: str, timeout_seconds: float | None = 0) -> Iterator
             if holder and holder.get("lease_id") == str(lease_id):
                 _write_holder(server, None)
         finally:
-            release_concurrency_slots_with_lease(lease_id)
+            release_lease(lease_id)
 
 
 def unlock(server: str, force: bool = False, dry_run: bool = False) -> UnlockReport:

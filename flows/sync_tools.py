@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from letta_ops.blocks.server_profile import load_profile
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
@@ -96,7 +97,11 @@ def render_sync_markdown(server: str, report: ToolSyncReport) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-sync-tools", flow_run_name=run_name("sync-tools"))
+@flow(
+    name="letta-sync-tools",
+    flow_run_name=run_name("sync-tools"),
+    timeout_seconds=run_timeouts.MAINTENANCE,
+)
 def sync_tools(
     control_agent: str | None = None,
     tags: list[str] | None = None,

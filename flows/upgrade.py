@@ -32,6 +32,7 @@ from prefect.transactions import Transaction, transaction
 from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run, counts_summary, server_counts
 from letta_ops.flows.backup import backup
 from letta_ops.flows.flow_report import FlowReport, ReportPart, StoredPart
@@ -350,7 +351,9 @@ def newest_backup_at(store: str | None, server: str | None, name: str) -> dateti
 # --------------------------------------------------------------------------- steps
 
 
-@task(name="stop-letta-server", cache_policy=NO_CACHE)
+@task(
+    name="stop-letta-server", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.SERVER_STOP_START
+)
 def stop_server_step(profile: ServerProfile) -> None:
     profile.runtime.stop(log=get_run_logger().info)
 
@@ -364,7 +367,7 @@ def _restore_previous_state(txn: Transaction) -> None:
     state.rollback = roll_back(state)
 
 
-@task(name="migrate-database", cache_policy=NO_CACHE)
+@task(name="migrate-database", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.MIGRATE)
 def migrate_step(profile: ServerProfile, version: str) -> None:
     profile.runtime.migrate(version, profile.require_database(), log=get_run_logger().info)
 
@@ -374,7 +377,9 @@ def repair_sequences_step(profile: ServerProfile) -> dict:
     return repair_sequences(profile.require_database()).to_dict()
 
 
-@task(name="start-letta-server", cache_policy=NO_CACHE)
+@task(
+    name="start-letta-server", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.SERVER_STOP_START
+)
 def start_server_step(profile: ServerProfile, version: str, timeout: float) -> dict:
     return start_set_version(
         profile.runtime, profile.require_database(), version, timeout, log=get_run_logger().info
@@ -762,6 +767,7 @@ def upgrade(
         report.outcome = "succeeded"
         report.finished_at = datetime.now(UTC)
         audit.update(counts_after=server_counts(profile.require_database()))
+        audit.update(downtime_seconds=report.downtime_seconds)  # letta-ops metrics reads it
         publish_report(
             profile.name,
             "upgrade",

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.server_profile import ProfileError, load_profile, open_backup_store
+from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run, counts_summary
 from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
@@ -220,7 +221,11 @@ def render_verify_markdown(result: VerifyReport) -> str:
     return "\n".join(lines)
 
 
-@flow(name="letta-verify", flow_run_name=run_name("verify", "backup_set"))
+@flow(
+    name="letta-verify",
+    flow_run_name=run_name("verify", "backup_set"),
+    timeout_seconds=run_timeouts.VERIFY,
+)
 def verify(
     backup_set: str,
     server: str | None = None,

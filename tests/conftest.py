@@ -27,6 +27,9 @@ LONGEST_FILES_FIRST = (
     "test_tls_e2e.py",
     "test_audit_e2e.py",
     "test_backup_e2e.py",
+    "test_wheel_e2e.py",
+    "test_run_timeouts_e2e.py",
+    "test_alerts_e2e.py",
     "test_maintenance_e2e.py",
     "test_runtime_e2e.py",
 )

@@ -90,8 +90,7 @@ def test_audit_failures_never_fail_the_run(monkeypatch, tmp_path, caplog):
 
 
 def test_triggered_by_operator_schedule_or_user():
-    from prefect._internal.schemas.fields import CreatedBy
-    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.objects import CreatedBy, FlowRun
 
     scheduled = FlowRun(flow_id=uuid4(), auto_scheduled=True)
     by_user = FlowRun(flow_id=uuid4(), created_by=CreatedBy(type="USER", display_value="ana"))

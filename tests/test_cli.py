@@ -88,7 +88,12 @@ def test_prefect_yaml_deployments_load_real_flows():
     for name in ("upgrade", "rollback"):
         assert not built[name].schedules
         assert built[name].parameters["approval"] is True, name
-    assert built["upgrade"].parameters["to_version"] == "0.16.2"
+    # A destructive deployment has no stale default version: whoever triggers it names one.
+    for name in ("upgrade", "rehearse-upgrade", "fleet-upgrade"):
+        assert "to_version" not in (by_name[name].get("parameters") or {}), name
+        assert "to_version" not in built[name].parameters, name
+        assert built[name].enforce_parameter_schema, name
+        assert "to_version" in load_flow(by_name[name]["entrypoint"]).parameters.required, name
 
 
 def test_serve_list_shows_every_schedule(capsys):

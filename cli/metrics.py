@@ -1,0 +1,50 @@
+"""``letta-ops metrics``: Prometheus text from the backup catalog and the audit store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from letta_ops.cli.errors import EXIT_OK
+from letta_ops.cli.options import store_options
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from letta_ops.blocks.server_profile import open_backup_store
+    from letta_ops.tasks.audit_store import AuditStore
+    from letta_ops.tasks.backup_catalog import list_backup_sets
+    from letta_ops.tasks.ops_metrics import collect, render
+
+    sets = list_backup_sets(open_backup_store(args.store, args.server))
+    records = AuditStore.from_env().query(limit=args.records)
+    text = render(collect(sets, records, datetime.now(UTC)))
+    if args.output:
+        # Written beside, then renamed: the textfile collector never reads half a file.
+        from pathlib import Path
+
+        target = Path(args.output)
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_text(text)
+        partial.replace(target)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Register ``metrics``."""
+    p = sub.add_parser(
+        "metrics",
+        parents=[common, store_options()],
+        help="print Prometheus metrics: backup age and sizes, drills, upgrades",
+        description="Prometheus text (for node-exporter's textfile collector) from the backup "
+        "store's sets and the audit store: age of the newest verified set, set sizes, the last "
+        "drill's result, the last upgrade's downtime. Reads only; no Prefect server needed.",
+    )
+    p.add_argument(
+        "--output", metavar="FILE", help="write FILE atomically instead of printing (FILE.prom)"
+    )
+    p.add_argument("--records", type=int, default=5000, help="newest audit records read (5000)")
+    p.set_defaults(func=cmd_metrics)
