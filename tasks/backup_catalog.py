@@ -38,6 +38,7 @@ from letta_ops.tasks.backup_manifest import (
 )
 from letta_ops.tasks.backup_retention import BackupSetSummary
 from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.object_encryption import EncryptionKeyMissing
 from letta_ops.tasks.object_store import ListedObject, ObjectRetention, ObjectStore, ReadPin
 from letta_ops.tasks.set_authentication import (
     MAX_DOCUMENT_BYTES,
@@ -352,6 +353,10 @@ def load_manifest(
             f"Backup set {server}/{set_id} is not authenticated ({checked.reason}); if you "
             f"know it was written by letta-ops before sets were authenticated, name it with "
             f"{ALLOW_LEGACY_FLAG}."
+        )
+    if checked.document.missing_key_id is not None:
+        raise EncryptionKeyMissing(
+            f"Backup set {server}/{set_id} cannot be used: {checked.reason}."
         )
     if checked.manifest is None or checked.trust == "untrusted":
         raise UntrustedSet(

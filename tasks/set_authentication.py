@@ -72,6 +72,9 @@ class CheckedDocument:
     body: dict[str, Any] | None
     trust: Trust
     reason: str | None = None
+    #: The key id the document is authenticated with when that key is not configured: a key
+    #: to supply rather than a forgery.
+    missing_key_id: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -131,14 +134,16 @@ class RepositoryKeys:
             )
         if not isinstance(seal, dict) or seal.get("scheme") != SCHEME:
             return CheckedDocument(body, "untrusted", f"{location} has an unknown authentication")
-        key = self.keys.get(str(seal.get("key_id")))
+        key_id = str(seal.get("key_id"))
+        key = self.keys.get(key_id)
         if key is None:
             return CheckedDocument(
                 body,
                 "untrusted",
-                f"{location} is authenticated with key id {seal.get('key_id')}, which is not "
+                f"{location} is authenticated with key id {key_id}, which is not "
                 f"configured (configured: {self.describe()}); supply that key with "
                 f"{HOW_TO_SUPPLY} or {SIGNING_KEY_ENV}",
+                missing_key_id=key_id,
             )
         expected = _mac(key, kind, location, body)
         if not hmac.compare_digest(expected, str(seal.get("mac"))):

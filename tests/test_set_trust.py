@@ -445,3 +445,17 @@ def test_a_locked_store_keeps_the_repository_key(bucket, keys):
     store = _store(client, name, **keys)
     locked = with_object_lock(store, ObjectLock("GOVERNANCE", 1))
     assert repository_keys_of(locked) and repository_keys_of(locked) == repository_keys_of(store)
+
+
+def test_a_set_signed_with_a_key_not_configured_asks_for_that_key(bucket):
+    """Not a forgery but a missing key: one sentence naming the key id to supply."""
+    from letta_ops.tasks.object_encryption import EncryptionKeyMissing, parse_key
+
+    client, name = bucket
+    _write_set(_store(client, name, encryption=KEY), REAL)
+    other = base64.b64encode(secrets.token_bytes(32)).decode()
+    with pytest.raises(EncryptionKeyMissing) as refused:
+        load_manifest(_store(client, name, encryption=other), SERVER, REAL)
+    [line] = str(refused.value).splitlines()
+    assert parse_key(KEY, "k").key_id in line and "LETTA_OPS_ENCRYPTION_KEY" in line
+    assert other not in line
