@@ -47,6 +47,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from bench.run import (  # noqa: E402
+    BENCH_TABLES,
     BUCKET,
     RESULTS_PATH,
     Environment,
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(
             LETTA_BASE_URL=server.base_url,
             LETTA_PG_URI=db.letta_pg_uri(),
+            LETTA_OPS_EXTRA_TABLES=",".join(BENCH_TABLES),  # the ballast is not Letta's
             LETTA_OPS_SERVER_NAME="ratio",
             LETTA_OPS_STORE=f"s3://{BUCKET}/ratio",
             LETTA_OPS_AUDIT_URL=f"sqlite:///{env.root / 'audit.db'}",

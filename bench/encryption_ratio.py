@@ -30,7 +30,7 @@ from typing import Any
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from bench.run import BUCKET, RESULTS_PATH, Environment, grow_database, log, mib  # noqa: E402
+from bench.run import BENCH_TABLES, BUCKET, RESULTS_PATH, Environment, grow_database, log, mib  # noqa: E402
 from letta_ops.tasks.letta_api import LettaClient, offline_agent_body  # noqa: E402
 
 AGENTS = 25
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(
             LETTA_BASE_URL=server.base_url,
             LETTA_PG_URI=db.letta_pg_uri(),
+            LETTA_OPS_EXTRA_TABLES=",".join(BENCH_TABLES),  # the ballast is not Letta's
             LETTA_OPS_SERVER_NAME="enc",
             LETTA_OPS_STORE=f"s3://{BUCKET}/enc",
             LETTA_OPS_AUDIT_URL=f"sqlite:///{env.root / 'audit.db'}",
