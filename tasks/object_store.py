@@ -112,6 +112,13 @@ def checksum_in(response: dict[str, Any]) -> StoreChecksum | None:
     return None
 
 
+def _version_of(response: dict[str, Any]) -> str | None:
+    """The version id a write reports; None for an unversioned bucket (S3 and moto answer a
+    multipart upload there with the literal "null", which a read may not ask for)."""
+    version = response.get("VersionId")
+    return None if version in (None, "", "null") else str(version)
+
+
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
@@ -780,7 +787,7 @@ class S3ObjectStore(ObjectStore):
                 sha256=digest.hexdigest(),
                 store_checksum=self._kept_checksum(key, sent, response),
                 etag=response.get("ETag"),
-                version_id=response.get("VersionId"),
+                version_id=_version_of(response),
             )
 
         upload_id = self.client.create_multipart_upload(
@@ -855,7 +862,7 @@ class S3ObjectStore(ObjectStore):
             sha256=digest.hexdigest(),
             store_checksum=self._kept_checksum(key, sent, response),
             etag=response.get("ETag"),
-            version_id=response.get("VersionId"),
+            version_id=_version_of(response),
         )
 
     def _upload_part(
