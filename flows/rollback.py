@@ -416,7 +416,7 @@ def rollback(
             record.update(outcome="planned")
             return report
 
-        with destructive_lock(profile.name, lock_timeout_seconds):
+        with destructive_lock(profile.name, lock_timeout_seconds, database=profile.database):
             if approval:
                 try:
                     report.approved_by = await_operator_approval("rollback", profile.name)

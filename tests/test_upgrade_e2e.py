@@ -173,12 +173,13 @@ def test_failed_target_start_rolls_back_and_lock_refuses(
     assert sql_agents(running.database) == before_agents
     assert alembic_revision(running.database) == ALEMBIC_HEADS[OLD_VERSION]
 
-    # A second destructive flow on the same server is refused while one holds the lock.
+    # A second destructive flow on the same database is refused while one holds the lock,
+    # even under another server name (the lock is the database's).
     from prefect import flow
 
     @flow
     def holder():
-        with destructive_lock(running.runtime.server_name, 0):
+        with destructive_lock("another-name-same-database", 0, database=running.database):
             with pytest.raises(ServerBusy):
                 upgrade(NEW_VERSION, strategy="migrate")
 
