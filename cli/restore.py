@@ -49,6 +49,12 @@ def render_rollback_plan(report: RollbackReport) -> str:
         )
     if plan.agents_coming_back:
         lines.append("coming back: " + ", ".join(plan.agents_coming_back))
+    if plan.written_since_set is not None:
+        from letta_ops.flows.rollback import lost_rows
+
+        lines.append(f"written since the set (lost, kept in the safety backup): {lost_rows(plan)}")
+    if plan.agents_created_since_set:
+        lines.append("agents created since the set: " + ", ".join(plan.agents_created_since_set))
     lines.append("steps:")
     lines += [f"  {i}. {step}" for i, step in enumerate(plan.steps, 1)]
     return "\n".join(lines)
