@@ -26,6 +26,7 @@ from tests.fixtures.oracle import (
     digest_differences,
     http_agents,
     http_version,
+    sql_table_counts,
     sql_table_digests,
 )
 
@@ -68,15 +69,25 @@ def test_kill_9_on_temporary_prefect_servers_then_recover_without_unlock(
     home = tmp_path / "prefect-home"
     home.mkdir()
     digests_before, agents_before = sql_table_digests(db), http_agents(base_url)
+    counts_before = sql_table_counts(db)
 
     proc = letta_ops(
         "upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate", local_prefect_home=home
     )
-    killed = kill_when_step_begins(proc, server, f"alembic upgrade to {NEW_VERSION}", 3.0)
+    # One second into the step: alembic is still importing Letta, the schema untouched (three
+    # seconds, as in the issue, let a fast migration finish first: then recover rightly
+    # finishes forward, another cell, in tests/test_recover_e2e.py).
+    killed = kill_when_step_begins(proc, server, f"alembic upgrade to {NEW_VERSION}", 1.0)
     # The issue's state: the slot counted in the local database, its lease gone with the
     # temporary server; the holder record names the dead run.
     slots, holders = local_slot_state(home)
     assert slots == [1] and len(holders) == 1
+    # unlock, too, sees the holder dead (it used to refuse: "which may still run").
+    planned = run_letta_ops("unlock", "--dry-run", "--json", local_prefect_home=home)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    would = json.loads(planned.stdout)
+    assert would["would_free"] is True and "is gone" in would["reason"], would
+    assert local_slot_state(home) == (slots, holders)  # a plan frees nothing
 
     done = run_letta_ops("recover", "--json", local_prefect_home=home)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -85,6 +96,7 @@ def test_kill_9_on_temporary_prefect_servers_then_recover_without_unlock(
     assert report["plan"]["action"] == "restore"
     assert http_version(base_url) == FROM_VERSION
     assert http_agents(base_url) == agents_before
+    assert sql_table_counts(db) == counts_before
     assert digest_differences(digests_before, sql_table_digests(db)) == {}
     assert local_slot_state(home) == ([0], [])  # given back, exactly once
     [record] = AuditStore.from_env().find(killed)
