@@ -25,6 +25,7 @@ LONGEST_FILES_FIRST = (
     "test_audit_e2e.py",
     "test_backup_e2e.py",
     "test_maintenance_e2e.py",
+    "test_recover_local_prefect_e2e.py",
     "test_runtime_e2e.py",
 )
 
