@@ -63,6 +63,12 @@ def render_rollback_plan(report: RollbackReport) -> str:
         lines += [f"  {line}" for line in diff]
     if plan.left_alone:
         lines.append("left alone (not Letta's): " + ", ".join(plan.left_alone))
+    if plan.written_since_set is not None:
+        from letta_ops.flows.rollback import lost_rows
+
+        lines.append(f"written since the set (lost, kept in the safety backup): {lost_rows(plan)}")
+    if plan.agents_created_since_set:
+        lines.append("agents created since the set: " + ", ".join(plan.agents_created_since_set))
     lines.append("steps:")
     lines += [f"  {i}. {step}" for i, step in enumerate(plan.steps, 1)]
     return "\n".join(lines)
@@ -272,17 +278,20 @@ def render_unlock(result: UnlockReport) -> str:
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
-    from letta_ops.blocks.server_profile import server_name
+    from letta_ops.blocks.server_profile import load_profile
     from letta_ops.flows.server_lock import unlock
 
-    name = server_name(args.server)
+    # The slot is the database's (two server names for one database share it).
+    profile = load_profile(args.server)
+    name, database = profile.name, profile.database
     if args.dry_run:  # a look at the slot: nothing changes, so nothing to audit
-        emit(unlock(name, force=args.force, dry_run=True), args.json, render=render_unlock)
+        planned = unlock(name, force=args.force, dry_run=True, database=database)
+        emit(planned, args.json, render=render_unlock)
         return EXIT_OK
     from letta_ops.flows.audit_record import audited_run
 
     with audited_run("unlock", name, {"force": args.force}) as record:
-        result = unlock(name, force=args.force)
+        result = unlock(name, force=args.force, database=database)
         record.update(
             outcome="succeeded" if result.freed else "nothing to do",
             **result.model_dump(mode="json", exclude={"schema_version", "would_free"}),

@@ -155,7 +155,7 @@ def cleanup_sources(
         backup_set: str | None = None
         outcome: dict[str, int] = {}
         if execute:
-            with destructive_lock(profile.name, lock_timeout_seconds):
+            with destructive_lock(profile.name, lock_timeout_seconds, database=profile.database):
                 # The backup comes first, so it holds the server as it was before the run.
                 if sql and _removable_phantoms(plan, phantom_rows):
                     backup_set = take_backup(server, store)

@@ -41,7 +41,7 @@ from letta_ops.flows.run_context import (
     run_name,
     tag_current_run,
 )
-from letta_ops.flows.server_lock import destructive_lock
+from letta_ops.flows.server_lock import DeadRun, destructive_lock
 from letta_ops.flows.verify import CountDifference
 from letta_ops.tasks.audit_store import AuditStore
 from letta_ops.tasks.backup_catalog import load_manifest
@@ -312,7 +312,14 @@ def recover(
         profile.database = _database_for(profile, plan)
         object_store = open_backup_store(store, server) if plan.backup_set else None
         audit.update(store=object_store)
-        with destructive_lock(profile.name, lock_timeout_seconds):
+        # The journal proves the run dead: its slot is taken whatever the Prefect API behind
+        # it remembers (a temporary server's lease is gone with it).
+        begin = journal[0]
+        proof = [DeadRun(begin.run_id, begin.host, begin.pid, why)]
+        proof += [DeadRun(j[0].run_id, j[0].host, j[0].pid, w) for j, w in found[1:]]
+        with destructive_lock(
+            profile.name, lock_timeout_seconds, database=profile.database, proven_dead=proof
+        ):
             result = execute(plan, profile, object_store, start_timeout_seconds)
         report.result = result
         report.crashed = crashed

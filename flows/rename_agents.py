@@ -114,7 +114,7 @@ def rename_agents(
             audit.update(outcome="planned")
             publish_report(profile.name, "rename-agents", render_markdown(report))
             return report
-        with destructive_lock(profile.name, lock_timeout_seconds):
+        with destructive_lock(profile.name, lock_timeout_seconds, database=profile.database):
             safety = backup(
                 server=server,
                 store=store,

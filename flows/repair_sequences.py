@@ -147,7 +147,7 @@ def repair_sequences(
             repair = repair_sequences_task(database, dry_run=True)
             after = before
         else:
-            with destructive_lock(profile.name, lock_timeout_seconds):
+            with destructive_lock(profile.name, lock_timeout_seconds, database=profile.database):
                 repair = repair_sequences_task(database, dry_run=False)
                 after = sequence_health_task(database)
         report = SequenceRepairReport.model_validate(

@@ -336,7 +336,7 @@ def restore(
             return RestoreReport(plan=plan, dry_run=True, outcome="planned")
         report = RestoreReport(plan=plan, outcome="running")
         proof = None
-        with destructive_lock(target_name, lock_timeout_seconds):
+        with destructive_lock(target_name, lock_timeout_seconds, database=target):
             journal = record.journal()
             journal.begin(set=plan.set, target=plan.target, reset_mode=target.reset_mode)
             journal.enter("restore the set's dump")

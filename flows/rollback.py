@@ -75,6 +75,7 @@ from letta_ops.tasks.letta_versions import release_at_revision
 from letta_ops.tasks.object_store import ObjectStore
 from letta_ops.tasks.pg_client_tools import client_tools
 from letta_ops.tasks.postgres_privileges import RequestedReset
+from letta_ops.tasks.rows_since import agents_created_since, rows_written_since
 from letta_ops.tasks.run_journal import JournaledSteps
 
 #: The most lines of a runtime file's diff the rollback plan shows.
@@ -127,6 +128,15 @@ class RollbackPlan(ReportPart):
         description="Names of live agents the set lacks: gone after, kept in the safety set."
     )
     agents_coming_back: list[str] = Field(description="Names in the set that are not live.")
+    written_since_set: dict[str, int] | None = Field(
+        None,
+        description="Rows created or changed after the set was taken, per kind (messages, "
+        "agents, blocks, passages), by their timestamps: lost by the rollback, kept in the "
+        "safety set.",
+    )
+    agents_created_since_set: list[str] | None = Field(
+        None, description="Names of the agents created after the set was taken."
+    )
     tables: int
     rows: int
     database_bytes: int
@@ -257,6 +267,8 @@ def preflight(
             f"{size} bytes (safety dump and restore need about twice that); free some space."
         )
     in_set = {a.id: a.name for a in manifest.agents}
+    written = rows_written_since(database, manifest.created_at)
+    created = agents_created_since(database, manifest.created_at)
     plan = RollbackPlan(
         server=profile.name,
         base_url=profile.server.base_url,
@@ -273,6 +285,8 @@ def preflight(
         # Live agents the set does not hold: gone after the rollback, kept in the safety set.
         agents_not_in_set=sorted(name for i, name in live.items() if i not in in_set),
         agents_coming_back=sorted(name for i, name in in_set.items() if i not in live),
+        written_since_set=written,
+        agents_created_since_set=created,
         tables=len(manifest.row_counts),
         rows=sum(manifest.row_counts.values()),
         database_bytes=size,
@@ -399,6 +413,11 @@ def run_rollback(state: RollbackState, start_timeout: float, jobs: int) -> dict[
 # --------------------------------------------------------------------------- the flow
 
 
+def lost_rows(plan: RollbackPlan) -> str:
+    """``12 messages, 1 agents, 3 blocks, 0 passages``: what the rollback takes away."""
+    return ", ".join(f"{n} {kind}" for kind, n in (plan.written_since_set or {}).items())
+
+
 def render_rollback_markdown(report: RollbackReport) -> str:
     plan = report.plan
     lines = [
@@ -411,6 +430,10 @@ def render_rollback_markdown(report: RollbackReport) -> str:
     ]
     if plan.agents_not_in_set:
         lines.append(f"- not in the set (kept in the safety backup): {plan.agents_not_in_set}")
+    if plan.written_since_set is not None:
+        lines.append(f"- written since the set (lost; in the safety backup): {lost_rows(plan)}")
+    if plan.agents_created_since_set:
+        lines.append(f"- agents created since the set: {plan.agents_created_since_set}")
     if report.safety_set:
         lines.append(f"- safety backup (undo with --to): {report.safety_set}")
     if report.downtime_seconds is not None:
@@ -471,7 +494,7 @@ def rollback(
             record.update(outcome="planned")
             return report
 
-        with destructive_lock(profile.name, lock_timeout_seconds):
+        with destructive_lock(profile.name, lock_timeout_seconds, database=profile.database):
             if approval:
                 try:
                     report.approved_by = await_operator_approval("rollback", profile.name)

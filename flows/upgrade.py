@@ -687,7 +687,7 @@ def upgrade(
             publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
             return report
 
-        with destructive_lock(profile.name, lock_timeout_seconds):
+        with destructive_lock(profile.name, lock_timeout_seconds, database=profile.database):
             if approval:
                 try:
                     report.approved_by = await_operator_approval("upgrade", profile.name)

@@ -31,6 +31,7 @@ LONGEST_FILES_FIRST = (
     "test_run_timeouts_e2e.py",
     "test_alerts_e2e.py",
     "test_maintenance_e2e.py",
+    "test_recover_local_prefect_e2e.py",
     "test_runtime_e2e.py",
 )
 

@@ -12,6 +12,7 @@ from letta_ops.flows.backup import backup
 from letta_ops.flows.upgrade import UpgradeFailed, upgrade
 from letta_ops.tasks.audit_store import AuditStore
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, seed_agents
+from tests.fixtures.prefect import flow_run_artifacts
 
 pytestmark = pytest.mark.e2e
 
@@ -118,10 +119,7 @@ def test_history_of_backup_failed_upgrade_and_upgrade(
         stored = json.loads(body)
         assert key == f"backups/{stored['object_key']}"
         assert stored["server"] == "audit-e2e" and stored["outcome"] in ("succeeded", "failed")
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as prefect:
-        artifacts = prefect.read_artifacts()
+    artifacts = flow_run_artifacts(r.flow_run_id for r in records if r.flow_run_id)
     dumped = json.dumps([a.model_dump(mode="json") for a in artifacts]).encode()
     assert not any(s in dumped for s in secrets)
 

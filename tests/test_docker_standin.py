@@ -490,11 +490,11 @@ def test_up_migrates_and_serves_the_pinned_server_then_stop(
     base_url = f"http://127.0.0.1:{port}"
     state = compose.parent / ".docker-standin" / "operatorstack" / "letta_server"
 
-    started = time.monotonic()
     up = docker("up", "-d", "letta_server")
     assert up.returncode == 0, up.stderr
-    assert time.monotonic() - started < 60
-    with pytest.raises(httpx.HTTPError):  # `up -d` returned before the server could be up
+    # Structural, not a wall-clock bound (a cold runtime cache takes minutes): `up -d`
+    # returned before the server could answer, and the container it left is running.
+    with pytest.raises(httpx.HTTPError):
         httpx.get(f"{base_url}/v1/health/", timeout=2)
     [row] = _ps_rows(docker("ps", "--format", "json"))
     assert row["State"] == "running"

@@ -74,7 +74,7 @@ def workers(prefect_harness, s3_env, s3_bucket, monkeypatch):
         "PREFECT_WORKER_PREFETCH_SECONDS": "2",
     }
     created = _prefect(env, "work-pool", "create", "letta-ops", "--type", "process")
-    assert created.returncode == 0 or "already exists" in created.stdout, created.stdout
+    assert created.returncode == 0, created.stdout  # one test of the session creates it
     deployed = _prefect(env, "--no-prompt", "deploy", "-n", "backup", "-n", "upgrade")
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     procs = [
@@ -122,7 +122,8 @@ def test_fleet_backup_and_rolling_upgrade_on_two_workers(workers, start_letta, s
     assert state.is_failed()
     with pytest.raises(FleetRunFailed, match="1 of 3 server backups failed: fleet-c: ") as failure:
         state.result()
-    assert "does not answer" in str(failure.value) or "connect" in str(failure.value).lower()
+    # A scheduled backup of a server that is down fails on it, saying so (one way, not two).
+    assert "Cannot reach the Letta server" in str(failure.value)
     s3, bucket, _ = s3_bucket
     store = S3ObjectStore(s3, bucket, "backups")
     for name in ("fleet-a", "fleet-b"):

@@ -35,7 +35,12 @@ from letta_ops.tasks.postgres_privileges import (
     probe_privileges,
     restore_plan,
 )
-from tests.fixtures.oracle import sql_scalar, sql_table_counts
+from tests.fixtures.oracle import (
+    digest_differences,
+    sql_scalar,
+    sql_table_counts,
+    sql_table_digests,
+)
 from tests.fixtures.postgres import owner_database
 
 #: A Letta-shaped schema: a vector column, a free-standing sequence behind a default (as
@@ -55,7 +60,8 @@ CREATE FUNCTION message_count(a text) RETURNS bigint LANGUAGE sql
     AS 'SELECT count(*) FROM messages WHERE agent_id = a';
 INSERT INTO agents SELECT 'agent-' || i, 'Agent ' || i, 'done' FROM generate_series(1, 5) i;
 INSERT INTO messages (id, agent_id, embedding)
-    SELECT 'm-' || i, 'agent-' || (i % 5 + 1), '[1,2,3]' FROM generate_series(1, 40) i;
+    SELECT 'm-' || i, 'agent-' || (i % 5 + 1), ('[' || i || ',2,3]')::vector
+    FROM generate_series(1, 40) i;
 """
 
 CELLS = [(18, "superuser"), (18, "owner"), (16, "superuser"), (16, "owner")]
@@ -82,6 +88,7 @@ def test_dump_empty_and_restore(pg_clusters, make_database, tmp_path: Path, majo
     _run(target, "CREATE TABLE agents (id int); INSERT INTO agents VALUES (1)")  # stale
     before = sql_table_counts(source)
     assert before == {"agents": 5, "messages": 40}
+    content = sql_table_digests(source)  # every row, embeddings included
 
     store = open_store(f"file://{tmp_path}")
     dumped = dump_to_store(source, store, "s/database.dump")
@@ -98,6 +105,7 @@ def test_dump_empty_and_restore(pg_clusters, make_database, tmp_path: Path, majo
 
     tolerated = restore_dump(target, dump_path, jobs=2)
     assert sql_table_counts(target) == before
+    assert digest_differences(content, sql_table_digests(target)) == {}
     # Exactly the settings a PostgreSQL 16 server does not know, nothing else.
     assert all("transaction_timeout" in line for line in tolerated)
     assert bool(tolerated) is (major < 17)
@@ -132,6 +140,7 @@ def test_restore_while_the_dump_streams(
     _run(source, "CREATE TABLE bulk AS SELECT g, md5(g::text) h FROM generate_series(1, 60000) g")
     _run(source, "CREATE INDEX bulk_h ON bulk (h)")
     before = sql_table_counts(source)
+    content = sql_table_digests(source)  # every row, embeddings included
     store = open_store(f"file://{tmp_path}")
     dumped = dump_to_store(source, store, "s/database.dump")
     head = tmp_path / "head.dump"
@@ -151,6 +160,7 @@ def test_restore_while_the_dump_streams(
     assert (restored.sha256, restored.size) == (dumped.stored.sha256, dumped.stored.size)
     assert restored.lanes == 2
     assert sql_table_counts(target) == before
+    assert digest_differences(content, sql_table_digests(target)) == {}
     assert all("transaction_timeout" in line for line in restored.warnings)
     # post-data ran: the default is back, the primary key and the foreign key exist.
     _run(target, "INSERT INTO messages (id, agent_id) VALUES ('m-new', 'agent-1')")
@@ -170,6 +180,7 @@ def test_restore_while_the_dump_streams(
         )
     assert restored.lanes == 1 and restored.sha256 == dumped.stored.sha256
     assert sql_table_counts(cramped) == before
+    assert digest_differences(content, sql_table_digests(cramped)) == {}
     assert "No room for a" in caplog.text and "one lane" in caplog.text
 
     cut = _database(pg_clusters, make_database, major, role, "scut")

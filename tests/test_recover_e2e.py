@@ -42,7 +42,16 @@ from letta_ops.tasks.backup_catalog import load_manifest
 from letta_ops.tasks.object_store import S3ObjectStore
 from tests.fixtures.kill_run import kill_when_step_begins, letta_ops
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
-from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
+from tests.fixtures.oracle import (
+    digest_differences,
+    http_agents,
+    http_version,
+    sql_agents,
+    sql_row_hashes,
+    sql_table_columns,
+    sql_table_counts,
+    sql_table_digests,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -67,6 +76,8 @@ def test_kill_9_at_each_step_then_one_recover(
     objects = S3ObjectStore(s3, bucket, "backups")
     server, base_url, db = running.runtime.server_name, running.server.base_url, running.database
     tables_before, agents_before = sql_table_counts(db), sql_agents(db)
+    digests_before, columns_before = sql_table_digests(db), sql_table_columns(db)
+    rows_before, keys_before = sql_row_hashes(db), sql_row_hashes(db, keys_only=True)
     http_before = http_agents(base_url)
     audit = AuditStore.from_env()
     timings: dict[str, float] = {}
@@ -78,6 +89,7 @@ def test_kill_9_at_each_step_then_one_recover(
         assert http_agents(base_url) == http_before
         assert sql_table_counts(db) == tables_before
         assert sql_agents(db) == agents_before
+        assert digest_differences(digests_before, sql_table_digests(db)) == {}
 
     # --- migrate, killed during the target's migration --------------------------------------
     proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate")
@@ -93,14 +105,12 @@ def test_kill_9_at_each_step_then_one_recover(
     assert f"during 'alembic upgrade to {NEW_VERSION}'" in record.error
     assert recover().outcome == "nothing to recover"  # idempotent
 
-    # --- migrate, killed right after the server stopped --------------------------------------
-    # The kill lands the moment the server process is gone (the journal may already show the
-    # next step begun: the boundary is milliseconds wide).
-    server_pid = running.runtime.status()["pid"]
+    # --- migrate, killed as the server stops -----------------------------------------------
+    # The kill lands as soon as the stop begins (the cell above is the one after the stop).
     proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes", "--strategy", "migrate")
-    kill_when_step_begins(proc, server, "stop server", 0.0, until_gone=server_pid)
-    report, timings["migrate: after the stop"] = _recover_timed()
-    assert report.plan.interrupted_at in ("stop server", f"alembic upgrade to {NEW_VERSION}")
+    kill_when_step_begins(proc, server, "stop server", 0.0)
+    report, timings["migrate: during the stop"] = _recover_timed()
+    assert report.plan.interrupted_at == "stop server", report
     assert report.plan.action == "restore", report
     assert_as_before()
 
@@ -132,18 +142,37 @@ def test_kill_9_at_each_step_then_one_recover(
     after = sql_agents(db)
     assert {a: r.name for a, r in after.items()} == {a: r.name for a, r in agents_before.items()}
     assert all(after[a].messages >= r.messages for a, r in agents_before.items())
-    upgraded_tables = sql_table_counts(db)
+    # The migration kept every row: unchanged in every table whose columns it left alone
+    # (but alembic_version, its own, and tools, which every start of a version upserts),
+    # by primary key in the tables it changed.
+    columns_after = sql_table_columns(db)
+    rows_after, keys_after = sql_row_hashes(db), sql_row_hashes(db, keys_only=True)
+    tables = set(columns_before) - {"alembic_version"}
+    unchanged = {t for t in tables if columns_after.get(t) == columns_before[t]} - {"tools"}
+    assert unchanged and {"agents", "messages"} <= tables
+    changed_rows = {t: len(rows_before[t] - rows_after[t]) for t in unchanged}
+    assert not any(changed_rows.values()), changed_rows
+    lost_rows = {t: len(keys_before[t] - keys_after.get(t, set())) for t in tables}
+    assert not any(lost_rows.values()), lost_rows
+    upgraded_tables, upgraded_digests = sql_table_counts(db), sql_table_digests(db)
 
-    # --- rollback, killed during pg_restore of the target set ------------------------------
+    # --- rollback, killed during pg_restore of the target set: back on the safety set -------
     proc = letta_ops("rollback", "--yes")
-    killed = kill_when_step_begins(proc, server, "restore the set's dump", 0.3)
+    killed = kill_when_step_begins(proc, server, "restore the set's dump", 0.0)
     report, timings["rollback: during pg_restore"] = _recover_timed()
-    assert report.plan.action in ("restore", "finish-forward"), report
-    if report.plan.action == "restore":  # back on the safety set: 0.16.2, as it was
-        assert http_version(base_url) == NEW_VERSION
-        assert sql_table_counts(db) == upgraded_tables
-    else:  # the dump was in: the rollback finished, 0.14.0 as before the upgrade
-        assert_as_before()
+    assert report.plan.interrupted_at == "restore the set's dump", report
+    assert report.plan.action == "restore", report
+    assert http_version(base_url) == NEW_VERSION  # 0.16.2, exactly as it was
+    assert sql_table_counts(db) == upgraded_tables
+    assert digest_differences(upgraded_digests, sql_table_digests(db)) == {}
+    assert http_agents(base_url) == http_before
+
+    # --- rollback, killed once the dump was in (its old version starting): finished --------
+    proc = letta_ops("rollback", "--yes")
+    killed = kill_when_step_begins(proc, server, f"start {FROM_VERSION}", 0.5)
+    report, timings["rollback: old version starting"] = _recover_timed()
+    assert report.plan.action == "finish-forward", report
+    assert_as_before()  # 0.14.0, the pre-upgrade set's content exactly
     assert http_agents(base_url) == http_before
 
     # --- a server that is down is rolled back from its database ----------------------------

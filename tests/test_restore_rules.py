@@ -283,6 +283,19 @@ def test_cli_renders_plans_and_reports():
     assert "PostgreSQL 16, role letta_owner, emptied by in-place" in render_rollback_plan(planned)
     assert "not in the set (kept in the safety backup): added" in render_rollback_plan(planned)
     assert "set taken 2026-11-23T02:15:00+00:00 (pre-upgrade)" in render_rollback_plan(planned)
+    assert "written since" not in render_rollback_plan(planned)  # a plan of an older letta-ops
+    counted = {
+        **plan,
+        "written_since_set": {"messages": 12, "agents": 1, "blocks": 3, "passages": 0},
+        "agents_created_since_set": ["added"],
+    }
+    confirmation = render_rollback_plan(
+        RollbackReport.model_validate({"plan": counted, "dry_run": True, "outcome": "planned"})
+    )
+    assert (
+        "written since the set (lost, kept in the safety backup): 12 messages, 1 agents, "
+        "3 blocks, 0 passages\nagents created since the set: added\n" in confirmation
+    )
     done = RollbackReport.model_validate(
         {
             "plan": plan,

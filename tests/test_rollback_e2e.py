@@ -32,7 +32,14 @@ from letta_ops.tasks.letta_postgres import connect
 from letta_ops.tasks.object_store import S3ObjectStore
 from letta_ops.tasks.restore_target import RestoreTargetRefused, port_in_use
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, seed_agents
-from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
+from tests.fixtures.oracle import (
+    digest_differences,
+    http_agents,
+    http_version,
+    sql_agents,
+    sql_table_counts,
+    sql_table_digests,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -85,6 +92,7 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
     before_agents = _live(running)
     before_counts = sql_table_counts(running.database)
     before_rows = sql_agents(running.database)
+    before_digests = sql_table_digests(running.database)  # content, not only counts
     assert len(before_agents) == len(before_rows) == before_counts["agents"] == 4
     phases.done("0.11.7 started with 4 agents")
 
@@ -147,9 +155,25 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert plan["set"] == pre_upgrade and plan["to_version"] == OLD_VERSION
     assert "added-on-0162" in plan["agents_not_in_set"]
+    # What it will lose, in numbers: the three agents created since the set, by name, and
+    # at least their rows (the tests' own SQL), shown in the confirmation too.
+    created_since = sorted([victim_name, "added-on-0162", copy.restored_as])
+    assert plan["agents_created_since_set"] == created_since
+    new_rows = [r for r in sql_agents(running.database).values() if r.name in created_since]
+    written = plan["written_since_set"]
+    assert set(written) == {"messages", "agents", "blocks", "passages"}
+    assert written["agents"] >= 3 and written["blocks"] >= sum(r.blocks for r in new_rows)
+    assert written["messages"] >= sum(r.messages for r in new_rows) > 0
+    assert main(["rollback", "--dry-run"]) == EXIT_OK
+    shown = capsys.readouterr().out
+    assert f"written since the set (lost, kept in the safety backup): {written['messages']} " in (
+        shown
+    )
+    assert "agents created since the set: " + ", ".join(created_since) in shown
     assert _version_and_pid(running) == (version_before, pid_before)
 
     before_rollback = _live(running)
+    digests_before_rollback = sql_table_digests(running.database)
     report = rollback()
     assert report.outcome == "succeeded", report
     assert http_version(running.server.base_url) == OLD_VERSION
@@ -157,6 +181,7 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
     target = load_manifest(store, *pre_upgrade.split("/"))
     assert sql_table_counts(running.database) == target.row_counts == before_counts
     assert sql_agents(running.database) == before_rows
+    assert digest_differences(before_digests, sql_table_digests(running.database)) == {}
     safety = load_manifest(store, *report.safety_set.split("/"))
     assert safety.purpose == "pre-rollback" and safety.pinned
     assert safety.letta_version == NEW_VERSION
@@ -170,18 +195,21 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
     assert http_version(running.server.base_url) == NEW_VERSION
     assert _live(running) == before_rollback
     assert sql_table_counts(running.database) == safety.row_counts
+    assert digest_differences(digests_before_rollback, sql_table_digests(running.database)) == {}
     phases.done("rolled forward to 0.16.2 from the safety set")
 
     # --- a rollback that fails after the stop undoes itself --------------------------------
     # Fault: 0.11.7 gets 3 s to become healthy, after its dump was already restored.
     forward_counts = sql_table_counts(running.database)
     forward_rows = sql_agents(running.database)
+    forward_digests = sql_table_digests(running.database)
     with pytest.raises(RollbackFailed, match="undo restored Letta 0.16.2"):
         rollback(backup_set=pre_upgrade, start_timeout_seconds=3)
     assert http_version(running.server.base_url) == NEW_VERSION
     assert _live(running) == before_rollback
     assert sql_table_counts(running.database) == forward_counts
     assert sql_agents(running.database) == forward_rows
+    assert digest_differences(forward_digests, sql_table_digests(running.database)) == {}
     phases.done("failed rollback undone: 0.16.2 with the same agents and counts")
 
     # --- restore a set onto another database -----------------------------------------------
@@ -210,6 +238,10 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
         assert staged.verification.ok and staged.server.version == OLD_VERSION
         assert sql_table_counts(empty) == target.row_counts
         assert sql_agents(empty) == before_rows
+        # Content as before, but the one row a server started in a HOME of its own rewrites
+        # as it starts (its local sandbox configuration; same count).
+        staged_differences = digest_differences(before_digests, sql_table_digests(empty))
+        assert set(staged_differences) <= {"sandbox_configs"}, staged_differences
         assert http_agents(f"http://127.0.0.1:{port}") == before_agents
         # One home per server: the next command finds it from its URL alone.
         assert staged.address_with.LETTA_OPS_SERVER_NAME == f"127.0.0.1-{port}"

@@ -16,7 +16,13 @@ from letta_ops.tasks.letta_postgres import alembic_revision
 from letta_ops.tasks.letta_versions import ALEMBIC_HEADS
 from letta_ops.tasks.object_store import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, rename_agent, seed_agents
-from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
+from tests.fixtures.oracle import (
+    http_agents,
+    http_version,
+    sql_agent_contents,
+    sql_agents,
+    sql_table_counts,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -114,6 +120,7 @@ def test_rebuild_brings_16_of_16_across(start_letta, upgrade_env):
     upgrade_env(running)
     before = sql_agents(running.database)
     assert http_agents(running.server.base_url) == {a: v.name for a, v in before.items()}
+    contents_before = sql_agent_contents(running.database)
 
     report = upgrade(NEW_VERSION, strategy="rebuild")
     assert report.outcome == "succeeded"
@@ -126,6 +133,12 @@ def test_rebuild_brings_16_of_16_across(start_letta, upgrade_env):
     names = sorted(http_agents(running.server.base_url).values())
     assert names == expected and len(names) == 16
     assert sorted(a.name for a in sql_agents(running.database).values()) == expected
+    # Per agent, by the tests' own SQL: every message (role and text) and every memory block
+    # came across, not only the names (the product's own verification is not the oracle).
+    new_name = {v.name: renames[a].new for a, v in before.items() if a in renames}
+    carried = {new_name.get(n, n): c.carried() for n, c in contents_before.items()}
+    after = {n: c.carried() for n, c in sql_agent_contents(running.database).items()}
+    assert after == carried
     assert report.not_carried.note
     rows = report.verification
     assert len(rows) == 16 and all(r.messages_after is not None for r in rows)
@@ -173,12 +186,13 @@ def test_failed_target_start_rolls_back_and_lock_refuses(
     assert sql_agents(running.database) == before_agents
     assert alembic_revision(running.database) == ALEMBIC_HEADS[OLD_VERSION]
 
-    # A second destructive flow on the same server is refused while one holds the lock.
+    # A second destructive flow on the same database is refused while one holds the lock,
+    # even under another server name (the lock is the database's).
     from prefect import flow
 
     @flow
     def holder():
-        with destructive_lock(running.runtime.server_name, 0):
+        with destructive_lock("another-name-same-database", 0, database=running.database):
             with pytest.raises(ServerBusy):
                 upgrade(NEW_VERSION, strategy="migrate")
 

@@ -106,6 +106,8 @@ ROLLBACK_PLAN = {
     "agents_in_set": 4,
     "agents_not_in_set": ["added"],
     "agents_coming_back": [],
+    "written_since_set": {"messages": 12, "agents": 1, "blocks": 3, "passages": 0},
+    "agents_created_since_set": ["added"],
     "tables": 40,
     "rows": 900,
     "database_bytes": 12_345_678,
@@ -311,6 +313,11 @@ def test_rollback_plan_and_report():
     markdown = render_rollback_markdown(report)
     assert "- set taken 2026-11-23T02:15:00+00:00 (pre-upgrade); 6 objects" in markdown
     assert f"- safety backup (undo with --to): {SAFETY}" in markdown
+    assert (
+        "- written since the set (lost; in the safety backup): 12 messages, 1 agents, "
+        "3 blocks, 0 passages" in markdown
+    )
+    assert "- agents created since the set: ['added']" in markdown
 
     report.outcome = "failed, undone"
     report.undo = {"ok": True, "version": "0.16.2", "set": SAFETY, "seconds": 50.0}
