@@ -270,37 +270,20 @@ def _summary(
         "last_modified": max(o.last_modified for o in objects),
         "size": sum(o.size for o in objects),
     }
+    incomplete = {"created_at": None, "complete": False, "verified": False, "purpose": None}
     if MANIFEST_NAME not in sizes:
-        return BackupSetSummary(
-            **common,
-            created_at=None,
-            complete=False,
-            verified=False,
-            pinned=PIN_MARKER in sizes,
-            purpose=None,
-        )
+        return BackupSetSummary(**common, **incomplete, pinned=PIN_MARKER in sizes)
     try:
         checked = check_manifest(store, server, set_id, sizes[MANIFEST_NAME])
     except FileNotFoundError:  # deleted since the listing: what is left is incomplete
-        checked = ManifestCheck(None, CheckedDocument(None, "keyless"))
+        return BackupSetSummary(**common, **incomplete, pinned=False)
     except Refused as exc:  # a set id that is not one: never ours
         checked = ManifestCheck(None, CheckedDocument(None, "untrusted", str(exc).rstrip(".")))
     manifest = checked.manifest
     trust, reason = checked.trust, checked.reason
-    if manifest is None and trust == "keyless":  # gone since the listing
-        return BackupSetSummary(
-            **common, created_at=None, complete=False, verified=False, pinned=False, purpose=None
-        )
     if manifest is None:  # a manifest object that is not a manifest: quarantined, never pruned
         return BackupSetSummary(
-            **common,
-            created_at=None,
-            complete=False,
-            verified=False,
-            pinned=False,
-            purpose=None,
-            trust="untrusted",
-            trust_reason=reason,
+            **common, **incomplete, pinned=False, trust="untrusted", trust_reason=reason
         )
     records = _records(store, objects, trust)
     if records.problem and trust in ("trusted", "keyless"):
