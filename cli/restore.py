@@ -83,7 +83,7 @@ def render_rollback(report: RollbackReport) -> str:
             f"{proof.agents} agents, counts equal the manifest's"
             f"\nsafety backup (undo with --to): {report.safety_set}"
         )
-    return text
+    return "\n".join([text, *phases_lines(report.phases)])
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
