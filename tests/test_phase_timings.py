@@ -73,3 +73,42 @@ def test_text_and_markdown_say_each_phase_and_nothing_without_phases():
     assert "| verification | 2026-11-23T02:15:00+00:00 | 3.0 |" in markdown
     assert phases_lines([]) == [] and phases_markdown([]) == []
     assert PhaseTiming.model_validate(phases[0].model_dump(mode="json")) == phases[0]
+
+
+def test_a_drill_times_each_step_and_drops_its_scratch_database_after_a_failure(monkeypatch):
+    """The drill's steps in order, with PostgreSQL and the store stood in for: the scratch
+    database's drop is timed after the failing restore too."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from letta_ops.tasks import backup_verification as verification
+
+    dropped = []
+    monkeypatch.setattr(verification, "dump_head", lambda store, manifest: nullcontext("head"))
+    monkeypatch.setattr(verification, "probe_privileges", lambda target: "facts")
+    monkeypatch.setattr(verification, "recreate_blockers", lambda facts: [])
+    monkeypatch.setattr(verification, "create_database", lambda db, **kw: None)
+    monkeypatch.setattr(verification, "drop_database", dropped.append)
+    monkeypatch.setattr(verification, "table_row_counts", lambda db, tables: dict(tables))
+    target = SimpleNamespace(for_database=lambda name: SimpleNamespace(database_name=name))
+    manifest = SimpleNamespace(pgvector_schema=None, row_counts={"agents": 3}, db_schema="public")
+
+    clock = PhaseClock()
+    monkeypatch.setattr(verification, "restore_set_dump", lambda *a: ["a warning"])
+    result = verification.drill(None, manifest, target, phase=clock.phase)
+    assert result["differences"] == [] and result["restore_warnings"] == ["a warning"]
+    assert [t.name for t in clock.timings()] == [
+        "dump head", "scratch database", "stream restore", "counts", "drop scratch database",
+    ]  # fmt: skip
+
+    def broken(*_args):
+        raise RuntimeError("pg_restore died")
+
+    clock = PhaseClock()
+    monkeypatch.setattr(verification, "restore_set_dump", broken)
+    with pytest.raises(RuntimeError, match="pg_restore died"):
+        verification.drill(None, manifest, target, phase=clock.phase)
+    assert [t.name for t in clock.timings()] == [
+        "dump head", "scratch database", "stream restore", "drop scratch database",
+    ]  # fmt: skip
+    assert len(dropped) == 2
