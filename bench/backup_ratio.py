@@ -24,6 +24,10 @@ was). Measured in one run, each beside its baseline on the same database and dum
 Every measured run starts cold: a CHECKPOINT, ``sync`` and the page cache dropped (as root;
 see :func:`start_cold`).
 
+Beside the figures, the backup report's phase timings (``backup_phases``) and each restore
+kind's phases of its last round (``phases_last_round``): where the time beyond the raw parts
+went.
+
 Figures merge into ``bench/results.json`` under ``backup_ratio``. 5 GB takes too long on a
 two-core host to run routinely; pass ``--gigabytes 5`` to measure it.
 """
@@ -57,6 +61,8 @@ from bench.run import (  # noqa: E402
     mib,
 )
 from letta_ops.blocks.letta_database import LettaDatabase  # noqa: E402
+from letta_ops.cli.output import phases_lines  # noqa: E402
+from letta_ops.flows.phase_timings import PhaseClock, PhaseTiming  # noqa: E402
 from letta_ops.tasks.agent_export import export_agents  # noqa: E402
 from letta_ops.tasks.letta_api import LettaClient, offline_agent_body  # noqa: E402
 from letta_ops.tasks.letta_postgres import connect, create_database, drop_database  # noqa: E402
@@ -97,6 +103,11 @@ def start_cold(db: LettaDatabase) -> dict[str, bool]:
     except OSError:
         pass
     return done
+
+
+def phase_seconds(phases: list[PhaseTiming]) -> list[dict[str, Any]]:
+    """A report's phases as the figures store them: where the time went, in order."""
+    return [{"phase": p.name, "seconds": round(p.seconds, 2)} for p in phases]
 
 
 def timed(action, db: LettaDatabase) -> tuple[float, Any]:
@@ -203,12 +214,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"raw export {export_s} s, raw pg_dump {dump_s} s (into the store {to_store_s} s), "
                 f"letta-ops backup {backup_s} s"
             )
+            log("backup " + (phases_lines(report.phases) or ["phases: none"])[0])
             manifest = load_manifest(store, *report.set.split("/"))
 
             # Restores in rounds (raw, recreate, in-place, drill), medians of RESTORE_ROUNDS:
             # one restore of a 1 GB dump varies by a second or more on two shared cores.
             seconds: dict[str, list[float]] = {k: [] for k in ("raw", *RESTORE_KINDS)}
             differences: dict[str, int] = {}
+            restore_phases: dict[str, list[PhaseTiming]] = {}  # the last round's, by kind
             for round_number in range(args.rounds):
                 raw_target = LettaDatabase(uri=env.postgres.uri("ratio_raw"))
                 create_database(raw_target)
@@ -220,14 +233,22 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in ("recreate", "in-place"):
                     target = LettaDatabase(uri=env.postgres.uri("ratio_ops"), reset_mode=mode)
                     create_database(target)
+                    clock = PhaseClock()
                     took, restored = timed(
-                        lambda target=target: restore_database_from_set(target, store, manifest, 2),
+                        lambda target=target, clock=clock: restore_database_from_set(
+                            target, store, manifest, 2, clock.phase
+                        ),
                         db,
                     )
+                    restore_phases[mode] = clock.timings()
                     drop_database(target)
                     seconds[mode].append(took)
                     differences[mode] = len(restored["count_differences"])
-                took, drilled = timed(lambda: drill(store, manifest, db, jobs=2), db)
+                clock = PhaseClock()
+                took, drilled = timed(
+                    lambda clock=clock: drill(store, manifest, db, jobs=2, phase=clock.phase), db
+                )
+                restore_phases["drill"] = clock.timings()
                 seconds["drill"].append(took)
                 differences["drill"] = len(drilled["differences"])
                 log(f"restore round {round_number + 1}: " + ", ".join(
@@ -240,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds": seconds[kind],
                     "over_raw": round(statistics.median(seconds[kind]) / raw_restore_s, 2),
                     "count_differences": differences[kind],
+                    "phases_last_round": phase_seconds(restore_phases[kind]),
                 }
                 for kind in RESTORE_KINDS
             }
@@ -251,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             raw_export_seconds=export_s,
             raw_pg_dump_seconds=dump_s,
             backup_seconds=backup_s,
+            backup_phases=phase_seconds(report.phases),
             backup_over_slower_raw=round(backup_s / slower, 2),
             raw_pg_dump_into_store_seconds=to_store_s,
             backup_over_raw_pg_dump_into_store=round(backup_s / max(export_s, to_store_s), 2),

@@ -20,7 +20,7 @@ from letta_ops.cli.options import (
     object_lock_options,
     store_options,
 )
-from letta_ops.cli.output import emit, emit_rows, render_table, with_progress
+from letta_ops.cli.output import emit, emit_rows, phases_lines, render_table, with_progress
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
     from letta_ops.flows.backup import BackupReport
@@ -64,6 +64,7 @@ def render_backup(report: BackupReport) -> str:
     if report.encryption_key_id:
         lines.append(f"encrypted    AES-256-GCM, key id {report.encryption_key_id}")
     lines += [f"  failed     {a.id} {a.name!r}: {a.error}" for a in report.agents_failed]
+    lines += phases_lines(report.phases)
     return "\n".join(lines)
 
 
@@ -124,7 +125,7 @@ def warn_if_keyless(store: object) -> None:
 def render_verify(result: VerifyReport) -> str:
     drill = result.drill_result
     encryption = result.encryption
-    return (
+    summary = (
         f"{result.set}: verified {result.objects} objects"
         + (f", restore drill matched {drill.tables} tables" if drill else "")
         + (
@@ -138,6 +139,7 @@ def render_verify(result: VerifyReport) -> str:
             else ""
         )
     )
+    return "\n".join([summary, *phases_lines(result.phases)])
 
 
 def cmd_backups_new_key(args: argparse.Namespace) -> int:

@@ -168,3 +168,11 @@ def with_progress(run: Callable[[], Any]) -> Any:
             return run()
         finally:
             progress_events.install(None)
+
+
+def phases_lines(phases: list[Any]) -> list[str]:
+    """A report's phase timings as one compact line (``phases: start-up 0.4 s, ...``), or no
+    line when it has none: where the run's time went, beside what it did."""
+    if not phases:
+        return []
+    return ["phases: " + ", ".join(f"{p.name} {p.seconds:.1f} s" for p in phases)]

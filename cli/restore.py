@@ -19,7 +19,7 @@ from letta_ops.cli.options import (
     reset_options,
     store_options,
 )
-from letta_ops.cli.output import confirm, emit, render_table, with_progress
+from letta_ops.cli.output import confirm, emit, phases_lines, render_table, with_progress
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
     from letta_ops.flows.recover import RecoverReport
@@ -83,7 +83,7 @@ def render_rollback(report: RollbackReport) -> str:
             f"{proof.agents} agents, counts equal the manifest's"
             f"\nsafety backup (undo with --to): {report.safety_set}"
         )
-    return text
+    return "\n".join([text, *phases_lines(report.phases)])
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -160,6 +160,7 @@ def render_restore(report: RestoreReport) -> str:
             "(and upgrade, rollback, runtime stop; add LETTA_PG_URI for the database, "
             "password in PGPASSWORD)"
         )
+    lines += phases_lines(report.phases)
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,7 @@ from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run, counts_summary
 from letta_ops.flows.fleet_runs import fleet_slots
 from letta_ops.flows.flow_report import FlowReport, ReportPart
+from letta_ops.flows.phase_timings import PhaseClock, PhaseTiming, phases_markdown
 from letta_ops.flows.run_context import (
     current_flow_run_id,
     publish_report,
@@ -110,12 +112,19 @@ def inspect_server(profile: ServerProfile, server_down_ok: bool = False) -> dict
 
 @task(name="export-agents", cache_policy=NO_CACHE)
 def export_agents_task(
-    profile: ServerProfile, store: ObjectStore, prefix: str, agents: list[dict], concurrency: int
+    profile: ServerProfile,
+    store: ObjectStore,
+    prefix: str,
+    agents: list[dict],
+    concurrency: int,
+    clock: PhaseClock | None = None,
 ) -> tuple[list[AgentEntry], list[StoredObject]]:
+    """Export every agent; timed as the ``export`` phase here, in the task's own thread,
+    because it overlaps the dump (the flow only sees when it waited for it)."""
     progress = progress_events.reporter()
     progress.start("export agents", len(agents), "agents")
     try:
-        with LettaClient(profile.server) as client:
+        with (clock or PhaseClock()).phase("export"), LettaClient(profile.server) as client:
             return export_agents(
                 client,
                 agents,
@@ -304,9 +313,18 @@ class BackupReport(FlowReport):
     pinned: bool
     encryption_key_id: str | None = Field(description="None: not encrypted on the client.")
     object_lock: ManifestLock | None = Field(description="None: written without Object Lock.")
+    phases: list[PhaseTiming] = Field(
+        default_factory=list,
+        description="Each phase's start and seconds, in order of start (export and "
+        "dump+upload overlap); the audit record is written after the report.",
+    )
 
 
-def backup_report(manifest: BackupManifest, verification: VerifyReport) -> BackupReport:
+def backup_report(
+    manifest: BackupManifest,
+    verification: VerifyReport,
+    phases: list[PhaseTiming] | None = None,
+) -> BackupReport:
     failed = manifest.failed_agents
     return BackupReport(
         set=f"{manifest.server}/{manifest.set_id}",
@@ -326,6 +344,7 @@ def backup_report(manifest: BackupManifest, verification: VerifyReport) -> Backu
         pinned=manifest.pinned,
         encryption_key_id=manifest.encryption.key_id if manifest.encryption else None,
         object_lock=manifest.object_lock,
+        phases=phases or [],
     )
 
 
@@ -345,6 +364,7 @@ def render_backup_markdown(report: BackupReport) -> str:
         lines.append(
             f"- locked: S3 Object Lock {lock.mode.lower()} until {lock.retain_until.isoformat()}"
         )
+    lines += phases_markdown(report.phases)
     if report.agents_failed:
         lines += ["", "## Agents whose export failed (the pg_dump still holds them)", ""]
         lines += [f"- `{a.id}` {a.name!r}: {a.error}" for a in report.agents_failed]
@@ -391,20 +411,27 @@ def backup(
     ``concurrency_limits`` (set by a fleet backup): global concurrency limits this run holds a
     slot of while it runs, so a fleet never backs up more at once per store or database host.
     """
-    with audited_run("backup", server) as audit, fleet_slots(concurrency_limits):
-        logger = get_run_logger()
-        profile = load_profile(server, need_database=True)
-        object_store = apply_object_lock(open_backup_store(store, server), lock_days, lock_mode)
-        audit.update(server=profile.name, store=object_store)
-        tag_current_run(profile.name, "backup")
-        if warning := keyless_warning(object_store):
-            logger.warning("%s.", warning)
+    clock = PhaseClock()
+    with contextlib.ExitStack() as run:
+        # Start-up: the audit record opened, a fleet's slot (if any) waited for, the
+        # server's blocks and the store loaded.
+        with clock.phase("start-up"):
+            audit = run.enter_context(audited_run("backup", server))
+            run.enter_context(fleet_slots(concurrency_limits))
+            logger = get_run_logger()
+            profile = load_profile(server, need_database=True)
+            object_store = apply_object_lock(open_backup_store(store, server), lock_days, lock_mode)
+            audit.update(server=profile.name, store=object_store)
+            tag_current_run(profile.name, "backup")
+            if warning := keyless_warning(object_store):
+                logger.warning("%s.", warning)
         started = datetime.now(UTC)
 
-        database = profile.require_database()
-        compression = chosen_compression(compression, database.compression)
-        require_compression_supported(database, compression)
-        state = inspect_server(profile, server_down_ok)
+        with clock.phase("pre-flight"):
+            database = profile.require_database()
+            compression = chosen_compression(compression, database.compression)
+            require_compression_supported(database, compression)
+            state = inspect_server(profile, server_down_ok)
         logger.info(
             "Letta %s at %s, %d agents",
             state["version"],
@@ -420,10 +447,12 @@ def backup(
         exports = None
         if state["status"] != "down":
             exports = export_agents_task.submit(
-                profile, object_store, prefix, state["agents"], concurrency
+                profile, object_store, prefix, state["agents"], concurrency, clock
             )
         try:
-            dump = dump_database_task(profile, object_store, prefix + DUMP_NAME, compression)
+            # pg_dump and the row counts in its own snapshot are one step (dump_to_store).
+            with clock.phase("counts+dump+upload"):
+                dump = dump_database_task(profile, object_store, prefix + DUMP_NAME, compression)
         except (PgToolError, sa.exc.DBAPIError) as exc:
             if exports is not None:
                 exports.wait()  # nothing keeps writing into the set after the run ends
@@ -435,57 +464,62 @@ def backup(
             entries = [AgentEntry(**a, error=SERVER_DOWN) for a in state["agents"]]
             agent_objects: list[StoredObject] = []
         else:
-            entries, agent_objects = exports.result()
-        runtime_files = store_runtime_files(profile, object_store, prefix)
-        manifest = build_manifest(
-            profile,
-            set_id,
-            prefix,
-            started,
-            state,
-            entries,
-            agent_objects,
-            dump,
-            purpose,
-            pinned,
-            runtime_files,
-            manifest_lock(object_store),
-            set_encryption([*agent_objects, dump.stored, *runtime_files.values()]),
-        )
-        write_manifest_task(object_store, prefix, manifest)
+            with clock.phase("export wait"):
+                entries, agent_objects = exports.result()
+        with clock.phase("manifest"):
+            runtime_files = store_runtime_files(profile, object_store, prefix)
+            manifest = build_manifest(
+                profile,
+                set_id,
+                prefix,
+                started,
+                state,
+                entries,
+                agent_objects,
+                dump,
+                purpose,
+                pinned,
+                runtime_files,
+                manifest_lock(object_store),
+                set_encryption([*agent_objects, dump.stored, *runtime_files.values()]),
+            )
+            write_manifest_task(object_store, prefix, manifest)
         audit.update(
             counts_before=counts_summary(manifest.row_counts, len(manifest.agents)),
             alembic_revision=manifest.alembic_revision,
             purpose=purpose,
         )
         try:
-            verification = verify(f"{profile.name}/{set_id}", server=server, store=store)
+            with clock.phase("verification"):
+                verification = verify(f"{profile.name}/{set_id}", server=server, store=store)
         except VerificationFailed as exc:
             raise BackupFailed(
                 f"Backup set {profile.name}/{set_id} was written but failed verification: {exc}"
             ) from exc
 
-        report = backup_report(manifest, verification)
+        report = backup_report(manifest, verification, clock.timings())
         audit.update(
             agents_exported=report.agents_exported,
             agents_failed=[a.id for a in report.agents_failed],
             verified=report.verified,
         )
-        publish_report(
-            profile.name,
-            "backup",
-            render_backup_markdown(report),
-            [
-                {
-                    "id": a.id,
-                    "name": a.name,
-                    "file": a.file or "",
-                    "bytes": manifest.objects[a.file].size if a.file else 0,
-                    "error": a.error or "",
-                }
-                for a in manifest.agents
-            ],
-        )
+        with clock.phase("report"):
+            publish_report(
+                profile.name,
+                "backup",
+                render_backup_markdown(report),
+                [
+                    {
+                        "id": a.id,
+                        "name": a.name,
+                        "file": a.file or "",
+                        "bytes": manifest.objects[a.file].size if a.file else 0,
+                        "error": a.error or "",
+                    }
+                    for a in manifest.agents
+                ],
+            )
+        report.phases = clock.timings()
         if report.agents_failed and not allow_partial_agents:
             names = ", ".join(f"{a.id} ({a.name!r})" for a in report.agents_failed)
             raise BackupFailed(

@@ -17,6 +17,7 @@ The runbook this replaces, as one run:
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,7 @@ from letta_ops.blocks.server_profile import load_profile, open_backup_store
 from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.flow_report import FlowReport, ReportPart
+from letta_ops.flows.phase_timings import PhaseClock, PhaseTiming, phases_markdown
 from letta_ops.flows.restore_server import (
     ServerProof,
     ServerStart,
@@ -119,6 +121,11 @@ class RestoreReport(FlowReport):
     verification: ServerProof | None = Field(None, description="None: no start.")
     address_with: RestoredAddress | None = Field(None, description="None: no start.")
     finished_at: datetime | None = None
+    phases: list[PhaseTiming] = Field(
+        default_factory=list,
+        description="Each phase's start and seconds, in order of start; a streamed restore's "
+        "download, pre-data, data and post-data are one phase ('stream restore').",
+    )
 
 
 def restored_runtime(
@@ -224,9 +231,13 @@ def preflight(
 
 @task(name="restore-database", cache_policy=NO_CACHE)
 def restore_database_step(
-    target: LettaDatabase, store: ObjectStore, manifest: BackupManifest, jobs: int
+    target: LettaDatabase,
+    store: ObjectStore,
+    manifest: BackupManifest,
+    jobs: int,
+    clock: PhaseClock | None = None,
 ) -> dict[str, Any]:
-    return restore_database_from_set(target, store, manifest, jobs)
+    return restore_database_from_set(target, store, manifest, jobs, (clock or PhaseClock()).phase)
 
 
 @task(name="start-letta-server", cache_policy=NO_CACHE)
@@ -261,6 +272,7 @@ def render_restore_markdown(report: RestoreReport) -> str:
     if report.server:
         s = report.server
         lines.append(f"- started Letta {s.version} at {s.base_url} (pid {s.pid})")
+    lines += phases_markdown(report.phases)
     return "\n".join(lines)
 
 
@@ -295,24 +307,28 @@ def restore(
     commands address it.
     """
     parameters = {"backup_set": backup_set, "force": force, "start": start, "port": port}
-    with audited_run("restore", server, parameters) as record:
-        logger = get_run_logger()
-        object_store = open_backup_store(store, server)
-        record.update(store=object_store)
+    clock = PhaseClock()
+    with contextlib.ExitStack() as run:
+        with clock.phase("start-up"):
+            record = run.enter_context(audited_run("restore", server, parameters))
+            logger = get_run_logger()
+            object_store = open_backup_store(store, server)
+            record.update(store=object_store)
         try:
-            plan, manifest, target, letta_runtime = preflight(
-                object_store,
-                backup_set,
-                database,
-                server,
-                force,
-                start,
-                runtime,
-                port,
-                reset,
-                name,
-                allow_legacy,
-            )
+            with clock.phase("pre-flight"):
+                plan, manifest, target, letta_runtime = preflight(
+                    object_store,
+                    backup_set,
+                    database,
+                    server,
+                    force,
+                    start,
+                    runtime,
+                    port,
+                    reset,
+                    name,
+                    allow_legacy,
+                )
         except ValueError:
             record.update(outcome="refused")
             raise
@@ -333,23 +349,29 @@ def restore(
         )
         if dry_run:
             record.update(outcome="planned")
-            return RestoreReport(plan=plan, dry_run=True, outcome="planned")
+            return RestoreReport(plan=plan, dry_run=True, outcome="planned", phases=clock.timings())
         report = RestoreReport(plan=plan, outcome="running")
         proof = None
-        with destructive_lock(target_name, lock_timeout_seconds, database=target):
+        with contextlib.ExitStack() as locked:
+            with clock.phase("lock"):
+                locked.enter_context(
+                    destructive_lock(target_name, lock_timeout_seconds, database=target)
+                )
             journal = record.journal()
             journal.begin(set=plan.set, target=plan.target, reset_mode=target.reset_mode)
             journal.enter("restore the set's dump")
-            restored = restore_database_step(target, object_store, manifest, jobs)
+            restored = restore_database_step(target, object_store, manifest, jobs, clock)
             report.count_differences = restored["count_differences"]
             report.sequences = restored["sequences"]["changes"]
             report.restore_warnings = restored["restore_warnings"]
             if not restored["count_differences"] and letta_runtime is not None:
                 journal.enter(f"start {manifest.letta_version}")
-                report.server = start_server_step(
-                    letta_runtime, target, manifest.letta_version, start_timeout_seconds
-                )
-                proof = prove_step(letta_runtime, target, manifest)
+                with clock.phase("start server"):
+                    report.server = start_server_step(
+                        letta_runtime, target, manifest.letta_version, start_timeout_seconds
+                    )
+                with clock.phase("prove server"):
+                    proof = prove_step(letta_runtime, target, manifest)
                 report.verification = proof
                 report.address_with = RestoredAddress(
                     LETTA_BASE_URL=letta_runtime.base_url,
@@ -363,7 +385,10 @@ def restore(
         report.outcome = "failed" if problems else "succeeded"
         report.finished_at = datetime.now(UTC)
         record.update(counts_after=manifest.row_counts if not problems else None)
-        publish_report(target_name, "restore", render_restore_markdown(report))
+        report.phases = clock.timings()
+        with clock.phase("report"):
+            publish_report(target_name, "restore", render_restore_markdown(report))
+        report.phases = clock.timings()
         if problems:
             raise RestoreFailed(
                 f"Restored {plan.set} onto {plan.target}, but it does not match the "

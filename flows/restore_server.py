@@ -9,6 +9,7 @@ and the rollback's own undo call :func:`restore_server_from_set`, which never ra
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -24,9 +25,11 @@ from letta_ops.tasks.backup_catalog import runtime_files_of_set
 from letta_ops.tasks.backup_manifest import BackupManifest
 from letta_ops.tasks.backup_set_admission import require_key
 from letta_ops.tasks.backup_verification import (
+    Phase,
     compare_counts,
     downloaded,
     dump_head,
+    no_phase,
     restore_set_dump,
 )
 from letta_ops.tasks.letta_api import LettaClient
@@ -117,37 +120,49 @@ def empty_database_steps(mode: str) -> list[str]:
 
 
 def restore_database_from_set(
-    database: LettaDatabase, store: ObjectStore, manifest: BackupManifest, jobs: int = 2
+    database: LettaDatabase,
+    store: ObjectStore,
+    manifest: BackupManifest,
+    jobs: int = 2,
+    phase: Phase = no_phase,
 ) -> dict[str, Any]:
     """Put the set's database in place of ``database``, as its ``reset_mode`` says (``auto``
     decides now): ``recreate`` restores into a new database while the dump downloads and
     swaps it in once counted; ``in-place`` downloads the dump, resets the schema, restores
     (``jobs`` parallel pg_restore workers). Then sequences are fixed and per-table counts
-    compared with the manifest."""
+    compared with the manifest. ``phase`` (a flow's ``PhaseClock.phase``) times each step;
+    a streamed restore's download, pre-data, data and post-data are one phase ("stream
+    restore"), an in-place one's download ("download") comes before its restore."""
     require_key(store, manifest)
     database = database_for_set(database, manifest)
     if database.reset_mode == "auto":
         database, _ = with_reset_mode(database)
     if database.reset_mode == "recreate":
-        return _restore_beside_and_swap(database, store, manifest, jobs)
+        return _restore_beside_and_swap(database, store, manifest, jobs, phase)
     expected = manifest.objects[manifest.dump]
     # In place there is nowhere else to restore to: the dump is downloaded (decrypted and
     # authenticated, sha256 compared) before the schema is emptied, so a damaged dump or a
     # wrong key leaves the database as it was.
     # Letta's objects only: the set's tables (and any Letta table a newer version added) are
     # dropped; the operator's tables and other schemas stay (tasks.letta_objects).
-    with downloaded(store, manifest.dump, expected.sha256) as dump_path:
-        empty_database(database, database.reset_mode, also_tables=manifest.row_counts)
-        warnings = restore_dump(database, dump_path, jobs=jobs)
-    sequences = repair_sequences(database).to_dict()
-    differences = compare_counts(
-        manifest.row_counts, table_row_counts(database, manifest.row_counts)
-    )
+    with contextlib.ExitStack() as files:
+        with phase("download"):
+            dump_path = files.enter_context(downloaded(store, manifest.dump, expected.sha256))
+        with phase("empty database"):
+            empty_database(database, database.reset_mode, also_tables=manifest.row_counts)
+        with phase("restore"):
+            warnings = restore_dump(database, dump_path, jobs=jobs)
+    with phase("sequences"):
+        sequences = repair_sequences(database).to_dict()
+    with phase("counts"):
+        differences = compare_counts(
+            manifest.row_counts, table_row_counts(database, manifest.row_counts)
+        )
     return {"restore_warnings": warnings, "sequences": sequences, "count_differences": differences}
 
 
 def _restore_beside_and_swap(
-    database: LettaDatabase, store: ObjectStore, manifest: BackupManifest, jobs: int
+    database: LettaDatabase, store: ObjectStore, manifest: BackupManifest, jobs: int, phase: Phase
 ) -> dict[str, Any]:
     """Recreate mode: restore into a new database beside the live one *while the dump
     downloads*, prove it (digest, sequences, per-table counts), and only then drop the live
@@ -158,22 +173,29 @@ def _restore_beside_and_swap(
     a copy whose counts differ from the manifest is dropped and the live database kept.
     """
     incoming = incoming_database(database)
-    with dump_head(store, manifest) as head:  # a wrong key or a damaged header: nothing created
-        drop_database(incoming)  # left by a restore that was interrupted
-        create_database(incoming, with_pgvector=True, pgvector_schema=manifest.pgvector_schema)
+    with contextlib.ExitStack() as head_held:
+        with phase("dump head"):  # a wrong key or a damaged header: nothing created
+            head = head_held.enter_context(dump_head(store, manifest))
+        with phase("create database"):
+            drop_database(incoming)  # left by a restore that was interrupted
+            create_database(incoming, with_pgvector=True, pgvector_schema=manifest.pgvector_schema)
         try:
-            warnings = restore_set_dump(manifest, incoming, head, jobs)
-            sequences = repair_sequences(incoming).to_dict()
-            differences = compare_counts(
-                manifest.row_counts, table_row_counts(incoming, manifest.row_counts)
-            )
+            with phase("stream restore"):
+                warnings = restore_set_dump(manifest, incoming, head, jobs)
+            with phase("sequences"):
+                sequences = repair_sequences(incoming).to_dict()
+            with phase("counts"):
+                differences = compare_counts(
+                    manifest.row_counts, table_row_counts(incoming, manifest.row_counts)
+                )
         except BaseException:
             drop_database(incoming)
             raise
-    if differences:
-        drop_database(incoming)
-    else:
-        swap_in_database(incoming, database)
+    with phase("swap"):
+        if differences:
+            drop_database(incoming)
+        else:
+            swap_in_database(incoming, database)
     return {
         "restore_warnings": warnings,
         "sequences": sequences,

@@ -19,12 +19,13 @@ The runbook this replaces, as one run:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import itertools
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +41,7 @@ from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.backup import backup
 from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.operator_approval import ApprovalDeclined, await_operator_approval
+from letta_ops.flows.phase_timings import PhaseClock, PhaseTiming, phases_markdown
 from letta_ops.flows.restore_server import (
     ServerProof,
     ServerRestore,
@@ -99,6 +101,7 @@ class RollbackState(JournaledSteps):
     target: BackupManifest
     safety: BackupManifest
     undo: dict[str, Any] | None = None
+    clock: PhaseClock = field(default_factory=PhaseClock)
 
     def __deepcopy__(self, memo: dict) -> RollbackState:
         """Shared, not copied: Prefect's ``txn.get`` deep-copies stored values, but the undo
@@ -181,6 +184,11 @@ class RollbackReport(FlowReport):
     restore_warnings: list[str] | None = Field(None, description="What pg_restore warned about.")
     verification: ServerProof | None = None
     finished_at: datetime | None = None
+    phases: list[PhaseTiming] = Field(
+        default_factory=list,
+        description="Each phase's start and seconds, in order of start (the safety backup "
+        "as one phase; an undo's too).",
+    )
 
 
 # --------------------------------------------------------------------------- pre-flight
@@ -349,14 +357,21 @@ def _undo_rollback(txn: Transaction) -> None:
     state: RollbackState = txn.get("state")
     if state.journal is not None:
         state.journal.enter("undo: restore the safety set")
-    state.undo = restore_server_from_set(state.profile, state.store, state.safety)
+    with state.clock.phase("undo"):
+        state.undo = restore_server_from_set(state.profile, state.store, state.safety)
 
 
 @task(name="restore-database", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.PG_RESTORE)
 def restore_database_step(
-    profile: ServerProfile, store: ObjectStore, manifest: BackupManifest, jobs: int
+    profile: ServerProfile,
+    store: ObjectStore,
+    manifest: BackupManifest,
+    jobs: int,
+    clock: PhaseClock | None = None,
 ) -> dict[str, Any]:
-    return restore_database_from_set(profile.require_database(), store, manifest, jobs)
+    return restore_database_from_set(
+        profile.require_database(), store, manifest, jobs, (clock or PhaseClock()).phase
+    )
 
 
 @task(name="put-back-runtime-files", cache_policy=NO_CACHE)
@@ -385,21 +400,25 @@ def prove_step(profile: ServerProfile, manifest: BackupManifest) -> dict[str, An
 
 
 def run_rollback(state: RollbackState, start_timeout: float, jobs: int) -> dict[str, Any]:
-    profile, target = state.profile, state.target
+    profile, target, clock = state.profile, state.target, state.clock
     state.enter("stop server")
-    stop_server_step(profile)
+    with clock.phase("stop server"):
+        stop_server_step(profile)
     stopped = time.monotonic()
     state.enter("restore the set's dump")
-    restored = restore_database_step(profile, state.store, target, jobs)
+    restored = restore_database_step(profile, state.store, target, jobs, clock)
     if restored["count_differences"]:
         raise RollbackFailed(
             f"the restored tables differ from the manifest: {restored['count_differences']}"
         )
-    put_back_runtime_files_step(profile, state.store, target)
+    with clock.phase("runtime files"):
+        put_back_runtime_files_step(profile, state.store, target)
     state.enter(f"start {target.letta_version}")
-    start_server_step(profile, target.letta_version, start_timeout)
+    with clock.phase("start server"):
+        start_server_step(profile, target.letta_version, start_timeout)
     state.enter("verify")
-    proof = prove_step(profile, target)
+    with clock.phase("prove server"):
+        proof = prove_step(profile, target)
     if not proof["ok"]:
         raise RollbackFailed(f"verification after the restore failed: {proof}")
     return {
@@ -446,6 +465,7 @@ def render_rollback_markdown(report: RollbackReport) -> str:
             f"- undo: {'restored' if undo.ok else 'FAILED'} {undo.set} "
             f"(version {undo.version}, {undo.seconds} s) {undo.error or ''}"
         )
+    lines += phases_markdown(report.phases)
     return "\n".join(lines)
 
 
@@ -469,14 +489,18 @@ def rollback(
     block's setting, else whatever the role may do).
     """
     parameters = {"backup_set": backup_set, "store": store, "dry_run": dry_run}
-    with audited_run("rollback", server, parameters) as record:
-        logger = get_run_logger()
-        profile = load_profile(server, need_database=True)
-        object_store = open_backup_store(store, server)
-        record.update(server=profile.name, store=object_store)
-        tag_current_run(profile.name, "rollback")
+    clock = PhaseClock()
+    with contextlib.ExitStack() as run:
+        with clock.phase("start-up"):
+            record = run.enter_context(audited_run("rollback", server, parameters))
+            logger = get_run_logger()
+            profile = load_profile(server, need_database=True)
+            object_store = open_backup_store(store, server)
+            record.update(server=profile.name, store=object_store)
+            tag_current_run(profile.name, "rollback")
         try:
-            plan, manifest = preflight(profile, object_store, backup_set, reset, allow_legacy)
+            with clock.phase("pre-flight"):
+                plan, manifest = preflight(profile, object_store, backup_set, reset, allow_legacy)
         except ValueError:
             record.update(outcome="refused")
             raise
@@ -490,28 +514,35 @@ def rollback(
         )
         report = RollbackReport(plan=plan, dry_run=dry_run, outcome="planned")
         if dry_run:
+            report.phases = clock.timings()
             publish_report(profile.name, "rollback", render_rollback_markdown(report))
             record.update(outcome="planned")
             return report
 
-        with destructive_lock(profile.name, lock_timeout_seconds, database=profile.database):
+        with contextlib.ExitStack() as locked:
+            with clock.phase("lock"):
+                locked.enter_context(
+                    destructive_lock(profile.name, lock_timeout_seconds, database=profile.database)
+                )
             if approval:
                 try:
-                    report.approved_by = await_operator_approval("rollback", profile.name)
+                    with clock.phase("approval"):
+                        report.approved_by = await_operator_approval("rollback", profile.name)
                 except ApprovalDeclined:
                     record.update(outcome="refused")
                     raise
                 record.update(approved_by=report.approved_by)
-            safety_report = backup(
-                server=server,
-                store=store,
-                allow_partial_agents=True,
-                purpose="pre-rollback",
-                pinned=True,
-                server_down_ok=plan.server_down,
-            )
-            safety = load_manifest(object_store, *safety_report.set.split("/"))
-            state = RollbackState(profile, object_store, manifest, safety)
+            with clock.phase("safety backup"):
+                safety_report = backup(
+                    server=server,
+                    store=store,
+                    allow_partial_agents=True,
+                    purpose="pre-rollback",
+                    pinned=True,
+                    server_down_ok=plan.server_down,
+                )
+                safety = load_manifest(object_store, *safety_report.set.split("/"))
+            state = RollbackState(profile, object_store, manifest, safety, clock=clock)
             state.journal = record.journal(object_store, set_prefix(safety.server, safety.set_id))
             state.journal.begin(
                 backup_set=safety_report.set,
@@ -541,6 +572,7 @@ def rollback(
                         "not needed" if undo is None else "succeeded" if undo["ok"] else "failed"
                     )
                 )
+                report.phases = clock.timings()
                 publish_report(profile.name, "rollback", render_rollback_markdown(report))
                 raise RollbackFailed(
                     f"Rollback of {profile.name} to {plan.set} failed "
@@ -557,7 +589,8 @@ def rollback(
                     )
                 ) from exc
         state.journal.finish("succeeded")
-        counts_after = table_row_counts(profile.require_database())
+        with clock.phase("counts"):
+            counts_after = table_row_counts(profile.require_database())
         record.update(counts_after=counts_after)
         report.downtime_seconds = result["downtime_seconds"]
         report.sequences = result["sequences"]
@@ -565,6 +598,7 @@ def rollback(
         report.verification = result["verification"]
         report.outcome = "succeeded"
         report.finished_at = datetime.now(UTC)
+        report.phases = clock.timings()
         publish_report(profile.name, "rollback", render_rollback_markdown(report))
         logger.info("rolled %s back to %s (Letta %s)", profile.name, plan.set, plan.to_version)
         return report

@@ -11,6 +11,7 @@ The result is stored beside the set (a new object), so retention knows it was ve
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import UTC, datetime
 
@@ -23,6 +24,7 @@ from letta_ops.blocks.server_profile import ProfileError, load_profile, open_bac
 from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run, counts_summary
 from letta_ops.flows.flow_report import FlowReport, ReportPart
+from letta_ops.flows.phase_timings import PhaseClock, PhaseTiming, phases_markdown
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
 from letta_ops.tasks.backup_catalog import (
     BackupSetError,
@@ -98,6 +100,11 @@ class VerifyReport(FlowReport):
     dump: DumpCheck | None = Field(description="The dump's TOC check (None: not reached).")
     drill_result: DrillResult | None = Field(description="The drill (None: not asked).")
     encryption: VerifiedEncryption | None = Field(description="None: not encrypted.")
+    phases: list[PhaseTiming] = Field(
+        default_factory=list,
+        description="Each phase's start and seconds, in order of start (a drill's too); "
+        "the copy stored beside the set has them up to its own writing.",
+    )
 
 
 @task(name="check-objects", cache_policy=NO_CACHE)
@@ -124,9 +131,13 @@ def check_dump_task(store: ObjectStore, manifest: BackupManifest) -> dict:
 
 @task(name="restore-drill", cache_policy=NO_CACHE)
 def drill_task(
-    store: ObjectStore, manifest: BackupManifest, target: LettaDatabase, dedicated: bool
+    store: ObjectStore,
+    manifest: BackupManifest,
+    target: LettaDatabase,
+    dedicated: bool,
+    clock: PhaseClock | None = None,
 ) -> dict:
-    return drill(store, manifest, target, dedicated=dedicated)
+    return drill(store, manifest, target, dedicated=dedicated, phase=(clock or PhaseClock()).phase)
 
 
 def drill_target(server: str | None, drill_database: str | None) -> tuple[LettaDatabase, bool]:
@@ -218,6 +229,7 @@ def render_verify_markdown(result: VerifyReport) -> str:
         lines += [
             f"  - {x.table}: manifest {x.expected}, restored {x.actual}" for x in d.differences
         ]
+    lines += phases_markdown(result.phases)
     return "\n".join(lines)
 
 
@@ -242,14 +254,20 @@ def verify(
     sha256, for when the store's own checksums are not trusted; without it an object whose
     store checksum the manifest recorded costs one metadata request. ``allow_legacy`` lets it
     check a set written before sets were authenticated."""
-    with audited_run("drill" if drill else "verify", server) as audit:
-        logger = get_run_logger()
-        default_server = load_profile(server).name if "/" not in backup_set else None
-        object_store = open_backup_store(store, server)
-        server_name, set_id = resolve_set(object_store, backup_set, default_server)
-        audit.update(server=server_name, backup_set=f"{server_name}/{set_id}", store=object_store)
-        tag_current_run(server_name, "verify")
-        manifest = load_manifest(object_store, server_name, set_id, allow_legacy)
+    clock = PhaseClock()
+    with contextlib.ExitStack() as run:
+        with clock.phase("start-up"):
+            audit = run.enter_context(audited_run("drill" if drill else "verify", server))
+            logger = get_run_logger()
+            default_server = load_profile(server).name if "/" not in backup_set else None
+            object_store = open_backup_store(store, server)
+        with clock.phase("manifest"):
+            server_name, set_id = resolve_set(object_store, backup_set, default_server)
+            audit.update(
+                server=server_name, backup_set=f"{server_name}/{set_id}", store=object_store
+            )
+            tag_current_run(server_name, "verify")
+            manifest = load_manifest(object_store, server_name, set_id, allow_legacy)
         audit.update(
             versions_from=manifest.letta_version,
             counts_before=counts_summary(manifest.row_counts, len(manifest.agents)),
@@ -260,14 +278,19 @@ def verify(
         key_problem = missing_key(object_store, manifest)
         if key_problem and (drill or key_ring_of(object_store)):
             raise EncryptionKeyMissing(key_problem)
-        problems = check_objects_task(object_store, manifest, read_data)
-        dump = check_dump_task(object_store, manifest) if not problems and not key_problem else None
+        with clock.phase("objects"):
+            problems = check_objects_task(object_store, manifest, read_data)
+        dump = None
+        if not problems and not key_problem:
+            with clock.phase("dump TOC"):
+                dump = check_dump_task(object_store, manifest)
         drill_result = None
         if drill and not problems:
-            target, dedicated = drill_target(server, drill_database)
-            if dedicated:
-                refuse_live_drill_target(target, server)
-            drill_result = drill_task(object_store, manifest, target, dedicated)
+            with clock.phase("drill"):
+                target, dedicated = drill_target(server, drill_database)
+                if dedicated:
+                    refuse_live_drill_target(target, server)
+                drill_result = drill_task(object_store, manifest, target, dedicated, clock)
         ok = (
             not problems
             and (key_problem is not None or (dump is not None and not dump["tables_missing"]))
@@ -289,10 +312,12 @@ def verify(
                 if manifest.encryption
                 else None
             ),
+            phases=clock.timings(),
         )
-        record_verification(
-            object_store, set_prefix(server_name, set_id), result.model_dump(mode="json")
-        )
+        with clock.phase("record"):
+            record_verification(
+                object_store, set_prefix(server_name, set_id), result.model_dump(mode="json")
+            )
         audit.update(
             verified=ok,
             problems=len(problems),
@@ -302,7 +327,9 @@ def verify(
                 else None
             ),
         )
-        publish_report(server_name, "verify", render_verify_markdown(result))
+        with clock.phase("report"):
+            publish_report(server_name, "verify", render_verify_markdown(result))
+        result.phases = clock.timings()
         if not ok:
             named = ", ".join(f"{p['object']} ({p['problem']})" for p in problems)
             raise VerificationFailed(

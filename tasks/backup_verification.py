@@ -282,6 +282,15 @@ def _read_up_to(source: BinaryIO, count: int) -> Iterator[bytes]:
         yield chunk
 
 
+#: How a caller times a step: ``with phase("name"): ...`` (a flow's ``PhaseClock.phase``).
+Phase = Callable[[str], contextlib.AbstractContextManager[None]]
+
+
+def no_phase(_name: str) -> contextlib.AbstractContextManager[None]:
+    """The phase timer of a caller that does not time phases."""
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def scratch_database(
     target: LettaDatabase,
@@ -289,6 +298,7 @@ def scratch_database(
     dedicated: bool,
     purpose: str = "drill",
     manifest: BackupManifest | None = None,
+    phase: Phase = no_phase,
 ) -> Iterator[tuple[LettaDatabase, bool]]:
     """A database to restore a copy into, on ``target``'s server, gone again afterwards.
 
@@ -297,10 +307,29 @@ def scratch_database(
     database with Letta's schema reset in place before and after. Yields the database and
     whether it is the dedicated one. With the ``manifest`` of the set to restore, a new
     database gets pgvector in the schema the set's had (a dump names pgvector's type by it),
-    and a reset in place takes the set's tables too.
+    and a reset in place takes the set's tables too. ``phase`` times making it ready
+    ("scratch database") and getting rid of it ("drop scratch database").
     """
     vector_schema = manifest.pgvector_schema if manifest else None
     also = list(manifest.row_counts) if manifest else []
+    with phase("scratch database"):
+        scratch, cleanup = _ready_scratch(target, schema, dedicated, purpose, vector_schema, also)
+    try:
+        yield scratch, cleanup is not drop_database
+    finally:
+        with phase("drop scratch database"):
+            cleanup(scratch)
+
+
+def _ready_scratch(
+    target: LettaDatabase,
+    schema: str,
+    dedicated: bool,
+    purpose: str,
+    vector_schema: str | None,
+    also: list[str],
+) -> tuple[LettaDatabase, Callable[[LettaDatabase], None]]:
+    """The scratch database of :func:`scratch_database`, made ready, and how to clean it up."""
 
     def reset(db: LettaDatabase) -> None:
         reset_schema_in_place(db, also)
@@ -326,10 +355,7 @@ def scratch_database(
             "own for drills (ask your admin once: CREATE DATABASE letta_drill OWNER "
             f"{facts.role}; then CREATE EXTENSION vector in it)."
         )
-    try:
-        yield scratch, cleanup is reset
-    finally:
-        cleanup(scratch)
+    return scratch, cleanup
 
 
 def drill(
@@ -338,6 +364,7 @@ def drill(
     target: LettaDatabase,
     jobs: int = 2,
     dedicated: bool = False,
+    phase: Phase = no_phase,
 ) -> dict:
     """Restore the dump into a scratch database on ``target``'s server, compare, drop it.
 
@@ -345,19 +372,24 @@ def drill(
     never touched, unless it is ``dedicated`` to drills (``LETTA_OPS_DRILL_PG_URI``) and the
     role may not create databases (managed PostgreSQL): then the drill resets that database's
     schema in place, restores into it, and empties it again afterwards.
+
+    ``phase`` (a flow's ``PhaseClock.phase``) times its steps: the dump's head, the scratch
+    database, the streamed restore (download, pre-data, data and post-data together), the
+    counts, and dropping the scratch database.
     """
     # The table of contents is read (decrypted and authenticated) before the scratch database
     # exists: a wrong key or a damaged archive header never gets as far as creating one. The
     # rest restores while it downloads: the scratch database holds nothing to lose.
-    with (
-        dump_head(store, manifest) as head,
-        scratch_database(target, manifest.db_schema, dedicated, "drill", manifest) as (
-            scratch,
-            in_place,
-        ),
-    ):
-        warnings = restore_set_dump(manifest, scratch, head, jobs)
-        counts = table_row_counts(scratch, manifest.row_counts)
+    with contextlib.ExitStack() as steps:
+        with phase("dump head"):
+            head = steps.enter_context(dump_head(store, manifest))
+        scratch, in_place = steps.enter_context(
+            scratch_database(target, manifest.db_schema, dedicated, "drill", manifest, phase)
+        )
+        with phase("stream restore"):
+            warnings = restore_set_dump(manifest, scratch, head, jobs)
+        with phase("counts"):
+            counts = table_row_counts(scratch, manifest.row_counts)
     differences = compare_counts(manifest.row_counts, counts)
     return {
         "scratch_database": scratch.database_name,

@@ -46,7 +46,13 @@ def verify_report(**overrides) -> VerifyReport:
     return VerifyReport(**{**fields, **overrides})
 
 
-def backup_report() -> BackupReport:
+PHASES = [
+    {"name": "start-up", "started_at": CHECKED_AT, "seconds": 0.4},
+    {"name": "counts+dump+upload", "started_at": CHECKED_AT, "seconds": 12.25},
+]
+
+
+def backup_report(**overrides) -> BackupReport:
     return BackupReport(
         set="prod/20261206T120000Z-abc",
         server="prod",
@@ -65,6 +71,7 @@ def backup_report() -> BackupReport:
         pinned=False,
         encryption_key_id=None,
         object_lock={"mode": "GOVERNANCE", "days": 1.0, "retain_until": CHECKED_AT},
+        **overrides,
     )
 
 
@@ -74,7 +81,7 @@ def test_verify_report_json_is_versioned_with_iso_times_and_the_documented_keys(
     assert datetime.fromisoformat(document["checked_at"]) == CHECKED_AT
     assert set(document) == {
         "schema_version", "ok", "set", "drill", "checked_at", "objects", "read_data",
-        "checked", "problems", "dump", "drill_result", "encryption",
+        "checked", "problems", "dump", "drill_result", "encryption", "phases",
     }  # fmt: skip
     assert document["drill_result"]["differences"] == [
         {"table": "messages", "expected": 10, "actual": 9}
@@ -131,3 +138,21 @@ def test_prune_rows_take_the_retention_rows_and_render_as_a_table():
     assert report.sets[0].created_at == CHECKED_AT
     text = render_prune(report)
     assert "20261206T120000Z-abc" in text and "plan (nothing deleted; add --execute)" in text
+
+
+def test_phase_timings_reach_the_text_the_json_and_the_artifact():
+    from letta_ops.flows.backup import render_backup_markdown
+    from letta_ops.flows.verify import render_verify_markdown
+
+    backup, verify = backup_report(phases=PHASES), verify_report(phases=PHASES)
+    for text in (render_backup(backup), render_verify(verify)):
+        assert text.splitlines()[-1] == "phases: start-up 0.4 s, counts+dump+upload 12.2 s"
+    for markdown in (render_backup_markdown(backup), render_verify_markdown(verify)):
+        assert "| counts+dump+upload | 2026-12-06T12:00:00+00:00 | 12.2 |" in markdown
+    document = json.loads(backup.model_dump_json())
+    assert document["phases"][1] == {
+        "name": "counts+dump+upload",
+        "started_at": "2026-12-06T12:00:00Z",
+        "seconds": 12.25,
+    }
+    assert "phases" not in render_backup(backup_report())  # none timed: no line
