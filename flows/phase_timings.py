@@ -1,5 +1,5 @@
-"""Phase timings: where a run's time went, in every report of a backup, verify (drill),
-restore, rollback and upgrade.
+"""Phase timings: where a run's time went, in the reports of a backup, verify (drill),
+restore and rollback (the upgrade's report does not have them yet).
 
 Why: a backup that takes twice as long as a bare ``pg_dump`` has fixed costs (start-up,
 counts, verification, manifest) that no progress bar shows; an operator (and
