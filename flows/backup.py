@@ -201,18 +201,7 @@ def build_manifest(
     database = profile.require_database()
     runtime_files = runtime_files or {}
     stored = [*agent_objects, dump.stored, *runtime_files.values()]
-    objects = {
-        o.key: ManifestObject(
-            size=o.size,
-            sha256=o.sha256,
-            store_checksum=o.store_checksum,
-            stored_size=getattr(o, "stored_size", None),
-            stored_sha256=getattr(o, "stored_sha256", None),
-            etag=o.etag,
-            version_id=o.version_id,
-        )
-        for o in stored
-    }
+    objects = {o.key: ManifestObject.of(o) for o in stored}
     return BackupManifest(
         set_id=set_id,
         server=profile.name,

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.object_store import StoreChecksum
+from letta_ops.tasks.object_store import StoreChecksum, StoredObject
 from letta_ops.tasks.server_naming import sanitize_server_name
 
 MANIFEST_FORMAT = "letta-ops/backup-set@1"
@@ -71,6 +71,20 @@ class ManifestObject(BaseModel):
         description="The store's version id of the object as written (versioned buckets): "
         "later reads ask for exactly that version.",
     )
+
+    @classmethod
+    def of(cls, stored: StoredObject) -> ManifestObject:
+        """The manifest's entry for what a store reported writing (encrypted objects carry
+        their ciphertext's size and digest too)."""
+        return cls(
+            size=stored.size,
+            sha256=stored.sha256,
+            store_checksum=stored.store_checksum,
+            stored_size=getattr(stored, "stored_size", None),
+            stored_sha256=getattr(stored, "stored_sha256", None),
+            etag=stored.etag,
+            version_id=stored.version_id,
+        )
 
     @property
     def stored_bytes(self) -> int:

@@ -88,18 +88,7 @@ def _write_set(
         else None,
         dump=dump.key,
         agents=[],
-        objects={
-            o.key: ManifestObject(
-                size=o.size,
-                sha256=o.sha256,
-                store_checksum=o.store_checksum,
-                stored_size=getattr(o, "stored_size", None),
-                stored_sha256=getattr(o, "stored_sha256", None),
-                etag=o.etag,
-                version_id=o.version_id,
-            )
-            for o in (dump, agent)
-        },
+        objects={o.key: ManifestObject.of(o) for o in (dump, agent)},
     )
     write_manifest(store, manifest)
     if verified:
