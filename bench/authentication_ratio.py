@@ -34,7 +34,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from bench.encryption_ratio import AGENTS, timed  # noqa: E402
 from bench.run import BENCH_TABLES, BUCKET, RESULTS_PATH, Environment, grow_database, log, mib  # noqa: E402
-from letta_ops.tasks.letta_api import LettaClient, offline_agent_body  # noqa: E402
+from letta_ops.tasks.letta.api import LettaClient, offline_agent_body  # noqa: E402
 
 ORDER = ("keyless", "signed", "signed", "keyless")
 
@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from letta_ops.blocks.server_profile import open_backup_store
     from letta_ops.flows.backup import backup
-    from letta_ops.flows.restore_server import restore_database_from_set
-    from letta_ops.tasks.backup_catalog import list_backup_sets, load_manifest
-    from letta_ops.tasks.letta_postgres import create_database, drop_database
+    from letta_ops.flows.steps.restore_server import restore_database_from_set
+    from letta_ops.tasks.postgres.letta_schema import create_database, drop_database
+    from letta_ops.tasks.sets.catalog import list_backup_sets, load_manifest
 
     env = Environment(Path(tempfile.mkdtemp(prefix="letta-ops-bench-authentication-")))
     os.chmod(env.root, 0o755)  # PostgreSQL runs as the unprivileged `postgres` user

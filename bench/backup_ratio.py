@@ -62,12 +62,12 @@ from bench.run import (  # noqa: E402
 )
 from letta_ops.blocks.letta_database import LettaDatabase  # noqa: E402
 from letta_ops.cli.output import phases_lines  # noqa: E402
-from letta_ops.flows.phase_timings import PhaseClock, PhaseTiming  # noqa: E402
-from letta_ops.tasks.agent_export import export_agents  # noqa: E402
-from letta_ops.tasks.letta_api import LettaClient, offline_agent_body  # noqa: E402
-from letta_ops.tasks.letta_postgres import connect, create_database, drop_database  # noqa: E402
-from letta_ops.tasks.object_store import S3ObjectStore, s3_client_from_env  # noqa: E402
-from letta_ops.tasks.postgres_dump import tool, tool_env  # noqa: E402
+from letta_ops.tasks.letta.agent_export import export_agents  # noqa: E402
+from letta_ops.tasks.letta.api import LettaClient, offline_agent_body  # noqa: E402
+from letta_ops.tasks.postgres.dump import tool, tool_env  # noqa: E402
+from letta_ops.tasks.postgres.letta_schema import connect, create_database, drop_database  # noqa: E402
+from letta_ops.tasks.runs.phase_timings import PhaseClock, PhaseTiming  # noqa: E402
+from letta_ops.tasks.store.objects import S3ObjectStore, s3_client_from_env  # noqa: E402
 
 AGENTS = 25
 RESTORE_ROUNDS = 3
@@ -172,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.testing.utilities import prefect_test_harness
 
     from letta_ops.flows.backup import backup
-    from letta_ops.flows.restore_server import restore_database_from_set
-    from letta_ops.tasks.backup_catalog import load_manifest
-    from letta_ops.tasks.backup_verification import drill
+    from letta_ops.flows.steps.restore_server import restore_database_from_set
+    from letta_ops.tasks.sets.catalog import load_manifest
+    from letta_ops.tasks.sets.verification import drill
 
     env = Environment(Path(tempfile.mkdtemp(prefix="letta-ops-bench-ratio-")))
     os.chmod(env.root, 0o755)  # PostgreSQL runs as the unprivileged `postgres` user

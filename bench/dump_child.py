@@ -83,8 +83,8 @@ def main() -> int:
     import boto3  # noqa: F401
 
     from letta_ops.blocks.letta_database import LettaDatabase
-    from letta_ops.tasks.object_store import LocalObjectStore, S3ObjectStore, s3_client_from_env
-    from letta_ops.tasks.postgres_dump import dump_to_store
+    from letta_ops.tasks.postgres.dump import dump_to_store
+    from letta_ops.tasks.store.objects import LocalObjectStore, S3ObjectStore, s3_client_from_env
 
     gc.collect()
     rss_after_imports = _rss()

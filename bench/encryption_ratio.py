@@ -31,7 +31,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from bench.run import BENCH_TABLES, BUCKET, RESULTS_PATH, Environment, grow_database, log, mib  # noqa: E402
-from letta_ops.tasks.letta_api import LettaClient, offline_agent_body  # noqa: E402
+from letta_ops.tasks.letta.api import LettaClient, offline_agent_body  # noqa: E402
 
 AGENTS = 25
 ORDER = ("plain", "encrypted", "encrypted", "plain")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from letta_ops.blocks.server_profile import open_backup_store
     from letta_ops.flows.backup import backup
-    from letta_ops.tasks.backup_catalog import load_manifest
+    from letta_ops.tasks.sets.catalog import load_manifest
 
     env = Environment(Path(tempfile.mkdtemp(prefix="letta-ops-bench-encryption-")))
     os.chmod(env.root, 0o755)  # PostgreSQL runs as the unprivileged `postgres` user

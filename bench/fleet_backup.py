@@ -41,9 +41,9 @@ from bench.run import BUCKET, Environment, log  # noqa: E402
 from letta_ops.blocks.letta_database import LettaDatabase  # noqa: E402
 from letta_ops.blocks.letta_server import LettaServer  # noqa: E402
 from letta_ops.blocks.process_runtime import LettaProcessRuntime  # noqa: E402
-from letta_ops.tasks.embedded_postgres import free_loopback_port  # noqa: E402
-from letta_ops.tasks.letta_api import LettaClient, offline_agent_body  # noqa: E402
-from letta_ops.tasks.letta_postgres import create_database  # noqa: E402
+from letta_ops.tasks.letta.api import LettaClient, offline_agent_body  # noqa: E402
+from letta_ops.tasks.postgres.embedded import free_loopback_port  # noqa: E402
+from letta_ops.tasks.postgres.letta_schema import create_database  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results.json"

@@ -1,6 +1,6 @@
 """Measure letta-ops on real components: ``python -m bench.run [--agents 25] [--json]``.
 
-What it sets up (as ``flows/demo_environment.py`` does, all on 127.0.0.1, all torn down at the
+What it sets up (as ``cli/demo_environment.py`` does, all on 127.0.0.1, all torn down at the
 end): an embedded PostgreSQL 18 + pgvector, a moto S3 server, a Letta 0.16.2 server migrated
 and started through ``LettaProcessRuntime``, and N agents that need no LLM key.
 
@@ -57,13 +57,13 @@ from bench.store_reads import measure_store_reads, render_store_reads  # noqa: E
 from letta_ops.blocks.letta_database import LettaDatabase  # noqa: E402
 from letta_ops.blocks.letta_server import LettaServer  # noqa: E402
 from letta_ops.blocks.process_runtime import LettaProcessRuntime  # noqa: E402
-from letta_ops.tasks.agent_export import export_agents  # noqa: E402
-from letta_ops.tasks.backup_manifest import agent_file_key  # noqa: E402
-from letta_ops.tasks.embedded_postgres import EmbeddedPostgres, free_loopback_port  # noqa: E402
-from letta_ops.tasks.letta_api import LettaClient, offline_agent_body  # noqa: E402
-from letta_ops.tasks.letta_postgres import connect, create_database  # noqa: E402
-from letta_ops.tasks.object_store import DEFAULT_PART_SIZE, S3ObjectStore, s3_client_from_env  # noqa: E402
-from letta_ops.tasks.postgres_dump import list_dump, tables_in_dump, tool, tool_env  # noqa: E402
+from letta_ops.tasks.letta.agent_export import export_agents  # noqa: E402
+from letta_ops.tasks.letta.api import LettaClient, offline_agent_body  # noqa: E402
+from letta_ops.tasks.postgres.dump import list_dump, tables_in_dump, tool, tool_env  # noqa: E402
+from letta_ops.tasks.postgres.embedded import EmbeddedPostgres, free_loopback_port  # noqa: E402
+from letta_ops.tasks.postgres.letta_schema import connect, create_database  # noqa: E402
+from letta_ops.tasks.sets.manifest import agent_file_key  # noqa: E402
+from letta_ops.tasks.store.objects import DEFAULT_PART_SIZE, S3ObjectStore, s3_client_from_env  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = Path(__file__).resolve().parent / "results.json"

@@ -38,7 +38,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.tasks.backup_manifest import (
+from letta_ops.tasks.postgres.dump import dump_to_store
+from letta_ops.tasks.postgres.letta_schema import connect, create_database
+from letta_ops.tasks.sets.manifest import (
     DUMP_NAME,
     MANIFEST_NAME,
     AgentEntry,
@@ -47,16 +49,14 @@ from letta_ops.tasks.backup_manifest import (
     agent_file_key,
     set_prefix,
 )
-from letta_ops.tasks.backup_verification import check_dump, check_objects, reads_back
-from letta_ops.tasks.letta_postgres import connect, create_database
-from letta_ops.tasks.object_store import (
+from letta_ops.tasks.sets.verification import check_dump, check_objects, reads_back
+from letta_ops.tasks.store.objects import (
     DOWNLOAD_PART_SIZE,
     DOWNLOAD_WORKERS,
     ObjectStore,
     S3ObjectStore,
     StoredObject,
 )
-from letta_ops.tasks.postgres_dump import dump_to_store
 
 MiB = 1024 * 1024
 AGENTS = 25

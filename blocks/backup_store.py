@@ -3,7 +3,7 @@
 Why blocks *and* URLs: a scheduled deployment loads a saved block (credentials encrypted in
 Prefect), while an operator at a shell passes ``--store s3://bucket/prefix`` or sets
 ``LETTA_OPS_STORE`` and lets boto3 read its usual ``AWS_*`` variables. Both end in the same
-:class:`~tasks.object_store.ObjectStore`, so flows never care which one was used.
+:class:`~letta_ops.tasks.store.objects.ObjectStore`, so flows never care which one was used.
 
 No I/O at import or construction: boto3 is imported and a client built only in
 :meth:`S3BackupStore.object_store`.
@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from letta_ops.blocks.block_docs import LOGO_URL, readme_section
 from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.object_store import (
+from letta_ops.tasks.store.objects import (
     DEFAULT_PART_SIZE,
     LocalObjectStore,
     ObjectLock,
@@ -262,7 +262,7 @@ def with_store_encryption(
     with MAC keys derived from the same keys, or from the signing key (the block's
     ``signing_key``, else ``LETTA_OPS_SIGNING_KEY``) when nothing is encrypted.
     """
-    from letta_ops.tasks.set_authentication import open_repository
+    from letta_ops.tasks.sets.authentication import open_repository
 
     def secret(value: SecretStr | None) -> str | None:
         return value.get_secret_value() if value is not None else None

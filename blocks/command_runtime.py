@@ -27,10 +27,10 @@ from letta_ops.blocks.letta_runtime import (
     health_status,
     quiet,
 )
-from letta_ops.tasks.backup_manifest import RELEASE_VERSION
 from letta_ops.tasks.errors import Failed, Refused, final_error_line
-from letta_ops.tasks.letta_health import probe_health, wait_for_health, wait_until_down
-from letta_ops.tasks.letta_runtime_process import redact
+from letta_ops.tasks.letta.health import probe_health, wait_for_health, wait_until_down
+from letta_ops.tasks.runtimes.process import redact
+from letta_ops.tasks.sets.manifest import RELEASE_VERSION
 
 if TYPE_CHECKING:
     from letta_ops.blocks.letta_database import LettaDatabase

@@ -2,7 +2,7 @@
 
 Why a block: an upgrade or rollback must know which compose file and which service to pin,
 and which URL proves the new version is up, without an operator typing them on every run. The
-work is done by :mod:`tasks.letta_runtime_compose` (the compose file is edited one line at a
+work is done by :mod:`letta_ops.tasks.runtimes.compose` (the compose file is edited one line at a
 time, comments kept); this block adds what the flows ask of every runtime: stop, start a
 version and wait for it, status, and a copy of the compose file for each backup set so a
 rollback puts back the operator's file as it was.
@@ -19,8 +19,8 @@ from pydantic import Field, SecretStr
 
 from letta_ops.blocks.block_docs import LOGO_URL, readme_section
 from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused, StartedServer, quiet
-from letta_ops.tasks import letta_runtime_compose as compose
-from letta_ops.tasks.letta_versions import UnsupportedLettaVersion, parse_server_version
+from letta_ops.tasks.letta.versions import UnsupportedLettaVersion, parse_server_version
+from letta_ops.tasks.runtimes import compose
 
 if TYPE_CHECKING:
     from letta_ops.blocks.letta_database import LettaDatabase

@@ -18,9 +18,9 @@ from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from letta_ops.blocks.block_docs import LOGO_URL, readme_section
-from letta_ops.tasks.dump_compression import parse_compression
 from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.postgres_tls import (
+from letta_ops.tasks.postgres.dump_compression import parse_compression
+from letta_ops.tasks.postgres.tls import (
     PostgresTls,
     SslMode,
     tls_settings,

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field
 
-from letta_ops.tasks import letta_runtime_process as process
 from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.runtimes import process
 
 if TYPE_CHECKING:
     from letta_ops.blocks.letta_database import LettaDatabase
@@ -48,7 +48,7 @@ class StartedServer:
 
 def health_status(kind: str, base_url: str) -> dict[str, Any]:
     """Status of a server no process of ours holds: whatever ``/v1/health/`` answers now."""
-    from letta_ops.tasks.letta_health import probe_health
+    from letta_ops.tasks.letta.health import probe_health
 
     health = probe_health(base_url)
     return {

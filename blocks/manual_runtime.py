@@ -23,7 +23,7 @@ from letta_ops.blocks.letta_runtime import (
     quiet,
 )
 from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.letta_health import probe_health, wait_for_health, wait_until_down
+from letta_ops.tasks.letta.health import probe_health, wait_for_health, wait_until_down
 
 if TYPE_CHECKING:
     from letta_ops.blocks.letta_database import LettaDatabase

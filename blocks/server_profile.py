@@ -107,7 +107,7 @@ def process_state_dir(server: str | None = None, state_dir: Path | None = None) 
         return None
     if state_dir is not None:
         return state_dir
-    from letta_ops.tasks.letta_runtime_process import default_state_dir
+    from letta_ops.tasks.runtimes.process import default_state_dir
 
     return default_state_dir(server_name())
 
@@ -191,8 +191,8 @@ def open_backup_store(store: str | None = None, server: str | None = None):
     """
     url = store or os.environ.get("LETTA_OPS_STORE")
     if url:  # a repository URL: no block, no Prefect
-        from letta_ops.tasks.object_store import open_store
-        from letta_ops.tasks.set_authentication import open_repository
+        from letta_ops.tasks.sets.authentication import open_repository
+        from letta_ops.tasks.store.objects import open_store
 
         return open_repository(open_store(url))
     if server:

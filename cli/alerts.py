@@ -9,7 +9,7 @@ from letta_ops.cli.output import emit
 
 
 def cmd_alerts_install(args: argparse.Namespace) -> int:
-    from letta_ops.flows.alert_automations import install_alerts
+    from letta_ops.tasks.runs.automations import install_alerts
 
     result = install_alerts(args.webhook_url, args.block, args.stale_hours)
     emit(

@@ -73,7 +73,7 @@ BACKUP_LIST_COLUMNS = ["set", "created_at", "status", "pinned", "purpose", "byte
 
 def cmd_backups_list(args: argparse.Namespace) -> int:
     from letta_ops.blocks.server_profile import open_backup_store, server_name
-    from letta_ops.tasks.backup_catalog import list_backup_sets
+    from letta_ops.tasks.sets.catalog import list_backup_sets
 
     store = open_backup_store(args.store, args.server)
     server = None if args.all_servers else server_name(args.server)
@@ -115,7 +115,7 @@ def warn_if_keyless(store: object) -> None:
     """One line on stderr when an S3 repository has no key: its sets cannot be authenticated."""
     import sys
 
-    from letta_ops.tasks.backup_catalog import keyless_warning
+    from letta_ops.tasks.sets.catalog import keyless_warning
 
     warning = keyless_warning(store)
     if warning:
@@ -147,7 +147,7 @@ def cmd_backups_new_key(args: argparse.Namespace) -> int:
     the operator to put where it belongs (a key file, a secret store, the block's field)."""
     import sys
 
-    from letta_ops.tasks.object_encryption import new_key, parse_key
+    from letta_ops.tasks.store.encryption import new_key, parse_key
 
     key = new_key()
     key_id = parse_key(key, "the new key").key_id
@@ -168,8 +168,8 @@ def cmd_backups_new_key(args: argparse.Namespace) -> int:
 def cmd_backups_pin(args: argparse.Namespace) -> int:
     """Pin (``--until DATE``, or for good) or unpin a set, as a new authenticated record."""
     from letta_ops.blocks.server_profile import open_backup_store, server_name
-    from letta_ops.tasks.backup_catalog import load_manifest, record_pin
-    from letta_ops.tasks.backup_manifest import parse_set_reference
+    from letta_ops.tasks.sets.catalog import load_manifest, record_pin
+    from letta_ops.tasks.sets.manifest import parse_set_reference
 
     pinned = args.action == "pin"
     store = open_backup_store(args.store, args.server)
@@ -196,8 +196,8 @@ def cmd_backups_pin(args: argparse.Namespace) -> int:
 def cmd_backups_forget(args: argparse.Namespace) -> int:
     """Remove a quarantined (legacy or untrusted) set: the only way one leaves the store."""
     from letta_ops.blocks.server_profile import open_backup_store, server_name
-    from letta_ops.tasks.backup_catalog import forget_quarantined_set
-    from letta_ops.tasks.backup_manifest import parse_set_reference
+    from letta_ops.tasks.sets.catalog import forget_quarantined_set
+    from letta_ops.tasks.sets.manifest import parse_set_reference
 
     store = open_backup_store(args.store, args.server)
     server, set_id = parse_set_reference(args.set, server_name(args.server))

@@ -9,12 +9,12 @@ from letta_ops.cli.errors import EXIT_FAILED, EXIT_OK
 from letta_ops.cli.output import emit, progress
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
-    from letta_ops.flows.demo import DemoReport
+    from letta_ops.cli.demo_job import DemoReport
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from letta_ops.flows.demo import run_demo
-    from letta_ops.flows.demo_environment import require_demo_extra, stop_prefect_ui
+    from letta_ops.cli.demo_environment import require_demo_extra, stop_prefect_ui
+    from letta_ops.cli.demo_job import run_demo
 
     if args.stop_ui:
         emit({"stopped": stop_prefect_ui()}, args.json)

@@ -21,8 +21,8 @@ SERVERS_COLUMNS = ["server", "tags", "health", "version", "newest_verified_set"]
 
 
 def cmd_servers_list(args: argparse.Namespace) -> int:
-    from letta_ops.flows.fleet_inventory import saved_servers, server_overview
-    from letta_ops.tasks.server_selection import select_servers
+    from letta_ops.blocks.fleet_inventory import saved_servers, server_overview
+    from letta_ops.tasks.runs.server_selection import select_servers
 
     inventory = saved_servers()
     chosen = select_servers(inventory, args.servers) if inventory else []

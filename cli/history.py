@@ -1,7 +1,7 @@
 """``letta-ops history``: who ran what, when, on which server, and how it ended.
 
-``letta-ops history`` lists the audit store (:mod:`tasks.audit_store`) newest first, each row
-with a link to its Prefect flow run; ``--rebuild`` first reloads the store from the JSON copies
+``letta-ops history`` lists the audit store (:mod:`letta_ops.tasks.audit.store`) newest first, each
+row with a link to its Prefect flow run; ``--rebuild`` first reloads the store from the JSON copies
 in the backup store. ``letta-ops history show RUN`` prints one whole record plus what Prefect
 still knows about the run (artifacts, warning and error logs); when the Prefect API cannot be
 reached that part is replaced by one line, because the audit store is the durable answer.
@@ -101,7 +101,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     audit = _open_audit_store()
     if args.rebuild:
         from letta_ops.blocks.server_profile import open_backup_store
-        from letta_ops.tasks.audit_store import rebuild_from_object_store
+        from letta_ops.tasks.audit.store import rebuild_from_object_store
 
         store = open_backup_store(args.store, args.server)
         result = rebuild_from_object_store(audit, store)
@@ -133,7 +133,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def _open_audit_store():
-    from letta_ops.tasks.audit_store import AuditStore, AuditStoreError
+    from letta_ops.tasks.audit.store import AuditStore, AuditStoreError
 
     audit = AuditStore.from_env()
     try:
@@ -316,7 +316,7 @@ def read_prefect_run(flow_run_id: str) -> dict[str, Any]:
     Without ``PREFECT_API_URL`` nothing is read: Prefect would start a temporary server that
     does not hold this run anyway.
     """
-    from letta_ops.tasks.audit_redaction import redact_text, redact_value, secrets_from_environment
+    from letta_ops.tasks.audit.redaction import redact_text, redact_value, secrets_from_environment
 
     if not prefect_ui_url():
         return {

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         as_json = getattr(args, "json", False) or getattr(args, "json_list", False)
         sentence = error_sentence(exc)
         if isinstance(exc, TimeoutError):
-            from letta_ops.flows.run_timeouts import is_run_timeout, timeout_sentence
+            from letta_ops.tasks.runs.timeouts import is_run_timeout, timeout_sentence
 
             if is_run_timeout(exc):
                 sentence = timeout_sentence(getattr(args, "command", None), exc)

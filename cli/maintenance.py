@@ -224,7 +224,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register this area's sub-commands on the ``letta-ops`` parser."""
-    from letta_ops.tasks.doctor_check_names import CHECK_NAMES
+    from letta_ops.tasks.doctor.check_names import CHECK_NAMES
 
     store = store_options()
     lock = lock_options(None)

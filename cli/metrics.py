@@ -13,9 +13,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from letta_ops.blocks.server_profile import open_backup_store
-    from letta_ops.tasks.audit_store import AuditStore
-    from letta_ops.tasks.backup_catalog import list_backup_sets
-    from letta_ops.tasks.ops_metrics import collect, render
+    from letta_ops.tasks.audit.ops_metrics import collect, render
+    from letta_ops.tasks.audit.store import AuditStore
+    from letta_ops.tasks.sets.catalog import list_backup_sets
 
     sets = list_backup_sets(open_backup_store(args.store, args.server))
     records = AuditStore.from_env().query(limit=args.records)

@@ -19,7 +19,7 @@ class Parser(argparse.ArgumentParser):
 
 def version(value: str) -> str:
     """argparse type: refuse ``latest`` and non-server versions before anything runs."""
-    from letta_ops.tasks.letta_versions import UnsupportedLettaVersion, parse_server_version
+    from letta_ops.tasks.letta.versions import UnsupportedLettaVersion, parse_server_version
 
     try:
         return str(parse_server_version(value))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from letta_ops.cli.errors import Refused
-from letta_ops.tasks.report_schema import SCHEMA_VERSION
+from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
 
 __all__ = ["SCHEMA_VERSION"]
 
@@ -159,8 +159,9 @@ class RichProgress:
 
 
 def with_progress(run: Callable[[], Any]) -> Any:
-    """Run ``run()`` with progress bars for what it reports through :mod:`tasks.progress_events`."""
-    from letta_ops.tasks import progress_events
+    """Run ``run()`` with progress bars for what it reports through
+    :mod:`letta_ops.tasks.runs.progress_events`."""
+    from letta_ops.tasks.runs import progress_events
 
     with RichProgress() as bars:
         progress_events.install(bars)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the models load with the flows, never for --help
     from letta_ops.flows.restore import RestoreReport
     from letta_ops.flows.restore_agents import AgentRestoreReport
     from letta_ops.flows.rollback import RollbackReport
-    from letta_ops.flows.server_lock import UnlockReport
+    from letta_ops.tasks.runs.lock import UnlockReport
 
 # --------------------------------------------------------------------------- rollback
 
@@ -166,7 +166,7 @@ def render_restore(report: RestoreReport) -> str:
 
 def _check_database_argument(reference: str) -> None:
     """Refuse a password on the command line before any flow run records the parameter."""
-    from letta_ops.tasks.restore_target import is_uri, target_database
+    from letta_ops.tasks.postgres.restore_target import is_uri, target_database
 
     if is_uri(reference):
         target_database(reference)  # RestoreTargetRefused (a Refused): exit 2
@@ -280,7 +280,7 @@ def render_unlock(result: UnlockReport) -> str:
 
 def cmd_unlock(args: argparse.Namespace) -> int:
     from letta_ops.blocks.server_profile import load_profile
-    from letta_ops.flows.server_lock import unlock
+    from letta_ops.tasks.runs.lock import unlock
 
     # The slot is the database's (two server names for one database share it).
     profile = load_profile(args.server)
@@ -289,7 +289,7 @@ def cmd_unlock(args: argparse.Namespace) -> int:
         planned = unlock(name, force=args.force, dry_run=True, database=database)
         emit(planned, args.json, render=render_unlock)
         return EXIT_OK
-    from letta_ops.flows.audit_record import audited_run
+    from letta_ops.tasks.runs.audit_record import audited_run
 
     with audited_run("unlock", name, {"force": args.force}) as record:
         result = unlock(name, force=args.force, database=database)

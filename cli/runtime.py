@@ -48,7 +48,7 @@ def cmd_runtime_install(args: argparse.Namespace) -> int:
 
 
 def cmd_runtime_migrate(args: argparse.Namespace) -> int:
-    from letta_ops.tasks.letta_postgres import alembic_revision
+    from letta_ops.tasks.postgres.letta_schema import alembic_revision
 
     profile = _runtime_profile(args, need_database=True)
     database = profile.require_database()
@@ -98,7 +98,7 @@ def cmd_runtime_status(args: argparse.Namespace) -> int:
 
     state_dir = process_state_dir(args.server, args.state_dir)
     if state_dir is not None:  # the environment's process runtime: its pid file, no Prefect
-        from letta_ops.tasks.letta_runtime_process import process_status
+        from letta_ops.tasks.runtimes.process import process_status
 
         status = process_status(state_dir)
     else:

@@ -10,7 +10,7 @@ from letta_ops.cli.output import emit, render_table
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from letta_ops.flows.serve import build_runner_deployments, load_deployments, serve_all
+    from letta_ops.cli.deployments import build_runner_deployments, load_deployments, serve_all
 
     if args.dry_run:
         # Everything serving needs but the serving: each entrypoint imported from the installed

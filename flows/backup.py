@@ -22,22 +22,35 @@ from pydantic import Field
 
 from letta_ops.blocks.backup_store import apply_object_lock
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from letta_ops.flows import run_timeouts
-from letta_ops.flows.audit_record import audited_run, counts_summary
-from letta_ops.flows.fleet_runs import fleet_slots
-from letta_ops.flows.flow_report import FlowReport, ReportPart
-from letta_ops.flows.phase_timings import PhaseClock, PhaseTiming, phases_markdown
-from letta_ops.flows.run_context import (
+from letta_ops.flows.verify import ObjectProblem, VerificationFailed, VerifyReport, verify
+from letta_ops.tasks.errors import Failed
+from letta_ops.tasks.letta.agent_export import export_agents
+from letta_ops.tasks.letta.api import LettaAPIError, LettaClient
+from letta_ops.tasks.letta.versions import release_at_revision
+from letta_ops.tasks.postgres.dump import (
+    DumpResult,
+    PgToolError,
+    dump_to_store,
+    require_compression_supported,
+    tool_version,
+)
+from letta_ops.tasks.postgres.dump_compression import chosen_compression
+from letta_ops.tasks.postgres.letta_inventory import agent_inventory
+from letta_ops.tasks.postgres.letta_schema import alembic_revision, database_error_message
+from letta_ops.tasks.runs import progress_events
+from letta_ops.tasks.runs import timeouts as run_timeouts
+from letta_ops.tasks.runs.audit_record import audited_run, counts_summary
+from letta_ops.tasks.runs.child_runs import fleet_slots
+from letta_ops.tasks.runs.context import (
     current_flow_run_id,
     publish_report,
     run_name,
     tag_current_run,
 )
-from letta_ops.flows.verify import ObjectProblem, VerificationFailed, VerifyReport, verify
-from letta_ops.tasks import progress_events
-from letta_ops.tasks.agent_export import export_agents
-from letta_ops.tasks.backup_catalog import keyless_warning, write_manifest
-from letta_ops.tasks.backup_manifest import (
+from letta_ops.tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
+from letta_ops.tasks.runs.report import FlowReport, ReportPart
+from letta_ops.tasks.sets.catalog import keyless_warning, write_manifest
+from letta_ops.tasks.sets.manifest import (
     DUMP_NAME,
     AgentEntry,
     BackupManifest,
@@ -48,22 +61,9 @@ from letta_ops.tasks.backup_manifest import (
     new_set_id,
     set_prefix,
 )
-from letta_ops.tasks.backup_retention import safety_pin_until
-from letta_ops.tasks.dump_compression import chosen_compression
-from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.letta_api import LettaAPIError, LettaClient
-from letta_ops.tasks.letta_inventory import agent_inventory
-from letta_ops.tasks.letta_postgres import alembic_revision, database_error_message
-from letta_ops.tasks.letta_versions import release_at_revision
-from letta_ops.tasks.object_encryption import SCHEME as ENCRYPTION_SCHEME
-from letta_ops.tasks.object_store import ObjectStore, StoredObject
-from letta_ops.tasks.postgres_dump import (
-    DumpResult,
-    PgToolError,
-    dump_to_store,
-    require_compression_supported,
-    tool_version,
-)
+from letta_ops.tasks.sets.retention import safety_pin_until
+from letta_ops.tasks.store.encryption import SCHEME as ENCRYPTION_SCHEME
+from letta_ops.tasks.store.objects import ObjectStore, StoredObject
 
 
 class BackupFailed(Failed):

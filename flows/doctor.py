@@ -33,16 +33,16 @@ from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.letta_server import LettaServer
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from letta_ops.flows import run_timeouts
-from letta_ops.flows.audit_record import audited_run
-from letta_ops.flows.flow_report import FlowReport, ReportPart
-from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
-from letta_ops.tasks import doctor_checks as checks
-from letta_ops.tasks.doctor_check_names import CHECK_NAMES
-from letta_ops.tasks.doctor_checks import Finding, Status, guarded
+from letta_ops.tasks.doctor import checks
+from letta_ops.tasks.doctor.check_names import CHECK_NAMES
+from letta_ops.tasks.doctor.checks import Finding, Status, guarded
 from letta_ops.tasks.errors import NeedsAction, Refused
-from letta_ops.tasks.letta_api import LettaAPIError, LettaClient
-from letta_ops.tasks.object_encryption import EncryptionKeyMissing, current_key_id, key_ring_of
+from letta_ops.tasks.letta.api import LettaAPIError, LettaClient
+from letta_ops.tasks.runs import timeouts as run_timeouts
+from letta_ops.tasks.runs.audit_record import audited_run
+from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
+from letta_ops.tasks.runs.report import FlowReport, ReportPart
+from letta_ops.tasks.store.encryption import EncryptionKeyMissing, current_key_id, key_ring_of
 
 
 class DoctorFinding(ReportPart):
@@ -152,10 +152,10 @@ def check_database(db: LettaDatabase | None, version: str | None) -> list[Findin
     if db is None:
         reason = "no usable database configuration (see database-uri)"
         return [checks.skipped(n, reason) for n in names]
-    from letta_ops.tasks.doctor_tls import check_database_tls
-    from letta_ops.tasks.letta_inventory import database_size
-    from letta_ops.tasks.letta_postgres import alembic_revision
-    from letta_ops.tasks.sequence_repair import sequence_health
+    from letta_ops.tasks.doctor.tls import check_database_tls
+    from letta_ops.tasks.postgres.letta_inventory import database_size
+    from letta_ops.tasks.postgres.letta_schema import alembic_revision
+    from letta_ops.tasks.postgres.sequence_repair import sequence_health
 
     return [
         *guarded("alembic", lambda: checks.check_alembic(alembic_revision(db), version)),
@@ -172,7 +172,7 @@ def check_database(db: LettaDatabase | None, version: str | None) -> list[Findin
 
 
 def check_agent_names(profile: ServerProfile, version: str | None) -> checks.Finding:
-    from letta_ops.tasks.agent_names import name_rule_for, plan_renames
+    from letta_ops.tasks.letta.agent_names import name_rule_for, plan_renames
 
     if version is None:
         return checks.check_agent_names({}, None)
@@ -184,7 +184,7 @@ def check_agent_names(profile: ServerProfile, version: str | None) -> checks.Fin
 def check_interrupted(server_name: str, server: str | None) -> checks.Finding:
     """Runs of this server that died part way (journal begun, never finished, process gone)."""
     from letta_ops.flows.recover import interrupted_runs
-    from letta_ops.tasks.run_journal import last_step
+    from letta_ops.tasks.runs.journal import last_step
 
     runs = [
         {

@@ -15,10 +15,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from letta_ops.flows import run_timeouts
-from letta_ops.flows.audit_record import audited_run
-from letta_ops.flows.fleet_inventory import selected_servers
-from letta_ops.flows.fleet_runs import (
+from letta_ops.blocks.fleet_inventory import selected_servers
+from letta_ops.tasks.runs import timeouts as run_timeouts
+from letta_ops.tasks.runs.audit_record import audited_run
+from letta_ops.tasks.runs.child_runs import (
     ChildOutcome,
     FleetRunFailed,
     ensure_limits,
@@ -28,8 +28,8 @@ from letta_ops.flows.fleet_runs import (
     run_locally,
     wait_for_runs,
 )
-from letta_ops.flows.flow_report import FlowReport
-from letta_ops.flows.run_context import publish_report, run_name
+from letta_ops.tasks.runs.context import publish_report, run_name
+from letta_ops.tasks.runs.report import FlowReport
 
 #: The per-server deployment children are launched from (prefect.yaml).
 CHILD_DEPLOYMENT = "letta-backup/backup"
@@ -60,7 +60,7 @@ def set_size(outcome: ChildOutcome, store: str | None) -> tuple[int | None, int 
     if not outcome.backup_set or not outcome.ok:
         return None, None
     from letta_ops.blocks.server_profile import open_backup_store
-    from letta_ops.tasks.backup_catalog import load_manifest
+    from letta_ops.tasks.sets.catalog import load_manifest
 
     manifest = load_manifest(
         open_backup_store(store, outcome.server), *outcome.backup_set.split("/")

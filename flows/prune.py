@@ -16,19 +16,19 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from letta_ops.blocks.server_profile import open_backup_store
-from letta_ops.flows import run_timeouts
-from letta_ops.flows.audit_record import audited_run
-from letta_ops.flows.flow_report import FlowReport, ReportPart
-from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
-from letta_ops.tasks.audit_store import preserve_set_records
-from letta_ops.tasks.backup_catalog import list_backup_sets, summarize_set
-from letta_ops.tasks.backup_retention import (
+from letta_ops.tasks.audit.store import preserve_set_records
+from letta_ops.tasks.runs import timeouts as run_timeouts
+from letta_ops.tasks.runs.audit_record import audited_run
+from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
+from letta_ops.tasks.runs.report import FlowReport, ReportPart
+from letta_ops.tasks.sets.catalog import list_backup_sets, summarize_set
+from letta_ops.tasks.sets.retention import (
     RetentionPlan,
     RetentionPolicy,
     execute_plan,
     plan_around_locks,
 )
-from letta_ops.tasks.object_store import ObjectStore
+from letta_ops.tasks.store.objects import ObjectStore
 
 
 class PruneRow(ReportPart):

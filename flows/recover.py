@@ -6,7 +6,7 @@ The runbook this replaces, as one run:
    provably gone (its pid on this host, or its Prefect run is over); mark each ``crashed``
    in the audit history, with the step it stopped at, and its Prefect run Crashed;
 2. read the newest one's journal, the database's alembic revision and what the server
-   answers, and decide (``tasks.recovery_plan``): finish forward when the database is
+   answers, and decide (``letta_ops.tasks.runs.recovery_plan``): finish forward when the database is
    verifiably at the target, else restore the backup set taken before the run and start the
    version it records; nothing destructive started -> start the old version if it is down;
 3. take the server's destructive slot (a dead holder's is reclaimed at once) and do it,
@@ -26,38 +26,42 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from letta_ops.flows import run_timeouts
-from letta_ops.flows.audit_record import audited_run
-from letta_ops.flows.flow_report import FlowReport, ReportPart
-from letta_ops.flows.restore_server import (
+from letta_ops.flows.steps.restore_server import (
     prove_server_matches_set,
     restore_server_from_set,
     start_set_version,
 )
-from letta_ops.flows.run_context import (
+from letta_ops.flows.verify import CountDifference
+from letta_ops.tasks.audit.store import AuditStore
+from letta_ops.tasks.errors import Failed, NeedsAction
+from letta_ops.tasks.letta.api import LettaClient
+from letta_ops.tasks.postgres.letta_schema import (
+    alembic_revision,
+    database_error_message,
+    database_exists,
+)
+from letta_ops.tasks.postgres.sequence_repair import repair_sequences
+from letta_ops.tasks.runs import timeouts as run_timeouts
+from letta_ops.tasks.runs.audit_record import audited_run
+from letta_ops.tasks.runs.context import (
     TERMINAL_STATES,
     flow_run_state,
     publish_report,
     run_name,
     tag_current_run,
 )
-from letta_ops.flows.server_lock import DeadRun, destructive_lock
-from letta_ops.flows.verify import CountDifference
-from letta_ops.tasks.audit_store import AuditStore
-from letta_ops.tasks.backup_catalog import load_manifest
-from letta_ops.tasks.errors import Failed, NeedsAction
-from letta_ops.tasks.letta_api import LettaClient
-from letta_ops.tasks.letta_postgres import alembic_revision, database_error_message, database_exists
-from letta_ops.tasks.object_store import ObjectStore
-from letta_ops.tasks.recovery_plan import RecoveryPlan, plan_recovery
-from letta_ops.tasks.run_journal import (
+from letta_ops.tasks.runs.journal import (
     JournalEntry,
     RunJournal,
     last_step,
     process_alive,
     unfinished_runs,
 )
-from letta_ops.tasks.sequence_repair import repair_sequences
+from letta_ops.tasks.runs.lock import DeadRun, destructive_lock
+from letta_ops.tasks.runs.recovery_plan import RecoveryPlan, plan_recovery
+from letta_ops.tasks.runs.report import FlowReport, ReportPart
+from letta_ops.tasks.sets.catalog import load_manifest
+from letta_ops.tasks.store.objects import ObjectStore
 
 
 class RestoreMustBeRerun(NeedsAction):
@@ -109,8 +113,8 @@ class RecoverReport(FlowReport):
     why_dead: str | None = Field(None, description="Why its process no longer runs it.")
     plan: RecoveryPlan | None = Field(
         None,
-        description="The decision (tasks.recovery_plan); its facts are the interrupted run's "
-        "journal as it began, whose keys vary by operation.",
+        description="The decision (letta_ops.tasks.runs.recovery_plan); its facts are the "
+        "interrupted run's journal as it began, whose keys vary by operation.",
     )
     others: list[str] | None = Field(None, description="Older interrupted runs, left open.")
     result: RecoveryResult | None = Field(None, description="None: planned only.")

@@ -36,12 +36,8 @@ from pydantic import ConfigDict, Field
 from letta_ops.blocks.letta_server import LettaServer
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from letta_ops.flows import run_timeouts
-from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.backup import backup
-from letta_ops.flows.flow_report import FlowReport, ReportPart
-from letta_ops.flows.restore_server import restore_database_from_set, start_set_version
-from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+from letta_ops.flows.steps.restore_server import restore_database_from_set, start_set_version
 from letta_ops.flows.upgrade import (
     AgentVerification,
     NotCarried,
@@ -53,13 +49,17 @@ from letta_ops.flows.upgrade import (
     run_rebuild,
 )
 from letta_ops.flows.verify import drill_target, refuse_live_drill_target, resolve_set
-from letta_ops.tasks.backup_catalog import load_manifest
-from letta_ops.tasks.backup_set_admission import require_dump, require_intact
-from letta_ops.tasks.backup_verification import scratch_database
-from letta_ops.tasks.embedded_postgres import free_loopback_port
 from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.letta_inventory import agent_inventory
-from letta_ops.tasks.letta_postgres import database_error_message, table_row_counts
+from letta_ops.tasks.postgres.embedded import free_loopback_port
+from letta_ops.tasks.postgres.letta_inventory import agent_inventory
+from letta_ops.tasks.postgres.letta_schema import database_error_message, table_row_counts
+from letta_ops.tasks.runs import timeouts as run_timeouts
+from letta_ops.tasks.runs.audit_record import audited_run
+from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
+from letta_ops.tasks.runs.report import FlowReport, ReportPart
+from letta_ops.tasks.sets.admission import require_dump, require_intact
+from letta_ops.tasks.sets.catalog import load_manifest
+from letta_ops.tasks.sets.verification import scratch_database
 
 #: Steps from the stop to the verification: what the server's users would wait for.
 DOWNTIME_STEPS = ("stop server", "empty database", "alembic upgrade", "repair sequences", "start")
@@ -329,7 +329,7 @@ def rehearse(
 
 
 def _log_text(copy: ServerProfile) -> str:
-    from letta_ops.tasks.letta_runtime_process import log_file
+    from letta_ops.tasks.runtimes.process import log_file
 
     path = log_file(copy.runtime.resolved_state_dir())
     return path.read_text(errors="replace") if path.exists() else ""

@@ -19,17 +19,17 @@ from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.server_profile import load_profile
-from letta_ops.flows import run_timeouts
-from letta_ops.flows.audit_record import audited_run
-from letta_ops.flows.flow_report import FlowReport, ReportPart
-from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
-from letta_ops.flows.server_lock import destructive_lock
 from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.sequence_repair import (
+from letta_ops.tasks.postgres.sequence_repair import (
     SequenceSource,
     repair_sequences_task,
     sequence_health,
 )
+from letta_ops.tasks.runs import timeouts as run_timeouts
+from letta_ops.tasks.runs.audit_record import audited_run
+from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
+from letta_ops.tasks.runs.lock import destructive_lock
+from letta_ops.tasks.runs.report import FlowReport, ReportPart
 
 #: How long a run waits for another destructive run on the server to finish.
 LOCK_WAIT_SECONDS = 10.0

@@ -9,8 +9,8 @@ The runbook this replaces, as one run:
    Letta version installs and the port is free;
 2. take the destructive lock of the target;
 3. drop and recreate the target -> pgvector (or, when it holds anything that is not
-   Letta's, drop Letta's objects only: ``tasks.letta_objects``) -> parallel pg_restore ->
-   repair sequences -> compare per-table counts with the manifest;
+   Letta's, drop Letta's objects only: ``letta_ops.tasks.postgres.letta_objects``) -> parallel
+   pg_restore -> repair sequences -> compare per-table counts with the manifest;
 4. with ``start``: start a Letta of the set's version on it and prove version, agents and
    counts equal the manifest's.
 """
@@ -29,11 +29,7 @@ from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.letta_server import LettaServer, sanitize_server_name
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import load_profile, open_backup_store
-from letta_ops.flows import run_timeouts
-from letta_ops.flows.audit_record import audited_run
-from letta_ops.flows.flow_report import FlowReport, ReportPart
-from letta_ops.flows.phase_timings import PhaseClock, PhaseTiming, phases_markdown
-from letta_ops.flows.restore_server import (
+from letta_ops.flows.steps.restore_server import (
     ServerProof,
     ServerStart,
     database_for_set,
@@ -42,26 +38,30 @@ from letta_ops.flows.restore_server import (
     start_set_version,
     with_reset_mode,
 )
-from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
-from letta_ops.flows.server_lock import destructive_lock
 from letta_ops.flows.verify import CountDifference, resolve_set
-from letta_ops.tasks.backup_catalog import load_manifest
-from letta_ops.tasks.backup_manifest import BackupManifest
-from letta_ops.tasks.backup_set_admission import require_dump, require_intact
 from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.letta_api import LettaClient
-from letta_ops.tasks.letta_postgres import database_exists
-from letta_ops.tasks.letta_runtime_process import install_runtime
-from letta_ops.tasks.object_store import ObjectStore
-from letta_ops.tasks.postgres_privileges import RequestedReset
-from letta_ops.tasks.restore_target import (
+from letta_ops.tasks.letta.api import LettaClient
+from letta_ops.tasks.postgres.letta_schema import database_exists
+from letta_ops.tasks.postgres.privileges import RequestedReset
+from letta_ops.tasks.postgres.restore_target import (
     RestoreTargetRefused,
     port_in_use,
     same_database,
     target_database,
     user_table_count,
 )
-from letta_ops.tasks.run_journal import close_unfinished
+from letta_ops.tasks.runs import timeouts as run_timeouts
+from letta_ops.tasks.runs.audit_record import audited_run
+from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
+from letta_ops.tasks.runs.journal import close_unfinished
+from letta_ops.tasks.runs.lock import destructive_lock
+from letta_ops.tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
+from letta_ops.tasks.runs.report import FlowReport, ReportPart
+from letta_ops.tasks.runtimes.process import install_runtime
+from letta_ops.tasks.sets.admission import require_dump, require_intact
+from letta_ops.tasks.sets.catalog import load_manifest
+from letta_ops.tasks.sets.manifest import BackupManifest
+from letta_ops.tasks.store.objects import ObjectStore
 
 
 class RestoreFailed(Failed):

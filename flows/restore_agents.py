@@ -23,22 +23,22 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from letta_ops.flows import run_timeouts
-from letta_ops.flows.audit_record import audited_run
-from letta_ops.flows.flow_report import FlowReport, ReportPart
-from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
 from letta_ops.flows.verify import resolve_set
-from letta_ops.tasks.agent_file import rename_agent_file, summarize_agent_file
-from letta_ops.tasks.agent_names import name_rule_for
-from letta_ops.tasks.agent_restore import AgentRestoreStep, plan_agent_restore
-from letta_ops.tasks.backup_catalog import load_manifest
-from letta_ops.tasks.backup_manifest import BackupManifest
-from letta_ops.tasks.backup_set_admission import require_intact, require_same_server
-from letta_ops.tasks.backup_verification import downloaded
 from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.letta_api import LettaClient
-from letta_ops.tasks.letta_inventory import agent_inventory
-from letta_ops.tasks.object_store import ObjectStore
+from letta_ops.tasks.letta.agent_file import rename_agent_file, summarize_agent_file
+from letta_ops.tasks.letta.agent_names import name_rule_for
+from letta_ops.tasks.letta.agent_restore import AgentRestoreStep, plan_agent_restore
+from letta_ops.tasks.letta.api import LettaClient
+from letta_ops.tasks.postgres.letta_inventory import agent_inventory
+from letta_ops.tasks.runs import timeouts as run_timeouts
+from letta_ops.tasks.runs.audit_record import audited_run
+from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
+from letta_ops.tasks.runs.report import FlowReport, ReportPart
+from letta_ops.tasks.sets.admission import require_intact, require_same_server
+from letta_ops.tasks.sets.catalog import load_manifest
+from letta_ops.tasks.sets.manifest import BackupManifest
+from letta_ops.tasks.sets.verification import downloaded
+from letta_ops.tasks.store.objects import ObjectStore
 
 
 class AgentRestoreFailed(Failed):

@@ -10,8 +10,8 @@ The runbook this replaces, as one run:
 4. back up the current state (verified, pinned, purpose ``pre-rollback``): a rollback is
    itself undoable by rolling "forward" to that set;
 5. stop -> drop and recreate the database -> pgvector (or, in a database Letta shares, drop
-   Letta's objects only: ``tasks.letta_objects``) -> parallel pg_restore -> repair
-   sequences -> start the set's version -> prove version, agents and per-table counts equal
+   Letta's objects only: ``letta_ops.tasks.postgres.letta_objects``) -> parallel pg_restore ->
+   repair sequences -> start the set's version -> prove version, agents and per-table counts equal
    the manifest's;
 6. any failure after the stop undoes itself inside a Prefect transaction: restore the safety
    backup and start the version that was running.
@@ -36,13 +36,8 @@ from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.letta_runtime import LettaRuntime
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from letta_ops.flows import run_timeouts
-from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.backup import backup
-from letta_ops.flows.flow_report import FlowReport, ReportPart
-from letta_ops.flows.operator_approval import ApprovalDeclined, await_operator_approval
-from letta_ops.flows.phase_timings import PhaseClock, PhaseTiming, phases_markdown
-from letta_ops.flows.restore_server import (
+from letta_ops.flows.steps.restore_server import (
     ServerProof,
     ServerRestore,
     database_for_set,
@@ -53,32 +48,37 @@ from letta_ops.flows.restore_server import (
     start_set_version,
     with_reset_mode,
 )
-from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
-from letta_ops.flows.server_lock import destructive_lock
 from letta_ops.flows.verify import resolve_set
-from letta_ops.tasks.backup_catalog import load_manifest, runtime_files_of_set
-from letta_ops.tasks.backup_manifest import BackupManifest, set_prefix
-from letta_ops.tasks.backup_set_admission import (
+from letta_ops.tasks.errors import Failed, Refused
+from letta_ops.tasks.letta.api import LettaAPIError, LettaClient
+from letta_ops.tasks.letta.server_tls import require_server_can_use_tls
+from letta_ops.tasks.letta.versions import release_at_revision
+from letta_ops.tasks.postgres.client_tools import client_tools
+from letta_ops.tasks.postgres.letta_inventory import agent_inventory, database_size
+from letta_ops.tasks.postgres.letta_schema import (
+    alembic_revision,
+    database_error_message,
+    table_row_counts,
+)
+from letta_ops.tasks.postgres.privileges import RequestedReset
+from letta_ops.tasks.postgres.rows_since import agents_created_since, rows_written_since
+from letta_ops.tasks.runs import timeouts as run_timeouts
+from letta_ops.tasks.runs.approval import ApprovalDeclined, await_operator_approval
+from letta_ops.tasks.runs.audit_record import audited_run
+from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
+from letta_ops.tasks.runs.journal import JournaledSteps
+from letta_ops.tasks.runs.lock import destructive_lock
+from letta_ops.tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
+from letta_ops.tasks.runs.report import FlowReport, ReportPart
+from letta_ops.tasks.sets.admission import (
     newest_rollback_set,
     require_dump,
     require_intact,
     require_same_server,
 )
-from letta_ops.tasks.errors import Failed, Refused
-from letta_ops.tasks.letta_api import LettaAPIError, LettaClient
-from letta_ops.tasks.letta_inventory import agent_inventory, database_size
-from letta_ops.tasks.letta_postgres import (
-    alembic_revision,
-    database_error_message,
-    table_row_counts,
-)
-from letta_ops.tasks.letta_server_tls import require_server_can_use_tls
-from letta_ops.tasks.letta_versions import release_at_revision
-from letta_ops.tasks.object_store import ObjectStore
-from letta_ops.tasks.pg_client_tools import client_tools
-from letta_ops.tasks.postgres_privileges import RequestedReset
-from letta_ops.tasks.rows_since import agents_created_since, rows_written_since
-from letta_ops.tasks.run_journal import JournaledSteps
+from letta_ops.tasks.sets.catalog import load_manifest, runtime_files_of_set
+from letta_ops.tasks.sets.manifest import BackupManifest, set_prefix
+from letta_ops.tasks.store.objects import ObjectStore
 
 #: The most lines of a runtime file's diff the rollback plan shows.
 DIFF_LINES = 60

@@ -32,41 +32,45 @@ from prefect.transactions import Transaction, transaction
 from pydantic import ConfigDict, Field
 
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from letta_ops.flows import run_timeouts
-from letta_ops.flows.audit_record import audited_run, counts_summary, server_counts
 from letta_ops.flows.backup import backup
-from letta_ops.flows.flow_report import FlowReport, ReportPart, StoredPart
-from letta_ops.flows.operator_approval import ApprovalDeclined, await_operator_approval
-from letta_ops.flows.restore_server import (
+from letta_ops.flows.steps.restore_server import (
     ServerRestore,
     empty_database_steps,
     restore_server_from_set,
     start_set_version,
     with_reset_mode,
 )
-from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
-from letta_ops.flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
-from letta_ops.flows.server_lock import destructive_lock
-from letta_ops.tasks.agent_names import name_rule_for, plan_renames, strictest_rule
-from letta_ops.tasks.backup_catalog import load_manifest
-from letta_ops.tasks.backup_manifest import BackupManifest, set_prefix
+from letta_ops.flows.steps.scratch_export import export_via_scratch_copy, exports_v1_agent_files
+from letta_ops.tasks.audit.rehearsal_history import latest_rehearsal, rehearsal_is_current
 from letta_ops.tasks.errors import Failed, Refused
-from letta_ops.tasks.letta_api import LettaClient
-from letta_ops.tasks.letta_inventory import (
+from letta_ops.tasks.letta.agent_names import name_rule_for, plan_renames, strictest_rule
+from letta_ops.tasks.letta.api import LettaClient
+from letta_ops.tasks.letta.server_tls import require_server_can_use_tls
+from letta_ops.tasks.letta.versions import ALEMBIC_HEADS, LettaVersion, parse_server_version
+from letta_ops.tasks.postgres.client_tools import client_tools
+from letta_ops.tasks.postgres.letta_inventory import (
     agent_inventory,
     archival_passage_count,
     compare_by_id,
     database_size,
 )
-from letta_ops.tasks.letta_postgres import alembic_revision, database_error_message, empty_database
-from letta_ops.tasks.letta_server_tls import require_server_can_use_tls
-from letta_ops.tasks.letta_versions import ALEMBIC_HEADS, LettaVersion, parse_server_version
-from letta_ops.tasks.object_store import ObjectStore
-from letta_ops.tasks.pg_client_tools import client_tools
-from letta_ops.tasks.postgres_privileges import RequestedReset
-from letta_ops.tasks.rehearsal_history import latest_rehearsal, rehearsal_is_current
-from letta_ops.tasks.run_journal import JournaledSteps
-from letta_ops.tasks.sequence_repair import repair_sequences
+from letta_ops.tasks.postgres.letta_schema import (
+    alembic_revision,
+    database_error_message,
+    empty_database,
+)
+from letta_ops.tasks.postgres.privileges import RequestedReset
+from letta_ops.tasks.postgres.sequence_repair import repair_sequences
+from letta_ops.tasks.runs import timeouts as run_timeouts
+from letta_ops.tasks.runs.approval import ApprovalDeclined, await_operator_approval
+from letta_ops.tasks.runs.audit_record import audited_run, counts_summary, server_counts
+from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
+from letta_ops.tasks.runs.journal import JournaledSteps
+from letta_ops.tasks.runs.lock import destructive_lock
+from letta_ops.tasks.runs.report import FlowReport, ReportPart, StoredPart
+from letta_ops.tasks.sets.catalog import load_manifest
+from letta_ops.tasks.sets.manifest import BackupManifest, set_prefix
+from letta_ops.tasks.store.objects import ObjectStore
 
 if TYPE_CHECKING:
     from letta_ops.flows.rehearse import RehearsalReport
@@ -339,7 +343,7 @@ def preflight(
 
 def newest_backup_at(store: str | None, server: str | None, name: str) -> datetime | None:
     """When the newest complete set of this server was taken (None: none, or no store)."""
-    from letta_ops.tasks.backup_catalog import list_backup_sets
+    from letta_ops.tasks.sets.catalog import list_backup_sets
 
     try:
         sets = [s for s in list_backup_sets(open_backup_store(store, server), name) if s.complete]

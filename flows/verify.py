@@ -21,29 +21,29 @@ from pydantic import Field
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.server_profile import ProfileError, load_profile, open_backup_store
-from letta_ops.flows import run_timeouts
-from letta_ops.flows.audit_record import audited_run, counts_summary
-from letta_ops.flows.flow_report import FlowReport, ReportPart
-from letta_ops.flows.phase_timings import PhaseClock, PhaseTiming, phases_markdown
-from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
-from letta_ops.tasks.backup_catalog import (
+from letta_ops.tasks.errors import Failed
+from letta_ops.tasks.postgres.restore_target import same_database
+from letta_ops.tasks.runs import timeouts as run_timeouts
+from letta_ops.tasks.runs.audit_record import audited_run, counts_summary
+from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
+from letta_ops.tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
+from letta_ops.tasks.runs.report import FlowReport, ReportPart
+from letta_ops.tasks.sets.admission import missing_key
+from letta_ops.tasks.sets.catalog import (
     BackupSetError,
     list_backup_sets,
     load_manifest,
     record_verification,
 )
-from letta_ops.tasks.backup_manifest import (
+from letta_ops.tasks.sets.manifest import (
     BackupManifest,
     SetEncryption,
     parse_set_reference,
     set_prefix,
 )
-from letta_ops.tasks.backup_set_admission import missing_key
-from letta_ops.tasks.backup_verification import check_dump, check_objects, drill, reads_back
-from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.object_encryption import EncryptionKeyMissing, key_ring_of
-from letta_ops.tasks.object_store import ObjectStore
-from letta_ops.tasks.restore_target import same_database
+from letta_ops.tasks.sets.verification import check_dump, check_objects, drill, reads_back
+from letta_ops.tasks.store.encryption import EncryptionKeyMissing, key_ring_of
+from letta_ops.tasks.store.objects import ObjectStore
 
 
 class VerificationFailed(Failed):

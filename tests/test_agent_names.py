@@ -1,6 +1,6 @@
 import pytest
 
-from letta_ops.tasks.agent_names import (
+from letta_ops.tasks.letta.agent_names import (
     ASCII,
     UNICODE,
     name_rule_for,

@@ -10,7 +10,7 @@ import pytest
 from letta_ops.cli.main import main
 from letta_ops.flows.backup import backup
 from letta_ops.flows.upgrade import UpgradeFailed, upgrade
-from letta_ops.tasks.audit_store import AuditStore
+from letta_ops.tasks.audit.store import AuditStore
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, seed_agents
 from tests.fixtures.prefect import flow_run_artifacts
 

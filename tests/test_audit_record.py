@@ -10,9 +10,9 @@ from uuid import uuid4
 import pytest
 
 from letta_ops.cli.main import main
-from letta_ops.flows.audit_record import audited_run, triggered_by
-from letta_ops.tasks.audit_store import AuditRecord, AuditStore
-from letta_ops.tasks.object_store import LocalObjectStore
+from letta_ops.tasks.audit.store import AuditRecord, AuditStore
+from letta_ops.tasks.runs.audit_record import audited_run, triggered_by
+from letta_ops.tasks.store.objects import LocalObjectStore
 
 PASSWORD = "Kn0wn-Test-Passw0rd"
 
@@ -112,7 +112,7 @@ def test_prefect_runs_are_recorded_named_tagged_and_shown(
     from prefect import flow, get_run_logger
     from prefect.client.orchestration import get_client
 
-    from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+    from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
 
     monkeypatch.setenv("LETTA_OPS_OPERATOR", "alice")
     monkeypatch.setenv("LETTA_API_KEY", PASSWORD)

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from letta_ops.tasks.audit_migrations import VERSION_TABLE, current_revision, head_revision
-from letta_ops.tasks.audit_redaction import redact_text, redact_value, secrets_from_environment
-from letta_ops.tasks.audit_store import (
+from letta_ops.tasks.audit.migrations import VERSION_TABLE, current_revision, head_revision
+from letta_ops.tasks.audit.redaction import redact_text, redact_value, secrets_from_environment
+from letta_ops.tasks.audit.store import (
     AuditRecord,
     AuditStore,
     preserve_set_records,
@@ -18,8 +18,8 @@ from letta_ops.tasks.audit_store import (
     record_key,
     write_record_object,
 )
-from letta_ops.tasks.backup_manifest import MANIFEST_NAME
-from letta_ops.tasks.object_store import LocalObjectStore, ObjectExistsError
+from letta_ops.tasks.sets.manifest import MANIFEST_NAME
+from letta_ops.tasks.store.objects import LocalObjectStore, ObjectExistsError
 
 T0 = datetime(2026, 11, 20, 2, 15, tzinfo=UTC)
 

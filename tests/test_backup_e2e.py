@@ -10,13 +10,13 @@ import sqlalchemy as sa
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.flows.backup import BackupFailed, backup
 from letta_ops.flows.verify import VerificationFailed, verify
-from letta_ops.tasks import progress_events
-from letta_ops.tasks.agent_file import summarize_agent_file
-from letta_ops.tasks.backup_catalog import list_backup_sets, load_manifest
-from letta_ops.tasks.backup_manifest import MANIFEST_NAME
-from letta_ops.tasks.backup_verification import TOC_FIRST_READ
-from letta_ops.tasks.letta_versions import ALEMBIC_HEADS
-from letta_ops.tasks.object_store import S3ObjectStore
+from letta_ops.tasks.letta.agent_file import summarize_agent_file
+from letta_ops.tasks.letta.versions import ALEMBIC_HEADS
+from letta_ops.tasks.runs import progress_events
+from letta_ops.tasks.sets.catalog import list_backup_sets, load_manifest
+from letta_ops.tasks.sets.manifest import MANIFEST_NAME
+from letta_ops.tasks.sets.verification import TOC_FIRST_READ
+from letta_ops.tasks.store.objects import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, rename_agent, seed_agents
 from tests.fixtures.oracle import http_agents, sql_agents, sql_scalar, sql_table_counts
 from tests.fixtures.s3 import make_s3_client
@@ -247,8 +247,8 @@ def test_postgres_restarted_mid_backup(server_25, tmp_path, monkeypatch, prefect
     import threading
     import time
 
-    from letta_ops.tasks.letta_postgres import connect, create_database
-    from letta_ops.tasks.object_store import LocalObjectStore
+    from letta_ops.tasks.postgres.letta_schema import connect, create_database
+    from letta_ops.tasks.store.objects import LocalObjectStore
     from tests.fixtures.postgres import _start_cluster
 
     cluster = _start_cluster("letta-ops-pgrestart-")

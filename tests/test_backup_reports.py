@@ -13,7 +13,7 @@ from letta_ops.cli.output import emit
 from letta_ops.flows.backup import BackupReport
 from letta_ops.flows.prune import PruneReport
 from letta_ops.flows.verify import VerifyReport
-from letta_ops.tasks.report_schema import SCHEMA_VERSION
+from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
 
 CHECKED_AT = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 

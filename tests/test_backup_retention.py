@@ -7,16 +7,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from letta_ops.tasks.backup_catalog import record_pin, summarize_set, write_manifest
-from letta_ops.tasks.backup_manifest import BackupManifest, ManifestObject
-from letta_ops.tasks.backup_retention import (
+from letta_ops.tasks.sets.catalog import record_pin, summarize_set, write_manifest
+from letta_ops.tasks.sets.manifest import BackupManifest, ManifestObject
+from letta_ops.tasks.sets.retention import (
     BackupSetSummary,
     RetentionPlan,
     RetentionPolicy,
     execute_plan,
     plan_retention,
 )
-from letta_ops.tasks.object_store import LocalObjectStore
+from letta_ops.tasks.store.objects import LocalObjectStore
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

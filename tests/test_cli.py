@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from letta_ops.cli.deployments import build_runner_deployments, load_deployments, load_flow
 from letta_ops.cli.main import EXIT_BAD_INPUT, EXIT_NEEDS_ACTION, main
-from letta_ops.flows.serve import build_runner_deployments, load_deployments, load_flow
 
 #: prefect.yaml's schedules: deployment -> [(cron, timezone, active)].
 SCHEDULES = {
@@ -166,7 +166,7 @@ def test_each_kind_of_error_has_its_exit_code(error, code, monkeypatch, capsys):
 
 
 def test_a_busy_server_is_exit_11_naming_the_holder():
-    from letta_ops.flows.server_lock import ServerBusy
     from letta_ops.tasks.errors import EXIT_BUSY
+    from letta_ops.tasks.runs.lock import ServerBusy
 
     assert ServerBusy("held").exit_code == EXIT_BUSY == 11

@@ -98,10 +98,10 @@ def listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The environment-only server "contract" with rows to list: in its local store a
     complete, verified set and a set a killed run left without a manifest; in a fresh SQLite
     audit store two runs."""
-    from letta_ops.tasks.audit_store import AuditRecord, AuditStore
-    from letta_ops.tasks.backup_catalog import record_verification
-    from letta_ops.tasks.backup_manifest import MANIFEST_NAME, BackupManifest, ManifestObject
-    from letta_ops.tasks.object_store import LocalObjectStore
+    from letta_ops.tasks.audit.store import AuditRecord, AuditStore
+    from letta_ops.tasks.sets.catalog import record_verification
+    from letta_ops.tasks.sets.manifest import MANIFEST_NAME, BackupManifest, ManifestObject
+    from letta_ops.tasks.store.objects import LocalObjectStore
 
     for name, value in _env_only(tmp_path).items():
         monkeypatch.setenv(name, value)
@@ -189,7 +189,7 @@ def test_listings_print_their_rows_under_a_key_beside_the_schema_version(argv, k
         assert complete["purpose"] == "manual" and complete["bytes"] > 0
         assert killed["complete"] is False and killed["created_at"] is None
     else:  # newest first: whole audit records and their Prefect link
-        from letta_ops.tasks.audit_store import AuditRecord
+        from letta_ops.tasks.audit.store import AuditRecord
 
         assert [row["record_id"] for row in rows] == ["run-2", "run-1"]
         assert all(set(row) == {*AuditRecord.model_fields, "prefect_url"} for row in rows)
@@ -269,7 +269,7 @@ def _raising(monkeypatch, error: BaseException) -> None:
 
 
 def _validation_error(**values) -> Exception:
-    from letta_ops.tasks.backup_retention import RetentionPolicy
+    from letta_ops.tasks.sets.retention import RetentionPolicy
 
     try:
         RetentionPolicy(**values)

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from letta_ops.blocks.compose_runtime import DockerComposeRuntime
-from letta_ops.tasks.letta_health import wait_for_health
-from letta_ops.tasks.letta_runtime_compose import (
+from letta_ops.tasks.letta.health import wait_for_health
+from letta_ops.tasks.letta.versions import UnsupportedLettaVersion
+from letta_ops.tasks.runtimes.compose import (
     ComposeCommandError,
     ComposeFileError,
     compose_command,
@@ -32,7 +33,6 @@ from letta_ops.tasks.letta_runtime_compose import (
     pin_compose_file,
     pin_compose_image,
 )
-from letta_ops.tasks.letta_versions import UnsupportedLettaVersion
 
 COMPOSE = """\
 # Letta server with PostgreSQL + pgvector (operator's own file; keep my comments!)
@@ -360,7 +360,7 @@ def test_wait_for_health_stops_when_the_process_dies(letta_health: tuple[str, _H
 
 
 def test_wait_for_health_reports_connection_errors(tmp_path: Path) -> None:
-    from letta_ops.tasks.embedded_postgres import free_loopback_port
+    from letta_ops.tasks.postgres.embedded import free_loopback_port
 
     url = f"http://127.0.0.1:{free_loopback_port()}"
     with pytest.raises(TimeoutError, match="ConnectError"):

@@ -98,7 +98,7 @@ def test_every_declared_dependency_is_imported() -> None:
 def test_the_scan_sees_what_it_must() -> None:
     """The scan itself: it finds imports inside functions (the CLI imports lazily)."""
     imports = product_imports()
-    assert "flows/demo_environment.py" in imports["moto"]  # inside a function
+    assert "cli/demo_environment.py" in imports["moto"]  # inside a function
     assert {"prefect", "sqlalchemy", "boto3", "yaml", "rich", "psutil"} <= set(imports)
     assert distribution_of("yaml") == {"pyyaml"}
 

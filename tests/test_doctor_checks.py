@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.tasks import doctor_checks as checks
+from letta_ops.tasks.doctor import checks
 
 URI = "postgresql://letta:s3cret-pw@127.0.0.1:5432/letta"
 

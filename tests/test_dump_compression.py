@@ -7,8 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.tasks.dump_compression import chosen_compression, parse_compression
 from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.postgres.dump_compression import chosen_compression, parse_compression
 
 URI = "postgresql://letta:s3cret-pw@127.0.0.1:5432/letta"
 

@@ -23,11 +23,11 @@ from letta_ops.cli.main import EXIT_BAD_INPUT, EXIT_OK, main
 from letta_ops.flows.backup import backup
 from letta_ops.flows.rollback import rollback
 from letta_ops.flows.verify import verify
-from letta_ops.tasks.audit_store import AuditStore
-from letta_ops.tasks.backup_catalog import load_manifest
-from letta_ops.tasks.backup_manifest import MANIFEST_NAME, stays_plaintext
-from letta_ops.tasks.object_encryption import MAGIC, parse_key
-from letta_ops.tasks.object_store import S3ObjectStore
+from letta_ops.tasks.audit.store import AuditStore
+from letta_ops.tasks.sets.catalog import load_manifest
+from letta_ops.tasks.sets.manifest import MANIFEST_NAME, stays_plaintext
+from letta_ops.tasks.store.encryption import MAGIC, parse_key
+from letta_ops.tasks.store.objects import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import http_agents, sql_table_counts
 from tests.fixtures.prefect import flow_run_artifacts, flow_run_logs

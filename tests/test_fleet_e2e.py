@@ -27,10 +27,10 @@ import pytest
 from letta_ops.blocks.letta_server import LettaServer
 from letta_ops.flows.fleet_backup import FleetRunFailed, fleet_backup
 from letta_ops.flows.fleet_upgrade import fleet_upgrade, soak
-from letta_ops.tasks.audit_store import AuditStore
-from letta_ops.tasks.backup_catalog import list_backup_sets
-from letta_ops.tasks.object_store import S3ObjectStore
-from letta_ops.tasks.server_selection import ServerEntry
+from letta_ops.tasks.audit.store import AuditStore
+from letta_ops.tasks.runs.server_selection import ServerEntry
+from letta_ops.tasks.sets.catalog import list_backup_sets
+from letta_ops.tasks.store.objects import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, seed_agents
 from tests.fixtures.oracle import http_agents, http_version, sql_table_counts
 

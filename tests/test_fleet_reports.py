@@ -8,22 +8,22 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from letta_ops.cli.demo_job import DemoFlowRuns, DemoReport, render_demo
 from letta_ops.cli.fleet import render_fleet_backup, render_fleet_upgrade
 from letta_ops.cli.output import emit
-from letta_ops.flows.demo import DemoFlowRuns, DemoReport, render_demo
 from letta_ops.flows.fleet_backup import (
     FleetBackupReport,
     FleetBackupServer,
     render_fleet_backup_markdown,
 )
-from letta_ops.flows.fleet_runs import ChildOutcome
 from letta_ops.flows.fleet_upgrade import (
     FleetUpgradeReport,
     SoakResult,
     render_fleet_upgrade_markdown,
 )
 from letta_ops.flows.upgrade import UpgradeReport
-from letta_ops.tasks.report_schema import SCHEMA_VERSION
+from letta_ops.tasks.runs.child_runs import ChildOutcome
+from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
 from tests.test_backup_reports import backup_report, verify_report
 
 CHILD_KEYS = {"server", "flow_run_id", "state", "ok", "error", "seconds", "worker", "backup_set"}

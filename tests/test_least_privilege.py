@@ -31,10 +31,10 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from letta_ops.tasks.backup_catalog import list_backup_sets, load_manifest, record_verification
-from letta_ops.tasks.backup_manifest import MANIFEST_NAME
-from letta_ops.tasks.backup_retention import RetentionPolicy, execute_plan, plan_around_locks
-from letta_ops.tasks.object_store import (
+from letta_ops.tasks.sets.catalog import list_backup_sets, load_manifest, record_verification
+from letta_ops.tasks.sets.manifest import MANIFEST_NAME
+from letta_ops.tasks.sets.retention import RetentionPolicy, execute_plan, plan_around_locks
+from letta_ops.tasks.store.objects import (
     MiB,
     ObjectExistsError,
     ObjectLock,
@@ -185,7 +185,7 @@ def _denied(call: Any) -> bool:
 
 def _write_set(store: S3ObjectStore, set_id: str) -> str:
     """What the backup flow writes: agent files, a multipart dump, then the manifest."""
-    from letta_ops.tasks.backup_manifest import BackupManifest, ManifestObject
+    from letta_ops.tasks.sets.manifest import BackupManifest, ManifestObject
 
     prefix = f"{SERVER}/{set_id}/"
     agent = store.put_bytes(f"{prefix}agents/agent-1.af", b'{"agents": []}')

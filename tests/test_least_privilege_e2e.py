@@ -18,9 +18,9 @@ from letta_ops.flows.backup import backup
 from letta_ops.flows.prune import prune
 from letta_ops.flows.restore import restore
 from letta_ops.flows.verify import verify
-from letta_ops.tasks.backup_catalog import list_backup_sets, load_manifest
-from letta_ops.tasks.object_encryption import EncryptionKeyMissing, MasterKey, new_key, parse_key
-from letta_ops.tasks.object_store import S3ObjectStore
+from letta_ops.tasks.sets.catalog import list_backup_sets, load_manifest
+from letta_ops.tasks.store.encryption import EncryptionKeyMissing, MasterKey, new_key, parse_key
+from letta_ops.tasks.store.objects import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, seed_agents
 from tests.fixtures.oracle import sql_agents, sql_table_counts
 from tests.test_least_privilege import PREFIX, iam_moto, roles  # noqa: F401 (fixtures)

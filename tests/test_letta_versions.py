@@ -1,6 +1,6 @@
 import pytest
 
-from letta_ops.tasks.letta_versions import (
+from letta_ops.tasks.letta.versions import (
     LettaVersion,
     UnsupportedLettaVersion,
     parse_server_version,

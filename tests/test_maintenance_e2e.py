@@ -13,11 +13,11 @@ import sqlalchemy as sa
 from letta_ops.cli.main import EXIT_NEEDS_ACTION, EXIT_OK, main
 from letta_ops.flows.cleanup_sources import cleanup_sources
 from letta_ops.flows.sync_tools import sync_tools
-from letta_ops.tasks.backup_catalog import list_backup_sets
-from letta_ops.tasks.letta_api import LettaAPIError, offline_agent_body
-from letta_ops.tasks.letta_postgres import connect
-from letta_ops.tasks.object_store import S3ObjectStore
-from letta_ops.tasks.source_cleanup import get_or_create_folder
+from letta_ops.tasks.letta.api import LettaAPIError, offline_agent_body
+from letta_ops.tasks.letta.source_cleanup import get_or_create_folder
+from letta_ops.tasks.postgres.letta_schema import connect
+from letta_ops.tasks.sets.catalog import list_backup_sets
+from letta_ops.tasks.store.objects import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, operator_env
 
 pytestmark = pytest.mark.e2e

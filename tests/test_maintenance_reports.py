@@ -23,10 +23,10 @@ from letta_ops.flows.repair_sequences import (
 )
 from letta_ops.flows.restore_agents import AgentRestoreReport, render_restore_agents_markdown
 from letta_ops.flows.sync_tools import ToolSyncReport, render_sync_markdown
-from letta_ops.tasks import tool_sync
-from letta_ops.tasks.doctor_checks import Finding
-from letta_ops.tasks.report_schema import SCHEMA_VERSION
-from letta_ops.tasks.source_cleanup import CleanupItem, CleanupPlan
+from letta_ops.tasks.doctor.checks import Finding
+from letta_ops.tasks.letta import tool_sync
+from letta_ops.tasks.letta.source_cleanup import CleanupItem, CleanupPlan
+from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
 
 
 def _dumped(report, keys: list[str]) -> dict:

@@ -29,10 +29,10 @@ from letta_ops.flows.restore import restore
 from letta_ops.flows.rollback import rollback
 from letta_ops.flows.upgrade import UpgradeFailed, upgrade
 from letta_ops.flows.verify import verify
-from letta_ops.tasks.backup_catalog import list_backup_sets
-from letta_ops.tasks.letta_versions import ALEMBIC_HEADS
-from letta_ops.tasks.object_store import S3ObjectStore
-from letta_ops.tasks.postgres_privileges import PrivilegeRefused
+from letta_ops.tasks.letta.versions import ALEMBIC_HEADS
+from letta_ops.tasks.postgres.privileges import PrivilegeRefused
+from letta_ops.tasks.sets.catalog import list_backup_sets
+from letta_ops.tasks.store.objects import S3ObjectStore
 from tests.fixtures.kill_run import kill_when_step_begins, letta_ops
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import (

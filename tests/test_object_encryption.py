@@ -1,4 +1,4 @@
-"""Client-side encryption of backup objects (tasks/object_encryption.py).
+"""Client-side encryption of backup objects (tasks/store/encryption.py).
 
 The format's promises, each tried against what an attacker with write access to the store can
 do: round trips across frame boundaries, ranged reads, truncation, a flipped byte, swapped
@@ -19,16 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from letta_ops.tasks import audit_store, backup_manifest
-from letta_ops.tasks.backup_manifest import (
+from letta_ops.tasks.audit import store as audit_store
+from letta_ops.tasks.sets import manifest as backup_manifest
+from letta_ops.tasks.sets.admission import missing_key, require_key
+from letta_ops.tasks.sets.manifest import (
     BackupManifest,
     ManifestObject,
     SetEncryption,
     stays_plaintext,
 )
-from letta_ops.tasks.backup_set_admission import missing_key, require_key
-from letta_ops.tasks.backup_verification import check_objects
-from letta_ops.tasks.object_encryption import (
+from letta_ops.tasks.sets.verification import check_objects
+from letta_ops.tasks.store.encryption import (
     HEADER_SIZE,
     SCHEME,
     TAG_BYTES,
@@ -47,7 +48,7 @@ from letta_ops.tasks.object_encryption import (
     stored_form,
     with_encryption,
 )
-from letta_ops.tasks.object_store import (
+from letta_ops.tasks.store.objects import (
     LocalObjectStore,
     MiB,
     ObjectStore,

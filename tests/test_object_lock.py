@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 
 from letta_ops.blocks.backup_store import S3BackupStore, apply_object_lock
-from letta_ops.tasks import doctor_checks as checks
-from letta_ops.tasks.backup_retention import (
+from letta_ops.tasks.doctor import checks
+from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.sets.retention import (
     BackupSetSummary,
     RetentionPolicy,
     execute_plan,
     plan_around_locks,
     plan_retention,
 )
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.object_store import (
+from letta_ops.tasks.store.objects import (
     LEGAL_HOLD,
     BucketLockConfiguration,
     LocalObjectStore,

@@ -6,9 +6,9 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from letta_ops.cli.main import main
-from letta_ops.tasks.audit_store import AuditRecord, AuditStore
-from letta_ops.tasks.backup_retention import BackupSetSummary
-from letta_ops.tasks.ops_metrics import collect, render
+from letta_ops.tasks.audit.ops_metrics import collect, render
+from letta_ops.tasks.audit.store import AuditRecord, AuditStore
+from letta_ops.tasks.sets.retention import BackupSetSummary
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 SAMPLE = re.compile(r'^[a-z_]+\{([a-z_]+="[^"]*",?)*\} -?[0-9.e+]+$')

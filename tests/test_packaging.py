@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from letta_ops.tasks.letta_runtime_process import uv_binary
+from letta_ops.tasks.runtimes.process import uv_binary
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ def test_wheel_has_one_import_namespace(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert top == {"letta_ops", next(t for t in top if t.endswith(".dist-info"))}
-    for module in ("flows/backup.py", "tasks/object_store.py", "blocks/letta_server.py"):
+    for module in ("flows/backup.py", "tasks/store/objects.py", "blocks/letta_server.py"):
         assert f"letta_ops/{module}" in names
     assert "letta_ops/cli/main.py" in names
     assert "letta_ops/tasks/audit_migrations/versions/a1_create_audit_runs.py" in names

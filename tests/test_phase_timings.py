@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from letta_ops.cli.output import phases_lines
-from letta_ops.flows.phase_timings import PhaseClock, PhaseTiming, phases_markdown
+from letta_ops.tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
 
 
 def test_phases_are_recorded_in_order_with_a_utc_start_and_monotonic_seconds():
@@ -81,7 +81,7 @@ def test_a_drill_times_each_step_and_drops_its_scratch_database_after_a_failure(
     from contextlib import nullcontext
     from types import SimpleNamespace
 
-    from letta_ops.tasks import backup_verification as verification
+    from letta_ops.tasks.sets import verification
 
     dropped = []
     monkeypatch.setattr(verification, "dump_head", lambda store, manifest: nullcontext("head"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from letta_ops.tasks.post_data_schedule import data_started, plain_name, post_data_by_table
+from letta_ops.tasks.postgres.post_data_schedule import data_started, plain_name, post_data_by_table
 
 TOC = [
     "2660; 2606 73400 CONSTRAINT public messages messages_pkey letta",

@@ -16,12 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.tasks.backup_verification import read_dump_toc
-from letta_ops.tasks.dump_lanes import assign_lanes
-from letta_ops.tasks.letta_postgres import connect, empty_database
-from letta_ops.tasks.object_store import open_store
-from letta_ops.tasks.post_data_schedule import data_started, post_data_by_table
-from letta_ops.tasks.postgres_dump import (
+from letta_ops.tasks.postgres.dump import (
     PgToolError,
     dump_to_store,
     expected_restore_error,
@@ -29,12 +24,17 @@ from letta_ops.tasks.postgres_dump import (
     restore_dump_streaming,
     restore_errors,
 )
-from letta_ops.tasks.postgres_privileges import (
+from letta_ops.tasks.postgres.dump_lanes import assign_lanes
+from letta_ops.tasks.postgres.letta_schema import connect, empty_database
+from letta_ops.tasks.postgres.post_data_schedule import data_started, post_data_by_table
+from letta_ops.tasks.postgres.privileges import (
     PrivilegeRefused,
     choose_reset_mode,
     probe_privileges,
     restore_plan,
 )
+from letta_ops.tasks.sets.verification import read_dump_toc
+from letta_ops.tasks.store.objects import open_store
 from tests.fixtures.oracle import (
     digest_differences,
     sql_scalar,
@@ -238,7 +238,7 @@ def test_owner_role_refusals_name_the_fix(pg_clusters, major):
 
 
 def test_older_client_than_server_is_refused(pg_cluster, tmp_path: Path):
-    from letta_ops.tasks.postgres_privileges import require_supported_server
+    from letta_ops.tasks.postgres.privileges import require_supported_server
 
     with pytest.raises(PrivilegeRefused, match="major 16, older than the server's 18"):
         require_supported_server(server_major=18, client_major=16)
@@ -279,7 +279,7 @@ def test_only_transaction_timeout_on_an_older_server_is_expected():
 
 
 def test_entries_the_target_already_has_are_left_out_of_the_restore():
-    from letta_ops.tasks.postgres_dump import _exists_in_target
+    from letta_ops.tasks.postgres.dump import _exists_in_target
 
     have_ext, have_schemas = {"vector"}, {"public", "letta"}
     assert _exists_in_target("2; 3079 16387 EXTENSION - vector ", have_ext, have_schemas)
@@ -294,7 +294,7 @@ def test_entries_the_target_already_has_are_left_out_of_the_restore():
 
 
 def test_a_driver_error_becomes_postgres_own_sentence(pg_cluster):
-    from letta_ops.tasks.letta_postgres import database_error_message
+    from letta_ops.tasks.postgres.letta_schema import database_error_message
 
     db = LettaDatabase(uri=pg_cluster.uri("postgres"))
     with pytest.raises(sa.exc.DatabaseError) as failure:
@@ -306,7 +306,7 @@ def test_a_driver_error_becomes_postgres_own_sentence(pg_cluster):
 
 
 def test_cleanup_sql_needs_delete_on_sources(pg_cluster):
-    from letta_ops.tasks.postgres_privileges import require_table_privileges
+    from letta_ops.tasks.postgres.privileges import require_table_privileges
 
     owned = owner_database(pg_cluster, "cleanup")
     admin = LettaDatabase(uri=pg_cluster.uri(owned.database_name))

@@ -15,10 +15,10 @@ from pydantic import SecretStr
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.letta_postgres import connect
-from letta_ops.tasks.pg_client_tools import client_tools
-from letta_ops.tasks.postgres_connect_errors import DatabaseConnectionFailed
-from letta_ops.tasks.postgres_tls import TlsSettingsRefused, tls_settings
+from letta_ops.tasks.postgres.client_tools import client_tools
+from letta_ops.tasks.postgres.connect_errors import DatabaseConnectionFailed
+from letta_ops.tasks.postgres.letta_schema import connect
+from letta_ops.tasks.postgres.tls import TlsSettingsRefused, tls_settings
 
 URI = "postgresql://op:pw@db.internal:5432/letta"
 
@@ -161,7 +161,7 @@ def test_bundled_client_without_tls_is_refused_for_tls(pg_tls_cluster) -> None:
 
 
 def test_doctor_reports_each_connections_tls_state(pg_tls_cluster, pg_cluster) -> None:
-    from letta_ops.tasks.doctor_tls import check_database_tls
+    from letta_ops.tasks.doctor.tls import check_database_tls
 
     verified = check_database_tls(pg_tls_cluster.database())
     details = [f.detail for f in verified]
@@ -181,7 +181,7 @@ def test_doctor_reports_each_connections_tls_state(pg_tls_cluster, pg_cluster) -
 
 
 def test_doctor_asks_for_action_off_this_host_without_verification() -> None:
-    from letta_ops.tasks.doctor_tls import _finding, is_loopback
+    from letta_ops.tasks.doctor.tls import _finding, is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("db.abc.supabase.co") and not is_loopback("10.0.0.5")
@@ -203,7 +203,7 @@ def test_doctor_asks_for_action_off_this_host_without_verification() -> None:
     ],
 )
 def test_transaction_pooler_uris_are_refused_with_the_fix(uri: str, why: str) -> None:
-    from letta_ops.tasks.postgres_pooler import PoolerRefused, refuse_transaction_pooler
+    from letta_ops.tasks.postgres.pooler import PoolerRefused, refuse_transaction_pooler
 
     db = LettaDatabase(uri=uri)
     with pytest.raises(PoolerRefused) as refused:
@@ -222,7 +222,7 @@ def test_transaction_pooler_uris_are_refused_with_the_fix(uri: str, why: str) ->
 
 
 def test_a_direct_session_is_not_taken_for_a_pooler(pg_cluster) -> None:
-    from letta_ops.tasks.postgres_pooler import refuse_transaction_pooler, session_state_kept
+    from letta_ops.tasks.postgres.pooler import refuse_transaction_pooler, session_state_kept
 
     db = LettaDatabase(uri=pg_cluster.uri())
     assert session_state_kept(db)
@@ -230,7 +230,7 @@ def test_a_direct_session_is_not_taken_for_a_pooler(pg_cluster) -> None:
 
 
 def test_preflight_says_when_a_letta_server_cannot_use_the_tls_settings(ca_file: Path) -> None:
-    from letta_ops.tasks.letta_server_tls import ServerTlsUnsupported, require_server_can_use_tls
+    from letta_ops.tasks.letta.server_tls import ServerTlsUnsupported, require_server_can_use_tls
 
     uri = f"{URI}?sslmode=verify-full&sslrootcert={ca_file}"
     require_server_can_use_tls(LettaDatabase(uri=uri), "0.16.2")  # sslmode + CA: every version
@@ -245,13 +245,13 @@ def test_a_real_transaction_pooler_is_detected_and_refused_before_pg_dump(
 ) -> None:
     """Through a real pgbouncer: its transaction pool is refused before pg_dump starts (nothing
     is written), with the fix; its session pool and a direct URI beside it are accepted."""
-    from letta_ops.tasks.object_store import LocalObjectStore
-    from letta_ops.tasks.postgres_dump import dump_to_store
-    from letta_ops.tasks.postgres_pooler import (
+    from letta_ops.tasks.postgres.dump import dump_to_store
+    from letta_ops.tasks.postgres.pooler import (
         PoolerRefused,
         refuse_transaction_pooler,
         session_state_kept,
     )
+    from letta_ops.tasks.store.objects import LocalObjectStore
 
     pooled = LettaDatabase(uri=pgbouncer.uri())
     assert not session_state_kept(pooled)
@@ -268,7 +268,7 @@ def test_a_real_transaction_pooler_is_detected_and_refused_before_pg_dump(
 
 
 def test_the_audit_store_on_postgres_takes_the_same_tls_settings(pg_tls_cluster) -> None:
-    from letta_ops.tasks.audit_store import AuditStore
+    from letta_ops.tasks.audit.store import AuditStore
 
     store = AuditStore(pg_tls_cluster.uri())  # ?sslmode=verify-full&sslrootcert=...
     with store.engine.connect() as conn:

@@ -1,6 +1,6 @@
 """The private Prefect functions letta-ops still uses, pinned so a Prefect upgrade fails here.
 
-Why: ``flows/server_lock.py`` takes and renews the destructive lock's lease with Prefect 3.8's
+Why: ``tasks/runs/lock.py`` takes and renews the destructive lock's lease with Prefect 3.8's
 private lease functions (the public ``concurrency()`` hides the lease id a holder must record).
 A Prefect release that moves or changes them must fail this test, not an upgrade at 2 a.m.
 Everything else letta-ops imports from Prefect is public API; this test also proves that.

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from letta_ops.tasks.letta_runtime_process import (
+from letta_ops.tasks.letta.versions import UnsupportedLettaVersion
+from letta_ops.tasks.runtimes.process import (
     MigrationsUnavailable,
     installed_runtime,
     migrations_dir,
@@ -13,7 +14,6 @@ from letta_ops.tasks.letta_runtime_process import (
     server_environment,
     start_server,
 )
-from letta_ops.tasks.letta_versions import UnsupportedLettaVersion
 
 
 def test_env_file_and_explicit_variables_reach_the_server(tmp_path, monkeypatch):
@@ -61,7 +61,7 @@ def test_start_refuses_unpinned_and_other_products(tmp_path, version):
 
 
 def test_missing_migrations_name_the_versions_that_work(tmp_path):
-    from letta_ops.tasks.letta_runtime_process import InstalledRuntime
+    from letta_ops.tasks.runtimes.process import InstalledRuntime
 
     runtime = InstalledRuntime("0.11.3", tmp_path, tmp_path / "v", tmp_path / "s", False, True)
     with pytest.raises(MigrationsUnavailable) as err:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from letta_ops.tasks.audit_store import AuditStore
+from letta_ops.tasks.audit.store import AuditStore
 from tests.fixtures.kill_run import kill_when_step_begins, letta_ops, run_letta_ops
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import (

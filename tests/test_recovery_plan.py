@@ -5,9 +5,9 @@ from __future__ import annotations
 import stat
 from datetime import UTC, datetime
 
-from letta_ops.tasks.letta_runtime_process import private_directory
-from letta_ops.tasks.recovery_plan import plan_recovery
-from letta_ops.tasks.run_journal import JournalEntry
+from letta_ops.tasks.runs.journal import JournalEntry
+from letta_ops.tasks.runs.recovery_plan import plan_recovery
+from letta_ops.tasks.runtimes.process import private_directory
 
 UPGRADE = {
     "backup_set": "prod/20261123T010000Z-abc",
@@ -105,7 +105,7 @@ def test_state_directories_are_private(tmp_path):
 
 
 def test_a_failed_tool_is_named_by_its_final_error_line():
-    from letta_ops.tasks.letta_runtime_process import final_error_line
+    from letta_ops.tasks.runtimes.process import final_error_line
 
     traceback = (
         "INFO  [alembic.runtime.migration] Running upgrade a -> b\n"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from letta_ops.flows.rehearse import downtime_steps, notable_lines
-from letta_ops.tasks.rehearsal_history import rehearsal_is_current
-from letta_ops.tasks.run_journal import JournaledSteps
+from letta_ops.tasks.audit.rehearsal_history import rehearsal_is_current
+from letta_ops.tasks.runs.journal import JournaledSteps
 
 
 def test_downtime_is_from_the_stop_to_the_verification() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import letta_ops.flows
-from letta_ops.flows.flow_report import FlowReport
-from letta_ops.tasks.report_schema import SCHEMA_VERSION
+from letta_ops.tasks.runs.report import FlowReport
+from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 ROW = re.compile(r"^\| `(?P<command>[a-z -]+)` \| `(?P<report>\w+Report)` \| `(?P<keys>[^`]+)` \|$")

@@ -11,11 +11,22 @@ from datetime import UTC, datetime
 import pytest
 
 from letta_ops.cli.main import EXIT_BAD_INPUT, main
-from letta_ops.tasks.agent_file import AgentFileError, rename_agent_file, summarize_agent_file
-from letta_ops.tasks.agent_names import ASCII, UNICODE
-from letta_ops.tasks.agent_restore import AgentRestoreRefused, copy_name, plan_agent_restore
-from letta_ops.tasks.backup_catalog import BackupSetError, load_manifest, record_verification
-from letta_ops.tasks.backup_manifest import (
+from letta_ops.tasks.letta.agent_file import AgentFileError, rename_agent_file, summarize_agent_file
+from letta_ops.tasks.letta.agent_names import ASCII, UNICODE
+from letta_ops.tasks.letta.agent_restore import AgentRestoreRefused, copy_name, plan_agent_restore
+from letta_ops.tasks.postgres.restore_target import (
+    RestoreTargetRefused,
+    same_database,
+    target_database,
+)
+from letta_ops.tasks.sets.admission import (
+    BackupSetRefused,
+    newest_rollback_set,
+    require_intact,
+    require_same_server,
+)
+from letta_ops.tasks.sets.catalog import BackupSetError, load_manifest, record_verification
+from letta_ops.tasks.sets.manifest import (
     MANIFEST_NAME,
     AgentEntry,
     BackupManifest,
@@ -23,14 +34,7 @@ from letta_ops.tasks.backup_manifest import (
     agent_file_key,
     set_prefix,
 )
-from letta_ops.tasks.backup_set_admission import (
-    BackupSetRefused,
-    newest_rollback_set,
-    require_intact,
-    require_same_server,
-)
-from letta_ops.tasks.object_store import LocalObjectStore
-from letta_ops.tasks.restore_target import RestoreTargetRefused, same_database, target_database
+from letta_ops.tasks.store.objects import LocalObjectStore
 
 
 def agent_file(name: str, blocks: dict[str, str], messages: int) -> bytes:

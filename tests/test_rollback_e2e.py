@@ -22,15 +22,15 @@ from letta_ops.flows.restore import restore, restored_runtime
 from letta_ops.flows.restore_agents import restore_agents
 from letta_ops.flows.rollback import RollbackFailed, rollback
 from letta_ops.flows.upgrade import upgrade
-from letta_ops.tasks.agent_file import summarize_agent_file
-from letta_ops.tasks.agent_restore import AgentRestoreRefused
-from letta_ops.tasks.backup_catalog import list_backup_sets, load_manifest
-from letta_ops.tasks.backup_set_admission import BackupSetRefused
-from letta_ops.tasks.embedded_postgres import free_loopback_port
-from letta_ops.tasks.letta_api import offline_agent_body
-from letta_ops.tasks.letta_postgres import connect
-from letta_ops.tasks.object_store import S3ObjectStore
-from letta_ops.tasks.restore_target import RestoreTargetRefused, port_in_use
+from letta_ops.tasks.letta.agent_file import summarize_agent_file
+from letta_ops.tasks.letta.agent_restore import AgentRestoreRefused
+from letta_ops.tasks.letta.api import offline_agent_body
+from letta_ops.tasks.postgres.embedded import free_loopback_port
+from letta_ops.tasks.postgres.letta_schema import connect
+from letta_ops.tasks.postgres.restore_target import RestoreTargetRefused, port_in_use
+from letta_ops.tasks.sets.admission import BackupSetRefused
+from letta_ops.tasks.sets.catalog import list_backup_sets, load_manifest
+from letta_ops.tasks.store.objects import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import (
     digest_differences,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from letta_ops.flows import run_timeouts
 from letta_ops.flows.backup import backup
 from letta_ops.flows.rollback import rollback
 from letta_ops.flows.upgrade import migrate_step
+from letta_ops.tasks.runs import timeouts as run_timeouts
 
 
 def test_a_variable_overrides_the_default(monkeypatch) -> None:

@@ -84,7 +84,7 @@ def test_a_hung_dump_times_out_and_frees_the_lock_and_the_slot(prefect_harness, 
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
     from letta_ops.flows.backup import backup
-    from letta_ops.flows.server_lock import destructive_lock, occupied_slots
+    from letta_ops.tasks.runs.lock import destructive_lock, occupied_slots
 
     name, pid_file, bucket = hung_server
     store_slot = f"letta-ops-test-store-{uuid.uuid4().hex[:8]}"

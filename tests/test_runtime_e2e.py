@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from letta_ops.tasks.letta_api import LettaAPIError, offline_agent_body
-from letta_ops.tasks.letta_postgres import alembic_revision
-from letta_ops.tasks.letta_runtime_process import installed_runtime, running_server
-from letta_ops.tasks.letta_versions import ALEMBIC_HEADS
+from letta_ops.tasks.letta.api import LettaAPIError, offline_agent_body
+from letta_ops.tasks.letta.versions import ALEMBIC_HEADS
+from letta_ops.tasks.postgres.letta_schema import alembic_revision
+from letta_ops.tasks.runtimes.process import installed_runtime, running_server
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, rename_agent, seed_agents
 from tests.fixtures.oracle import sql_agents, sql_table_counts
 
@@ -67,7 +67,7 @@ def test_a_server_with_a_password_is_started_secured(make_database, monkeypatch,
     import psutil
 
     from letta_ops.cli.main import main
-    from letta_ops.tasks.embedded_postgres import free_loopback_port
+    from letta_ops.tasks.postgres.embedded import free_loopback_port
 
     db = make_database("secured")
     password = "pw-" + tmp_path.name[-12:]

@@ -33,9 +33,9 @@ import pytest
 from letta_ops.blocks.letta_runtime import RuntimeRefused
 from letta_ops.flows.rollback import rollback
 from letta_ops.flows.upgrade import UpgradeFailed, upgrade
-from letta_ops.tasks.embedded_postgres import free_loopback_port
-from letta_ops.tasks.letta_health import probe_health, wait_for_health
-from letta_ops.tasks.letta_runtime_compose import compose_image_tag, run_compose
+from letta_ops.tasks.letta.health import probe_health, wait_for_health
+from letta_ops.tasks.postgres.embedded import free_loopback_port
+from letta_ops.tasks.runtimes.compose import compose_image_tag, run_compose
 from tests.fixtures.letta import NEW_VERSION, seed_agents
 from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
 
@@ -95,7 +95,7 @@ def _compose_server(
     run_compose(["docker", "compose", "-f", str(compose_file), "up", "-d", "letta_server"])
     wait_for_health(base_url, FROM_VERSION, timeout=300)
     from letta_ops.blocks.letta_server import LettaServer
-    from letta_ops.tasks.letta_api import LettaClient
+    from letta_ops.tasks.letta.api import LettaClient
 
     with LettaClient(LettaServer(name=name, base_url=base_url)) as client:
         seed_agents(client, 5, prefix=name)
@@ -257,7 +257,7 @@ def test_command_and_manual_runtimes_upgrade_and_roll_back(
 def _command_then_manual(database, base_url: str, start: Path, stop: Path, monkeypatch) -> None:
     wait_for_health(base_url, FROM_VERSION, timeout=30)
     from letta_ops.blocks.letta_server import LettaServer
-    from letta_ops.tasks.letta_api import LettaClient
+    from letta_ops.tasks.letta.api import LettaClient
 
     with LettaClient(LettaServer(name="hooked", base_url=base_url)) as client:
         seed_agents(client, 4, prefix="hooked")

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from letta_ops.flows.backup import backup
-from letta_ops.flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
-from letta_ops.tasks.agent_names import name_rule_for, plan_renames
-from letta_ops.tasks.backup_catalog import load_manifest
-from letta_ops.tasks.letta_postgres import connect
-from letta_ops.tasks.object_store import S3ObjectStore
+from letta_ops.flows.steps.scratch_export import export_via_scratch_copy, exports_v1_agent_files
+from letta_ops.tasks.letta.agent_names import name_rule_for, plan_renames
+from letta_ops.tasks.postgres.letta_schema import connect
+from letta_ops.tasks.sets.catalog import load_manifest
+from letta_ops.tasks.store.objects import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, rename_agent, seed_agents
 
 pytestmark = pytest.mark.e2e

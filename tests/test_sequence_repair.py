@@ -9,9 +9,9 @@ import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
-from letta_ops.tasks.embedded_postgres import free_loopback_port
-from letta_ops.tasks.letta_postgres import connect, quote_ident
-from letta_ops.tasks.sequence_repair import (
+from letta_ops.tasks.postgres.embedded import free_loopback_port
+from letta_ops.tasks.postgres.letta_schema import connect, quote_ident
+from letta_ops.tasks.postgres.sequence_repair import (
     SequenceColumn,
     find_sequence_columns,
     repair_sequences,

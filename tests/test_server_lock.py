@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from letta_ops.flows.server_lock import ServerBusy, destructive_lock
+from letta_ops.tasks.runs.lock import ServerBusy, destructive_lock
 
 
 def _contend(server: str, timeout: float, hold: float, runs: int = 2) -> list[str]:
@@ -54,7 +54,7 @@ def test_a_held_slot_is_refused_at_once(prefect_harness):
 
 HOLD_AND_SLEEP = """
 import sys, time
-from letta_ops.flows.server_lock import destructive_lock
+from letta_ops.tasks.runs.lock import destructive_lock
 with destructive_lock(sys.argv[1], 0):
     print("held", flush=True)
     time.sleep(600)
@@ -85,7 +85,7 @@ def test_a_killed_holder_is_named_then_reclaimed_at_once(prefect_harness):
     import os
     import signal
 
-    from letta_ops.flows.server_lock import lock_identity, read_holder, unlock
+    from letta_ops.tasks.runs.lock import lock_identity, read_holder, unlock
 
     proc = _holder_process("lock-killed")
     try:
@@ -114,7 +114,7 @@ def test_unlock_frees_a_dead_holder_and_says_why(prefect_harness):
     import os
     import signal
 
-    from letta_ops.flows.server_lock import UnlockReport, lock_identity, occupied_slots, unlock
+    from letta_ops.tasks.runs.lock import UnlockReport, lock_identity, occupied_slots, unlock
 
     key = lock_identity("lock-unlock")
 
@@ -162,7 +162,7 @@ def _orphaned_slot(identity: str, lease_id: str | None) -> dict:
 
     from prefect.client.orchestration import get_client
 
-    from letta_ops.flows.server_lock import (
+    from letta_ops.tasks.runs.lock import (
         _create_variable,
         holder_variable,
         lock_name,
@@ -187,7 +187,7 @@ def _orphaned_slot(identity: str, lease_id: str | None) -> dict:
 
 
 def test_two_server_names_for_one_database_share_one_lock(prefect_harness):
-    from letta_ops.flows.server_lock import lock_identity
+    from letta_ops.tasks.runs.lock import lock_identity
 
     one, same, other = _database(5999), _database(5999, host="127.0.0.1"), _database(5998)
     assert lock_identity("a", one) == lock_identity("b", same) != lock_identity("a", other)
@@ -209,7 +209,7 @@ def test_a_lease_lost_with_a_temporary_prefect_server_is_given_back_exactly_once
     no more (the count while held is 1, after 0), with no --force."""
     import uuid
 
-    from letta_ops.flows.server_lock import lock_identity, occupied_slots, read_holder
+    from letta_ops.tasks.runs.lock import lock_identity, occupied_slots, read_holder
 
     key = lock_identity("lock-lost", _database(5990))
     dead = _orphaned_slot(key, str(uuid.uuid4()))
@@ -227,7 +227,7 @@ def test_a_dead_holder_is_replaced_only_by_the_winner_of_its_ticket(prefect_harn
     import socket
     import uuid
 
-    from letta_ops.flows.server_lock import (
+    from letta_ops.tasks.runs.lock import (
         _create_variable,
         _delete_variable,
         lock_identity,
@@ -256,7 +256,7 @@ def test_a_dead_holder_is_replaced_only_by_the_winner_of_its_ticket(prefect_harn
 def test_two_callers_reclaiming_one_dead_holder_free_one_slot(prefect_harness):
     import uuid
 
-    from letta_ops.flows.server_lock import lock_identity, occupied_slots
+    from letta_ops.tasks.runs.lock import lock_identity, occupied_slots
 
     key = lock_identity("lock-two-reclaimers")
     _orphaned_slot(key, str(uuid.uuid4()))
@@ -266,7 +266,7 @@ def test_two_callers_reclaiming_one_dead_holder_free_one_slot(prefect_harness):
 
 CLAIM_AND_SLEEP = """
 import sys, time
-from letta_ops.flows.server_lock import _claim, lock_identity
+from letta_ops.tasks.runs.lock import _claim, lock_identity
 _claim(sys.argv[1], lock_identity(sys.argv[1]), 0, ())
 print("claimed", flush=True)
 time.sleep(600)
@@ -283,7 +283,7 @@ def test_a_run_killed_after_its_claim_before_the_slot_is_taken_over(prefect_harn
 
     from prefect.settings import PREFECT_API_URL
 
-    from letta_ops.flows.server_lock import lock_identity, occupied_slots, read_holder
+    from letta_ops.tasks.runs.lock import lock_identity, occupied_slots, read_holder
 
     key = lock_identity("lock-claimed")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
@@ -313,7 +313,7 @@ def test_a_journal_proves_a_holder_dead_whatever_prefect_says(prefect_harness):
     another host, whose Prefect run another API never saw) is replaced on that proof."""
     import uuid
 
-    from letta_ops.flows.server_lock import (
+    from letta_ops.tasks.runs.lock import (
         DeadRun,
         _create_variable,
         holder_variable,

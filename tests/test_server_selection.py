@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from letta_ops.tasks.server_selection import (
+from letta_ops.tasks.runs.server_selection import (
     SelectionRefused,
     ServerEntry,
     plan_waves,

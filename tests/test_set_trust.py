@@ -18,7 +18,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from letta_ops.flows.verify import resolve_set
-from letta_ops.tasks.backup_catalog import (
+from letta_ops.tasks.sets.admission import newest_rollback_set
+from letta_ops.tasks.sets.authentication import canonical_form, open_repository
+from letta_ops.tasks.sets.catalog import (
     UntrustedSet,
     check_manifest,
     list_backup_sets,
@@ -27,25 +29,23 @@ from letta_ops.tasks.backup_catalog import (
     record_verification,
     write_manifest,
 )
-from letta_ops.tasks.backup_manifest import (
+from letta_ops.tasks.sets.manifest import (
     MANIFEST_NAME,
     BackupManifest,
     ManifestObject,
     SetEncryption,
     set_prefix,
 )
-from letta_ops.tasks.backup_retention import (
+from letta_ops.tasks.sets.retention import (
     REASON_QUARANTINED,
     RetentionPolicy,
     execute_plan,
     plan_retention,
     safety_pin_until,
 )
-from letta_ops.tasks.backup_set_admission import newest_rollback_set
-from letta_ops.tasks.backup_verification import check_objects
-from letta_ops.tasks.object_encryption import SCHEME, DecryptionFailed
-from letta_ops.tasks.object_store import ObjectChanged, ReadPin, S3ObjectStore
-from letta_ops.tasks.set_authentication import canonical_form, open_repository
+from letta_ops.tasks.sets.verification import check_objects
+from letta_ops.tasks.store.encryption import SCHEME, DecryptionFailed
+from letta_ops.tasks.store.objects import ObjectChanged, ReadPin, S3ObjectStore
 
 KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 SERVER = "prod"
@@ -335,13 +335,13 @@ def test_a_catalog_document_larger_than_the_limit_is_not_read(bucket, monkeypatc
     client, name = bucket
     store = _store(client, name, encryption=KEY)
     _write_set(store, REAL)
-    monkeypatch.setattr("letta_ops.tasks.backup_catalog.MAX_DOCUMENT_BYTES", 64)
+    monkeypatch.setattr("letta_ops.tasks.sets.catalog.MAX_DOCUMENT_BYTES", 64)
     [summary] = list_backup_sets(store, SERVER)
     assert summary.trust == "untrusted" and "not read" in summary.trust_reason
 
 
 def test_a_decrypted_dump_is_readable_by_this_user_alone(bucket):
-    from letta_ops.tasks.backup_verification import downloaded
+    from letta_ops.tasks.sets.verification import downloaded
 
     client, name = bucket
     store = _store(client, name, encryption=KEY)
@@ -400,7 +400,7 @@ def test_open_server_is_refused_when_a_password_is_configured():
 
 def test_the_rebuild_scratch_server_always_runs_secured(monkeypatch, tmp_path):
     from letta_ops.blocks.server_profile import load_profile
-    from letta_ops.flows.scratch_export import secured_scratch
+    from letta_ops.flows.steps.scratch_export import secured_scratch
 
     monkeypatch.setenv("LETTA_BASE_URL", "http://127.0.0.1:8283")
     monkeypatch.setenv("LETTA_OPS_OPEN_SERVER", "1")
@@ -427,8 +427,8 @@ def test_only_a_release_reaches_an_operator_command(version):
 @pytest.mark.parametrize("keys", [{"encryption": KEY}, {"signing": KEY}])
 def test_a_locked_store_keeps_the_repository_key(bucket, keys):
     """--lock-days rebuilds the store that holds the bytes: its sets must still be signed."""
-    from letta_ops.tasks.backup_catalog import repository_keys_of
-    from letta_ops.tasks.object_store import ObjectLock, with_object_lock
+    from letta_ops.tasks.sets.catalog import repository_keys_of
+    from letta_ops.tasks.store.objects import ObjectLock, with_object_lock
 
     client, name = bucket
     store = _store(client, name, **keys)
@@ -438,7 +438,7 @@ def test_a_locked_store_keeps_the_repository_key(bucket, keys):
 
 def test_a_set_signed_with_a_key_not_configured_asks_for_that_key(bucket):
     """Not a forgery but a missing key: one sentence naming the key id to supply."""
-    from letta_ops.tasks.object_encryption import EncryptionKeyMissing, parse_key
+    from letta_ops.tasks.store.encryption import EncryptionKeyMissing, parse_key
 
     client, name = bucket
     _write_set(_store(client, name, encryption=KEY), REAL)

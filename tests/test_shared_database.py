@@ -18,16 +18,16 @@ import pytest
 import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.tasks.letta_postgres import (
+from letta_ops.tasks.postgres.dump import PgToolError, dump_to_store, list_dump, restore_dump
+from letta_ops.tasks.postgres.letta_schema import (
     ResetRefused,
     connect,
     create_database,
     drop_database,
     empty_database,
 )
-from letta_ops.tasks.object_store import open_store
-from letta_ops.tasks.postgres_dump import PgToolError, dump_to_store, list_dump, restore_dump
-from letta_ops.tasks.postgres_privileges import PrivilegeRefused, restore_plan
+from letta_ops.tasks.postgres.privileges import PrivilegeRefused, restore_plan
+from letta_ops.tasks.store.objects import open_store
 from tests.fixtures.oracle import sql_execute, sql_scalar, sql_table_counts
 from tests.fixtures.postgres import owner_database
 from tests.fixtures.shared_database import share_database, toc_mentions, untouched_digests

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from letta_ops.tasks.source_cleanup import FolderState, base_name, find_duplicates, plan_cleanup
-from letta_ops.tasks.source_phantom_rows import PhantomRow
+from letta_ops.tasks.letta.source_cleanup import (
+    FolderState,
+    base_name,
+    find_duplicates,
+    plan_cleanup,
+)
+from letta_ops.tasks.letta.source_phantom_rows import PhantomRow
 
 
 @pytest.mark.parametrize(

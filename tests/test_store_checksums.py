@@ -25,14 +25,16 @@ import pytest
 import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import default_pg_bin_dir
-from letta_ops.tasks.backup_manifest import (
+from letta_ops.tasks.postgres.dump import PgToolError, dump_to_store
+from letta_ops.tasks.postgres.letta_schema import connect
+from letta_ops.tasks.sets.manifest import (
     AgentEntry,
     BackupManifest,
     ManifestObject,
     agent_file_key,
     set_prefix,
 )
-from letta_ops.tasks.backup_verification import (
+from letta_ops.tasks.sets.verification import (
     TOC_FIRST_READ,
     check_dump,
     check_objects,
@@ -40,8 +42,7 @@ from letta_ops.tasks.backup_verification import (
     drill,
     read_dump_toc,
 )
-from letta_ops.tasks.letta_postgres import connect
-from letta_ops.tasks.object_store import (
+from letta_ops.tasks.store.objects import (
     LocalObjectStore,
     MiB,
     S3ObjectStore,
@@ -49,7 +50,6 @@ from letta_ops.tasks.object_store import (
     StoredObject,
     range_span,
 )
-from letta_ops.tasks.postgres_dump import PgToolError, dump_to_store
 from tests.test_object_store import GeneratedStream
 
 PART_SIZE = 5 * MiB
@@ -235,7 +235,7 @@ def test_a_toc_longer_than_the_first_read_is_read_in_growing_prefixes(
     backup_set, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, _client, calls, manifest = backup_set
-    monkeypatch.setattr("letta_ops.tasks.backup_verification.TOC_FIRST_READ", 512)
+    monkeypatch.setattr("letta_ops.tasks.sets.verification.TOC_FIRST_READ", 512)
 
     result = check_dump(store, manifest)
 
@@ -253,7 +253,7 @@ def test_a_plaintext_drill_downloads_the_whole_dump_before_any_sql(
     pg_restore runs. (An encrypted set streams: each frame is authenticated on arrival, see
     tests/test_encryption_e2e.py.)"""
     store, _client, calls, manifest = backup_set
-    monkeypatch.setattr("letta_ops.tasks.backup_verification.TOC_FIRST_READ", 512)
+    monkeypatch.setattr("letta_ops.tasks.sets.verification.TOC_FIRST_READ", 512)
 
     result = drill(store, manifest, make_database("drill_target"), jobs=2)
 
@@ -381,7 +381,7 @@ def test_downloaded_refuses_a_dump_whose_sha256_differs(s3) -> None:
 
 _DOWNLOAD_PROBE = """
 import json, os, sys, tracemalloc
-from letta_ops.tasks.object_store import open_store
+from letta_ops.tasks.store.objects import open_store
 
 store = open_store(os.environ["PROBE_URL"])
 store.exists("warm-up")  # load botocore's lazily read models before measuring

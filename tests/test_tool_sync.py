@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from letta_ops.flows.sync_tools import effective_dry_run
-from letta_ops.tasks.tool_sync import (
+from letta_ops.tasks.letta.tool_sync import (
     TargetSelectionError,
     TargetSelector,
     plan_agent_tools,

@@ -8,13 +8,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 from botocore.exceptions import ClientError
 
-from letta_ops.flows.operator_approval import ApprovalDeclined
-from letta_ops.flows.server_lock import ServerBusy, destructive_lock
 from letta_ops.flows.upgrade import UpgradeFailed, UpgradeRefused, upgrade
-from letta_ops.tasks.backup_catalog import list_backup_sets
-from letta_ops.tasks.letta_postgres import alembic_revision
-from letta_ops.tasks.letta_versions import ALEMBIC_HEADS
-from letta_ops.tasks.object_store import S3ObjectStore
+from letta_ops.tasks.letta.versions import ALEMBIC_HEADS
+from letta_ops.tasks.postgres.letta_schema import alembic_revision
+from letta_ops.tasks.runs.approval import ApprovalDeclined
+from letta_ops.tasks.runs.lock import ServerBusy, destructive_lock
+from letta_ops.tasks.sets.catalog import list_backup_sets
+from letta_ops.tasks.store.objects import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, rename_agent, seed_agents
 from tests.fixtures.oracle import (
     http_agents,

@@ -14,10 +14,10 @@ from letta_ops.flows.recover import RecoverReport, render_recover_markdown
 from letta_ops.flows.rehearse import RehearsalReport, render_rehearsal_markdown
 from letta_ops.flows.restore import RestoreReport, render_restore_markdown
 from letta_ops.flows.rollback import RollbackReport, render_rollback_markdown
-from letta_ops.flows.server_lock import UnlockReport
 from letta_ops.flows.upgrade import UpgradeReport, render_upgrade_markdown
-from letta_ops.tasks.recovery_plan import RecoveryPlan
-from letta_ops.tasks.report_schema import SCHEMA_VERSION
+from letta_ops.tasks.runs.lock import UnlockReport
+from letta_ops.tasks.runs.recovery_plan import RecoveryPlan
+from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
 
 SET = "prod/20261123T021500Z-aaaa1111"
 SAFETY = "prod/20261124T021500Z-bbbb2222"

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from letta_ops.tasks.letta_runtime_process import uv_binary
+from letta_ops.tasks.runtimes.process import uv_binary
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
 
 pytestmark = pytest.mark.e2e
@@ -137,7 +137,7 @@ def test_backup_doctor_and_restore_from_the_wheel(
 ) -> None:
     from prefect.settings import PREFECT_API_URL
 
-    from letta_ops.tasks.letta_inventory import agent_inventory
+    from letta_ops.tasks.postgres.letta_inventory import agent_inventory
 
     running = start_letta(NEW_VERSION, "wheel-e2e")
     with running.client() as client:

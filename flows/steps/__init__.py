@@ -1,0 +1,1 @@
+"""Steps that several flows share (tasks and sub-steps), apart from the flows themselves."""

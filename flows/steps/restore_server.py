@@ -1,0 +1,288 @@
+"""Put a backup set back into a Letta server's database and start the set's version.
+
+Shared by the upgrade's automatic rollback, the rollback flow and the restore flow: one way to
+restore, so that it is the same well-tested path every time. Each step is one system (the
+runtime, PostgreSQL, the store); the order and the proof are here. The rollback and restore
+flows call the steps one by one (so each is a task in the Prefect UI); the upgrade's rollback
+and the rollback's own undo call :func:`restore_server_from_set`, which never raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from prefect import get_run_logger
+from pydantic import Field
+
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.blocks.letta_runtime import LettaRuntime, quiet
+from letta_ops.blocks.server_profile import ServerProfile
+from letta_ops.flows.verify import CountDifference
+from letta_ops.tasks.letta.api import LettaClient
+from letta_ops.tasks.postgres.dump import restore_dump
+from letta_ops.tasks.postgres.letta_schema import (
+    create_database,
+    database_error_message,
+    drop_database,
+    empty_database,
+    incoming_database,
+    swap_in_database,
+    table_row_counts,
+)
+from letta_ops.tasks.postgres.privileges import RequestedReset, restore_plan
+from letta_ops.tasks.postgres.sequence_repair import repair_sequences
+from letta_ops.tasks.runs.report import ReportPart
+from letta_ops.tasks.sets.admission import require_key
+from letta_ops.tasks.sets.catalog import runtime_files_of_set
+from letta_ops.tasks.sets.manifest import BackupManifest
+from letta_ops.tasks.sets.verification import (
+    Phase,
+    compare_counts,
+    downloaded,
+    dump_head,
+    no_phase,
+    restore_set_dump,
+)
+from letta_ops.tasks.store.objects import ObjectStore
+
+
+class ServerStart(ReportPart):
+    """A Letta server started on a restored database (:func:`start_set_version`)."""
+
+    pid: int | None = Field(description="Its process id (None: a runtime that does not say).")
+    version: str
+    base_url: str
+    auth: str | None = Field(
+        description="'password required', 'OPEN', or None when the runtime does not say."
+    )
+
+
+class ServerProof(ReportPart):
+    """The running server against a set's manifest (:func:`prove_server_matches_set`)."""
+
+    ok: bool = Field(description="Version, agents and every table's count equal the set's.")
+    version: str = Field(description="The version the server reports.")
+    agents: int = Field(description="Agents the server lists.")
+    agents_equal: bool = Field(description="The same agents (id -> name) as the set.")
+    agents_missing: list[str] = Field(description="Ids in the set the server lacks.")
+    agents_unexpected: list[str] = Field(description="Ids the server has, the set not.")
+    count_differences: list[CountDifference]
+
+
+class ServerRestore(ReportPart):
+    """A whole server put back on a set (:func:`restore_server_from_set`): an upgrade's
+    rollback, a rollback's undo, a recovery. Never raised: ``ok`` and ``error`` say."""
+
+    ok: bool
+    set: str = Field(description="SERVER/SET_ID restored.")
+    seconds: float = Field(description="How long it took, stop to proof.")
+    version: str | None = Field(None, description="The version running after (None: failed).")
+    agents: int | None = None
+    agents_equal: bool | None = Field(None, description="The set's agents, by id and name.")
+    count_differences: list[CountDifference] | None = None
+    sequences: list[dict[str, Any]] | None = Field(
+        None,
+        description="The sequence repair's changes; their keys vary by action (action, "
+        "sequence, table, column, from, to).",
+    )
+    error: str | None = Field(None, description="Why it failed (None: it did not).")
+
+
+def database_for_set(database: LettaDatabase, manifest: BackupManifest) -> LettaDatabase:
+    """``database`` with the schema the set's tables live in (the Docker image's init script
+    puts them in a schema named after the database, not in ``public``)."""
+    if manifest.db_schema != "public" and database.db_schema != manifest.db_schema:
+        return database.model_copy(update={"db_schema": manifest.db_schema})
+    return database
+
+
+def with_reset_mode(
+    database: LettaDatabase, requested: RequestedReset | None = None
+) -> tuple[LettaDatabase, dict[str, Any]]:
+    """Pre-flight of every restore into ``database``: prove the role may empty it (recreate,
+    or reset in place) and restore into it, and fix the mode for the whole run, undo
+    included. Returns the database with a concrete ``reset_mode`` and the facts for the plan.
+    Raises ``PrivilegeRefused`` (nothing changed) with the missing privilege and its fix."""
+    plan = restore_plan(database, requested)
+    return database.model_copy(update={"reset_mode": plan["reset_mode"]}), plan
+
+
+def empty_database_steps(mode: str) -> list[str]:
+    """How a plan names the step that empties the database, by reset mode."""
+    if mode == "recreate":
+        return ["drop and recreate database", "install pgvector"]
+    return [
+        "drop Letta's tables, sequences and types in place (database, pgvector and "
+        "everything that is not Letta's kept)"
+    ]
+
+
+def restore_database_from_set(
+    database: LettaDatabase,
+    store: ObjectStore,
+    manifest: BackupManifest,
+    jobs: int = 2,
+    phase: Phase = no_phase,
+) -> dict[str, Any]:
+    """Put the set's database in place of ``database``, as its ``reset_mode`` says (``auto``
+    decides now): ``recreate`` restores into a new database while the dump downloads and
+    swaps it in once counted; ``in-place`` downloads the dump, resets the schema, restores
+    (``jobs`` parallel pg_restore workers). Then sequences are fixed and per-table counts
+    compared with the manifest. ``phase`` (a flow's ``PhaseClock.phase``) times each step;
+    a streamed restore's download, pre-data, data and post-data are one phase ("stream
+    restore"), an in-place one's download ("download") comes before its restore."""
+    require_key(store, manifest)
+    database = database_for_set(database, manifest)
+    if database.reset_mode == "auto":
+        database, _ = with_reset_mode(database)
+    if database.reset_mode == "recreate":
+        return _restore_beside_and_swap(database, store, manifest, jobs, phase)
+    expected = manifest.objects[manifest.dump]
+    # In place there is nowhere else to restore to: the dump is downloaded (decrypted and
+    # authenticated, sha256 compared) before the schema is emptied, so a damaged dump or a
+    # wrong key leaves the database as it was.
+    # Letta's objects only: the set's tables (and any Letta table a newer version added) are
+    # dropped; the operator's tables and other schemas stay
+    # (letta_ops.tasks.postgres.letta_objects).
+    with contextlib.ExitStack() as files:
+        with phase("download"):
+            dump_path = files.enter_context(downloaded(store, manifest.dump, expected.sha256))
+        with phase("empty database"):
+            empty_database(database, database.reset_mode, also_tables=manifest.row_counts)
+        with phase("restore"):
+            warnings = restore_dump(database, dump_path, jobs=jobs)
+    with phase("sequences"):
+        sequences = repair_sequences(database).to_dict()
+    with phase("counts"):
+        differences = compare_counts(
+            manifest.row_counts, table_row_counts(database, manifest.row_counts)
+        )
+    return {"restore_warnings": warnings, "sequences": sequences, "count_differences": differences}
+
+
+def _restore_beside_and_swap(
+    database: LettaDatabase, store: ObjectStore, manifest: BackupManifest, jobs: int, phase: Phase
+) -> dict[str, Any]:
+    """Recreate mode: restore into a new database beside the live one *while the dump
+    downloads*, prove it (digest, sequences, per-table counts), and only then drop the live
+    database and rename the new one in its place.
+
+    Why: the download and the restore overlap (about the slower of the two, not their sum),
+    and the live database stays exactly as it was until a complete, counted copy replaces it;
+    a copy whose counts differ from the manifest is dropped and the live database kept.
+    """
+    incoming = incoming_database(database)
+    with contextlib.ExitStack() as head_held:
+        with phase("dump head"):  # a wrong key or a damaged header: nothing created
+            head = head_held.enter_context(dump_head(store, manifest))
+        with phase("create database"):
+            drop_database(incoming)  # left by a restore that was interrupted
+            create_database(incoming, with_pgvector=True, pgvector_schema=manifest.pgvector_schema)
+        try:
+            with phase("stream restore"):
+                warnings = restore_set_dump(manifest, incoming, head, jobs)
+            with phase("sequences"):
+                sequences = repair_sequences(incoming).to_dict()
+            with phase("counts"):
+                differences = compare_counts(
+                    manifest.row_counts, table_row_counts(incoming, manifest.row_counts)
+                )
+        except BaseException:
+            drop_database(incoming)
+            raise
+    with phase("swap"):
+        if differences:
+            drop_database(incoming)
+        else:
+            swap_in_database(incoming, database)
+    return {
+        "restore_warnings": warnings,
+        "sequences": sequences,
+        "count_differences": differences,
+        "replaced": not differences,
+    }
+
+
+def start_set_version(
+    runtime: LettaRuntime,
+    database: LettaDatabase,
+    version: str,
+    timeout: float | None = None,
+    log=quiet,
+) -> dict[str, Any]:
+    """Start Letta ``version`` on ``database`` and wait until it reports that version."""
+    record = runtime.with_timeout(timeout).start(version, database, log=log)
+    secured = getattr(record, "secured", None)
+    return {
+        "pid": record.pid,
+        "version": record.version,
+        "base_url": record.base_url,
+        "auth": None if secured is None else ("password required" if secured else "OPEN"),
+    }
+
+
+def prove_server_matches_set(
+    client: LettaClient, database: LettaDatabase, manifest: BackupManifest
+) -> dict[str, Any]:
+    """Version, agents (id -> name) and per-table counts of the running server against the
+    manifest. Counts are taken after the start: a server that rewrote rows at startup would
+    not be exactly where the set was."""
+    version = client.health()["version"]
+    agents = {a["id"]: a["name"] for a in client.list_agents()}
+    expected = {a.id: a.name for a in manifest.agents}
+    differences = compare_counts(
+        manifest.row_counts,
+        table_row_counts(database_for_set(database, manifest), manifest.row_counts),
+    )
+    return {
+        "ok": version == manifest.letta_version and not differences and agents == expected,
+        "version": version,
+        "agents": len(agents),
+        "agents_equal": agents == expected,
+        "agents_missing": sorted(set(expected) - set(agents)),
+        "agents_unexpected": sorted(set(agents) - set(expected)),
+        "count_differences": differences,
+    }
+
+
+def restore_server_from_set(
+    profile: ServerProfile,
+    store: ObjectStore,
+    manifest: BackupManifest,
+    runtime: LettaRuntime | None = None,
+    jobs: int = 2,
+) -> dict[str, Any]:
+    """Stop the server, restore the set, start the set's Letta version, prove it.
+
+    Never raises: the result says ``ok`` and, when not, why — callers put it in reports.
+    """
+    logger = get_run_logger()
+    runtime = runtime or profile.runtime
+    database = profile.require_database()
+    started = time.monotonic()
+    label = f"{manifest.server}/{manifest.set_id}"
+    try:
+        require_key(store, manifest)  # before the stop: a set nobody can decrypt changes nothing
+        runtime.stop(log=logger.info)
+        restored = restore_database_from_set(database, store, manifest, jobs)
+        runtime.restore_snapshot(runtime_files_of_set(store, manifest), log=logger.info)
+        start_set_version(runtime, database, manifest.letta_version, log=logger.info)
+        with LettaClient(profile.server) as client:
+            proof = prove_server_matches_set(client, database, manifest)
+        result = {
+            "ok": proof["ok"],
+            "version": proof["version"],
+            "agents": proof["agents"],
+            "agents_equal": proof["agents_equal"],
+            "count_differences": proof["count_differences"],
+            "set": label,
+            "sequences": restored["sequences"]["changes"],
+        }
+    except Exception as exc:  # reported, not raised: the caller decides what failure means
+        logger.exception("restoring %s failed", label)
+        result = {"ok": False, "error": database_error_message(exc), "set": label}
+    result["seconds"] = round(time.monotonic() - started, 1)
+    logger.info("restore result: %s", result)
+    return result

@@ -1,0 +1,1 @@
+"""``letta-ops doctor``'s checks and their names."""

@@ -1,0 +1,1 @@
+"""The Letta server's REST API: health, versions, agents, agent files, tools, folders."""

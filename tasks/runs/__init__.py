@@ -1,0 +1,1 @@
+"""Prefect runs of letta-ops: the server lock, journal, reports, context, timeouts, approval."""

@@ -1,0 +1,81 @@
+"""Phase timings: where a run's time went, in the reports of a backup, verify (drill),
+restore and rollback (the upgrade's report does not have them yet).
+
+Why: a backup that takes twice as long as a bare ``pg_dump`` has fixed costs (start-up,
+counts, verification, manifest) that no progress bar shows; an operator (and
+``bench/backup_ratio.py``) reads them from the report instead of guessing. A flow makes one
+:class:`PhaseClock`, wraps each of its existing steps in ``with clock.phase("name"):`` and puts
+``clock.timings()`` in its report. Seconds come from the monotonic clock (a wall-clock jump
+does not make a phase negative); the start is wall-clock UTC, to line up with logs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from pydantic import Field
+
+from letta_ops.tasks.runs.report import ReportPart
+
+
+class PhaseTiming(ReportPart):
+    """One phase of a run: when it started and how long it took (failed phases included)."""
+
+    name: str = Field(description="What the run did in this phase (e.g. 'dump+upload').")
+    started_at: datetime = Field(description="When the phase started (UTC).")
+    seconds: float = Field(description="How long it took, by the monotonic clock.")
+
+
+def phases_markdown(phases: list[PhaseTiming]) -> list[str]:
+    """A Prefect artifact's "Phases" table (no lines when there are no phases)."""
+    if not phases:
+        return []
+    return [
+        "",
+        "## Phases",
+        "",
+        "| phase | started (UTC) | seconds |",
+        "|---|---|---|",
+        *(f"| {p.name} | {p.started_at.isoformat()} | {p.seconds:.1f} |" for p in phases),
+    ]
+
+
+class PhaseClock:
+    """Records the phases of one run, in the order they started.
+
+    Thread-safe: a phase may run in a task's worker thread beside the flow's own (a backup's
+    exports overlap its dump). No global state: the flow that makes it passes it on.
+    """
+
+    def __init__(
+        self,
+        monotonic: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._monotonic = monotonic
+        self._now = now
+        self._lock = threading.Lock()
+        self._recorded: list[tuple[float, PhaseTiming]] = []
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the block as phase ``name``; recorded when it ends, by an exception too."""
+        started_at = self._now()
+        start = self._monotonic()
+        try:
+            yield
+        finally:
+            seconds = max(0.0, self._monotonic() - start)
+            timing = PhaseTiming(name=name, started_at=started_at, seconds=round(seconds, 3))
+            with self._lock:
+                self._recorded.append((start, timing))
+
+    def timings(self) -> list[PhaseTiming]:
+        """The phases ended so far, ordered by when they started."""
+        with self._lock:
+            recorded = list(self._recorded)
+        return [timing for _, timing in sorted(recorded, key=lambda item: item[0])]

@@ -1,0 +1,1 @@
+"""Running pinned Letta versions: installs and processes, Docker Compose, alembic."""

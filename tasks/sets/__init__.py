@@ -1,0 +1,1 @@
+"""Backup sets: manifests, the catalog, authentication, verification, retention, admission."""

@@ -1,0 +1,108 @@
+"""Which backup sets a rollback or restore may use, decided before anything is stopped.
+
+Why a gate of its own: a rollback drops the live database. Everything that can be known about
+the set beforehand — it is complete (has a manifest), every object still matches its sha256,
+it was taken of this very server, its Letta version can be installed — is checked here first,
+and a refusal is one sentence that names the set and the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from letta_ops.tasks.sets.catalog import BackupSetError, list_backup_sets
+from letta_ops.tasks.sets.manifest import BackupManifest
+from letta_ops.tasks.sets.retention import BackupSetSummary
+from letta_ops.tasks.sets.verification import check_objects
+from letta_ops.tasks.store.encryption import HOW_TO_SUPPLY, EncryptionKeyMissing, key_ring_of
+from letta_ops.tasks.store.objects import ObjectStore
+
+
+class BackupSetRefused(BackupSetError):
+    """The set exists but must not be restored; the message says which and why."""
+
+
+def newest_rollback_set(store: ObjectStore, server: str) -> BackupSetSummary:
+    """The default rollback target: the newest verified pre-upgrade set of ``server``."""
+    for summary in list_backup_sets(store, server):
+        if summary.complete and summary.verified and summary.purpose == "pre-upgrade":
+            return summary
+    raise BackupSetRefused(
+        f"There is no verified pre-upgrade backup set of server {server!r} in "
+        f"{store.describe()}; name one with --to SET (see 'letta-ops backups list')."
+    )
+
+
+def require_same_server(manifest: BackupManifest, server: str) -> None:
+    """A rollback puts a server back on *its own* data, never on another server's."""
+    if manifest.server != server:
+        raise BackupSetRefused(
+            f"Backup set {manifest.server}/{manifest.set_id} was taken of server "
+            f"{manifest.server!r}, not {server!r}; a rollback only restores a server's own "
+            "sets (use 'letta-ops restore' to put it on another database)."
+        )
+
+
+def missing_key(store: ObjectStore, manifest: BackupManifest) -> str | None:
+    """Why the set cannot be decrypted with the store's keys, as one sentence; None when it
+    can (or is not encrypted)."""
+    encryption = manifest.encryption
+    ring = key_ring_of(store)
+    if encryption is None or ring.get(encryption.key_id) is not None:
+        return None
+    have = (
+        f"none of the configured keys ({ring.describe()}) is that key"
+        if ring
+        else "no encryption key is configured"
+    )
+    return (
+        f"Backup set {manifest.server}/{manifest.set_id} is encrypted with key id "
+        f"{encryption.key_id} and {have}; supply that key with {HOW_TO_SUPPLY}."
+    )
+
+
+def require_key(store: ObjectStore, manifest: BackupManifest) -> None:
+    """Refuse, before anything is stopped or downloaded, a set whose key is not configured."""
+    problem = missing_key(store, manifest)
+    if problem:
+        raise EncryptionKeyMissing(problem)
+
+
+def require_intact(
+    store: ObjectStore, manifest: BackupManifest, keys: Iterable[str] | None = None
+) -> int:
+    """Check the set's objects (or only ``keys``) as ``verify`` does -- the store's recorded
+    checksum where there is one, else re-read -- and refuse on any size or checksum mismatch,
+    or when the set is encrypted with a key that is not configured. The restore itself still
+    decrypts (authenticating every frame) and compares the dump's sha256 with the manifest.
+
+    Returns how many objects were checked.
+    """
+    require_key(store, manifest)
+    wanted = set(manifest.objects) if keys is None else set(keys)
+    unknown = sorted(wanted - set(manifest.objects))
+    if unknown:
+        raise BackupSetRefused(
+            f"Backup set {manifest.server}/{manifest.set_id} does not list {unknown[0]} in its "
+            "manifest; the set is damaged and will not be restored."
+        )
+    subset = manifest.model_copy(
+        update={"objects": {k: v for k, v in manifest.objects.items() if k in wanted}}
+    )
+    problems = check_objects(store, subset)
+    if problems:
+        named = "; ".join(f"{p['object']}: {p['problem']}" for p in problems)
+        raise BackupSetRefused(
+            f"Backup set {manifest.server}/{manifest.set_id} fails its checksums ({named}); "
+            "it was damaged or tampered with in storage and will not be restored."
+        )
+    return len(subset.objects)
+
+
+def require_dump(manifest: BackupManifest) -> None:
+    """A set whose manifest lists no dump cannot restore a database."""
+    if manifest.dump not in manifest.objects:
+        raise BackupSetRefused(
+            f"Backup set {manifest.server}/{manifest.set_id} lists no database dump in its "
+            "manifest; it cannot restore a database."
+        )
