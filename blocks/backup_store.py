@@ -23,6 +23,8 @@ from letta_ops.blocks.block_docs import LOGO_URL, readme_section
 from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.store.objects import (
     DEFAULT_PART_SIZE,
+    LOCK_DAYS_ENV,
+    LOCK_MODE_ENV,
     LocalObjectStore,
     ObjectLock,
     ObjectStore,
@@ -32,10 +34,6 @@ from letta_ops.tasks.store.objects import (
     validate_key,
     with_object_lock,
 )
-
-#: Environment variables that lock the objects of new backup sets (S3 Object Lock).
-LOCK_DAYS_ENV = "LETTA_OPS_LOCK_DAYS"
-LOCK_MODE_ENV = "LETTA_OPS_LOCK_MODE"
 
 MiB = 1024 * 1024
 
@@ -326,8 +324,6 @@ def apply_object_lock(
 
 
 __all__ = [
-    "LOCK_DAYS_ENV",
-    "LOCK_MODE_ENV",
     "LocalBackupStore",
     "S3BackupStore",
     "apply_object_lock",

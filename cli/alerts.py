@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from letta_ops.cli.errors import EXIT_OK
 from letta_ops.cli.output import emit
+from letta_ops.tasks.errors import EXIT_OK
 
 
 def cmd_alerts_install(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from letta_ops.cli.errors import EXIT_OK
 from letta_ops.cli.options import (
     Parser,
     allow_legacy_option,
@@ -21,6 +20,7 @@ from letta_ops.cli.options import (
     store_options,
 )
 from letta_ops.cli.output import emit, emit_rows, phases_lines, render_table, with_progress
+from letta_ops.tasks.errors import EXIT_OK
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
     from letta_ops.flows.backup import BackupReport

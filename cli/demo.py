@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from letta_ops.cli.errors import EXIT_FAILED, EXIT_OK
 from letta_ops.cli.output import emit, progress
+from letta_ops.tasks.errors import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
     from letta_ops.cli.demo_job import DemoReport

@@ -21,7 +21,7 @@ from letta_ops.cli.demo_environment import (
     start_prefect_ui,
 )
 from letta_ops.flows.backup import BackupReport
-from letta_ops.flows.upgrade import UpgradeReport
+from letta_ops.flows.reports.upgrade import UpgradeReport
 from letta_ops.flows.verify import VerifyReport
 from letta_ops.tasks.letta.api import LettaClient
 from letta_ops.tasks.runs.report import FlowReport, ReportPart

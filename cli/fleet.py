@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from letta_ops.cli.errors import EXIT_OK
 from letta_ops.cli.options import object_lock_options, positive, store_options, version
 from letta_ops.cli.output import emit, render_table, with_progress
+from letta_ops.tasks.errors import EXIT_OK
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
     from letta_ops.flows.fleet_backup import FleetBackupReport

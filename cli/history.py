@@ -21,9 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from letta_ops.cli.errors import EXIT_OK, Failed, Refused
 from letta_ops.cli.options import Parser, common_options, json_list_options, store_options
 from letta_ops.cli.output import emit, emit_rows, render_mapping, render_table
+from letta_ops.tasks.errors import EXIT_OK, Failed, Refused
 
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}

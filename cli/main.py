@@ -12,19 +12,17 @@ import os
 import sys
 import warnings
 
-from letta_ops.cli.errors import (
+from letta_ops.cli.errors import error_sentence, exit_code_for, report_failure
+from letta_ops.cli.options import Parser, common_options
+from letta_ops.cli.version import VersionAction
+from letta_ops.tasks.errors import (
     EXIT_BAD_INPUT,
     EXIT_BUSY,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_NEEDS_ACTION,
     EXIT_OK,
-    error_sentence,
-    exit_code_for,
-    report_failure,
 )
-from letta_ops.cli.options import Parser, common_options
-from letta_ops.cli.version import VersionAction
 
 __all__ = [
     "EXIT_BAD_INPUT",

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from letta_ops.cli.errors import EXIT_FAILED, EXIT_NEEDS_ACTION, EXIT_OK
 from letta_ops.cli.options import lock_options, lock_wait, positive, store_options
 from letta_ops.cli.output import emit, progress, render_table
+from letta_ops.tasks.errors import EXIT_FAILED, EXIT_NEEDS_ACTION, EXIT_OK
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
     from letta_ops.flows.cleanup_sources import SourceCleanupReport

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from letta_ops.cli.errors import EXIT_OK
 from letta_ops.cli.options import store_options
+from letta_ops.tasks.errors import EXIT_OK
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

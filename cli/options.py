@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from letta_ops.cli.output import SCHEMA_VERSION
 from letta_ops.tasks.errors import EXIT_BAD_INPUT
+from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
 
 
 class Parser(argparse.ArgumentParser):

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from letta_ops.cli.errors import Refused
+from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
 
 __all__ = ["SCHEMA_VERSION"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from letta_ops.cli.errors import EXIT_OK, Refused
 from letta_ops.cli.options import (
     allow_legacy_option,
     lock_options,
@@ -20,6 +19,7 @@ from letta_ops.cli.options import (
     store_options,
 )
 from letta_ops.cli.output import confirm, emit, phases_lines, render_table, with_progress
+from letta_ops.tasks.errors import EXIT_OK, Refused
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
     from letta_ops.flows.recover import RecoverReport
@@ -166,7 +166,8 @@ def render_restore(report: RestoreReport) -> str:
 
 def _check_database_argument(reference: str) -> None:
     """Refuse a password on the command line before any flow run records the parameter."""
-    from letta_ops.tasks.postgres.restore_target import is_uri, target_database
+    from letta_ops.blocks.letta_database import target_database
+    from letta_ops.tasks.postgres.restore_target import is_uri
 
     if is_uri(reference):
         target_database(reference)  # RestoreTargetRefused (a Refused): exit 2

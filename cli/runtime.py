@@ -11,9 +11,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from letta_ops.cli.errors import EXIT_NEEDS_ACTION, EXIT_OK
 from letta_ops.cli.options import Parser, port, version
 from letta_ops.cli.output import emit, progress
+from letta_ops.tasks.errors import EXIT_NEEDS_ACTION, EXIT_OK
 
 
 def _runtime_profile(args: argparse.Namespace, need_database: bool):

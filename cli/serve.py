@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from letta_ops.cli.errors import EXIT_OK
 from letta_ops.cli.output import emit, render_table
+from letta_ops.tasks.errors import EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

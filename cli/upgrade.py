@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from letta_ops.cli.errors import EXIT_OK
 from letta_ops.cli.options import lock_options, reset_options, store_options, version
 from letta_ops.cli.output import confirm, emit, render_table, with_progress
+from letta_ops.tasks.errors import EXIT_OK
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
     from letta_ops.flows.rehearse import RehearsalReport
-    from letta_ops.flows.upgrade import UpgradeReport
+    from letta_ops.flows.reports.upgrade import UpgradeReport
 
 
 def render_plan(report: UpgradeReport) -> str:

@@ -23,20 +23,20 @@ from pydantic import Field
 from letta_ops.blocks.backup_store import apply_object_lock
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from letta_ops.flows.verify import ObjectProblem, VerificationFailed, VerifyReport, verify
-from letta_ops.tasks.errors import Failed
+from letta_ops.tasks.errors import Failed, database_error_message
 from letta_ops.tasks.letta.agent_export import export_agents
 from letta_ops.tasks.letta.api import LettaAPIError, LettaClient
 from letta_ops.tasks.letta.versions import release_at_revision
+from letta_ops.tasks.postgres.client_tools import PgToolError
 from letta_ops.tasks.postgres.dump import (
     DumpResult,
-    PgToolError,
     dump_to_store,
     require_compression_supported,
     tool_version,
 )
 from letta_ops.tasks.postgres.dump_compression import chosen_compression
 from letta_ops.tasks.postgres.letta_inventory import agent_inventory
-from letta_ops.tasks.postgres.letta_schema import alembic_revision, database_error_message
+from letta_ops.tasks.postgres.letta_schema import alembic_revision
 from letta_ops.tasks.runs import progress_events
 from letta_ops.tasks.runs import timeouts as run_timeouts
 from letta_ops.tasks.runs.audit_record import audited_run, counts_summary

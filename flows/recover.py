@@ -33,13 +33,9 @@ from letta_ops.flows.steps.restore_server import (
 )
 from letta_ops.flows.verify import CountDifference
 from letta_ops.tasks.audit.store import AuditStore
-from letta_ops.tasks.errors import Failed, NeedsAction
+from letta_ops.tasks.errors import Failed, NeedsAction, database_error_message
 from letta_ops.tasks.letta.api import LettaClient
-from letta_ops.tasks.postgres.letta_schema import (
-    alembic_revision,
-    database_error_message,
-    database_exists,
-)
+from letta_ops.tasks.postgres.letta_schema import alembic_revision, database_exists
 from letta_ops.tasks.postgres.sequence_repair import repair_sequences
 from letta_ops.tasks.runs import timeouts as run_timeouts
 from letta_ops.tasks.runs.audit_record import audited_run

@@ -37,22 +37,14 @@ from letta_ops.blocks.letta_server import LettaServer
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from letta_ops.flows.backup import backup
+from letta_ops.flows.reports.upgrade import AgentVerification, NotCarried, TimedStep, UpgradePlan
 from letta_ops.flows.steps.restore_server import restore_database_from_set, start_set_version
-from letta_ops.flows.upgrade import (
-    AgentVerification,
-    NotCarried,
-    TimedStep,
-    UpgradePlan,
-    UpgradeState,
-    preflight,
-    run_migrate,
-    run_rebuild,
-)
+from letta_ops.flows.steps.upgrade_steps import UpgradeState, preflight, run_migrate, run_rebuild
 from letta_ops.flows.verify import drill_target, refuse_live_drill_target, resolve_set
-from letta_ops.tasks.errors import Failed
+from letta_ops.tasks.errors import Failed, database_error_message
 from letta_ops.tasks.postgres.embedded import free_loopback_port
 from letta_ops.tasks.postgres.letta_inventory import agent_inventory
-from letta_ops.tasks.postgres.letta_schema import database_error_message, table_row_counts
+from letta_ops.tasks.postgres.letta_schema import table_row_counts
 from letta_ops.tasks.runs import timeouts as run_timeouts
 from letta_ops.tasks.runs.audit_record import audited_run
 from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run

@@ -29,9 +29,8 @@ from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.letta_server import LettaServer, sanitize_server_name
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import load_profile, open_backup_store
+from letta_ops.flows.reports.server_restore import ServerProof, ServerStart
 from letta_ops.flows.steps.restore_server import (
-    ServerProof,
-    ServerStart,
     database_for_set,
     prove_server_matches_set,
     restore_database_from_set,

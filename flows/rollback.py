@@ -37,9 +37,8 @@ from pydantic import ConfigDict, Field
 from letta_ops.blocks.letta_runtime import LettaRuntime
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from letta_ops.flows.backup import backup
+from letta_ops.flows.reports.server_restore import ServerProof, ServerRestore
 from letta_ops.flows.steps.restore_server import (
-    ServerProof,
-    ServerRestore,
     database_for_set,
     empty_database_steps,
     prove_server_matches_set,
@@ -49,17 +48,13 @@ from letta_ops.flows.steps.restore_server import (
     with_reset_mode,
 )
 from letta_ops.flows.verify import resolve_set
-from letta_ops.tasks.errors import Failed, Refused
+from letta_ops.tasks.errors import Failed, Refused, database_error_message
 from letta_ops.tasks.letta.api import LettaAPIError, LettaClient
 from letta_ops.tasks.letta.server_tls import require_server_can_use_tls
 from letta_ops.tasks.letta.versions import release_at_revision
 from letta_ops.tasks.postgres.client_tools import client_tools
 from letta_ops.tasks.postgres.letta_inventory import agent_inventory, database_size
-from letta_ops.tasks.postgres.letta_schema import (
-    alembic_revision,
-    database_error_message,
-    table_row_counts,
-)
+from letta_ops.tasks.postgres.letta_schema import alembic_revision, table_row_counts
 from letta_ops.tasks.postgres.privileges import RequestedReset
 from letta_ops.tasks.postgres.rows_since import agents_created_since, rows_written_since
 from letta_ops.tasks.runs import timeouts as run_timeouts

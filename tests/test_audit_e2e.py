@@ -9,7 +9,8 @@ import pytest
 
 from letta_ops.cli.main import main
 from letta_ops.flows.backup import backup
-from letta_ops.flows.upgrade import UpgradeFailed, upgrade
+from letta_ops.flows.steps.upgrade_steps import UpgradeFailed
+from letta_ops.flows.upgrade import upgrade
 from letta_ops.tasks.audit.store import AuditStore
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, seed_agents
 from tests.fixtures.prefect import flow_run_artifacts

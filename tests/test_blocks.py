@@ -1,9 +1,10 @@
 import pytest
 from pydantic import ValidationError
 
-from letta_ops.blocks.letta_database import InvalidDatabaseURI, LettaDatabase, parse_letta_pg_uri
+from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.letta_server import LettaServer
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
+from letta_ops.tasks.postgres.database import InvalidDatabaseURI, parse_letta_pg_uri
 
 SECRET = "s3cr3t-Pa55"
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from letta_ops.cli.deployments import build_runner_deployments, load_deployments, load_flow
-from letta_ops.cli.main import EXIT_BAD_INPUT, EXIT_NEEDS_ACTION, main
+from letta_ops.cli.main import main
+from letta_ops.tasks.errors import EXIT_BAD_INPUT, EXIT_NEEDS_ACTION
 
 #: prefect.yaml's schedules: deployment -> [(cron, timezone, active)].
 SCHEDULES = {
@@ -102,14 +103,15 @@ def test_serve_list_shows_every_schedule(capsys):
     assert {
         name: (row["schedule"], row["timezone"]) for name, row in listed.items() if row["schedule"]
     } == {name: (cron, tz) for name, [(cron, tz, _)] in SCHEDULES.items()}
-    assert listed["upgrade"]["flow"] == "flows/upgrade.py:upgrade"
+    assert listed["upgrade"]["flow"] == "letta_ops.flows.upgrade:upgrade"
     assert listed["upgrade"]["schedule"] == listed["rollback"]["schedule"] == ""
 
 
 def test_json_failures_are_printed_on_stdout_with_the_exit_code(capsys, monkeypatch):
     import json as json_module
 
-    from letta_ops.cli.main import EXIT_BAD_INPUT, main
+    from letta_ops.cli.main import main
+    from letta_ops.tasks.errors import EXIT_BAD_INPUT
 
     monkeypatch.setenv("LETTA_PG_URI", "postgresql://user:pass@host:5432/dbname")
     monkeypatch.delenv("LETTA_OPS_STORE", raising=False)

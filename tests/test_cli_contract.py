@@ -12,15 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from letta_ops.cli.main import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILED,
-    EXIT_NEEDS_ACTION,
-    EXIT_OK,
-    build_parser,
-    main,
-)
-from letta_ops.cli.output import SCHEMA_VERSION, to_json
+from letta_ops.cli.main import build_parser, main
+from letta_ops.cli.output import to_json
+from letta_ops.tasks.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NEEDS_ACTION, EXIT_OK
+from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
 
 PROBE = """
 import json, sys

@@ -24,11 +24,11 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
+from letta_ops.tasks.docker_compose import compose_command
 from letta_ops.tasks.letta.health import wait_for_health
 from letta_ops.tasks.letta.versions import ALEMBIC_HEADS
 from letta_ops.tasks.postgres.embedded import free_loopback_port
 from letta_ops.tasks.postgres.letta_schema import connect
-from letta_ops.tasks.runtimes.compose import compose_command
 from tests.fixtures.docker_standin import (
     PG_BIN_ENV,
     PG_HOST_ENV,

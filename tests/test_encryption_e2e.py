@@ -19,11 +19,12 @@ import time
 
 import pytest
 
-from letta_ops.cli.main import EXIT_BAD_INPUT, EXIT_OK, main
+from letta_ops.cli.main import main
 from letta_ops.flows.backup import backup
 from letta_ops.flows.rollback import rollback
 from letta_ops.flows.verify import verify
 from letta_ops.tasks.audit.store import AuditStore
+from letta_ops.tasks.errors import EXIT_BAD_INPUT, EXIT_OK
 from letta_ops.tasks.sets.catalog import load_manifest
 from letta_ops.tasks.sets.manifest import MANIFEST_NAME, stays_plaintext
 from letta_ops.tasks.store.encryption import MAGIC, parse_key

@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 
 from letta_ops.blocks.letta_server import LettaServer
-from letta_ops.flows.fleet_backup import FleetRunFailed, fleet_backup
+from letta_ops.flows.fleet_backup import fleet_backup
 from letta_ops.flows.fleet_upgrade import fleet_upgrade, soak
 from letta_ops.tasks.audit.store import AuditStore
+from letta_ops.tasks.runs.child_runs import FleetRunFailed
 from letta_ops.tasks.runs.server_selection import ServerEntry
 from letta_ops.tasks.sets.catalog import list_backup_sets
 from letta_ops.tasks.store.objects import S3ObjectStore

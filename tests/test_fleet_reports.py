@@ -21,7 +21,7 @@ from letta_ops.flows.fleet_upgrade import (
     SoakResult,
     render_fleet_upgrade_markdown,
 )
-from letta_ops.flows.upgrade import UpgradeReport
+from letta_ops.flows.reports.upgrade import UpgradeReport
 from letta_ops.tasks.runs.child_runs import ChildOutcome
 from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
 from tests.test_backup_reports import backup_report, verify_report

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from letta_ops.cli import maintenance as cli_maintenance
-from letta_ops.cli.main import EXIT_BAD_INPUT, build_parser, main
+from letta_ops.cli.main import build_parser, main
+from letta_ops.tasks.errors import EXIT_BAD_INPUT
 
 
 @pytest.mark.parametrize(

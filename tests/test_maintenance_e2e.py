@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import sqlalchemy as sa
 
-from letta_ops.cli.main import EXIT_NEEDS_ACTION, EXIT_OK, main
+from letta_ops.cli.main import main
 from letta_ops.flows.cleanup_sources import cleanup_sources
 from letta_ops.flows.sync_tools import sync_tools
+from letta_ops.tasks.errors import EXIT_NEEDS_ACTION, EXIT_OK
 from letta_ops.tasks.letta.api import LettaAPIError, offline_agent_body
 from letta_ops.tasks.letta.source_cleanup import get_or_create_folder
 from letta_ops.tasks.postgres.letta_schema import connect

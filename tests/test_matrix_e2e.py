@@ -21,14 +21,16 @@ import time
 
 import pytest
 
-from letta_ops.cli.main import EXIT_BAD_INPUT, main
+from letta_ops.cli.main import main
 from letta_ops.flows.backup import backup
 from letta_ops.flows.recover import recover
 from letta_ops.flows.rehearse import RehearsalFailed, rehearse
 from letta_ops.flows.restore import restore
 from letta_ops.flows.rollback import rollback
-from letta_ops.flows.upgrade import UpgradeFailed, upgrade
+from letta_ops.flows.steps.upgrade_steps import UpgradeFailed
+from letta_ops.flows.upgrade import upgrade
 from letta_ops.flows.verify import verify
+from letta_ops.tasks.errors import EXIT_BAD_INPUT
 from letta_ops.tasks.letta.versions import ALEMBIC_HEADS
 from letta_ops.tasks.postgres.privileges import PrivilegeRefused
 from letta_ops.tasks.sets.catalog import list_backup_sets

@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.postgres.client_tools import PgToolError
 from letta_ops.tasks.postgres.dump import (
-    PgToolError,
     dump_to_store,
     expected_restore_error,
     restore_dump,
@@ -294,7 +294,7 @@ def test_entries_the_target_already_has_are_left_out_of_the_restore():
 
 
 def test_a_driver_error_becomes_postgres_own_sentence(pg_cluster):
-    from letta_ops.tasks.postgres.letta_schema import database_error_message
+    from letta_ops.tasks.errors import database_error_message
 
     db = LettaDatabase(uri=pg_cluster.uri("postgres"))
     with pytest.raises(sa.exc.DatabaseError) as failure:

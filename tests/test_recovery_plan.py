@@ -105,7 +105,7 @@ def test_state_directories_are_private(tmp_path):
 
 
 def test_a_failed_tool_is_named_by_its_final_error_line():
-    from letta_ops.tasks.runtimes.process import final_error_line
+    from letta_ops.tasks.errors import final_error_line
 
     traceback = (
         "INFO  [alembic.runtime.migration] Running upgrade a -> b\n"

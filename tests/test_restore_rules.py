@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from letta_ops.cli.main import EXIT_BAD_INPUT, main
+from letta_ops.cli.main import main
+from letta_ops.tasks.errors import EXIT_BAD_INPUT
 from letta_ops.tasks.letta.agent_file import AgentFileError, rename_agent_file, summarize_agent_file
 from letta_ops.tasks.letta.agent_names import ASCII, UNICODE
 from letta_ops.tasks.letta.agent_restore import AgentRestoreRefused, copy_name, plan_agent_restore

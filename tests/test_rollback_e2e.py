@@ -16,12 +16,13 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from letta_ops.cli.main import EXIT_BAD_INPUT, EXIT_OK, main
+from letta_ops.cli.main import main
 from letta_ops.flows.backup import backup
 from letta_ops.flows.restore import restore, restored_runtime
 from letta_ops.flows.restore_agents import restore_agents
 from letta_ops.flows.rollback import RollbackFailed, rollback
 from letta_ops.flows.upgrade import upgrade
+from letta_ops.tasks.errors import EXIT_BAD_INPUT, EXIT_OK
 from letta_ops.tasks.letta.agent_file import summarize_agent_file
 from letta_ops.tasks.letta.agent_restore import AgentRestoreRefused
 from letta_ops.tasks.letta.api import offline_agent_body

@@ -6,7 +6,7 @@ import pytest
 
 from letta_ops.flows.backup import backup
 from letta_ops.flows.rollback import rollback
-from letta_ops.flows.upgrade import migrate_step
+from letta_ops.flows.steps.upgrade_steps import migrate_step
 from letta_ops.tasks.runs import timeouts as run_timeouts
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from letta_ops.blocks.letta_database import default_pg_bin_dir
+from letta_ops.tasks.postgres.database import default_pg_bin_dir
 from tests.fixtures.letta import NEW_VERSION
 
 pytestmark = pytest.mark.e2e

@@ -32,10 +32,12 @@ import pytest
 
 from letta_ops.blocks.letta_runtime import RuntimeRefused
 from letta_ops.flows.rollback import rollback
-from letta_ops.flows.upgrade import UpgradeFailed, upgrade
+from letta_ops.flows.steps.upgrade_steps import UpgradeFailed
+from letta_ops.flows.upgrade import upgrade
+from letta_ops.tasks.docker_compose import run_compose
 from letta_ops.tasks.letta.health import probe_health, wait_for_health
 from letta_ops.tasks.postgres.embedded import free_loopback_port
-from letta_ops.tasks.runtimes.compose import compose_image_tag, run_compose
+from letta_ops.tasks.runtimes.compose import compose_image_tag
 from tests.fixtures.letta import NEW_VERSION, seed_agents
 from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
 

@@ -18,7 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.tasks.postgres.dump import PgToolError, dump_to_store, list_dump, restore_dump
+from letta_ops.tasks.postgres.client_tools import PgToolError
+from letta_ops.tasks.postgres.dump import dump_to_store, list_dump, restore_dump
 from letta_ops.tasks.postgres.letta_schema import (
     ResetRefused,
     connect,

@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from letta_ops.blocks.letta_database import default_pg_bin_dir
-from letta_ops.tasks.postgres.dump import PgToolError, dump_to_store
+from letta_ops.tasks.postgres.client_tools import PgToolError
+from letta_ops.tasks.postgres.database import default_pg_bin_dir
+from letta_ops.tasks.postgres.dump import dump_to_store
 from letta_ops.tasks.postgres.letta_schema import connect
 from letta_ops.tasks.sets.manifest import (
     AgentEntry,

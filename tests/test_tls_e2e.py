@@ -17,7 +17,8 @@ import sqlalchemy as sa
 
 from letta_ops.flows.backup import backup
 from letta_ops.flows.rollback import rollback
-from letta_ops.flows.upgrade import UpgradeFailed, upgrade
+from letta_ops.flows.steps.upgrade_steps import UpgradeFailed
+from letta_ops.flows.upgrade import upgrade
 from letta_ops.flows.verify import verify
 from letta_ops.tasks.letta.versions import ALEMBIC_HEADS
 from letta_ops.tasks.postgres.letta_schema import alembic_revision, connect, create_database

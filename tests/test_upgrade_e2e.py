@@ -8,7 +8,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 from botocore.exceptions import ClientError
 
-from letta_ops.flows.upgrade import UpgradeFailed, UpgradeRefused, upgrade
+from letta_ops.flows.steps.upgrade_steps import UpgradeFailed, UpgradeRefused
+from letta_ops.flows.upgrade import upgrade
 from letta_ops.tasks.letta.versions import ALEMBIC_HEADS
 from letta_ops.tasks.postgres.letta_schema import alembic_revision
 from letta_ops.tasks.runs.approval import ApprovalDeclined

@@ -14,17 +14,15 @@ import time
 from typing import Any
 
 from prefect import get_run_logger
-from pydantic import Field
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.blocks.letta_runtime import LettaRuntime, quiet
 from letta_ops.blocks.server_profile import ServerProfile
-from letta_ops.flows.verify import CountDifference
+from letta_ops.tasks.errors import database_error_message
 from letta_ops.tasks.letta.api import LettaClient
 from letta_ops.tasks.postgres.dump import restore_dump
 from letta_ops.tasks.postgres.letta_schema import (
     create_database,
-    database_error_message,
     drop_database,
     empty_database,
     incoming_database,
@@ -33,7 +31,6 @@ from letta_ops.tasks.postgres.letta_schema import (
 )
 from letta_ops.tasks.postgres.privileges import RequestedReset, restore_plan
 from letta_ops.tasks.postgres.sequence_repair import repair_sequences
-from letta_ops.tasks.runs.report import ReportPart
 from letta_ops.tasks.sets.admission import require_key
 from letta_ops.tasks.sets.catalog import runtime_files_of_set
 from letta_ops.tasks.sets.manifest import BackupManifest
@@ -46,48 +43,6 @@ from letta_ops.tasks.sets.verification import (
     restore_set_dump,
 )
 from letta_ops.tasks.store.objects import ObjectStore
-
-
-class ServerStart(ReportPart):
-    """A Letta server started on a restored database (:func:`start_set_version`)."""
-
-    pid: int | None = Field(description="Its process id (None: a runtime that does not say).")
-    version: str
-    base_url: str
-    auth: str | None = Field(
-        description="'password required', 'OPEN', or None when the runtime does not say."
-    )
-
-
-class ServerProof(ReportPart):
-    """The running server against a set's manifest (:func:`prove_server_matches_set`)."""
-
-    ok: bool = Field(description="Version, agents and every table's count equal the set's.")
-    version: str = Field(description="The version the server reports.")
-    agents: int = Field(description="Agents the server lists.")
-    agents_equal: bool = Field(description="The same agents (id -> name) as the set.")
-    agents_missing: list[str] = Field(description="Ids in the set the server lacks.")
-    agents_unexpected: list[str] = Field(description="Ids the server has, the set not.")
-    count_differences: list[CountDifference]
-
-
-class ServerRestore(ReportPart):
-    """A whole server put back on a set (:func:`restore_server_from_set`): an upgrade's
-    rollback, a rollback's undo, a recovery. Never raised: ``ok`` and ``error`` say."""
-
-    ok: bool
-    set: str = Field(description="SERVER/SET_ID restored.")
-    seconds: float = Field(description="How long it took, stop to proof.")
-    version: str | None = Field(None, description="The version running after (None: failed).")
-    agents: int | None = None
-    agents_equal: bool | None = Field(None, description="The set's agents, by id and name.")
-    count_differences: list[CountDifference] | None = None
-    sequences: list[dict[str, Any]] | None = Field(
-        None,
-        description="The sequence repair's changes; their keys vary by action (action, "
-        "sequence, table, column, from, to).",
-    )
-    error: str | None = Field(None, description="Why it failed (None: it did not).")
 
 
 def database_for_set(database: LettaDatabase, manifest: BackupManifest) -> LettaDatabase:

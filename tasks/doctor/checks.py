@@ -26,14 +26,19 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from letta_ops.blocks.letta_database import InvalidDatabaseURI, LettaDatabase, parse_letta_pg_uri
+from letta_ops.tasks.errors import database_error_message
 from letta_ops.tasks.letta.versions import (
     ALEMBIC_HEADS,
     LettaVersion,
     parse_server_version,
     release_at_revision,
 )
-from letta_ops.tasks.postgres.letta_schema import connect, database_error_message
+from letta_ops.tasks.postgres.database import (
+    InvalidDatabaseURI,
+    PostgresDatabase,
+    parse_letta_pg_uri,
+)
+from letta_ops.tasks.postgres.letta_schema import connect
 
 Status = Literal["ok", "action", "skipped"]
 
@@ -140,7 +145,7 @@ def check_pgvector(extension_version: str | None) -> Finding:
     return ok("pgvector", f"pgvector {extension_version} installed")
 
 
-def check_restore_privileges(db: LettaDatabase) -> Finding:
+def check_restore_privileges(db: PostgresDatabase) -> Finding:
     """The pre-flight every destructive run makes: may this role empty the database and
     restore into it (recreate, or reset in place), with client tools that fit the server?"""
     from letta_ops.tasks.postgres.privileges import PrivilegeRefused, restore_plan
@@ -194,7 +199,7 @@ def check_agent_names(renames: dict[str, dict[str, str]], version: str | None) -
     )
 
 
-def pgvector_version(db: LettaDatabase) -> str | None:
+def pgvector_version(db: PostgresDatabase) -> str | None:
     with connect(db) as conn:
         return conn.execute(
             sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
@@ -207,7 +212,7 @@ def _same_database(a: dict, b: dict) -> bool:
 
 
 def check_database_uri(
-    configured: LettaDatabase | None,
+    configured: PostgresDatabase | None,
     config_error: str | None,
     server_env: Mapping[str, str] | None,
     compose_text: str | None,
@@ -574,8 +579,11 @@ def anonymous_access_refused(base_url: str) -> tuple[bool | None, str | None]:
 def requested_object_lock(store, environ: Mapping[str, str] | None = None):
     """The lock new sets will be written with: ``LETTA_OPS_LOCK_DAYS`` / ``_MODE``, else the
     store block's; None when none is asked for. Bad values raise ``Refused``."""
-    from letta_ops.blocks.backup_store import LOCK_DAYS_ENV, LOCK_MODE_ENV
-    from letta_ops.tasks.store.objects import object_lock_from_settings
+    from letta_ops.tasks.store.objects import (
+        LOCK_DAYS_ENV,
+        LOCK_MODE_ENV,
+        object_lock_from_settings,
+    )
 
     env = os.environ if environ is None else environ
     if env.get(LOCK_DAYS_ENV, "").strip():

@@ -14,8 +14,8 @@ import ipaddress
 
 import sqlalchemy as sa
 
-from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.doctor.checks import Finding, action, ok
+from letta_ops.tasks.postgres.database import PostgresDatabase
 from letta_ops.tasks.postgres.letta_schema import connect
 
 CHECK = "database-tls"
@@ -51,7 +51,7 @@ def _finding(who: str, state: str, host: str, port: int, how: str) -> Finding:
     )
 
 
-def check_database_tls(db: LettaDatabase) -> list[Finding]:
+def check_database_tls(db: PostgresDatabase) -> list[Finding]:
     """One finding per connection: letta-ops' SQL, its pg tools, the Letta server's sessions."""
     from letta_ops.tasks.postgres.client_tools import speaks_tls
 
@@ -91,7 +91,7 @@ def check_database_tls(db: LettaDatabase) -> list[Finding]:
     return findings
 
 
-def _server_parts(db: LettaDatabase) -> dict[str, str | int]:
-    from letta_ops.blocks.letta_database import parse_letta_pg_uri
+def _server_parts(db: PostgresDatabase) -> dict[str, str | int]:
+    from letta_ops.tasks.postgres.database import parse_letta_pg_uri
 
     return parse_letta_pg_uri(db.uri.get_secret_value())

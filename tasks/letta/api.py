@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from letta_ops.blocks.letta_server import LettaServer
+from letta_ops.tasks.letta.endpoint import LettaEndpoint
 
 PAGE_SIZE = 100
 #: Retried for every call: the server (or a proxy) asked us to slow down or is restarting.
@@ -48,7 +48,7 @@ class LettaAPIError(RuntimeError):
 class LettaClient:
     """A connection to one Letta server."""
 
-    def __init__(self, server: LettaServer, timeout: float = 60.0, retries: int = 3) -> None:
+    def __init__(self, server: LettaEndpoint, timeout: float = 60.0, retries: int = 3) -> None:
         self.server = server
         self.retries = retries
         self._http = httpx.Client(

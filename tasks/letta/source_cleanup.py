@@ -33,8 +33,8 @@ from typing import Literal
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from letta_ops.blocks.letta_server import LettaServer
 from letta_ops.tasks.letta.api import LettaAPIError, LettaClient
+from letta_ops.tasks.letta.endpoint import LettaEndpoint
 
 #: Suffixes that copies of a folder get: ``_2`` (scripts), ``_1a2b3c4d`` (agent-file import),
 #: ``_copy`` / ``_copy_2``.
@@ -280,13 +280,13 @@ def get_or_create_folder(client: LettaClient, body: dict) -> tuple[dict, bool]:
 
 
 @task(name="survey-folders", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def survey_folders_task(server: LettaServer) -> list[FolderState]:
+def survey_folders_task(server: LettaEndpoint) -> list[FolderState]:
     with LettaClient(server) as client:
         return survey_folders(client)
 
 
 @task(name="delete-folders-through-api", cache_policy=NO_CACHE)
-def delete_through_api_task(server: LettaServer, items: list[CleanupItem]) -> list[CleanupItem]:
+def delete_through_api_task(server: LettaEndpoint, items: list[CleanupItem]) -> list[CleanupItem]:
     with LettaClient(server) as client:
         delete_through_api(client, items)
     return items

@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Connection
 
-from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.postgres.database import PostgresDatabase
 from letta_ops.tasks.postgres.letta_schema import connect, quote_ident
 
 #: The id form the API accepts (letta.validators, 0.16.x); anything else answers 422.
@@ -110,7 +110,7 @@ def _inspect(conn: Connection, schema: str, ids: list[str], lock: bool) -> list[
     ]
 
 
-def inspect_phantom_rows(db: LettaDatabase, ids: list[str]) -> list[PhantomRow]:
+def inspect_phantom_rows(db: PostgresDatabase, ids: list[str]) -> list[PhantomRow]:
     """Read-only: what the database holds for each id (for a plan)."""
     with connect(db) as conn:
         try:
@@ -119,7 +119,7 @@ def inspect_phantom_rows(db: LettaDatabase, ids: list[str]) -> list[PhantomRow]:
             conn.rollback()
 
 
-def delete_phantom_rows(db: LettaDatabase, ids: list[str]) -> list[PhantomRow]:
+def delete_phantom_rows(db: PostgresDatabase, ids: list[str]) -> list[PhantomRow]:
     """Delete the rows among ``ids`` that are removable, in one transaction; return all rows
     as inspected under lock (``removable`` ones are gone after the commit)."""
     schema = db.db_schema or "public"
@@ -140,10 +140,10 @@ def delete_phantom_rows(db: LettaDatabase, ids: list[str]) -> list[PhantomRow]:
 
 
 @task(name="inspect-phantom-rows", cache_policy=NO_CACHE)
-def inspect_phantom_rows_task(db: LettaDatabase, ids: list[str]) -> list[PhantomRow]:
+def inspect_phantom_rows_task(db: PostgresDatabase, ids: list[str]) -> list[PhantomRow]:
     return inspect_phantom_rows(db, ids)
 
 
 @task(name="delete-phantom-rows", cache_policy=NO_CACHE)
-def delete_phantom_rows_task(db: LettaDatabase, ids: list[str]) -> list[PhantomRow]:
+def delete_phantom_rows_task(db: PostgresDatabase, ids: list[str]) -> list[PhantomRow]:
     return delete_phantom_rows(db, ids)

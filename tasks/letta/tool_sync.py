@@ -26,9 +26,9 @@ from typing import Literal
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from letta_ops.blocks.letta_server import LettaServer
 from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.letta.api import LettaAPIError, LettaClient
+from letta_ops.tasks.letta.endpoint import LettaEndpoint
 
 SyncMode = Literal["additive", "exact"]
 SYNC_MODES: tuple[str, ...] = ("additive", "exact")
@@ -317,7 +317,7 @@ def run_tool_sync(
 
 @task(name="sync-agent-tools", cache_policy=NO_CACHE)
 def run_tool_sync_task(
-    server: LettaServer,
+    server: LettaEndpoint,
     control: str,
     selector: TargetSelector,
     mode: SyncMode,

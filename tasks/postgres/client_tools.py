@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from letta_ops.tasks.docker_compose import compose_command, run_compose
 from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.runtimes.compose import compose_command, run_compose
 
 if TYPE_CHECKING:
-    from letta_ops.blocks.letta_database import LettaDatabase
+    from letta_ops.tasks.postgres.database import PostgresDatabase
 
 #: Where staged files go inside the database container (every PostgreSQL image has /tmp).
 CONTAINER_STAGING_DIR = "/tmp"
@@ -152,7 +152,7 @@ class ComposeExecPgClientTools(PgClientTools):
                 run_compose(self._compose("exec", "-T", self.service, "rm", "-f", inside))
 
 
-def client_tools(db: LettaDatabase) -> PgClientTools:
+def client_tools(db: PostgresDatabase) -> PgClientTools:
     """The tools configured for ``db``: its compose service's, else a local bin directory."""
     if db.pg_tools_compose_service:
         if db.pg_tools_compose_file is None:

@@ -30,7 +30,6 @@ from typing import Any, BinaryIO
 
 import sqlalchemy as sa
 
-from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.errors import Refused, final_error_line
 from letta_ops.tasks.postgres.client_tools import (
     LocalPgClientTools,
@@ -38,6 +37,7 @@ from letta_ops.tasks.postgres.client_tools import (
     PgToolError,
     client_tools,
 )
+from letta_ops.tasks.postgres.database import PostgresDatabase
 from letta_ops.tasks.postgres.dump_compression import DEFAULT_COMPRESSION, parse_compression
 from letta_ops.tasks.postgres.dump_lanes import StreamSpool, assign_lanes, room_for_spool
 from letta_ops.tasks.postgres.letta_objects import inventory
@@ -85,7 +85,7 @@ class DumpResult:
     left_out: list[str] = field(default_factory=list)
 
 
-def require_compression_supported(db: LettaDatabase, compression: str) -> None:
+def require_compression_supported(db: PostgresDatabase, compression: str) -> None:
     """zstd and lz4 only work with a client built with them (the bundled 18 is not): ask the
     client itself, before anything is dumped. It checks the method before it connects."""
     if compression.partition(":")[0] not in ("zstd", "lz4"):
@@ -109,16 +109,16 @@ def require_compression_supported(db: LettaDatabase, compression: str) -> None:
         )
 
 
-def tool(db: LettaDatabase, name: str) -> str:
+def tool(db: PostgresDatabase, name: str) -> str:
     """The path of ``name`` on this host (benches and tests that run the raw tools)."""
     return LocalPgClientTools(db.bin_dir(), db.libpq_env()).tool_path(name)
 
 
-def tool_env(db: LettaDatabase) -> dict[str, str]:
+def tool_env(db: PostgresDatabase) -> dict[str, str]:
     return LocalPgClientTools(db.bin_dir(), db.libpq_env()).env()
 
 
-def tool_version(db: LettaDatabase, name: str = "pg_dump") -> str:
+def tool_version(db: PostgresDatabase, name: str = "pg_dump") -> str:
     return client_tools(db).version(name)
 
 
@@ -190,7 +190,7 @@ def tool_failure(stderr: str) -> str:
 
 
 def dump_to_store(
-    db: LettaDatabase,
+    db: PostgresDatabase,
     store: ObjectStore,
     key: str,
     progress=None,
@@ -292,7 +292,7 @@ class RestoreTarget:
     kept: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, db: LettaDatabase) -> RestoreTarget:
+    def of(cls, db: PostgresDatabase) -> RestoreTarget:
         schema = db.db_schema or "public"
         with connect(db) as conn:
             major = int(conn.execute(sa.text("SHOW server_version_num")).scalar()) // 10000
@@ -333,7 +333,7 @@ class RestoreTarget:
 RESTORE_OPTIONS = ("--no-owner", "--no-privileges", "--no-password")
 
 
-def restore_dump(db: LettaDatabase, dump_path: Path, jobs: int = 1) -> list[str]:
+def restore_dump(db: PostgresDatabase, dump_path: Path, jobs: int = 1) -> list[str]:
     """Restore a custom-format dump into ``db`` (emptied by ``empty_database``); returns the
     expected errors it tolerated.
 
@@ -385,7 +385,7 @@ def _widen_pipe(pipe: Any) -> None:
 
 
 def restore_dump_streaming(
-    db: LettaDatabase,
+    db: PostgresDatabase,
     stream: BinaryIO,
     head: Path,
     toc: list[str],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.postgres.database import PostgresDatabase
 from letta_ops.tasks.postgres.letta_schema import connect, quote_ident
 
 #: Tables of archival memory across versions (renamed over time).
@@ -41,7 +41,7 @@ def _live(conn: Connection, schema: str, table: str) -> str:
     return " WHERE NOT is_deleted" if _has_column(conn, schema, table, "is_deleted") else ""
 
 
-def agent_inventory(db: LettaDatabase) -> dict[str, dict]:
+def agent_inventory(db: PostgresDatabase) -> dict[str, dict]:
     """``{agent_id: {"name", "messages", "blocks"}}`` for every live agent."""
     schema = db.db_schema or "public"
     q = quote_ident(schema)
@@ -68,7 +68,7 @@ def agent_inventory(db: LettaDatabase) -> dict[str, dict]:
     return inventory
 
 
-def archival_passage_count(db: LettaDatabase) -> int:
+def archival_passage_count(db: PostgresDatabase) -> int:
     schema = db.db_schema or "public"
     with connect(db) as conn:
         return sum(
@@ -82,7 +82,7 @@ def archival_passage_count(db: LettaDatabase) -> int:
         )
 
 
-def database_size(db: LettaDatabase) -> int:
+def database_size(db: PostgresDatabase) -> int:
     with connect(db) as conn:
         return int(conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar())
 

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.errors import Refused
 
 # Defined in tasks.errors (import-light: the command line's error path needs it); used from here.
@@ -24,6 +23,7 @@ from letta_ops.tasks.postgres.connect_errors import (
     connection_failure,
     is_connection_failure,
 )
+from letta_ops.tasks.postgres.database import PostgresDatabase
 from letta_ops.tasks.postgres.letta_objects import LETTA_TABLES, inventory
 from letta_ops.tasks.postgres.tls import PostgresTls
 
@@ -33,7 +33,7 @@ def quote_ident(name: str) -> str:
 
 
 @contextlib.contextmanager
-def engine_for(db: LettaDatabase, autocommit: bool = False) -> Iterator[Engine]:
+def engine_for(db: PostgresDatabase, autocommit: bool = False) -> Iterator[Engine]:
     """An engine on pg8000 with the database's TLS settings
     (:mod:`letta_ops.tasks.postgres.tls`)."""
     kwargs: dict = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
@@ -67,7 +67,7 @@ def _no_timeout_after_connect(dbapi_connection, _record) -> None:
 
 
 @contextlib.contextmanager
-def connect(db: LettaDatabase, autocommit: bool = False) -> Iterator[Connection]:
+def connect(db: PostgresDatabase, autocommit: bool = False) -> Iterator[Connection]:
     """A connection as letta-ops' role; a failure to connect is one sentence (host:port, why,
     the fix), raised as :class:`DatabaseConnectionFailed`."""
     with engine_for(db, autocommit) as engine:
@@ -86,7 +86,7 @@ def connect(db: LettaDatabase, autocommit: bool = False) -> Iterator[Connection]
             yield conn
 
 
-def database_exists(db: LettaDatabase) -> bool:
+def database_exists(db: PostgresDatabase) -> bool:
     with connect(db.for_database("postgres")) as conn:
         return bool(
             conn.execute(
@@ -96,7 +96,7 @@ def database_exists(db: LettaDatabase) -> bool:
 
 
 def create_database(
-    db: LettaDatabase, with_pgvector: bool = True, pgvector_schema: str | None = None
+    db: PostgresDatabase, with_pgvector: bool = True, pgvector_schema: str | None = None
 ) -> None:
     """Create the database (must not exist) and, by default, the pgvector extension (in
     ``pgvector_schema`` when given: a dump names pgvector's type by the schema it had)."""
@@ -106,7 +106,7 @@ def create_database(
         ensure_pgvector(db, pgvector_schema)
 
 
-def drop_database(db: LettaDatabase) -> None:
+def drop_database(db: PostgresDatabase) -> None:
     """Drop the database, ending other sessions on it first."""
     with connect(db.for_database("postgres"), autocommit=True) as conn:
         conn.execute(
@@ -123,13 +123,13 @@ def drop_database(db: LettaDatabase) -> None:
 INCOMING_SUFFIX = "_lops_incoming"
 
 
-def incoming_database(db: LettaDatabase) -> LettaDatabase:
+def incoming_database(db: PostgresDatabase) -> PostgresDatabase:
     """The database a restore fills beside ``db`` (same server and credentials) and swaps in
     only once it is complete: the live database stays as it was until then."""
     return db.for_database(db.database_name[: 63 - len(INCOMING_SUFFIX)] + INCOMING_SUFFIX)
 
 
-def swap_in_database(incoming: LettaDatabase, live: LettaDatabase) -> None:
+def swap_in_database(incoming: PostgresDatabase, live: PostgresDatabase) -> None:
     """Replace ``live`` by ``incoming``: drop it (ending its sessions), rename ``incoming``.
 
     Between the two statements no database has the live name; a crash there leaves the
@@ -160,7 +160,7 @@ class ResetRefused(Refused):
     dropped."""
 
 
-def reset_schema_in_place(db: LettaDatabase, also_tables: Iterable[str] = ()) -> int:
+def reset_schema_in_place(db: PostgresDatabase, also_tables: Iterable[str] = ()) -> int:
     """Drop Letta's objects in its schema (tables, their sequences and types: see
     :mod:`letta_ops.tasks.postgres.letta_objects`; ``also_tables``, the tables of the set about to
     be
@@ -211,7 +211,7 @@ def reset_schema_in_place(db: LettaDatabase, also_tables: Iterable[str] = ()) ->
 
 
 def empty_database(
-    db: LettaDatabase, mode: str, pgvector_schema: str | None = None, also_tables=()
+    db: PostgresDatabase, mode: str, pgvector_schema: str | None = None, also_tables=()
 ) -> None:
     """Make ``db`` ready for a restore, the ``mode`` way: ``recreate`` (drop, create, install
     pgvector, in ``pgvector_schema`` when the set's was there) or ``in-place``
@@ -228,7 +228,7 @@ def empty_database(
         raise Refused(f"unknown reset mode {mode!r}; use 'recreate' or 'in-place'")
 
 
-def ensure_pgvector(db: LettaDatabase, schema: str | None = None) -> str:
+def ensure_pgvector(db: PostgresDatabase, schema: str | None = None) -> str:
     """Install pgvector if missing (in ``schema`` when given, created if need be); return its
     version. Needs a superuser the first time."""
     with connect(db, autocommit=True) as conn:
@@ -246,7 +246,7 @@ def ensure_pgvector(db: LettaDatabase, schema: str | None = None) -> str:
         )
 
 
-def alembic_revision(db: LettaDatabase) -> str | None:
+def alembic_revision(db: PostgresDatabase) -> str | None:
     """The schema's alembic revision, or None for a database Letta never migrated."""
     with connect(db) as conn:
         exists = conn.execute(sa.text("SELECT to_regclass('alembic_version')")).scalar()
@@ -255,7 +255,7 @@ def alembic_revision(db: LettaDatabase) -> str | None:
         return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def table_row_counts(db: LettaDatabase, also_tables: Iterable[str] = ()) -> dict[str, int]:
+def table_row_counts(db: PostgresDatabase, also_tables: Iterable[str] = ()) -> dict[str, int]:
     """Exact row counts of Letta's tables (:mod:`letta_ops.tasks.postgres.letta_objects`; with
     ``also_tables``, e.g. the tables of a set being compared), in one repeatable-read
     snapshot. The operator's own tables are not Letta's and are not counted."""

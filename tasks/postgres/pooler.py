@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.postgres.database import PostgresDatabase
 from letta_ops.tasks.postgres.letta_schema import connect
 from letta_ops.tasks.postgres.tls import uri_query
 
@@ -41,7 +41,7 @@ def pooler_by_uri(uri: str, host: str, port: int) -> str | None:
     return None
 
 
-def session_state_kept(db: LettaDatabase) -> bool:
+def session_state_kept(db: PostgresDatabase) -> bool:
     """Whether a session's state survives from one transaction to the next.
 
     Two client sessions: A sets a custom setting, B then opens a transaction (a pooler hands
@@ -61,7 +61,7 @@ def session_state_kept(db: LettaDatabase) -> bool:
     return kept_by_a == "a" and seen_by_b != "a"
 
 
-def refuse_transaction_pooler(db: LettaDatabase, what: str, probe: bool = True) -> None:
+def refuse_transaction_pooler(db: PostgresDatabase, what: str, probe: bool = True) -> None:
     """Refuse ``what`` (e.g. "pg_dump") before it runs when letta-ops' URI is pooled in
     transaction mode: named so by the URI, or (``probe``) shown by :func:`session_state_kept`."""
     p = db.parts

@@ -22,11 +22,11 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.errors import Refused, database_error_message
 from letta_ops.tasks.postgres.client_tools import client_tools
+from letta_ops.tasks.postgres.database import PostgresDatabase
 from letta_ops.tasks.postgres.letta_objects import inventory
-from letta_ops.tasks.postgres.letta_schema import connect, database_error_message
+from letta_ops.tasks.postgres.letta_schema import connect
 
 ResetMode = Literal["recreate", "in-place"]
 RequestedReset = Literal["auto", "recreate", "in-place"]
@@ -108,7 +108,7 @@ SELECT has_schema_privilege(:schema, 'USAGE') AS usage,
 """
 
 
-def probe_privileges(db: LettaDatabase) -> DatabasePrivileges:
+def probe_privileges(db: PostgresDatabase) -> DatabasePrivileges:
     """Read the facts, as the configured role, without changing anything; a URI through a
     transaction-mode pooler is refused first (the reset and the restore need one session)."""
     from letta_ops.tasks.postgres.pooler import refuse_transaction_pooler
@@ -281,7 +281,7 @@ def require_supported_server(server_major: int, client_major: int) -> None:
         )
 
 
-def restore_plan(db: LettaDatabase, requested: RequestedReset | None = None) -> dict:
+def restore_plan(db: PostgresDatabase, requested: RequestedReset | None = None) -> dict:
     """Pre-flight for every path that empties ``db`` and restores into it: the mode it will
     use and the facts that decided it. Raises :class:`PrivilegeRefused` with the fix."""
     facts = probe_privileges(db)
@@ -302,7 +302,7 @@ def restore_plan(db: LettaDatabase, requested: RequestedReset | None = None) -> 
     }
 
 
-def require_table_privileges(db: LettaDatabase, table: str, privileges: tuple[str, ...]) -> None:
+def require_table_privileges(db: PostgresDatabase, table: str, privileges: tuple[str, ...]) -> None:
     """Refuse (nothing changed) unless the role holds ``privileges`` on ``table`` of Letta's
     schema: a delete that fails half way through a cleanup helps nobody."""
     schema = db.db_schema or "public"

@@ -18,12 +18,12 @@ from urllib.parse import quote, urlparse
 import sqlalchemy as sa
 from pydantic import SecretStr
 
-from letta_ops.blocks.letta_database import (
-    LettaDatabase,
+from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.postgres.database import (
+    PostgresDatabase,
     extra_tables_from_env,
     parse_letta_pg_uri,
 )
-from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.postgres.letta_schema import connect, database_exists
 
 
@@ -35,23 +35,24 @@ def is_uri(reference: str) -> bool:
     return "://" in reference
 
 
-def target_database(reference: str, environ: Mapping[str, str] | None = None) -> LettaDatabase:
-    """``postgresql://USER@HOST:PORT/DB`` (password from PGPASSWORD) or a saved block's name."""
-    env = os.environ if environ is None else environ
+def require_reference(reference: str) -> str:
+    """The ``--database`` text, stripped; refused when empty."""
     text = (reference or "").strip()
     if not text:
         raise RestoreTargetRefused(
             "Name the database to restore into with --database: a saved Letta Database block "
             "or postgresql://USER@HOST:PORT/DATABASE (password in PGPASSWORD)."
         )
-    if not is_uri(text):
-        try:
-            return LettaDatabase.load(text)
-        except ValueError as exc:
-            raise RestoreTargetRefused(
-                f"No saved Letta Database block named {text!r}; save one, or pass "
-                "postgresql://USER@HOST:PORT/DATABASE with the password in PGPASSWORD."
-            ) from exc
+    return text
+
+
+def database_from_uri(
+    text: str,
+    environ: Mapping[str, str] | None = None,
+    model: type[PostgresDatabase] = PostgresDatabase,
+) -> PostgresDatabase:
+    """``postgresql://USER@HOST:PORT/DB``, the password from ``PGPASSWORD`` (never the URI)."""
+    env = os.environ if environ is None else environ
     parsed = urlparse(text)
     if parsed.password:
         raise RestoreTargetRefused(
@@ -66,7 +67,7 @@ def target_database(reference: str, environ: Mapping[str, str] | None = None) ->
         user, _, hostport = netloc.rpartition("@")
         netloc = f"{user}:{quote(password, safe='')}@{hostport}"
     bin_dir = env.get("LETTA_OPS_PG_BIN")
-    return LettaDatabase(
+    return model(
         uri=SecretStr(parsed._replace(netloc=netloc).geturl()),
         db_schema=env.get("LETTA_PG_SCHEMA") or None,
         extra_tables=extra_tables_from_env(env),
@@ -74,7 +75,7 @@ def target_database(reference: str, environ: Mapping[str, str] | None = None) ->
     )
 
 
-def same_database(a: LettaDatabase, b: LettaDatabase) -> bool:
+def same_database(a: PostgresDatabase, b: PostgresDatabase) -> bool:
     """Whether two configurations name the same database on the same PostgreSQL server."""
     pa, pb = a.parts, b.parts
     hosts = {"localhost", "127.0.0.1", "::1"}
@@ -82,7 +83,7 @@ def same_database(a: LettaDatabase, b: LettaDatabase) -> bool:
     return same_host and pa["port"] == pb["port"] and pa["database"] == pb["database"]
 
 
-def user_table_count(db: LettaDatabase) -> int:
+def user_table_count(db: PostgresDatabase) -> int:
     """Tables outside PostgreSQL's own schemas; 0 for a database that does not exist."""
     if not database_exists(db):
         return 0

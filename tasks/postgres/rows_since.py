@@ -13,7 +13,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.postgres.database import PostgresDatabase
 from letta_ops.tasks.postgres.letta_schema import connect, quote_ident
 
 #: What an operator calls each kind of row -> the Letta tables that hold it (the passage
@@ -26,7 +26,7 @@ KINDS = {
 }
 
 
-def rows_written_since(db: LettaDatabase, since: datetime) -> dict[str, int]:
+def rows_written_since(db: PostgresDatabase, since: datetime) -> dict[str, int]:
     """Per kind, the rows created or changed after ``since``, in one snapshot."""
     schema = db.db_schema or "public"
     with connect(db) as conn:
@@ -46,7 +46,7 @@ def rows_written_since(db: LettaDatabase, since: datetime) -> dict[str, int]:
         return written
 
 
-def agents_created_since(db: LettaDatabase, since: datetime) -> list[str]:
+def agents_created_since(db: PostgresDatabase, since: datetime) -> list[str]:
     """Names of the agents created after ``since`` (gone after a rollback to that time)."""
     schema = db.db_schema or "public"
     with connect(db) as conn:

@@ -31,7 +31,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Connection
 
-from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.postgres.database import PostgresDatabase
 from letta_ops.tasks.postgres.letta_objects import LETTA_TABLES
 from letta_ops.tasks.postgres.letta_schema import connect, quote_ident
 
@@ -408,12 +408,12 @@ def _apply(conn: Connection, plan: _Plan) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def letta_tables_of(db: LettaDatabase) -> frozenset[str]:
+def letta_tables_of(db: PostgresDatabase) -> frozenset[str]:
     """The table names whose sequences are Letta's: Letta's own and the block's extras."""
     return LETTA_TABLES | frozenset(db.extra_tables)
 
 
-def repair_sequences(db: LettaDatabase, dry_run: bool = False) -> SequenceRepairReport:
+def repair_sequences(db: PostgresDatabase, dry_run: bool = False) -> SequenceRepairReport:
     """Give messages.sequence_id its default back and move every lagging sequence past its max.
 
     One transaction. With ``dry_run`` nothing is changed (no locks, no DDL, no ``setval``)
@@ -437,7 +437,7 @@ def repair_sequences(db: LettaDatabase, dry_run: bool = False) -> SequenceRepair
     )
 
 
-def sequence_health(db: LettaDatabase) -> list[dict]:
+def sequence_health(db: PostgresDatabase) -> list[dict]:
     """Read-only check for ``doctor``: one entry per sequence column, ``ok`` and ``problem``."""
     schema = db.db_schema or "public"
     with connect(db) as conn:
@@ -483,7 +483,7 @@ def sequence_health(db: LettaDatabase) -> list[dict]:
 
 
 @task(name="repair-sequences", cache_policy=NO_CACHE)
-def repair_sequences_task(db: LettaDatabase, dry_run: bool = False) -> dict:
+def repair_sequences_task(db: PostgresDatabase, dry_run: bool = False) -> dict:
     """Repair Letta's sequences; never cached, since the database changes under it."""
     from prefect import get_run_logger
 

@@ -383,7 +383,7 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "renames" and isinstance(value, dict):
         return [{"from": k, "to": v} for k, v in value.items()]
     if name == "server":
-        from letta_ops.blocks.letta_server import sanitize_server_name
+        from letta_ops.tasks.server_naming import sanitize_server_name
 
         return sanitize_server_name(str(value))
     return value

@@ -64,7 +64,7 @@ from letta_ops.tasks.runs.journal import process_alive
 from letta_ops.tasks.runs.report import FlowReport, StoredPart
 
 if TYPE_CHECKING:
-    from letta_ops.blocks.letta_database import LettaDatabase
+    from letta_ops.tasks.postgres.database import PostgresDatabase
 
 #: How long a slot's lease lasts without renewal (Prefect's default); renewed while held.
 LEASE_SECONDS = 300.0
@@ -116,7 +116,7 @@ class DeadRun:
 # --------------------------------------------------------------------------- names
 
 
-def lock_identity(server: str, database: LettaDatabase | None = None) -> str:
+def lock_identity(server: str, database: PostgresDatabase | None = None) -> str:
     """What the slot is keyed by: the database's host (lowercase), port and name; the server
     name only for a caller that has no database."""
     if database is None:
@@ -399,7 +399,7 @@ def destructive_lock(
     server: str,
     timeout_seconds: float | None = 0,
     *,
-    database: LettaDatabase | None = None,
+    database: PostgresDatabase | None = None,
     proven_dead: Iterable[DeadRun] = (),
 ) -> Iterator[None]:
     """Hold the destructive slot of ``database`` (else of the server's name); wait at most
@@ -471,7 +471,7 @@ def unlock(
     force: bool = False,
     dry_run: bool = False,
     *,
-    database: LettaDatabase | None = None,
+    database: PostgresDatabase | None = None,
     proven_dead: Iterable[DeadRun] | None = None,
 ) -> UnlockReport:
     """Free the slot of a holder that is provably dead (or any holder with ``force``); the

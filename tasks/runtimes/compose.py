@@ -13,8 +13,8 @@ Design choices:
 * ``docker compose`` is called through its command line, as an operator would. Secrets never go
   in argv; whatever the compose file interpolates (``LETTA_PG_URI``, ...) reaches docker through
   the environment.
-* The plain functions are what tests and other code call; the Prefect tasks at the bottom are
-  thin wrappers.
+* The flows call these plain functions from their own steps; ``docker compose`` itself is
+  run by :mod:`letta_ops.tasks.docker_compose`.
 """
 
 from __future__ import annotations
@@ -22,15 +22,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import task
-
+from letta_ops.tasks.docker_compose import compose_command, run_compose
 from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.letta.health import wait_for_health
 from letta_ops.tasks.letta.versions import parse_server_version
@@ -40,10 +37,6 @@ DEFAULT_IMAGE = "letta/letta"
 
 class ComposeFileError(Refused):
     """The compose file does not have the shape we can pin safely."""
-
-
-class ComposeCommandError(RuntimeError):
-    """``docker compose`` is missing or exited non-zero."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,59 +321,6 @@ def replace_file_atomically(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def compose_command(compose_file: Path, *args: str, project_name: str | None = None) -> list[str]:
-    """``docker compose -f FILE [-p NAME] ARGS...`` as an argv list (global options first)."""
-    command = ["docker", "compose", "-f", str(compose_file)]
-    if project_name:
-        command += ["-p", project_name]
-    return command + list(args)
-
-
-def _tail(text: str, lines: int = 20, chars: int = 2000) -> str:
-    tail = "\n".join(text.strip().splitlines()[-lines:])
-    return tail[-chars:]
-
-
-def run_compose(
-    command: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    timeout: float = 900.0,
-) -> subprocess.CompletedProcess[str]:
-    """Run a ``docker compose`` argv; raise :class:`ComposeCommandError` on any failure.
-
-    ``env`` is added to this process's environment (that is how secrets reach the compose file's
-    interpolation: never through argv).
-    """
-    executable = shutil.which(command[0])
-    if executable is None:
-        raise ComposeCommandError(
-            f"{command[0]!r} was not found on PATH; install Docker with the compose plugin, or "
-            f"use the process runtime instead of the Docker Compose runtime."
-        )
-    full_env = {**os.environ, **env} if env else None
-    shown = " ".join(command)
-    try:
-        result = subprocess.run(
-            [executable, *command[1:]],
-            env=full_env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ComposeCommandError(
-            f"'{shown}' did not finish within {timeout:g} s; check the Docker engine."
-        ) from exc
-    except OSError as exc:
-        raise ComposeCommandError(f"'{shown}' could not be started: {exc}.") from exc
-    if result.returncode != 0:
-        detail = _tail(result.stderr) or _tail(result.stdout) or "no output"
-        raise ComposeCommandError(f"'{shown}' failed with exit code {result.returncode}:\n{detail}")
-    return result
-
-
 def compose_up(
     compose_file: Path,
     service: str,
@@ -466,41 +406,3 @@ def deploy_pinned_version(
     compose_up(Path(compose_file), service, project_name=project_name, env=env)
     health = wait_for_health(base_url, expected_version=pinned, timeout=timeout)
     return {"changed": changed, "version": pinned, "health": health}
-
-
-# --------------------------------------------------------------------------------------------
-# Prefect tasks (thin wrappers)
-# --------------------------------------------------------------------------------------------
-
-
-@task(name="pin-compose-image")
-def pin_compose_file_task(compose_file: Path, service: str, version: str) -> bool:
-    """Pin the Letta service's image in the compose file."""
-    return pin_compose_file(compose_file, service, version)
-
-
-@task(name="compose-up", retries=2, retry_delay_seconds=10)
-def compose_up_task(compose_file: Path, service: str, project_name: str | None = None) -> None:
-    """Start (or recreate) the Letta service; safe to retry, ``up -d`` is idempotent."""
-    compose_up(compose_file, service, project_name=project_name)
-
-
-@task(name="compose-stop", retries=2, retry_delay_seconds=10)
-def compose_stop_task(compose_file: Path, service: str, project_name: str | None = None) -> None:
-    """Stop the Letta service; safe to retry."""
-    compose_stop(compose_file, service, project_name=project_name)
-
-
-@task(name="deploy-pinned-version-compose")
-def deploy_pinned_version_task(
-    compose_file: Path,
-    service: str,
-    version: str,
-    base_url: str,
-    timeout: float = 180.0,
-    project_name: str | None = None,
-) -> dict:
-    """Pin, start and wait for the Letta server at ``version``."""
-    return deploy_pinned_version(
-        compose_file, service, version, base_url, timeout, project_name=project_name
-    )

@@ -23,13 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from letta_ops.blocks.letta_database import LettaDatabase, default_pg_bin_dir
-from letta_ops.tasks.postgres.dump import (
-    PgToolError,
-    list_dump,
-    restore_dump_streaming,
-    tables_in_dump,
-)
+from letta_ops.tasks.postgres.client_tools import PgToolError
+from letta_ops.tasks.postgres.database import PostgresDatabase, default_pg_bin_dir
+from letta_ops.tasks.postgres.dump import list_dump, restore_dump_streaming, tables_in_dump
 from letta_ops.tasks.postgres.letta_schema import (
     create_database,
     drop_database,
@@ -196,7 +192,7 @@ def dump_head(store: ObjectStore, manifest: BackupManifest) -> Iterator[DumpHead
 
 
 def restore_set_dump(
-    manifest: BackupManifest, db: LettaDatabase, head: DumpHead, jobs: int = 2
+    manifest: BackupManifest, db: PostgresDatabase, head: DumpHead, jobs: int = 2
 ) -> list[str]:
     """Restore the set's dump into ``db`` while it downloads (the one sequential read that
     ``head`` holds, decrypted and authenticated frame by frame when encrypted); returns the
@@ -293,13 +289,13 @@ def no_phase(_name: str) -> contextlib.AbstractContextManager[None]:
 
 @contextlib.contextmanager
 def scratch_database(
-    target: LettaDatabase,
+    target: PostgresDatabase,
     schema: str,
     dedicated: bool,
     purpose: str = "drill",
     manifest: BackupManifest | None = None,
     phase: Phase = no_phase,
-) -> Iterator[tuple[LettaDatabase, bool]]:
+) -> Iterator[tuple[PostgresDatabase, bool]]:
     """A database to restore a copy into, on ``target``'s server, gone again afterwards.
 
     A new database (dropped after) when the role may create one; else, when ``target`` is
@@ -322,16 +318,16 @@ def scratch_database(
 
 
 def _ready_scratch(
-    target: LettaDatabase,
+    target: PostgresDatabase,
     schema: str,
     dedicated: bool,
     purpose: str,
     vector_schema: str | None,
     also: list[str],
-) -> tuple[LettaDatabase, Callable[[LettaDatabase], None]]:
+) -> tuple[PostgresDatabase, Callable[[PostgresDatabase], None]]:
     """The scratch database of :func:`scratch_database`, made ready, and how to clean it up."""
 
-    def reset(db: LettaDatabase) -> None:
+    def reset(db: PostgresDatabase) -> None:
         reset_schema_in_place(db, also)
 
     facts = probe_privileges(target)
@@ -361,7 +357,7 @@ def _ready_scratch(
 def drill(
     store: ObjectStore,
     manifest: BackupManifest,
-    target: LettaDatabase,
+    target: PostgresDatabase,
     jobs: int = 2,
     dedicated: bool = False,
     phase: Phase = no_phase,

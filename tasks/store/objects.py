@@ -232,6 +232,11 @@ class ObjectLock:
         return ObjectRetention(mode=self.mode, retain_until=until)
 
 
+#: Environment variables that lock the objects of new backup sets (S3 Object Lock).
+LOCK_DAYS_ENV = "LETTA_OPS_LOCK_DAYS"
+LOCK_MODE_ENV = "LETTA_OPS_LOCK_MODE"
+
+
 def object_lock_from_settings(
     days: float | str | None, mode: str | None, *, source: str = "--lock-days"
 ) -> ObjectLock | None:
