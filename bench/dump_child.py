@@ -84,7 +84,8 @@ def main() -> int:
 
     from letta_ops.blocks.letta_database import LettaDatabase
     from letta_ops.tasks.postgres.dump import dump_to_store
-    from letta_ops.tasks.store.objects import LocalObjectStore, S3ObjectStore, s3_client_from_env
+    from letta_ops.tasks.store.local import LocalObjectStore
+    from letta_ops.tasks.store.s3 import S3ObjectStore, s3_client_from_env
 
     gc.collect()
     rss_after_imports = _rss()

@@ -63,7 +63,8 @@ from letta_ops.tasks.postgres.dump import list_dump, tables_in_dump, tool, tool_
 from letta_ops.tasks.postgres.embedded import EmbeddedPostgres, free_loopback_port  # noqa: E402
 from letta_ops.tasks.postgres.letta_schema import connect, create_database  # noqa: E402
 from letta_ops.tasks.sets.manifest import agent_file_key  # noqa: E402
-from letta_ops.tasks.store.objects import DEFAULT_PART_SIZE, S3ObjectStore, s3_client_from_env  # noqa: E402
+from letta_ops.tasks.store.objects import DEFAULT_PART_SIZE  # noqa: E402
+from letta_ops.tasks.store.s3 import S3ObjectStore, s3_client_from_env  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = Path(__file__).resolve().parent / "results.json"

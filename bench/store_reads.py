@@ -54,9 +54,9 @@ from letta_ops.tasks.store.objects import (
     DOWNLOAD_PART_SIZE,
     DOWNLOAD_WORKERS,
     ObjectStore,
-    S3ObjectStore,
     StoredObject,
 )
+from letta_ops.tasks.store.s3 import S3ObjectStore
 
 MiB = 1024 * 1024
 AGENTS = 25

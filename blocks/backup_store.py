@@ -21,19 +21,16 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from letta_ops.blocks.block_docs import LOGO_URL, readme_section
 from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.store.objects import (
-    DEFAULT_PART_SIZE,
+from letta_ops.tasks.store.local import LocalObjectStore
+from letta_ops.tasks.store.locations import parse_store_url, with_object_lock
+from letta_ops.tasks.store.object_lock import (
     LOCK_DAYS_ENV,
     LOCK_MODE_ENV,
-    LocalObjectStore,
     ObjectLock,
-    ObjectStore,
-    S3ObjectStore,
     object_lock_from_settings,
-    parse_store_url,
-    validate_key,
-    with_object_lock,
 )
+from letta_ops.tasks.store.objects import DEFAULT_PART_SIZE, ObjectStore, validate_key
+from letta_ops.tasks.store.s3 import S3ObjectStore
 
 MiB = 1024 * 1024
 

@@ -192,7 +192,7 @@ def open_backup_store(store: str | None = None, server: str | None = None):
     url = store or os.environ.get("LETTA_OPS_STORE")
     if url:  # a repository URL: no block, no Prefect
         from letta_ops.tasks.sets.authentication import open_repository
-        from letta_ops.tasks.store.objects import open_store
+        from letta_ops.tasks.store.locations import open_store
 
         return open_repository(open_store(url))
     if server:

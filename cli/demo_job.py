@@ -87,7 +87,7 @@ def _run_demo(log: Callable[[str], None]) -> DemoReport:
     with demo_environment(DEMO_OLD_VERSION, log=log) as env:
         with LettaClient(env.server) as client:
             agents = seed_sample_agents(client)
-        from letta_ops.tasks.store.objects import s3_client_from_env
+        from letta_ops.tasks.store.s3 import s3_client_from_env
 
         s3_client_from_env().create_bucket(Bucket=env.bucket)
         os.environ.update(

@@ -25,8 +25,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import ConfigDict, Field
 
-from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.blocks.letta_server import LettaServer, sanitize_server_name
+from letta_ops.blocks.letta_database import LettaDatabase, target_database
+from letta_ops.blocks.letta_server import LettaServer
 from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import load_profile, open_backup_store
 from letta_ops.flows.reports.server_restore import ServerProof, ServerStart
@@ -46,7 +46,6 @@ from letta_ops.tasks.postgres.restore_target import (
     RestoreTargetRefused,
     port_in_use,
     same_database,
-    target_database,
     user_table_count,
 )
 from letta_ops.tasks.runs import timeouts as run_timeouts
@@ -57,6 +56,7 @@ from letta_ops.tasks.runs.lock import destructive_lock
 from letta_ops.tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
 from letta_ops.tasks.runs.report import FlowReport, ReportPart
 from letta_ops.tasks.runtimes.process import install_runtime
+from letta_ops.tasks.server_naming import sanitize_server_name
 from letta_ops.tasks.sets.admission import require_dump, require_intact
 from letta_ops.tasks.sets.catalog import load_manifest
 from letta_ops.tasks.sets.manifest import BackupManifest

@@ -12,7 +12,7 @@ import pytest
 from letta_ops.cli.main import main
 from letta_ops.tasks.audit.store import AuditRecord, AuditStore
 from letta_ops.tasks.runs.audit_record import audited_run, triggered_by
-from letta_ops.tasks.store.objects import LocalObjectStore
+from letta_ops.tasks.store.local import LocalObjectStore
 
 PASSWORD = "Kn0wn-Test-Passw0rd"
 

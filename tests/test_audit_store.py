@@ -19,7 +19,8 @@ from letta_ops.tasks.audit.store import (
     write_record_object,
 )
 from letta_ops.tasks.sets.manifest import MANIFEST_NAME
-from letta_ops.tasks.store.objects import LocalObjectStore, ObjectExistsError
+from letta_ops.tasks.store.local import LocalObjectStore
+from letta_ops.tasks.store.objects import ObjectExistsError
 
 T0 = datetime(2026, 11, 20, 2, 15, tzinfo=UTC)
 

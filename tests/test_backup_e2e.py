@@ -16,7 +16,7 @@ from letta_ops.tasks.runs import progress_events
 from letta_ops.tasks.sets.catalog import list_backup_sets, load_manifest
 from letta_ops.tasks.sets.manifest import MANIFEST_NAME
 from letta_ops.tasks.sets.verification import TOC_FIRST_READ
-from letta_ops.tasks.store.objects import S3ObjectStore
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, rename_agent, seed_agents
 from tests.fixtures.oracle import http_agents, sql_agents, sql_scalar, sql_table_counts
 from tests.fixtures.s3 import make_s3_client
@@ -248,7 +248,7 @@ def test_postgres_restarted_mid_backup(server_25, tmp_path, monkeypatch, prefect
     import time
 
     from letta_ops.tasks.postgres.letta_schema import connect, create_database
-    from letta_ops.tasks.store.objects import LocalObjectStore
+    from letta_ops.tasks.store.local import LocalObjectStore
     from tests.fixtures.postgres import _start_cluster
 
     cluster = _start_cluster("letta-ops-pgrestart-")

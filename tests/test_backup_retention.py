@@ -16,7 +16,7 @@ from letta_ops.tasks.sets.retention import (
     execute_plan,
     plan_retention,
 )
-from letta_ops.tasks.store.objects import LocalObjectStore
+from letta_ops.tasks.store.local import LocalObjectStore
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -96,7 +96,7 @@ def listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     from letta_ops.tasks.audit.store import AuditRecord, AuditStore
     from letta_ops.tasks.sets.catalog import record_verification
     from letta_ops.tasks.sets.manifest import MANIFEST_NAME, BackupManifest, ManifestObject
-    from letta_ops.tasks.store.objects import LocalObjectStore
+    from letta_ops.tasks.store.local import LocalObjectStore
 
     for name, value in _env_only(tmp_path).items():
         monkeypatch.setenv(name, value)

@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 
 from letta_ops.blocks.compose_runtime import DockerComposeRuntime
-from letta_ops.tasks.docker_compose import compose_command
+from letta_ops.tasks.docker_compose import ComposeCommandError, compose_command
 from letta_ops.tasks.letta.health import wait_for_health
 from letta_ops.tasks.letta.versions import UnsupportedLettaVersion
 from letta_ops.tasks.runtimes.compose import (
-    ComposeCommandError,
     ComposeFileError,
     compose_image_tag,
     compose_stop,

@@ -31,7 +31,7 @@ from letta_ops.tasks.audit.store import AuditStore
 from letta_ops.tasks.runs.child_runs import FleetRunFailed
 from letta_ops.tasks.runs.server_selection import ServerEntry
 from letta_ops.tasks.sets.catalog import list_backup_sets
-from letta_ops.tasks.store.objects import S3ObjectStore
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, seed_agents
 from tests.fixtures.oracle import http_agents, http_version, sql_table_counts
 

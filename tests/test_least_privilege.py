@@ -34,12 +34,9 @@ from botocore.exceptions import ClientError
 from letta_ops.tasks.sets.catalog import list_backup_sets, load_manifest, record_verification
 from letta_ops.tasks.sets.manifest import MANIFEST_NAME
 from letta_ops.tasks.sets.retention import RetentionPolicy, execute_plan, plan_around_locks
-from letta_ops.tasks.store.objects import (
-    MiB,
-    ObjectExistsError,
-    ObjectLock,
-    S3ObjectStore,
-)
+from letta_ops.tasks.store.object_lock import ObjectLock
+from letta_ops.tasks.store.objects import MiB, ObjectExistsError
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.s3 import S3_TEST_ENV
 
 README = Path(__file__).resolve().parents[1] / "README.md"

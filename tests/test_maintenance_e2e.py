@@ -18,7 +18,7 @@ from letta_ops.tasks.letta.api import LettaAPIError, offline_agent_body
 from letta_ops.tasks.letta.source_cleanup import get_or_create_folder
 from letta_ops.tasks.postgres.letta_schema import connect
 from letta_ops.tasks.sets.catalog import list_backup_sets
-from letta_ops.tasks.store.objects import S3ObjectStore
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, operator_env
 
 pytestmark = pytest.mark.e2e

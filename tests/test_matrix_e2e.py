@@ -34,7 +34,7 @@ from letta_ops.tasks.errors import EXIT_BAD_INPUT
 from letta_ops.tasks.letta.versions import ALEMBIC_HEADS
 from letta_ops.tasks.postgres.privileges import PrivilegeRefused
 from letta_ops.tasks.sets.catalog import list_backup_sets
-from letta_ops.tasks.store.objects import S3ObjectStore
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.kill_run import kill_when_step_begins, letta_ops
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import (

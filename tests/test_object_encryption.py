@@ -48,13 +48,10 @@ from letta_ops.tasks.store.encryption import (
     stored_form,
     with_encryption,
 )
-from letta_ops.tasks.store.objects import (
-    LocalObjectStore,
-    MiB,
-    ObjectStore,
-    S3ObjectStore,
-    with_object_lock,
-)
+from letta_ops.tasks.store.local import LocalObjectStore
+from letta_ops.tasks.store.locations import with_object_lock
+from letta_ops.tasks.store.objects import MiB, ObjectStore
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.test_object_store import GeneratedStream
 
 FRAME = 1024  # small frames: every test crosses many boundaries

@@ -22,17 +22,17 @@ from letta_ops.tasks.sets.retention import (
     plan_around_locks,
     plan_retention,
 )
-from letta_ops.tasks.store.objects import (
+from letta_ops.tasks.store.local import LocalObjectStore
+from letta_ops.tasks.store.locations import with_object_lock
+from letta_ops.tasks.store.object_lock import (
     LEGAL_HOLD,
     BucketLockConfiguration,
-    LocalObjectStore,
-    MiB,
     ObjectLock,
     ObjectRetention,
-    S3ObjectStore,
     object_lock_from_settings,
-    with_object_lock,
 )
+from letta_ops.tasks.store.objects import MiB
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.s3 import make_s3_client
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

@@ -28,7 +28,7 @@ from letta_ops.flows.verify import verify
 from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.sets.catalog import load_manifest
 from letta_ops.tasks.sets.manifest import MANIFEST_NAME
-from letta_ops.tasks.store.objects import S3ObjectStore
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, seed_agents
 from tests.fixtures.s3 import make_s3_client
 from tests.test_least_privilege import _client, for_moto, readme_policies

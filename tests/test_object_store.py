@@ -20,15 +20,10 @@ from typing import Any
 import pytest
 
 from letta_ops.blocks.backup_store import LocalBackupStore, S3BackupStore, backup_store_from_url
-from letta_ops.tasks.store.objects import (
-    LocalObjectStore,
-    MiB,
-    ObjectExistsError,
-    ObjectStore,
-    S3ObjectStore,
-    open_store,
-    parse_store_url,
-)
+from letta_ops.tasks.store.local import LocalObjectStore
+from letta_ops.tasks.store.locations import open_store, parse_store_url
+from letta_ops.tasks.store.objects import MiB, ObjectExistsError, ObjectStore
+from letta_ops.tasks.store.s3 import S3ObjectStore
 
 PART_SIZE = 5 * MiB
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -183,7 +178,8 @@ def test_large_object_goes_through_multipart(store: ObjectStore) -> None:
 _MEMORY_PROBE = """
 import hashlib, io, json, os, random, tracemalloc
 from typing import Any
-from letta_ops.tasks.store.objects import MiB, open_store
+from letta_ops.tasks.store.locations import open_store
+from letta_ops.tasks.store.objects import MiB
 
 {stream_class}
 
@@ -457,7 +453,7 @@ def test_s3_store_without_conditional_writes_still_refuses_overwrites(s3_bucket:
 def test_each_s3_client_reads_the_credentials_of_its_moment(monkeypatch) -> None:
     """boto3's default session keeps the first credentials it resolved; a worker that backs
     up with one role and restores with another must not send the first role's keys."""
-    from letta_ops.tasks.store.objects import s3_client_from_env
+    from letta_ops.tasks.store.s3 import s3_client_from_env
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     for key in ("backup-role-key", "restore-role-key"):

@@ -34,7 +34,7 @@ from letta_ops.tasks.postgres.privileges import (
     restore_plan,
 )
 from letta_ops.tasks.sets.verification import read_dump_toc
-from letta_ops.tasks.store.objects import open_store
+from letta_ops.tasks.store.locations import open_store
 from tests.fixtures.oracle import (
     digest_differences,
     sql_scalar,

@@ -251,7 +251,7 @@ def test_a_real_transaction_pooler_is_detected_and_refused_before_pg_dump(
         refuse_transaction_pooler,
         session_state_kept,
     )
-    from letta_ops.tasks.store.objects import LocalObjectStore
+    from letta_ops.tasks.store.local import LocalObjectStore
 
     pooled = LettaDatabase(uri=pgbouncer.uri())
     assert not session_state_kept(pooled)

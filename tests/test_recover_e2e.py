@@ -39,7 +39,7 @@ from letta_ops.flows.rename_agents import rename_agents
 from letta_ops.flows.rollback import rollback
 from letta_ops.tasks.audit.store import AuditStore
 from letta_ops.tasks.sets.catalog import load_manifest
-from letta_ops.tasks.store.objects import S3ObjectStore
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.kill_run import kill_when_step_begins, letta_ops
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import (

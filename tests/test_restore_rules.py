@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from letta_ops.blocks.letta_database import target_database
 from letta_ops.cli.main import main
 from letta_ops.tasks.errors import EXIT_BAD_INPUT
 from letta_ops.tasks.letta.agent_file import AgentFileError, rename_agent_file, summarize_agent_file
@@ -18,7 +19,6 @@ from letta_ops.tasks.letta.agent_restore import AgentRestoreRefused, copy_name, 
 from letta_ops.tasks.postgres.restore_target import (
     RestoreTargetRefused,
     same_database,
-    target_database,
 )
 from letta_ops.tasks.sets.admission import (
     BackupSetRefused,
@@ -35,7 +35,7 @@ from letta_ops.tasks.sets.manifest import (
     agent_file_key,
     set_prefix,
 )
-from letta_ops.tasks.store.objects import LocalObjectStore
+from letta_ops.tasks.store.local import LocalObjectStore
 
 
 def agent_file(name: str, blocks: dict[str, str], messages: int) -> bytes:

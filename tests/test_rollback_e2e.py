@@ -31,7 +31,7 @@ from letta_ops.tasks.postgres.letta_schema import connect
 from letta_ops.tasks.postgres.restore_target import RestoreTargetRefused, port_in_use
 from letta_ops.tasks.sets.admission import BackupSetRefused
 from letta_ops.tasks.sets.catalog import list_backup_sets, load_manifest
-from letta_ops.tasks.store.objects import S3ObjectStore
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import (
     digest_differences,

@@ -17,7 +17,7 @@ from letta_ops.flows.steps.scratch_export import export_via_scratch_copy, export
 from letta_ops.tasks.letta.agent_names import name_rule_for, plan_renames
 from letta_ops.tasks.postgres.letta_schema import connect
 from letta_ops.tasks.sets.catalog import load_manifest
-from letta_ops.tasks.store.objects import S3ObjectStore
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, rename_agent, seed_agents
 
 pytestmark = pytest.mark.e2e

@@ -45,7 +45,8 @@ from letta_ops.tasks.sets.retention import (
 )
 from letta_ops.tasks.sets.verification import check_objects
 from letta_ops.tasks.store.encryption import SCHEME, DecryptionFailed
-from letta_ops.tasks.store.objects import ObjectChanged, ReadPin, S3ObjectStore
+from letta_ops.tasks.store.objects import ObjectChanged, ReadPin
+from letta_ops.tasks.store.s3 import S3ObjectStore
 
 KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 SERVER = "prod"
@@ -428,7 +429,8 @@ def test_only_a_release_reaches_an_operator_command(version):
 def test_a_locked_store_keeps_the_repository_key(bucket, keys):
     """--lock-days rebuilds the store that holds the bytes: its sets must still be signed."""
     from letta_ops.tasks.sets.catalog import repository_keys_of
-    from letta_ops.tasks.store.objects import ObjectLock, with_object_lock
+    from letta_ops.tasks.store.locations import with_object_lock
+    from letta_ops.tasks.store.object_lock import ObjectLock
 
     client, name = bucket
     store = _store(client, name, **keys)

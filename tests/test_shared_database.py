@@ -28,7 +28,7 @@ from letta_ops.tasks.postgres.letta_schema import (
     empty_database,
 )
 from letta_ops.tasks.postgres.privileges import PrivilegeRefused, restore_plan
-from letta_ops.tasks.store.objects import open_store
+from letta_ops.tasks.store.locations import open_store
 from tests.fixtures.oracle import sql_execute, sql_scalar, sql_table_counts
 from tests.fixtures.postgres import owner_database
 from tests.fixtures.shared_database import share_database, toc_mentions, untouched_digests

@@ -24,7 +24,7 @@ from letta_ops.flows.upgrade import upgrade
 from letta_ops.flows.verify import verify
 from letta_ops.tasks.sets.catalog import load_manifest
 from letta_ops.tasks.sets.verification import read_dump_toc
-from letta_ops.tasks.store.objects import S3ObjectStore
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
 from tests.fixtures.postgres import owner_database

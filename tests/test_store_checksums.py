@@ -43,14 +43,10 @@ from letta_ops.tasks.sets.verification import (
     drill,
     read_dump_toc,
 )
-from letta_ops.tasks.store.objects import (
-    LocalObjectStore,
-    MiB,
-    S3ObjectStore,
-    StoreChecksum,
-    StoredObject,
-    range_span,
-)
+from letta_ops.tasks.store.local import LocalObjectStore
+from letta_ops.tasks.store.objects import MiB, StoreChecksum, StoredObject
+from letta_ops.tasks.store.ranged_reads import range_span
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.test_object_store import GeneratedStream
 
 PART_SIZE = 5 * MiB
@@ -382,7 +378,7 @@ def test_downloaded_refuses_a_dump_whose_sha256_differs(s3) -> None:
 
 _DOWNLOAD_PROBE = """
 import json, os, sys, tracemalloc
-from letta_ops.tasks.store.objects import open_store
+from letta_ops.tasks.store.locations import open_store
 
 store = open_store(os.environ["PROBE_URL"])
 store.exists("warm-up")  # load botocore's lazily read models before measuring

@@ -23,7 +23,7 @@ from letta_ops.flows.verify import verify
 from letta_ops.tasks.letta.versions import ALEMBIC_HEADS
 from letta_ops.tasks.postgres.letta_schema import alembic_revision, connect, create_database
 from letta_ops.tasks.sets.catalog import list_backup_sets, load_manifest
-from letta_ops.tasks.store.objects import S3ObjectStore
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, seed_agents
 from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_table_counts
 from tests.fixtures.tls_postgres import new_database_name

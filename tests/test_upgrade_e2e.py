@@ -15,7 +15,7 @@ from letta_ops.tasks.postgres.letta_schema import alembic_revision
 from letta_ops.tasks.runs.approval import ApprovalDeclined
 from letta_ops.tasks.runs.lock import ServerBusy, destructive_lock
 from letta_ops.tasks.sets.catalog import list_backup_sets
-from letta_ops.tasks.store.objects import S3ObjectStore
+from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, rename_agent, seed_agents
 from tests.fixtures.oracle import (
     http_agents,

@@ -579,7 +579,7 @@ def anonymous_access_refused(base_url: str) -> tuple[bool | None, str | None]:
 def requested_object_lock(store, environ: Mapping[str, str] | None = None):
     """The lock new sets will be written with: ``LETTA_OPS_LOCK_DAYS`` / ``_MODE``, else the
     store block's; None when none is asked for. Bad values raise ``Refused``."""
-    from letta_ops.tasks.store.objects import (
+    from letta_ops.tasks.store.object_lock import (
         LOCK_DAYS_ENV,
         LOCK_MODE_ENV,
         object_lock_from_settings,

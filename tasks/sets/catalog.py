@@ -48,7 +48,8 @@ from letta_ops.tasks.sets.manifest import (
 )
 from letta_ops.tasks.sets.retention import BackupSetSummary
 from letta_ops.tasks.store.encryption import EncryptionKeyMissing
-from letta_ops.tasks.store.objects import ListedObject, ObjectRetention, ObjectStore, ReadPin
+from letta_ops.tasks.store.object_lock import ObjectRetention
+from letta_ops.tasks.store.objects import ListedObject, ObjectStore, ReadPin
 
 #: A marker that pinned a set in older letta-ops (believed for keyless and legacy sets only).
 PIN_MARKER = "pin.json"

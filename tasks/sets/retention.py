@@ -31,7 +31,8 @@ from pydantic import BaseModel, Field, model_validator
 
 from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.sets.manifest import MANIFEST_NAME
-from letta_ops.tasks.store.objects import ObjectRetention, ObjectStore
+from letta_ops.tasks.store.object_lock import ObjectRetention
+from letta_ops.tasks.store.objects import ObjectStore
 
 REASON_NEWEST_VERIFIED = "newest verified"
 REASON_PINNED = "pinned"

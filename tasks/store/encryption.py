@@ -63,9 +63,8 @@ from letta_ops.tasks.store.objects import (
     ObjectStore,
     ProgressCallback,
     StoredObject,
-    download_in_ranges,
-    range_span,
 )
+from letta_ops.tasks.store.ranged_reads import download_in_ranges, range_span
 
 #: What the manifest records as the set's scheme.
 SCHEME = "letta-ops/aes-256-gcm-stream@1"
