@@ -147,7 +147,7 @@ def cmd_backups_new_key(args: argparse.Namespace) -> int:
     the operator to put where it belongs (a key file, a secret store, the block's field)."""
     import sys
 
-    from letta_ops.tasks.store.encryption import new_key, parse_key
+    from letta_ops.tasks.store.encryption_keys import new_key, parse_key
 
     key = new_key()
     key_id = parse_key(key, "the new key").key_id

@@ -62,7 +62,7 @@ from letta_ops.tasks.sets.manifest import (
     set_prefix,
 )
 from letta_ops.tasks.sets.retention import safety_pin_until
-from letta_ops.tasks.store.encryption import SCHEME as ENCRYPTION_SCHEME
+from letta_ops.tasks.store.encryption_keys import SCHEME as ENCRYPTION_SCHEME
 from letta_ops.tasks.store.objects import ObjectStore, StoredObject
 
 

@@ -42,7 +42,8 @@ from letta_ops.tasks.runs import timeouts as run_timeouts
 from letta_ops.tasks.runs.audit_record import audited_run
 from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
 from letta_ops.tasks.runs.report import FlowReport, ReportPart
-from letta_ops.tasks.store.encryption import EncryptionKeyMissing, current_key_id, key_ring_of
+from letta_ops.tasks.store.encryption import current_key_id, key_ring_of
+from letta_ops.tasks.store.encryption_keys import EncryptionKeyMissing
 
 
 class DoctorFinding(ReportPart):

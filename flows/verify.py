@@ -42,7 +42,8 @@ from letta_ops.tasks.sets.manifest import (
     set_prefix,
 )
 from letta_ops.tasks.sets.verification import check_dump, check_objects, drill, reads_back
-from letta_ops.tasks.store.encryption import EncryptionKeyMissing, key_ring_of
+from letta_ops.tasks.store.encryption import key_ring_of
+from letta_ops.tasks.store.encryption_keys import EncryptionKeyMissing
 from letta_ops.tasks.store.objects import ObjectStore
 
 

@@ -9,13 +9,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from letta_ops.tasks.postgres.dump import CheckedStream, DataLane, EarlyIndexBuilds, _feed_lanes
 from letta_ops.tasks.postgres.dump_lanes import (
     StreamSpool,
     assign_lanes,
     room_for_spool,
     table_data_name,
 )
+from letta_ops.tasks.postgres.restore import CheckedStream, DataLane, EarlyIndexBuilds, _feed_lanes
 
 TOC = [
     "215; 1259 16390 TABLE public agents letta",

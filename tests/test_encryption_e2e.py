@@ -27,7 +27,7 @@ from letta_ops.tasks.audit.store import AuditStore
 from letta_ops.tasks.errors import EXIT_BAD_INPUT, EXIT_OK
 from letta_ops.tasks.sets.catalog import load_manifest
 from letta_ops.tasks.sets.manifest import MANIFEST_NAME, stays_plaintext
-from letta_ops.tasks.store.encryption import MAGIC, parse_key
+from letta_ops.tasks.store.encryption_keys import MAGIC, parse_key
 from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
 from tests.fixtures.oracle import http_agents, sql_table_counts

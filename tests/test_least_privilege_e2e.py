@@ -19,7 +19,12 @@ from letta_ops.flows.prune import prune
 from letta_ops.flows.restore import restore
 from letta_ops.flows.verify import verify
 from letta_ops.tasks.sets.catalog import list_backup_sets, load_manifest
-from letta_ops.tasks.store.encryption import EncryptionKeyMissing, MasterKey, new_key, parse_key
+from letta_ops.tasks.store.encryption_keys import (
+    EncryptionKeyMissing,
+    MasterKey,
+    new_key,
+    parse_key,
+)
 from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, seed_agents
 from tests.fixtures.oracle import sql_agents, sql_table_counts

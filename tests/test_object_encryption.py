@@ -30,23 +30,24 @@ from letta_ops.tasks.sets.manifest import (
 )
 from letta_ops.tasks.sets.verification import check_objects
 from letta_ops.tasks.store.encryption import (
+    THROUGH_ENCRYPTION,
+    EncryptedObjectStore,
+    EncryptedStoredObject,
+    key_ring_of,
+    stored_form,
+    with_encryption,
+)
+from letta_ops.tasks.store.encryption_frames import encrypted_size, plain_size
+from letta_ops.tasks.store.encryption_keys import (
     HEADER_SIZE,
     SCHEME,
     TAG_BYTES,
-    THROUGH_ENCRYPTION,
     DecryptionFailed,
-    EncryptedObjectStore,
-    EncryptedStoredObject,
     EncryptionKeyMissing,
     KeyRing,
-    encrypted_size,
-    key_ring_of,
     load_key_ring,
     new_key,
     parse_key,
-    plain_size,
-    stored_form,
-    with_encryption,
 )
 from letta_ops.tasks.store.local import LocalObjectStore
 from letta_ops.tasks.store.locations import with_object_lock

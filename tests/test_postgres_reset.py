@@ -17,13 +17,7 @@ import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.postgres.client_tools import PgToolError
-from letta_ops.tasks.postgres.dump import (
-    dump_to_store,
-    expected_restore_error,
-    restore_dump,
-    restore_dump_streaming,
-    restore_errors,
-)
+from letta_ops.tasks.postgres.dump import dump_to_store
 from letta_ops.tasks.postgres.dump_lanes import assign_lanes
 from letta_ops.tasks.postgres.letta_schema import connect, empty_database
 from letta_ops.tasks.postgres.post_data_schedule import data_started, post_data_by_table
@@ -32,6 +26,12 @@ from letta_ops.tasks.postgres.privileges import (
     choose_reset_mode,
     probe_privileges,
     restore_plan,
+)
+from letta_ops.tasks.postgres.restore import (
+    expected_restore_error,
+    restore_dump,
+    restore_dump_streaming,
+    restore_errors,
 )
 from letta_ops.tasks.sets.verification import read_dump_toc
 from letta_ops.tasks.store.locations import open_store
@@ -279,7 +279,7 @@ def test_only_transaction_timeout_on_an_older_server_is_expected():
 
 
 def test_entries_the_target_already_has_are_left_out_of_the_restore():
-    from letta_ops.tasks.postgres.dump import _exists_in_target
+    from letta_ops.tasks.postgres.restore import _exists_in_target
 
     have_ext, have_schemas = {"vector"}, {"public", "letta"}
     assert _exists_in_target("2; 3079 16387 EXTENSION - vector ", have_ext, have_schemas)

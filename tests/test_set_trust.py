@@ -44,7 +44,7 @@ from letta_ops.tasks.sets.retention import (
     safety_pin_until,
 )
 from letta_ops.tasks.sets.verification import check_objects
-from letta_ops.tasks.store.encryption import SCHEME, DecryptionFailed
+from letta_ops.tasks.store.encryption_keys import SCHEME, DecryptionFailed
 from letta_ops.tasks.store.objects import ObjectChanged, ReadPin
 from letta_ops.tasks.store.s3 import S3ObjectStore
 
@@ -440,7 +440,7 @@ def test_a_locked_store_keeps_the_repository_key(bucket, keys):
 
 def test_a_set_signed_with_a_key_not_configured_asks_for_that_key(bucket):
     """Not a forgery but a missing key: one sentence naming the key id to supply."""
-    from letta_ops.tasks.store.encryption import EncryptionKeyMissing, parse_key
+    from letta_ops.tasks.store.encryption_keys import EncryptionKeyMissing, parse_key
 
     client, name = bucket
     _write_set(_store(client, name, encryption=KEY), REAL)

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.postgres.client_tools import PgToolError
-from letta_ops.tasks.postgres.dump import dump_to_store, list_dump, restore_dump
+from letta_ops.tasks.postgres.dump import dump_to_store, list_dump
 from letta_ops.tasks.postgres.letta_schema import (
     ResetRefused,
     connect,
@@ -28,6 +28,7 @@ from letta_ops.tasks.postgres.letta_schema import (
     empty_database,
 )
 from letta_ops.tasks.postgres.privileges import PrivilegeRefused, restore_plan
+from letta_ops.tasks.postgres.restore import restore_dump
 from letta_ops.tasks.store.locations import open_store
 from tests.fixtures.oracle import sql_execute, sql_scalar, sql_table_counts
 from tests.fixtures.postgres import owner_database

@@ -20,7 +20,6 @@ from letta_ops.blocks.letta_runtime import LettaRuntime, quiet
 from letta_ops.blocks.server_profile import ServerProfile
 from letta_ops.tasks.errors import database_error_message
 from letta_ops.tasks.letta.api import LettaClient
-from letta_ops.tasks.postgres.dump import restore_dump
 from letta_ops.tasks.postgres.letta_schema import (
     create_database,
     drop_database,
@@ -30,6 +29,7 @@ from letta_ops.tasks.postgres.letta_schema import (
     table_row_counts,
 )
 from letta_ops.tasks.postgres.privileges import RequestedReset, restore_plan
+from letta_ops.tasks.postgres.restore import restore_dump
 from letta_ops.tasks.postgres.sequence_repair import repair_sequences
 from letta_ops.tasks.sets.admission import require_key
 from letta_ops.tasks.sets.catalog import runtime_files_of_set

@@ -14,7 +14,8 @@ from letta_ops.tasks.sets.catalog import BackupSetError, list_backup_sets
 from letta_ops.tasks.sets.manifest import BackupManifest
 from letta_ops.tasks.sets.retention import BackupSetSummary
 from letta_ops.tasks.sets.verification import check_objects
-from letta_ops.tasks.store.encryption import HOW_TO_SUPPLY, EncryptionKeyMissing, key_ring_of
+from letta_ops.tasks.store.encryption import key_ring_of
+from letta_ops.tasks.store.encryption_keys import HOW_TO_SUPPLY, EncryptionKeyMissing
 from letta_ops.tasks.store.objects import ObjectStore
 
 

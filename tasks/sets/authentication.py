@@ -36,13 +36,13 @@ from typing import Any, Literal
 
 from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.sets.manifest import stays_plaintext
-from letta_ops.tasks.store.encryption import (
+from letta_ops.tasks.store.encryption import with_encryption
+from letta_ops.tasks.store.encryption_keys import (
     HOW_TO_SUPPLY,
     KeyRing,
     MasterKey,
     load_key_ring,
     parse_key,
-    with_encryption,
 )
 from letta_ops.tasks.store.objects import ObjectStore
 

@@ -47,7 +47,7 @@ from letta_ops.tasks.sets.manifest import (
     set_prefix,
 )
 from letta_ops.tasks.sets.retention import BackupSetSummary
-from letta_ops.tasks.store.encryption import EncryptionKeyMissing
+from letta_ops.tasks.store.encryption_keys import EncryptionKeyMissing
 from letta_ops.tasks.store.object_lock import ObjectRetention
 from letta_ops.tasks.store.objects import ListedObject, ObjectStore, ReadPin
 

@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from letta_ops.tasks.postgres.client_tools import PgToolError
 from letta_ops.tasks.postgres.database import PostgresDatabase, default_pg_bin_dir
-from letta_ops.tasks.postgres.dump import list_dump, restore_dump_streaming, tables_in_dump
+from letta_ops.tasks.postgres.dump import list_dump
 from letta_ops.tasks.postgres.letta_schema import (
     create_database,
     drop_database,
@@ -38,6 +38,7 @@ from letta_ops.tasks.postgres.privileges import (
     probe_privileges,
     recreate_blockers,
 )
+from letta_ops.tasks.postgres.restore import restore_dump_streaming, tables_in_dump
 from letta_ops.tasks.sets.manifest import BackupManifest, ManifestObject
 from letta_ops.tasks.store.encryption import stored_form
 from letta_ops.tasks.store.objects import ObjectChanged, ObjectStore
