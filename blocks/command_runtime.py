@@ -29,7 +29,7 @@ from letta_ops.blocks.letta_runtime import (
 )
 from letta_ops.tasks.errors import Failed, Refused, final_error_line
 from letta_ops.tasks.letta.health import probe_health, wait_for_health, wait_until_down
-from letta_ops.tasks.runtimes.process import redact
+from letta_ops.tasks.runtimes.install import redact
 from letta_ops.tasks.sets.manifest import RELEASE_VERSION
 
 if TYPE_CHECKING:

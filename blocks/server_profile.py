@@ -107,7 +107,7 @@ def process_state_dir(server: str | None = None, state_dir: Path | None = None) 
         return None
     if state_dir is not None:
         return state_dir
-    from letta_ops.tasks.runtimes.process import default_state_dir
+    from letta_ops.tasks.runtimes.install import default_state_dir
 
     return default_state_dir(server_name())
 

@@ -23,9 +23,9 @@ from letta_ops.tasks.errors import EXIT_OK, Refused
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
     from letta_ops.flows.recover import RecoverReport
+    from letta_ops.flows.reports.rollback import RollbackReport
     from letta_ops.flows.restore import RestoreReport
     from letta_ops.flows.restore_agents import AgentRestoreReport
-    from letta_ops.flows.rollback import RollbackReport
     from letta_ops.tasks.runs.lock import UnlockReport
 
 # --------------------------------------------------------------------------- rollback
@@ -64,7 +64,7 @@ def render_rollback_plan(report: RollbackReport) -> str:
     if plan.left_alone:
         lines.append("left alone (not Letta's): " + ", ".join(plan.left_alone))
     if plan.written_since_set is not None:
-        from letta_ops.flows.rollback import lost_rows
+        from letta_ops.flows.reports.rollback import lost_rows
 
         lines.append(f"written since the set (lost, kept in the safety backup): {lost_rows(plan)}")
     if plan.agents_created_since_set:

@@ -35,7 +35,7 @@ from letta_ops.blocks.process_runtime import LettaProcessRuntime
 from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from letta_ops.tasks.doctor import checks
 from letta_ops.tasks.doctor.check_names import CHECK_NAMES
-from letta_ops.tasks.doctor.checks import Finding, Status, guarded
+from letta_ops.tasks.doctor.findings import Finding, Status, guarded
 from letta_ops.tasks.errors import NeedsAction, Refused
 from letta_ops.tasks.letta.api import LettaAPIError, LettaClient
 from letta_ops.tasks.runs import timeouts as run_timeouts

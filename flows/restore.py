@@ -55,7 +55,7 @@ from letta_ops.tasks.runs.journal import close_unfinished
 from letta_ops.tasks.runs.lock import destructive_lock
 from letta_ops.tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
 from letta_ops.tasks.runs.report import FlowReport, ReportPart
-from letta_ops.tasks.runtimes.process import install_runtime
+from letta_ops.tasks.runtimes.install import install_runtime
 from letta_ops.tasks.server_naming import sanitize_server_name
 from letta_ops.tasks.sets.admission import require_dump, require_intact
 from letta_ops.tasks.sets.catalog import load_manifest

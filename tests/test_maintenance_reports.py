@@ -23,7 +23,7 @@ from letta_ops.flows.repair_sequences import (
 )
 from letta_ops.flows.restore_agents import AgentRestoreReport, render_restore_agents_markdown
 from letta_ops.flows.sync_tools import ToolSyncReport, render_sync_markdown
-from letta_ops.tasks.doctor.checks import Finding
+from letta_ops.tasks.doctor.findings import Finding
 from letta_ops.tasks.letta import tool_sync
 from letta_ops.tasks.letta.source_cleanup import CleanupItem, CleanupPlan
 from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from letta_ops.tasks.runtimes.process import uv_binary
+from letta_ops.tasks.runtimes.install import uv_binary
 
 pytestmark = pytest.mark.e2e
 

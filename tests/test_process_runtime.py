@@ -5,12 +5,10 @@ from pathlib import Path
 import pytest
 
 from letta_ops.tasks.letta.versions import UnsupportedLettaVersion
+from letta_ops.tasks.runtimes.install import MigrationsUnavailable, installed_runtime, redact
 from letta_ops.tasks.runtimes.process import (
-    MigrationsUnavailable,
-    installed_runtime,
     migrations_dir,
     read_env_file,
-    redact,
     server_environment,
     start_server,
 )
@@ -61,7 +59,7 @@ def test_start_refuses_unpinned_and_other_products(tmp_path, version):
 
 
 def test_missing_migrations_name_the_versions_that_work(tmp_path):
-    from letta_ops.tasks.runtimes.process import InstalledRuntime
+    from letta_ops.tasks.runtimes.install import InstalledRuntime
 
     runtime = InstalledRuntime("0.11.3", tmp_path, tmp_path / "v", tmp_path / "s", False, True)
     with pytest.raises(MigrationsUnavailable) as err:

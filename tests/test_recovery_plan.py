@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from letta_ops.tasks.runs.journal import JournalEntry
 from letta_ops.tasks.runs.recovery_plan import plan_recovery
-from letta_ops.tasks.runtimes.process import private_directory
+from letta_ops.tasks.runtimes.install import private_directory
 
 UPGRADE = {
     "backup_set": "prod/20261123T010000Z-abc",

@@ -255,9 +255,9 @@ def test_cli_renders_plans_and_reports():
         render_rollback,
         render_rollback_plan,
     )
+    from letta_ops.flows.reports.rollback import RollbackReport
     from letta_ops.flows.restore import RestoreReport
     from letta_ops.flows.restore_agents import AgentRestoreReport
-    from letta_ops.flows.rollback import RollbackReport
 
     plan = {
         "server": "prod",

@@ -7,7 +7,8 @@ import pytest
 from letta_ops.tasks.letta.api import LettaAPIError, offline_agent_body
 from letta_ops.tasks.letta.versions import ALEMBIC_HEADS
 from letta_ops.tasks.postgres.letta_schema import alembic_revision
-from letta_ops.tasks.runtimes.process import installed_runtime, running_server
+from letta_ops.tasks.runtimes.install import installed_runtime
+from letta_ops.tasks.runtimes.process import running_server
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, rename_agent, seed_agents
 from tests.fixtures.oracle import sql_agents, sql_table_counts
 

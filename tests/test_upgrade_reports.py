@@ -12,9 +12,9 @@ from pydantic import ValidationError
 from letta_ops.cli.output import to_json
 from letta_ops.flows.recover import RecoverReport, render_recover_markdown
 from letta_ops.flows.rehearse import RehearsalReport, render_rehearsal_markdown
+from letta_ops.flows.reports.rollback import RollbackReport, render_rollback_markdown
 from letta_ops.flows.reports.upgrade import UpgradeReport, render_upgrade_markdown
 from letta_ops.flows.restore import RestoreReport, render_restore_markdown
-from letta_ops.flows.rollback import RollbackReport, render_rollback_markdown
 from letta_ops.tasks.runs.lock import UnlockReport
 from letta_ops.tasks.runs.recovery_plan import RecoveryPlan
 from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from letta_ops.tasks.runtimes.process import uv_binary
+from letta_ops.tasks.runtimes.install import uv_binary
 from tests.fixtures.letta import NEW_VERSION, operator_env, seed_agents
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ import ipaddress
 
 import sqlalchemy as sa
 
-from letta_ops.tasks.doctor.checks import Finding, action, ok
+from letta_ops.tasks.doctor.findings import Finding, action, ok
 from letta_ops.tasks.postgres.database import PostgresDatabase
 from letta_ops.tasks.postgres.letta_schema import connect
 
