@@ -19,18 +19,18 @@ from typing import Any, Literal
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from letta_ops.blocks.block_docs import LOGO_URL, readme_section
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.store.local import LocalObjectStore
-from letta_ops.tasks.store.locations import parse_store_url, with_object_lock
-from letta_ops.tasks.store.object_lock import (
+from ..tasks.errors import Refused
+from ..tasks.store.local import LocalObjectStore
+from ..tasks.store.locations import parse_store_url, with_object_lock
+from ..tasks.store.object_lock import (
     LOCK_DAYS_ENV,
     LOCK_MODE_ENV,
     ObjectLock,
     object_lock_from_settings,
 )
-from letta_ops.tasks.store.objects import DEFAULT_PART_SIZE, ObjectStore, validate_key
-from letta_ops.tasks.store.s3 import S3ObjectStore
+from ..tasks.store.objects import DEFAULT_PART_SIZE, ObjectStore, validate_key
+from ..tasks.store.s3 import S3ObjectStore
+from .block_docs import LOGO_URL, readme_section
 
 MiB = 1024 * 1024
 
@@ -257,7 +257,7 @@ def with_store_encryption(
     with MAC keys derived from the same keys, or from the signing key (the block's
     ``signing_key``, else ``LETTA_OPS_SIGNING_KEY``) when nothing is encrypted.
     """
-    from letta_ops.tasks.sets.authentication import open_repository
+    from ..tasks.sets.authentication import open_repository
 
     def secret(value: SecretStr | None) -> str | None:
         return value.get_secret_value() if value is not None else None

@@ -19,21 +19,21 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
-from letta_ops.blocks.block_docs import LOGO_URL, readme_section
-from letta_ops.blocks.letta_runtime import (
+from ..tasks.errors import Failed, Refused, final_error_line
+from ..tasks.letta.health import probe_health, wait_for_health, wait_until_down
+from ..tasks.runtimes.install import redact
+from ..tasks.sets.manifest import RELEASE_VERSION
+from .block_docs import LOGO_URL, readme_section
+from .letta_runtime import (
     LettaRuntime,
     RuntimeRefused,
     StartedServer,
     health_status,
     quiet,
 )
-from letta_ops.tasks.errors import Failed, Refused, final_error_line
-from letta_ops.tasks.letta.health import probe_health, wait_for_health, wait_until_down
-from letta_ops.tasks.runtimes.install import redact
-from letta_ops.tasks.sets.manifest import RELEASE_VERSION
 
 if TYPE_CHECKING:
-    from letta_ops.blocks.letta_database import LettaDatabase
+    from .letta_database import LettaDatabase
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
-from letta_ops.blocks.block_docs import LOGO_URL, readme_section
-from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused, StartedServer, quiet
-from letta_ops.tasks.letta.versions import UnsupportedLettaVersion, parse_server_version
-from letta_ops.tasks.runtimes import compose
+from ..tasks.letta.versions import UnsupportedLettaVersion, parse_server_version
+from ..tasks.runtimes import compose
+from .block_docs import LOGO_URL, readme_section
+from .letta_runtime import LettaRuntime, RuntimeRefused, StartedServer, quiet
 
 if TYPE_CHECKING:
-    from letta_ops.blocks.letta_database import LettaDatabase
+    from .letta_database import LettaDatabase
 
 
 class DockerComposeRuntime(LettaRuntime):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from letta_ops.tasks.runs.server_selection import ServerEntry, select_servers
+from ..tasks.runs.server_selection import ServerEntry, select_servers
 
 #: The Prefect block type slug of :class:`blocks.letta_server.LettaServer`.
 SERVER_BLOCK_SLUG = "letta-server"
@@ -44,9 +44,9 @@ def selected_servers(selector: str) -> list[ServerEntry]:
 
 def server_overview(entry: ServerEntry, store: str | None = None) -> dict[str, Any]:
     """Version and health (one probe) and the newest verified backup set of one server."""
-    from letta_ops.blocks.server_profile import open_backup_store
-    from letta_ops.tasks.letta.health import probe_health
-    from letta_ops.tasks.sets.catalog import list_backup_sets
+    from ..tasks.letta.health import probe_health
+    from ..tasks.sets.catalog import list_backup_sets
+    from .server_profile import open_backup_store
 
     health = probe_health(entry.base_url) if entry.base_url else None
     newest: dict[str, Any] = {"newest_verified_set": None, "newest_verified_at": None}

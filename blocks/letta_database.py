@@ -13,14 +13,14 @@ from collections.abc import Mapping
 from prefect.blocks.core import Block
 from pydantic import ConfigDict
 
-from letta_ops.blocks.block_docs import LOGO_URL, readme_section
-from letta_ops.tasks.postgres.database import PostgresDatabase
-from letta_ops.tasks.postgres.restore_target import (
+from ..tasks.postgres.database import PostgresDatabase
+from ..tasks.postgres.restore_target import (
     RestoreTargetRefused,
     database_from_uri,
     is_uri,
     require_reference,
 )
+from .block_docs import LOGO_URL, readme_section
 
 
 class LettaDatabase(Block, PostgresDatabase):

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.runtimes import process
+from ..tasks.errors import Refused
+from ..tasks.runtimes import process
 
 if TYPE_CHECKING:
-    from letta_ops.blocks.letta_database import LettaDatabase
+    from .letta_database import LettaDatabase
 
 
 def quiet(_message: str) -> None:
@@ -48,7 +48,7 @@ class StartedServer:
 
 def health_status(kind: str, base_url: str) -> dict[str, Any]:
     """Status of a server no process of ours holds: whatever ``/v1/health/`` answers now."""
-    from letta_ops.tasks.letta.health import probe_health
+    from ..tasks.letta.health import probe_health
 
     health = probe_health(base_url)
     return {

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import ConfigDict
 
-from letta_ops.blocks.block_docs import LOGO_URL, readme_section
-from letta_ops.tasks.letta.endpoint import LettaEndpoint
+from ..tasks.letta.endpoint import LettaEndpoint
+from .block_docs import LOGO_URL, readme_section
 
 
 class LettaServer(Block, LettaEndpoint):

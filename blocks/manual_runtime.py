@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
-from letta_ops.blocks.block_docs import LOGO_URL, readme_section
-from letta_ops.blocks.letta_runtime import (
+from ..tasks.errors import Failed
+from ..tasks.letta.health import probe_health, wait_for_health, wait_until_down
+from .block_docs import LOGO_URL, readme_section
+from .letta_runtime import (
     LettaRuntime,
     RuntimeRefused,
     StartedServer,
     health_status,
     quiet,
 )
-from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.letta.health import probe_health, wait_for_health, wait_until_down
 
 if TYPE_CHECKING:
-    from letta_ops.blocks.letta_database import LettaDatabase
+    from .letta_database import LettaDatabase
 
 
 class ManualStepFailed(Failed):

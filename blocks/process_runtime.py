@@ -8,11 +8,11 @@ from typing import ClassVar
 
 from pydantic import Field, SecretStr
 
-from letta_ops.blocks.block_docs import LOGO_URL, readme_section
-from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.blocks.letta_runtime import LettaRuntime, RuntimeRefused, quiet
-from letta_ops.tasks.letta.versions import parse_server_version
-from letta_ops.tasks.runtimes import process as runtime
+from ..tasks.letta.versions import parse_server_version
+from ..tasks.runtimes import process as runtime
+from .block_docs import LOGO_URL, readme_section
+from .letta_database import LettaDatabase
+from .letta_runtime import LettaRuntime, RuntimeRefused, quiet
 
 
 class LettaProcessRuntime(LettaRuntime):
@@ -150,7 +150,7 @@ class LettaProcessRuntime(LettaRuntime):
         return names
 
     def server_environment(self) -> dict[str, str] | None:
-        from letta_ops.tasks.doctor.checks import server_process_environment
+        from ..tasks.doctor.checks import server_process_environment
 
         return server_process_environment(self.resolved_state_dir())
 
@@ -168,7 +168,7 @@ class LettaProcessRuntime(LettaRuntime):
         that is down is fine (it is started from here)."""
         if self.status().get("running"):
             return
-        from letta_ops.tasks.letta.health import probe_health
+        from ..tasks.letta.health import probe_health
 
         if probe_health(self.base_url) is not None:
             raise RuntimeRefused(

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from letta_ops.tasks.errors import Refused, validation_sentence
+from ..tasks.errors import Refused, validation_sentence
 
 if TYPE_CHECKING:
-    from letta_ops.blocks.letta_database import LettaDatabase
-    from letta_ops.blocks.letta_runtime import LettaRuntime
-    from letta_ops.blocks.letta_server import LettaServer
+    from .letta_database import LettaDatabase
+    from .letta_runtime import LettaRuntime
+    from .letta_server import LettaServer
 
 #: ``LETTA_OPS_RUNTIME`` values, and what each reads from the environment.
 RUNTIME_KINDS = ("process", "compose", "command", "manual")
@@ -73,8 +73,8 @@ def load_profile(server: str | None = None, need_database: bool = False) -> Serv
 
 
 def _from_env(need_database: bool) -> ServerProfile:
-    from letta_ops.blocks.letta_database import LettaDatabase
-    from letta_ops.blocks.letta_server import LettaServer
+    from .letta_database import LettaDatabase
+    from .letta_server import LettaServer
 
     letta = LettaServer.from_env()
     database = (
@@ -88,7 +88,7 @@ def server_name(server: str | None = None) -> str:
     else what ``LETTA_OPS_SERVER_NAME`` / ``LETTA_BASE_URL`` give -- without loading a block."""
     if server:
         return load_profile(server).name
-    from letta_ops.tasks.server_naming import server_name_from_env
+    from ..tasks.server_naming import server_name_from_env
 
     return server_name_from_env()
 
@@ -107,7 +107,7 @@ def process_state_dir(server: str | None = None, state_dir: Path | None = None) 
         return None
     if state_dir is not None:
         return state_dir
-    from letta_ops.tasks.runtimes.install import default_state_dir
+    from ..tasks.runtimes.install import default_state_dir
 
     return default_state_dir(server_name())
 
@@ -116,11 +116,11 @@ def runtime_from_env(server_name: str) -> LettaRuntime:
     """The runtime ``LETTA_OPS_RUNTIME`` names (default: letta-ops' process runtime)."""
     kind = runtime_kind()
     if kind == "process":
-        from letta_ops.blocks.process_runtime import LettaProcessRuntime
+        from .process_runtime import LettaProcessRuntime
 
         return LettaProcessRuntime.from_env(server_name)
     if kind == "compose":
-        from letta_ops.blocks.compose_runtime import DockerComposeRuntime
+        from .compose_runtime import DockerComposeRuntime
 
         if not os.environ.get("LETTA_OPS_COMPOSE_FILE"):
             raise ProfileError(
@@ -129,11 +129,11 @@ def runtime_from_env(server_name: str) -> LettaRuntime:
             )
         return DockerComposeRuntime.from_env()
     if kind == "command":
-        from letta_ops.blocks.command_runtime import LettaCommandRuntime
+        from .command_runtime import LettaCommandRuntime
 
         return LettaCommandRuntime.from_env()
     if kind == "manual":
-        from letta_ops.blocks.manual_runtime import LettaManualRuntime
+        from .manual_runtime import LettaManualRuntime
 
         return LettaManualRuntime.from_env()
     raise ProfileError(
@@ -143,10 +143,10 @@ def runtime_from_env(server_name: str) -> LettaRuntime:
 
 def saved_runtime(name: str) -> LettaRuntime | None:
     """The runtime block saved under ``name``, of whichever kind (None: none saved)."""
-    from letta_ops.blocks.command_runtime import LettaCommandRuntime
-    from letta_ops.blocks.compose_runtime import DockerComposeRuntime
-    from letta_ops.blocks.manual_runtime import LettaManualRuntime
-    from letta_ops.blocks.process_runtime import LettaProcessRuntime
+    from .command_runtime import LettaCommandRuntime
+    from .compose_runtime import DockerComposeRuntime
+    from .manual_runtime import LettaManualRuntime
+    from .process_runtime import LettaProcessRuntime
 
     kinds = (LettaProcessRuntime, DockerComposeRuntime, LettaCommandRuntime, LettaManualRuntime)
     for block_type in kinds:
@@ -158,8 +158,8 @@ def saved_runtime(name: str) -> LettaRuntime | None:
 
 
 def _load_saved(name: str, need_database: bool) -> ServerProfile:
-    from letta_ops.blocks.letta_database import LettaDatabase
-    from letta_ops.blocks.letta_server import LettaServer
+    from .letta_database import LettaDatabase
+    from .letta_server import LettaServer
 
     try:
         letta = LettaServer.load(name)
@@ -191,12 +191,12 @@ def open_backup_store(store: str | None = None, server: str | None = None):
     """
     url = store or os.environ.get("LETTA_OPS_STORE")
     if url:  # a repository URL: no block, no Prefect
-        from letta_ops.tasks.sets.authentication import open_repository
-        from letta_ops.tasks.store.locations import open_store
+        from ..tasks.sets.authentication import open_repository
+        from ..tasks.store.locations import open_store
 
         return open_repository(open_store(url))
     if server:
-        from letta_ops.blocks.backup_store import (
+        from .backup_store import (
             LocalBackupStore,
             S3BackupStore,
             with_store_encryption,

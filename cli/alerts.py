@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from letta_ops.cli.output import emit
-from letta_ops.tasks.errors import EXIT_OK
+from ..tasks.errors import EXIT_OK
+from .output import emit
 
 
 def cmd_alerts_install(args: argparse.Namespace) -> int:
-    from letta_ops.tasks.runs.automations import install_alerts
+    from ..tasks.runs.automations import install_alerts
 
     result = install_alerts(args.webhook_url, args.block, args.stale_hours)
     emit(

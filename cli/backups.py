@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from letta_ops.cli.options import (
+from ..tasks.errors import EXIT_OK
+from .options import (
     Parser,
     allow_legacy_option,
     common_options,
@@ -19,17 +20,16 @@ from letta_ops.cli.options import (
     object_lock_options,
     store_options,
 )
-from letta_ops.cli.output import emit, emit_rows, phases_lines, render_table, with_progress
-from letta_ops.tasks.errors import EXIT_OK
+from .output import emit, emit_rows, phases_lines, render_table, with_progress
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
-    from letta_ops.flows.backup import BackupReport
-    from letta_ops.flows.prune import PruneReport
-    from letta_ops.flows.verify import VerifyReport
+    from ..flows.backup import BackupReport
+    from ..flows.prune import PruneReport
+    from ..flows.verify import VerifyReport
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from letta_ops.flows.backup import backup
+    from ..flows.backup import backup
 
     report = with_progress(
         lambda: backup(
@@ -45,7 +45,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         )
     )
     emit(report, args.json, render=render_backup)
-    from letta_ops.blocks.server_profile import open_backup_store
+    from ..blocks.server_profile import open_backup_store
 
     warn_if_keyless(open_backup_store(args.store, args.server))
     return EXIT_OK
@@ -72,8 +72,8 @@ BACKUP_LIST_COLUMNS = ["set", "created_at", "status", "pinned", "purpose", "byte
 
 
 def cmd_backups_list(args: argparse.Namespace) -> int:
-    from letta_ops.blocks.server_profile import open_backup_store, server_name
-    from letta_ops.tasks.sets.catalog import list_backup_sets
+    from ..blocks.server_profile import open_backup_store, server_name
+    from ..tasks.sets.catalog import list_backup_sets
 
     store = open_backup_store(args.store, args.server)
     server = None if args.all_servers else server_name(args.server)
@@ -115,7 +115,7 @@ def warn_if_keyless(store: object) -> None:
     """One line on stderr when an S3 repository has no key: its sets cannot be authenticated."""
     import sys
 
-    from letta_ops.tasks.sets.catalog import keyless_warning
+    from ..tasks.sets.catalog import keyless_warning
 
     warning = keyless_warning(store)
     if warning:
@@ -147,7 +147,7 @@ def cmd_backups_new_key(args: argparse.Namespace) -> int:
     the operator to put where it belongs (a key file, a secret store, the block's field)."""
     import sys
 
-    from letta_ops.tasks.store.encryption_keys import new_key, parse_key
+    from ..tasks.store.encryption_keys import new_key, parse_key
 
     key = new_key()
     key_id = parse_key(key, "the new key").key_id
@@ -167,9 +167,9 @@ def cmd_backups_new_key(args: argparse.Namespace) -> int:
 
 def cmd_backups_pin(args: argparse.Namespace) -> int:
     """Pin (``--until DATE``, or for good) or unpin a set, as a new authenticated record."""
-    from letta_ops.blocks.server_profile import open_backup_store, server_name
-    from letta_ops.tasks.sets.catalog import load_manifest, record_pin
-    from letta_ops.tasks.sets.manifest import parse_set_reference
+    from ..blocks.server_profile import open_backup_store, server_name
+    from ..tasks.sets.catalog import load_manifest, record_pin
+    from ..tasks.sets.manifest import parse_set_reference
 
     pinned = args.action == "pin"
     store = open_backup_store(args.store, args.server)
@@ -195,9 +195,9 @@ def cmd_backups_pin(args: argparse.Namespace) -> int:
 
 def cmd_backups_forget(args: argparse.Namespace) -> int:
     """Remove a quarantined (legacy or untrusted) set: the only way one leaves the store."""
-    from letta_ops.blocks.server_profile import open_backup_store, server_name
-    from letta_ops.tasks.sets.catalog import forget_quarantined_set
-    from letta_ops.tasks.sets.manifest import parse_set_reference
+    from ..blocks.server_profile import open_backup_store, server_name
+    from ..tasks.sets.catalog import forget_quarantined_set
+    from ..tasks.sets.manifest import parse_set_reference
 
     store = open_backup_store(args.store, args.server)
     server, set_id = parse_set_reference(args.set, server_name(args.server))
@@ -218,7 +218,7 @@ def cmd_backups_forget(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from letta_ops.flows.verify import verify
+    from ..flows.verify import verify
 
     result = verify(
         args.set,
@@ -254,8 +254,8 @@ def render_prune(result: PruneReport) -> str:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from letta_ops.blocks.server_profile import server_name
-    from letta_ops.flows.prune import prune
+    from ..blocks.server_profile import server_name
+    from ..flows.prune import prune
 
     result = prune(
         server=None if args.all_servers else server_name(args.server),

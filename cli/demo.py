@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from letta_ops.cli.output import emit, progress
-from letta_ops.tasks.errors import EXIT_FAILED, EXIT_OK
+from ..tasks.errors import EXIT_FAILED, EXIT_OK
+from .output import emit, progress
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
-    from letta_ops.cli.demo_job import DemoReport
+    from .demo_job import DemoReport
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from letta_ops.cli.demo_environment import require_demo_extra, stop_prefect_ui
-    from letta_ops.cli.demo_job import run_demo
+    from .demo_environment import require_demo_extra, stop_prefect_ui
+    from .demo_job import run_demo
 
     if args.stop_ui:
         emit({"stopped": stop_prefect_ui()}, args.json)

@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.blocks.letta_server import LettaServer
-from letta_ops.blocks.process_runtime import LettaProcessRuntime
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.letta.api import LettaClient, offline_agent_body
-from letta_ops.tasks.postgres.embedded import EmbeddedPostgres, free_loopback_port
-from letta_ops.tasks.postgres.letta_schema import create_database
+from ..blocks.letta_database import LettaDatabase
+from ..blocks.letta_server import LettaServer
+from ..blocks.process_runtime import LettaProcessRuntime
+from ..tasks.errors import Refused
+from ..tasks.letta.api import LettaClient, offline_agent_body
+from ..tasks.postgres.embedded import EmbeddedPostgres, free_loopback_port
+from ..tasks.postgres.letta_schema import create_database
 
 DEMO_OLD_VERSION = "0.11.7"
 DEMO_NEW_VERSION = "0.16.2"

@@ -13,18 +13,18 @@ from typing import Any
 
 from pydantic import Field
 
-from letta_ops.cli.demo_environment import (
+from ..flows.backup import BackupReport
+from ..flows.reports.upgrade import UpgradeReport
+from ..flows.verify import VerifyReport
+from ..tasks.letta.api import LettaClient
+from ..tasks.runs.report import FlowReport, ReportPart
+from .demo_environment import (
     DEMO_NEW_VERSION,
     DEMO_OLD_VERSION,
     demo_environment,
     seed_sample_agents,
     start_prefect_ui,
 )
-from letta_ops.flows.backup import BackupReport
-from letta_ops.flows.reports.upgrade import UpgradeReport
-from letta_ops.flows.verify import VerifyReport
-from letta_ops.tasks.letta.api import LettaClient
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
 
 
 class DemoFlowRuns(ReportPart):
@@ -61,7 +61,7 @@ def run_demo(log: Callable[[str], None] = print, ui: bool = True) -> DemoReport:
         return _run_demo(log)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from letta_ops.cli.demo_environment import stop_prefect_ui
+    from .demo_environment import stop_prefect_ui
 
     url, started_here = start_prefect_ui(log)
     try:
@@ -79,15 +79,15 @@ def run_demo(log: Callable[[str], None] = print, ui: bool = True) -> DemoReport:
 def _run_demo(log: Callable[[str], None]) -> DemoReport:
     from prefect.settings import PREFECT_API_URL
 
-    from letta_ops.flows.backup import backup
-    from letta_ops.flows.upgrade import upgrade
-    from letta_ops.flows.verify import verify
+    from ..flows.backup import backup
+    from ..flows.upgrade import upgrade
+    from ..flows.verify import verify
 
     ui_url = (PREFECT_API_URL.value() or "").removesuffix("/api")
     with demo_environment(DEMO_OLD_VERSION, log=log) as env:
         with LettaClient(env.server) as client:
             agents = seed_sample_agents(client)
-        from letta_ops.tasks.store.s3 import s3_client_from_env
+        from ..tasks.store.s3 import s3_client_from_env
 
         s3_client_from_env().create_bucket(Bucket=env.bucket)
         os.environ.update(
@@ -129,7 +129,7 @@ def render_demo(
     runs: DemoFlowRuns,
     ui_url: str,
 ) -> str:
-    from letta_ops.cli.output import render_table
+    from .output import render_table
 
     rows = [row.model_dump(mode="json") for row in upgrade_report.verification or []]
     lines = [

@@ -21,7 +21,7 @@ import json
 import sys
 from typing import Any
 
-from letta_ops.tasks.errors import (
+from ..tasks.errors import (
     EXIT_BAD_INPUT,
     EXIT_BUSY,
     EXIT_FAILED,

@@ -9,20 +9,20 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from letta_ops.cli.options import object_lock_options, positive, store_options, version
-from letta_ops.cli.output import emit, render_table, with_progress
-from letta_ops.tasks.errors import EXIT_OK
+from ..tasks.errors import EXIT_OK
+from .options import object_lock_options, positive, store_options, version
+from .output import emit, render_table, with_progress
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
-    from letta_ops.flows.fleet_backup import FleetBackupReport
-    from letta_ops.flows.fleet_upgrade import FleetUpgradeReport
+    from ..flows.fleet_backup import FleetBackupReport
+    from ..flows.fleet_upgrade import FleetUpgradeReport
 
 SERVERS_COLUMNS = ["server", "tags", "health", "version", "newest_verified_set"]
 
 
 def cmd_servers_list(args: argparse.Namespace) -> int:
-    from letta_ops.blocks.fleet_inventory import saved_servers, server_overview
-    from letta_ops.tasks.runs.server_selection import select_servers
+    from ..blocks.fleet_inventory import saved_servers, server_overview
+    from ..tasks.runs.server_selection import select_servers
 
     inventory = saved_servers()
     chosen = select_servers(inventory, args.servers) if inventory else []
@@ -62,7 +62,7 @@ def render_fleet_backup(report: FleetBackupReport) -> str:
 
 
 def cmd_fleet_backup(args: argparse.Namespace) -> int:
-    from letta_ops.flows.fleet_backup import fleet_backup
+    from ..flows.fleet_backup import fleet_backup
 
     report = with_progress(
         lambda: fleet_backup(
@@ -97,7 +97,7 @@ def render_fleet_upgrade(report: FleetUpgradeReport) -> str:
 
 
 def cmd_fleet_upgrade(args: argparse.Namespace) -> int:
-    from letta_ops.flows.fleet_upgrade import fleet_upgrade
+    from ..flows.fleet_upgrade import fleet_upgrade
 
     report = with_progress(
         lambda: fleet_upgrade(

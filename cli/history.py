@@ -21,9 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from letta_ops.cli.options import Parser, common_options, json_list_options, store_options
-from letta_ops.cli.output import emit, emit_rows, render_mapping, render_table
-from letta_ops.tasks.errors import EXIT_OK, Failed, Refused
+from ..tasks.errors import EXIT_OK, Failed, Refused
+from .options import Parser, common_options, json_list_options, store_options
+from .output import emit, emit_rows, render_mapping, render_table
 
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -100,8 +100,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         raise Refused("--limit must be 0 (all) or more.")
     audit = _open_audit_store()
     if args.rebuild:
-        from letta_ops.blocks.server_profile import open_backup_store
-        from letta_ops.tasks.audit.store import rebuild_from_object_store
+        from ..blocks.server_profile import open_backup_store
+        from ..tasks.audit.store import rebuild_from_object_store
 
         store = open_backup_store(args.store, args.server)
         result = rebuild_from_object_store(audit, store)
@@ -133,7 +133,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def _open_audit_store():
-    from letta_ops.tasks.audit.store import AuditStore, AuditStoreError
+    from ..tasks.audit.store import AuditStore, AuditStoreError
 
     audit = AuditStore.from_env()
     try:
@@ -152,7 +152,7 @@ def _server_filter(server: str | None) -> str | None:
     """``--server`` filters by the name runs were recorded under (saved blocks' names)."""
     if not server:
         return None
-    from letta_ops.tasks.server_naming import sanitize_server_name
+    from ..tasks.server_naming import sanitize_server_name
 
     return sanitize_server_name(server)
 
@@ -316,7 +316,7 @@ def read_prefect_run(flow_run_id: str) -> dict[str, Any]:
     Without ``PREFECT_API_URL`` nothing is read: Prefect would start a temporary server that
     does not hold this run anyway.
     """
-    from letta_ops.tasks.audit.redaction import redact_text, redact_value, secrets_from_environment
+    from ..tasks.audit.redaction import redact_text, redact_value, secrets_from_environment
 
     if not prefect_ui_url():
         return {

@@ -12,10 +12,7 @@ import os
 import sys
 import warnings
 
-from letta_ops.cli.errors import error_sentence, exit_code_for, report_failure
-from letta_ops.cli.options import Parser, common_options
-from letta_ops.cli.version import VersionAction
-from letta_ops.tasks.errors import (
+from ..tasks.errors import (
     EXIT_BAD_INPUT,
     EXIT_BUSY,
     EXIT_FAILED,
@@ -23,6 +20,9 @@ from letta_ops.tasks.errors import (
     EXIT_NEEDS_ACTION,
     EXIT_OK,
 )
+from .errors import error_sentence, exit_code_for, report_failure
+from .options import Parser, common_options
+from .version import VersionAction
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -48,7 +48,7 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from letta_ops.cli import (
+    from . import (
         alerts,
         backups,
         demo,
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         as_json = getattr(args, "json", False) or getattr(args, "json_list", False)
         sentence = error_sentence(exc)
         if isinstance(exc, TimeoutError):
-            from letta_ops.tasks.runs.timeouts import is_run_timeout, timeout_sentence
+            from ..tasks.runs.timeouts import is_run_timeout, timeout_sentence
 
             if is_run_timeout(exc):
                 sentence = timeout_sentence(getattr(args, "command", None), exc)

@@ -13,16 +13,16 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from letta_ops.cli.options import lock_options, lock_wait, positive, store_options
-from letta_ops.cli.output import emit, progress, render_table
-from letta_ops.tasks.errors import EXIT_FAILED, EXIT_NEEDS_ACTION, EXIT_OK
+from ..tasks.errors import EXIT_FAILED, EXIT_NEEDS_ACTION, EXIT_OK
+from .options import lock_options, lock_wait, positive, store_options
+from .output import emit, progress, render_table
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
-    from letta_ops.flows.cleanup_sources import SourceCleanupReport
-    from letta_ops.flows.doctor import DoctorReport
-    from letta_ops.flows.rename_agents import RenameReport
-    from letta_ops.flows.repair_sequences import SequenceRepairReport
-    from letta_ops.flows.sync_tools import ToolSyncReport
+    from ..flows.cleanup_sources import SourceCleanupReport
+    from ..flows.doctor import DoctorReport
+    from ..flows.rename_agents import RenameReport
+    from ..flows.repair_sequences import SequenceRepairReport
+    from ..flows.sync_tools import ToolSyncReport
 
 # --------------------------------------------------------------------------- sync-tools
 
@@ -57,7 +57,7 @@ def _render_sync(report: ToolSyncReport) -> str:
 
 
 def cmd_sync_tools(args: argparse.Namespace) -> int:
-    from letta_ops.flows.sync_tools import ToolSyncFailed, effective_dry_run, sync_tools
+    from ..flows.sync_tools import ToolSyncFailed, effective_dry_run, sync_tools
 
     dry_run = True if args.dry_run else (False if args.execute else None)
     if effective_dry_run(args.mode, dry_run):
@@ -107,7 +107,7 @@ def _render_cleanup(report: SourceCleanupReport) -> str:
 
 
 def cmd_cleanup_sources(args: argparse.Namespace) -> int:
-    from letta_ops.flows.cleanup_sources import CleanupFailed, cleanup_sources
+    from ..flows.cleanup_sources import CleanupFailed, cleanup_sources
 
     try:
         report = cleanup_sources(
@@ -152,7 +152,7 @@ def _render_repair(report: SequenceRepairReport) -> str:
 
 
 def cmd_repair_sequences(args: argparse.Namespace) -> int:
-    from letta_ops.flows.repair_sequences import repair_sequences
+    from ..flows.repair_sequences import repair_sequences
 
     report = repair_sequences(server=args.server, dry_run=args.dry_run, **lock_wait(args))
     emit(report, args.json, render=_render_repair)
@@ -174,7 +174,7 @@ def _render_renames(report: RenameReport) -> str:
 
 
 def cmd_rename_agents(args: argparse.Namespace) -> int:
-    from letta_ops.flows.rename_agents import rename_agents
+    from ..flows.rename_agents import rename_agents
 
     report = rename_agents(
         server=args.server, store=args.store, execute=args.execute, **lock_wait(args)
@@ -205,7 +205,7 @@ def _render_doctor(report: DoctorReport) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from letta_ops.flows.doctor import doctor
+    from ..flows.doctor import doctor
 
     report = doctor(
         server=args.server,
@@ -224,7 +224,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register this area's sub-commands on the ``letta-ops`` parser."""
-    from letta_ops.tasks.doctor.check_names import CHECK_NAMES
+    from ..tasks.doctor.check_names import CHECK_NAMES
 
     store = store_options()
     lock = lock_options(None)

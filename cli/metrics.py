@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from letta_ops.cli.options import store_options
-from letta_ops.tasks.errors import EXIT_OK
+from ..tasks.errors import EXIT_OK
+from .options import store_options
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from letta_ops.blocks.server_profile import open_backup_store
-    from letta_ops.tasks.audit.ops_metrics import collect, render
-    from letta_ops.tasks.audit.store import AuditStore
-    from letta_ops.tasks.sets.catalog import list_backup_sets
+    from ..blocks.server_profile import open_backup_store
+    from ..tasks.audit.ops_metrics import collect, render
+    from ..tasks.audit.store import AuditStore
+    from ..tasks.sets.catalog import list_backup_sets
 
     sets = list_backup_sets(open_backup_store(args.store, args.server))
     records = AuditStore.from_env().query(limit=args.records)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from letta_ops.tasks.errors import EXIT_BAD_INPUT
-from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
+from ..tasks.errors import EXIT_BAD_INPUT
+from ..tasks.runs.report_schema import SCHEMA_VERSION
 
 
 class Parser(argparse.ArgumentParser):
@@ -19,7 +19,7 @@ class Parser(argparse.ArgumentParser):
 
 def version(value: str) -> str:
     """argparse type: refuse ``latest`` and non-server versions before anything runs."""
-    from letta_ops.tasks.letta.versions import UnsupportedLettaVersion, parse_server_version
+    from ..tasks.letta.versions import UnsupportedLettaVersion, parse_server_version
 
     try:
         return str(parse_server_version(value))

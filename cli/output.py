@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
+from ..tasks.errors import Refused
+from ..tasks.runs.report_schema import SCHEMA_VERSION
 
 __all__ = ["SCHEMA_VERSION"]
 
@@ -161,7 +161,7 @@ class RichProgress:
 def with_progress(run: Callable[[], Any]) -> Any:
     """Run ``run()`` with progress bars for what it reports through
     :mod:`letta_ops.tasks.runs.progress_events`."""
-    from letta_ops.tasks.runs import progress_events
+    from ..tasks.runs import progress_events
 
     with RichProgress() as bars:
         progress_events.install(bars)

@@ -11,22 +11,22 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from letta_ops.cli.options import (
+from ..tasks.errors import EXIT_OK, Refused
+from .options import (
     allow_legacy_option,
     lock_options,
     port,
     reset_options,
     store_options,
 )
-from letta_ops.cli.output import confirm, emit, phases_lines, render_table, with_progress
-from letta_ops.tasks.errors import EXIT_OK, Refused
+from .output import confirm, emit, phases_lines, render_table, with_progress
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
-    from letta_ops.flows.recover import RecoverReport
-    from letta_ops.flows.reports.rollback import RollbackReport
-    from letta_ops.flows.restore import RestoreReport
-    from letta_ops.flows.restore_agents import AgentRestoreReport
-    from letta_ops.tasks.runs.lock import UnlockReport
+    from ..flows.recover import RecoverReport
+    from ..flows.reports.rollback import RollbackReport
+    from ..flows.restore import RestoreReport
+    from ..flows.restore_agents import AgentRestoreReport
+    from ..tasks.runs.lock import UnlockReport
 
 # --------------------------------------------------------------------------- rollback
 
@@ -64,7 +64,7 @@ def render_rollback_plan(report: RollbackReport) -> str:
     if plan.left_alone:
         lines.append("left alone (not Letta's): " + ", ".join(plan.left_alone))
     if plan.written_since_set is not None:
-        from letta_ops.flows.reports.rollback import lost_rows
+        from ..flows.reports.rollback import lost_rows
 
         lines.append(f"written since the set (lost, kept in the safety backup): {lost_rows(plan)}")
     if plan.agents_created_since_set:
@@ -87,7 +87,7 @@ def render_rollback(report: RollbackReport) -> str:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from letta_ops.flows.rollback import rollback
+    from ..flows.rollback import rollback
 
     common = {
         "backup_set": args.to,
@@ -166,15 +166,15 @@ def render_restore(report: RestoreReport) -> str:
 
 def _check_database_argument(reference: str) -> None:
     """Refuse a password on the command line before any flow run records the parameter."""
-    from letta_ops.blocks.letta_database import target_database
-    from letta_ops.tasks.postgres.restore_target import is_uri
+    from ..blocks.letta_database import target_database
+    from ..tasks.postgres.restore_target import is_uri
 
     if is_uri(reference):
         target_database(reference)  # RestoreTargetRefused (a Refused): exit 2
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from letta_ops.flows.restore import restore
+    from ..flows.restore import restore
 
     _check_database_argument(args.database)
     if args.force and not args.yes and not args.dry_run:
@@ -228,7 +228,7 @@ def render_restore_agents(report: AgentRestoreReport) -> str:
 
 
 def cmd_restore_agents(args: argparse.Namespace) -> int:
-    from letta_ops.flows.restore_agents import restore_agents
+    from ..flows.restore_agents import restore_agents
 
     report = restore_agents(
         args.set, args.agents, server=args.server, store=args.store, as_copy=args.as_copy
@@ -256,7 +256,7 @@ def render_recover(report: RecoverReport) -> str:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    from letta_ops.flows.recover import recover
+    from ..flows.recover import recover
 
     report = with_progress(
         lambda: recover(
@@ -280,8 +280,8 @@ def render_unlock(result: UnlockReport) -> str:
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
-    from letta_ops.blocks.server_profile import load_profile
-    from letta_ops.tasks.runs.lock import unlock
+    from ..blocks.server_profile import load_profile
+    from ..tasks.runs.lock import unlock
 
     # The slot is the database's (two server names for one database share it).
     profile = load_profile(args.server)
@@ -290,7 +290,7 @@ def cmd_unlock(args: argparse.Namespace) -> int:
         planned = unlock(name, force=args.force, dry_run=True, database=database)
         emit(planned, args.json, render=render_unlock)
         return EXIT_OK
-    from letta_ops.tasks.runs.audit_record import audited_run
+    from ..tasks.runs.audit_record import audited_run
 
     with audited_run("unlock", name, {"force": args.force}) as record:
         result = unlock(name, force=args.force, database=database)

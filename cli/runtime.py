@@ -11,13 +11,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from letta_ops.cli.options import Parser, port, version
-from letta_ops.cli.output import emit, progress
-from letta_ops.tasks.errors import EXIT_NEEDS_ACTION, EXIT_OK
+from ..tasks.errors import EXIT_NEEDS_ACTION, EXIT_OK
+from .options import Parser, port, version
+from .output import emit, progress
 
 
 def _runtime_profile(args: argparse.Namespace, need_database: bool):
-    from letta_ops.blocks.server_profile import load_profile
+    from ..blocks.server_profile import load_profile
 
     profile = load_profile(args.server, need_database=need_database)
     runtime = profile.runtime
@@ -48,7 +48,7 @@ def cmd_runtime_install(args: argparse.Namespace) -> int:
 
 
 def cmd_runtime_migrate(args: argparse.Namespace) -> int:
-    from letta_ops.tasks.postgres.letta_schema import alembic_revision
+    from ..tasks.postgres.letta_schema import alembic_revision
 
     profile = _runtime_profile(args, need_database=True)
     database = profile.require_database()
@@ -94,11 +94,11 @@ def cmd_runtime_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_runtime_status(args: argparse.Namespace) -> int:
-    from letta_ops.blocks.server_profile import process_state_dir
+    from ..blocks.server_profile import process_state_dir
 
     state_dir = process_state_dir(args.server, args.state_dir)
     if state_dir is not None:  # the environment's process runtime: its pid file, no Prefect
-        from letta_ops.tasks.runtimes.process import process_status
+        from ..tasks.runtimes.process import process_status
 
         status = process_status(state_dir)
     else:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from letta_ops.cli.output import emit, render_table
-from letta_ops.tasks.errors import EXIT_OK
+from ..tasks.errors import EXIT_OK
+from .output import emit, render_table
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from letta_ops.cli.deployments import build_runner_deployments, load_deployments, serve_all
+    from .deployments import build_runner_deployments, load_deployments, serve_all
 
     if args.dry_run:
         # Everything serving needs but the serving: each entrypoint imported from the installed

@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from letta_ops.cli.options import lock_options, reset_options, store_options, version
-from letta_ops.cli.output import confirm, emit, render_table, with_progress
-from letta_ops.tasks.errors import EXIT_OK
+from ..tasks.errors import EXIT_OK
+from .options import lock_options, reset_options, store_options, version
+from .output import confirm, emit, render_table, with_progress
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
-    from letta_ops.flows.rehearse import RehearsalReport
-    from letta_ops.flows.reports.upgrade import UpgradeReport
+    from ..flows.rehearse import RehearsalReport
+    from ..flows.reports.upgrade import UpgradeReport
 
 
 def render_plan(report: UpgradeReport) -> str:
@@ -77,7 +77,7 @@ def render_rehearsal(report: RehearsalReport) -> str:
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
-    from letta_ops.flows.rehearse import rehearse
+    from ..flows.rehearse import rehearse
 
     report = with_progress(
         lambda: rehearse(
@@ -93,7 +93,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    from letta_ops.flows.upgrade import upgrade
+    from ..flows.upgrade import upgrade
 
     if args.rehearse:
         return cmd_rehearse(args)

@@ -20,37 +20,36 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from letta_ops.blocks.backup_store import apply_object_lock
-from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from letta_ops.flows.verify import ObjectProblem, VerificationFailed, VerifyReport, verify
-from letta_ops.tasks.errors import Failed, database_error_message
-from letta_ops.tasks.letta.agent_export import export_agents
-from letta_ops.tasks.letta.api import LettaAPIError, LettaClient
-from letta_ops.tasks.letta.versions import release_at_revision
-from letta_ops.tasks.postgres.client_tools import PgToolError
-from letta_ops.tasks.postgres.dump import (
+from ..blocks.backup_store import apply_object_lock
+from ..blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from ..tasks.errors import Failed, database_error_message
+from ..tasks.letta.agent_export import export_agents
+from ..tasks.letta.api import LettaAPIError, LettaClient
+from ..tasks.letta.versions import release_at_revision
+from ..tasks.postgres.client_tools import PgToolError
+from ..tasks.postgres.dump import (
     DumpResult,
     dump_to_store,
     require_compression_supported,
     tool_version,
 )
-from letta_ops.tasks.postgres.dump_compression import chosen_compression
-from letta_ops.tasks.postgres.letta_inventory import agent_inventory
-from letta_ops.tasks.postgres.letta_schema import alembic_revision
-from letta_ops.tasks.runs import progress_events
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.audit_record import audited_run, counts_summary
-from letta_ops.tasks.runs.child_runs import fleet_slots
-from letta_ops.tasks.runs.context import (
+from ..tasks.postgres.dump_compression import chosen_compression
+from ..tasks.postgres.letta_inventory import agent_inventory
+from ..tasks.postgres.letta_schema import alembic_revision
+from ..tasks.runs import progress_events
+from ..tasks.runs import timeouts as run_timeouts
+from ..tasks.runs.audit_record import audited_run, counts_summary
+from ..tasks.runs.child_runs import fleet_slots
+from ..tasks.runs.context import (
     current_flow_run_id,
     publish_report,
     run_name,
     tag_current_run,
 )
-from letta_ops.tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
-from letta_ops.tasks.sets.catalog import keyless_warning, write_manifest
-from letta_ops.tasks.sets.manifest import (
+from ..tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
+from ..tasks.runs.report import FlowReport, ReportPart
+from ..tasks.sets.catalog import keyless_warning, write_manifest
+from ..tasks.sets.manifest import (
     DUMP_NAME,
     AgentEntry,
     BackupManifest,
@@ -61,9 +60,10 @@ from letta_ops.tasks.sets.manifest import (
     new_set_id,
     set_prefix,
 )
-from letta_ops.tasks.sets.retention import safety_pin_until
-from letta_ops.tasks.store.encryption_keys import SCHEME as ENCRYPTION_SCHEME
-from letta_ops.tasks.store.objects import ObjectStore, StoredObject
+from ..tasks.sets.retention import safety_pin_until
+from ..tasks.store.encryption_keys import SCHEME as ENCRYPTION_SCHEME
+from ..tasks.store.objects import ObjectStore, StoredObject
+from .verify import ObjectProblem, VerificationFailed, VerifyReport, verify
 
 
 class BackupFailed(Failed):

@@ -21,26 +21,26 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from letta_ops.blocks.server_profile import load_profile, open_backup_store
-from letta_ops.flows.backup import backup
-from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.letta.source_cleanup import (
+from ..blocks.server_profile import load_profile, open_backup_store
+from ..tasks.errors import Failed
+from ..tasks.letta.source_cleanup import (
     CleanupPlan,
     FolderCategory,
     delete_through_api_task,
     plan_cleanup,
     survey_folders_task,
 )
-from letta_ops.tasks.letta.source_phantom_rows import (
+from ..tasks.letta.source_phantom_rows import (
     delete_phantom_rows_task,
     inspect_phantom_rows_task,
 )
-from letta_ops.tasks.postgres.privileges import require_table_privileges
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.audit_record import audited_run
-from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
-from letta_ops.tasks.runs.lock import destructive_lock
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
+from ..tasks.postgres.privileges import require_table_privileges
+from ..tasks.runs import timeouts as run_timeouts
+from ..tasks.runs.audit_record import audited_run
+from ..tasks.runs.context import publish_report, run_name, tag_current_run
+from ..tasks.runs.lock import destructive_lock
+from ..tasks.runs.report import FlowReport, ReportPart
+from .backup import backup
 
 #: How long a real run waits for another destructive run on the server to finish.
 LOCK_WAIT_SECONDS = 10.0

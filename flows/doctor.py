@@ -29,21 +29,21 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.blocks.letta_server import LettaServer
-from letta_ops.blocks.process_runtime import LettaProcessRuntime
-from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from letta_ops.tasks.doctor import checks
-from letta_ops.tasks.doctor.check_names import CHECK_NAMES
-from letta_ops.tasks.doctor.findings import Finding, Status, guarded
-from letta_ops.tasks.errors import NeedsAction, Refused
-from letta_ops.tasks.letta.api import LettaAPIError, LettaClient
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.audit_record import audited_run
-from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
-from letta_ops.tasks.store.encryption import current_key_id, key_ring_of
-from letta_ops.tasks.store.encryption_keys import EncryptionKeyMissing
+from ..blocks.letta_database import LettaDatabase
+from ..blocks.letta_server import LettaServer
+from ..blocks.process_runtime import LettaProcessRuntime
+from ..blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from ..tasks.doctor import checks
+from ..tasks.doctor.check_names import CHECK_NAMES
+from ..tasks.doctor.findings import Finding, Status, guarded
+from ..tasks.errors import NeedsAction, Refused
+from ..tasks.letta.api import LettaAPIError, LettaClient
+from ..tasks.runs import timeouts as run_timeouts
+from ..tasks.runs.audit_record import audited_run
+from ..tasks.runs.context import publish_report, run_name, tag_current_run
+from ..tasks.runs.report import FlowReport, ReportPart
+from ..tasks.store.encryption import current_key_id, key_ring_of
+from ..tasks.store.encryption_keys import EncryptionKeyMissing
 
 
 class DoctorFinding(ReportPart):
@@ -153,10 +153,10 @@ def check_database(db: LettaDatabase | None, version: str | None) -> list[Findin
     if db is None:
         reason = "no usable database configuration (see database-uri)"
         return [checks.skipped(n, reason) for n in names]
-    from letta_ops.tasks.doctor.tls import check_database_tls
-    from letta_ops.tasks.postgres.letta_inventory import database_size
-    from letta_ops.tasks.postgres.letta_schema import alembic_revision
-    from letta_ops.tasks.postgres.sequence_repair import sequence_health
+    from ..tasks.doctor.tls import check_database_tls
+    from ..tasks.postgres.letta_inventory import database_size
+    from ..tasks.postgres.letta_schema import alembic_revision
+    from ..tasks.postgres.sequence_repair import sequence_health
 
     return [
         *guarded("alembic", lambda: checks.check_alembic(alembic_revision(db), version)),
@@ -173,7 +173,7 @@ def check_database(db: LettaDatabase | None, version: str | None) -> list[Findin
 
 
 def check_agent_names(profile: ServerProfile, version: str | None) -> checks.Finding:
-    from letta_ops.tasks.letta.agent_names import name_rule_for, plan_renames
+    from ..tasks.letta.agent_names import name_rule_for, plan_renames
 
     if version is None:
         return checks.check_agent_names({}, None)
@@ -184,8 +184,8 @@ def check_agent_names(profile: ServerProfile, version: str | None) -> checks.Fin
 
 def check_interrupted(server_name: str, server: str | None) -> checks.Finding:
     """Runs of this server that died part way (journal begun, never finished, process gone)."""
-    from letta_ops.flows.recover import interrupted_runs
-    from letta_ops.tasks.runs.journal import last_step
+    from ..tasks.runs.journal import last_step
+    from .recover import interrupted_runs
 
     runs = [
         {

@@ -15,10 +15,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from letta_ops.blocks.fleet_inventory import selected_servers
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.audit_record import audited_run
-from letta_ops.tasks.runs.child_runs import (
+from ..blocks.fleet_inventory import selected_servers
+from ..tasks.runs import timeouts as run_timeouts
+from ..tasks.runs.audit_record import audited_run
+from ..tasks.runs.child_runs import (
     ChildOutcome,
     FleetRunFailed,
     ensure_limits,
@@ -28,8 +28,8 @@ from letta_ops.tasks.runs.child_runs import (
     run_locally,
     wait_for_runs,
 )
-from letta_ops.tasks.runs.context import publish_report, run_name
-from letta_ops.tasks.runs.report import FlowReport
+from ..tasks.runs.context import publish_report, run_name
+from ..tasks.runs.report import FlowReport
 
 #: The per-server deployment children are launched from (prefect.yaml).
 CHILD_DEPLOYMENT = "letta-backup/backup"
@@ -40,7 +40,7 @@ def limits_for(
     names: list[str], store: str | None, per_store: int, per_host: int
 ) -> dict[str, list[str]]:
     """Each server's concurrency limits: its backup store and its database host."""
-    from letta_ops.blocks.server_profile import load_profile, open_backup_store
+    from ..blocks.server_profile import load_profile, open_backup_store
 
     per_server: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
@@ -59,8 +59,8 @@ def set_size(outcome: ChildOutcome, store: str | None) -> tuple[int | None, int 
     """Agents and bytes of the child's set, from its manifest."""
     if not outcome.backup_set or not outcome.ok:
         return None, None
-    from letta_ops.blocks.server_profile import open_backup_store
-    from letta_ops.tasks.sets.catalog import load_manifest
+    from ..blocks.server_profile import open_backup_store
+    from ..tasks.sets.catalog import load_manifest
 
     manifest = load_manifest(
         open_backup_store(store, outcome.server), *outcome.backup_set.split("/")
@@ -149,7 +149,7 @@ def fleet_backup(
             finished = wait_for_runs(runs, timeout_seconds)
             outcomes = [outcome_from_run(n, runs[n], finished.get(n)) for n in names]
         else:
-            from letta_ops.flows.backup import backup
+            from .backup import backup
 
             outcomes = [run_locally(n, backup, parameters) for n in names]
         rows = []

@@ -22,10 +22,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from letta_ops.blocks.fleet_inventory import selected_servers
-from letta_ops.tasks.letta.versions import parse_server_version
-from letta_ops.tasks.runs.audit_record import audited_run
-from letta_ops.tasks.runs.child_runs import (
+from ..blocks.fleet_inventory import selected_servers
+from ..tasks.letta.versions import parse_server_version
+from ..tasks.runs.audit_record import audited_run
+from ..tasks.runs.child_runs import (
     ChildOutcome,
     FleetRunFailed,
     launch_deployment_run,
@@ -33,9 +33,9 @@ from letta_ops.tasks.runs.child_runs import (
     run_locally,
     wait_for_runs,
 )
-from letta_ops.tasks.runs.context import publish_report, run_name
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
-from letta_ops.tasks.runs.server_selection import ServerEntry, plan_waves
+from ..tasks.runs.context import publish_report, run_name
+from ..tasks.runs.report import FlowReport, ReportPart
+from ..tasks.runs.server_selection import ServerEntry, plan_waves
 
 #: The per-server deployment children are launched from (prefect.yaml).
 CHILD_DEPLOYMENT = "letta-upgrade/upgrade"
@@ -43,8 +43,8 @@ CHILD_DEPLOYMENT = "letta-upgrade/upgrade"
 
 def scratch_agent_round_trip(entry: ServerEntry) -> dict[str, Any]:
     """Create, export and delete a scratch agent: the server writes, reads and deletes."""
-    from letta_ops.blocks.server_profile import load_profile
-    from letta_ops.tasks.letta.api import LettaClient, offline_agent_body
+    from ..blocks.server_profile import load_profile
+    from ..tasks.letta.api import LettaClient, offline_agent_body
 
     profile = load_profile(entry.name)
     started = time.monotonic()
@@ -60,7 +60,7 @@ def scratch_agent_round_trip(entry: ServerEntry) -> dict[str, Any]:
 @task(name="soak", cache_policy=NO_CACHE)
 def soak(entries: list[ServerEntry], version: str, seconds: float, smoke: bool) -> dict[str, Any]:
     """Health at ``version`` on every upgraded server for ``seconds``, then the smoke check."""
-    from letta_ops.tasks.letta.health import probe_health
+    from ..tasks.letta.health import probe_health
 
     deadline = time.monotonic() + seconds
     while True:
@@ -86,7 +86,7 @@ def soak(entries: list[ServerEntry], version: str, seconds: float, smoke: bool) 
 
 
 def current_versions(entries: list[ServerEntry]) -> dict[str, str | None]:
-    from letta_ops.tasks.letta.health import probe_health
+    from ..tasks.letta.health import probe_health
 
     return {e.name: (probe_health(e.base_url) or {}).get("version") for e in entries}
 
@@ -99,7 +99,7 @@ def run_wave(
         runs = {n: launch_deployment_run(deployment, n, parameters) for n in names}
         finished = wait_for_runs(runs, timeout)
         return [outcome_from_run(n, runs[n], finished.get(n)) for n in names]
-    from letta_ops.flows.upgrade import upgrade
+    from .upgrade import upgrade
 
     return [run_locally(n, upgrade, parameters) for n in names]
 
@@ -211,7 +211,7 @@ def fleet_upgrade(
         }
         for index, wave in enumerate(waves):
             if index > 0 and approval_between_waves:
-                from letta_ops.tasks.runs.approval import await_operator_approval
+                from ..tasks.runs.approval import await_operator_approval
 
                 report.approved_by = await_operator_approval(
                     f"fleet upgrade wave {index + 1} ({', '.join(wave)})", "fleet"

@@ -15,20 +15,20 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from letta_ops.blocks.server_profile import open_backup_store
-from letta_ops.tasks.audit.store import preserve_set_records
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.audit_record import audited_run
-from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
-from letta_ops.tasks.sets.catalog import list_backup_sets, summarize_set
-from letta_ops.tasks.sets.retention import (
+from ..blocks.server_profile import open_backup_store
+from ..tasks.audit.store import preserve_set_records
+from ..tasks.runs import timeouts as run_timeouts
+from ..tasks.runs.audit_record import audited_run
+from ..tasks.runs.context import publish_report, run_name, tag_current_run
+from ..tasks.runs.report import FlowReport, ReportPart
+from ..tasks.sets.catalog import list_backup_sets, summarize_set
+from ..tasks.sets.retention import (
     RetentionPlan,
     RetentionPolicy,
     execute_plan,
     plan_around_locks,
 )
-from letta_ops.tasks.store.objects import ObjectStore
+from ..tasks.store.objects import ObjectStore
 
 
 class PruneRow(ReportPart):

@@ -25,39 +25,39 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import ConfigDict, Field
 
-from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from letta_ops.flows.steps.restore_server import (
-    prove_server_matches_set,
-    restore_server_from_set,
-    start_set_version,
-)
-from letta_ops.flows.verify import CountDifference
-from letta_ops.tasks.audit.store import AuditStore
-from letta_ops.tasks.errors import Failed, NeedsAction, database_error_message
-from letta_ops.tasks.letta.api import LettaClient
-from letta_ops.tasks.postgres.letta_schema import alembic_revision, database_exists
-from letta_ops.tasks.postgres.sequence_repair import repair_sequences
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.audit_record import audited_run
-from letta_ops.tasks.runs.context import (
+from ..blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from ..tasks.audit.store import AuditStore
+from ..tasks.errors import Failed, NeedsAction, database_error_message
+from ..tasks.letta.api import LettaClient
+from ..tasks.postgres.letta_schema import alembic_revision, database_exists
+from ..tasks.postgres.sequence_repair import repair_sequences
+from ..tasks.runs import timeouts as run_timeouts
+from ..tasks.runs.audit_record import audited_run
+from ..tasks.runs.context import (
     TERMINAL_STATES,
     flow_run_state,
     publish_report,
     run_name,
     tag_current_run,
 )
-from letta_ops.tasks.runs.journal import (
+from ..tasks.runs.journal import (
     JournalEntry,
     RunJournal,
     last_step,
     process_alive,
     unfinished_runs,
 )
-from letta_ops.tasks.runs.lock import DeadRun, destructive_lock
-from letta_ops.tasks.runs.recovery_plan import RecoveryPlan, plan_recovery
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
-from letta_ops.tasks.sets.catalog import load_manifest
-from letta_ops.tasks.store.objects import ObjectStore
+from ..tasks.runs.lock import DeadRun, destructive_lock
+from ..tasks.runs.recovery_plan import RecoveryPlan, plan_recovery
+from ..tasks.runs.report import FlowReport, ReportPart
+from ..tasks.sets.catalog import load_manifest
+from ..tasks.store.objects import ObjectStore
+from .steps.restore_server import (
+    prove_server_matches_set,
+    restore_server_from_set,
+    start_set_version,
+)
+from .verify import CountDifference
 
 
 class RestoreMustBeRerun(NeedsAction):

@@ -33,25 +33,25 @@ from prefect.cache_policies import NO_CACHE
 from prefect.transactions import transaction
 from pydantic import ConfigDict, Field
 
-from letta_ops.blocks.letta_server import LettaServer
-from letta_ops.blocks.process_runtime import LettaProcessRuntime
-from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from letta_ops.flows.backup import backup
-from letta_ops.flows.reports.upgrade import AgentVerification, NotCarried, TimedStep, UpgradePlan
-from letta_ops.flows.steps.restore_server import restore_database_from_set, start_set_version
-from letta_ops.flows.steps.upgrade_steps import UpgradeState, preflight, run_migrate, run_rebuild
-from letta_ops.flows.verify import drill_target, refuse_live_drill_target, resolve_set
-from letta_ops.tasks.errors import Failed, database_error_message
-from letta_ops.tasks.postgres.embedded import free_loopback_port
-from letta_ops.tasks.postgres.letta_inventory import agent_inventory
-from letta_ops.tasks.postgres.letta_schema import table_row_counts
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.audit_record import audited_run
-from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
-from letta_ops.tasks.sets.admission import require_dump, require_intact
-from letta_ops.tasks.sets.catalog import load_manifest
-from letta_ops.tasks.sets.verification import scratch_database
+from ..blocks.letta_server import LettaServer
+from ..blocks.process_runtime import LettaProcessRuntime
+from ..blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from ..tasks.errors import Failed, database_error_message
+from ..tasks.postgres.embedded import free_loopback_port
+from ..tasks.postgres.letta_inventory import agent_inventory
+from ..tasks.postgres.letta_schema import table_row_counts
+from ..tasks.runs import timeouts as run_timeouts
+from ..tasks.runs.audit_record import audited_run
+from ..tasks.runs.context import publish_report, run_name, tag_current_run
+from ..tasks.runs.report import FlowReport, ReportPart
+from ..tasks.sets.admission import require_dump, require_intact
+from ..tasks.sets.catalog import load_manifest
+from ..tasks.sets.verification import scratch_database
+from .backup import backup
+from .reports.upgrade import AgentVerification, NotCarried, TimedStep, UpgradePlan
+from .steps.restore_server import restore_database_from_set, start_set_version
+from .steps.upgrade_steps import UpgradeState, preflight, run_migrate, run_rebuild
+from .verify import drill_target, refuse_live_drill_target, resolve_set
 
 #: Steps from the stop to the verification: what the server's users would wait for.
 DOWNTIME_STEPS = ("stop server", "empty database", "alembic upgrade", "repair sequences", "start")
@@ -321,7 +321,7 @@ def rehearse(
 
 
 def _log_text(copy: ServerProfile) -> str:
-    from letta_ops.tasks.runtimes.process import log_file
+    from ..tasks.runtimes.process import log_file
 
     path = log_file(copy.runtime.resolved_state_dir())
     return path.read_text(errors="replace") if path.exists() else ""

@@ -19,16 +19,16 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import ConfigDict, Field
 
-from letta_ops.blocks.server_profile import ServerProfile, load_profile
-from letta_ops.flows.backup import backup
-from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.letta.agent_names import name_rule_for, plan_renames
-from letta_ops.tasks.letta.api import LettaClient
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.audit_record import audited_run
-from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
-from letta_ops.tasks.runs.lock import destructive_lock
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
+from ..blocks.server_profile import ServerProfile, load_profile
+from ..tasks.errors import Failed
+from ..tasks.letta.agent_names import name_rule_for, plan_renames
+from ..tasks.letta.api import LettaClient
+from ..tasks.runs import timeouts as run_timeouts
+from ..tasks.runs.audit_record import audited_run
+from ..tasks.runs.context import publish_report, run_name, tag_current_run
+from ..tasks.runs.lock import destructive_lock
+from ..tasks.runs.report import FlowReport, ReportPart
+from .backup import backup
 
 
 class RenameFailed(Failed):

@@ -17,19 +17,19 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import ConfigDict, Field
 
-from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.blocks.server_profile import load_profile
-from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.postgres.sequence_repair import (
+from ..blocks.letta_database import LettaDatabase
+from ..blocks.server_profile import load_profile
+from ..tasks.errors import Failed
+from ..tasks.postgres.sequence_repair import (
     SequenceSource,
     repair_sequences_task,
     sequence_health,
 )
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.audit_record import audited_run
-from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
-from letta_ops.tasks.runs.lock import destructive_lock
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
+from ..tasks.runs import timeouts as run_timeouts
+from ..tasks.runs.audit_record import audited_run
+from ..tasks.runs.context import publish_report, run_name, tag_current_run
+from ..tasks.runs.lock import destructive_lock
+from ..tasks.runs.report import FlowReport, ReportPart
 
 #: How long a run waits for another destructive run on the server to finish.
 LOCK_WAIT_SECONDS = 10.0

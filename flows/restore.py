@@ -25,42 +25,42 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import ConfigDict, Field
 
-from letta_ops.blocks.letta_database import LettaDatabase, target_database
-from letta_ops.blocks.letta_server import LettaServer
-from letta_ops.blocks.process_runtime import LettaProcessRuntime
-from letta_ops.blocks.server_profile import load_profile, open_backup_store
-from letta_ops.flows.reports.server_restore import ServerProof, ServerStart
-from letta_ops.flows.steps.restore_server import (
+from ..blocks.letta_database import LettaDatabase, target_database
+from ..blocks.letta_server import LettaServer
+from ..blocks.process_runtime import LettaProcessRuntime
+from ..blocks.server_profile import load_profile, open_backup_store
+from ..tasks.errors import Failed
+from ..tasks.letta.api import LettaClient
+from ..tasks.postgres.letta_schema import database_exists
+from ..tasks.postgres.privileges import RequestedReset
+from ..tasks.postgres.restore_target import (
+    RestoreTargetRefused,
+    port_in_use,
+    same_database,
+    user_table_count,
+)
+from ..tasks.runs import timeouts as run_timeouts
+from ..tasks.runs.audit_record import audited_run
+from ..tasks.runs.context import publish_report, run_name, tag_current_run
+from ..tasks.runs.journal import close_unfinished
+from ..tasks.runs.lock import destructive_lock
+from ..tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
+from ..tasks.runs.report import FlowReport, ReportPart
+from ..tasks.runtimes.install import install_runtime
+from ..tasks.server_naming import sanitize_server_name
+from ..tasks.sets.admission import require_dump, require_intact
+from ..tasks.sets.catalog import load_manifest
+from ..tasks.sets.manifest import BackupManifest
+from ..tasks.store.objects import ObjectStore
+from .reports.server_restore import ServerProof, ServerStart
+from .steps.restore_server import (
     database_for_set,
     prove_server_matches_set,
     restore_database_from_set,
     start_set_version,
     with_reset_mode,
 )
-from letta_ops.flows.verify import CountDifference, resolve_set
-from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.letta.api import LettaClient
-from letta_ops.tasks.postgres.letta_schema import database_exists
-from letta_ops.tasks.postgres.privileges import RequestedReset
-from letta_ops.tasks.postgres.restore_target import (
-    RestoreTargetRefused,
-    port_in_use,
-    same_database,
-    user_table_count,
-)
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.audit_record import audited_run
-from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
-from letta_ops.tasks.runs.journal import close_unfinished
-from letta_ops.tasks.runs.lock import destructive_lock
-from letta_ops.tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
-from letta_ops.tasks.runtimes.install import install_runtime
-from letta_ops.tasks.server_naming import sanitize_server_name
-from letta_ops.tasks.sets.admission import require_dump, require_intact
-from letta_ops.tasks.sets.catalog import load_manifest
-from letta_ops.tasks.sets.manifest import BackupManifest
-from letta_ops.tasks.store.objects import ObjectStore
+from .verify import CountDifference, resolve_set
 
 
 class RestoreFailed(Failed):

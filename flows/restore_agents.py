@@ -22,23 +22,23 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from letta_ops.flows.verify import resolve_set
-from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.letta.agent_file import rename_agent_file, summarize_agent_file
-from letta_ops.tasks.letta.agent_names import name_rule_for
-from letta_ops.tasks.letta.agent_restore import AgentRestoreStep, plan_agent_restore
-from letta_ops.tasks.letta.api import LettaClient
-from letta_ops.tasks.postgres.letta_inventory import agent_inventory
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.audit_record import audited_run
-from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
-from letta_ops.tasks.sets.admission import require_intact, require_same_server
-from letta_ops.tasks.sets.catalog import load_manifest
-from letta_ops.tasks.sets.manifest import BackupManifest
-from letta_ops.tasks.sets.verification import downloaded
-from letta_ops.tasks.store.objects import ObjectStore
+from ..blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from ..tasks.errors import Failed
+from ..tasks.letta.agent_file import rename_agent_file, summarize_agent_file
+from ..tasks.letta.agent_names import name_rule_for
+from ..tasks.letta.agent_restore import AgentRestoreStep, plan_agent_restore
+from ..tasks.letta.api import LettaClient
+from ..tasks.postgres.letta_inventory import agent_inventory
+from ..tasks.runs import timeouts as run_timeouts
+from ..tasks.runs.audit_record import audited_run
+from ..tasks.runs.context import publish_report, run_name, tag_current_run
+from ..tasks.runs.report import FlowReport, ReportPart
+from ..tasks.sets.admission import require_intact, require_same_server
+from ..tasks.sets.catalog import load_manifest
+from ..tasks.sets.manifest import BackupManifest
+from ..tasks.sets.verification import downloaded
+from ..tasks.store.objects import ObjectStore
+from .verify import resolve_set
 
 
 class AgentRestoreFailed(Failed):

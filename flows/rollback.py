@@ -33,15 +33,40 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, transaction
 
-from letta_ops.blocks.letta_runtime import LettaRuntime
-from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from letta_ops.flows.backup import backup
-from letta_ops.flows.reports.rollback import (
+from ..blocks.letta_runtime import LettaRuntime
+from ..blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from ..tasks.errors import Failed, Refused, database_error_message
+from ..tasks.letta.api import LettaAPIError, LettaClient
+from ..tasks.letta.server_tls import require_server_can_use_tls
+from ..tasks.letta.versions import release_at_revision
+from ..tasks.postgres.client_tools import client_tools
+from ..tasks.postgres.letta_inventory import agent_inventory, database_size
+from ..tasks.postgres.letta_schema import alembic_revision, table_row_counts
+from ..tasks.postgres.privileges import RequestedReset
+from ..tasks.postgres.rows_since import agents_created_since, rows_written_since
+from ..tasks.runs import timeouts as run_timeouts
+from ..tasks.runs.approval import ApprovalDeclined, await_operator_approval
+from ..tasks.runs.audit_record import audited_run
+from ..tasks.runs.context import publish_report, run_name, tag_current_run
+from ..tasks.runs.journal import JournaledSteps
+from ..tasks.runs.lock import destructive_lock
+from ..tasks.runs.phase_timings import PhaseClock
+from ..tasks.sets.admission import (
+    newest_rollback_set,
+    require_dump,
+    require_intact,
+    require_same_server,
+)
+from ..tasks.sets.catalog import load_manifest, runtime_files_of_set
+from ..tasks.sets.manifest import BackupManifest, set_prefix
+from ..tasks.store.objects import ObjectStore
+from .backup import backup
+from .reports.rollback import (
     RollbackPlan,
     RollbackReport,
     render_rollback_markdown,
 )
-from letta_ops.flows.steps.restore_server import (
+from .steps.restore_server import (
     database_for_set,
     empty_database_steps,
     prove_server_matches_set,
@@ -50,32 +75,7 @@ from letta_ops.flows.steps.restore_server import (
     start_set_version,
     with_reset_mode,
 )
-from letta_ops.flows.verify import resolve_set
-from letta_ops.tasks.errors import Failed, Refused, database_error_message
-from letta_ops.tasks.letta.api import LettaAPIError, LettaClient
-from letta_ops.tasks.letta.server_tls import require_server_can_use_tls
-from letta_ops.tasks.letta.versions import release_at_revision
-from letta_ops.tasks.postgres.client_tools import client_tools
-from letta_ops.tasks.postgres.letta_inventory import agent_inventory, database_size
-from letta_ops.tasks.postgres.letta_schema import alembic_revision, table_row_counts
-from letta_ops.tasks.postgres.privileges import RequestedReset
-from letta_ops.tasks.postgres.rows_since import agents_created_since, rows_written_since
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.approval import ApprovalDeclined, await_operator_approval
-from letta_ops.tasks.runs.audit_record import audited_run
-from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
-from letta_ops.tasks.runs.journal import JournaledSteps
-from letta_ops.tasks.runs.lock import destructive_lock
-from letta_ops.tasks.runs.phase_timings import PhaseClock
-from letta_ops.tasks.sets.admission import (
-    newest_rollback_set,
-    require_dump,
-    require_intact,
-    require_same_server,
-)
-from letta_ops.tasks.sets.catalog import load_manifest, runtime_files_of_set
-from letta_ops.tasks.sets.manifest import BackupManifest, set_prefix
-from letta_ops.tasks.store.objects import ObjectStore
+from .verify import resolve_set
 
 #: The most lines of a runtime file's diff the rollback plan shows.
 DIFF_LINES = 60

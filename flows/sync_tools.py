@@ -19,19 +19,19 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from letta_ops.blocks.server_profile import load_profile
-from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.letta import tool_sync
-from letta_ops.tasks.letta.tool_sync import (
+from ..blocks.server_profile import load_profile
+from ..tasks.errors import Failed
+from ..tasks.letta import tool_sync
+from ..tasks.letta.tool_sync import (
     SyncMode,
     TargetSelectionError,
     TargetSelector,
     run_tool_sync_task,
 )
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.audit_record import audited_run
-from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
+from ..tasks.runs import timeouts as run_timeouts
+from ..tasks.runs.audit_record import audited_run
+from ..tasks.runs.context import publish_report, run_name, tag_current_run
+from ..tasks.runs.report import FlowReport, ReportPart
 
 
 class ControlAgent(ReportPart):

@@ -24,16 +24,29 @@ from typing import TYPE_CHECKING
 from prefect import flow, get_run_logger
 from prefect.transactions import transaction
 
-from letta_ops.blocks.server_profile import load_profile, open_backup_store
-from letta_ops.flows.backup import backup
-from letta_ops.flows.reports.upgrade import (
+from ..blocks.server_profile import load_profile, open_backup_store
+from ..tasks.audit.rehearsal_history import rehearsal_is_current
+from ..tasks.errors import database_error_message
+from ..tasks.letta.versions import ALEMBIC_HEADS
+from ..tasks.postgres.letta_inventory import (
+    agent_inventory,
+)
+from ..tasks.postgres.privileges import RequestedReset
+from ..tasks.runs.approval import ApprovalDeclined, await_operator_approval
+from ..tasks.runs.audit_record import audited_run, counts_summary, server_counts
+from ..tasks.runs.context import publish_report, run_name, tag_current_run
+from ..tasks.runs.lock import destructive_lock
+from ..tasks.sets.catalog import load_manifest
+from ..tasks.sets.manifest import set_prefix
+from .backup import backup
+from .reports.upgrade import (
     Strategy,
     UpgradeReport,
     audit_renames,
     render_upgrade_markdown,
     rollback_outcome,
 )
-from letta_ops.flows.steps.upgrade_steps import (
+from .steps.upgrade_steps import (
     UpgradeFailed,
     UpgradeRefused,
     UpgradeState,
@@ -42,22 +55,9 @@ from letta_ops.flows.steps.upgrade_steps import (
     run_migrate,
     run_rebuild,
 )
-from letta_ops.tasks.audit.rehearsal_history import rehearsal_is_current
-from letta_ops.tasks.errors import database_error_message
-from letta_ops.tasks.letta.versions import ALEMBIC_HEADS
-from letta_ops.tasks.postgres.letta_inventory import (
-    agent_inventory,
-)
-from letta_ops.tasks.postgres.privileges import RequestedReset
-from letta_ops.tasks.runs.approval import ApprovalDeclined, await_operator_approval
-from letta_ops.tasks.runs.audit_record import audited_run, counts_summary, server_counts
-from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
-from letta_ops.tasks.runs.lock import destructive_lock
-from letta_ops.tasks.sets.catalog import load_manifest
-from letta_ops.tasks.sets.manifest import set_prefix
 
 if TYPE_CHECKING:
-    from letta_ops.flows.rehearse import RehearsalReport
+    from .rehearse import RehearsalReport
 
 
 @flow(name="letta-upgrade", flow_run_name=run_name("upgrade", "to_version"))
@@ -85,7 +85,7 @@ def upgrade(
     ``in-place``); by default the database block's setting, else whatever the role may do.
     """
     if rehearse:
-        from letta_ops.flows.rehearse import rehearse as rehearse_flow
+        from .rehearse import rehearse as rehearse_flow
 
         return rehearse_flow(
             to_version, server, store, strategy, start_timeout_seconds=start_timeout_seconds

@@ -19,32 +19,32 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.blocks.server_profile import ProfileError, load_profile, open_backup_store
-from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.postgres.restore_target import same_database
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.audit_record import audited_run, counts_summary
-from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
-from letta_ops.tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
-from letta_ops.tasks.sets.admission import missing_key
-from letta_ops.tasks.sets.catalog import (
+from ..blocks.letta_database import LettaDatabase
+from ..blocks.server_profile import ProfileError, load_profile, open_backup_store
+from ..tasks.errors import Failed
+from ..tasks.postgres.restore_target import same_database
+from ..tasks.runs import timeouts as run_timeouts
+from ..tasks.runs.audit_record import audited_run, counts_summary
+from ..tasks.runs.context import publish_report, run_name, tag_current_run
+from ..tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
+from ..tasks.runs.report import FlowReport, ReportPart
+from ..tasks.sets.admission import missing_key
+from ..tasks.sets.catalog import (
     BackupSetError,
     list_backup_sets,
     load_manifest,
     record_verification,
 )
-from letta_ops.tasks.sets.manifest import (
+from ..tasks.sets.manifest import (
     BackupManifest,
     SetEncryption,
     parse_set_reference,
     set_prefix,
 )
-from letta_ops.tasks.sets.verification import check_dump, check_objects, drill, reads_back
-from letta_ops.tasks.store.encryption import key_ring_of
-from letta_ops.tasks.store.encryption_keys import EncryptionKeyMissing
-from letta_ops.tasks.store.objects import ObjectStore
+from ..tasks.sets.verification import check_dump, check_objects, drill, reads_back
+from ..tasks.store.encryption import key_ring_of
+from ..tasks.store.encryption_keys import EncryptionKeyMissing
+from ..tasks.store.objects import ObjectStore
 
 
 class VerificationFailed(Failed):

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from urllib.parse import urlparse
 
-from letta_ops.tasks.errors import Refused
+from .errors import Refused
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8283"
 

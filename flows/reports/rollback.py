@@ -9,9 +9,9 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from letta_ops.flows.reports.server_restore import ServerProof, ServerRestore
-from letta_ops.tasks.runs.phase_timings import PhaseTiming, phases_markdown
-from letta_ops.tasks.runs.report import FlowReport, ReportPart
+from ...tasks.runs.phase_timings import PhaseTiming, phases_markdown
+from ...tasks.runs.report import FlowReport, ReportPart
+from .server_restore import ServerProof, ServerRestore
 
 # --------------------------------------------------------------------------- the report
 

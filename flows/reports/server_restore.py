@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import Field
 
-from letta_ops.flows.verify import CountDifference
-from letta_ops.tasks.runs.report import ReportPart
+from ...tasks.runs.report import ReportPart
+from ..verify import CountDifference
 
 
 class ServerStart(ReportPart):

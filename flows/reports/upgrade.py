@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from letta_ops.flows.reports.server_restore import ServerRestore
-from letta_ops.tasks.runs.report import FlowReport, ReportPart, StoredPart
+from ...tasks.runs.report import FlowReport, ReportPart, StoredPart
+from .server_restore import ServerRestore
 
 Strategy = Literal["migrate", "rebuild"]
 

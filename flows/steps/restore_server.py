@@ -15,12 +15,12 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.blocks.letta_runtime import LettaRuntime, quiet
-from letta_ops.blocks.server_profile import ServerProfile
-from letta_ops.tasks.errors import database_error_message
-from letta_ops.tasks.letta.api import LettaClient
-from letta_ops.tasks.postgres.letta_schema import (
+from ...blocks.letta_database import LettaDatabase
+from ...blocks.letta_runtime import LettaRuntime, quiet
+from ...blocks.server_profile import ServerProfile
+from ...tasks.errors import database_error_message
+from ...tasks.letta.api import LettaClient
+from ...tasks.postgres.letta_schema import (
     create_database,
     drop_database,
     empty_database,
@@ -28,13 +28,13 @@ from letta_ops.tasks.postgres.letta_schema import (
     swap_in_database,
     table_row_counts,
 )
-from letta_ops.tasks.postgres.privileges import RequestedReset, restore_plan
-from letta_ops.tasks.postgres.restore import restore_dump
-from letta_ops.tasks.postgres.sequence_repair import repair_sequences
-from letta_ops.tasks.sets.admission import require_key
-from letta_ops.tasks.sets.catalog import runtime_files_of_set
-from letta_ops.tasks.sets.manifest import BackupManifest
-from letta_ops.tasks.sets.verification import (
+from ...tasks.postgres.privileges import RequestedReset, restore_plan
+from ...tasks.postgres.restore import restore_dump
+from ...tasks.postgres.sequence_repair import repair_sequences
+from ...tasks.sets.admission import require_key
+from ...tasks.sets.catalog import runtime_files_of_set
+from ...tasks.sets.manifest import BackupManifest
+from ...tasks.sets.verification import (
     Phase,
     compare_counts,
     downloaded,
@@ -42,7 +42,7 @@ from letta_ops.tasks.sets.verification import (
     no_phase,
     restore_set_dump,
 )
-from letta_ops.tasks.store.objects import ObjectStore
+from ...tasks.store.objects import ObjectStore
 
 
 def database_for_set(database: LettaDatabase, manifest: BackupManifest) -> LettaDatabase:

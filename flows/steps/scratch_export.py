@@ -18,15 +18,15 @@ from pathlib import Path
 from packaging.version import Version
 from pydantic import SecretStr
 
-from letta_ops.blocks.letta_server import LettaServer
-from letta_ops.blocks.process_runtime import LettaProcessRuntime
-from letta_ops.blocks.server_profile import ServerProfile
-from letta_ops.flows.steps.restore_server import restore_database_from_set
-from letta_ops.tasks.letta.api import LettaClient
-from letta_ops.tasks.postgres.embedded import free_loopback_port
-from letta_ops.tasks.postgres.letta_schema import drop_database
-from letta_ops.tasks.sets.manifest import BackupManifest
-from letta_ops.tasks.store.objects import ObjectStore
+from ...blocks.letta_server import LettaServer
+from ...blocks.process_runtime import LettaProcessRuntime
+from ...blocks.server_profile import ServerProfile
+from ...tasks.letta.api import LettaClient
+from ...tasks.postgres.embedded import free_loopback_port
+from ...tasks.postgres.letta_schema import drop_database
+from ...tasks.sets.manifest import BackupManifest
+from ...tasks.store.objects import ObjectStore
+from .restore_server import restore_database_from_set
 
 #: The first release whose agent files (multi-entity format) >= 0.12 can import.
 FIRST_MULTI_ENTITY_EXPORT = Version("0.11.7")

@@ -15,35 +15,35 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction
 
-from letta_ops.blocks.server_profile import ServerProfile, open_backup_store
-from letta_ops.flows.reports.upgrade import Strategy, UpgradePlan
-from letta_ops.flows.steps.restore_server import (
-    empty_database_steps,
-    restore_server_from_set,
-    start_set_version,
-    with_reset_mode,
-)
-from letta_ops.flows.steps.scratch_export import export_via_scratch_copy, exports_v1_agent_files
-from letta_ops.tasks.audit.rehearsal_history import latest_rehearsal
-from letta_ops.tasks.errors import Failed, Refused
-from letta_ops.tasks.letta.agent_names import name_rule_for, plan_renames, strictest_rule
-from letta_ops.tasks.letta.api import LettaClient
-from letta_ops.tasks.letta.server_tls import require_server_can_use_tls
-from letta_ops.tasks.letta.versions import parse_server_version
-from letta_ops.tasks.postgres.client_tools import client_tools
-from letta_ops.tasks.postgres.letta_inventory import (
+from ...blocks.server_profile import ServerProfile, open_backup_store
+from ...tasks.audit.rehearsal_history import latest_rehearsal
+from ...tasks.errors import Failed, Refused
+from ...tasks.letta.agent_names import name_rule_for, plan_renames, strictest_rule
+from ...tasks.letta.api import LettaClient
+from ...tasks.letta.server_tls import require_server_can_use_tls
+from ...tasks.letta.versions import parse_server_version
+from ...tasks.postgres.client_tools import client_tools
+from ...tasks.postgres.letta_inventory import (
     agent_inventory,
     archival_passage_count,
     compare_by_id,
     database_size,
 )
-from letta_ops.tasks.postgres.letta_schema import alembic_revision, empty_database
-from letta_ops.tasks.postgres.privileges import RequestedReset
-from letta_ops.tasks.postgres.sequence_repair import repair_sequences
-from letta_ops.tasks.runs import timeouts as run_timeouts
-from letta_ops.tasks.runs.journal import JournaledSteps
-from letta_ops.tasks.sets.manifest import BackupManifest
-from letta_ops.tasks.store.objects import ObjectStore
+from ...tasks.postgres.letta_schema import alembic_revision, empty_database
+from ...tasks.postgres.privileges import RequestedReset
+from ...tasks.postgres.sequence_repair import repair_sequences
+from ...tasks.runs import timeouts as run_timeouts
+from ...tasks.runs.journal import JournaledSteps
+from ...tasks.sets.manifest import BackupManifest
+from ...tasks.store.objects import ObjectStore
+from ..reports.upgrade import Strategy, UpgradePlan
+from .restore_server import (
+    empty_database_steps,
+    restore_server_from_set,
+    start_set_version,
+    with_reset_mode,
+)
+from .scratch_export import export_via_scratch_copy, exports_v1_agent_files
 
 
 class UpgradeRefused(Refused):
@@ -188,7 +188,7 @@ def preflight(
 
 def newest_backup_at(store: str | None, server: str | None, name: str) -> datetime | None:
     """When the newest complete set of this server was taken (None: none, or no store)."""
-    from letta_ops.tasks.sets.catalog import list_backup_sets
+    from ...tasks.sets.catalog import list_backup_sets
 
     try:
         sets = [s for s in list_backup_sets(open_backup_store(store, server), name) if s.complete]

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from letta_ops.tasks.audit.store import AuditRecord
-from letta_ops.tasks.sets.retention import BackupSetSummary
+from ..sets.retention import BackupSetSummary
+from .store import AuditRecord
 
 #: name -> (type, help)
 METRICS: dict[str, tuple[str, str]] = {

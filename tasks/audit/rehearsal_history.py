@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from letta_ops.tasks.audit.store import AuditStore
+from .store import AuditStore
 
 
 def latest_rehearsal(

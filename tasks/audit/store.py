@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from letta_ops.tasks.store.objects import ObjectExistsError, ObjectStore
+from ..store.objects import ObjectExistsError, ObjectStore
 
 AUDIT_FORMAT = "letta-ops/audit-record@1"
 AUDIT_URL_ENV = "LETTA_OPS_AUDIT_URL"
@@ -225,8 +225,8 @@ class AuditStore:
             parsed = parsed.set(drivername="postgresql+pg8000")
         if parsed.drivername == "postgresql+pg8000":
             # libpq's TLS settings (?sslmode=..., PGSSL*) as pg8000 takes them.
-            from letta_ops.tasks.postgres.letta_schema import pg8000_connect_args
-            from letta_ops.tasks.postgres.tls import CONNECTION_QUERY_PARAMETERS, tls_settings
+            from ..postgres.letta_schema import pg8000_connect_args
+            from ..postgres.tls import CONNECTION_QUERY_PARAMETERS, tls_settings
 
             tls = tls_settings(self.url)
             parsed = parsed.difference_update_query(CONNECTION_QUERY_PARAMETERS)
@@ -243,7 +243,7 @@ class AuditStore:
     def migrate(self) -> None:
         """Bring the schema to the newest migration (on every open: a store may have been
         deleted or upgraded by a newer letta-ops since; at head this is one query)."""
-        from letta_ops.tasks.audit.migrations import upgrade_to_head
+        from .migrations import upgrade_to_head
 
         assert self._engine is not None
         with _MIGRATE_LOCK:
@@ -381,8 +381,8 @@ def record_key(record: AuditRecord, set_complete: bool) -> str:
     * else ``audit/SERVER--STARTED--RECORD_ID.json`` (a failed backup's set may never get its
       manifest and be pruned as incomplete; the record must outlive it).
     """
-    from letta_ops.tasks.server_naming import sanitize_server_name
-    from letta_ops.tasks.sets.manifest import parse_set_reference, set_prefix
+    from ..server_naming import sanitize_server_name
+    from ..sets.manifest import parse_set_reference, set_prefix
 
     name = _safe_segment(record.record_id)
     if record.backup_set and set_complete:
@@ -397,7 +397,7 @@ def _safe_segment(text: str) -> str:
 
 
 def set_is_complete(store: ObjectStore, backup_set: str) -> bool:
-    from letta_ops.tasks.sets.manifest import MANIFEST_NAME, parse_set_reference, set_prefix
+    from ..sets.manifest import MANIFEST_NAME, parse_set_reference, set_prefix
 
     server, set_id = parse_set_reference(backup_set)
     return store.exists(set_prefix(server, set_id) + MANIFEST_NAME)

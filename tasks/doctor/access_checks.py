@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from letta_ops.tasks.doctor.findings import (
+from .findings import (
     Finding,
     action,
     ok,
@@ -60,7 +60,7 @@ def anonymous_access_refused(base_url: str) -> tuple[bool | None, str | None]:
     """(refused?, error): the same probe the process runtime runs after every start."""
     import httpx
 
-    from letta_ops.tasks.runtimes.process import anonymous_request_refused
+    from ..runtimes.process import anonymous_request_refused
 
     try:
         return anonymous_request_refused(base_url), None
@@ -71,7 +71,7 @@ def anonymous_access_refused(base_url: str) -> tuple[bool | None, str | None]:
 def requested_object_lock(store, environ: Mapping[str, str] | None = None):
     """The lock new sets will be written with: ``LETTA_OPS_LOCK_DAYS`` / ``_MODE``, else the
     store block's; None when none is asked for. Bad values raise ``Refused``."""
-    from letta_ops.tasks.store.object_lock import (
+    from ..store.object_lock import (
         LOCK_DAYS_ENV,
         LOCK_MODE_ENV,
         object_lock_from_settings,

@@ -24,7 +24,18 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from letta_ops.tasks.doctor.findings import (
+from ..letta.versions import (
+    ALEMBIC_HEADS,
+    parse_server_version,
+    release_at_revision,
+)
+from ..postgres.database import (
+    InvalidDatabaseURI,
+    PostgresDatabase,
+    parse_letta_pg_uri,
+)
+from ..postgres.letta_schema import connect
+from .findings import (
     DUMP_SPACE_FACTOR,
     ENCRYPTION_FROM,
     Finding,
@@ -32,17 +43,6 @@ from letta_ops.tasks.doctor.findings import (
     ok,
     skipped,
 )
-from letta_ops.tasks.letta.versions import (
-    ALEMBIC_HEADS,
-    parse_server_version,
-    release_at_revision,
-)
-from letta_ops.tasks.postgres.database import (
-    InvalidDatabaseURI,
-    PostgresDatabase,
-    parse_letta_pg_uri,
-)
-from letta_ops.tasks.postgres.letta_schema import connect
 
 # --------------------------------------------------------------------------------------------
 # The server
@@ -109,7 +109,7 @@ def check_pgvector(extension_version: str | None) -> Finding:
 def check_restore_privileges(db: PostgresDatabase) -> Finding:
     """The pre-flight every destructive run makes: may this role empty the database and
     restore into it (recreate, or reset in place), with client tools that fit the server?"""
-    from letta_ops.tasks.postgres.privileges import PrivilegeRefused, restore_plan
+    from ..postgres.privileges import PrivilegeRefused, restore_plan
 
     try:
         plan = restore_plan(db)
@@ -316,7 +316,7 @@ def check_encryption_key(version: str | None, configured: bool) -> Finding:
 def check_compose_pin(compose_file: Path | None, service: str) -> Finding:
     if compose_file is None:
         return skipped("compose-pin", "no compose file given (--compose-file)")
-    from letta_ops.tasks.runtimes.compose import compose_image_tag
+    from ..runtimes.compose import compose_image_tag
 
     tag = compose_image_tag(compose_file.read_text(), service)
     if tag is None or tag == "latest":
@@ -371,7 +371,7 @@ def check_backup_age(
 
 
 def newest_verified_backup(store, server: str) -> datetime | None:
-    from letta_ops.tasks.sets.catalog import list_backup_sets
+    from ..sets.catalog import list_backup_sets
 
     for backup_set in list_backup_sets(store, server):
         if backup_set.verified and backup_set.created_at is not None:
@@ -392,7 +392,7 @@ def server_process_environment(state_dir: Path) -> dict[str, str] | None:
     """
     import psutil
 
-    from letta_ops.tasks.runtimes.process import running_server
+    from ..runtimes.process import running_server
 
     record = running_server(state_dir)
     if record is None:
@@ -428,7 +428,7 @@ def check_backup_encryption(store_url: str, key_id: str | None, keys: int) -> Fi
 def check_backup_authentication(store, server: str) -> Finding:
     """Whether the repository has a key that authenticates its sets, and whether any set of
     this server fails authentication (planted, edited or copied: quarantined, never used)."""
-    from letta_ops.tasks.sets.catalog import (
+    from ..sets.catalog import (
         keyless_warning,
         list_backup_sets,
         repository_keys_of,
@@ -466,7 +466,7 @@ def needs_action(findings: list[Finding]) -> bool:
 def check_pg_tools(db) -> Finding:
     """Which pg_dump/pg_restore letta-ops will run (on this host, or inside the database's
     compose service), and that they answer."""
-    from letta_ops.tasks.postgres.client_tools import client_tools
+    from ..postgres.client_tools import client_tools
 
     tools = client_tools(db)
     return ok("pg-tools", f"{tools.describe()}: {tools.version('pg_dump')}")
@@ -474,7 +474,7 @@ def check_pg_tools(db) -> Finding:
 
 def check_runtime(runtime) -> Finding:
     """Which runtime letta-ops will drive for upgrades and rollbacks, and whether it can."""
-    from letta_ops.tasks.errors import Refused
+    from ..errors import Refused
 
     try:
         runtime.require_drivable()

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from letta_ops.tasks.errors import database_error_message
-from letta_ops.tasks.letta.versions import (
+from ..errors import database_error_message
+from ..letta.versions import (
     LettaVersion,
 )
 

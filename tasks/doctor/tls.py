@@ -14,9 +14,9 @@ import ipaddress
 
 import sqlalchemy as sa
 
-from letta_ops.tasks.doctor.findings import Finding, action, ok
-from letta_ops.tasks.postgres.database import PostgresDatabase
-from letta_ops.tasks.postgres.letta_schema import connect
+from ..postgres.database import PostgresDatabase
+from ..postgres.letta_schema import connect
+from .findings import Finding, action, ok
 
 CHECK = "database-tls"
 
@@ -53,7 +53,7 @@ def _finding(who: str, state: str, host: str, port: int, how: str) -> Finding:
 
 def check_database_tls(db: PostgresDatabase) -> list[Finding]:
     """One finding per connection: letta-ops' SQL, its pg tools, the Letta server's sessions."""
-    from letta_ops.tasks.postgres.client_tools import speaks_tls
+    from ..postgres.client_tools import speaks_tls
 
     tls = db.tls()
     p = db.parts
@@ -92,6 +92,6 @@ def check_database_tls(db: PostgresDatabase) -> list[Finding]:
 
 
 def _server_parts(db: PostgresDatabase) -> dict[str, str | int]:
-    from letta_ops.tasks.postgres.database import parse_letta_pg_uri
+    from ..postgres.database import parse_letta_pg_uri
 
     return parse_letta_pg_uri(db.uri.get_secret_value())

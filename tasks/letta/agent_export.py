@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from letta_ops.tasks.letta.api import LettaAPIError, LettaClient
-from letta_ops.tasks.sets.manifest import AgentEntry, agent_file_key
-from letta_ops.tasks.store.objects import ObjectStore, StoredObject
+from ..sets.manifest import AgentEntry, agent_file_key
+from ..store.objects import ObjectStore, StoredObject
+from .api import LettaAPIError, LettaClient
 
 
 def export_one(

@@ -13,7 +13,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from letta_ops.tasks.letta.versions import LettaVersion, parse_server_version
+from .versions import LettaVersion, parse_server_version
 
 #: letta <= 0.12: ASCII letters, digits, space, underscore, hyphen.
 ASCII_RULE = re.compile(r"^[A-Za-z0-9 _-]+$")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from letta_ops.tasks.letta.agent_names import MAX_NAME_LENGTH, NameRule, sanitize_agent_name
-from letta_ops.tasks.sets.catalog import BackupSetError
-from letta_ops.tasks.sets.manifest import AgentEntry, BackupManifest
+from ..sets.catalog import BackupSetError
+from ..sets.manifest import AgentEntry, BackupManifest
+from .agent_names import MAX_NAME_LENGTH, NameRule, sanitize_agent_name
 
 
 class AgentRestoreRefused(BackupSetError):

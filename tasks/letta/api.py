@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from letta_ops.tasks.letta.endpoint import LettaEndpoint
+from .endpoint import LettaEndpoint
 
 PAGE_SIZE = 100
 #: Retried for every call: the server (or a proxy) asked us to slow down or is restarting.

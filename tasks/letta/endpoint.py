@@ -7,8 +7,8 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from letta_ops.tasks.server_naming import DEFAULT_BASE_URL, normalize_base_url
-from letta_ops.tasks.server_naming import server_name as derive_server_name
+from ..server_naming import DEFAULT_BASE_URL, normalize_base_url
+from ..server_naming import server_name as derive_server_name
 
 
 class LettaEndpoint(BaseModel):

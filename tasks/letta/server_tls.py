@@ -12,8 +12,8 @@ than ``sslmode`` to asyncpg as a keyword it refuses. Said before anything stops.
 
 from __future__ import annotations
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.postgres.database import PostgresDatabase
+from ..errors import Refused
+from ..postgres.database import PostgresDatabase
 
 
 class ServerTlsUnsupported(Refused):

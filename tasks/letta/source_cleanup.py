@@ -33,8 +33,8 @@ from typing import Literal
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from letta_ops.tasks.letta.api import LettaAPIError, LettaClient
-from letta_ops.tasks.letta.endpoint import LettaEndpoint
+from .api import LettaAPIError, LettaClient
+from .endpoint import LettaEndpoint
 
 #: Suffixes that copies of a folder get: ``_2`` (scripts), ``_1a2b3c4d`` (agent-file import),
 #: ``_copy`` / ``_copy_2``.

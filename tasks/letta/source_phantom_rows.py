@@ -22,8 +22,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Connection
 
-from letta_ops.tasks.postgres.database import PostgresDatabase
-from letta_ops.tasks.postgres.letta_schema import connect, quote_ident
+from ..postgres.database import PostgresDatabase
+from ..postgres.letta_schema import connect, quote_ident
 
 #: The id form the API accepts (letta.validators, 0.16.x); anything else answers 422.
 API_SOURCE_ID = re.compile(

@@ -26,9 +26,9 @@ from typing import Literal
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.letta.api import LettaAPIError, LettaClient
-from letta_ops.tasks.letta.endpoint import LettaEndpoint
+from ..errors import Refused
+from .api import LettaAPIError, LettaClient
+from .endpoint import LettaEndpoint
 
 SyncMode = Literal["additive", "exact"]
 SYNC_MODES: tuple[str, ...] = ("additive", "exact")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from functools import total_ordering
 
-from letta_ops.tasks.errors import Refused
+from ..errors import Refused
 
 #: The last release of the Letta *server*; the repository was archived after it.
 LAST_SERVER_RELEASE = "0.16.8"

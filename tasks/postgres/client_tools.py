@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from letta_ops.tasks.docker_compose import compose_command, run_compose
-from letta_ops.tasks.errors import Refused
+from ..docker_compose import compose_command, run_compose
+from ..errors import Refused
 
 if TYPE_CHECKING:
-    from letta_ops.tasks.postgres.database import PostgresDatabase
+    from .database import PostgresDatabase
 
 #: Where staged files go inside the database container (every PostgreSQL image has /tmp).
 CONTAINER_STAGING_DIR = "/tmp"

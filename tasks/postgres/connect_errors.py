@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import ssl
 
-from letta_ops.tasks.errors import Failed, database_error_message
+from ..errors import Failed, database_error_message
 
 
 class DatabaseConnectionFailed(Failed):

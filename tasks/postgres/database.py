@@ -16,9 +16,9 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.postgres.dump_compression import parse_compression
-from letta_ops.tasks.postgres.tls import (
+from ..errors import Refused
+from .dump_compression import parse_compression
+from .tls import (
     PostgresTls,
     SslMode,
     tls_settings,

@@ -24,24 +24,24 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from letta_ops.tasks.errors import Refused, final_error_line
-from letta_ops.tasks.postgres.client_tools import (
+from ..errors import Refused, final_error_line
+from ..store.objects import ObjectStore, StoredObject
+from .client_tools import (
     LocalPgClientTools,
     PgToolError,
     client_tools,
 )
-from letta_ops.tasks.postgres.database import PostgresDatabase
-from letta_ops.tasks.postgres.dump_compression import DEFAULT_COMPRESSION, parse_compression
-from letta_ops.tasks.postgres.letta_objects import inventory
-from letta_ops.tasks.postgres.letta_schema import (
+from .database import PostgresDatabase
+from .dump_compression import DEFAULT_COMPRESSION, parse_compression
+from .letta_objects import inventory
+from .letta_schema import (
     connect,
     counts_in_snapshot,
     quote_ident,
     table_sizes,
 )
-from letta_ops.tasks.postgres.pooler import refuse_transaction_pooler
-from letta_ops.tasks.postgres.privileges import require_supported_server
-from letta_ops.tasks.store.objects import ObjectStore, StoredObject
+from .pooler import refuse_transaction_pooler
+from .privileges import require_supported_server
 
 log = logging.getLogger(__name__)
 

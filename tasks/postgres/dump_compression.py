@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from letta_ops.tasks.errors import Refused
+from ..errors import Refused
 
 #: pg_dump's own default for the custom format: gzip at level 6.
 DEFAULT_COMPRESSION = "gzip:6"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from letta_ops.tasks.postgres.database import PostgresDatabase
-from letta_ops.tasks.postgres.letta_schema import connect, quote_ident
+from .database import PostgresDatabase
+from .letta_schema import connect, quote_ident
 
 #: Tables of archival memory across versions (renamed over time).
 PASSAGE_TABLES = ("archival_passages", "agent_passages", "passages")

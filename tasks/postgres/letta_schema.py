@@ -14,18 +14,18 @@ from collections.abc import Iterable, Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from letta_ops.tasks.errors import Refused
+from ..errors import Refused
 
 # Defined in tasks.errors (import-light: the command line's error path needs it); used from here.
-from letta_ops.tasks.errors import database_error_message as database_error_message
-from letta_ops.tasks.postgres.connect_errors import (
+from ..errors import database_error_message as database_error_message
+from .connect_errors import (
     DatabaseConnectionFailed,
     connection_failure,
     is_connection_failure,
 )
-from letta_ops.tasks.postgres.database import PostgresDatabase
-from letta_ops.tasks.postgres.letta_objects import LETTA_TABLES, inventory
-from letta_ops.tasks.postgres.tls import PostgresTls
+from .database import PostgresDatabase
+from .letta_objects import LETTA_TABLES, inventory
+from .tls import PostgresTls
 
 
 def quote_ident(name: str) -> str:

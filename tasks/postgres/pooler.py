@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.postgres.database import PostgresDatabase
-from letta_ops.tasks.postgres.letta_schema import connect
-from letta_ops.tasks.postgres.tls import uri_query
+from ..errors import Refused
+from .database import PostgresDatabase
+from .letta_schema import connect
+from .tls import uri_query
 
 #: Supabase's transaction pooler (Supavisor) listens here; its session mode is on 5432.
 SUPABASE_TRANSACTION_PORT = 6543

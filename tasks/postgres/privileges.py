@@ -22,11 +22,11 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from letta_ops.tasks.errors import Refused, database_error_message
-from letta_ops.tasks.postgres.client_tools import client_tools
-from letta_ops.tasks.postgres.database import PostgresDatabase
-from letta_ops.tasks.postgres.letta_objects import inventory
-from letta_ops.tasks.postgres.letta_schema import connect
+from ..errors import Refused, database_error_message
+from .client_tools import client_tools
+from .database import PostgresDatabase
+from .letta_objects import inventory
+from .letta_schema import connect
 
 ResetMode = Literal["recreate", "in-place"]
 RequestedReset = Literal["auto", "recreate", "in-place"]
@@ -111,7 +111,7 @@ SELECT has_schema_privilege(:schema, 'USAGE') AS usage,
 def probe_privileges(db: PostgresDatabase) -> DatabasePrivileges:
     """Read the facts, as the configured role, without changing anything; a URI through a
     transaction-mode pooler is refused first (the reset and the restore need one session)."""
-    from letta_ops.tasks.postgres.pooler import refuse_transaction_pooler
+    from .pooler import refuse_transaction_pooler
 
     refuse_transaction_pooler(db, "a restore or an upgrade")
     schema = db.db_schema or "public"

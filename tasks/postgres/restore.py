@@ -20,25 +20,25 @@ from typing import BinaryIO
 
 import sqlalchemy as sa
 
-from letta_ops.tasks.postgres.client_tools import (
+from .client_tools import (
     PgClientTools,
     PgToolError,
     client_tools,
 )
-from letta_ops.tasks.postgres.database import PostgresDatabase
-from letta_ops.tasks.postgres.dump import (
+from .database import PostgresDatabase
+from .dump import (
     TRANSACTION_TIMEOUT_FROM_MAJOR,
     StderrDrain,
     _toc,
     widen_pipe,
 )
-from letta_ops.tasks.postgres.dump_lanes import StreamSpool, assign_lanes, room_for_spool
-from letta_ops.tasks.postgres.letta_schema import (
+from .dump_lanes import StreamSpool, assign_lanes, room_for_spool
+from .letta_schema import (
     connect,
 )
-from letta_ops.tasks.postgres.pooler import refuse_transaction_pooler
-from letta_ops.tasks.postgres.post_data_schedule import data_started, post_data_by_table
-from letta_ops.tasks.postgres.restore_selection import outside_lettas_part
+from .pooler import refuse_transaction_pooler
+from .post_data_schedule import data_started, post_data_by_table
+from .restore_selection import outside_lettas_part
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ from urllib.parse import quote, urlparse
 import sqlalchemy as sa
 from pydantic import SecretStr
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.postgres.database import (
+from ..errors import Refused
+from .database import (
     PostgresDatabase,
     extra_tables_from_env,
     parse_letta_pg_uri,
 )
-from letta_ops.tasks.postgres.letta_schema import connect, database_exists
+from .letta_schema import connect, database_exists
 
 
 class RestoreTargetRefused(Refused):

@@ -13,8 +13,8 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from letta_ops.tasks.postgres.database import PostgresDatabase
-from letta_ops.tasks.postgres.letta_schema import connect, quote_ident
+from .database import PostgresDatabase
+from .letta_schema import connect, quote_ident
 
 #: What an operator calls each kind of row -> the Letta tables that hold it (the passage
 #: tables were split across versions: whichever exist are counted).

@@ -31,9 +31,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Connection
 
-from letta_ops.tasks.postgres.database import PostgresDatabase
-from letta_ops.tasks.postgres.letta_objects import LETTA_TABLES
-from letta_ops.tasks.postgres.letta_schema import connect, quote_ident
+from .database import PostgresDatabase
+from .letta_objects import LETTA_TABLES
+from .letta_schema import connect, quote_ident
 
 MESSAGES_TABLE = "messages"
 MESSAGES_COLUMN = "sequence_id"

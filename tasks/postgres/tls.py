@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlparse
 
 from pydantic import SecretStr
 
-from letta_ops.tasks.errors import Refused
+from ..errors import Refused
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 SSL_MODES: tuple[str, ...] = get_args(SslMode)

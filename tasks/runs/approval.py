@@ -11,7 +11,7 @@ from prefect import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from letta_ops.tasks.errors import Refused
+from ..errors import Refused
 
 
 class OperatorApproval(RunInput):

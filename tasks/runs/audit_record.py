@@ -31,9 +31,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from letta_ops.tasks.audit.redaction import redact_text, redact_value, secrets_from_environment
-from letta_ops.tasks.audit.store import AuditRecord, AuditStore, write_record_object
-from letta_ops.tasks.store.objects import ObjectExistsError, ObjectStore
+from ..audit.redaction import redact_text, redact_value, secrets_from_environment
+from ..audit.store import AuditRecord, AuditStore, write_record_object
+from ..store.objects import ObjectExistsError, ObjectStore
 
 OPERATOR_ENV = "LETTA_OPS_OPERATOR"
 SCHEDULE = "schedule"
@@ -105,7 +105,7 @@ class RunAudit:
         """The step journal of this run (``letta_ops.tasks.runs.journal``), in the local audit store
         and
         beside the backup set at ``set_prefix`` of ``store``."""
-        from letta_ops.tasks.runs.journal import RunJournal
+        from .journal import RunJournal
 
         return RunJournal(
             run_id=self.record_id,
@@ -344,8 +344,8 @@ def server_counts(
     counting is for the record, never a reason to fail.
     """
     try:
-        from letta_ops.tasks.postgres.letta_inventory import agent_inventory
-        from letta_ops.tasks.postgres.letta_schema import table_row_counts
+        from ..postgres.letta_inventory import agent_inventory
+        from ..postgres.letta_schema import table_row_counts
 
         agents = inventory if inventory is not None else agent_inventory(database)
         tables = table_row_counts(database)
@@ -383,7 +383,7 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "renames" and isinstance(value, dict):
         return [{"from": k, "to": v} for k, v in value.items()]
     if name == "server":
-        from letta_ops.tasks.server_naming import sanitize_server_name
+        from ..server_naming import sanitize_server_name
 
         return sanitize_server_name(str(value))
     return value

@@ -71,7 +71,7 @@ def install_alerts(
         try:
             block = Block.load(block_name)
         except ValueError:
-            from letta_ops.tasks.errors import Refused
+            from ..errors import Refused
 
             raise Refused(
                 f"No notification block named {block_name!r}; pass --webhook-url URL, or save "

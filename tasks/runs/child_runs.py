@@ -20,9 +20,9 @@ from typing import Any
 
 from pydantic import Field
 
-from letta_ops.tasks.audit.store import AuditStore
-from letta_ops.tasks.errors import Failed
-from letta_ops.tasks.runs.report import ReportPart
+from ..audit.store import AuditStore
+from ..errors import Failed
+from .report import ReportPart
 
 
 class FleetRunFailed(Failed):

@@ -47,7 +47,7 @@ def artifact_key(*parts: str) -> str:
 def default_server_name() -> str:
     """The server name a run without ``server`` resolves to (no I/O: environment only)."""
     try:
-        from letta_ops.tasks.letta.endpoint import LettaEndpoint
+        from ..letta.endpoint import LettaEndpoint
 
         return LettaEndpoint.from_env().server_name
     except Exception:  # noqa: BLE001 - a bad URL is reported by the flow itself

@@ -27,8 +27,8 @@ from typing import Any
 import psutil
 from sqlalchemy import JSON, Column, DateTime, Integer, String, Table, insert, select
 
-from letta_ops.tasks.audit.store import AuditStore, metadata
-from letta_ops.tasks.store.objects import ObjectStore
+from ..audit.store import AuditStore, metadata
+from ..store.objects import ObjectStore
 
 journal_entries = Table(
     "journal_entries",

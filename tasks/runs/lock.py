@@ -58,13 +58,13 @@ from prefect.client.schemas.actions import (
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from pydantic import Field
 
-from letta_ops.tasks.errors import Busy
-from letta_ops.tasks.runs.context import TERMINAL_STATES, flow_run_state
-from letta_ops.tasks.runs.journal import process_alive
-from letta_ops.tasks.runs.report import FlowReport, StoredPart
+from ..errors import Busy
+from .context import TERMINAL_STATES, flow_run_state
+from .journal import process_alive
+from .report import FlowReport, StoredPart
 
 if TYPE_CHECKING:
-    from letta_ops.tasks.postgres.database import PostgresDatabase
+    from ..postgres.database import PostgresDatabase
 
 #: How long a slot's lease lasts without renewal (Prefect's default); renewed while held.
 LEASE_SECONDS = 300.0
@@ -454,8 +454,8 @@ def destructive_lock(
 
 def journal_proofs(server: str) -> list[DeadRun]:
     """Runs of ``server`` whose journal began and never finished and whose process is gone."""
-    from letta_ops.tasks.audit.store import AuditStore
-    from letta_ops.tasks.runs.journal import unfinished_runs
+    from ..audit.store import AuditStore
+    from .journal import unfinished_runs
 
     proofs = []
     for journal in unfinished_runs(AuditStore.from_env(), server):

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from pydantic import Field
 
-from letta_ops.tasks.runs.report import ReportPart
+from .report import ReportPart
 
 
 class PhaseTiming(ReportPart):

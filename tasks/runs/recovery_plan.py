@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from letta_ops.tasks.runs.journal import JournalEntry, begun, last_step, steps_ended
+from .journal import JournalEntry, begun, last_step, steps_ended
 
 Action = Literal["restore", "finish-forward", "start", "close", "rerun"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
+from .report_schema import SCHEMA_VERSION
 
 
 class ReportPart(BaseModel):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from letta_ops.tasks.errors import Refused
+from ..errors import Refused
 
 
 class SelectionRefused(Refused):

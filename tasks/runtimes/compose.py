@@ -27,10 +27,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from letta_ops.tasks.docker_compose import compose_command, run_compose
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.letta.health import wait_for_health
-from letta_ops.tasks.letta.versions import parse_server_version
+from ..docker_compose import compose_command, run_compose
+from ..errors import Refused
+from ..letta.health import wait_for_health
+from ..letta.versions import parse_server_version
 
 DEFAULT_IMAGE = "letta/letta"
 

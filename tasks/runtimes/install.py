@@ -20,8 +20,8 @@ from pathlib import Path
 
 import httpx
 
-from letta_ops.tasks.errors import Refused, final_error_line
-from letta_ops.tasks.letta.versions import parse_server_version
+from ..errors import Refused, final_error_line
+from ..letta.versions import parse_server_version
 
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
 

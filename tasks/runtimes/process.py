@@ -32,10 +32,10 @@ from pathlib import Path
 import httpx
 import psutil
 
-from letta_ops.tasks.letta.health import wait_for_health
-from letta_ops.tasks.letta.versions import SDIST_WITH_MIGRATIONS
-from letta_ops.tasks.runtimes.alembic_tls import ALEMBIC_WITH_LIBPQ_TLS
-from letta_ops.tasks.runtimes.install import (
+from ..letta.health import wait_for_health
+from ..letta.versions import SDIST_WITH_MIGRATIONS
+from .alembic_tls import ALEMBIC_WITH_LIBPQ_TLS
+from .install import (
     DEFAULT_INDEX_URL,
     InstalledRuntime,
     MigrationsUnavailable,

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from letta_ops.tasks.sets.catalog import BackupSetError, list_backup_sets
-from letta_ops.tasks.sets.manifest import BackupManifest
-from letta_ops.tasks.sets.retention import BackupSetSummary
-from letta_ops.tasks.sets.verification import check_objects
-from letta_ops.tasks.store.encryption import key_ring_of
-from letta_ops.tasks.store.encryption_keys import HOW_TO_SUPPLY, EncryptionKeyMissing
-from letta_ops.tasks.store.objects import ObjectStore
+from ..store.encryption import key_ring_of
+from ..store.encryption_keys import HOW_TO_SUPPLY, EncryptionKeyMissing
+from ..store.objects import ObjectStore
+from .catalog import BackupSetError, list_backup_sets
+from .manifest import BackupManifest
+from .retention import BackupSetSummary
+from .verification import check_objects
 
 
 class BackupSetRefused(BackupSetError):

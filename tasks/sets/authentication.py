@@ -34,17 +34,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.sets.manifest import stays_plaintext
-from letta_ops.tasks.store.encryption import with_encryption
-from letta_ops.tasks.store.encryption_keys import (
+from ..errors import Refused
+from ..store.encryption import with_encryption
+from ..store.encryption_keys import (
     HOW_TO_SUPPLY,
     KeyRing,
     MasterKey,
     load_key_ring,
     parse_key,
 )
-from letta_ops.tasks.store.objects import ObjectStore
+from ..store.objects import ObjectStore
+from .manifest import stays_plaintext
 
 SCHEME = "letta-ops/hmac-sha256@1"
 AUTH_FIELD = "authentication"

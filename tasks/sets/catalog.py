@@ -29,8 +29,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.sets.authentication import (
+from ..errors import Refused
+from ..store.encryption_keys import EncryptionKeyMissing
+from ..store.object_lock import ObjectRetention
+from ..store.objects import ListedObject, ObjectStore, ReadPin
+from .authentication import (
     MAX_DOCUMENT_BYTES,
     CheckedDocument,
     DocumentKind,
@@ -39,17 +42,14 @@ from letta_ops.tasks.sets.authentication import (
     dumps_document,
     parse_document,
 )
-from letta_ops.tasks.sets.manifest import (
+from .manifest import (
     MANIFEST_NAME,
     PINS_DIR,
     VERIFY_DIR,
     BackupManifest,
     set_prefix,
 )
-from letta_ops.tasks.sets.retention import BackupSetSummary
-from letta_ops.tasks.store.encryption_keys import EncryptionKeyMissing
-from letta_ops.tasks.store.object_lock import ObjectRetention
-from letta_ops.tasks.store.objects import ListedObject, ObjectStore, ReadPin
+from .retention import BackupSetSummary
 
 #: A marker that pinned a set in older letta-ops (believed for keyless and legacy sets only).
 PIN_MARKER = "pin.json"

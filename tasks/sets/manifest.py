@@ -16,9 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.server_naming import sanitize_server_name
-from letta_ops.tasks.store.objects import StoreChecksum, StoredObject
+from ..errors import Refused
+from ..server_naming import sanitize_server_name
+from ..store.objects import StoreChecksum, StoredObject
 
 MANIFEST_FORMAT = "letta-ops/backup-set@1"
 MANIFEST_NAME = "manifest.json"

@@ -29,10 +29,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.sets.manifest import MANIFEST_NAME
-from letta_ops.tasks.store.object_lock import ObjectRetention
-from letta_ops.tasks.store.objects import ObjectStore
+from ..errors import Refused
+from ..store.object_lock import ObjectRetention
+from ..store.objects import ObjectStore
+from .manifest import MANIFEST_NAME
 
 REASON_NEWEST_VERIFIED = "newest verified"
 REASON_PINNED = "pinned"

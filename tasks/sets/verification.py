@@ -23,25 +23,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from letta_ops.tasks.postgres.client_tools import PgToolError
-from letta_ops.tasks.postgres.database import PostgresDatabase, default_pg_bin_dir
-from letta_ops.tasks.postgres.dump import list_dump
-from letta_ops.tasks.postgres.letta_schema import (
+from ..postgres.client_tools import PgToolError
+from ..postgres.database import PostgresDatabase, default_pg_bin_dir
+from ..postgres.dump import list_dump
+from ..postgres.letta_schema import (
     create_database,
     drop_database,
     reset_schema_in_place,
     table_row_counts,
 )
-from letta_ops.tasks.postgres.privileges import (
+from ..postgres.privileges import (
     PrivilegeRefused,
     choose_reset_mode,
     probe_privileges,
     recreate_blockers,
 )
-from letta_ops.tasks.postgres.restore import restore_dump_streaming, tables_in_dump
-from letta_ops.tasks.sets.manifest import BackupManifest, ManifestObject
-from letta_ops.tasks.store.encryption import stored_form
-from letta_ops.tasks.store.objects import ObjectChanged, ObjectStore
+from ..postgres.restore import restore_dump_streaming, tables_in_dump
+from ..store.encryption import stored_form
+from ..store.objects import ObjectChanged, ObjectStore
+from .manifest import BackupManifest, ManifestObject
 
 #: pg_restore --list reads a custom-format archive's header and table of contents only, and
 #: both come first: this much is fetched first (a Letta 0.16 schema's TOC is about 130 KB),

@@ -43,8 +43,8 @@ from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.store.encryption_frames import (
+from ..errors import Refused
+from .encryption_frames import (
     Header,
     _aad,
     _DecryptingReader,
@@ -53,7 +53,7 @@ from letta_ops.tasks.store.encryption_frames import (
     _read_exact,
     plain_size,
 )
-from letta_ops.tasks.store.encryption_keys import (
+from .encryption_keys import (
     _MAX_FRAME,
     _MIN_FRAME,
     DEFAULT_FRAME_SIZE,
@@ -64,7 +64,7 @@ from letta_ops.tasks.store.encryption_keys import (
     EncryptionKeyMissing,
     KeyRing,
 )
-from letta_ops.tasks.store.objects import (
+from .objects import (
     CHUNK_SIZE,
     DEFAULT_PAGE_SIZE,
     DOWNLOAD_PART_SIZE,
@@ -74,7 +74,7 @@ from letta_ops.tasks.store.objects import (
     ProgressCallback,
     StoredObject,
 )
-from letta_ops.tasks.store.ranged_reads import download_in_ranges, range_span
+from .ranged_reads import download_in_ranges, range_span
 
 # --------------------------------------------------------------------------------------------
 # The store

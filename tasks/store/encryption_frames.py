@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from letta_ops.tasks.store.encryption_keys import (
+from .encryption_keys import (
     _HEADER,
     _MAX_FRAME,
     _MIN_FRAME,

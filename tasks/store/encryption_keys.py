@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from letta_ops.tasks.errors import Refused
+from ..errors import Refused
 
 #: What the manifest records as the set's scheme.
 SCHEME = "letta-ops/aes-256-gcm-stream@1"

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from letta_ops.tasks.store.objects import (
+from .objects import (
     _PARTIAL_RE,
     CHUNK_SIZE,
     DEFAULT_PAGE_SIZE,

@@ -8,18 +8,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.store.local import LocalObjectStore
-from letta_ops.tasks.store.object_lock import (
+from ..errors import Refused
+from .local import LocalObjectStore
+from .object_lock import (
     ObjectLock,
 )
-from letta_ops.tasks.store.objects import (
+from .objects import (
     _URL_FORMS,
     DEFAULT_PART_SIZE,
     ObjectStore,
     validate_key,
 )
-from letta_ops.tasks.store.s3 import S3ObjectStore, s3_client_from_env
+from .s3 import S3ObjectStore, s3_client_from_env
 
 # --------------------------------------------------------------------------------------------
 # Repository URLs

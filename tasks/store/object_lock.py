@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from letta_ops.tasks.errors import Refused
+from ..errors import Refused
 
 # --------------------------------------------------------------------------------------------
 # S3 Object Lock

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, BinaryIO
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.store.object_lock import BucketLockConfiguration, ObjectRetention
+from ..errors import Refused
+from .object_lock import BucketLockConfiguration, ObjectRetention
 
 logger = logging.getLogger(__name__)
 

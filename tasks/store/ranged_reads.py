@@ -9,7 +9,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from letta_ops.tasks.store.objects import (
+from .objects import (
     CHUNK_SIZE,
     ObjectStore,
     StoredObject,

@@ -17,12 +17,12 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.store.object_lock import (
+from ..errors import Refused
+from .object_lock import (
     BucketLockConfiguration,
     ObjectLock,
 )
-from letta_ops.tasks.store.objects import (
+from .objects import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_PART_SIZE,
     DOWNLOAD_PART_SIZE,
@@ -49,18 +49,18 @@ from letta_ops.tasks.store.objects import (
     validate_key,
     validate_prefix,
 )
-from letta_ops.tasks.store.ranged_reads import (
+from .ranged_reads import (
     download_in_ranges,
     range_span,
 )
-from letta_ops.tasks.store.s3_errors import (
+from .s3_errors import (
     _error_code,
     _http_status,
     _is_conditional_unsupported,
     _is_not_found,
     _is_precondition_failed,
 )
-from letta_ops.tasks.store.s3_object_lock import S3ObjectLock
+from .s3_object_lock import S3ObjectLock
 
 logger = logging.getLogger(__name__)
 

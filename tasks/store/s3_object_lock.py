@@ -13,15 +13,15 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from letta_ops.tasks.errors import Refused
-from letta_ops.tasks.store.object_lock import (
+from ..errors import Refused
+from .object_lock import (
     BucketLockConfiguration,
     ObjectLock,
     ObjectRetention,
     _holds,
     _retention_in,
 )
-from letta_ops.tasks.store.s3_errors import (
+from .s3_errors import (
     _error_code,
     _http_status,
     _is_conditional_unsupported,

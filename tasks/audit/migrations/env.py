@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from letta_ops.tasks.audit.migrations import VERSION_TABLE
+from . import VERSION_TABLE
 
 connection = context.config.attributes["connection"]
 context.configure(
