@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from . import VERSION_TABLE
+from letta_ops.tasks.audit.migrations import VERSION_TABLE  # alembic loads this file by path
 
 connection = context.config.attributes["connection"]
 context.configure(
