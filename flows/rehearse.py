@@ -30,7 +30,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.transactions import transaction
 from pydantic import ConfigDict, Field
 
 from ..blocks.letta_server import LettaServer
@@ -50,11 +49,9 @@ from ..tasks.sets.verification import scratch_database
 from .backup import backup
 from .reports.upgrade import AgentVerification, NotCarried, TimedStep, UpgradePlan
 from .steps.restore_server import restore_database_from_set, start_set_version
-from .steps.upgrade_steps import UpgradeState, preflight, run_migrate, run_rebuild
+from .steps.server_steps import undoable
+from .steps.upgrade_steps import UpgradeState, preflight, run_migrate, run_rebuild, undo_upgrade
 from .verify import drill_target, refuse_live_drill_target, resolve_set
-
-#: Steps from the stop to the verification: what the server's users would wait for.
-DOWNTIME_STEPS = ("stop server", "empty database", "alembic upgrade", "repair sequences", "start")
 
 #: Log lines a rehearsal reports: errors, warnings and deprecations of the target.
 NOTABLE = re.compile(r"\b(ERROR|CRITICAL|WARNING|WARN|Deprecat\w*)\b", re.IGNORECASE)
@@ -266,8 +263,7 @@ def rehearse(
                 result: dict[str, Any] = {}
                 run_log = RunLogLines()
                 try:
-                    with run_log, transaction() as txn:
-                        txn.set("state", state)
+                    with run_log, undoable(state, lambda: undo_upgrade(state)):
                         result = runner(state, plan.to_version, start_timeout_seconds)
                     counts_after = table_row_counts(scratch)
                     report.outcome = "succeeded"

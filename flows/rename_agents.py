@@ -67,7 +67,7 @@ def plan_task(profile: ServerProfile) -> tuple[str, dict[str, dict[str, str]]]:
     return version, plan_renames(agents, name_rule_for(version))
 
 
-@task(name="rename-agents", cache_policy=NO_CACHE)
+@task(name="apply-agent-renames", cache_policy=NO_CACHE)
 def rename_task(profile: ServerProfile, renames: dict[str, dict[str, str]]) -> dict[str, str]:
     with LettaClient(profile.server) as client:
         for agent_id, change in renames.items():

@@ -228,7 +228,7 @@ def preflight(
     return plan, manifest, target, runtime
 
 
-@task(name="restore-database", cache_policy=NO_CACHE)
+@task(name="restore-set-into-target", cache_policy=NO_CACHE)
 def restore_database_step(
     target: LettaDatabase,
     store: ObjectStore,
@@ -239,14 +239,14 @@ def restore_database_step(
     return restore_database_from_set(target, store, manifest, jobs, (clock or PhaseClock()).phase)
 
 
-@task(name="start-letta-server", cache_policy=NO_CACHE)
+@task(name="start-letta-on-target", cache_policy=NO_CACHE)
 def start_server_step(
     runtime: LettaProcessRuntime, target: LettaDatabase, version: str, timeout: float
 ) -> dict[str, Any]:
     return start_set_version(runtime, target, version, timeout, log=get_run_logger().info)
 
 
-@task(name="prove-server-matches-set", cache_policy=NO_CACHE)
+@task(name="prove-target-matches-set", cache_policy=NO_CACHE)
 def prove_step(
     runtime: LettaProcessRuntime, target: LettaDatabase, manifest: BackupManifest
 ) -> dict[str, Any]:

@@ -31,7 +31,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.transactions import Transaction, transaction
 
 from ..blocks.letta_runtime import LettaRuntime
 from ..blocks.server_profile import ServerProfile, load_profile, open_backup_store
@@ -72,9 +71,9 @@ from .steps.restore_server import (
     prove_server_matches_set,
     restore_database_from_set,
     restore_server_from_set,
-    start_set_version,
     with_reset_mode,
 )
+from .steps.server_steps import start_server_step, stop_server_step, undoable
 from .verify import resolve_set
 
 #: The most lines of a runtime file's diff the rollback plan shows.
@@ -259,24 +258,20 @@ def runtime_file_changes(
 # --------------------------------------------------------------------------- steps
 
 
-@task(
-    name="stop-letta-server", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.SERVER_STOP_START
-)
-def stop_server_step(profile: ServerProfile) -> None:
-    profile.runtime.stop(log=get_run_logger().info)
-
-
-@stop_server_step.on_rollback
-def _undo_rollback(txn: Transaction) -> None:
-    """The first destructive step's undo: put the safety backup back, start the old version."""
-    state: RollbackState = txn.get("state")
+def undo_rollback(state: RollbackState) -> None:
+    """The rollback's undo once the server was stopped: put the safety set back and start the
+    version the server ran before."""
     if state.journal is not None:
         state.journal.enter("undo: restore the safety set")
     with state.clock.phase("undo"):
         state.undo = restore_server_from_set(state.profile, state.store, state.safety)
 
 
-@task(name="restore-database", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.PG_RESTORE)
+@task(
+    name="restore-set-into-server",
+    cache_policy=NO_CACHE,
+    timeout_seconds=run_timeouts.PG_RESTORE,
+)
 def restore_database_step(
     profile: ServerProfile,
     store: ObjectStore,
@@ -296,15 +291,6 @@ def put_back_runtime_files_step(
     """The runtime's own files as they were when the set was taken (a compose file)."""
     profile.runtime.restore_snapshot(
         runtime_files_of_set(store, manifest), log=get_run_logger().info
-    )
-
-
-@task(
-    name="start-letta-server", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.SERVER_STOP_START
-)
-def start_server_step(profile: ServerProfile, version: str, timeout: float) -> dict[str, Any]:
-    return start_set_version(
-        profile.runtime, profile.require_database(), version, timeout, log=get_run_logger().info
     )
 
 
@@ -434,8 +420,7 @@ def rollback(
             report.started_at = datetime.now(UTC)
             record.update(counts_before=safety.row_counts, safety_set=safety_report.set)
             try:
-                with transaction() as txn:
-                    txn.set("state", state)
+                with undoable(state, lambda: undo_rollback(state)):
                     result = run_rollback(state, start_timeout_seconds, jobs)
             except Exception as exc:
                 cause = f"at step {state.step}: {database_error_message(exc)}"

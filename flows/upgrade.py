@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger
-from prefect.transactions import transaction
 
 from ..blocks.server_profile import load_profile, open_backup_store
 from ..tasks.audit.rehearsal_history import rehearsal_is_current
@@ -46,6 +45,7 @@ from .reports.upgrade import (
     render_upgrade_markdown,
     rollback_outcome,
 )
+from .steps.server_steps import undoable
 from .steps.upgrade_steps import (
     UpgradeFailed,
     UpgradeRefused,
@@ -54,6 +54,7 @@ from .steps.upgrade_steps import (
     preflight,
     run_migrate,
     run_rebuild,
+    undo_upgrade,
 )
 
 if TYPE_CHECKING:
@@ -166,8 +167,7 @@ def upgrade(
             )
             runner = run_migrate if strategy == "migrate" else run_rebuild
             try:
-                with transaction() as txn:
-                    txn.set("state", state)
+                with undoable(state, lambda: undo_upgrade(state)):
                     result = runner(state, plan.to_version, start_timeout_seconds)
             except Exception as exc:
                 cause = f"at step {state.step}: {database_error_message(exc)}"

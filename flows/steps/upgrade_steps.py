@@ -31,7 +31,7 @@ from ...tasks.postgres.letta_inventory import (
 )
 from ...tasks.postgres.letta_schema import alembic_revision, empty_database
 from ...tasks.postgres.privileges import RequestedReset
-from ...tasks.postgres.sequence_repair import repair_sequences
+from ...tasks.postgres.sequence_repair import repair_sequences_task
 from ...tasks.runs import timeouts as run_timeouts
 from ...tasks.runs.journal import JournaledSteps
 from ...tasks.sets.manifest import BackupManifest
@@ -40,10 +40,10 @@ from ..reports.upgrade import Strategy, UpgradePlan
 from .restore_server import (
     empty_database_steps,
     restore_server_from_set,
-    start_set_version,
     with_reset_mode,
 )
 from .scratch_export import export_via_scratch_copy, exports_v1_agent_files
+from .server_steps import start_server_step, stop_server_step
 
 
 class UpgradeRefused(Refused):
@@ -200,17 +200,9 @@ def newest_backup_at(store: str | None, server: str | None, name: str) -> dateti
 # --------------------------------------------------------------------------- steps
 
 
-@task(
-    name="stop-letta-server", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.SERVER_STOP_START
-)
-def stop_server_step(profile: ServerProfile) -> None:
-    profile.runtime.stop(log=get_run_logger().info)
-
-
-@stop_server_step.on_rollback
-def _restore_previous_state(txn: Transaction) -> None:
-    """The first destructive step's undo: everything after it is undone by restoring."""
-    state: UpgradeState = txn.get("state")
+def undo_upgrade(state: UpgradeState) -> None:
+    """The upgrade's undo once the server was stopped: everything after the stop is undone by
+    restoring the pre-upgrade set and starting the old version."""
     if state.journal is not None:  # journaled, but the failure stays named by its own step
         state.journal.enter("undo: restore the pre-upgrade set")
     state.rollback = roll_back(state)
@@ -219,20 +211,6 @@ def _restore_previous_state(txn: Transaction) -> None:
 @task(name="migrate-database", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.MIGRATE)
 def migrate_step(profile: ServerProfile, version: str) -> None:
     profile.runtime.migrate(version, profile.require_database(), log=get_run_logger().info)
-
-
-@task(name="repair-sequences", cache_policy=NO_CACHE)
-def repair_sequences_step(profile: ServerProfile) -> dict:
-    return repair_sequences(profile.require_database()).to_dict()
-
-
-@task(
-    name="start-letta-server", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.SERVER_STOP_START
-)
-def start_server_step(profile: ServerProfile, version: str, timeout: float) -> dict:
-    return start_set_version(
-        profile.runtime, profile.require_database(), version, timeout, log=get_run_logger().info
-    )
 
 
 @task(name="empty-database", cache_policy=NO_CACHE)
@@ -320,7 +298,7 @@ def run_migrate(state: UpgradeState, target: str, start_timeout: float) -> dict[
     state.enter(f"alembic upgrade to {target}")
     migrate_step(profile, target)
     state.enter("repair sequences")
-    sequences = repair_sequences_step(profile)
+    sequences = repair_sequences_task(profile.require_database())
     state.enter(f"start {target}")
     start_server_step(profile, target, start_timeout)
     state.enter("verify")
@@ -365,7 +343,7 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
         state.enter(f"start {target}")
         start_server_step(profile, target, start_timeout)
         state.enter("repair sequences")
-        sequences = repair_sequences_step(profile)
+        sequences = repair_sequences_task(profile.require_database())
         state.enter("import agent files")
         import_agent_files_step(profile, files)
     state.enter("verify")

@@ -52,7 +52,6 @@ SET_AUDIT_DIR = "audit"
 #: retention never prunes them as an "incomplete set".
 STORE_AUDIT_DIR = "audit"
 
-OUTCOMES = ("running", "succeeded", "failed", "cancelled")
 
 metadata = MetaData()
 
@@ -474,14 +473,6 @@ def preserve_set_records(store: ObjectStore, prefixes: Iterable[str]) -> list[st
             except ObjectExistsError:
                 continue
     return copied
-
-
-def write_once(store: ObjectStore, record: AuditRecord) -> str | None:
-    """:func:`write_record_object`, returning None when the key already exists."""
-    try:
-        return write_record_object(store, record)
-    except ObjectExistsError:
-        return None
 
 
 __all__ = [

@@ -35,8 +35,6 @@ def release_at_revision(revision: str | None) -> str | None:
 
 #: Releases whose sdist carries ``alembic.ini``, ``alembic/`` and ``uv.lock``.
 SDIST_WITH_MIGRATIONS = ("0.11.7", "0.14.0", "0.15.1", "0.16.2", "0.16.8")
-#: Releases whose sdist has neither migrations nor a lock file.
-SDIST_WITHOUT_MIGRATIONS = ("0.11.3", "0.12.1")
 
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 

@@ -112,8 +112,6 @@ LETTA_TYPES: frozenset[str] = frozenset(
 #: Letta's free-standing sequence behind ``messages.sequence_id`` (not OWNED BY the column).
 LETTA_SEQUENCES: frozenset[str] = frozenset({"message_seq_id"})
 
-#: Schemas that are PostgreSQL's own, never an operator's.
-SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
 #: Objects of every non-system schema that no extension owns. Array types and tables' row
 #: types go with their types and tables; ``relname`` is the bare name the rule compares.

@@ -211,10 +211,6 @@ def _close(
         _logger().warning("audit: could not write the audit record: %s", _short(problem))
 
 
-# Kept for the API the issue describes: ``Iterator[AuditRecord]`` yields this object.
-AuditedRun = RunAudit
-
-
 # --------------------------------------------------------------------------------------------
 # Reading the Prefect run context
 # --------------------------------------------------------------------------------------------

@@ -286,10 +286,6 @@ def agent_file_key(prefix: str, agent_id: str) -> str:
     return f"{prefix}{AGENTS_DIR}/{agent_id}.af"
 
 
-def set_time(set_id: str) -> datetime:
-    return datetime.strptime(set_id.split("-", 1)[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-
-
 def parse_set_reference(reference: str, default_server: str | None = None) -> tuple[str, str]:
     """``SERVER/SET_ID`` or a bare ``SET_ID`` (with the current server) -> (server, set_id)."""
     ref = reference.strip().strip("/")
