@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from ..tasks.errors import Refused
 from ..tasks.store.local import LocalObjectStore
-from ..tasks.store.locations import parse_store_url, with_object_lock
+from ..tasks.store.locations import StoreLocation, parse_store_url, with_object_lock
 from ..tasks.store.object_lock import (
     LOCK_DAYS_ENV,
     LOCK_MODE_ENV,
@@ -31,6 +31,7 @@ from ..tasks.store.object_lock import (
 from ..tasks.store.objects import DEFAULT_PART_SIZE, ObjectStore, validate_key
 from ..tasks.store.s3 import S3ObjectStore
 from .block_docs import LOGO_URL, readme_section
+from .store_schemes import STORE_SCHEMES
 
 MiB = 1024 * 1024
 
@@ -63,6 +64,11 @@ class S3BackupStore(Block):
 
     # Validation errors must never echo a secret back to a log.
     model_config = ConfigDict(hide_input_in_errors=True)
+
+    @classmethod
+    def from_location(cls, location: StoreLocation) -> S3BackupStore:
+        """An unsaved block for ``s3://BUCKET/PREFIX`` (credentials stay with boto3)."""
+        return cls(bucket=location.bucket, prefix=location.prefix)
 
     _block_type_name = "Letta Backup Store S3"
     _logo_url = LOGO_URL
@@ -209,6 +215,12 @@ class LocalBackupStore(Block):
     # Validation errors must never echo a key back to a log.
     model_config = ConfigDict(hide_input_in_errors=True)
 
+    @classmethod
+    def from_location(cls, location: StoreLocation) -> LocalBackupStore:
+        """An unsaved block for ``file:///PATH``."""
+        assert location.path is not None
+        return cls(path=location.path)
+
     path: Path = Field(
         description="Absolute path of the directory holding the backup sets, e.g. "
         "/var/backups/letta; created on first write.",
@@ -279,10 +291,7 @@ def backup_store_from_url(url: str) -> S3BackupStore | LocalBackupStore:
     environment variables when the store is opened, and nothing secret is copied into a block.
     """
     location = parse_store_url(url)
-    if location.scheme == "s3":
-        return S3BackupStore(bucket=location.bucket, prefix=location.prefix)
-    assert location.path is not None
-    return LocalBackupStore(path=location.path)
+    return STORE_SCHEMES[location.scheme].block_type().from_location(location)
 
 
 def apply_object_lock(

@@ -97,7 +97,7 @@ class LettaCommandRuntime(LettaRuntime):
         return shlex.split(value) if isinstance(value, str) else value
 
     @classmethod
-    def from_env(cls) -> LettaCommandRuntime:
+    def from_env(cls, server_name: str = "default") -> LettaCommandRuntime:
         """``LETTA_OPS_STOP_COMMAND`` and ``LETTA_OPS_START_COMMAND``, server at
         ``LETTA_BASE_URL``."""
         return cls(

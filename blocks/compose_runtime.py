@@ -66,7 +66,7 @@ class DockerComposeRuntime(LettaRuntime):
     )
 
     @classmethod
-    def from_env(cls) -> DockerComposeRuntime:
+    def from_env(cls, server_name: str = "default") -> DockerComposeRuntime:
         """``LETTA_OPS_COMPOSE_FILE`` (and ``_SERVICE``, ``_PROJECT``, ``LETTA_OPS_MIGRATIONS``),
         with the server at ``LETTA_BASE_URL``."""
         return cls(

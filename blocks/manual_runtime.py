@@ -59,7 +59,7 @@ class LettaManualRuntime(LettaRuntime):
     )
 
     @classmethod
-    def from_env(cls) -> LettaManualRuntime:
+    def from_env(cls, server_name: str = "default") -> LettaManualRuntime:
         return cls(base_url=os.environ.get("LETTA_BASE_URL", "http://127.0.0.1:8283"))
 
     def describe(self) -> str:

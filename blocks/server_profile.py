@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..tasks.errors import Refused, validation_sentence
+from .runtime_kinds import RUNTIME_KINDS
 
 if TYPE_CHECKING:
     from .letta_database import LettaDatabase
     from .letta_runtime import LettaRuntime
     from .letta_server import LettaServer
-
-#: ``LETTA_OPS_RUNTIME`` values, and what each reads from the environment.
-RUNTIME_KINDS = ("process", "compose", "command", "manual")
 
 
 class ProfileError(Refused):
@@ -114,44 +112,23 @@ def process_state_dir(server: str | None = None, state_dir: Path | None = None) 
 
 def runtime_from_env(server_name: str) -> LettaRuntime:
     """The runtime ``LETTA_OPS_RUNTIME`` names (default: letta-ops' process runtime)."""
-    kind = runtime_kind()
-    if kind == "process":
-        from .process_runtime import LettaProcessRuntime
-
-        return LettaProcessRuntime.from_env(server_name)
-    if kind == "compose":
-        from .compose_runtime import DockerComposeRuntime
-
-        if not os.environ.get("LETTA_OPS_COMPOSE_FILE"):
-            raise ProfileError(
-                "LETTA_OPS_RUNTIME=compose needs LETTA_OPS_COMPOSE_FILE, the compose file "
-                "that defines the Letta server service."
-            )
-        return DockerComposeRuntime.from_env()
-    if kind == "command":
-        from .command_runtime import LettaCommandRuntime
-
-        return LettaCommandRuntime.from_env()
-    if kind == "manual":
-        from .manual_runtime import LettaManualRuntime
-
-        return LettaManualRuntime.from_env()
-    raise ProfileError(
-        f"LETTA_OPS_RUNTIME={kind!r} is not a runtime; use one of {', '.join(RUNTIME_KINDS)}."
-    )
+    name = runtime_kind()
+    kind = RUNTIME_KINDS.get(name)
+    if kind is None:
+        raise ProfileError(
+            f"LETTA_OPS_RUNTIME={name!r} is not a runtime; use one of {', '.join(RUNTIME_KINDS)}."
+        )
+    for variable, what in kind.required_env:
+        if not os.environ.get(variable):
+            raise ProfileError(f"LETTA_OPS_RUNTIME={name} needs {variable}, {what}.")
+    return kind.block_type().from_env(server_name)
 
 
 def saved_runtime(name: str) -> LettaRuntime | None:
     """The runtime block saved under ``name``, of whichever kind (None: none saved)."""
-    from .command_runtime import LettaCommandRuntime
-    from .compose_runtime import DockerComposeRuntime
-    from .manual_runtime import LettaManualRuntime
-    from .process_runtime import LettaProcessRuntime
-
-    kinds = (LettaProcessRuntime, DockerComposeRuntime, LettaCommandRuntime, LettaManualRuntime)
-    for block_type in kinds:
+    for kind in RUNTIME_KINDS.values():
         try:
-            return block_type.load(name)
+            return kind.block_type().load(name)
         except ValueError:
             continue
     return None

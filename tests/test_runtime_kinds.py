@@ -102,3 +102,40 @@ def test_manual_runtime_only_acts_inside_a_run() -> None:
     with pytest.raises(RuntimeRefused, match="inside a run that pauses"):
         LettaManualRuntime().require_drivable()
     assert "pauses in Prefect" in LettaManualRuntime().describe()
+
+
+def test_each_registered_kind_names_a_real_block_driver_and_doctor_checks() -> None:
+    """The registries (blocks/runtime_kinds.py, blocks/store_schemes.py) are the one place a
+    runtime kind or a store scheme is added: each entry must load what it names."""
+    import importlib
+
+    from letta_ops.blocks.letta_runtime import LettaRuntime
+    from letta_ops.blocks.runtime_kinds import RUNTIME_KINDS
+    from letta_ops.blocks.store_schemes import STORE_SCHEMES
+    from letta_ops.tasks.doctor.check_names import CHECK_NAMES
+
+    assert set(RUNTIME_KINDS) == {"process", "compose", "command", "manual"}
+    for kind in RUNTIME_KINDS.values():
+        assert issubclass(kind.block_type(), LettaRuntime), kind.name
+        if kind.driver:
+            importlib.import_module(kind.driver)
+        assert set(kind.doctor_checks) <= set(CHECK_NAMES), kind.name
+    assert set(STORE_SCHEMES) == {"s3", "file"}
+    for scheme in STORE_SCHEMES.values():
+        block = scheme.block_type()
+        assert hasattr(block, "from_location"), scheme.scheme
+        importlib.import_module(scheme.driver)
+        assert set(scheme.doctor_checks) <= set(CHECK_NAMES), scheme.scheme
+
+
+def test_a_store_url_builds_the_block_its_scheme_registers(tmp_path: Path) -> None:
+    from letta_ops.blocks.backup_store import (
+        LocalBackupStore,
+        S3BackupStore,
+        backup_store_from_url,
+    )
+
+    s3 = backup_store_from_url("s3://bucket/letta/prod")
+    assert isinstance(s3, S3BackupStore) and (s3.bucket, s3.prefix) == ("bucket", "letta/prod")
+    local = backup_store_from_url(f"file://{tmp_path}/sets")
+    assert isinstance(local, LocalBackupStore) and local.path == tmp_path / "sets"
