@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+import letta_ops.cli
 import letta_ops.flows
+import letta_ops.tasks
 from letta_ops.tasks.runs.report import FlowReport
 from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
 
@@ -28,17 +30,21 @@ def documented() -> dict[str, tuple[str, list[str]]]:
 
 
 def reports() -> dict[str, type[FlowReport]]:
-    """Every FlowReport a flow module defines, by class name."""
+    """Every FlowReport the package defines (flows, their report modules, the run helpers and
+    the demo), by class name."""
     found: dict[str, type[FlowReport]] = {}
-    for module in pkgutil.iter_modules(letta_ops.flows.__path__):
-        loaded = importlib.import_module(f"letta_ops.flows.{module.name}")
-        for value in vars(loaded).values():
-            if (
-                isinstance(value, type)
-                and issubclass(value, FlowReport)
-                and value is not FlowReport
-            ):
-                found[value.__name__] = value
+    for package in (letta_ops.cli, letta_ops.flows, letta_ops.tasks):
+        for module in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if module.name.endswith("__main__") or ".migrations" in module.name:
+                continue
+            loaded = importlib.import_module(module.name)
+            for value in vars(loaded).values():
+                if (
+                    isinstance(value, type)
+                    and issubclass(value, FlowReport)
+                    and value is not FlowReport
+                ):
+                    found[value.__name__] = value
     return found
 
 
