@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
 from ..tasks.errors import Refused
 from ..tasks.runs.report_schema import SCHEMA_VERSION
@@ -109,18 +110,41 @@ def progress(message: str) -> None:
 
 
 def confirm(plan_text: str, question: str, what: str) -> None:
-    """Show the plan and ask on a terminal; refuse (exit 2, nothing changed) without one."""
-    print(plan_text, file=sys.stderr)
-    if not sys.stdin.isatty():
-        raise Refused(
-            f"Refusing to {what} without confirmation; review the plan above and rerun with --yes."
-        )
-    if input(f"{question} [y/N] ").strip().lower() not in {"y", "yes"}:
-        raise Refused(f"{what.capitalize()} cancelled; nothing was changed.")
+    """Show the plan and ask on a terminal; refuse (exit 2, nothing changed) without one.
+
+    Asked from inside a run (the plan is the run's own), so progress bars on the terminal are
+    paused while the operator reads and answers.
+    """
+    with RichProgress.paused():
+        print(plan_text, file=sys.stderr)
+        if not sys.stdin.isatty():
+            raise Refused(
+                f"Refusing to {what} without confirmation; review the plan above and rerun "
+                "with --yes."
+            )
+        if input(f"{question} [y/N] ").strip().lower() not in {"y", "yes"}:
+            raise Refused(f"{what.capitalize()} cancelled; nothing was changed.")
 
 
 class RichProgress:
     """Progress bars on stderr for exports and uploads (stdout stays clean for --json)."""
+
+    #: The bars on the terminal now, if any (one command runs one set of bars).
+    active: ClassVar[RichProgress | None] = None
+
+    @classmethod
+    @contextmanager
+    def paused(cls) -> Iterator[None]:
+        """Stop redrawing the bars while something else writes to the terminal."""
+        bars = cls.active
+        if bars is None:
+            yield
+            return
+        bars._progress.stop()
+        try:
+            yield
+        finally:
+            bars._progress.start()
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -139,9 +163,11 @@ class RichProgress:
 
     def __enter__(self) -> RichProgress:
         self._progress.start()
+        RichProgress.active = self
         return self
 
     def __exit__(self, *exc: object) -> None:
+        RichProgress.active = None
         self._progress.stop()
 
     def start(self, label: str, total: int | None, unit: str) -> None:

@@ -9,9 +9,11 @@ are one sentence and exit 2 with nothing changed; a failed operation exits 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import TYPE_CHECKING
 
 from ..tasks.errors import EXIT_OK, Refused
+from ..tasks.runs.confirmation import asking
 from .options import (
     allow_legacy_option,
     lock_options,
@@ -103,17 +105,19 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             render=render_rollback_plan,
         )
         return EXIT_OK
-    if not args.yes:
-        plan = rollback(**common, dry_run=True)
+
+    def ask(plan: RollbackReport) -> None:
         confirm(render_rollback_plan(plan), "Proceed with the rollback?", "roll back")
-    report = with_progress(
-        lambda: rollback(
-            **common,
-            approval=args.approval,
-            lock_timeout_seconds=args.wait,
-            jobs=args.jobs,
+
+    with asking(ask) if not args.yes else contextlib.nullcontext():
+        report = with_progress(
+            lambda: rollback(
+                **common,
+                approval=args.approval,
+                lock_timeout_seconds=args.wait,
+                jobs=args.jobs,
+            )
         )
-    )
     emit(report, args.json, render=render_rollback)
     return EXIT_OK
 

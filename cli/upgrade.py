@@ -4,9 +4,11 @@ failure. Acts (after a confirmation unless ``--yes``); ``--dry-run`` prints the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import TYPE_CHECKING
 
 from ..tasks.errors import EXIT_OK
+from ..tasks.runs.confirmation import asking
 from .options import lock_options, reset_options, store_options, version
 from .output import confirm, emit, render_table, with_progress
 
@@ -107,8 +109,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     if args.dry_run:
         emit(upgrade(**common, dry_run=True), args.json, render=render_plan)
         return EXIT_OK
-    if not args.yes:
-        plan = upgrade(**common, dry_run=True)
+
+    def ask(plan: UpgradeReport) -> None:
         text = render_plan(plan)
         if not plan.plan.rehearsal_current:
             text += (
@@ -117,9 +119,11 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
                 "runs it on a copy first and measures the downtime."
             )
         confirm(text, "Proceed with the upgrade?", "upgrade")
-    report = with_progress(
-        lambda: upgrade(**common, approval=args.approval, lock_timeout_seconds=args.wait)
-    )
+
+    with asking(ask) if not args.yes else contextlib.nullcontext():
+        report = with_progress(
+            lambda: upgrade(**common, approval=args.approval, lock_timeout_seconds=args.wait)
+        )
     emit(report, args.json, render=render_upgrade)
     return EXIT_OK
 

@@ -46,6 +46,7 @@ from ..tasks.postgres.rows_since import agents_created_since, rows_written_since
 from ..tasks.runs import timeouts as run_timeouts
 from ..tasks.runs.approval import ApprovalDeclined, await_operator_approval
 from ..tasks.runs.audit_record import audited_run
+from ..tasks.runs.confirmation import confirm_plan
 from ..tasks.runs.context import publish_report, run_name, tag_current_run
 from ..tasks.runs.journal import JournaledSteps
 from ..tasks.runs.lock import destructive_lock
@@ -382,6 +383,11 @@ def rollback(
             publish_report(profile.name, "rollback", render_rollback_markdown(report))
             record.update(outcome="planned")
             return report
+        try:
+            confirm_plan(report)  # the plan shown is the plan executed
+        except Refused:
+            record.update(outcome="refused")
+            raise
 
         with contextlib.ExitStack() as locked:
             with clock.phase("lock"):

@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger
 
 from ..blocks.server_profile import load_profile, open_backup_store
 from ..tasks.audit.rehearsal_history import rehearsal_is_current
-from ..tasks.errors import database_error_message
+from ..tasks.errors import Refused, database_error_message
 from ..tasks.letta.versions import ALEMBIC_HEADS
 from ..tasks.postgres.letta_inventory import (
     agent_inventory,
@@ -33,6 +33,7 @@ from ..tasks.postgres.letta_inventory import (
 from ..tasks.postgres.privileges import RequestedReset
 from ..tasks.runs.approval import ApprovalDeclined, await_operator_approval
 from ..tasks.runs.audit_record import audited_run, counts_summary, server_counts
+from ..tasks.runs.confirmation import confirm_plan
 from ..tasks.runs.context import publish_report, run_name, tag_current_run
 from ..tasks.runs.lock import destructive_lock
 from ..tasks.sets.catalog import load_manifest
@@ -124,6 +125,11 @@ def upgrade(
             audit.update(outcome="planned")
             publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
             return report
+        try:
+            confirm_plan(report)  # the plan shown is the plan executed
+        except Refused:
+            audit.update(outcome="refused")
+            raise
 
         with destructive_lock(profile.name, lock_timeout_seconds, database=profile.database):
             if approval:

@@ -18,10 +18,12 @@ import sqlalchemy as sa
 
 from letta_ops.cli.main import main
 from letta_ops.flows.backup import backup
+from letta_ops.flows.reports.rollback import RollbackReport
 from letta_ops.flows.restore import restore, restored_runtime
 from letta_ops.flows.restore_agents import restore_agents
 from letta_ops.flows.rollback import RollbackFailed, rollback
 from letta_ops.flows.upgrade import upgrade
+from letta_ops.tasks.audit.store import AuditStore
 from letta_ops.tasks.errors import EXIT_BAD_INPUT, EXIT_OK
 from letta_ops.tasks.letta.agent_file import summarize_agent_file
 from letta_ops.tasks.letta.agent_restore import AgentRestoreRefused
@@ -175,8 +177,27 @@ def test_rollback_forward_agent_restore_and_restore_elsewhere(
 
     before_rollback = _live(running)
     digests_before_rollback = sql_table_digests(running.database)
-    report = rollback()
+    # Confirmed at a terminal: one flow run computes the plan, shows it, and executes it (no
+    # dry run first). Answered "no", nothing stops; answered "yes", the same run rolls back.
+    audit = AuditStore.from_env()
+    runs_before = len(audit.query(operation="rollback"))
+    answers = iter(["n", "y"])
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    capsys.readouterr()
+    assert main(["rollback", "--json"]) == EXIT_BAD_INPUT
+    asked = capsys.readouterr().err
+    assert pre_upgrade in asked  # the plan, shown before the question
+    assert "cancelled; nothing was changed" in asked
+    assert _version_and_pid(running) == (version_before, pid_before)
+    [cancelled] = audit.query(operation="rollback")[
+        : len(audit.query(operation="rollback")) - runs_before
+    ]
+    assert cancelled.outcome == "refused"
+    assert main(["rollback", "--json"]) == EXIT_OK
+    report = RollbackReport.model_validate(json.loads(capsys.readouterr().out))
     assert report.outcome == "succeeded", report
+    assert len(audit.query(operation="rollback")) == runs_before + 2  # one run per command
     assert http_version(running.server.base_url) == OLD_VERSION
     assert _live(running) == before_agents
     target = load_manifest(store, *pre_upgrade.split("/"))
