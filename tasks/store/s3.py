@@ -350,18 +350,21 @@ class S3ObjectStore(S3ObjectLock, ObjectStore):
         try:
             response = self.client.get_object(**kwargs)
         except ClientError as exc:
-            if _is_not_found(exc):
-                raise FileNotFoundError(
-                    f"Object {key!r} does not exist in {self.describe()}."
-                ) from exc
-            if _is_precondition_failed(exc):
-                raise self._changed(key) from exc
-            raise
+            raise self._read_error(key, exc) from exc
         body = response["Body"]
         try:
             yield body
         finally:
             body.close()
+
+    def _read_error(self, key: str, exc: Exception) -> Exception:
+        """What a failed read of ``key`` means: gone, changed since the set was pinned, or
+        the store's own error."""
+        if _is_not_found(exc):
+            return FileNotFoundError(f"Object {key!r} does not exist in {self.describe()}.")
+        if _is_precondition_failed(exc):
+            return self._changed(key)
+        return exc
 
     def open_read(
         self, key: str, *, start: int = 0, length: int | None = None
@@ -380,13 +383,7 @@ class S3ObjectStore(S3ObjectLock, ObjectStore):
                 **self._pinned(key),
             )
         except ClientError as exc:
-            if _is_not_found(exc):
-                raise FileNotFoundError(
-                    f"Object {key!r} does not exist in {self.describe()}."
-                ) from exc
-            if _is_precondition_failed(exc):
-                raise self._changed(key) from exc
-            raise
+            raise self._read_error(key, exc) from exc
         return ObjectMetadata(
             key=key, size=int(head["ContentLength"]), store_checksum=checksum_in(head)
         )
