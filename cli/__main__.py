@@ -1,4 +1,4 @@
-"""``python -m cli``: the same as the ``letta-ops`` command."""
+"""``python -m letta_ops.cli``: the same as the ``letta-ops`` command."""
 
 import sys
 

@@ -129,7 +129,7 @@ def test_help_imports_neither_prefect_nor_sqlalchemy():
     import sys
 
     probe = (
-        "import sys; from cli.main import build_parser; build_parser(); "
+        "import sys; from letta_ops.cli.main import build_parser; build_parser(); "
         "print(sorted(m for m in ('prefect', 'sqlalchemy', 'boto3', 'httpx') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

@@ -225,7 +225,7 @@ def test_json_and_json_list_exclude_each_other(argv, key, capsys):
 
 
 def test_a_bad_url_is_refused_alike_with_and_without_blocks(tmp_path, monkeypatch, capsys):
-    """The name comes from tasks.server_naming on both paths: the same refusal, exit 2."""
+    """The name comes from letta_ops.tasks.server_naming on both paths: the same refusal, exit 2."""
     for name, value in _env_only(tmp_path).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("LETTA_BASE_URL", "ftp://letta.example")

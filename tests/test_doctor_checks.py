@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.tasks.doctor import checks
+from letta_ops.tasks.doctor import checks, findings
 
 URI = "postgresql://letta:s3cret-pw@127.0.0.1:5432/letta"
 
@@ -103,10 +103,10 @@ def test_backup_age():
 
 
 def test_a_failing_check_is_a_finding_and_needs_action_counts_actions():
-    def boom() -> checks.Finding:
+    def boom() -> findings.Finding:
         raise RuntimeError("relation messages does not exist\nDETAIL: ...")
 
-    [finding] = checks.guarded("sequences", boom)
+    [finding] = findings.guarded("sequences", boom)
     assert finding.status == "action" and finding.detail.endswith("does not exist")
     assert checks.needs_action([finding])
-    assert not checks.needs_action([checks.ok("health", "fine"), checks.skipped("x", "y")])
+    assert not checks.needs_action([findings.ok("health", "fine"), findings.skipped("x", "y")])

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from letta_ops.blocks.backup_store import S3BackupStore, apply_object_lock
-from letta_ops.tasks.doctor import checks
+from letta_ops.tasks.doctor import access_checks
 from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.sets.retention import (
     BackupSetSummary,
@@ -247,12 +247,12 @@ def test_prune_reads_locks_from_the_store_and_never_deletes_a_locked_object(
 
 def test_doctor_server_auth() -> None:
     url = "http://127.0.0.1:8283"
-    assert checks.check_server_auth(True, None, url, True, False).status == "ok"
-    assert checks.check_server_auth(None, "refused", url, True, False).status == "skipped"
-    secured_but_open = checks.check_server_auth(False, None, url, True, False)
+    assert access_checks.check_server_auth(True, None, url, True, False).status == "ok"
+    assert access_checks.check_server_auth(None, "refused", url, True, False).status == "skipped"
+    secured_but_open = access_checks.check_server_auth(False, None, url, True, False)
     assert secured_but_open.status == "action" and "--secure" in secured_but_open.fix
-    assert checks.check_server_auth(False, None, url, False, False).status == "action"
-    chosen = checks.check_server_auth(False, None, url, False, True)
+    assert access_checks.check_server_auth(False, None, url, False, False).status == "action"
+    chosen = access_checks.check_server_auth(False, None, url, False, True)
     assert chosen.status == "ok" and "OPEN" in chosen.detail
 
 
@@ -261,26 +261,29 @@ def test_doctor_lock_and_delete() -> None:
     none = BucketLockConfiguration(enabled=False)
     default = BucketLockConfiguration(True, "COMPLIANCE", 30)
     ask = ObjectLock("GOVERNANCE", 7)
-    assert checks.check_backup_lock(none, None, url).status == "ok"
-    refused = checks.check_backup_lock(none, ask, url)
+    assert access_checks.check_backup_lock(none, None, url).status == "ok"
+    refused = access_checks.check_backup_lock(none, ask, url)
     assert refused.status == "action" and "refused" in refused.detail
-    assert checks.check_backup_lock(None, ask, url).status == "action"  # a directory
-    assert "compliance 30 day(s)" in checks.check_backup_lock(default, None, url).detail
-    unlocked = checks.check_backup_lock(BucketLockConfiguration(True), None, url)
+    assert access_checks.check_backup_lock(None, ask, url).status == "action"  # a directory
+    assert "compliance 30 day(s)" in access_checks.check_backup_lock(default, None, url).detail
+    unlocked = access_checks.check_backup_lock(BucketLockConfiguration(True), None, url)
     assert "NOT locked" in unlocked.detail
-    assert "locked governance for 7 day(s)" in checks.check_backup_lock(default, ask, url).detail
+    assert (
+        "locked governance for 7 day(s)"
+        in access_checks.check_backup_lock(default, ask, url).detail
+    )
 
-    assert checks.check_backup_delete(False, False, url).status == "ok"
-    assert checks.check_backup_delete(True, True, url).status == "ok"
-    exposed = checks.check_backup_delete(True, False, url)
+    assert access_checks.check_backup_delete(False, False, url).status == "ok"
+    assert access_checks.check_backup_delete(True, True, url).status == "ok"
+    exposed = access_checks.check_backup_delete(True, False, url)
     assert exposed.status == "action" and "Least privilege" in exposed.fix
-    assert checks.check_backup_delete(None, False, url).status == "skipped"
+    assert access_checks.check_backup_delete(None, False, url).status == "skipped"
     env = {"LETTA_OPS_LOCK_DAYS": "2"}
-    assert checks.requested_object_lock(None, env) == ObjectLock("GOVERNANCE", 2)
+    assert access_checks.requested_object_lock(None, env) == ObjectLock("GOVERNANCE", 2)
 
 
 def test_doctor_anonymous_probe_of_a_port_nobody_listens_on() -> None:
-    refused, error = checks.anonymous_access_refused("http://127.0.0.1:9")
+    refused, error = access_checks.anonymous_access_refused("http://127.0.0.1:9")
     assert refused is None and error
 
 
