@@ -47,7 +47,6 @@ from letta_ops.flows.restore_server import (
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
 from letta_ops.flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
 from letta_ops.flows.server_lock import destructive_lock
-from letta_ops.tasks.agent_names import name_rule_for, plan_renames, strictest_rule
 from letta_ops.tasks.backup_catalog import load_manifest
 from letta_ops.tasks.backup_manifest import BackupManifest, set_prefix
 from letta_ops.tasks.errors import Failed, Refused
@@ -64,6 +63,11 @@ from letta_ops.tasks.letta_versions import ALEMBIC_HEADS, LettaVersion, parse_se
 from letta_ops.tasks.object_store import ObjectStore
 from letta_ops.tasks.pg_client_tools import client_tools
 from letta_ops.tasks.postgres_privileges import RequestedReset
+from letta_ops.tasks.rebuild_names import (
+    give_names_back,
+    names_to_give_back,
+    plan_rebuild_names,
+)
 from letta_ops.tasks.rehearsal_history import latest_rehearsal, rehearsal_is_current
 from letta_ops.tasks.run_journal import JournaledSteps
 from letta_ops.tasks.sequence_repair import repair_sequences
@@ -92,7 +96,12 @@ class UpgradeState(JournaledSteps):
     old_version: str
     before_agents: dict[str, dict]
     renames: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: The names agents end up with (the target's rule); None: the same as ``renames``.
+    final_renames: dict[str, dict[str, str]] | None = None
     rollback: dict[str, Any] | None = None
+
+    def names_after(self) -> dict[str, dict[str, str]]:
+        return self.renames if self.final_renames is None else self.final_renames
 
     def __deepcopy__(self, memo: dict) -> UpgradeState:
         """Prefect's ``txn.get`` deep-copies stored values. This state is shared on purpose
@@ -149,6 +158,11 @@ class UpgradePlan(ReportPart):
     free_bytes: int = Field(description="Free bytes in the temporary directory.")
     name_rule: str = Field(description="The agent-name rule the renames follow.")
     renames: dict[str, Rename] = Field(description="Agent id -> the rename the rule needs.")
+    transit_renames: dict[str, Rename] = Field(
+        default_factory=dict,
+        description="Rebuild only: agent id -> the name its file carries to pass the source's "
+        "export too (agents not in 'renames' get their own name back after the import).",
+    )
     steps: list[str]
     rehearsal: RehearsalRecord | None = Field(description="None: never rehearsed.")
     expected_downtime_seconds: int | float
@@ -161,7 +175,13 @@ class UpgradePlan(ReportPart):
     )
 
     def rename_map(self) -> dict[str, dict[str, str]]:
-        """The renames as the steps take them: ``{agent_id: {"old": ..., "new": ...}}``."""
+        """The renames as the steps take them: ``{agent_id: {"old": ..., "new": ...}}``
+        (a rebuild's transit names: what the exported files carry)."""
+        renames = self.transit_renames if self.strategy == "rebuild" else self.renames
+        return {agent_id: change.model_dump() for agent_id, change in renames.items()}
+
+    def final_map(self) -> dict[str, dict[str, str]]:
+        """The names the agents end up with, as the steps take them."""
         return {agent_id: change.model_dump() for agent_id, change in self.renames.items()}
 
 
@@ -271,13 +291,8 @@ def preflight(
     # The undo may start the current version again.
     profile.runtime.prepare([str(target), str(current)], log=get_run_logger().info)
     # Rebuild moves agent files, so names must pass the source's export and the target's
-    # import; migrate keeps rows as they are, so only the target's rule is reported.
-    rule = (
-        strictest_rule(str(current), str(target))
-        if strategy == "rebuild"
-        else name_rule_for(str(target))
-    )
-    renames = plan_renames(agents, rule)
+    # import on the way, and get back what the target accepts; migrate keeps rows as they are.
+    names = plan_rebuild_names(agents, str(current), str(target), strategy)
     rehearsal = latest_rehearsal(profile.name, str(current), str(target), strategy)
     steps = (
         [
@@ -301,6 +316,7 @@ def preflight(
             f"migrate and start {target}",
             "repair sequences",
             "import agent files",
+            "give back names the target accepts",
             "verify agents by name",
         ]
     )
@@ -320,8 +336,9 @@ def preflight(
         agents=len(agents),
         database_bytes=size,
         free_bytes=free,
-        name_rule=rule.name,
-        renames=renames,
+        name_rule=names.rule.name,
+        renames=names.final,
+        transit_renames=names.transit,
         steps=steps,
         rehearsal=rehearsal,
         expected_downtime_seconds=rehearsal["downtime_seconds"]
@@ -440,6 +457,12 @@ def import_agent_files_step(profile: ServerProfile, files: dict[str, str]) -> li
     return imported
 
 
+@task(name="give-names-back", cache_policy=NO_CACHE)
+def give_names_back_step(profile: ServerProfile, state: UpgradeState) -> dict[str, str]:
+    with LettaClient(profile.server) as client:
+        return give_names_back(client, names_to_give_back(state.renames, state.names_after()))
+
+
 @task(name="agents-through-api", cache_policy=NO_CACHE)
 def list_agents_step(profile: ServerProfile) -> dict[str, str]:
     with LettaClient(profile.server) as client:
@@ -519,11 +542,14 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
         sequences = repair_sequences_step(profile)
         state.enter("import agent files")
         import_agent_files_step(profile, files)
+        state.enter("give back names the target accepts")
+        give_names_back_step(profile, state)
     state.enter("verify")
     after_api = list_agents_step(profile)
     after = inventory_step(profile)
+    final = state.names_after()
     expected_names = sorted(
-        state.renames.get(a, {}).get("new", v["name"]) for a, v in state.before_agents.items()
+        final.get(a, {}).get("new", v["name"]) for a, v in state.before_agents.items()
     )
     if sorted(after_api.values()) != expected_names:
         raise UpgradeFailed(
@@ -532,14 +558,14 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
         )
     by_name = {v["name"]: v for v in after.values()}
     matched = {
-        a: by_name.get(state.renames.get(a, {}).get("new", v["name"]), {})
+        a: by_name.get(final.get(a, {}).get("new", v["name"]), {})
         for a, v in state.before_agents.items()
     }
     return {
         "downtime_seconds": round(time.monotonic() - stopped, 1),
         "sequences": sequences,
         "agents_after": len(after_api),
-        "verification": _per_agent(state.before_agents, matched, state.renames),
+        "verification": _per_agent(state.before_agents, matched, final),
         "not_carried": {
             "messages": sum(
                 max(0, v["messages"] - matched[a].get("messages", 0))
@@ -667,7 +693,7 @@ def upgrade(
             versions_from=plan.from_version,
             versions_to=plan.to_version,
             strategy=strategy,
-            renames=audit_renames(plan.rename_map()) if strategy == "rebuild" else None,
+            renames=audit_renames(plan.final_map()) if strategy == "rebuild" else None,
         )
         plan.rehearsal_current = rehearsal_is_current(
             plan.rehearsal.model_dump(mode="json") if plan.rehearsal else None,
@@ -712,6 +738,7 @@ def upgrade(
                 old_version=plan.from_version,
                 before_agents=agent_inventory(profile.require_database()),
                 renames=plan.rename_map() if strategy == "rebuild" else {},
+                final_renames=plan.final_map() if strategy == "rebuild" else None,
             )
             audit.update(counts_before=counts_summary(manifest.row_counts, state.before_agents))
             report.backup_set = backup_report.set
