@@ -51,6 +51,7 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 def build_parser() -> argparse.ArgumentParser:
     from letta_ops.cli import (
+        agent_portability,
         alerts,
         backups,
         demo,
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         serve,
         demo,
         restore,
+        agent_portability,
         history,
         maintenance,
         metrics,

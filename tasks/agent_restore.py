@@ -79,7 +79,8 @@ def copy_name(name: str, set_date: str, rule: NameRule) -> str:
     return f"{base or 'agent'}{suffix}"
 
 
-def _unique(candidate: str, taken: set[str]) -> str:
+def unique_name(candidate: str, taken: set[str]) -> str:
+    """``candidate``, or ``candidate-2``, ``-3``... : the first not in ``taken``."""
     name, n = candidate, 2
     while name in taken:
         tail = f"-{n}"
@@ -108,7 +109,7 @@ def plan_agent_restore(
     for entry in select_agents(manifest, wanted):
         assert entry.file is not None
         if as_copy:
-            name = _unique(copy_name(entry.name, set_date, rule), taken)
+            name = unique_name(copy_name(entry.name, set_date, rule), taken)
         else:
             if entry.id in live_ids:
                 raise AgentRestoreRefused(
