@@ -75,6 +75,7 @@ COMMAND_LIMITS = {
     "restore-agents": "MAINTENANCE",
     "export-agents": "MAINTENANCE",
     "import-agents": "MAINTENANCE",
+    "backups": "VERIFY",  # backups adopt: one restore into a scratch database, then verify
 }
 STEP_LIMITS = ("PG_RESTORE", "MIGRATE", "SERVER_STOP_START")
 
