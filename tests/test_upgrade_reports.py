@@ -474,6 +474,7 @@ def test_cli_renderers_read_the_reports():
     assert "Letta 0.11.7 -> 0.16.2, strategy rebuild (LOSSY: agent files only)" in text
     assert "expected downtime about 61.2 s (measured by the rehearsal" in text
     assert "renames (ascii):\n  agent-4: 'AI/ML Expert' -> 'AI-ML Expert'" in text
+    assert "given back after the import:\n  agent-5: 'Café Ñandú' (travels as 'Cafe Nandu')" in text
 
     done = UpgradeReport(
         plan=UPGRADE_PLAN,
