@@ -62,11 +62,11 @@ from bench.run import (  # noqa: E402
 )
 from letta_ops.blocks.letta_database import LettaDatabase  # noqa: E402
 from letta_ops.cli.output import phases_lines  # noqa: E402
-from letta_ops.tasks.letta.agent_export import export_agents  # noqa: E402
 from letta_ops.tasks.letta.api import LettaClient, offline_agent_body  # noqa: E402
 from letta_ops.tasks.postgres.dump import tool, tool_env  # noqa: E402
 from letta_ops.tasks.postgres.letta_schema import connect, create_database, drop_database  # noqa: E402
 from letta_ops.tasks.runs.phase_timings import PhaseClock, PhaseTiming  # noqa: E402
+from letta_ops.tasks.sets.agent_export import export_agents  # noqa: E402
 from letta_ops.tasks.store.s3 import S3ObjectStore, s3_client_from_env  # noqa: E402
 
 AGENTS = 25

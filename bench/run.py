@@ -57,12 +57,12 @@ from bench.store_reads import measure_store_reads, render_store_reads  # noqa: E
 from letta_ops.blocks.letta_database import LettaDatabase  # noqa: E402
 from letta_ops.blocks.letta_server import LettaServer  # noqa: E402
 from letta_ops.blocks.process_runtime import LettaProcessRuntime  # noqa: E402
-from letta_ops.tasks.letta.agent_export import export_agents  # noqa: E402
 from letta_ops.tasks.letta.api import LettaClient, offline_agent_body  # noqa: E402
 from letta_ops.tasks.postgres.dump import list_dump, tool, tool_env  # noqa: E402
 from letta_ops.tasks.postgres.embedded import EmbeddedPostgres, free_loopback_port  # noqa: E402
 from letta_ops.tasks.postgres.letta_schema import connect, create_database  # noqa: E402
 from letta_ops.tasks.postgres.restore import tables_in_dump  # noqa: E402
+from letta_ops.tasks.sets.agent_export import export_agents  # noqa: E402
 from letta_ops.tasks.sets.manifest import agent_file_key  # noqa: E402
 from letta_ops.tasks.store.objects import DEFAULT_PART_SIZE  # noqa: E402
 from letta_ops.tasks.store.s3 import S3ObjectStore, s3_client_from_env  # noqa: E402

@@ -10,6 +10,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ..tasks.errors import EXIT_OK
+from .adopt import add_adopt_command
 from .options import (
     Parser,
     allow_legacy_option,
@@ -321,6 +322,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         "lines) for as long as sets written with it are kept.",
     )
     p.set_defaults(func=cmd_backups_new_key)
+    add_adopt_command(bsub, common, store)
 
     for action, summary in (
         ("pin", "keep a set from retention, until --until DATE or for good"),

@@ -49,6 +49,7 @@ warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 def build_parser() -> argparse.ArgumentParser:
     from . import (
+        agent_portability,
         alerts,
         backups,
         demo,
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         serve,
         demo,
         restore,
+        agent_portability,
         history,
         maintenance,
         metrics,

@@ -36,6 +36,10 @@ def render_plan(report: UpgradeReport) -> str:
     if plan.renames:
         lines.append(f"renames ({plan.name_rule}):")
         lines += [f"  {agent_id}: {c.old!r} -> {c.new!r}" for agent_id, c in plan.renames.items()]
+    trip = {a: c for a, c in plan.transit_renames.items() if a not in plan.renames}
+    if trip:
+        lines.append("names changed only to pass the export, given back after the import:")
+        lines += [f"  {agent_id}: {c.old!r} (travels as {c.new!r})" for agent_id, c in trip.items()]
     return "\n".join(lines)
 
 

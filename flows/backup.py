@@ -23,7 +23,6 @@ from pydantic import Field
 from ..blocks.backup_store import apply_object_lock
 from ..blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from ..tasks.errors import Failed, database_error_message
-from ..tasks.letta.agent_export import export_agents
 from ..tasks.letta.api import LettaAPIError, LettaClient
 from ..tasks.letta.versions import release_at_revision
 from ..tasks.postgres.client_tools import PgToolError
@@ -48,6 +47,7 @@ from ..tasks.runs.context import (
 )
 from ..tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
 from ..tasks.runs.report import FlowReport, ReportPart
+from ..tasks.sets.agent_export import export_agents
 from ..tasks.sets.catalog import keyless_warning, write_manifest
 from ..tasks.sets.manifest import (
     DUMP_NAME,

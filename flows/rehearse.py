@@ -258,6 +258,7 @@ def rehearse(
                     old_version=plan.from_version,
                     before_agents=agent_inventory(scratch),
                     renames=plan.rename_map() if strategy == "rebuild" else {},
+                    final_renames=plan.final_map() if strategy == "rebuild" else None,
                 )
                 runner = run_migrate if strategy == "migrate" else run_rebuild
                 result: dict[str, Any] = {}

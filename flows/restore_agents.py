@@ -26,7 +26,6 @@ from ..blocks.server_profile import ServerProfile, load_profile, open_backup_sto
 from ..tasks.errors import Failed
 from ..tasks.letta.agent_file import rename_agent_file, summarize_agent_file
 from ..tasks.letta.agent_names import name_rule_for
-from ..tasks.letta.agent_restore import AgentRestoreStep, plan_agent_restore
 from ..tasks.letta.api import LettaClient
 from ..tasks.postgres.letta_inventory import agent_inventory
 from ..tasks.runs import timeouts as run_timeouts
@@ -34,6 +33,7 @@ from ..tasks.runs.audit_record import audited_run
 from ..tasks.runs.context import publish_report, run_name, tag_current_run
 from ..tasks.runs.report import FlowReport, ReportPart
 from ..tasks.sets.admission import require_intact, require_same_server
+from ..tasks.sets.agent_restore import AgentRestoreStep, plan_agent_restore
 from ..tasks.sets.catalog import load_manifest
 from ..tasks.sets.manifest import BackupManifest
 from ..tasks.sets.verification import downloaded

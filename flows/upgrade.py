@@ -106,7 +106,7 @@ def upgrade(
             versions_from=plan.from_version,
             versions_to=plan.to_version,
             strategy=strategy,
-            renames=audit_renames(plan.rename_map()) if strategy == "rebuild" else None,
+            renames=audit_renames(plan.final_map()) if strategy == "rebuild" else None,
         )
         plan.rehearsal_current = rehearsal_is_current(
             plan.rehearsal.model_dump(mode="json") if plan.rehearsal else None,
@@ -156,6 +156,7 @@ def upgrade(
                 old_version=plan.from_version,
                 before_agents=agent_inventory(profile.require_database()),
                 renames=plan.rename_map() if strategy == "rebuild" else {},
+                final_renames=plan.final_map() if strategy == "rebuild" else None,
             )
             audit.update(counts_before=counts_summary(manifest.row_counts, state.before_agents))
             report.backup_set = backup_report.set

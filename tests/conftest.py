@@ -33,6 +33,9 @@ LONGEST_FILES_FIRST = (
     "test_maintenance_e2e.py",
     "test_recover_local_prefect_e2e.py",
     "test_runtime_e2e.py",
+    "test_agent_portability_e2e.py",
+    "test_adopt_dump_e2e.py",
+    "test_rebuild_names_e2e.py",
 )
 
 

@@ -15,7 +15,6 @@ from letta_ops.cli.main import main
 from letta_ops.tasks.errors import EXIT_BAD_INPUT
 from letta_ops.tasks.letta.agent_file import AgentFileError, rename_agent_file, summarize_agent_file
 from letta_ops.tasks.letta.agent_names import ASCII, UNICODE
-from letta_ops.tasks.letta.agent_restore import AgentRestoreRefused, copy_name, plan_agent_restore
 from letta_ops.tasks.postgres.restore_target import (
     RestoreTargetRefused,
     same_database,
@@ -26,6 +25,7 @@ from letta_ops.tasks.sets.admission import (
     require_intact,
     require_same_server,
 )
+from letta_ops.tasks.sets.agent_restore import AgentRestoreRefused, copy_name, plan_agent_restore
 from letta_ops.tasks.sets.catalog import BackupSetError, load_manifest, record_verification
 from letta_ops.tasks.sets.manifest import (
     MANIFEST_NAME,

@@ -26,12 +26,12 @@ from letta_ops.flows.upgrade import upgrade
 from letta_ops.tasks.audit.store import AuditStore
 from letta_ops.tasks.errors import EXIT_BAD_INPUT, EXIT_OK
 from letta_ops.tasks.letta.agent_file import summarize_agent_file
-from letta_ops.tasks.letta.agent_restore import AgentRestoreRefused
 from letta_ops.tasks.letta.api import offline_agent_body
 from letta_ops.tasks.postgres.embedded import free_loopback_port
 from letta_ops.tasks.postgres.letta_schema import connect
 from letta_ops.tasks.postgres.restore_target import RestoreTargetRefused, port_in_use
 from letta_ops.tasks.sets.admission import BackupSetRefused
+from letta_ops.tasks.sets.agent_restore import AgentRestoreRefused
 from letta_ops.tasks.sets.catalog import list_backup_sets, load_manifest
 from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, OLD_VERSION, operator_env, seed_agents

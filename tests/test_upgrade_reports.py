@@ -40,6 +40,10 @@ UPGRADE_PLAN = {
     "free_bytes": 98_765_432_100,
     "name_rule": "ascii",
     "renames": {"agent-4": {"old": "AI/ML Expert", "new": "AI-ML Expert"}},
+    "transit_renames": {
+        "agent-4": {"old": "AI/ML Expert", "new": "AI-ML Expert"},
+        "agent-5": {"old": "Café Ñandú", "new": "Cafe Nandu"},
+    },
     "steps": ["backup (verified, pinned)", "rename agents the versions refuse", "stop server"],
     "rehearsal": {
         "run": "run-7",
@@ -169,7 +173,9 @@ def test_upgrade_plan_and_report():
     assert document["plan"]["renames"] == UPGRADE_PLAN["renames"]
     assert document["plan"]["rehearsal"]["at"] == "2026-11-23T03:00:00Z"
     assert document["plan"]["expected_downtime_seconds"] == 61.2
-    assert planned.plan.rename_map() == UPGRADE_PLAN["renames"]
+    # A rebuild's steps carry the transit names; the agents end with the final ones.
+    assert planned.plan.rename_map() == UPGRADE_PLAN["transit_renames"]
+    assert planned.plan.final_map() == UPGRADE_PLAN["renames"]
 
     # As the flow fills it in: assignments are validated into the sub-models.
     report = UpgradeReport(plan=UPGRADE_PLAN, dry_run=False, outcome="planned")
@@ -468,6 +474,7 @@ def test_cli_renderers_read_the_reports():
     assert "Letta 0.11.7 -> 0.16.2, strategy rebuild (LOSSY: agent files only)" in text
     assert "expected downtime about 61.2 s (measured by the rehearsal" in text
     assert "renames (ascii):\n  agent-4: 'AI/ML Expert' -> 'AI-ML Expert'" in text
+    assert "given back after the import:\n  agent-5: 'Café Ñandú' (travels as 'Cafe Nandu')" in text
 
     done = UpgradeReport(
         plan=UPGRADE_PLAN,

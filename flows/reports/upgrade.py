@@ -59,6 +59,11 @@ class UpgradePlan(ReportPart):
     free_bytes: int = Field(description="Free bytes in the temporary directory.")
     name_rule: str = Field(description="The agent-name rule the renames follow.")
     renames: dict[str, Rename] = Field(description="Agent id -> the rename the rule needs.")
+    transit_renames: dict[str, Rename] = Field(
+        default_factory=dict,
+        description="Rebuild only: agent id -> the name its file carries to pass the source's "
+        "export too (agents not in 'renames' get their own name back after the import).",
+    )
     steps: list[str]
     rehearsal: RehearsalRecord | None = Field(description="None: never rehearsed.")
     expected_downtime_seconds: int | float
@@ -71,7 +76,13 @@ class UpgradePlan(ReportPart):
     )
 
     def rename_map(self) -> dict[str, dict[str, str]]:
-        """The renames as the steps take them: ``{agent_id: {"old": ..., "new": ...}}``."""
+        """The renames as the steps take them: ``{agent_id: {"old": ..., "new": ...}}``
+        (a rebuild's transit names: what the exported files carry)."""
+        renames = self.transit_renames if self.strategy == "rebuild" else self.renames
+        return {agent_id: change.model_dump() for agent_id, change in renames.items()}
+
+    def final_map(self) -> dict[str, dict[str, str]]:
+        """The names the agents end up with, as the steps take them."""
         return {agent_id: change.model_dump() for agent_id, change in self.renames.items()}
 
 

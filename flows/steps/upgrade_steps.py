@@ -18,8 +18,8 @@ from prefect.transactions import Transaction
 from ...blocks.server_profile import ServerProfile, open_backup_store
 from ...tasks.audit.rehearsal_history import latest_rehearsal
 from ...tasks.errors import Failed, Refused
-from ...tasks.letta.agent_names import name_rule_for, plan_renames, strictest_rule
 from ...tasks.letta.api import LettaClient
+from ...tasks.letta.rebuild_names import give_names_back, names_to_give_back, plan_rebuild_names
 from ...tasks.letta.server_tls import require_server_can_use_tls
 from ...tasks.letta.versions import parse_server_version
 from ...tasks.postgres.client_tools import client_tools
@@ -64,7 +64,12 @@ class UpgradeState(JournaledSteps):
     old_version: str
     before_agents: dict[str, dict]
     renames: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: The names agents end up with (the target's rule); None: the same as ``renames``.
+    final_renames: dict[str, dict[str, str]] | None = None
     rollback: dict[str, Any] | None = None
+
+    def names_after(self) -> dict[str, dict[str, str]]:
+        return self.renames if self.final_renames is None else self.final_renames
 
     def __deepcopy__(self, memo: dict) -> UpgradeState:
         """Prefect's ``txn.get`` deep-copies stored values. This state is shared on purpose
@@ -120,13 +125,8 @@ def preflight(
     # The undo may start the current version again.
     profile.runtime.prepare([str(target), str(current)], log=get_run_logger().info)
     # Rebuild moves agent files, so names must pass the source's export and the target's
-    # import; migrate keeps rows as they are, so only the target's rule is reported.
-    rule = (
-        strictest_rule(str(current), str(target))
-        if strategy == "rebuild"
-        else name_rule_for(str(target))
-    )
-    renames = plan_renames(agents, rule)
+    # import on the way, and get back what the target accepts; migrate keeps rows as they are.
+    names = plan_rebuild_names(agents, str(current), str(target), strategy)
     rehearsal = latest_rehearsal(profile.name, str(current), str(target), strategy)
     steps = (
         [
@@ -150,6 +150,7 @@ def preflight(
             f"migrate and start {target}",
             "repair sequences",
             "import agent files",
+            "give back names the target accepts",
             "verify agents by name",
         ]
     )
@@ -169,8 +170,9 @@ def preflight(
         agents=len(agents),
         database_bytes=size,
         free_bytes=free,
-        name_rule=rule.name,
-        renames=renames,
+        name_rule=names.rule.name,
+        renames=names.final,
+        transit_renames=names.transit,
         steps=steps,
         rehearsal=rehearsal,
         expected_downtime_seconds=rehearsal["downtime_seconds"]
@@ -267,6 +269,12 @@ def import_agent_files_step(profile: ServerProfile, files: dict[str, str]) -> li
     return imported
 
 
+@task(name="give-names-back", cache_policy=NO_CACHE)
+def give_names_back_step(profile: ServerProfile, state: UpgradeState) -> dict[str, str]:
+    with LettaClient(profile.server) as client:
+        return give_names_back(client, names_to_give_back(state.renames, state.names_after()))
+
+
 @task(name="agents-through-api", cache_policy=NO_CACHE)
 def list_agents_step(profile: ServerProfile) -> dict[str, str]:
     with LettaClient(profile.server) as client:
@@ -346,11 +354,14 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
         sequences = repair_sequences_task(profile.require_database())
         state.enter("import agent files")
         import_agent_files_step(profile, files)
+        state.enter("give back names the target accepts")
+        give_names_back_step(profile, state)
     state.enter("verify")
     after_api = list_agents_step(profile)
     after = inventory_step(profile)
+    final = state.names_after()
     expected_names = sorted(
-        state.renames.get(a, {}).get("new", v["name"]) for a, v in state.before_agents.items()
+        final.get(a, {}).get("new", v["name"]) for a, v in state.before_agents.items()
     )
     if sorted(after_api.values()) != expected_names:
         raise UpgradeFailed(
@@ -359,14 +370,14 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
         )
     by_name = {v["name"]: v for v in after.values()}
     matched = {
-        a: by_name.get(state.renames.get(a, {}).get("new", v["name"]), {})
+        a: by_name.get(final.get(a, {}).get("new", v["name"]), {})
         for a, v in state.before_agents.items()
     }
     return {
         "downtime_seconds": round(time.monotonic() - stopped, 1),
         "sequences": sequences,
         "agents_after": len(after_api),
-        "verification": _per_agent(state.before_agents, matched, state.renames),
+        "verification": _per_agent(state.before_agents, matched, final),
         "not_carried": {
             "messages": sum(
                 max(0, v["messages"] - matched[a].get("messages", 0))

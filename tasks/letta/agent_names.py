@@ -88,3 +88,13 @@ def plan_renames(agents: list[dict], rule: NameRule) -> dict[str, dict[str, str]
         taken.add(candidate)
         renames[agent["id"]] = {"old": agent["name"], "new": candidate}
     return renames
+
+
+def unique_name(candidate: str, taken: set[str]) -> str:
+    """``candidate``, or ``candidate-2``, ``-3``... : the first not in ``taken``."""
+    name, n = candidate, 2
+    while name in taken:
+        tail = f"-{n}"
+        name = candidate[: MAX_NAME_LENGTH - len(tail)] + tail
+        n += 1
+    return name

@@ -53,7 +53,7 @@ REHEARSE = seconds("REHEARSE", 8 * HOUR)
 FLEET_BACKUP = seconds("FLEET_BACKUP", 24 * HOUR)
 DOCTOR = seconds("DOCTOR", 0.5 * HOUR)
 PRUNE = seconds("PRUNE", 2 * HOUR)
-MAINTENANCE = seconds("MAINTENANCE", 4 * HOUR)  # sync-tools, cleanup, renames, sequences
+MAINTENANCE = seconds("MAINTENANCE", 4 * HOUR)  # sync-tools, cleanup, renames, sequences, agents
 
 # Steps that can hang in the flows without a flow timeout (upgrade, rollback, recover).
 PG_RESTORE = seconds("PG_RESTORE", 8 * HOUR)
@@ -73,6 +73,9 @@ COMMAND_LIMITS = {
     "rename-agents": "MAINTENANCE",
     "repair-sequences": "MAINTENANCE",
     "restore-agents": "MAINTENANCE",
+    "export-agents": "MAINTENANCE",
+    "import-agents": "MAINTENANCE",
+    "backups": "VERIFY",  # backups adopt: one restore into a scratch database, then verify
 }
 STEP_LIMITS = ("PG_RESTORE", "MIGRATE", "SERVER_STOP_START")
 

@@ -33,7 +33,14 @@ _SET_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-z]{4,36}$")
 _AGENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 Purpose = Literal[
-    "scheduled", "manual", "pre-upgrade", "pre-rollback", "pre-cleanup", "pre-rename", "safety"
+    "scheduled",
+    "manual",
+    "pre-upgrade",
+    "pre-rollback",
+    "pre-cleanup",
+    "pre-rename",
+    "safety",
+    "adopted",  # a pg_dump made by hand, adopted with `backups adopt`
 ]
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ..sets.manifest import AgentEntry, agent_file_key
+from ..letta.api import LettaAPIError, LettaClient
 from ..store.objects import ObjectStore, StoredObject
-from .api import LettaAPIError, LettaClient
+from .manifest import AgentEntry, agent_file_key
 
 
 def export_one(

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..sets.catalog import BackupSetError
-from ..sets.manifest import AgentEntry, BackupManifest
-from .agent_names import MAX_NAME_LENGTH, NameRule, sanitize_agent_name
+from ..letta.agent_names import MAX_NAME_LENGTH, NameRule, sanitize_agent_name, unique_name
+from .catalog import BackupSetError
+from .manifest import AgentEntry, BackupManifest
 
 
 class AgentRestoreRefused(BackupSetError):
@@ -79,15 +79,6 @@ def copy_name(name: str, set_date: str, rule: NameRule) -> str:
     return f"{base or 'agent'}{suffix}"
 
 
-def _unique(candidate: str, taken: set[str]) -> str:
-    name, n = candidate, 2
-    while name in taken:
-        tail = f"-{n}"
-        name = candidate[: MAX_NAME_LENGTH - len(tail)] + tail
-        n += 1
-    return name
-
-
 def plan_agent_restore(
     manifest: BackupManifest,
     wanted: list[str],
@@ -108,7 +99,7 @@ def plan_agent_restore(
     for entry in select_agents(manifest, wanted):
         assert entry.file is not None
         if as_copy:
-            name = _unique(copy_name(entry.name, set_date, rule), taken)
+            name = unique_name(copy_name(entry.name, set_date, rule), taken)
         else:
             if entry.id in live_ids:
                 raise AgentRestoreRefused(
