@@ -22,7 +22,7 @@ from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field
 
 from ..tasks.errors import Refused
-from ..tasks.runtimes import process
+from ..tasks.runtimes import install, process
 
 if TYPE_CHECKING:
     from .letta_database import LettaDatabase
@@ -73,7 +73,7 @@ class LettaRuntime(Block):
         "alembic migrations); default ~/.cache/letta-ops.",
     )
     index_url: str = Field(
-        default=process.DEFAULT_INDEX_URL,
+        default=install.DEFAULT_INDEX_URL,
         description="Package index (simple API) to download Letta sdists from.",
     )
     source_tree: str | None = Field(
@@ -93,10 +93,10 @@ class LettaRuntime(Block):
         return False
 
     def resolved_cache_dir(self) -> Path:
-        return self.cache_dir or process.default_cache_dir()
+        return self.cache_dir or install.default_cache_dir()
 
-    def install(self, version: str, log=quiet) -> process.InstalledRuntime:
-        return process.install_runtime(version, self.resolved_cache_dir(), self.index_url, log)
+    def install(self, version: str, log=quiet) -> install.InstalledRuntime:
+        return install.install_runtime(version, self.resolved_cache_dir(), self.index_url, log)
 
     def prepare(self, versions: list[str], log=quiet) -> None:
         """Install, before anything stops, what the run may need: the versions whose

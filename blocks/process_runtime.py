@@ -9,6 +9,7 @@ from typing import ClassVar
 from pydantic import Field, SecretStr
 
 from ..tasks.letta.versions import parse_server_version
+from ..tasks.runtimes import install
 from ..tasks.runtimes import process as runtime
 from .block_docs import LOGO_URL, readme_section
 from .letta_database import LettaDatabase
@@ -98,10 +99,10 @@ class LettaProcessRuntime(LettaRuntime):
         return f"http://{self.host}:{self.port}"
 
     def resolved_state_dir(self) -> Path:
-        return self.state_dir or runtime.default_state_dir(self.server_name)
+        return self.state_dir or install.default_state_dir(self.server_name)
 
-    def start(self, version: str, database: LettaDatabase, log=quiet) -> runtime.ServerProcess:
-        state = runtime.private_directory(self.resolved_state_dir())
+    def start(self, version: str, database: LettaDatabase, log=quiet) -> install.ServerProcess:
+        state = install.private_directory(self.resolved_state_dir())
         return runtime.start_server(
             str(parse_server_version(version)),
             database.letta_pg_uri(),
@@ -137,7 +138,7 @@ class LettaProcessRuntime(LettaRuntime):
             return self
         return self.model_copy(update={"server_password": password})
 
-    def stop(self, log=quiet) -> runtime.ServerProcess | None:
+    def stop(self, log=quiet) -> install.ServerProcess | None:
         return runtime.stop_server(self.resolved_state_dir())
 
     def status(self) -> dict:

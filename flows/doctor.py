@@ -33,9 +33,9 @@ from ..blocks.letta_database import LettaDatabase
 from ..blocks.letta_server import LettaServer
 from ..blocks.process_runtime import LettaProcessRuntime
 from ..blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from ..tasks.doctor import checks
+from ..tasks.doctor import access_checks, checks
 from ..tasks.doctor.check_names import CHECK_NAMES
-from ..tasks.doctor.findings import Finding, Status, guarded
+from ..tasks.doctor.findings import Finding, Status, action, guarded, skipped
 from ..tasks.errors import NeedsAction, Refused
 from ..tasks.letta.api import LettaAPIError, LettaClient
 from ..tasks.runs import timeouts as run_timeouts
@@ -111,13 +111,13 @@ def check_server(
     if health is None:
         refused, auth_error = None, error
     else:
-        refused, auth_error = checks.anonymous_access_refused(profile.server.base_url)
+        refused, auth_error = access_checks.anonymous_access_refused(profile.server.base_url)
     open_by_choice = bool(getattr(profile.runtime, "open_server", False)) or os.environ.get(
         "LETTA_OPS_OPEN_SERVER", ""
     ).lower() in {"1", "true"}
     findings = [
         checks.check_health(health, error, profile.server.base_url),
-        checks.check_server_auth(
+        access_checks.check_server_auth(
             refused,
             auth_error,
             profile.server.base_url,
@@ -152,7 +152,7 @@ def check_database(db: LettaDatabase | None, version: str | None) -> list[Findin
     names = ("alembic", "pgvector", "pg-tools", "database-tls", "sequences", "dump-space")
     if db is None:
         reason = "no usable database configuration (see database-uri)"
-        return [checks.skipped(n, reason) for n in names]
+        return [skipped(n, reason) for n in names]
     from ..tasks.doctor.tls import check_database_tls
     from ..tasks.postgres.letta_inventory import database_size
     from ..tasks.postgres.letta_schema import alembic_revision
@@ -172,7 +172,7 @@ def check_database(db: LettaDatabase | None, version: str | None) -> list[Findin
     ]
 
 
-def check_agent_names(profile: ServerProfile, version: str | None) -> checks.Finding:
+def check_agent_names(profile: ServerProfile, version: str | None) -> Finding:
     from ..tasks.letta.agent_names import name_rule_for, plan_renames
 
     if version is None:
@@ -182,7 +182,7 @@ def check_agent_names(profile: ServerProfile, version: str | None) -> checks.Fin
     return checks.check_agent_names(plan_renames(agents, name_rule_for(version)), version)
 
 
-def check_interrupted(server_name: str, server: str | None) -> checks.Finding:
+def check_interrupted(server_name: str, server: str | None) -> Finding:
     """Runs of this server that died part way (journal begun, never finished, process gone)."""
     from ..tasks.runs.journal import last_step
     from .recover import interrupted_runs
@@ -208,12 +208,12 @@ def check_backups(
     except EncryptionKeyMissing as exc:  # the store is there; its key configuration is not
         sentence = str(exc).strip().splitlines()[0]
         return [
-            checks.action("backup-encryption", sentence, "Fix the key configuration named."),
-            checks.skipped("backup-age", "the store's encryption keys are unusable"),
+            action("backup-encryption", sentence, "Fix the key configuration named."),
+            skipped("backup-age", "the store's encryption keys are unusable"),
         ]
     except ValueError as exc:
         return [
-            checks.action(
+            action(
                 "backup-age",
                 str(exc).strip().splitlines()[0],
                 "Set LETTA_OPS_STORE (or pass --store) and schedule the nightly-backup deployment.",
@@ -251,7 +251,7 @@ def check_store_protection(store: str | None, server: str | None) -> list[Findin
         object_store = open_backup_store(store, server)
     except ValueError as exc:
         reason = f"no usable backup store ({str(exc).strip().splitlines()[0]})"
-        return [checks.skipped("backup-lock", reason), checks.skipped("backup-delete", reason)]
+        return [skipped("backup-lock", reason), skipped("backup-delete", reason)]
     where = object_store.describe()
     bucket_lock = None
     findings = guarded("backup-lock", lambda: _lock_finding(object_store))
@@ -259,7 +259,7 @@ def check_store_protection(store: str | None, server: str | None) -> list[Findin
         bucket_lock = object_store.bucket_lock()
     probe = getattr(object_store, "probe_delete", None)  # S3 only
     try:
-        requested = checks.requested_object_lock(object_store)
+        requested = access_checks.requested_object_lock(object_store)
     except ValueError:  # a bad LETTA_OPS_LOCK_DAYS: backup-lock says so
         requested = None
     sets_locked = bool(
@@ -267,15 +267,15 @@ def check_store_protection(store: str | None, server: str | None) -> list[Findin
     )
     findings += guarded(
         "backup-delete",
-        lambda: checks.check_backup_delete(probe() if probe else None, sets_locked, where),
+        lambda: access_checks.check_backup_delete(probe() if probe else None, sets_locked, where),
     )
     return findings
 
 
 def _lock_finding(object_store: Any) -> Finding:
-    return checks.check_backup_lock(
+    return access_checks.check_backup_lock(
         object_store.bucket_lock(),
-        checks.requested_object_lock(object_store),
+        access_checks.requested_object_lock(object_store),
         object_store.describe(),
     )
 
