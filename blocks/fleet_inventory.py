@@ -11,7 +11,7 @@ from typing import Any
 
 from ..tasks.runs.server_selection import ServerEntry, select_servers
 
-#: The Prefect block type slug of :class:`blocks.letta_server.LettaServer`.
+#: The Prefect block type slug of :class:`letta_ops.blocks.letta_server.LettaServer`.
 SERVER_BLOCK_SLUG = "letta-server"
 
 

@@ -164,7 +164,7 @@ def open_backup_store(store: str | None = None, server: str | None = None):
 
     Saved blocks are looked up under the server's name (an S3 or a local backup store). With
     an encryption key (the block's, or ``LETTA_OPS_ENCRYPTION_KEY``...) the store encrypts
-    new sets and decrypts old ones (:func:`blocks.backup_store.with_store_encryption`).
+    new sets and decrypts old ones (:func:`letta_ops.blocks.backup_store.with_store_encryption`).
     """
     url = store or os.environ.get("LETTA_OPS_STORE")
     if url:  # a repository URL: no block, no Prefect

@@ -9,10 +9,10 @@
 | 11 | busy: another destructive run holds the server | ``Busy`` |
 | 130 | interrupted | ``KeyboardInterrupt`` |
 
-The classes are :mod:`tasks.errors`'. A bare ``ValueError`` (pydantic's ``ValidationError``
-included, unless a validator raised a ``Refused``) is exit 1: raised inside a run, it does not
-mean "nothing changed". A command returns a code itself only after printing its report (doctor's
-3, a partial sync's 1); every other failure is an exception mapped here.
+The classes are :mod:`letta_ops.tasks.errors`'. A bare ``ValueError`` (pydantic's
+``ValidationError`` included, unless a validator raised a ``Refused``) is exit 1: raised inside a
+run, it does not mean "nothing changed". A command returns a code itself only after printing its
+report (doctor's 3, a partial sync's 1); every other failure is an exception mapped here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``letta-ops``: the parser, built from each area's commands, and ``main``.
 
-Exit codes (also in the README and :mod:`cli.errors`): 0 done; 1 the operation ran and failed;
-2 refused, nothing was changed; 3 the check ran and something needs action; 11 busy; 130
+Exit codes (also in the README and :mod:`letta_ops.cli.errors`): 0 done; 1 the operation ran and
+failed; 2 refused, nothing was changed; 3 the check ran and something needs action; 11 busy; 130
 interrupted. ``main`` maps every exception to one of them in one place.
 """
 

@@ -80,7 +80,7 @@ def upgrade(
 
     ``require_rehearsal`` (on in the deployment): refuse unless a successful rehearsal of these
     versions and strategy exists that is not older than the server's newest backup.
-    ``rehearse``: run the upgrade on a restored copy instead (:mod:`flows.rehearse`); the
+    ``rehearse``: run the upgrade on a restored copy instead (:mod:`letta_ops.flows.rehearse`); the
     server is not touched.
 
     ``reset`` says how a database is emptied before a restore or rebuild (``recreate`` or

@@ -3,7 +3,7 @@
 Why: a script driving ``letta-ops`` must tell "you asked for something impossible, nothing
 changed" from "it ran and failed" from "another run holds the server" from "it checked and
 something needs you". Each exception says which it is by its class; the command line maps the
-class to the exit code in one place (:func:`cli.errors.exit_code_for`), as restic does.
+class to the exit code in one place (:func:`letta_ops.cli.errors.exit_code_for`), as restic does.
 
 | class | exit code | meaning |
 |---|---|---|
@@ -15,7 +15,7 @@ class to the exit code in one place (:func:`cli.errors.exit_code_for`), as resti
 Anything else that escapes is exit 1 -- a bare ``ValueError`` too: raised deep inside a run,
 it says nothing about whether something changed. A pydantic ``ValidationError`` is a refusal
 only when a validator raised one of these (its ``ctx["error"]``); configuration that fails
-validation is turned into a refusal where it is read (``blocks.server_profile``).
+validation is turned into a refusal where it is read (``letta_ops.blocks.server_profile``).
 
 This module imports nothing heavy: the command line loads it for ``--help``.
 """

@@ -1,9 +1,9 @@
 """Which server a command means when no blocks are saved: its URL and its name.
 
 Why a module of its own, free of Prefect: the name is part of every backup path and audit record,
-so the saved block (:class:`blocks.letta_server.LettaServer`) and the read-only commands that
-answer without loading Prefect (``backups list``, ``history``, ``runtime status``) must derive it
-the same way -- from here.
+so the saved block (:class:`letta_ops.blocks.letta_server.LettaServer`) and the read-only commands
+that answer without loading Prefect (``backups list``, ``history``, ``runtime status``) must derive
+it the same way -- from here.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..errors import Refused
 
-# Defined in tasks.errors (import-light: the command line's error path needs it); used from here.
+# Defined in letta_ops.tasks.errors (import-light: the command line's error path needs it); used
+# from here.
 from ..errors import database_error_message as database_error_message
 from .connect_errors import (
     DatabaseConnectionFailed,
