@@ -29,6 +29,7 @@ from letta_ops.flows.flow_report import FlowReport, ReportPart
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
 from letta_ops.flows.verify import resolve_set
 from letta_ops.tasks.agent_file import rename_agent_file, summarize_agent_file
+from letta_ops.tasks.agent_import import import_agent_once
 from letta_ops.tasks.agent_names import name_rule_for
 from letta_ops.tasks.agent_restore import AgentRestoreStep, plan_agent_restore
 from letta_ops.tasks.backup_catalog import load_manifest
@@ -91,7 +92,9 @@ def preflight(
     return manifest, steps, version
 
 
-@task(name="import-agent-file", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+# No task retries: a retried import could create the agent twice; import_agent_once retries
+# only after proving the first attempt created nothing.
+@task(name="import-agent-file", cache_policy=NO_CACHE)
 def import_agent_step(
     profile: ServerProfile, store: ObjectStore, manifest: BackupManifest, step: AgentRestoreStep
 ) -> dict[str, Any]:
@@ -100,9 +103,11 @@ def import_agent_step(
     exported = summarize_agent_file(data)
     with LettaClient(profile.server) as client:
         # Live tools stay as they are: a restore adds an agent, it does not roll tools back.
-        new_ids = client.import_agent(
+        new_ids = import_agent_once(
+            client,
             rename_agent_file(data, step.restore_as),
             filename=f"{step.agent_id}.af",
+            log=get_run_logger().warning,
             override_existing_tools=False,
         )
     return {

@@ -47,6 +47,7 @@ from letta_ops.flows.restore_server import (
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
 from letta_ops.flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
 from letta_ops.flows.server_lock import destructive_lock
+from letta_ops.tasks.agent_import import import_agent_files
 from letta_ops.tasks.agent_names import name_rule_for, plan_renames, strictest_rule
 from letta_ops.tasks.backup_catalog import load_manifest
 from letta_ops.tasks.backup_manifest import BackupManifest, set_prefix
@@ -433,11 +434,8 @@ def export_via_scratch_step(state: UpgradeState, target: str, workdir: Path) -> 
 
 @task(name="import-agent-files", cache_policy=NO_CACHE)
 def import_agent_files_step(profile: ServerProfile, files: dict[str, str]) -> list[str]:
-    imported = []
     with LettaClient(profile.server) as client:
-        for agent_id, path in sorted(files.items()):
-            imported += client.import_agent(Path(path).read_bytes(), filename=f"{agent_id}.af")
-    return imported
+        return import_agent_files(client, files, log=get_run_logger().warning)
 
 
 @task(name="agents-through-api", cache_policy=NO_CACHE)
