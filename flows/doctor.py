@@ -13,8 +13,9 @@ The runbook this replaces, as one run (read-only; nothing is changed):
    a default retention) and new sets are locked; the credentials in use can or cannot
    delete (a probe that deletes a random key that does not exist); and the server refuses
    ``GET /v1/agents/`` without credentials (or was declared open);
-5. publish the findings, each with a one-line fix. ``needs_action`` is true when any finding
-   needs an operator (the command line exits 3).
+5. publish the findings, each with a one-line fix (a table, and the ``--json`` report as the
+   artifact ``doctor-<server>-json`` for scripts that read runs, not shells). ``needs_action``
+   is true when any finding needs an operator (the command line exits 3).
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_ba
 from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run
 from letta_ops.flows.flow_report import FlowReport, ReportPart
-from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
+from letta_ops.flows.run_context import (
+    publish_json_report,
+    publish_report,
+    run_name,
+    tag_current_run,
+)
 from letta_ops.tasks import doctor_checks as checks
 from letta_ops.tasks.doctor_check_names import CHECK_NAMES
 from letta_ops.tasks.doctor_checks import Finding, Status, guarded
@@ -353,6 +359,7 @@ def doctor(
             render_doctor_markdown(report),
             [f.to_dict() for f in findings],
         )
+        publish_json_report(profile.name, "doctor", report)
         audit.update(
             versions_from=version,
             needs_action=report.needs_action,
