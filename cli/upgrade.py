@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from letta_ops.cli.errors import EXIT_OK
 from letta_ops.cli.options import lock_options, reset_options, store_options, version
-from letta_ops.cli.output import confirm, emit, render_table, with_progress
+from letta_ops.cli.output import confirm, emit, phases_lines, render_table, with_progress
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
     from letta_ops.flows.rehearse import RehearsalReport
@@ -54,7 +54,7 @@ def render_upgrade(report: UpgradeReport) -> str:
                 "blocks_after",
             ],
         )
-    return text
+    return "\n".join([text, *phases_lines(report.phases)])
 
 
 def render_rehearsal(report: RehearsalReport) -> str:

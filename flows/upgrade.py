@@ -37,6 +37,7 @@ from letta_ops.flows.audit_record import audited_run, counts_summary, server_cou
 from letta_ops.flows.backup import backup
 from letta_ops.flows.flow_report import FlowReport, ReportPart, StoredPart
 from letta_ops.flows.operator_approval import ApprovalDeclined, await_operator_approval
+from letta_ops.flows.phase_timings import PhaseClock, PhaseTiming, phases_markdown
 from letta_ops.flows.restore_server import (
     ServerRestore,
     empty_database_steps,
@@ -47,6 +48,7 @@ from letta_ops.flows.restore_server import (
 from letta_ops.flows.run_context import publish_report, run_name, tag_current_run
 from letta_ops.flows.scratch_export import export_via_scratch_copy, exports_v1_agent_files
 from letta_ops.flows.server_lock import destructive_lock
+from letta_ops.flows.timed_steps import TimedSteps
 from letta_ops.tasks.agent_import import import_agent_files
 from letta_ops.tasks.agent_names import name_rule_for, plan_renames, strictest_rule
 from letta_ops.tasks.backup_catalog import load_manifest
@@ -66,7 +68,6 @@ from letta_ops.tasks.object_store import ObjectStore
 from letta_ops.tasks.pg_client_tools import client_tools
 from letta_ops.tasks.postgres_privileges import RequestedReset
 from letta_ops.tasks.rehearsal_history import latest_rehearsal, rehearsal_is_current
-from letta_ops.tasks.run_journal import JournaledSteps
 from letta_ops.tasks.sequence_repair import repair_sequences
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class UpgradeFailed(Failed):
 
 
 @dataclass
-class UpgradeState(JournaledSteps):
+class UpgradeState(TimedSteps):
     """What the rollback needs, and what it did. Lives in the Prefect transaction."""
 
     profile: ServerProfile
@@ -94,6 +95,7 @@ class UpgradeState(JournaledSteps):
     before_agents: dict[str, dict]
     renames: dict[str, dict[str, str]] = field(default_factory=dict)
     rollback: dict[str, Any] | None = None
+    clock: PhaseClock = field(default_factory=PhaseClock)  # each step a phase of the report
 
     def __deepcopy__(self, memo: dict) -> UpgradeState:
         """Prefect's ``txn.get`` deep-copies stored values. This state is shared on purpose
@@ -223,6 +225,9 @@ class UpgradeReport(FlowReport):
     verification: list[AgentVerification] | None = Field(None, description="Per agent.")
     not_carried: NotCarried | None = Field(None, description="Rebuild only.")
     finished_at: datetime | None = None
+    phases: list[PhaseTiming] = Field(
+        default_factory=list, description="Where the run's time went (start and seconds)."
+    )
 
 
 # --------------------------------------------------------------------------- pre-flight
@@ -363,6 +368,7 @@ def stop_server_step(profile: ServerProfile) -> None:
 def _restore_previous_state(txn: Transaction) -> None:
     """The first destructive step's undo: everything after it is undone by restoring."""
     state: UpgradeState = txn.get("state")
+    state.clock.lap("undo")
     if state.journal is not None:  # journaled, but the failure stays named by its own step
         state.journal.enter("undo: restore the pre-upgrade set")
     state.rollback = roll_back(state)
@@ -618,7 +624,7 @@ def render_upgrade_markdown(report: UpgradeReport) -> str:
             f"- not carried by agent files: {nc.messages} messages, "
             f"{nc.archival_passages} archival passages ({nc.note})"
         ]
-    return "\n".join(lines)
+    return "\n".join(lines + phases_markdown(report.phases))
 
 
 @flow(name="letta-upgrade", flow_run_name=run_name("upgrade", "to_version"))
@@ -651,7 +657,9 @@ def upgrade(
         return rehearse_flow(
             to_version, server, store, strategy, start_timeout_seconds=start_timeout_seconds
         )
+    clock = PhaseClock()
     with audited_run("upgrade", server) as audit:
+        clock.lap("pre-flight")
         logger = get_run_logger()
         profile = load_profile(server, need_database=True)
         audit.update(server=profile.name)
@@ -681,18 +689,23 @@ def upgrade(
             )
         report = UpgradeReport(plan=plan, dry_run=dry_run, outcome="planned")
         if dry_run:
+            clock.stop()
+            report.phases = clock.timings()
             audit.update(outcome="planned")
             publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
             return report
 
+        clock.lap("lock")
         with destructive_lock(profile.name, lock_timeout_seconds, database=profile.database):
             if approval:
+                clock.lap("approval")
                 try:
                     report.approved_by = await_operator_approval("upgrade", profile.name)
                 except ApprovalDeclined:
                     audit.update(outcome="refused")
                     raise
                 audit.update(approved_by=report.approved_by)
+            clock.lap("backup")
             backup_report = backup(
                 server=server,
                 store=store,
@@ -703,6 +716,7 @@ def upgrade(
             object_store = open_backup_store(store, server)
             audit.update(backup_set=backup_report.set, store=object_store)
             manifest = load_manifest(object_store, *backup_report.set.split("/"))
+            clock.lap("counts before")
             state = UpgradeState(
                 profile=profile,
                 store=object_store,
@@ -710,6 +724,7 @@ def upgrade(
                 old_version=plan.from_version,
                 before_agents=agent_inventory(profile.require_database()),
                 renames=plan.rename_map() if strategy == "rebuild" else {},
+                clock=clock,
             )
             audit.update(counts_before=counts_summary(manifest.row_counts, state.before_agents))
             report.backup_set = backup_report.set
@@ -736,6 +751,8 @@ def upgrade(
                 report.outcome = "failed, rolled back" if (rolled or {}).get("ok") else "failed"
                 report.error = cause
                 report.rollback = rolled
+                clock.stop()
+                report.phases = clock.timings()
                 publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
                 if rolled is None or rolled.get("ok"):  # consistent again; else: recover
                     state.journal.finish("failed, rolled back" if rolled else "failed, unchanged")
@@ -756,6 +773,8 @@ def upgrade(
                         f"{backup_report.set}'"
                     )
                 ) from exc
+        clock.stop()
+        report.phases = clock.timings()
         state.journal.finish("succeeded")
         report.downtime_seconds = result["downtime_seconds"]
         report.sequences = result["sequences"]

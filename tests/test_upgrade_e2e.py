@@ -100,9 +100,33 @@ def test_migrate_keeps_every_agent_and_message(start_letta, upgrade_env):
     assert http_version(base_url) == OLD_VERSION
     assert sql_table_counts(running.database) == tables_before
 
+    started = time.monotonic()
     report = upgrade(NEW_VERSION, strategy="migrate")
+    wall = time.monotonic() - started
     assert report.outcome == "succeeded"
     print(f"\nmigrate downtime: {report.downtime_seconds} s")
+    print("phases: " + ", ".join(f"{p.name} {p.seconds:.1f} s" for p in report.phases))
+    # Where the time went (#32): each step once, in order, one after the other, inside the
+    # run's wall time; the steps after the stop are the downtime the report states.
+    names = [p.name for p in report.phases]
+    assert names == [
+        "pre-flight",
+        "lock",
+        "backup",
+        "counts before",
+        "stop server",
+        f"alembic upgrade to {NEW_VERSION}",
+        "repair sequences",
+        f"start {NEW_VERSION}",
+        "verify",
+    ]
+    for before_, after_ in zip(report.phases, report.phases[1:], strict=False):
+        gap = (after_.started_at - before_.started_at).total_seconds() - before_.seconds
+        assert abs(gap) < 0.1, (before_.name, after_.name, gap)
+    assert sum(p.seconds for p in report.phases) <= wall
+    down = sum(p.seconds for p in report.phases[names.index("stop server") + 1 :])
+    assert report.downtime_seconds - 0.1 <= down <= report.downtime_seconds + 2.0
+    assert report.phases[names.index("backup")].seconds > 1.0  # a real, verified backup
     assert http_version(base_url) == NEW_VERSION
     assert http_agents(base_url) == {a: v.name for a, v in before.items()}
     # The migration keeps rows as they are: every agent, message and block, exactly.
