@@ -9,6 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from letta_ops.flows.operator_approval import ApprovalDeclined
+from letta_ops.flows.run_context import artifact_key
 from letta_ops.flows.server_lock import ServerBusy, destructive_lock
 from letta_ops.flows.upgrade import UpgradeFailed, UpgradeRefused, upgrade
 from letta_ops.tasks.backup_catalog import list_backup_sets
@@ -23,6 +24,7 @@ from tests.fixtures.oracle import (
     sql_agents,
     sql_table_counts,
 )
+from tests.fixtures.prefect import flow_run_artifacts
 
 pytestmark = pytest.mark.e2e
 
@@ -202,6 +204,18 @@ def test_failed_target_start_rolls_back_and_lock_refuses(
     with pytest.raises(UpgradeFailed) as failure:
         state.result()
     assert "rollback restored" in str(failure.value)
+    # The failed run's report (its artifact) says where the time went, the undo included.
+    [published] = [
+        a.data
+        for a in flow_run_artifacts([state.state_details.flow_run_id])
+        if a.type == "markdown" and a.key == artifact_key("upgrade", running.runtime.server_name)
+    ]
+    table = [row for row in published.split("## Phases")[1].splitlines() if row.startswith("|")]
+    phase_names = [row.split("|")[1].strip() for row in table[2:]]  # after header, separator
+    assert phase_names[-2:] == [
+        f"start {NEW_VERSION}",
+        "undo",
+    ]
     assert http_version(base_url) == OLD_VERSION
     live = http_agents(base_url)
     assert live == {a: v.name for a, v in before_agents.items()}
