@@ -13,7 +13,9 @@
 # -e LETTA_OPS_RUNTIME=compose -e LETTA_OPS_COMPOSE_FILE=/srv/letta/docker-compose.yml.
 #
 # Letta runtimes that letta-ops installs (to run a version's migrations) are cached under
-# /home/letta-ops/.cache/letta-ops; mount a volume there to keep them between containers.
+# /home/letta-ops/.cache/letta-ops; mount a volume there to keep them between containers (the
+# directory exists in the image, owned by the worker's user, so a new named volume gets that
+# owner: one mounted on a path the image lacks would be root's, and the worker could not write).
 # Checked by tests/test_dockerfile.py (hadolint and the rules above).
 
 # Docker's own images at pinned releases: the CLI and the compose plugin, nothing else.
@@ -33,7 +35,8 @@ ENV DO_NOT_TRACK=1 \
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends git tini ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 10001 letta-ops
+    && useradd --create-home --uid 10001 letta-ops \
+    && install -d -o letta-ops -g letta-ops /home/letta-ops/.cache/letta-ops
 
 COPY --from=docker-cli /usr/local/bin/docker /usr/local/bin/docker
 COPY --from=compose-plugin /docker-compose /usr/local/libexec/docker/cli-plugins/docker-compose

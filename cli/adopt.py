@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from .errors import EXIT_OK
+from ..tasks.errors import EXIT_OK
 from .output import emit, progress
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help

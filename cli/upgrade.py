@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..tasks.errors import EXIT_OK
 from ..tasks.runs.confirmation import asking
 from .options import lock_options, reset_options, store_options, version
-from .output import confirm, emit, render_table, with_progress
+from .output import confirm, emit, phases_lines, render_table, with_progress
 
 if TYPE_CHECKING:  # the models load with the flows, never for --help
     from ..flows.rehearse import RehearsalReport
@@ -60,7 +60,7 @@ def render_upgrade(report: UpgradeReport) -> str:
                 "blocks_after",
             ],
         )
-    return text
+    return "\n".join([text, *phases_lines(report.phases)])
 
 
 def render_rehearsal(report: RehearsalReport) -> str:

@@ -13,8 +13,9 @@ The runbook this replaces, as one run (read-only; nothing is changed):
    a default retention) and new sets are locked; the credentials in use can or cannot
    delete (a probe that deletes a random key that does not exist); and the server refuses
    ``GET /v1/agents/`` without credentials (or was declared open);
-5. publish the findings, each with a one-line fix. ``needs_action`` is true when any finding
-   needs an operator (the command line exits 3).
+5. publish the findings, each with a one-line fix (a table, and the ``--json`` report as the
+   artifact ``doctor-<server>-json`` for scripts that read runs, not shells). ``needs_action``
+   is true when any finding needs an operator (the command line exits 3).
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ from ..tasks.errors import NeedsAction, Refused
 from ..tasks.letta.api import LettaAPIError, LettaClient
 from ..tasks.runs import timeouts as run_timeouts
 from ..tasks.runs.audit_record import audited_run
-from ..tasks.runs.context import publish_report, run_name, tag_current_run
+from ..tasks.runs.context import (
+    publish_json_report,
+    publish_report,
+    run_name,
+    tag_current_run,
+)
 from ..tasks.runs.report import FlowReport, ReportPart
 from ..tasks.store.encryption import current_key_id, key_ring_of
 from ..tasks.store.encryption_keys import EncryptionKeyMissing
@@ -354,6 +360,7 @@ def doctor(
             render_doctor_markdown(report),
             [f.to_dict() for f in findings],
         )
+        publish_json_report(profile.name, "doctor", report)
         audit.update(
             versions_from=version,
             needs_action=report.needs_action,

@@ -25,6 +25,7 @@ from pydantic import Field
 from ..blocks.server_profile import ServerProfile, load_profile, open_backup_store
 from ..tasks.errors import Failed
 from ..tasks.letta.agent_file import rename_agent_file, summarize_agent_file
+from ..tasks.letta.agent_import import import_agent_once
 from ..tasks.letta.agent_names import name_rule_for
 from ..tasks.letta.api import LettaClient
 from ..tasks.postgres.letta_inventory import agent_inventory
@@ -91,7 +92,9 @@ def preflight(
     return manifest, steps, version
 
 
-@task(name="import-agent-file", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+# No task retries: a retried import could create the agent twice; import_agent_once retries
+# only after proving the first attempt created nothing.
+@task(name="import-agent-file", cache_policy=NO_CACHE)
 def import_agent_step(
     profile: ServerProfile, store: ObjectStore, manifest: BackupManifest, step: AgentRestoreStep
 ) -> dict[str, Any]:
@@ -100,9 +103,11 @@ def import_agent_step(
     exported = summarize_agent_file(data)
     with LettaClient(profile.server) as client:
         # Live tools stay as they are: a restore adds an agent, it does not roll tools back.
-        new_ids = client.import_agent(
+        new_ids = import_agent_once(
+            client,
             rename_agent_file(data, step.restore_as),
             filename=f"{step.agent_id}.af",
+            log=get_run_logger().warning,
             override_existing_tools=False,
         )
     return {

@@ -36,6 +36,7 @@ from ..tasks.runs.audit_record import audited_run, counts_summary, server_counts
 from ..tasks.runs.confirmation import confirm_plan
 from ..tasks.runs.context import publish_report, run_name, tag_current_run
 from ..tasks.runs.lock import destructive_lock
+from ..tasks.runs.phase_timings import PhaseClock
 from ..tasks.sets.catalog import load_manifest
 from ..tasks.sets.manifest import set_prefix
 from .backup import backup
@@ -92,7 +93,9 @@ def upgrade(
         return rehearse_flow(
             to_version, server, store, strategy, start_timeout_seconds=start_timeout_seconds
         )
+    clock = PhaseClock()
     with audited_run("upgrade", server) as audit:
+        clock.lap("pre-flight")
         logger = get_run_logger()
         profile = load_profile(server, need_database=True)
         audit.update(server=profile.name)
@@ -122,6 +125,8 @@ def upgrade(
             )
         report = UpgradeReport(plan=plan, dry_run=dry_run, outcome="planned")
         if dry_run:
+            clock.stop()
+            report.phases = clock.timings()
             audit.update(outcome="planned")
             publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
             return report
@@ -131,14 +136,17 @@ def upgrade(
             audit.update(outcome="refused")
             raise
 
+        clock.lap("lock")
         with destructive_lock(profile.name, lock_timeout_seconds, database=profile.database):
             if approval:
+                clock.lap("approval")
                 try:
                     report.approved_by = await_operator_approval("upgrade", profile.name)
                 except ApprovalDeclined:
                     audit.update(outcome="refused")
                     raise
                 audit.update(approved_by=report.approved_by)
+            clock.lap("backup")
             backup_report = backup(
                 server=server,
                 store=store,
@@ -149,12 +157,14 @@ def upgrade(
             object_store = open_backup_store(store, server)
             audit.update(backup_set=backup_report.set, store=object_store)
             manifest = load_manifest(object_store, *backup_report.set.split("/"))
+            clock.lap("counts before")
             state = UpgradeState(
                 profile=profile,
                 store=object_store,
                 manifest=manifest,
                 old_version=plan.from_version,
                 before_agents=agent_inventory(profile.require_database()),
+                clock=clock,
                 renames=plan.rename_map() if strategy == "rebuild" else {},
                 final_renames=plan.final_map() if strategy == "rebuild" else None,
             )
@@ -182,6 +192,8 @@ def upgrade(
                 report.outcome = "failed, rolled back" if (rolled or {}).get("ok") else "failed"
                 report.error = cause
                 report.rollback = rolled
+                clock.stop()
+                report.phases = clock.timings()
                 publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
                 if rolled is None or rolled.get("ok"):  # consistent again; else: recover
                     state.journal.finish("failed, rolled back" if rolled else "failed, unchanged")
@@ -202,6 +214,8 @@ def upgrade(
                         f"{backup_report.set}'"
                     )
                 ) from exc
+        clock.stop()
+        report.phases = clock.timings()
         state.journal.finish("succeeded")
         report.downtime_seconds = result["downtime_seconds"]
         report.sequences = result["sequences"]

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from letta_ops.blocks.letta_database import LettaDatabase
-from letta_ops.cli.main import EXIT_BAD_INPUT, EXIT_OK, main
+from letta_ops.cli.main import main
 from letta_ops.flows.adopt_dump import adopt_dump
+from letta_ops.tasks.errors import EXIT_BAD_INPUT, EXIT_OK
 from letta_ops.tasks.letta.api import offline_agent_body
 from letta_ops.tasks.postgres.dump import tool
 from letta_ops.tasks.sets.catalog import list_backup_sets, load_manifest

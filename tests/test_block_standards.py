@@ -19,12 +19,28 @@ REPO = Path(__file__).resolve().parents[1]
 BLOCKS = [getattr(letta_ops.blocks, name) for name in letta_ops.blocks.__all__]
 
 
+def markdown_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a Markdown document's headings: lines in fenced code are not
+    headings (a shell comment ``# Backups`` links nowhere), and a repeated heading's anchor
+    gets ``-1``, ``-2``... as on GitHub."""
+    anchors: set[str] = set()
+    fenced = False
+    for line in text.splitlines():
+        if re.match(r" {0,3}(```|~~~)", line):
+            fenced = not fenced
+            continue
+        if fenced or not re.match(r"#{1,6} ", line):
+            continue
+        anchor = base = heading_anchor(line.lstrip("#"))
+        n = 1
+        while anchor in anchors:
+            anchor, n = f"{base}-{n}", n + 1
+        anchors.add(anchor)
+    return anchors
+
+
 def readme_anchors() -> set[str]:
-    return {
-        heading_anchor(line.lstrip("#"))
-        for line in (REPO / "README.md").read_text().splitlines()
-        if re.match(r"#{1,6} ", line)
-    }
+    return markdown_anchors((REPO / "README.md").read_text())
 
 
 @pytest.mark.parametrize("block_class", BLOCKS, ids=lambda c: c.__name__)
@@ -44,6 +60,11 @@ def test_block_links_into_this_readme(block_class) -> None:
     assert url.startswith(README_URL + "#"), url
     assert url.partition("#")[2] in readme_anchors(), f"no README heading for {url}"
     assert "prefect-aws" not in url
+
+
+def test_anchors_skip_code_and_number_repeats() -> None:
+    text = "# Backups\n\n```sh\n# Restore by hand\n```\n## Backups\n### Time limits\n"
+    assert markdown_anchors(text) == {"backups", "backups-1", "time-limits"}
 
 
 def test_heading_anchor_is_githubs() -> None:

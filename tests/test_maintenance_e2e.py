@@ -12,14 +12,17 @@ import sqlalchemy as sa
 
 from letta_ops.cli.main import main
 from letta_ops.flows.cleanup_sources import cleanup_sources
+from letta_ops.flows.doctor import DoctorReport
 from letta_ops.flows.sync_tools import sync_tools
 from letta_ops.tasks.errors import EXIT_NEEDS_ACTION, EXIT_OK
 from letta_ops.tasks.letta.api import LettaAPIError, offline_agent_body
 from letta_ops.tasks.letta.source_cleanup import get_or_create_folder
 from letta_ops.tasks.postgres.letta_schema import connect
+from letta_ops.tasks.runs.context import artifact_key, json_of_artifact
 from letta_ops.tasks.sets.catalog import list_backup_sets
 from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.letta import NEW_VERSION, operator_env
+from tests.fixtures.prefect import flow_run_artifacts
 
 pytestmark = pytest.mark.e2e
 
@@ -260,3 +263,34 @@ def test_doctor_finds_dropped_default_and_repair_fixes_it(letta, store, capsys):
     )
     assert code == EXIT_OK, [f for f in report["findings"] if f["status"] == "action"]
     assert {f["check"]: f["status"] for f in report["findings"]}["sequences"] == "ok"
+
+
+# --------------------------------------------------------------------------- doctor artifact
+
+
+def doctor_run_ids(server: str) -> set[str]:
+    """Ids of every doctor run of ``server`` the session's Prefect server knows (by the tags
+    every letta-ops run carries)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    tags = FlowRunFilter(tags=FlowRunFilterTags(all_=["op:doctor", f"server:{server}"]))
+    with get_client(sync_client=True) as client:
+        return {str(run.id) for run in client.read_flow_runs(flow_run_filter=tags, limit=200)}
+
+
+def test_doctor_json_is_its_runs_artifact(letta, store, capsys):
+    """A script that reads runs (not shells) gets the doctor's --json from the run's artifact
+    ``doctor-<server>-json``: the same document, read here from the CLI run's own artifacts."""
+    server = letta.runtime.server_name
+    before = doctor_run_ids(server)
+    code, printed = cli_json(capsys, "doctor")
+    assert code in (EXIT_OK, EXIT_NEEDS_ACTION)
+    [run_id] = doctor_run_ids(server) - before
+    artifacts = {a.key: a for a in flow_run_artifacts([run_id])}
+    key = artifact_key("doctor", server, "json")
+    assert key == f"doctor-{server}-json" and key in artifacts, sorted(artifacts)
+    published = json_of_artifact(artifacts[key].data)
+    assert published == printed
+    assert published["server"] == server and published["findings"]
+    assert DoctorReport.model_validate(published).needs_action == (code == EXIT_NEEDS_ACTION)

@@ -112,3 +112,43 @@ def test_a_drill_times_each_step_and_drops_its_scratch_database_after_a_failure(
         "dump head", "scratch database", "stream restore", "drop scratch database",
     ]  # fmt: skip
     assert len(dropped) == 2
+
+
+def test_laps_end_where_the_next_begins_and_stop_ends_the_last():
+    """A flow that marks where each step begins (upgrade's ``state.enter``) laps the clock:
+    each lap ends when the next starts, ``stop`` ends the running one, and a lap may follow
+    a stop (nothing between them is counted)."""
+    ticks = iter([0.0, 1.5, 4.0, 10.0, 10.5, 11.0])
+    walls = iter(datetime(2026, 12, 7, 14, 0, s, tzinfo=UTC) for s in (0, 1, 10))
+    clock = PhaseClock(monotonic=lambda: next(ticks), now=lambda: next(walls))
+    clock.lap("pre-flight")  # 0.0
+    clock.lap("backup")  # 1.5
+    clock.stop()  # 4.0
+    clock.lap("stop server")  # 10.0
+    clock.stop()  # 10.5
+    clock.stop()  # nothing running: nothing recorded
+    timings = clock.timings()
+    assert [(t.name, t.seconds) for t in timings] == [
+        ("pre-flight", 1.5),
+        ("backup", 2.5),
+        ("stop server", 0.5),
+    ]
+    assert [t.started_at.second for t in timings] == [0, 1, 10]
+
+
+def test_timed_steps_journal_each_step_and_lap_the_clock():
+    from letta_ops.tasks.runs.timed_steps import TimedSteps
+
+    class Steps(TimedSteps):
+        def __init__(self, clock: PhaseClock) -> None:
+            self.clock = clock
+
+    clock = PhaseClock()
+    clock.lap("backup")
+    steps = Steps(clock)
+    steps.enter("stop server")
+    steps.enter("start 0.16.2")
+    clock.stop()
+    assert steps.step == "start 0.16.2"
+    assert [s["step"] for s in steps.step_seconds()] == ["stop server", "start 0.16.2"]
+    assert [t.name for t in clock.timings()] == ["backup", "stop server", "start 0.16.2"]

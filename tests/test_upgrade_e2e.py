@@ -13,6 +13,7 @@ from letta_ops.flows.upgrade import upgrade
 from letta_ops.tasks.letta.versions import ALEMBIC_HEADS
 from letta_ops.tasks.postgres.letta_schema import alembic_revision
 from letta_ops.tasks.runs.approval import ApprovalDeclined
+from letta_ops.tasks.runs.context import artifact_key
 from letta_ops.tasks.runs.lock import ServerBusy, destructive_lock
 from letta_ops.tasks.sets.catalog import list_backup_sets
 from letta_ops.tasks.store.s3 import S3ObjectStore
@@ -24,6 +25,7 @@ from tests.fixtures.oracle import (
     sql_agents,
     sql_table_counts,
 )
+from tests.fixtures.prefect import flow_run_artifacts
 
 pytestmark = pytest.mark.e2e
 
@@ -101,9 +103,33 @@ def test_migrate_keeps_every_agent_and_message(start_letta, upgrade_env):
     assert http_version(base_url) == OLD_VERSION
     assert sql_table_counts(running.database) == tables_before
 
+    started = time.monotonic()
     report = upgrade(NEW_VERSION, strategy="migrate")
+    wall = time.monotonic() - started
     assert report.outcome == "succeeded"
     print(f"\nmigrate downtime: {report.downtime_seconds} s")
+    print("phases: " + ", ".join(f"{p.name} {p.seconds:.1f} s" for p in report.phases))
+    # Where the time went (#32): each step once, in order, one after the other, inside the
+    # run's wall time; the steps after the stop are the downtime the report states.
+    names = [p.name for p in report.phases]
+    assert names == [
+        "pre-flight",
+        "lock",
+        "backup",
+        "counts before",
+        "stop server",
+        f"alembic upgrade to {NEW_VERSION}",
+        "repair sequences",
+        f"start {NEW_VERSION}",
+        "verify",
+    ]
+    for before_, after_ in zip(report.phases, report.phases[1:], strict=False):
+        gap = (after_.started_at - before_.started_at).total_seconds() - before_.seconds
+        assert abs(gap) < 0.1, (before_.name, after_.name, gap)
+    assert sum(p.seconds for p in report.phases) <= wall
+    down = sum(p.seconds for p in report.phases[names.index("stop server") + 1 :])
+    assert report.downtime_seconds - 0.1 <= down <= report.downtime_seconds + 2.0
+    assert report.phases[names.index("backup")].seconds > 1.0  # a real, verified backup
     assert http_version(base_url) == NEW_VERSION
     assert http_agents(base_url) == {a: v.name for a, v in before.items()}
     # The migration keeps rows as they are: every agent, message and block, exactly.
@@ -179,6 +205,18 @@ def test_failed_target_start_rolls_back_and_lock_refuses(
     with pytest.raises(UpgradeFailed) as failure:
         state.result()
     assert "rollback restored" in str(failure.value)
+    # The failed run's report (its artifact) says where the time went, the undo included.
+    [published] = [
+        a.data
+        for a in flow_run_artifacts([state.state_details.flow_run_id])
+        if a.type == "markdown" and a.key == artifact_key("upgrade", running.runtime.server_name)
+    ]
+    table = [row for row in published.split("## Phases")[1].splitlines() if row.startswith("|")]
+    phase_names = [row.split("|")[1].strip() for row in table[2:]]  # after header, separator
+    assert phase_names[-2:] == [
+        f"start {NEW_VERSION}",
+        "undo",
+    ]
     assert http_version(base_url) == OLD_VERSION
     live = http_agents(base_url)
     assert live == {a: v.name for a, v in before_agents.items()}

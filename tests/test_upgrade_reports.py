@@ -239,6 +239,35 @@ def test_a_failed_upgrade_reports_its_rollback():
     assert "- rollback: FAILED (version None, 2.0 s) pg_restore" in render_upgrade_markdown(report)
 
 
+def test_the_upgrade_report_says_where_its_time_went():
+    """Phases (issue #32 item 1) in --json, the artifact's markdown and the CLI's text; a
+    report without them (a refused or older run) says nothing about phases."""
+    from letta_ops.cli.upgrade import render_upgrade
+
+    at = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)
+    phases = [
+        {"name": "backup", "started_at": at, "seconds": 12.25},
+        {"name": "stop server", "started_at": at, "seconds": 1.0},
+        {"name": "alembic upgrade to 0.16.2", "started_at": at, "seconds": 18.04},
+    ]
+    report = UpgradeReport(plan=UPGRADE_PLAN, dry_run=False, outcome="succeeded")
+    assert report.phases == [] and "Phases" not in render_upgrade_markdown(report)
+    assert "phases:" not in render_upgrade(report)
+    report.phases = phases
+    document = _json(report)
+    assert document["phases"][2] == {
+        "name": "alembic upgrade to 0.16.2",
+        "started_at": "2026-11-23T04:00:00Z",
+        "seconds": 18.04,
+    }
+    markdown = render_upgrade_markdown(report)
+    assert "## Phases" in markdown
+    assert "| alembic upgrade to 0.16.2 | 2026-11-23T04:00:00+00:00 | 18.0 |" in markdown
+    assert render_upgrade(report).splitlines()[-1] == (
+        "phases: backup 12.2 s, stop server 1.0 s, alembic upgrade to 0.16.2 18.0 s"
+    )
+
+
 def test_rehearsal_report():
     report = RehearsalReport(plan=UPGRADE_PLAN, source_set=SET, outcome="running")
     report.copy_ = {"database": "letta_ops_rehearsal_1", "base_url": "http://127.0.0.1:40001"}

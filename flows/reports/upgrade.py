@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from ...tasks.runs.phase_timings import PhaseTiming, phases_markdown
 from ...tasks.runs.report import FlowReport, ReportPart, StoredPart
 from .server_restore import ServerRestore
 
@@ -143,6 +144,9 @@ class UpgradeReport(FlowReport):
     verification: list[AgentVerification] | None = Field(None, description="Per agent.")
     not_carried: NotCarried | None = Field(None, description="Rebuild only.")
     finished_at: datetime | None = None
+    phases: list[PhaseTiming] = Field(
+        default_factory=list, description="Where the run's time went (start and seconds)."
+    )
 
 
 # --------------------------------------------------------------------------- the audit
@@ -192,4 +196,4 @@ def render_upgrade_markdown(report: UpgradeReport) -> str:
             f"- not carried by agent files: {nc.messages} messages, "
             f"{nc.archival_passages} archival passages ({nc.note})"
         ]
-    return "\n".join(lines)
+    return "\n".join(lines + phases_markdown(report.phases))

@@ -18,6 +18,7 @@ from prefect.transactions import Transaction
 from ...blocks.server_profile import ServerProfile, open_backup_store
 from ...tasks.audit.rehearsal_history import latest_rehearsal
 from ...tasks.errors import Failed, Refused
+from ...tasks.letta.agent_import import import_agent_files
 from ...tasks.letta.api import LettaClient
 from ...tasks.letta.rebuild_names import give_names_back, names_to_give_back, plan_rebuild_names
 from ...tasks.letta.server_tls import require_server_can_use_tls
@@ -33,7 +34,8 @@ from ...tasks.postgres.letta_schema import alembic_revision, empty_database
 from ...tasks.postgres.privileges import RequestedReset
 from ...tasks.postgres.sequence_repair import repair_sequences_task
 from ...tasks.runs import timeouts as run_timeouts
-from ...tasks.runs.journal import JournaledSteps
+from ...tasks.runs.phase_timings import PhaseClock
+from ...tasks.runs.timed_steps import TimedSteps
 from ...tasks.sets.manifest import BackupManifest
 from ...tasks.store.objects import ObjectStore
 from ..reports.upgrade import Strategy, UpgradePlan
@@ -55,7 +57,7 @@ class UpgradeFailed(Failed):
 
 
 @dataclass
-class UpgradeState(JournaledSteps):
+class UpgradeState(TimedSteps):
     """What the rollback needs, and what it did. Lives in the Prefect transaction."""
 
     profile: ServerProfile
@@ -67,6 +69,7 @@ class UpgradeState(JournaledSteps):
     #: The names agents end up with (the target's rule); None: the same as ``renames``.
     final_renames: dict[str, dict[str, str]] | None = None
     rollback: dict[str, Any] | None = None
+    clock: PhaseClock = field(default_factory=PhaseClock)  # each step a phase of the report
 
     def names_after(self) -> dict[str, dict[str, str]]:
         return self.renames if self.final_renames is None else self.final_renames
@@ -205,6 +208,7 @@ def newest_backup_at(store: str | None, server: str | None, name: str) -> dateti
 def undo_upgrade(state: UpgradeState) -> None:
     """The upgrade's undo once the server was stopped: everything after the stop is undone by
     restoring the pre-upgrade set and starting the old version."""
+    state.clock.lap("undo")
     if state.journal is not None:  # journaled, but the failure stays named by its own step
         state.journal.enter("undo: restore the pre-upgrade set")
     state.rollback = roll_back(state)
@@ -262,11 +266,8 @@ def export_via_scratch_step(state: UpgradeState, target: str, workdir: Path) -> 
 
 @task(name="import-agent-files", cache_policy=NO_CACHE)
 def import_agent_files_step(profile: ServerProfile, files: dict[str, str]) -> list[str]:
-    imported = []
     with LettaClient(profile.server) as client:
-        for agent_id, path in sorted(files.items()):
-            imported += client.import_agent(Path(path).read_bytes(), filename=f"{agent_id}.af")
-    return imported
+        return import_agent_files(client, files, log=get_run_logger().warning)
 
 
 @task(name="give-names-back", cache_policy=NO_CACHE)

@@ -23,6 +23,10 @@ PAGE_SIZE = 100
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: Retried for calls that are safe to repeat (attach, detach, delete): also a plain 500.
 IDEMPOTENT_RETRY_STATUSES = RETRY_STATUSES | {500}
+#: Retried for a POST (it creates something): only answers that say it was not done.
+REFUSED_STATUSES = frozenset({429, 503})
+#: Transport errors raised before the request left: safe to send again, whatever the method.
+NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 #: Longest single wait between retries, whatever ``Retry-After`` asks for.
 MAX_BACKOFF = 30.0
 #: Sent on attach/detach: 0.16.x then answers with no body instead of the whole agent state
@@ -78,16 +82,23 @@ class LettaClient:
 
         The default retries only what is safe for any call (429, 502-504). Idempotent calls
         (attach, detach, delete) pass :data:`IDEMPOTENT_RETRY_STATUSES` to also retry a 500.
+        A POST creates something (an agent, an import): it is sent again only when the answer
+        proves it was not done (no connection, 429, 503), never after a lost answer (a read
+        timeout, a dropped connection, a proxy's 502/504), which may hide a finished create;
+        :func:`letta_ops.tasks.letta.agent_import.import_agent_once` looks before importing again.
         The wait doubles from 0.5 s with jitter (so parallel workers do not retry in lockstep)
         and honours a numeric ``Retry-After`` on 429/503.
         """
+        if method.upper() == "POST":
+            retry_statuses = retry_statuses & REFUSED_STATUSES
         delay = 0.5
         for attempt in range(self.retries + 1):
             wait = delay
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                if attempt == self.retries:
+                resend = method.upper() != "POST" or isinstance(exc, NOT_SENT_ERRORS)
+                if attempt == self.retries or not resend:
                     raise LettaAPIError(method, path, 0, f"{self._http.base_url}: {exc}") from exc
             else:
                 if response.status_code not in retry_statuses or attempt == self.retries:
@@ -155,8 +166,18 @@ class LettaClient:
         """The agent file exactly as the server wrote it."""
         return self.request("GET", f"/v1/agents/{agent_id}/export").content
 
-    def import_agent(self, agent_file: bytes, filename: str = "agent.af", **options: Any) -> list:
-        """Import an agent file; never lets the server append ``_copy`` to names."""
+    def import_agent(
+        self,
+        agent_file: bytes,
+        filename: str = "agent.af",
+        timeout: float | None = None,
+        **options: Any,
+    ) -> list:
+        """Import an agent file; never lets the server append ``_copy`` to names.
+
+        Sent once when its answer is lost (see :meth:`request`); ``timeout`` (seconds)
+        replaces the client's for this call. Flows import through ``import_agent_once``.
+        """
         data = {"append_copy_suffix": "false"}
         data.update(
             {k: json.dumps(v) if isinstance(v, bool) else str(v) for k, v in options.items()}
@@ -166,6 +187,7 @@ class LettaClient:
             "/v1/agents/import",
             files={"file": (filename, agent_file, "application/json")},
             data=data,
+            **({"timeout": timeout} if timeout is not None else {}),
         )
         return result.get("agent_ids", result) if isinstance(result, dict) else result
 

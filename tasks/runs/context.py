@@ -6,6 +6,7 @@ Why tags: the Prefect UI's own filters must find every run by server and operati
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -116,3 +117,26 @@ def publish_report(
             key=artifact_key(operation, server, "table"),
             description=f"letta-ops {operation} of {server}: details",
         )
+
+
+def publish_json_report(server: str, operation: str, report: Any) -> str:
+    """The report's ``--json`` document as a markdown artifact keyed ``OPERATION-SERVER-json``:
+    one fenced JSON block, readable in the UI and, stripped of its fence, the same document a
+    script gets from the command line (so a deployment's runs need no shell to be scripted).
+    Returns the key."""
+    from prefect.artifacts import create_markdown_artifact
+
+    key = artifact_key(operation, server, "json")
+    document = json.dumps(report.model_dump(mode="json"), indent=2)
+    create_markdown_artifact(
+        markdown=f"```json\n{document}\n```",
+        key=key,
+        description=f"letta-ops {operation} of {server}: the --json report",
+    )
+    return key
+
+
+def json_of_artifact(markdown: str) -> Any:
+    """The document of a :func:`publish_json_report` artifact (its fence removed)."""
+    body = markdown.strip().removeprefix("```json").removesuffix("```")
+    return json.loads(body)

@@ -1,12 +1,15 @@
 """Phase timings: where a run's time went, in the reports of a backup, verify (drill),
-restore and rollback (the upgrade's report does not have them yet).
+restore, rollback and upgrade.
 
 Why: a backup that takes twice as long as a bare ``pg_dump`` has fixed costs (start-up,
 counts, verification, manifest) that no progress bar shows; an operator (and
 ``bench/backup_ratio.py``) reads them from the report instead of guessing. A flow makes one
 :class:`PhaseClock`, wraps each of its existing steps in ``with clock.phase("name"):`` and puts
-``clock.timings()`` in its report. Seconds come from the monotonic clock (a wall-clock jump
-does not make a phase negative); the start is wall-clock UTC, to line up with logs.
+``clock.timings()`` in its report. A flow whose steps are marked where they begin (the
+journaled ``state.enter(step)`` of upgrade) laps the clock instead (:meth:`PhaseClock.lap`,
+``letta_ops.tasks.runs.timed_steps``), so no step moves into a ``with`` block. Seconds come from the
+monotonic clock (a wall-clock jump does not make a phase negative); the start is wall-clock UTC, to
+line up with logs.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class PhaseClock:
         self._now = now
         self._lock = threading.Lock()
         self._recorded: list[tuple[float, PhaseTiming]] = []
+        self._lap: tuple[str, datetime, float] | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -73,6 +77,30 @@ class PhaseClock:
             timing = PhaseTiming(name=name, started_at=started_at, seconds=round(seconds, 3))
             with self._lock:
                 self._recorded.append((start, timing))
+
+    def lap(self, name: str) -> None:
+        """End the running lap (if any) and start phase ``name`` now: one line where a step
+        begins, instead of a ``with`` block around it. Laps never overlap each other."""
+        started_at, start = self._now(), self._monotonic()
+        with self._lock:
+            self._end_lap(start)
+            self._lap = (name, started_at, start)
+
+    def stop(self) -> None:
+        """End the running lap (if any); a later :meth:`lap` starts a new one."""
+        end = self._monotonic()
+        with self._lock:
+            self._end_lap(end)
+
+    def _end_lap(self, end: float) -> None:
+        if self._lap is None:
+            return
+        name, started_at, start = self._lap
+        seconds = round(max(0.0, end - start), 3)
+        self._recorded.append(
+            (start, PhaseTiming(name=name, started_at=started_at, seconds=seconds))
+        )
+        self._lap = None
 
     def timings(self) -> list[PhaseTiming]:
         """The phases ended so far, ordered by when they started."""
