@@ -35,6 +35,7 @@ from ..tasks.letta.agent_folder import (
     read_folder,
     require_importable,
 )
+from ..tasks.letta.agent_import import import_agent_once
 from ..tasks.letta.agent_names import name_rule_for
 from ..tasks.letta.api import LettaClient
 from ..tasks.runs import timeouts as run_timeouts
@@ -95,7 +96,14 @@ def import_task(profile: ServerProfile, folder: Path, step: ImportStep) -> list[
     if step.renamed:
         data = rename_agent_file(data, step.import_as)
     with LettaClient(profile.server) as client:
-        new_ids = list(client.import_agent(data, filename=step.file, override_existing_tools=False))
+        # A lost answer is looked for before a second try (no duplicate agent).
+        new_ids = import_agent_once(
+            client,
+            data,
+            filename=step.file,
+            log=get_run_logger().warning,
+            override_existing_tools=False,
+        )
         for new_id in new_ids[:1]:
             metadata = client.get_agent(new_id).get("metadata") or {}
             client.update_agent(new_id, {"metadata": {**metadata, SOURCE_ID_KEY: step.agent_id}})
