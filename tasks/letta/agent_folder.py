@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import Refused
-from .agent_file import AgentFileError, summarize_agent_file
+from .agent_file import AgentFileError, AgentFileSummary, summarize_agent_file
 from .agent_names import NameRule, sanitize_agent_name, unique_name
 
 MANIFEST_NAME = "manifest.json"
@@ -50,6 +50,19 @@ class FolderAgent:
     multi_entity: bool  # False: the single-agent format of Letta <= 0.11.6
     sha256: str
 
+    @classmethod
+    def of(cls, agent_id: str, file: str, summary: AgentFileSummary, sha256: str) -> FolderAgent:
+        """The folder's entry for a file whose contents ``summary`` describes."""
+        return cls(
+            agent_id=agent_id,
+            file=file,
+            name=summary.name,
+            blocks=summary.blocks,
+            messages=summary.messages,
+            multi_entity=summary.multi_entity,
+            sha256=sha256,
+        )
+
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -73,15 +86,7 @@ def write_agent_file(folder: Path, agent_id: str, data: bytes) -> FolderAgent:
     name = f"{agent_id}.af"
     (folder / name).write_bytes(data)
     summary = summarize_agent_file(data)
-    return FolderAgent(
-        agent_id=agent_id,
-        file=name,
-        name=summary.name,
-        blocks=summary.blocks,
-        messages=summary.messages,
-        multi_entity=summary.multi_entity,
-        sha256=_sha256(data),
-    )
+    return FolderAgent.of(agent_id, name, summary, _sha256(data))
 
 
 def manifest_entry(agent: FolderAgent) -> dict:
@@ -129,15 +134,7 @@ def _summarize(folder: Path, name: str, agent_id: str, sha256: str | None) -> Fo
         summary = summarize_agent_file(data)
     except AgentFileError as exc:
         raise AgentFolderRefused(f"{path} is not an agent file: {exc}") from None
-    return FolderAgent(
-        agent_id=agent_id,
-        file=name,
-        name=summary.name,
-        blocks=summary.blocks,
-        messages=summary.messages,
-        multi_entity=summary.multi_entity,
-        sha256=digest,
-    )
+    return FolderAgent.of(agent_id, name, summary, digest)
 
 
 def read_folder(folder: Path) -> list[FolderAgent]:
