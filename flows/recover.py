@@ -47,11 +47,12 @@ from ..tasks.runs.journal import (
     process_alive,
     unfinished_runs,
 )
-from ..tasks.runs.lock import DeadRun, destructive_lock
+from ..tasks.runs.lock import DeadRun
 from ..tasks.runs.recovery_plan import RecoveryPlan, plan_recovery
 from ..tasks.runs.report import FlowReport, ReportPart
 from ..tasks.sets.catalog import load_manifest
 from ..tasks.store.objects import ObjectStore
+from .steps.destructive_run import destructive_section
 from .steps.restore_server import (
     prove_server_matches_set,
     restore_server_from_set,
@@ -317,8 +318,13 @@ def recover(
         begin = journal[0]
         proof = [DeadRun(begin.run_id, begin.host, begin.pid, why)]
         proof += [DeadRun(j[0].run_id, j[0].host, j[0].pid, w) for j, w in found[1:]]
-        with destructive_lock(
-            profile.name, lock_timeout_seconds, database=profile.database, proven_dead=proof
+        with destructive_section(
+            "recover",
+            profile.name,
+            audit,
+            lock_timeout_seconds=lock_timeout_seconds,
+            database=profile.database,
+            proven_dead=proof,
         ):
             result = execute(plan, profile, object_store, start_timeout_seconds)
         report.result = result

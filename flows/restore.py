@@ -43,7 +43,6 @@ from ..tasks.runs import timeouts as run_timeouts
 from ..tasks.runs.audit_record import audited_run
 from ..tasks.runs.context import publish_report, run_name, tag_current_run
 from ..tasks.runs.journal import close_unfinished
-from ..tasks.runs.lock import destructive_lock
 from ..tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
 from ..tasks.runs.report import FlowReport, ReportPart
 from ..tasks.runtimes.install import install_runtime
@@ -53,6 +52,7 @@ from ..tasks.sets.catalog import load_manifest
 from ..tasks.sets.manifest import BackupManifest
 from ..tasks.store.objects import ObjectStore
 from .reports.server_restore import ServerProof, ServerStart
+from .steps.destructive_run import destructive_section
 from .steps.restore_server import (
     database_for_set,
     prove_server_matches_set,
@@ -351,11 +351,14 @@ def restore(
             return RestoreReport(plan=plan, dry_run=True, outcome="planned", phases=clock.timings())
         report = RestoreReport(plan=plan, outcome="running")
         proof = None
-        with contextlib.ExitStack() as locked:
-            with clock.phase("lock"):
-                locked.enter_context(
-                    destructive_lock(target_name, lock_timeout_seconds, database=target)
-                )
+        with destructive_section(
+            "restore",
+            target_name,
+            record,
+            lock_timeout_seconds=lock_timeout_seconds,
+            database=target,
+            phase=clock.phase,
+        ):
             journal = record.journal()
             journal.begin(set=plan.set, target=plan.target, reset_mode=target.reset_mode)
             journal.enter("restore the set's dump")

@@ -44,12 +44,9 @@ from ..tasks.postgres.letta_schema import alembic_revision, table_row_counts
 from ..tasks.postgres.privileges import RequestedReset
 from ..tasks.postgres.rows_since import agents_created_since, rows_written_since
 from ..tasks.runs import timeouts as run_timeouts
-from ..tasks.runs.approval import ApprovalDeclined, await_operator_approval
 from ..tasks.runs.audit_record import audited_run
-from ..tasks.runs.confirmation import confirm_plan
 from ..tasks.runs.context import publish_report, run_name, tag_current_run
 from ..tasks.runs.journal import JournaledSteps
-from ..tasks.runs.lock import destructive_lock
 from ..tasks.runs.phase_timings import PhaseClock
 from ..tasks.sets.admission import (
     newest_rollback_set,
@@ -66,6 +63,7 @@ from .reports.rollback import (
     RollbackReport,
     render_rollback_markdown,
 )
+from .steps.destructive_run import destructive_section
 from .steps.restore_server import (
     database_for_set,
     empty_database_steps,
@@ -383,25 +381,16 @@ def rollback(
             publish_report(profile.name, "rollback", render_rollback_markdown(report))
             record.update(outcome="planned")
             return report
-        try:
-            confirm_plan(report)  # the plan shown is the plan executed
-        except Refused:
-            record.update(outcome="refused")
-            raise
-
-        with contextlib.ExitStack() as locked:
-            with clock.phase("lock"):
-                locked.enter_context(
-                    destructive_lock(profile.name, lock_timeout_seconds, database=profile.database)
-                )
-            if approval:
-                try:
-                    with clock.phase("approval"):
-                        report.approved_by = await_operator_approval("rollback", profile.name)
-                except ApprovalDeclined:
-                    record.update(outcome="refused")
-                    raise
-                record.update(approved_by=report.approved_by)
+        with destructive_section(
+            "rollback",
+            profile.name,
+            record,
+            report=report,
+            approval=approval,
+            lock_timeout_seconds=lock_timeout_seconds,
+            database=profile.database,
+            phase=clock.phase,
+        ):
             with clock.phase("safety backup"):
                 safety_report = backup(
                     server=server,

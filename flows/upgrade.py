@@ -25,17 +25,14 @@ from prefect import flow, get_run_logger
 
 from ..blocks.server_profile import load_profile, open_backup_store
 from ..tasks.audit.rehearsal_history import rehearsal_is_current
-from ..tasks.errors import Refused, database_error_message
+from ..tasks.errors import database_error_message
 from ..tasks.letta.versions import ALEMBIC_HEADS
 from ..tasks.postgres.letta_inventory import (
     agent_inventory,
 )
 from ..tasks.postgres.privileges import RequestedReset
-from ..tasks.runs.approval import ApprovalDeclined, await_operator_approval
 from ..tasks.runs.audit_record import audited_run, counts_summary, server_counts
-from ..tasks.runs.confirmation import confirm_plan
 from ..tasks.runs.context import publish_report, run_name, tag_current_run
-from ..tasks.runs.lock import destructive_lock
 from ..tasks.runs.phase_timings import PhaseClock
 from ..tasks.sets.catalog import load_manifest
 from ..tasks.sets.manifest import set_prefix
@@ -47,6 +44,7 @@ from .reports.upgrade import (
     render_upgrade_markdown,
     rollback_outcome,
 )
+from .steps.destructive_run import destructive_section
 from .steps.server_steps import undoable
 from .steps.upgrade_steps import (
     UpgradeFailed,
@@ -130,22 +128,16 @@ def upgrade(
             audit.update(outcome="planned")
             publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
             return report
-        try:
-            confirm_plan(report)  # the plan shown is the plan executed
-        except Refused:
-            audit.update(outcome="refused")
-            raise
-
-        clock.lap("lock")
-        with destructive_lock(profile.name, lock_timeout_seconds, database=profile.database):
-            if approval:
-                clock.lap("approval")
-                try:
-                    report.approved_by = await_operator_approval("upgrade", profile.name)
-                except ApprovalDeclined:
-                    audit.update(outcome="refused")
-                    raise
-                audit.update(approved_by=report.approved_by)
+        with destructive_section(
+            "upgrade",
+            profile.name,
+            audit,
+            report=report,
+            approval=approval,
+            lock_timeout_seconds=lock_timeout_seconds,
+            database=profile.database,
+            phase=clock.lapping,
+        ):
             clock.lap("backup")
             backup_report = backup(
                 server=server,

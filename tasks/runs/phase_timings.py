@@ -86,6 +86,13 @@ class PhaseClock:
             self._end_lap(start)
             self._lap = (name, started_at, start)
 
+    @contextmanager
+    def lapping(self, name: str) -> Iterator[None]:
+        """:meth:`lap` as a ``with`` block, for code that times its phases by blocks (a lap
+        runs on after the block, until the next lap)."""
+        self.lap(name)
+        yield
+
     def stop(self) -> None:
         """End the running lap (if any); a later :meth:`lap` starts a new one."""
         end = self._monotonic()
