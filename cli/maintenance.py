@@ -320,7 +320,11 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         "the newest verified backup. Changes nothing. Exit 3 when something needs action.",
     )
     p.add_argument("--compose-file", metavar="PATH", help="compose file to check for a pin")
-    p.add_argument("--compose-service", default="letta", help="the Letta service in it (letta)")
+    p.add_argument(
+        "--compose-service",
+        default="letta_server",
+        help="the Letta service in it (letta_server, as in Letta's own compose file)",
+    )
     p.add_argument(
         "--max-backup-age-hours",
         type=float,

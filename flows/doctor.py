@@ -305,7 +305,7 @@ def doctor(
     server: str | None = None,
     store: str | None = None,
     compose_file: str | None = None,
-    compose_service: str = "letta",
+    compose_service: str = "letta_server",
     max_backup_age_hours: float = 26.0,
     ignore: list[str] | None = None,
     fail_on_action: bool = False,

@@ -39,7 +39,7 @@ def test_defaults_plan_what_deletes_and_apply_what_adds():
     cleanup = parser.parse_args(["cleanup-sources"])
     assert (cleanup.execute, cleanup.sql) == (False, False)
     doctor = parser.parse_args(["doctor", "--ignore", "encryption-key"])
-    assert doctor.ignore == ["encryption-key"] and doctor.compose_service == "letta"
+    assert doctor.ignore == ["encryption-key"] and doctor.compose_service == "letta_server"
 
 
 def test_tables_say_whether_anything_changed():
