@@ -143,11 +143,12 @@ def check_pgvector(extension_version: str | None) -> Finding:
 def check_restore_privileges(db: LettaDatabase) -> Finding:
     """The pre-flight every destructive run makes: may this role empty the database and
     restore into it (recreate, or reset in place), with client tools that fit the server?"""
-    from letta_ops.tasks.postgres_privileges import PrivilegeRefused, restore_plan
+    from letta_ops.tasks.errors import Refused  # privileges, or what depends on Letta's tables
+    from letta_ops.tasks.postgres_privileges import restore_plan
 
     try:
         plan = restore_plan(db)
-    except PrivilegeRefused as exc:
+    except Refused as exc:
         return action(
             "restore-privileges",
             "upgrade, rollback and restore would be refused before stopping anything",
