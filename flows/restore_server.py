@@ -32,6 +32,7 @@ from letta_ops.tasks.backup_verification import (
     no_phase,
     restore_set_dump,
 )
+from letta_ops.tasks.database_wait import wait_for_database
 from letta_ops.tasks.letta_api import LettaClient
 from letta_ops.tasks.letta_postgres import (
     create_database,
@@ -265,6 +266,7 @@ def restore_server_from_set(
     try:
         require_key(store, manifest)  # before the stop: a set nobody can decrypt changes nothing
         runtime.stop(log=logger.info)
+        wait_for_database(database, log=logger.info)  # a restart may have failed the run
         restored = restore_database_from_set(database, store, manifest, jobs)
         runtime.restore_snapshot(runtime_files_of_set(store, manifest), log=logger.info)
         start_set_version(runtime, database, manifest.letta_version, log=logger.info)

@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from botocore.exceptions import BotoCoreError
 
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.flows.rollback import RollbackFailed, rollback
@@ -60,6 +61,10 @@ pytestmark = pytest.mark.e2e
 FROM_VERSION = "0.14.0"
 MIGRATION = f"alembic upgrade to {NEW_VERSION}"
 RESTORE = "restore the set's dump"
+#: Where a database fault lands, by the statement passing the proxy: the last of the seven
+#: migrations to 0.16.2 (``CREATE TABLE conversations``, the six before it applied in the same
+#: transaction), and the data of ``messages`` in pg_restore (other tables' data already in).
+INSIDE = {"upgrade": b"CREATE TABLE conversations", "rollback": b"COPY public.messages"}
 
 
 @dataclass
@@ -217,7 +222,7 @@ def ends_whole(
     after = snapshot(bed)
     differences = digest_differences(before.digests, after.digests)
     with capsys.disabled():
-        outcome = " ".join(str(failure.value).split())[:240]
+        outcome = " ".join(str(failure.value).split())[:360]
         print(
             f"\n| {fault} | {command} | {type(failure.value).__name__}: {outcome} "
             f"| {'yes' if not differences else 'NO'} | {seconds} |"
@@ -272,12 +277,12 @@ def test_a_conflicting_object(bed, command, capsys):
 
 @COMMANDS
 def test_b_database_connection_cut(bed, command, capsys):
-    """Every database connection dropped by the proxy once 8 kB more passed: inside the
-    target's alembic (upgrade), inside pg_restore of the set (rollback); the proxy accepts
-    again at once, as after a network blip, so the undo can reach the database."""
+    """Every database connection dropped by the proxy as the statement of ``INSIDE`` passes:
+    inside the target's alembic (upgrade), inside pg_restore of the set (rollback); the proxy
+    accepts again at once, as after a network blip, so the undo can reach the database."""
     step = MIGRATION if command == "upgrade" else RESTORE
     proxy = bed.pg_proxy
-    watch = OnStep(bed.server, step, lambda: proxy.when_relayed(8192, proxy.blip))
+    watch = OnStep(bed.server, step, lambda: proxy.when_relayed(0, proxy.blip, INSIDE[command]))
     try:
         error, _, _ = ends_whole(
             bed, "b. database cut", command, FAILED[command], capsys, UNDONE[command]
@@ -311,7 +316,7 @@ def test_c_store_unreachable(bed, command, capsys):
         progress_events.install(CutMidUpload())
         try:
             _, before, after = ends_whole(
-                bed, "c. store cut mid-upload", command, Exception, capsys, "."
+                bed, "c. store cut mid-upload", command, BotoCoreError, capsys, "Connection was"
             )
         finally:
             progress_events.install(None)
@@ -332,11 +337,15 @@ def test_c_store_unreachable(bed, command, capsys):
 
 
 @COMMANDS
-def test_d_postgres_restarted(bed, command, capsys):
-    """The cluster restarted (fast shutdown, start) once 8 kB more passed the database proxy:
-    inside the target's alembic (upgrade), inside pg_restore of the set (rollback)."""
+def test_d_postgres_restarted(bed, command, capsys, caplog):
+    """The cluster restarted (fast shutdown, start) as the statement of ``INSIDE`` passes
+    the database proxy: inside the target's alembic (upgrade), inside pg_restore of the set
+    (rollback). The undo waits for PostgreSQL to take sessions again."""
     step = MIGRATION if command == "upgrade" else RESTORE
-    watch = OnStep(bed.server, step, lambda: bed.pg_proxy.when_relayed(8192, bed.restart_postgres))
+    proxy = bed.pg_proxy
+    watch = OnStep(
+        bed.server, step, lambda: proxy.when_relayed(0, bed.restart_postgres, INSIDE[command])
+    )
     try:
         error, _, _ = ends_whole(
             bed, "d. PostgreSQL restarted", command, FAILED[command], capsys, UNDONE[command]
@@ -344,6 +353,9 @@ def test_d_postgres_restarted(bed, command, capsys):
     finally:
         assert watch.stop()
     assert f"at step {step}" in str(error)
+    waits = [r.getMessage() for r in caplog.records if "for PostgreSQL to take" in r.getMessage()]
+    with capsys.disabled():  # whether the undo began before PostgreSQL was back (timing)
+        print(f"  the undo waited for PostgreSQL: {waits[:1] or 'no, it was back already'}")
 
 
 def kill_once_healthy(bed: FaultBed, version: str, killed: list[int]) -> Callable[[], None]:

@@ -1,0 +1,65 @@
+"""Wait for PostgreSQL to take sessions again before an undo restores into it.
+
+Why: a restart of PostgreSQL (a failover, a managed service's maintenance, an operator's
+``systemctl restart``) during an upgrade or a rollback fails the step that ran, and the undo
+began at once, while the server was still shutting down or starting up: its first connection
+failed ("the database system is shutting down") and the undo gave up, leaving the Letta
+server down with a complete backup in hand (found by ``tests/test_injected_faults_e2e.py``).
+A restart takes seconds; the undo waits for it, bounded, and only for failures a restart
+causes (refused, network, "starting up"/"shutting down"), never for a wrong password.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.letta_postgres import connect
+from letta_ops.tasks.postgres_connect_errors import DatabaseConnectionFailed
+
+#: How long an undo waits for its database to come back (a restart, not an outage).
+DATABASE_BACK_SECONDS = 120.0
+
+#: SQLSTATEs of a server that is restarting: cannot_connect_now (57P03), admin_shutdown,
+#: crash_shutdown; connection_failure (08006) and a refused or dropped socket have no code.
+_RESTARTING = ("57P01", "57P02", "57P03", "08006")
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    current: BaseException | None = exc
+    while current is not None:
+        for arg in getattr(current, "args", ()):
+            if isinstance(arg, dict) and "C" in arg:
+                return str(arg["C"])
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return None
+
+
+def wait_for_database(
+    db: LettaDatabase,
+    timeout: float = DATABASE_BACK_SECONDS,
+    log: Callable[[str], None] = lambda _m: None,
+) -> float:
+    """Return once ``db`` answers ``SELECT 1``, the seconds waited; raise the last
+    :class:`DatabaseConnectionFailed` after ``timeout``, or at once when it is not one a
+    restart causes (a password, a missing role or database)."""
+    started = time.monotonic()
+    said = False
+    while True:
+        try:
+            with connect(db) as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return round(time.monotonic() - started, 1)
+        except DatabaseConnectionFailed as exc:
+            code = _sqlstate(exc)
+            if (code is not None and code not in _RESTARTING) or (
+                time.monotonic() - started > timeout
+            ):
+                raise
+            if not said:
+                log(f"waiting up to {int(timeout)} s for PostgreSQL to take sessions: {exc}")
+                said = True
+            time.sleep(1)
