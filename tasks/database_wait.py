@@ -43,9 +43,9 @@ def wait_for_database(
     timeout: float = DATABASE_BACK_SECONDS,
     log: Callable[[str], None] = lambda _m: None,
 ) -> float:
-    """Return once ``db`` answers ``SELECT 1``, the seconds waited; raise the last
-    :class:`DatabaseConnectionFailed` after ``timeout``, or at once when it is not one a
-    restart causes (a password, a missing role or database)."""
+    """Return once ``db`` answers ``SELECT 1``, the seconds waited; raise the last failure
+    after ``timeout``, or at once when it is not one a restart causes (a password, a missing
+    role or database)."""
     started = time.monotonic()
     said = False
     while True:
@@ -53,11 +53,12 @@ def wait_for_database(
             with connect(db) as conn:
                 conn.execute(sa.text("SELECT 1"))
             return round(time.monotonic() - started, 1)
-        except DatabaseConnectionFailed as exc:
+        except Exception as exc:
+            # "shutting down"/"starting up" come as the driver's own error (a FATAL with
+            # SQLSTATE 57P03), a refused or dropped socket as a DatabaseConnectionFailed.
             code = _sqlstate(exc)
-            if (code is not None and code not in _RESTARTING) or (
-                time.monotonic() - started > timeout
-            ):
+            restarting = code in _RESTARTING if code else isinstance(exc, DatabaseConnectionFailed)
+            if not restarting or time.monotonic() - started > timeout:
                 raise
             if not said:
                 log(f"waiting up to {int(timeout)} s for PostgreSQL to take sessions: {exc}")

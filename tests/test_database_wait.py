@@ -47,3 +47,37 @@ def test_waits_for_a_restart_not_for_a_wrong_password(own_cluster):
     own_cluster.stop()
     with pytest.raises(DatabaseConnectionFailed, match="connection refused"):
         wait_for_database(db, timeout=2)  # a database that stays down: bounded
+
+
+def test_waits_through_a_shutdown_in_progress(own_cluster):
+    """A smart shutdown waits for open sessions; meanwhile every new one is refused with
+    FATAL 57P03 "the database system is shutting down" (the driver's own error, not a
+    refused socket): what the undo met after a restart. It waits through it, then through
+    the refused port, until the cluster is back."""
+    import pg8000.native
+
+    held = pg8000.native.Connection(
+        user=own_cluster.superuser,
+        password=own_cluster.password,
+        host="127.0.0.1",
+        port=own_cluster.port,
+        database="postgres",
+    )
+    own_cluster._pg("pg_ctl", "-D", str(own_cluster.data_dir), "-m", "smart", "-W", "stop")
+
+    def session_ends_then_restart() -> None:
+        time.sleep(3)
+        held.close()
+        while (own_cluster.data_dir / "postmaster.pid").exists():
+            time.sleep(0.2)
+        own_cluster.start()
+
+    back = threading.Thread(target=session_ends_then_restart)
+    back.start()
+    said: list[str] = []
+    try:
+        db = LettaDatabase(uri=own_cluster.uri("postgres"))
+        waited = wait_for_database(db, timeout=60, log=said.append)
+    finally:
+        back.join()
+    assert "shutting down" in said[0] and waited >= 2.5
