@@ -17,6 +17,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.errors import database_error_message
 from letta_ops.tasks.letta_postgres import connect
 from letta_ops.tasks.postgres_connect_errors import DatabaseConnectionFailed
 
@@ -61,6 +62,9 @@ def wait_for_database(
             if not restarting or time.monotonic() - started > timeout:
                 raise
             if not said:
-                log(f"waiting up to {int(timeout)} s for PostgreSQL to take sessions: {exc}")
+                log(
+                    f"waiting up to {int(timeout)} s for PostgreSQL to take sessions: "
+                    f"{database_error_message(exc)}"
+                )
                 said = True
             time.sleep(1)
