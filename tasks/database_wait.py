@@ -30,12 +30,10 @@ _RESTARTING = ("57P01", "57P02", "57P03", "08006")
 
 
 def _sqlstate(exc: BaseException) -> str | None:
-    current: BaseException | None = exc
-    while current is not None:
-        for arg in getattr(current, "args", ()):
+    for item in _chain(exc):
+        for arg in getattr(item, "args", ()):
             if isinstance(arg, dict) and "C" in arg:
                 return str(arg["C"])
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
     return None
 
 
@@ -68,3 +66,41 @@ def wait_for_database(
                 )
                 said = True
             time.sleep(1)
+
+
+#: What a client prints when its session died under it (a cut connection, a restart): libpq's
+#: tools (pg_restore, psql), pg8000, PostgreSQL's own notice to the sessions it ends.
+_LOST_PHRASES = (
+    "server closed the connection unexpectedly",
+    "network error",
+    "terminating connection due to administrator command",
+    "the database system is shutting down",
+    "the database system is starting up",
+    "connection refused",
+)
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` is a session lost to a restart or a cut (worth one more try of an
+    undo, from the start), not a failing statement or a refusal.
+
+    Why: an undo that lost its connection mid-restore (a network blip during its pg_restore)
+    gave up and left the server down, although the set and the database were both fine
+    (found by ``tests/test_injected_faults_e2e.py``: a migration failing, then its rollback's
+    pg_restore cut). A restore from a set starts over cleanly, so one more try is safe."""
+    code = _sqlstate(exc)
+    if code is not None:
+        return code in _RESTARTING
+    if isinstance(exc, DatabaseConnectionFailed):
+        return True
+    text = " ".join(str(e) for e in _chain(exc)).lower()
+    return any(phrase in text for phrase in _LOST_PHRASES)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return seen

@@ -81,3 +81,23 @@ def test_waits_through_a_shutdown_in_progress(own_cluster):
     finally:
         back.join()
     assert "shutting down" in said[0] and waited >= 2.5
+
+
+def test_what_counts_as_a_lost_connection():
+    """One more try of an undo after a session lost under it, never after a failing
+    statement (the texts are those the injected-faults cells met)."""
+    from pg8000.exceptions import DatabaseError
+
+    from letta_ops.tasks.database_wait import lost_connection
+    from letta_ops.tasks.pg_client_tools import PgToolError
+
+    cut = PgToolError(
+        'pg_restore failed: pg_restore: error: COPY failed for table "messages": server '
+        "closed the connection unexpectedly"
+    )
+    shutting = DatabaseError({"S": "FATAL", "C": "57P03", "M": "the database system is shutting"})
+    conflict = DatabaseError({"S": "ERROR", "C": "42P07", "M": 'relation "x" already exists'})
+    password = DatabaseError({"S": "FATAL", "C": "28P01", "M": "password authentication failed"})
+    assert lost_connection(cut) and lost_connection(shutting)
+    assert not lost_connection(conflict) and not lost_connection(password)
+    assert not lost_connection(PgToolError("pg_restore failed: could not read input file"))

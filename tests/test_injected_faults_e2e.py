@@ -395,3 +395,31 @@ def test_e_new_letta_crashes_after_first_healthy_answer(bed, command, capsys):
     finally:
         assert watch.stop()
     assert len(killed) == 1 and after.pid != killed[0]
+
+
+def test_b_pg_restore_cut_in_an_upgrades_own_rollback(upgrade_bed, capsys):
+    """The one pg_restore an upgrade runs is its automatic rollback's: the migration fails
+    on a conflicting table (a.), then the rollback's pg_restore loses its connection inside
+    ``COPY public.messages`` (b.): two faults in one run."""
+    bed = upgrade_bed
+    proxy = bed.pg_proxy
+    sql_execute(bed.direct, "CREATE TABLE conversations (id text PRIMARY KEY)")
+    watch = OnStep(
+        bed.server,
+        "undo: restore the pre-upgrade set",
+        lambda: proxy.when_relayed(0, proxy.blip, INSIDE["rollback"]),
+    )
+    try:
+        with operator_shell(bed):
+            ends_whole(
+                bed,
+                "a.+b. migration conflict, then the rollback's pg_restore cut",
+                "upgrade",
+                UpgradeFailed,
+                capsys,
+                UNDONE["upgrade"],
+            )
+    finally:
+        assert watch.stop()
+        sql_execute(bed.direct, "DROP TABLE IF EXISTS conversations")
+    assert proxy.fired_at is not None
