@@ -61,6 +61,9 @@ pytestmark = pytest.mark.e2e
 FROM_VERSION = "0.14.0"
 MIGRATION = f"alembic upgrade to {NEW_VERSION}"
 RESTORE = "restore the set's dump"
+#: Faults are armed as the server stops (the step before the one they aim at, so a fast step
+#: cannot pass before the watch, polling every 0.1 s, arms them) and fire on what passes next.
+STOP = "stop server"
 #: Where a database fault lands, by the statement passing the proxy: the last of the seven
 #: migrations to 0.16.2 (``CREATE TABLE conversations``, the six before it applied in the same
 #: transaction), and the data of ``messages`` in pg_restore (other tables' data already in).
@@ -282,12 +285,13 @@ def test_b_database_connection_cut(bed, command, capsys):
     accepts again at once, as after a network blip, so the undo can reach the database."""
     step = MIGRATION if command == "upgrade" else RESTORE
     proxy = bed.pg_proxy
-    watch = OnStep(bed.server, step, lambda: proxy.when_relayed(0, proxy.blip, INSIDE[command]))
+    watch = OnStep(bed.server, STOP, lambda: proxy.when_relayed(0, proxy.blip, INSIDE[command]))
     try:
         error, _, _ = ends_whole(
             bed, "b. database cut", command, FAILED[command], capsys, UNDONE[command]
         )
     finally:
+        proxy.disarm()
         assert watch.stop()
     assert proxy.fired_at is not None
     assert f"at step {step}" in str(error)
@@ -324,16 +328,21 @@ def test_c_store_unreachable(bed, command, capsys):
         assert after.pid == before.pid  # never stopped
         assert bed.complete_sets() == sets_before  # nothing half-written offered
         return
-    cut = OnStep(bed.server, RESTORE, lambda: proxy.when_relayed(32768, proxy.cut))
+
+    def mid_download() -> None:  # 32 kB after the request for the set's dump (146 kB)
+        proxy.when_relayed(32768, proxy.cut)
+
+    cut = OnStep(bed.server, STOP, lambda: proxy.when_relayed(0, mid_download, b"database.dump"))
     back = OnStep(bed.server, "undo: restore the safety set", proxy.resume)
     try:
         error, _, _ = ends_whole(
             bed, "c. store cut mid-download", command, RollbackFailed, capsys, UNDONE[command]
         )
     finally:
-        assert cut.stop() and back.stop()
-        proxy.resume()
-    assert proxy.fired_at is not None and f"at step {RESTORE}" in str(error)
+        proxy.resume()  # whatever happened: the next cells need the store
+        proxy.disarm()
+        watched = (cut.stop(), back.stop())
+    assert watched == (True, True) and f"at step {RESTORE}" in str(error)
 
 
 @COMMANDS
@@ -344,13 +353,14 @@ def test_d_postgres_restarted(bed, command, capsys, caplog):
     step = MIGRATION if command == "upgrade" else RESTORE
     proxy = bed.pg_proxy
     watch = OnStep(
-        bed.server, step, lambda: proxy.when_relayed(0, bed.restart_postgres, INSIDE[command])
+        bed.server, STOP, lambda: proxy.when_relayed(0, bed.restart_postgres, INSIDE[command])
     )
     try:
         error, _, _ = ends_whole(
             bed, "d. PostgreSQL restarted", command, FAILED[command], capsys, UNDONE[command]
         )
     finally:
+        proxy.disarm()
         assert watch.stop()
     assert f"at step {step}" in str(error)
     waits = [r.getMessage() for r in caplog.records if "for PostgreSQL to take" in r.getMessage()]
@@ -404,10 +414,8 @@ def test_b_pg_restore_cut_in_an_upgrades_own_rollback(upgrade_bed, capsys):
     bed = upgrade_bed
     proxy = bed.pg_proxy
     sql_execute(bed.direct, "CREATE TABLE conversations (id text PRIMARY KEY)")
-    watch = OnStep(
-        bed.server,
-        "undo: restore the pre-upgrade set",
-        lambda: proxy.when_relayed(0, proxy.blip, INSIDE["rollback"]),
+    watch = OnStep(  # alembic sends no COPY: this lands in the rollback's pg_restore
+        bed.server, MIGRATION, lambda: proxy.when_relayed(0, proxy.blip, INSIDE["rollback"])
     )
     try:
         with operator_shell(bed):
@@ -420,6 +428,7 @@ def test_b_pg_restore_cut_in_an_upgrades_own_rollback(upgrade_bed, capsys):
                 UNDONE["upgrade"],
             )
     finally:
-        assert watch.stop()
+        proxy.disarm()
         sql_execute(bed.direct, "DROP TABLE IF EXISTS conversations")
+        assert watch.stop()
     assert proxy.fired_at is not None
