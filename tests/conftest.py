@@ -23,6 +23,7 @@ LONGEST_FILES_FIRST = (
     "test_runtimes_e2e.py",
     "test_fleet_e2e.py",
     "test_rollback_e2e.py",
+    "test_injected_faults_e2e.py",
     "test_upgrade_e2e.py",
     "test_tls_e2e.py",
     "test_audit_e2e.py",

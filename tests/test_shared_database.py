@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.errors import Refused
 from letta_ops.tasks.postgres.client_tools import PgToolError
 from letta_ops.tasks.postgres.dump import dump_to_store, list_dump
 from letta_ops.tasks.postgres.letta_schema import (
@@ -166,6 +167,24 @@ def test_reset_refuses_what_a_cascade_would_take(pg_cluster):
     assert _letta_counts(role) == LETTA_COUNTS
     assert sql_scalar(role, "SELECT count(*) FROM app_notes") == 100
     assert untouched_digests(admin)["auth.users"] == untouched["auth.users"]
+
+
+def test_preflight_refuses_what_a_cascade_would_take(pg_cluster):
+    """The same objects, read from the catalog by every destructive run's pre-flight, while
+    the server still runs: a reset refused after the stop left the server down, since the
+    undo resets the same way (found by tests/test_injected_faults_e2e.py)."""
+    role, _ = _shared(pg_cluster, "preflight")
+    assert restore_plan(role)["reset_mode"] == "in-place"  # nothing depends on Letta's yet
+    sql_execute(role, "CREATE VIEW note_agents AS SELECT a.name FROM agents a")
+    with pytest.raises(Refused, match="would also drop view public.note_agents.*nothing was"):
+        restore_plan(role)
+    sql_execute(role, "DROP VIEW note_agents")
+    sql_execute(role, "ALTER TABLE app_notes ADD COLUMN agent_id text REFERENCES agents(id)")
+    with pytest.raises(Refused, match="app_notes constraint app_notes_agent_id_fkey"):
+        restore_plan(role)
+    sql_execute(role, "ALTER TABLE app_notes DROP COLUMN agent_id")
+    assert restore_plan(role)["reset_mode"] == "in-place"
+    assert _letta_counts(role) == LETTA_COUNTS  # a pre-flight changes nothing
 
 
 def test_a_new_database_gets_pgvector_where_the_dump_names_it(pg_cluster, tmp_path: Path):

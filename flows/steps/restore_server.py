@@ -20,6 +20,7 @@ from ...blocks.letta_runtime import LettaRuntime, quiet
 from ...blocks.server_profile import ServerProfile
 from ...tasks.errors import database_error_message
 from ...tasks.letta.api import LettaClient
+from ...tasks.postgres.database_wait import lost_connection, wait_for_database
 from ...tasks.postgres.letta_schema import (
     create_database,
     drop_database,
@@ -218,26 +219,40 @@ def restore_server_from_set(
     database = profile.require_database()
     started = time.monotonic()
     label = f"{manifest.server}/{manifest.set_id}"
-    try:
-        require_key(store, manifest)  # before the stop: a set nobody can decrypt changes nothing
-        runtime.stop(log=logger.info)
-        restored = restore_database_from_set(database, store, manifest, jobs)
-        runtime.restore_snapshot(runtime_files_of_set(store, manifest), log=logger.info)
-        start_set_version(runtime, database, manifest.letta_version, log=logger.info)
-        with LettaClient(profile.server) as client:
-            proof = prove_server_matches_set(client, database, manifest)
-        result = {
-            "ok": proof["ok"],
-            "version": proof["version"],
-            "agents": proof["agents"],
-            "agents_equal": proof["agents_equal"],
-            "count_differences": proof["count_differences"],
-            "set": label,
-            "sequences": restored["sequences"]["changes"],
-        }
-    except Exception as exc:  # reported, not raised: the caller decides what failure means
-        logger.exception("restoring %s failed", label)
-        result = {"ok": False, "error": database_error_message(exc), "set": label}
+    for attempt in (
+        1,
+        2,
+    ):  # a second time only after a lost connection (letta_ops.tasks.postgres.database_wait)
+        try:
+            require_key(store, manifest)  # before the stop: a set nobody can decrypt: no change
+            runtime.stop(log=logger.info)
+            wait_for_database(database, log=logger.info)  # a restart may have failed the run
+            restored = restore_database_from_set(database, store, manifest, jobs)
+            runtime.restore_snapshot(runtime_files_of_set(store, manifest), log=logger.info)
+            start_set_version(runtime, database, manifest.letta_version, log=logger.info)
+            with LettaClient(profile.server) as client:
+                proof = prove_server_matches_set(client, database, manifest)
+            result = {
+                "ok": proof["ok"],
+                "version": proof["version"],
+                "agents": proof["agents"],
+                "agents_equal": proof["agents_equal"],
+                "count_differences": proof["count_differences"],
+                "set": label,
+                "sequences": restored["sequences"]["changes"],
+            }
+            break
+        except Exception as exc:  # reported, not raised: the caller decides what it means
+            if attempt == 1 and lost_connection(exc):
+                logger.warning(
+                    "restoring %s lost its database connection (%s); once more",
+                    label,
+                    database_error_message(exc),
+                )
+                continue
+            logger.exception("restoring %s failed", label)
+            result = {"ok": False, "error": database_error_message(exc), "set": label}
+            break
     result["seconds"] = round(time.monotonic() - started, 1)
     logger.info("restore result: %s", result)
     return result

@@ -109,11 +109,12 @@ def check_pgvector(extension_version: str | None) -> Finding:
 def check_restore_privileges(db: PostgresDatabase) -> Finding:
     """The pre-flight every destructive run makes: may this role empty the database and
     restore into it (recreate, or reset in place), with client tools that fit the server?"""
-    from ..postgres.privileges import PrivilegeRefused, restore_plan
+    from ..errors import Refused  # privileges, or what depends on Letta's tables
+    from ..postgres.privileges import restore_plan
 
     try:
         plan = restore_plan(db)
-    except PrivilegeRefused as exc:
+    except Refused as exc:
         return action(
             "restore-privileges",
             "upgrade, rollback and restore would be refused before stopping anything",

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from ..errors import Refused, database_error_message
 from .client_tools import client_tools
 from .database import PostgresDatabase
+from .letta_dependents import objects_depending_on, refuse_dependents
 from .letta_objects import inventory
 from .letta_schema import connect
 
@@ -75,6 +76,10 @@ class DatabasePrivileges:
     #: What the database holds that is not Letta's (``table public.app_notes``, ``schema auth
     #: (3 objects)``): left alone by a reset in place, lost by a recreate.
     not_letta: tuple[str, ...] = field(default_factory=tuple)
+    #: What is not Letta's but depends on Letta's tables (a view over them, a foreign key to
+    #: them): a reset in place refuses to take it
+    #: (:mod:`letta_ops.tasks.postgres.letta_dependents`).
+    dependents: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def can_create_database(self) -> bool:
@@ -126,6 +131,7 @@ def probe_privileges(db: PostgresDatabase) -> DatabasePrivileges:
         found = inventory(conn, schema, db.extra_tables)
         # Only Letta's objects are ever dropped: only theirs need an owner's right.
         foreign = [ForeignObject(o.kind, o.name, o.owner) for o in found.letta if not o.owned]
+        dependents = objects_depending_on(conn, [o.name for o in found.letta if o.kind == "table"])
         conn.rollback()
     maintenance_error = None
     try:
@@ -152,6 +158,7 @@ def probe_privileges(db: PostgresDatabase) -> DatabasePrivileges:
         owns_schema=owns_schema,
         foreign_objects=tuple(foreign),
         not_letta=tuple(found.left_alone()),
+        dependents=tuple(dependents),
     )
 
 
@@ -287,6 +294,8 @@ def restore_plan(db: PostgresDatabase, requested: RequestedReset | None = None) 
     facts = probe_privileges(db)
     require_supported_server(facts.server_major, client_tools(db).major())
     mode = choose_reset_mode(facts, requested or db.reset_mode)
+    if mode == "in-place":  # the reset would refuse after the stop, and so would any undo
+        refuse_dependents(facts.schema, facts.dependents)
     return {
         "reset_mode": mode,
         # Scratch databases (drills, exports from a scratch copy) need what recreate needs
