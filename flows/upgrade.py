@@ -35,6 +35,7 @@ from letta_ops.blocks.server_profile import ServerProfile, load_profile, open_ba
 from letta_ops.flows import run_timeouts
 from letta_ops.flows.audit_record import audited_run, counts_summary, server_counts
 from letta_ops.flows.backup import backup
+from letta_ops.flows.downtime_window import DowntimeWatch, DowntimeWindow
 from letta_ops.flows.flow_report import FlowReport, ReportPart, StoredPart
 from letta_ops.flows.operator_approval import ApprovalDeclined, await_operator_approval
 from letta_ops.flows.restore_server import (
@@ -217,6 +218,7 @@ class UpgradeReport(FlowReport):
     error: str | None = Field(None, description="The cause of a failure, with its step.")
     rollback: ServerRestore | None = Field(None, description="None: no rollback was needed.")
     downtime_seconds: float | None = Field(None, description="Stopped -> verified.")
+    downtime_window: DowntimeWindow | None = Field(None, description="When clients were refused.")
     sequences: SequenceRepair | None = None
     agents_after: int | None = None
     verification: list[AgentVerification] | None = Field(None, description="Per agent.")
@@ -466,6 +468,7 @@ def roll_back(state: UpgradeState) -> dict[str, Any]:
 def run_migrate(state: UpgradeState, target: str, start_timeout: float) -> dict[str, Any]:
     profile = state.profile
     state.enter("stop server")
+    watch = DowntimeWatch()
     stop_server_step(profile)
     stopped = time.monotonic()
     state.enter(f"alembic upgrade to {target}")
@@ -474,6 +477,7 @@ def run_migrate(state: UpgradeState, target: str, start_timeout: float) -> dict[
     sequences = repair_sequences_step(profile)
     state.enter(f"start {target}")
     start_server_step(profile, target, start_timeout)
+    watch.serving()
     state.enter("verify")
     after_api = list_agents_step(profile)
     after = inventory_step(profile)
@@ -489,6 +493,7 @@ def run_migrate(state: UpgradeState, target: str, start_timeout: float) -> dict[
         raise UpgradeFailed(f"verification after migrate failed: {problems}")
     return {
         "downtime_seconds": round(time.monotonic() - stopped, 1),
+        "downtime_window": watch.window(),
         "sequences": sequences,
         "agents_after": len(after_api),
         "verification": _per_agent(state.before_agents, after, {}),
@@ -507,6 +512,7 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
             rename_agents_step(profile, state.renames)
             files = export_agent_files_step(profile, Path(workdir))
         state.enter("stop server")
+        watch = DowntimeWatch()
         stop_server_step(profile)
         stopped = time.monotonic()
         state.enter(f"empty database ({profile.require_database().reset_mode})")
@@ -515,6 +521,7 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
         migrate_step(profile, target)
         state.enter(f"start {target}")
         start_server_step(profile, target, start_timeout)
+        watch.serving()
         state.enter("repair sequences")
         sequences = repair_sequences_step(profile)
         state.enter("import agent files")
@@ -537,6 +544,7 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
     }
     return {
         "downtime_seconds": round(time.monotonic() - stopped, 1),
+        "downtime_window": watch.window(),
         "sequences": sequences,
         "agents_after": len(after_api),
         "verification": _per_agent(state.before_agents, matched, state.renames),
@@ -760,6 +768,7 @@ def upgrade(
                 ) from exc
         state.journal.finish("succeeded")
         report.downtime_seconds = result["downtime_seconds"]
+        report.downtime_window = result["downtime_window"]
         report.sequences = result["sequences"]
         report.agents_after = result["agents_after"]
         report.verification = result["verification"]
