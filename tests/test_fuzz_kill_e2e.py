@@ -4,7 +4,9 @@ moment, then ``recover`` twice; the server must be at one end, exactly.
 Why: ``tests/test_recover_e2e.py`` kills each run at a journal step a test author chose; a
 kill can land anywhere else (while the command starts, between two statements of a step,
 as a child process starts). Here the moment is drawn uniformly over the run's span, measured
-by an uninterrupted run of the same kind in this session, and each trial asserts:
+by an uninterrupted run of the same kind in this session (the first upgrade runs whole; a
+kind not yet measured draws over a bound, 1.5 times the longest span so far, and a run the
+kill missed measures it), and each trial asserts:
 
 - the first ``recover`` ends 0 (recovered, or nothing to recover when the kill landed before
   the journal began or after it finished); the second finds nothing (idempotent);
@@ -32,6 +34,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.tasks.audit_store import AuditStore
+from letta_ops.tasks.run_journal import unfinished_runs
 from letta_ops.tasks.server_naming import sanitize_server_name
 from tests.fixtures.fuzz_runs import (
     SEED_ENV,
@@ -60,6 +64,7 @@ class FuzzBench:
     """The server under test, the restore target beside it, and the ends runs may reach."""
 
     base_url: str
+    server: str
     db: LettaDatabase
     target: LettaDatabase
     target_env: dict[str, str]
@@ -73,8 +78,9 @@ class FuzzBench:
     set_at_from: str = ""
     #: Seconds an uninterrupted run of each kind took (``recover``: one that recovered).
     spans: dict[str, float] = field(default_factory=dict)
-    #: The last run's own seconds (what an uninterrupted run measures).
+    #: The last run's own seconds, and whether it ran to its end (then: its span).
     last_run: float = 0.0
+    last_ended: bool = False
     rows: list[str] = field(default_factory=list)
     #: Prints past pytest's capture, so a failing session still shows the trials before it.
     say: Callable[[str], None] = print
@@ -91,13 +97,21 @@ def _version(base_url: str) -> str | None:
         return None
 
 
-def _recover_twice(where: str, env: dict[str, str] | None = None) -> tuple[dict, TimedRun]:
-    """``recover`` twice: the first ends 0, the second finds nothing (idempotent)."""
-    first = run_cli("recover", "--json", env=env)
+def _open_journals(server: str) -> int:
+    """Journals of ``server`` begun and not finished (the tests read the audit store)."""
+    return len(unfinished_runs(AuditStore.from_env(), server))
+
+
+def _recover_twice(bench: FuzzBench, where: str) -> tuple[dict, TimedRun]:
+    """``recover`` twice: the first ends 0 and recovers exactly when the kill left a journal
+    open; the second finds nothing (idempotent)."""
+    interrupted = _open_journals(bench.server)
+    first = run_cli("recover", "--json")
     assert first.returncode == 0, f"{where}: {first.describe()}"
     report = first.report()
-    assert report["outcome"] in {"recovered", "nothing to recover"}, (where, report)
-    second = run_cli("recover", "--json", env=env)
+    expected = "recovered" if interrupted else "nothing to recover"
+    assert report["outcome"] == expected, (where, interrupted, report)
+    second = run_cli("recover", "--json")
     assert second.returncode == 0, f"{where}: {second.describe()}"
     assert second.report()["outcome"] == "nothing to recover", (where, second.report())
     return report, first
@@ -131,7 +145,7 @@ def _rollback_run(kill_after: float | None) -> TimedRun:
 
 def _finished(bench: FuzzBench, run: TimedRun, where: str) -> None:
     """A run the kill did not reach must have succeeded."""
-    bench.last_run = run.seconds
+    bench.last_run, bench.last_ended = run.seconds, not run.killed
     if not run.killed:
         assert run.returncode == 0, f"{where}: {run.describe()}"
 
@@ -140,7 +154,7 @@ def trial_upgrade(bench: FuzzBench, strategy: str, kill_after: float | None, whe
     before = sql_table_digests(bench.db)
     run = _upgrade_run(strategy, kill_after)
     _finished(bench, run, where)
-    report, first = _recover_twice(where)
+    report, first = _recover_twice(bench, where)
     _note_recover_span(bench, report, first)
     return f"{_outcome(run, report)} -> {_assert_upgrade_end(bench, strategy, before, where)}"
 
@@ -159,7 +173,7 @@ def trial_rollback(bench: FuzzBench, kill_after: float | None, where: str) -> st
     before = sql_table_digests(bench.db)
     run = _rollback_run(kill_after)
     _finished(bench, run, where)
-    report, first = _recover_twice(where)
+    report, first = _recover_twice(bench, where)
     _note_recover_span(bench, report, first)
     return f"{_outcome(run, report)} -> {_assert_rollback_end(bench, before, where)}"
 
@@ -169,7 +183,7 @@ def trial_recover(bench: FuzzBench, rng: random.Random, where: str) -> str:
     the ``recover`` that takes the server out of it, then ``recover`` twice."""
     at_from = _version(bench.base_url) == FROM_VERSION
     inner = "upgrade-migrate" if at_from else "rollback"
-    inner_at = rng.random() * bench.spans[inner]
+    inner_at = rng.random() * _span(bench, inner)[0]
     recover_at = rng.random() * bench.spans["recover"]
     where += f" (the {inner} killed at {inner_at:.1f} s, recover at {recover_at:.1f} s)"
     before = sql_table_digests(bench.db)
@@ -178,7 +192,7 @@ def trial_recover(bench: FuzzBench, rng: random.Random, where: str) -> str:
     interrupted = run_cli("recover", "--json", kill_after=recover_at)
     if not interrupted.killed:
         assert interrupted.returncode == 0, f"{where}: {interrupted.describe()}"
-    report, _ = _recover_twice(where)
+    report, _ = _recover_twice(bench, where)
     end = (
         _assert_upgrade_end(bench, "migrate", before, where)
         if at_from
@@ -198,11 +212,13 @@ def trial_restore(bench: FuzzBench, kill_after: float | None, where: str) -> str
     password = {"PGPASSWORD": bench.target_env["PGPASSWORD"]}
     run = run_cli(*args, "--wait", "0", "--json", env=password, kill_after=kill_after)
     _finished(bench, run, where)
+    interrupted = _open_journals(bench.target_env["LETTA_OPS_SERVER_NAME"])
     answers = [run_cli("recover", "--json", env=bench.target_env) for _ in range(2)]
     outcomes = {(a.returncode, a.report().get("outcome", a.report().get("error"))) for a in answers}
     assert len(outcomes) == 1, f"{where}: recover answered differently: {outcomes}"
     [(code, said)] = outcomes
     rerun = code != 0
+    assert rerun == bool(interrupted), (where, interrupted, said)
     if rerun:  # an interrupted restore: only its operator can rerun it (the password)
         assert "restore" in said and "--force" in said, (where, said)
     else:
@@ -253,11 +269,17 @@ def _run_kind(bench: FuzzBench, kind: str, rng: random.Random, kill_after, where
     return runs[kind]()
 
 
-def _measure(bench: FuzzBench, kind: str, where: str) -> None:
-    """An uninterrupted run of ``kind``: its span, and the same checks as a killed one."""
-    outcome = _run_kind(bench, kind, random.Random(0), None, where)
-    bench.spans[kind] = bench.last_run
-    bench.note(f"  measure {kind:16s} span {bench.spans[kind]:6.1f} s  {outcome}")
+#: A kind not yet run to its end in this session draws its moment over this many times the
+#: longest span measured so far: a kill that lands after the run's end is a trial too (of an
+#: uninterrupted run), and that run's own time becomes the kind's span.
+UNMEASURED_MARGIN = 1.5
+
+
+def _span(bench: FuzzBench, kind: str) -> tuple[float, bool]:
+    """The span a kill moment of ``kind`` is drawn over, and whether it was measured."""
+    if kind in bench.spans:
+        return bench.spans[kind], True
+    return round(UNMEASURED_MARGIN * max(bench.spans.values()), 1), False
 
 
 def test_kill_9_at_random_moments_then_recover_twice(
@@ -289,6 +311,7 @@ def test_kill_9_at_random_moments_then_recover_twice(
     base_url, db = running.server.base_url, running.database
     bench = FuzzBench(
         base_url=base_url,
+        server=running.runtime.server_name,
         db=db,
         target=target,
         target_env=target_env,
@@ -308,18 +331,18 @@ def test_kill_9_at_random_moments_then_recover_twice(
     bench.to_digests = sql_table_digests(db)
     bench.note(f"  measure upgrade-migrate  span {bench.spans['upgrade-migrate']:6.1f} s")
 
-    done = 0
-    while done < trials:
+    for trial in range(1, trials + 1):
         kind = _choose(bench, rng)
-        if kind not in bench.spans:
-            _measure(bench, kind, f"seed {seed}: measuring {kind}")
-            continue
-        done += 1
-        span = bench.spans[kind]
+        span, measured = _span(bench, kind)
         kill_after = rng.random() * span
-        where = f"seed {seed}, trial {done}: {kind} killed at {kill_after:.1f} s of {span:.1f} s"
+        where = f"seed {seed}, trial {trial}: {kind} killed at {kill_after:.1f} s of {span:.1f} s"
         outcome = _run_kind(bench, kind, rng, kill_after, where)
-        bench.note(f"  trial {done:2d} {kind:16s} kill {kill_after:6.1f}/{span:6.1f} s  {outcome}")
+        if kind != "recover" and bench.last_ended:
+            bench.spans[kind] = bench.last_run  # it ran to its end: its span, measured
+        bound = "" if measured else " (bound)"
+        bench.note(
+            f"  trial {trial:2d} {kind:16s} kill {kill_after:6.1f}/{span:6.1f} s{bound}  {outcome}"
+        )
 
     # The next destructive run starts at once after the last trial too.
     last = run_cli("repair-sequences", "--wait", "0", "--json")
