@@ -57,6 +57,10 @@ from tests.fixtures.oracle import (
 pytestmark = pytest.mark.e2e
 
 FROM_VERSION = "0.14.0"
+#: Tables 0.16.2 writes as it first starts on a migrated database, with fresh ids and times
+#: (its providers and their models, its new base tools): two migrations of the same data
+#: differ there, in content, never in row count (found by seed 20261207, trial 5).
+WRITTEN_BY_THE_TARGETS_FIRST_START = ("providers", "provider_models", "tools")
 
 
 @dataclass
@@ -125,7 +129,12 @@ def _assert_upgrade_end(bench: FuzzBench, strategy: str, before: dict, where: st
         assert digest_differences(before, sql_table_digests(bench.db)) == {}, where
         assert http_agents(bench.base_url) == bench.agents, where
     elif strategy == "migrate":
-        assert digest_differences(bench.to_digests, sql_table_digests(bench.db)) == {}, where
+        differences = digest_differences(bench.to_digests, sql_table_digests(bench.db))
+        for table in WRITTEN_BY_THE_TARGETS_FIRST_START:
+            if table in differences:  # the same rows, by count; their ids and times are new
+                reference, now = differences.pop(table)
+                assert reference.split(":")[0] == now.split(":")[0], (where, table)
+        assert differences == {}, where
     else:  # an import gives new ids: each agent's messages and memory blocks came across
         carried = {n: c.carried() for n, c in bench.from_contents.items()}
         assert {n: c.carried() for n, c in sql_agent_contents(bench.db).items()} == carried, where
