@@ -4,9 +4,9 @@ moment, then ``recover`` twice; the server must be at one end, exactly.
 Why: ``tests/test_recover_e2e.py`` kills each run at a journal step a test author chose; a
 kill can land anywhere else (while the command starts, between two statements of a step,
 as a child process starts). Here the moment is drawn uniformly over the run's span, measured
-by an uninterrupted run of the same kind in this session (the first upgrade runs whole; a
-kind not yet measured draws over a bound, 1.5 times the longest span so far, and a run the
-kill missed measures it), and each trial asserts:
+by an uninterrupted run of the same kind in this session (the first upgrade and a first
+restore run whole; a kind not yet measured draws over a bound, 1.5 times the longest span so
+far, and a run the kill missed measures it), and each trial asserts:
 
 - the first ``recover`` ends 0 (recovered, or nothing to recover when the kill landed before
   the journal began or after it finished); the second finds nothing (idempotent);
@@ -339,6 +339,11 @@ def test_kill_9_at_random_moments_then_recover_twice(
     assert http_version(base_url) == NEW_VERSION
     bench.to_digests = sql_table_digests(db)
     bench.note(f"  measure upgrade-migrate  span {bench.spans['upgrade-migrate']:6.1f} s")
+    # And of restore --force (cheap, and eligible from either end): so the first trials, at
+    # the target, draw over a measured span rather than a bound.
+    outcome = trial_restore(bench, None, f"seed {seed}: measuring restore")
+    bench.spans["restore"] = bench.last_run
+    bench.note(f"  measure restore          span {bench.spans['restore']:6.1f} s  {outcome}")
 
     for trial in range(1, trials + 1):
         kind = _choose(bench, rng)
