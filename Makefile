@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install test test-fast demo lint bench clean
+.PHONY: install test test-fast fuzz demo lint bench clean
 
 # The versions come from uv.lock (`uv lock` after editing pyproject.toml's dependencies); the
 # project itself is installed editable on top, without resolving anything again.
@@ -27,6 +27,13 @@ test: install
 ## Only the fast tests (no Letta servers).
 test-fast: install
 	$(BIN)/pytest -m "not e2e"
+
+## Random kill points: N killed runs (default 10), each followed by recover twice; the seed
+## is printed, SEED=... replays its draws (tests/test_fuzz_kill_e2e.py).
+N ?= 10
+fuzz: install
+	LETTA_OPS_FUZZ_TRIALS=$(N) LETTA_OPS_FUZZ_SEED=$(SEED) $(BIN)/pytest -s -p no:randomly \
+		tests/test_fuzz_kill_e2e.py
 
 ## Embedded PostgreSQL + pgvector, a pinned Letta with sample agents, local S3 (the `demo`
 ## extra, installed by `install`): the main job.

@@ -210,6 +210,7 @@ def upgrade(
         report.phases = clock.timings()
         state.journal.finish("succeeded")
         report.downtime_seconds = result["downtime_seconds"]
+        report.downtime_window = result["downtime_window"]
         report.sequences = result["sequences"]
         report.agents_after = result["agents_after"]
         report.verification = result["verification"]

@@ -25,6 +25,8 @@ LONGEST_FILES_FIRST = (
     "test_rollback_e2e.py",
     "test_injected_faults_e2e.py",
     "test_upgrade_e2e.py",
+    "test_fuzz_kill_e2e.py",
+    "test_load_during_runs_e2e.py",
     "test_tls_e2e.py",
     "test_audit_e2e.py",
     "test_backup_e2e.py",

@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field
 
 from ...tasks.runs.phase_timings import PhaseTiming, phases_markdown
 from ...tasks.runs.report import FlowReport, ReportPart, StoredPart
+from .downtime_window import DowntimeWindow
 from .server_restore import ServerRestore
 
 Strategy = Literal["migrate", "rebuild"]
@@ -139,6 +140,7 @@ class UpgradeReport(FlowReport):
     error: str | None = Field(None, description="The cause of a failure, with its step.")
     rollback: ServerRestore | None = Field(None, description="None: no rollback was needed.")
     downtime_seconds: float | None = Field(None, description="Stopped -> verified.")
+    downtime_window: DowntimeWindow | None = Field(None, description="When clients were refused.")
     sequences: SequenceRepair | None = None
     agents_after: int | None = None
     verification: list[AgentVerification] | None = Field(None, description="Per agent.")

@@ -38,6 +38,7 @@ from ...tasks.runs.phase_timings import PhaseClock
 from ...tasks.runs.timed_steps import TimedSteps
 from ...tasks.sets.manifest import BackupManifest
 from ...tasks.store.objects import ObjectStore
+from ..reports.downtime_window import DowntimeWatch
 from ..reports.upgrade import Strategy, UpgradePlan
 from .restore_server import (
     empty_database_steps,
@@ -302,6 +303,7 @@ def roll_back(state: UpgradeState) -> dict[str, Any]:
 def run_migrate(state: UpgradeState, target: str, start_timeout: float) -> dict[str, Any]:
     profile = state.profile
     state.enter("stop server")
+    watch = DowntimeWatch()
     stop_server_step(profile)
     stopped = time.monotonic()
     state.enter(f"alembic upgrade to {target}")
@@ -310,6 +312,7 @@ def run_migrate(state: UpgradeState, target: str, start_timeout: float) -> dict[
     sequences = repair_sequences_task(profile.require_database())
     state.enter(f"start {target}")
     start_server_step(profile, target, start_timeout)
+    watch.serving()
     state.enter("verify")
     after_api = list_agents_step(profile)
     after = inventory_step(profile)
@@ -325,6 +328,7 @@ def run_migrate(state: UpgradeState, target: str, start_timeout: float) -> dict[
         raise UpgradeFailed(f"verification after migrate failed: {problems}")
     return {
         "downtime_seconds": round(time.monotonic() - stopped, 1),
+        "downtime_window": watch.window(),
         "sequences": sequences,
         "agents_after": len(after_api),
         "verification": _per_agent(state.before_agents, after, {}),
@@ -343,6 +347,7 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
             rename_agents_step(profile, state.renames)
             files = export_agent_files_step(profile, Path(workdir))
         state.enter("stop server")
+        watch = DowntimeWatch()
         stop_server_step(profile)
         stopped = time.monotonic()
         state.enter(f"empty database ({profile.require_database().reset_mode})")
@@ -351,6 +356,7 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
         migrate_step(profile, target)
         state.enter(f"start {target}")
         start_server_step(profile, target, start_timeout)
+        watch.serving()
         state.enter("repair sequences")
         sequences = repair_sequences_task(profile.require_database())
         state.enter("import agent files")
@@ -376,6 +382,7 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
     }
     return {
         "downtime_seconds": round(time.monotonic() - stopped, 1),
+        "downtime_window": watch.window(),
         "sequences": sequences,
         "agents_after": len(after_api),
         "verification": _per_agent(state.before_agents, matched, final),
