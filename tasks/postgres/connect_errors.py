@@ -20,7 +20,9 @@ class DatabaseConnectionFailed(Failed):
     """letta-ops could not open a connection to PostgreSQL; the message says why and the fix."""
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it (SQLAlchemy's ``orig``, ``__cause__``, ``__context__``), once
+    each: where a driver's error code hides under its wrappers."""
     seen: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in seen:
@@ -30,7 +32,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _server_code(exc: BaseException) -> str | None:
-    for item in _chain(exc):
+    for item in exception_chain(exc):
         for arg in getattr(item, "args", ()):
             if isinstance(arg, dict) and "C" in arg:
                 return str(arg["C"])
@@ -41,7 +43,7 @@ def connection_failure(exc: BaseException, host: str, port: int, tls_phrase: str
     """The sentence for ``exc``, raised while connecting to ``host:port`` with the TLS
     settings described by ``tls_phrase`` (e.g. "sslmode=verify-full (CA /x/ca.crt)")."""
     where = f"Cannot connect to PostgreSQL at {host}:{port}"
-    chain = _chain(exc)
+    chain = exception_chain(exc)
     text = " ".join(str(item) for item in chain)
     code = _server_code(exc)
     cert = next((e for e in chain if isinstance(e, ssl.SSLCertVerificationError)), None)
@@ -94,7 +96,7 @@ def connection_failure(exc: BaseException, host: str, port: int, tls_phrase: str
 
 def is_connection_failure(exc: BaseException) -> bool:
     """Whether ``exc`` happened before a session existed (not a failing statement)."""
-    for item in _chain(exc):
+    for item in exception_chain(exc):
         if isinstance(item, (OSError, ssl.SSLError)):
             return True
         name = type(item).__name__

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from ..errors import database_error_message
-from .connect_errors import DatabaseConnectionFailed
+from .connect_errors import DatabaseConnectionFailed, exception_chain
 from .database import PostgresDatabase
 from .letta_schema import connect
 
@@ -30,7 +30,7 @@ _RESTARTING = ("57P01", "57P02", "57P03", "08006")
 
 
 def _sqlstate(exc: BaseException) -> str | None:
-    for item in _chain(exc):
+    for item in exception_chain(exc):
         for arg in getattr(item, "args", ()):
             if isinstance(arg, dict) and "C" in arg:
                 return str(arg["C"])
@@ -93,14 +93,5 @@ def lost_connection(exc: BaseException) -> bool:
         return code in _RESTARTING
     if isinstance(exc, DatabaseConnectionFailed):
         return True
-    text = " ".join(str(e) for e in _chain(exc)).lower()
+    text = " ".join(str(e) for e in exception_chain(exc)).lower()
     return any(phrase in text for phrase in _LOST_PHRASES)
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
-    return seen
