@@ -110,3 +110,19 @@ def test_every_prefect_task_has_its_own_name() -> None:
                                 names[kw.value.value] += 1
     assert names, "no task found: the scan is broken"
     assert {n: c for n, c in names.items() if c > 1} == {}
+
+
+def test_the_wheel_ships_every_package_of_the_tree() -> None:
+    """pyproject.toml lists the packages by hand (the four folders map into letta_ops): a new
+    folder left off the list is missing from the wheel while the checkout works."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        "letta_ops." + ".".join(init.parent.relative_to(ROOT).parts)
+        for layer in LAYERS
+        for init in (ROOT / layer).rglob("__init__.py")
+    }
+    assert on_disk - listed == set()
