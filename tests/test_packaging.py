@@ -37,7 +37,7 @@ def test_wheel_has_one_import_namespace(tmp_path: Path) -> None:
     for module in ("flows/backup.py", "tasks/store/objects.py", "blocks/letta_server.py"):
         assert f"letta_ops/{module}" in names
     assert "letta_ops/cli/main.py" in names
-    assert "letta_ops/tasks/audit_migrations/versions/a1_create_audit_runs.py" in names
+    assert "letta_ops/tasks/audit/migrations/versions/a1_create_audit_runs.py" in names
     assert not [n for n in names if n.startswith("tests/")]
 
 
