@@ -32,8 +32,14 @@ class RuntimeKind:
     required_env: tuple[tuple[str, str], ...] = ()
 
     def block_type(self) -> type[LettaRuntime]:
-        module, _, cls = self.block.partition(":")
-        return getattr(importlib.import_module(module, __package__), cls)
+        return load_block(self.block)
+
+
+def load_block(spec: str) -> type:
+    """The block class ``.module:Class`` names (relative to ``letta_ops.blocks``), imported
+    only now: the tables stay free of Prefect until a block is wanted."""
+    module, _, cls = spec.partition(":")
+    return getattr(importlib.import_module(module, __package__), cls)
 
 
 RUNTIME_KINDS: dict[str, RuntimeKind] = {

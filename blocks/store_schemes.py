@@ -9,9 +9,10 @@ scheme touched four files. Adding one now is a driver under ``letta_ops.tasks.st
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
+
+from .runtime_kinds import load_block
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,7 @@ class StoreScheme:
     doctor_checks: tuple[str, ...]
 
     def block_type(self) -> Any:
-        module, _, cls = self.block.partition(":")
-        return getattr(importlib.import_module(module, __package__), cls)
+        return load_block(self.block)
 
 
 STORE_SCHEMES: dict[str, StoreScheme] = {

@@ -42,7 +42,7 @@ from ..tasks.runs import timeouts as run_timeouts
 from ..tasks.runs.audit_record import audited_run
 from ..tasks.runs.context import publish_report, run_name, tag_current_run
 from ..tasks.runs.report import FlowReport, ReportPart
-from .restore_agents import check_restored_step
+from .steps.agent_checks import check_restored_step
 
 
 class AgentImportFailed(Failed):
@@ -102,6 +102,7 @@ def import_task(profile: ServerProfile, folder: Path, step: ImportStep) -> list[
             data,
             filename=step.file,
             log=get_run_logger().warning,
+            name=step.import_as,
             override_existing_tools=False,
         )
         for new_id in new_ids[:1]:

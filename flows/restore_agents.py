@@ -28,7 +28,6 @@ from ..tasks.letta.agent_file import rename_agent_file, summarize_agent_file
 from ..tasks.letta.agent_import import import_agent_once
 from ..tasks.letta.agent_names import name_rule_for
 from ..tasks.letta.api import LettaClient
-from ..tasks.postgres.letta_inventory import agent_inventory
 from ..tasks.runs import timeouts as run_timeouts
 from ..tasks.runs.audit_record import audited_run
 from ..tasks.runs.context import publish_report, run_name, tag_current_run
@@ -39,6 +38,7 @@ from ..tasks.sets.catalog import load_manifest
 from ..tasks.sets.manifest import BackupManifest
 from ..tasks.sets.verification import downloaded
 from ..tasks.store.objects import ObjectStore
+from .steps.agent_checks import check_restored_step
 from .verify import resolve_set
 
 
@@ -108,6 +108,7 @@ def import_agent_step(
             rename_agent_file(data, step.restore_as),
             filename=f"{step.agent_id}.af",
             log=get_run_logger().warning,
+            name=step.restore_as,
             override_existing_tools=False,
         )
     return {
@@ -115,36 +116,6 @@ def import_agent_step(
         "new_ids": list(new_ids),
         "blocks_in_file": exported.blocks,
         "messages_in_file": exported.messages,
-    }
-
-
-@task(name="check-restored-agent", cache_policy=NO_CACHE)
-def check_restored_step(profile: ServerProfile, imported: dict[str, Any]) -> dict[str, Any]:
-    """The restored agent by its new id: name, memory blocks and messages against the file."""
-    new_id = imported["new_ids"][0] if imported["new_ids"] else None
-    with LettaClient(profile.server) as client:
-        agent = client.get_agent(new_id) if new_id else {}
-    blocks = agent.get("memory", {}).get("blocks") or agent.get("blocks") or []
-    restored_blocks = {b["label"]: b.get("value", "") for b in blocks}
-    messages = None
-    if profile.database is not None and new_id:
-        messages = agent_inventory(profile.database).get(new_id, {}).get("messages")
-    checks = {
-        "name": agent.get("name") == imported["restore_as"],
-        "blocks": restored_blocks == imported["blocks_in_file"],
-        "messages": messages is None or messages >= imported["messages_in_file"],
-    }
-    return {
-        "agent_id": imported["agent_id"],
-        "name_in_set": imported["name_in_set"],
-        "restored_as": imported["restore_as"],
-        "renamed": imported["renamed"],
-        "new_id": new_id,
-        "blocks": len(restored_blocks),
-        "blocks_match": checks["blocks"],
-        "messages_in_file": imported["messages_in_file"],
-        "messages_restored": messages,
-        "ok": all(checks.values()),
     }
 
 

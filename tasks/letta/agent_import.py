@@ -98,16 +98,18 @@ def import_agent_once(
     settle_seconds: float = SETTLE_SECONDS,
     poll_seconds: float = POLL_SECONDS,
     log: Callable[[str], None] = lambda _message: None,
+    name: str | None = None,
     **options: object,
 ) -> list[str]:
     """Import ``agent_file`` (one agent) and return the new agent's ids, never creating it
     twice: a lost answer is followed by a look for the agent it created, not by a resend.
 
     ``timeout`` bounds one import call; ``options`` go to the import endpoint as they are.
+    ``name`` is the agent's name in the file, when the caller has read it already.
     The server must not be importing the same name from elsewhere at the same time (the
     flows hold the server's lock).
     """
-    name = summarize_agent_file(agent_file).name
+    name = name if name is not None else summarize_agent_file(agent_file).name
     before = {a["id"] for a in agents_named(client, name)}
     for attempt in range(1, attempts + 1):
         try:

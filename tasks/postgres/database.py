@@ -227,20 +227,15 @@ class PostgresDatabase(BaseModel):
 
     def tls(self, environ: Mapping[str, str] | None = None) -> PostgresTls:
         """The TLS settings letta-ops connects with (URI query, then fields, then PGSSL*)."""
-        return tls_settings(
-            self.ops_uri(),
-            sslmode=self.sslmode,
-            sslrootcert=self.sslrootcert,
-            sslcert=self.sslcert,
-            sslkey=self.sslkey,
-            sslpassword=self.sslpassword,
-            environ=environ,
-        )
+        return self._tls_of(self.ops_uri(), environ)
 
     def server_tls(self, environ: Mapping[str, str] | None = None) -> PostgresTls:
         """The TLS settings of the server's own URI (it may differ: a pooler's)."""
+        return self._tls_of(self.uri.get_secret_value(), environ)
+
+    def _tls_of(self, uri: str, environ: Mapping[str, str] | None) -> PostgresTls:
         return tls_settings(
-            self.uri.get_secret_value(),
+            uri,
             sslmode=self.sslmode,
             sslrootcert=self.sslrootcert,
             sslcert=self.sslcert,
