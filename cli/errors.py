@@ -37,6 +37,7 @@ from ..tasks.errors import (
     validation_sentence,
     wrapped_error,
 )
+from ..tasks.store.s3_errors import unreachable_store_sentence
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -74,6 +75,9 @@ def error_sentence(exc: BaseException) -> str:
         return "interrupted"
     if type(exc).__name__ == "ValidationError" and callable(getattr(exc, "errors", None)):
         return validation_sentence(exc)
+    unreachable = unreachable_store_sentence(exc)
+    if unreachable is not None:
+        return unreachable
     return database_error_message(exc)
 
 

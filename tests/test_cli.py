@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
 from letta_ops.cli.deployments import build_runner_deployments, load_deployments, load_flow
 from letta_ops.cli.main import main
-from letta_ops.tasks.errors import EXIT_BAD_INPUT, EXIT_NEEDS_ACTION
+from letta_ops.tasks.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NEEDS_ACTION
 
 #: prefect.yaml's schedules: deployment -> [(cron, timezone, active)].
 SCHEDULES = {
@@ -172,3 +173,22 @@ def test_a_busy_server_is_exit_11_naming_the_holder():
     from letta_ops.tasks.runs.lock import ServerBusy
 
     assert ServerBusy("held").exit_code == EXIT_BUSY == 11
+
+
+def test_unreachable_store_is_one_sentence_without_the_urls_credential(monkeypatch, capsys):
+    """A real S3 client against a loopback port nothing listens on: botocore's own text ends in
+    the whole endpoint URL (user-info included); the operator gets which store, what happened
+    and what to do, without it."""
+    with socket.socket() as probe:  # a port that was free a moment ago, closed again
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://ops:s3cr3t-pw@127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    assert main(["backups", "list", "--store", "s3://letta-backups/prod"]) == EXIT_FAILED
+    line = _one_error_line(capsys)
+    assert f"backup store at http://127.0.0.1:{port} did not answer" in line
+    assert "run the command again" in line
+    assert "s3cr3t-pw" not in line and "@127.0.0.1" not in line
