@@ -9,6 +9,7 @@ pytest_plugins = [
     "tests.fixtures.pgbouncer",
     "tests.fixtures.s3",
     "tests.fixtures.letta",
+    "tests.fixtures.sqlite_letta",
     "tests.fixtures.prefect",
     "tests.fixtures.audit",
     "tests.fixtures.docker_standin",
@@ -39,6 +40,7 @@ LONGEST_FILES_FIRST = (
     "test_agent_portability_e2e.py",
     "test_adopt_dump_e2e.py",
     "test_rebuild_names_e2e.py",
+    "test_sqlite_e2e.py",
 )
 
 

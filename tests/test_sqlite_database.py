@@ -1,0 +1,89 @@
+"""How a SQLite database is named, which versions serve one, and the server's environment on
+SQLite: rules that need no Letta install."""
+
+from pathlib import Path
+
+import pytest
+
+from letta_ops.tasks.errors import Refused
+from letta_ops.tasks.runtimes.process import server_environment, start_server
+from letta_ops.tasks.sqlite.database import (
+    InvalidSqliteDatabase,
+    SqliteDatabase,
+    SqliteNotServed,
+    require_serves_sqlite,
+    serves_sqlite,
+)
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "sqlite:////srv/op/.letta/sqlite.db",
+        "sqlite+aiosqlite:////srv/op/.letta/sqlite.db",
+        "/srv/op/.letta/sqlite.db",
+        "/srv/op/.letta",
+    ],
+)
+def test_the_forms_letta_shows_name_the_same_file(reference):
+    database = SqliteDatabase.from_reference(reference)
+    assert database.path == Path("/srv/op/.letta/sqlite.db")
+    assert database.server_home == Path("/srv/op")
+    assert database.uri == "sqlite:////srv/op/.letta/sqlite.db"
+
+
+def test_tilde_is_the_operators_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert SqliteDatabase.from_reference("~/.letta/sqlite.db").server_home == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("reference", "words"),
+    [
+        ("", "empty"),
+        ("relative/.letta/sqlite.db", "relative"),
+        ("sqlite:///relative.db", "relative"),
+        ("sqlite://host/x/.letta/sqlite.db", "four slashes"),
+        ("postgresql://u:p@h/d", "four slashes"),
+        ("/srv/op/letta.db", "opens no other file"),
+        ("/srv/op/data/sqlite.db", "opens no other file"),
+    ],
+)
+def test_a_file_no_letta_would_open_is_refused_in_one_sentence(reference, words):
+    with pytest.raises(InvalidSqliteDatabase) as err:
+        SqliteDatabase.from_reference(reference)
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("version", "served"),
+    [("0.11.3", True), ("0.11.7", True), ("0.12.1", False), ("0.16.2", False)],
+)
+def test_only_versions_before_0_12_serve_sqlite(version, served):
+    assert serves_sqlite(version) is served
+
+
+def test_a_version_past_sqlite_is_refused_before_anything_starts(tmp_path):
+    message = (
+        "Letta 0.14.0 no longer serves SQLite: move it to PostgreSQL first with "
+        "`letta-ops move-to-postgres`."
+    )
+    with pytest.raises(SqliteNotServed) as err:
+        require_serves_sqlite("0.14.0")
+    assert str(err.value) == message
+    assert isinstance(err.value, Refused)
+    database = SqliteDatabase(path=tmp_path / ".letta" / "sqlite.db")
+    # The refusal comes before any install (an empty cache dir stays empty) or start.
+    cache = tmp_path / "cache"
+    with pytest.raises(SqliteNotServed):
+        start_server("0.14.0", None, tmp_path / "state", cache_dir=cache, sqlite=database)
+    assert not cache.exists() and not (tmp_path / "state").exists()
+
+
+def test_a_sqlite_server_gets_no_postgres_variable_even_from_the_env_file(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("LETTA_PG_URI=postgresql://a:b@h:1/d\nLETTA_PG_HOST=h\nOPENAI_API_KEY=k\n")
+    env = server_environment(None, tmp_path, env_file, {"LETTA_PG_DB": "letta"})
+    assert not {k for k in env if k.startswith("LETTA_PG")}
+    assert env["OPENAI_API_KEY"] == "k"
+    assert env["HOME"] == str(tmp_path)
