@@ -87,3 +87,83 @@ def test_a_sqlite_server_gets_no_postgres_variable_even_from_the_env_file(tmp_pa
     assert not {k for k in env if k.startswith("LETTA_PG")}
     assert env["OPENAI_API_KEY"] == "k"
     assert env["HOME"] == str(tmp_path)
+
+
+def test_the_profile_names_a_sqlite_server_by_letta_ops_sqlite_db(monkeypatch, tmp_path):
+    from letta_ops.blocks.server_profile import ProfileError, load_profile
+
+    monkeypatch.setenv("LETTA_BASE_URL", "http://127.0.0.1:8283")
+    monkeypatch.setenv("LETTA_OPS_SQLITE_DB", f"sqlite:///{tmp_path}/.letta/sqlite.db")
+    monkeypatch.delenv("LETTA_PG_URI", raising=False)
+    profile = load_profile(need_database=True)
+    assert profile.database is None
+    assert profile.sqlite.path == tmp_path / ".letta" / "sqlite.db"
+    with pytest.raises(ProfileError, match="move-to-postgres"):
+        profile.require_database()
+    monkeypatch.setenv("LETTA_PG_URI", "postgresql://letta:pw@127.0.0.1:5432/letta")
+    with pytest.raises(ProfileError, match="one database"):
+        load_profile()
+
+
+def _letta_like_file(path: Path, rows: int) -> None:
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE agents (id TEXT PRIMARY KEY, name TEXT)")
+        conn.execute('CREATE TABLE "odd ""name""" (x INTEGER)')
+        conn.executemany(
+            "INSERT INTO agents VALUES (?, ?)", [(f"agent-{i}", f"AI/ML {i}") for i in range(rows)]
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("INSERT INTO agents VALUES ('agent-wal', 'only in the WAL')")
+
+
+def test_the_online_copy_holds_what_the_wal_holds_and_counts_it(tmp_path):
+    import sqlite3
+
+    from letta_ops.tasks.sqlite.online_copy import integrity_problems, online_copy
+
+    live = tmp_path / "live" / "sqlite.db"
+    _letta_like_file(live, 50)
+    # A writer holds the file open in WAL mode: the newest row lives in sqlite.db-wal.
+    writer = sqlite3.connect(live)
+    writer.execute("INSERT INTO agents VALUES ('agent-open', 'x')")
+    writer.commit()
+    try:
+        copy = online_copy(live, tmp_path / "copy.db")
+    finally:
+        writer.close()
+    assert copy.row_counts == {"agents": 52, 'odd "name"': 0}
+    assert copy.alembic_revision is None
+    assert integrity_problems(copy.path) == []
+    # One self-contained file: the copy opens alone, without any -wal beside it.
+    assert not (tmp_path / "copy.db-wal").exists()
+    with sqlite3.connect(copy.path) as conn:
+        assert conn.execute("SELECT name FROM agents WHERE id = 'agent-wal'").fetchone() == (
+            "only in the WAL",
+        )
+
+
+def test_a_missing_file_is_refused_and_not_created(tmp_path):
+    from letta_ops.tasks.sqlite.online_copy import SqliteMissing, online_copy
+
+    missing = tmp_path / ".letta" / "sqlite.db"
+    with pytest.raises(SqliteMissing, match="no SQLite database"):
+        online_copy(missing, tmp_path / "copy.db")
+    assert not missing.exists() and not (tmp_path / "copy.db").exists()
+
+
+def test_integrity_check_finds_a_damaged_copy(tmp_path):
+    from letta_ops.tasks.sqlite.online_copy import integrity_problems
+
+    path = tmp_path / "sqlite.db"
+    _letta_like_file(path, 2000)
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    data[4096 * 3 : 4096 * 3 + 64] = b"\xff" * 64  # a page of the table, overwritten
+    path.write_bytes(bytes(data))
+    assert integrity_problems(path)
