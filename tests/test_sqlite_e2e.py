@@ -15,12 +15,14 @@ import psutil
 import pytest
 
 from letta_ops.flows.backup import backup
+from letta_ops.flows.rollback import rollback
 from letta_ops.flows.verify import verify
 from letta_ops.tasks.letta.api import offline_agent_body
 from letta_ops.tasks.sets.catalog import load_manifest
 from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.sqlite_letta import SQLITE_AGENT_NAMES, SQLITE_VERSION
 from tests.fixtures.sqlite_oracle import (
+    REWRITTEN_AT_START,
     sqlite_agent_messages,
     sqlite_agents,
     sqlite_table_counts,
@@ -37,7 +39,7 @@ def _counts_line(label: str, counts: dict[str, int], agents: dict[str, str]) -> 
     return f"{label}: {len(agents)} agents, {sum(counts.values())} rows, per table {busy}"
 
 
-def test_sqlite_server_backed_up_and_verified(
+def test_sqlite_server_backed_up_verified_and_rolled_back(
     sqlite_letta_copy, start_sqlite_letta, s3_env, s3_bucket, monkeypatch, prefect_harness
 ):
     path = sqlite_letta_copy.path
@@ -72,6 +74,7 @@ def test_sqlite_server_backed_up_and_verified(
         sqlite_table_digests(path),
         sqlite_agents(path),
     )
+    stable = sqlite_table_digests(path, REWRITTEN_AT_START)
     print(_counts_line("before backup", counts, agents))
     started = time.monotonic()
     report = backup(allow_partial_agents=True)
@@ -96,3 +99,36 @@ def test_sqlite_server_backed_up_and_verified(
     assert drilled.ok and drilled.sqlite_copy.integrity == ["ok"]
     assert drilled.sqlite_copy.tables == len(counts)
     assert drilled.drill_result.differences == []
+
+    # Change the data through the API: a new agent, a rename, a deletion.
+    kept, renamed, deleted = sorted(agents)[:3]
+    with running.client() as client:
+        client.create_agent(offline_agent_body("written-after-backup"))
+        client.update_agent(renamed, {"name": "renamed-after-backup"})
+        client.delete_agent(deleted)
+    changed = sqlite_table_counts(path)
+    print(_counts_line("changed after backup", changed, sqlite_agents(path)))
+    assert changed != counts and deleted not in sqlite_agents(path)
+
+    # rollback to the set: the server stopped, the copy put back atomically, 0.11.7 started.
+    started = time.monotonic()
+    rolled = rollback(backup_set=report.set)
+    print(
+        f"rollback in {time.monotonic() - started:.1f} s "
+        f"(downtime {rolled.downtime_seconds} s), safety set {rolled.safety_set}"
+    )
+    after = sqlite_table_counts(path)
+    print(_counts_line("after rollback", after, sqlite_agents(path)))
+    assert rolled.outcome == "succeeded" and rolled.verification.ok
+    assert after == counts
+    assert sqlite_agents(path) == agents
+    assert sqlite_table_digests(path, REWRITTEN_AT_START) == stable
+    status = running.runtime.status()
+    assert status["running"] and status["health"]["version"] == SQLITE_VERSION
+    with running.client() as client:
+        assert {a["id"]: a["name"] for a in client.list_agents()} == agents
+    leftovers = [p.name for p in path.parent.iterdir() if "letta-ops" in p.name]
+    assert leftovers == []
+    # The safety set holds the state the rollback replaced, the deleted agent gone.
+    safety = load_manifest(store, SERVER, rolled.safety_set.split("/")[1])
+    assert safety.row_counts == changed and deleted not in {a.id for a in safety.agents}
