@@ -15,11 +15,14 @@ import psutil
 import pytest
 
 from letta_ops.flows.backup import backup
+from letta_ops.flows.doctor import doctor
+from letta_ops.flows.recover import recover
 from letta_ops.flows.rollback import rollback
 from letta_ops.flows.verify import verify
 from letta_ops.tasks.letta.api import offline_agent_body
 from letta_ops.tasks.sets.catalog import load_manifest
 from letta_ops.tasks.store.s3 import S3ObjectStore
+from tests.fixtures.kill_run import kill_when_step_begins, letta_ops
 from tests.fixtures.sqlite_letta import SQLITE_AGENT_NAMES, SQLITE_VERSION
 from tests.fixtures.sqlite_oracle import (
     REWRITTEN_AT_START,
@@ -39,7 +42,7 @@ def _counts_line(label: str, counts: dict[str, int], agents: dict[str, str]) -> 
     return f"{label}: {len(agents)} agents, {sum(counts.values())} rows, per table {busy}"
 
 
-def test_sqlite_server_backed_up_verified_and_rolled_back(
+def test_sqlite_server_backed_up_rolled_back_killed_and_recovered(
     sqlite_letta_copy, start_sqlite_letta, s3_env, s3_bucket, monkeypatch, prefect_harness
 ):
     path = sqlite_letta_copy.path
@@ -132,3 +135,32 @@ def test_sqlite_server_backed_up_verified_and_rolled_back(
     # The safety set holds the state the rollback replaced, the deleted agent gone.
     safety = load_manifest(store, SERVER, rolled.safety_set.split("/")[1])
     assert safety.row_counts == changed and deleted not in {a.id for a in safety.agents}
+
+    # kill -9 of a second rollback (forward to the safety set) as it stops the server, then
+    # recover: a SQLite file has no alembic revision, so the run is undone, never finished.
+    proc = letta_ops("rollback", "--to", rolled.safety_set, "--yes")
+    killed = kill_when_step_begins(proc, SERVER, "stop server", 0.3)
+    print(_counts_line("at the kill", sqlite_table_counts(path), sqlite_agents(path)))
+    started = time.monotonic()
+    recovered = recover()
+    print(
+        f"recover in {time.monotonic() - started:.1f} s: {recovered.plan.action} "
+        f"{recovered.plan.backup_set} (interrupted at {recovered.plan.interrupted_at!r})"
+    )
+    print(_counts_line("after recover", sqlite_table_counts(path), sqlite_agents(path)))
+    assert recovered.outcome == "recovered" and recovered.interrupted_run == killed
+    assert recovered.plan.action == "restore" and recovered.result.ok
+    assert sqlite_table_counts(path) == counts
+    assert sqlite_agents(path) == agents
+    assert sqlite_table_digests(path, REWRITTEN_AT_START) == stable
+    with running.client() as client:
+        assert client.health()["version"] == SQLITE_VERSION
+        assert {a["id"]: a["name"] for a in client.list_agents()} == agents
+    assert recover().outcome == "nothing to recover"
+
+    # doctor: the SQLite checks in place of PostgreSQL's.
+    findings = {f.check: f for f in doctor().findings}
+    assert findings["sqlite-file"].status == "ok"
+    assert findings["sqlite-wal"].status == "ok"
+    assert findings["sqlite-version"].status == "ok"
+    assert findings["alembic"].status == "skipped" and "database-uri" in findings
