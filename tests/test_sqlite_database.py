@@ -258,3 +258,19 @@ def test_doctor_reads_a_sqlite_servers_file_side_files_and_version(tmp_path):
     moved = check_sqlite_version("0.16.2")
     assert moved.status == "action" and "move-to-postgres" in moved.fix
     assert check_sqlite_version(None).status == "skipped"
+
+
+def test_runtime_start_refuses_a_version_past_sqlite_in_one_sentence(tmp_path, monkeypatch, capsys):
+    from letta_ops.cli.main import main
+    from letta_ops.tasks.errors import EXIT_BAD_INPUT
+
+    monkeypatch.delenv("LETTA_PG_URI", raising=False)
+    monkeypatch.setenv("LETTA_OPS_SQLITE_DB", str(tmp_path / "home" / ".letta"))
+    monkeypatch.setenv("LETTA_OPS_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LETTA_OPS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LETTA_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("LETTA_OPS_RUNTIME", "process")
+    assert main(["runtime", "start", "--version", "0.14.0"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "Letta 0.14.0 no longer serves SQLite: move it to PostgreSQL first" in err
+    assert not [p.name for p in tmp_path.iterdir()]  # no cache, no state, no HOME made
