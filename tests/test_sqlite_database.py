@@ -274,3 +274,38 @@ def test_runtime_start_refuses_a_version_past_sqlite_in_one_sentence(tmp_path, m
     err = capsys.readouterr().err
     assert "Letta 0.14.0 no longer serves SQLite: move it to PostgreSQL first" in err
     assert not [p.name for p in tmp_path.iterdir()]  # no cache, no state, no HOME made
+
+
+def test_a_copy_that_is_not_what_the_set_promises_leaves_the_live_file_as_it_was(tmp_path):
+    from types import SimpleNamespace
+
+    from letta_ops.flows.steps.sqlite_restore import SqliteCopyRejected, put_copy_back
+    from letta_ops.tasks.sqlite.online_copy import online_copy
+    from letta_ops.tasks.store.local import LocalObjectStore
+
+    live = SqliteDatabase(path=tmp_path / "home" / ".letta" / "sqlite.db")
+    _letta_like_file(live.path, 7)
+    before = live.path.read_bytes()
+    source = tmp_path / "source.db"
+    _letta_like_file(source, 3)
+    copy = online_copy(source, tmp_path / "copy.db")
+    store = LocalObjectStore(tmp_path / "store")
+    stored = store.put_file("srv/set/database.sqlite", copy.path)
+
+    def manifest(sha256: str, counts: dict) -> SimpleNamespace:
+        return SimpleNamespace(
+            encryption=None,
+            dump="srv/set/database.sqlite",
+            objects={"srv/set/database.sqlite": SimpleNamespace(sha256=sha256)},
+            row_counts=counts,
+        )
+
+    with pytest.raises(SqliteCopyRejected, match="counts differ"):
+        put_copy_back(live, store, manifest(stored.sha256, {**copy.row_counts, "agents": 99}))
+    with pytest.raises(SqliteCopyRejected, match="sha256"):
+        put_copy_back(live, store, manifest("0" * 64, copy.row_counts))
+    assert live.path.read_bytes() == before
+    assert sorted(p.name for p in live.letta_dir.iterdir()) == ["sqlite.db"]
+    # The promised copy goes in, and only it.
+    put_copy_back(live, store, manifest(stored.sha256, copy.row_counts))
+    assert live.path.read_bytes() == copy.path.read_bytes()
