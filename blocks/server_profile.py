@@ -85,6 +85,12 @@ def _from_env(need_database: bool) -> ServerProfile:
     letta = LettaServer.from_env()
     runtime = runtime_from_env(letta.server_name)
     if sqlite := sqlite_from_env():
+        if runtime.kind != "process":
+            raise ProfileError(
+                f"A SQLite server runs under letta-ops' process runtime only, not "
+                f"LETTA_OPS_RUNTIME={runtime.kind}; unset LETTA_OPS_RUNTIME, or move the server "
+                "to PostgreSQL first with `letta-ops move-to-postgres`."
+            )
         return ServerProfile(letta, None, runtime, sqlite)
     database = (
         LettaDatabase.from_env() if (need_database or os.environ.get("LETTA_PG_URI")) else None

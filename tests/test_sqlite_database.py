@@ -100,6 +100,10 @@ def test_the_profile_names_a_sqlite_server_by_letta_ops_sqlite_db(monkeypatch, t
     assert profile.sqlite.path == tmp_path / ".letta" / "sqlite.db"
     with pytest.raises(ProfileError, match="move-to-postgres"):
         profile.require_database()
+    monkeypatch.setenv("LETTA_OPS_RUNTIME", "manual")
+    with pytest.raises(ProfileError, match="process runtime only"):
+        load_profile()
+    monkeypatch.setenv("LETTA_OPS_RUNTIME", "process")
     monkeypatch.setenv("LETTA_PG_URI", "postgresql://letta:pw@127.0.0.1:5432/letta")
     with pytest.raises(ProfileError, match="one database"):
         load_profile()

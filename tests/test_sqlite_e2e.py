@@ -82,6 +82,7 @@ def test_sqlite_server_backed_up_rolled_back_killed_and_recovered(
     started = time.monotonic()
     report = backup(allow_partial_agents=True)
     print(f"backup {report.set} in {time.monotonic() - started:.1f} s: {report.rows} rows")
+    print(f"agents without an agent file: {sorted(a.name for a in report.agents_failed)}")
     assert report.verified
     # 0.11.7 fails to export names outside its ASCII rule; the copy holds them all the same.
     assert {a.name for a in report.agents_failed} <= {"Café Ñandú", "AI/ML Expert"}
