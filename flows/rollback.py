@@ -130,7 +130,7 @@ def choose_set(
     )
     require_same_server(manifest, profile.name)
     require_set_fits(profile, manifest)
-    require_dump(manifest)
+    require_dump(manifest, manifest.engine)
     require_intact(store, manifest)
     return manifest
 

@@ -313,3 +313,20 @@ def test_a_copy_that_is_not_what_the_set_promises_leaves_the_live_file_as_it_was
     # The promised copy goes in, and only it.
     put_copy_back(live, store, manifest(stored.sha256, copy.row_counts))
     assert live.path.read_bytes() == copy.path.read_bytes()
+
+
+def test_restore_and_rehearse_refuse_a_sqlite_set_in_one_sentence():
+    from types import SimpleNamespace
+
+    from letta_ops.tasks.sets.admission import BackupSetRefused, require_dump
+
+    sqlite_set = SimpleNamespace(
+        engine="sqlite",
+        server="s",
+        set_id="20261207T000000Z-abcd1234",
+        dump="s/x/database.sqlite",
+        objects={"s/x/database.sqlite": None},
+    )
+    with pytest.raises(BackupSetRefused, match="rollback --to s/20261207T000000Z-abcd1234"):
+        require_dump(sqlite_set)
+    require_dump(sqlite_set, "sqlite")
