@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr
 from ..tasks.letta.versions import parse_server_version
 from ..tasks.runtimes import install
 from ..tasks.runtimes import process as runtime
+from ..tasks.sqlite.database import SqliteDatabase, require_serves_sqlite
 from .block_docs import LOGO_URL, readme_section
 from .letta_database import LettaDatabase
 from .letta_runtime import LettaRuntime, RuntimeRefused, quiet
@@ -101,19 +102,27 @@ class LettaProcessRuntime(LettaRuntime):
     def resolved_state_dir(self) -> Path:
         return self.state_dir or install.default_state_dir(self.server_name)
 
-    def start(self, version: str, database: LettaDatabase, log=quiet) -> install.ServerProcess:
+    def start(
+        self, version: str, database: LettaDatabase | SqliteDatabase, log=quiet
+    ) -> install.ServerProcess:
+        """Start ``version`` on a PostgreSQL database, or on a SQLite file (versions before
+        0.12 only: the others are refused in one sentence before anything starts)."""
+        on_sqlite = isinstance(database, SqliteDatabase)
+        if on_sqlite:
+            require_serves_sqlite(version)  # before anything is made on disk
         state = install.private_directory(self.resolved_state_dir())
         return runtime.start_server(
             str(parse_server_version(version)),
-            database.letta_pg_uri(),
+            None if on_sqlite else database.letta_pg_uri(),
             state,
             host=self.host,
             port=self.port,
             env_file=self.env_file,
             extra_env={
                 **{k: v.get_secret_value() for k, v in self.server_env.items()},
-                **database.letta_server_env(),
+                **({} if on_sqlite else database.letta_server_env()),
             },
+            sqlite=database if on_sqlite else None,
             cache_dir=self.resolved_cache_dir(),
             index_url=self.index_url,
             timeout=self.startup_timeout_seconds,

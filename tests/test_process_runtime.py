@@ -5,7 +5,12 @@ from pathlib import Path
 import pytest
 
 from letta_ops.tasks.letta.versions import UnsupportedLettaVersion
-from letta_ops.tasks.runtimes.install import MigrationsUnavailable, installed_runtime, redact
+from letta_ops.tasks.runtimes.install import (
+    MigrationsUnavailable,
+    installed_runtime,
+    redact,
+    runtime_root,
+)
 from letta_ops.tasks.runtimes.process import (
     migrations_dir,
     read_env_file,
@@ -74,5 +79,5 @@ def test_missing_migrations_name_the_versions_that_work(tmp_path):
 
 
 def test_half_built_install_is_not_reused(tmp_path):
-    (tmp_path / "runtimes" / "letta-0.16.2" / "venv").mkdir(parents=True)
+    (runtime_root(tmp_path, "0.16.2") / "venv").mkdir(parents=True)
     assert installed_runtime("0.16.2", tmp_path) is None

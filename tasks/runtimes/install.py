@@ -99,8 +99,20 @@ def default_state_dir(server_name: str) -> Path:
     return Path(platformdirs.user_data_dir("letta-ops")) / "servers" / server_name
 
 
+#: The extras of Letta's own ``pyproject.toml`` every runtime installs: PostgreSQL drivers, the
+#: server, and (for the versions that still serve it) SQLite's ``aiosqlite`` and ``sqlite-vec``.
+RUNTIME_EXTRAS = ("postgres", "server", "sqlite")
+
+
+def runtime_key(version: str) -> str:
+    """The cache directory's name: the version *and* the install set. Runtimes are shared by
+    everyone on the host and never rebuilt in place, so when the install set changes the key
+    changes, and an install made with fewer extras is never taken for a complete one."""
+    return f"letta-{version}-{'-'.join(RUNTIME_EXTRAS)}"
+
+
 def runtime_root(cache_dir: Path, version: str) -> Path:
-    return cache_dir / "runtimes" / f"letta-{version}"
+    return cache_dir / "runtimes" / runtime_key(version)
 
 
 def uv_binary() -> str:
@@ -233,7 +245,7 @@ def install_runtime(
     parsed = parse_server_version(version)
     version = str(parsed)
     cache_dir = cache_dir or default_cache_dir()
-    with _file_lock(cache_dir / "locks" / f"letta-{version}.lock"):
+    with _file_lock(cache_dir / "locks" / f"{runtime_key(version)}.lock"):
         existing = installed_runtime(version, cache_dir)
         if existing and existing.letta.exists():
             log(f"letta {version}: reusing {existing.root}")
@@ -254,6 +266,7 @@ def install_runtime(
                 {
                     "version": version,
                     "has_migrations": has_migrations,
+                    "extras": list(RUNTIME_EXTRAS),
                     "installed_at": datetime.now(UTC).isoformat(),
                     "python": sys.version.split()[0],
                 },
@@ -294,10 +307,7 @@ def _build_runtime(version: str, work: Path, index_url: str, log: Callable[[str]
                 "export",
                 "--frozen",
                 "--no-dev",
-                "--extra",
-                "postgres",
-                "--extra",
-                "server",
+                *(arg for extra in RUNTIME_EXTRAS for arg in ("--extra", extra)),
                 "--no-emit-project",
                 "--no-hashes",
                 "--quiet",
@@ -338,7 +348,7 @@ def _build_runtime(version: str, work: Path, index_url: str, log: Callable[[str]
             "--quiet",
             "--python",
             str(venv / "bin" / "python"),
-            f"letta[postgres,server]=={version}",
+            f"letta[{','.join(RUNTIME_EXTRAS)}]=={version}",
             "psycopg[binary]",
         ]
         if cutoff:

@@ -34,6 +34,7 @@ import psutil
 
 from ..letta.health import wait_for_health
 from ..letta.versions import SDIST_WITH_MIGRATIONS
+from ..sqlite.database import SqliteDatabase, require_serves_sqlite
 from .alembic_tls import ALEMBIC_WITH_LIBPQ_TLS
 from .install import (
     DEFAULT_INDEX_URL,
@@ -148,23 +149,41 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+#: Variables that would point a SQLite server at PostgreSQL (Letta reads each of them).
+_POSTGRES_VARIABLES = (
+    "LETTA_PG_URI",
+    "LETTA_PG_DB",
+    "LETTA_PG_USER",
+    "LETTA_PG_PASSWORD",
+    "LETTA_PG_HOST",
+    "LETTA_PG_PORT",
+)
+
+
 def server_environment(
-    letta_pg_uri: str,
+    letta_pg_uri: str | None,
     home: Path,
     env_file: Path | None = None,
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment of a Letta server process.
 
-    ``LETTA_PG_URI`` is always explicit: without it 0.12+ connect to a default database while
-    believing they run SQLite. The operator's env file and explicit variables (API keys) are
-    passed through; ``HOME`` is the server's own, because it writes ``~/.letta``.
+    On PostgreSQL ``LETTA_PG_URI`` is always explicit: without it 0.12+ connect to a default
+    database while believing they run SQLite. On SQLite (``letta_pg_uri`` None) no PostgreSQL
+    variable is set at all, not even one from the operator's env file: any of them switches
+    Letta to PostgreSQL. The operator's env file and explicit variables (API keys) are passed
+    through; ``HOME`` is the server's own, because it writes ``~/.letta`` (on SQLite: the
+    directory whose ``.letta`` holds ``sqlite.db``).
     """
     env = _base_env(home)
     if env_file is not None:
         env.update(read_env_file(env_file))
     env.update(extra or {})
-    env["LETTA_PG_URI"] = letta_pg_uri
+    if letta_pg_uri is None:
+        for variable in _POSTGRES_VARIABLES:
+            env.pop(variable, None)
+    else:
+        env["LETTA_PG_URI"] = letta_pg_uri
     return env
 
 
@@ -201,7 +220,7 @@ def _is_same_process(record: ServerProcess) -> bool:
 
 def start_server(
     version: str,
-    letta_pg_uri: str,
+    letta_pg_uri: str | None,
     state_dir: Path,
     host: str = "127.0.0.1",
     port: int = 8283,
@@ -212,12 +231,20 @@ def start_server(
     timeout: float = 240.0,
     log: Callable[[str], None] = lambda _msg: None,
     password: str | None = None,
+    sqlite: SqliteDatabase | None = None,
 ) -> ServerProcess:
     """Start ``letta server`` at exactly ``version`` and wait until it reports that version.
 
     With ``password`` the server runs ``--secure`` with the password in its environment
     (never in argv), and must refuse a request without credentials before this returns.
+    With ``sqlite`` (and no ``letta_pg_uri``) it serves that SQLite file: its ``HOME`` is the
+    directory holding the file's ``.letta``; a version that cannot is refused before anything
+    is installed or started.
     """
+    if (letta_pg_uri is None) == (sqlite is None):
+        raise ValueError("start_server needs exactly one of letta_pg_uri and sqlite")
+    if sqlite is not None:
+        require_serves_sqlite(version)
     runtime = install_runtime(version, cache_dir, index_url, log)
     current = running_server(state_dir)
     if current is not None:
@@ -227,7 +254,7 @@ def start_server(
         )
     # Only its owner may read what lands here: Letta writes LETTA_PG_URI, password
     # included, into $HOME/.letta/config, and the log may quote its environment.
-    home = private_directory(state_dir / "home")
+    home = private_directory(state_dir / "home") if sqlite is None else sqlite_home(sqlite)
     private_directory(state_dir)
     env = server_environment(letta_pg_uri, home, env_file, extra_env)
     secure = ["--secure"] if password else []
@@ -268,7 +295,8 @@ def start_server(
     except (TimeoutError, RuntimeError) as exc:
         _terminate(record, grace=10)
         pid_file(state_dir).unlink(missing_ok=True)
-        tail = redact(_tail(logpath, 40), tuple(env.values()) + _uri_secrets(letta_pg_uri))
+        secrets = tuple(env.values()) + (_uri_secrets(letta_pg_uri) if letta_pg_uri else ())
+        tail = redact(_tail(logpath, 40), secrets)
         raise ServerStartError(
             f"letta {runtime.version} did not become healthy: {exc}\n"
             f"last lines of {logpath}:\n{tail}"
@@ -290,6 +318,15 @@ def start_server(
             "credentials (set LETTA_API_KEY to start it secured)"
         )
     return record
+
+
+def sqlite_home(sqlite: SqliteDatabase) -> Path:
+    """The ``HOME`` of a server on ``sqlite``, its ``.letta`` directory made if missing (a new
+    server creates its file there). The operator's own directories keep their modes; only a
+    ``.letta`` made here is private, as Letta's config is."""
+    if not sqlite.letta_dir.exists():
+        private_directory(sqlite.letta_dir)
+    return sqlite.server_home
 
 
 def anonymous_request_refused(base_url: str) -> bool:

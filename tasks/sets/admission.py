@@ -100,8 +100,16 @@ def require_intact(
     return len(subset.objects)
 
 
-def require_dump(manifest: BackupManifest) -> None:
-    """A set whose manifest lists no dump cannot restore a database."""
+def require_dump(manifest: BackupManifest, engine: str = "postgresql") -> None:
+    """A set whose manifest lists no dump cannot restore a database; a SQLite set's copy
+    goes back only under its own SQLite server (``engine``: what the caller restores)."""
+    label = f"{manifest.server}/{manifest.set_id}"
+    if manifest.engine != engine:
+        raise BackupSetRefused(
+            f"Backup set {label} holds a {manifest.engine} database and this command restores "
+            f"{engine} ones; a SQLite set goes back under its own server with "
+            f"`letta-ops rollback --to {label}`."
+        )
     if manifest.dump not in manifest.objects:
         raise BackupSetRefused(
             f"Backup set {manifest.server}/{manifest.set_id} lists no database dump in its "

@@ -1,0 +1,1 @@
+"""SQLite: the database of a pip-installed Letta server (before 0.12)."""
