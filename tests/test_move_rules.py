@@ -82,3 +82,24 @@ def test_parents_come_first_and_cycles_are_deferred():
     assert pos["organizations"] < pos["block"]
     assert {k.name for k in order.deferred} == {"b_hist", "h_block", "m_parent"}
     assert sorted(order.tables) == ["agents", "block", "block_history", "messages", "organizations"]
+
+
+def _plan(columns: list[str]):
+    from letta_ops.tasks.move.move_plan import MovePlan, TablePlan
+
+    return MovePlan([TablePlan("agents", 1, 10, "copy", columns=columns)])
+
+
+def test_a_column_the_target_lacks_is_refused_by_name():
+    from letta_ops.tasks.move.move_plan import UnmappedSchema, column_converters
+    from letta_ops.tasks.move.postgres_target import TargetColumn
+
+    target = {"agents": [TargetColumn("id", "varchar", False), TargetColumn("ok", "bool", False)]}
+    assert len(column_converters(_plan(["id", "ok"]), target)["agents"]) == 2
+    with pytest.raises(UnmappedSchema, match=r"agents\.operator_flag"):
+        column_converters(_plan(["id", "operator_flag"]), target)
+    with pytest.raises(UnmappedSchema, match="SQLite table 'agents'"):
+        column_converters(_plan(["id"]), {})
+    odd = {"agents": [TargetColumn("id", "tsvector", False)]}
+    with pytest.raises(UnmappedSchema, match="'tsvector'"):
+        column_converters(_plan(["id"]), odd)
