@@ -11,7 +11,7 @@ from pydantic import Field, SecretStr
 from ..tasks.letta.versions import parse_server_version
 from ..tasks.runtimes import install
 from ..tasks.runtimes import process as runtime
-from ..tasks.sqlite.database import SqliteDatabase
+from ..tasks.sqlite.database import SqliteDatabase, require_serves_sqlite
 from .block_docs import LOGO_URL, readme_section
 from .letta_database import LettaDatabase
 from .letta_runtime import LettaRuntime, RuntimeRefused, quiet
@@ -107,8 +107,10 @@ class LettaProcessRuntime(LettaRuntime):
     ) -> install.ServerProcess:
         """Start ``version`` on a PostgreSQL database, or on a SQLite file (versions before
         0.12 only: the others are refused in one sentence before anything starts)."""
-        state = install.private_directory(self.resolved_state_dir())
         on_sqlite = isinstance(database, SqliteDatabase)
+        if on_sqlite:
+            require_serves_sqlite(version)  # before anything is made on disk
+        state = install.private_directory(self.resolved_state_dir())
         return runtime.start_server(
             str(parse_server_version(version)),
             None if on_sqlite else database.letta_pg_uri(),

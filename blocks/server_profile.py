@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..tasks.errors import Refused, validation_sentence
+from ..tasks.sqlite.database import SqliteDatabase
 from .runtime_kinds import RUNTIME_KINDS
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ class ServerProfile:
     #: Whatever runs the server (process, compose, command, manual): flows only use the
     #: :class:`LettaRuntime` interface.
     runtime: LettaRuntime
+    #: A server without PostgreSQL: Letta's SQLite file (``LETTA_OPS_SQLITE_DB``).
+    sqlite: SqliteDatabase | None = None
 
     def __post_init__(self) -> None:
         # A server letta-ops starts must demand the password its profile uses.
@@ -46,6 +49,11 @@ class ServerProfile:
         return self.server.server_name
 
     def require_database(self) -> LettaDatabase:
+        if self.sqlite is not None:
+            raise ProfileError(
+                f"The server {self.name!r} keeps its data in SQLite ({self.sqlite.path}), and "
+                "this command needs PostgreSQL: move it first with `letta-ops move-to-postgres`."
+            )
         if self.database is None:
             raise ProfileError(
                 "No database is configured for this server; set LETTA_PG_URI or save a "
@@ -75,10 +83,28 @@ def _from_env(need_database: bool) -> ServerProfile:
     from .letta_server import LettaServer
 
     letta = LettaServer.from_env()
+    runtime = runtime_from_env(letta.server_name)
+    if sqlite := sqlite_from_env():
+        return ServerProfile(letta, None, runtime, sqlite)
     database = (
         LettaDatabase.from_env() if (need_database or os.environ.get("LETTA_PG_URI")) else None
     )
-    return ServerProfile(letta, database, runtime_from_env(letta.server_name))
+    return ServerProfile(letta, database, runtime)
+
+
+def sqlite_from_env() -> SqliteDatabase | None:
+    """``LETTA_OPS_SQLITE_DB``: the SQLite file of a server that has no PostgreSQL, as Letta's
+    log names it (``sqlite:////home/op/.letta/sqlite.db``), the file, or its ``.letta``
+    directory. Refused beside ``LETTA_PG_URI``: a server has one database."""
+    reference = os.environ.get("LETTA_OPS_SQLITE_DB", "").strip()
+    if not reference:
+        return None
+    if os.environ.get("LETTA_PG_URI"):
+        raise ProfileError(
+            "Both LETTA_PG_URI and LETTA_OPS_SQLITE_DB are set; a Letta server has one "
+            "database: unset the one it does not use."
+        )
+    return SqliteDatabase.from_reference(reference)
 
 
 def server_name(server: str | None = None) -> str:

@@ -68,9 +68,14 @@ def cmd_runtime_migrate(args: argparse.Namespace) -> int:
 
 def cmd_runtime_start(args: argparse.Namespace) -> int:
     profile = _runtime_profile(args, need_database=True)
-    if args.migrate:
-        profile.runtime.migrate(args.version, profile.require_database(), log=progress)
-    record = profile.runtime.start(args.version, profile.require_database(), log=progress)
+    # On SQLite Letta builds its own schema (create_all): there is nothing to migrate.
+    if args.migrate or profile.sqlite is None:
+        database = profile.require_database()
+        if args.migrate:
+            profile.runtime.migrate(args.version, database, log=progress)
+    else:
+        database = profile.sqlite
+    record = profile.runtime.start(args.version, database, log=progress)
     emit(
         {
             "version": record.version,

@@ -51,6 +51,7 @@ from ..tasks.sets.agent_export import export_agents
 from ..tasks.sets.catalog import keyless_warning, write_manifest
 from ..tasks.sets.manifest import (
     DUMP_NAME,
+    SQLITE_COPY_NAME,
     AgentEntry,
     BackupManifest,
     ManifestLock,
@@ -61,8 +62,15 @@ from ..tasks.sets.manifest import (
     set_prefix,
 )
 from ..tasks.sets.retention import safety_pin_until
+from ..tasks.sqlite.online_copy import SqliteCopyFailed
 from ..tasks.store.encryption_keys import SCHEME as ENCRYPTION_SCHEME
 from ..tasks.store.objects import ObjectStore, StoredObject
+from .steps.sqlite_backup import (
+    StoredSqliteCopy,
+    copy_sqlite_task,
+    inspect_sqlite_server,
+    sqlite_manifest_fields,
+)
 from .verify import ObjectProblem, VerificationFailed, VerifyReport, verify
 
 
@@ -191,14 +199,13 @@ def build_manifest(
     state: dict[str, Any],
     entries: list[AgentEntry],
     agent_objects: list[StoredObject],
-    dump: DumpResult,
+    dump: DumpResult | StoredSqliteCopy,
     purpose: str,
     pinned: bool,
     runtime_files: dict[str, StoredObject] | None = None,
     object_lock: ManifestLock | None = None,
     encryption: SetEncryption | None = None,
 ) -> BackupManifest:
-    database = profile.require_database()
     runtime_files = runtime_files or {}
     stored = [*agent_objects, dump.stored, *runtime_files.values()]
     objects = {o.key: ManifestObject.of(o) for o in stored}
@@ -214,20 +221,12 @@ def build_manifest(
         letta_version=state["version"],
         alembic_revision=state["alembic_revision"],
         base_url=profile.server.base_url,
-        database_name=database.database_name,
-        db_schema=database.db_schema or "public",
-        postgres_version=dump.postgres_version,
-        pgvector_version=dump.pgvector_version,
-        pgvector_schema=dump.pgvector_schema,
-        left_out=dump.left_out,
         encryption_key_configured=_encryption_key_configured(profile),
         row_counts=dump.row_counts,
-        table_bytes=dump.table_bytes,
         dump=dump.stored.key,
-        dump_compression=dump.compression,
         agents=entries,
         objects=objects,
-        tool_versions=_tool_versions(profile),
+        **_database_fields(profile, dump),
         runtime=profile.runtime.describe(),
         runtime_files={name: o.key for name, o in runtime_files.items()},
         object_lock=object_lock,
@@ -266,13 +265,25 @@ def _encryption_key_configured(profile: ServerProfile) -> bool | None:
     return bool(os.environ.get("LETTA_ENCRYPTION_KEY")) or None
 
 
-def _tool_versions(profile: ServerProfile) -> dict[str, str]:
+def _database_fields(profile: ServerProfile, dump: DumpResult | StoredSqliteCopy) -> dict:
+    """What the manifest says about the database: a pg_dump's PostgreSQL, or a SQLite copy."""
     from importlib.metadata import version
 
+    ours = {"letta-ops": version("letta-ops"), "prefect": version("prefect")}
+    if isinstance(dump, StoredSqliteCopy) and profile.sqlite is not None:
+        fields = sqlite_manifest_fields(profile.sqlite, dump)
+        return {**fields, "tool_versions": {**ours, **fields["tool_versions"]}}
+    database = profile.require_database()
     return {
-        "letta-ops": version("letta-ops"),
-        "prefect": version("prefect"),
-        "pg_dump": tool_version(profile.require_database()),
+        "database_name": database.database_name,
+        "db_schema": database.db_schema or "public",
+        "postgres_version": dump.postgres_version,
+        "pgvector_version": dump.pgvector_version,
+        "pgvector_schema": dump.pgvector_schema,
+        "left_out": dump.left_out,
+        "table_bytes": dump.table_bytes,
+        "dump_compression": dump.compression,
+        "tool_versions": {**ours, "pg_dump": tool_version(database)},
     }
 
 
@@ -417,10 +428,13 @@ def backup(
         started = datetime.now(UTC)
 
         with clock.phase("pre-flight"):
-            database = profile.require_database()
-            compression = chosen_compression(compression, database.compression)
-            require_compression_supported(database, compression)
-            state = inspect_server(profile, server_down_ok)
+            if profile.sqlite is None:
+                database = profile.require_database()
+                compression = chosen_compression(compression, database.compression)
+                require_compression_supported(database, compression)
+                state = inspect_server(profile, server_down_ok)
+            else:
+                state = inspect_sqlite_server(profile, profile.sqlite)
         logger.info(
             "Letta %s at %s, %d agents",
             state["version"],
@@ -441,13 +455,19 @@ def backup(
         try:
             # pg_dump and the row counts in its own snapshot are one step (dump_to_store).
             with clock.phase("counts+dump+upload"):
-                dump = dump_database_task(profile, object_store, prefix + DUMP_NAME, compression)
-        except (PgToolError, sa.exc.DBAPIError) as exc:
+                if profile.sqlite is None:
+                    dump = dump_database_task(
+                        profile, object_store, prefix + DUMP_NAME, compression
+                    )
+                else:
+                    dump = copy_sqlite_task(profile.sqlite, object_store, prefix + SQLITE_COPY_NAME)
+        except (PgToolError, sa.exc.DBAPIError, SqliteCopyFailed) as exc:
             if exports is not None:
                 exports.wait()  # nothing keeps writing into the set after the run ends
             raise BackupFailed(
                 f"The database dump failed, so no backup set was committed (no manifest): "
-                f"{dump_failure(exc)}. Check that PostgreSQL is up and run the backup again."
+                f"{dump_failure(exc)}. Check that the database is reachable and run the backup "
+                "again."
             ) from exc
         if exports is None:  # the dump is the whole backup: it is lossless
             entries = [AgentEntry(**a, error=SERVER_DOWN) for a in state["agents"]]

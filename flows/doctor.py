@@ -178,6 +178,35 @@ def check_database(db: LettaDatabase | None, version: str | None) -> list[Findin
     ]
 
 
+#: The PostgreSQL checks a SQLite server has nothing for.
+POSTGRES_CHECKS = (
+    "database-uri",
+    "alembic",
+    "pgvector",
+    "pg-tools",
+    "database-tls",
+    "restore-privileges",
+    "sequences",
+    "dump-space",
+)
+
+
+def check_sqlite(profile: ServerProfile, version: str | None) -> list[Finding]:
+    """A SQLite server's file, side files and version, in place of the PostgreSQL checks."""
+    from ..tasks.doctor import sqlite_checks
+
+    sqlite = profile.sqlite
+    assert sqlite is not None
+    running = version is not None or bool(profile.runtime.status().get("running"))
+    reason = f"a SQLite server ({sqlite.path}): no PostgreSQL to check"
+    return [
+        *guarded("sqlite-file", lambda: sqlite_checks.check_sqlite_file(sqlite)),
+        *guarded("sqlite-wal", lambda: sqlite_checks.check_sqlite_side_files(sqlite, running)),
+        sqlite_checks.check_sqlite_version(version),
+        *[skipped(name, reason) for name in POSTGRES_CHECKS],
+    ]
+
+
 def check_agent_names(profile: ServerProfile, version: str | None) -> Finding:
     from ..tasks.letta.agent_names import name_rule_for, plan_renames
 
@@ -333,10 +362,15 @@ def doctor(
             compose = Path(profile.runtime.compose_file)
             compose_service = profile.runtime.service
         server_findings, version = check_server(profile, config_error, compose, compose_service)
+        if profile.sqlite is not None:
+            server_findings = [f for f in server_findings if f.check != "database-uri"]
+            database_findings = check_sqlite(profile, version)
+        else:
+            database_findings = check_database(profile.database, version)
         findings = [
             *server_findings,
             *guarded("runtime", lambda: checks.check_runtime(profile.runtime)),
-            *check_database(profile.database, version),
+            *database_findings,
             *guarded("interrupted-run", lambda: check_interrupted(profile.name, server)),
             *guarded("agent-names", lambda: check_agent_names(profile, version)),
             *check_backups(profile.name, store, server, max_backup_age_hours),

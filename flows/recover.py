@@ -58,6 +58,7 @@ from .steps.restore_server import (
     restore_server_from_set,
     start_set_version,
 )
+from .steps.sqlite_restore import restore_sqlite_server_from_set
 from .verify import CountDifference
 
 
@@ -199,6 +200,8 @@ def _database_for(profile: ServerProfile, plan: RecoveryPlan):
 )
 def restore_step(profile: ServerProfile, store: ObjectStore, backup_set: str) -> dict[str, Any]:
     manifest = load_manifest(store, *backup_set.split("/"))
+    if profile.sqlite is not None:
+        return restore_sqlite_server_from_set(profile, store, manifest)
     return restore_server_from_set(profile, store, manifest)
 
 
@@ -247,8 +250,9 @@ def execute(
     if plan.action == "close":  # ("rerun" never gets here: the flow refuses it first)
         return {"ok": True, "done": plan.reason}
     if plan.action == "start":
+        database = profile.sqlite or profile.require_database()
         record = start_set_version(
-            profile.runtime, profile.require_database(), plan.version, timeout, log=logger.info
+            profile.runtime, database, plan.version, timeout, log=logger.info
         )
         return {"ok": True, "done": f"started Letta {record['version']}", **record}
     assert store is not None
@@ -289,8 +293,10 @@ def recover(
                 "nothing to recover.",
             )
         journal, why = found[0]
-        database = profile.require_database()
-        plan = plan_recovery(journal, revision_now(database), running_version(profile))
+        # A SQLite file records no alembic revision: never "verifiably at the target", so an
+        # interrupted run on SQLite is undone (the set taken before it put back), never finished.
+        revision = None if profile.sqlite else revision_now(profile.require_database())
+        plan = plan_recovery(journal, revision, running_version(profile))
         report = RecoverReport(
             server=profile.name,
             outcome="planned",
@@ -310,7 +316,8 @@ def recover(
                 f"Run {plan.run_id} ({crashed}): {plan.reason}; then 'letta-ops recover' "
                 "finds nothing more to do."
             )
-        profile.database = _database_for(profile, plan)
+        if profile.sqlite is None:
+            profile.database = _database_for(profile, plan)
         object_store = open_backup_store(store, server) if plan.backup_set else None
         audit.update(store=object_store)
         # The journal proves the run dead: its slot is taken whatever the Prefect API behind

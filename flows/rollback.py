@@ -56,6 +56,7 @@ from ..tasks.sets.admission import (
 )
 from ..tasks.sets.catalog import load_manifest, runtime_files_of_set
 from ..tasks.sets.manifest import BackupManifest, set_prefix
+from ..tasks.sqlite.online_copy import table_counts
 from ..tasks.store.objects import ObjectStore
 from .backup import backup
 from .reports.rollback import (
@@ -73,6 +74,12 @@ from .steps.restore_server import (
     with_reset_mode,
 )
 from .steps.server_steps import start_server_step, stop_server_step, undoable
+from .steps.sqlite_restore import (
+    prove_sqlite_server,
+    put_copy_back_step,
+    require_set_fits,
+    restore_sqlite_server_from_set,
+)
 from .verify import resolve_set
 
 #: The most lines of a runtime file's diff the rollback plan shows.
@@ -122,6 +129,7 @@ def choose_set(
         store, server_name, set_id, allow_legacy=bool(backup_set and allow_legacy)
     )
     require_same_server(manifest, profile.name)
+    require_set_fits(profile, manifest)
     require_dump(manifest)
     require_intact(store, manifest)
     return manifest
@@ -171,6 +179,8 @@ def preflight(
     allow_legacy: bool = False,
 ) -> tuple[RollbackPlan, BackupManifest]:
     manifest = choose_set(profile, store, backup_set, allow_legacy)
+    if profile.sqlite is not None:
+        return sqlite_plan(profile, store, manifest), manifest
     database = profile.require_database()
     # The rollback and its undo empty this database: prove the role may, before the stop.
     _, privileges = with_reset_mode(database_for_set(database, manifest), reset)
@@ -231,6 +241,67 @@ def preflight(
     return plan, manifest
 
 
+def sqlite_plan(
+    profile: ServerProfile, store: ObjectStore, manifest: BackupManifest
+) -> RollbackPlan:
+    """A SQLite server's plan: it must run under letta-ops' runtime (its version and agents
+    come from its API: a SQLite file names no release); its file is replaced, not emptied."""
+    profile.runtime.require_drivable()
+    if not profile.runtime.status().get("running"):
+        raise RollbackRefused(
+            f"The Letta server {profile.server.base_url} is not running; a SQLite server is "
+            "rolled back from a running state (its safety set needs its version): start it "
+            "with 'letta-ops runtime start', or run 'letta-ops recover' after an interrupted run."
+        )
+    current, live, _ = current_server(profile)
+    profile.runtime.prepare([manifest.letta_version, current], log=get_run_logger().info)
+    assert profile.sqlite is not None
+    size = profile.sqlite.path.stat().st_size
+    free = shutil.disk_usage(profile.sqlite.letta_dir).free
+    if free < size * 2:
+        raise RollbackRefused(
+            f"Only {free} bytes are free in {profile.sqlite.letta_dir} for a database of "
+            f"{size} bytes (the copy is written beside the live file); free some space."
+        )
+    in_set = {a.id: a.name for a in manifest.agents}
+    return RollbackPlan(
+        server=profile.name,
+        base_url=profile.server.base_url,
+        runtime=profile.runtime.describe(),
+        pg_tools="none: SQLite (Python's sqlite3)",
+        set=f"{manifest.server}/{manifest.set_id}",
+        set_created_at=manifest.created_at,
+        set_purpose=manifest.purpose,
+        from_version=current,
+        server_down=False,
+        to_version=manifest.letta_version,
+        agents_now=len(live),
+        agents_in_set=len(in_set),
+        agents_not_in_set=sorted(name for i, name in live.items() if i not in in_set),
+        agents_coming_back=sorted(name for i, name in in_set.items() if i not in live),
+        written_since_set=None,
+        agents_created_since_set=None,
+        tables=len(manifest.row_counts),
+        rows=sum(manifest.row_counts.values()),
+        database_bytes=size,
+        objects_verified=len(manifest.objects),
+        reset_mode="sqlite: the file replaced atomically",
+        left_alone=[],
+        database_role="the file's owner",
+        postgres_major=None,
+        steps=[
+            "safety backup of the current state (verified, pinned, pre-rollback)",
+            "stop server",
+            "download the set's SQLite copy beside the live file; integrity_check and counts",
+            "settle the live file (WAL checkpointed), then rename the copy over it (fsynced)",
+            f"start Letta {manifest.letta_version}",
+            "verify version, agents and per-table counts against the manifest",
+        ],
+        expected_downtime_seconds=60,
+        runtime_file_changes={},
+    )
+
+
 def runtime_file_changes(
     runtime: LettaRuntime, store: ObjectStore, manifest: BackupManifest
 ) -> dict[str, list[str]]:
@@ -263,7 +334,10 @@ def undo_rollback(state: RollbackState) -> None:
     if state.journal is not None:
         state.journal.enter("undo: restore the safety set")
     with state.clock.phase("undo"):
-        state.undo = restore_server_from_set(state.profile, state.store, state.safety)
+        if state.profile.sqlite is not None:
+            state.undo = restore_sqlite_server_from_set(state.profile, state.store, state.safety)
+        else:
+            state.undo = restore_server_from_set(state.profile, state.store, state.safety)
 
 
 @task(
@@ -296,6 +370,8 @@ def put_back_runtime_files_step(
 @task(name="prove-server-matches-set", cache_policy=NO_CACHE)
 def prove_step(profile: ServerProfile, manifest: BackupManifest) -> dict[str, Any]:
     with LettaClient(profile.server) as client:
+        if profile.sqlite is not None:
+            return prove_sqlite_server(client, profile.sqlite, manifest)
         return prove_server_matches_set(client, profile.require_database(), manifest)
 
 
@@ -306,7 +382,11 @@ def run_rollback(state: RollbackState, start_timeout: float, jobs: int) -> dict[
         stop_server_step(profile)
     stopped = time.monotonic()
     state.enter("restore the set's dump")
-    restored = restore_database_step(profile, state.store, target, jobs, clock)
+    if profile.sqlite is not None:
+        with clock.phase("put sqlite copy back"):
+            restored = put_copy_back_step(profile, state.store, target)
+    else:
+        restored = restore_database_step(profile, state.store, target, jobs, clock)
     if restored["count_differences"]:
         raise RollbackFailed(
             f"the restored tables differ from the manifest: {restored['count_differences']}"
@@ -367,9 +447,10 @@ def rollback(
         except ValueError:
             record.update(outcome="refused")
             raise
-        profile.database = profile.require_database().model_copy(
-            update={"reset_mode": plan.reset_mode}
-        )
+        if profile.sqlite is None:
+            profile.database = profile.require_database().model_copy(
+                update={"reset_mode": plan.reset_mode}
+            )
         record.update(
             versions_from=plan.from_version,
             versions_to=plan.to_version,
@@ -448,7 +529,11 @@ def rollback(
                 ) from exc
         state.journal.finish("succeeded")
         with clock.phase("counts"):
-            counts_after = table_row_counts(profile.require_database())
+            counts_after = (
+                table_counts(profile.sqlite.path)
+                if profile.sqlite is not None
+                else table_row_counts(profile.require_database())
+            )
         record.update(counts_after=counts_after)
         report.downtime_seconds = result["downtime_seconds"]
         report.sequences = result["sequences"]

@@ -41,6 +41,7 @@ from ..tasks.sets.manifest import (
     parse_set_reference,
     set_prefix,
 )
+from ..tasks.sets.sqlite_verification import check_sqlite_copy
 from ..tasks.sets.verification import check_dump, check_objects, drill, reads_back
 from ..tasks.store.encryption import key_ring_of
 from ..tasks.store.encryption_keys import EncryptionKeyMissing
@@ -75,6 +76,16 @@ class CountDifference(ReportPart):
     actual: int | None = Field(description="Rows found (None: table absent).")
 
 
+class SqliteCopyCheck(ReportPart):
+    integrity: list[str] = Field(description="PRAGMA integrity_check on the stored copy.")
+    tables: int = Field(description="Tables counted in the copy.")
+    tables_missing: list[str] = Field(description="Counted tables the copy lacks.")
+    count_differences: list[CountDifference] = Field(
+        description="Tables whose count in the copy differs from the manifest's."
+    )
+    bytes_read: int = Field(description="Bytes of the copy downloaded.")
+
+
 class DrillResult(ReportPart):
     scratch_database: str = Field(description="Where the set was restored.")
     in_place: bool = Field(description="Restored into the given database, not a new one.")
@@ -99,6 +110,11 @@ class VerifyReport(FlowReport):
     checked: ObjectsChecked
     problems: list[ObjectProblem]
     dump: DumpCheck | None = Field(description="The dump's TOC check (None: not reached).")
+    sqlite_copy: SqliteCopyCheck | None = Field(
+        default=None,
+        description="A SQLite set's copy, downloaded, integrity-checked and counted (None: "
+        "a PostgreSQL set, or not reached).",
+    )
     drill_result: DrillResult | None = Field(description="The drill (None: not asked).")
     encryption: VerifiedEncryption | None = Field(description="None: not encrypted.")
     phases: list[PhaseTiming] = Field(
@@ -130,6 +146,23 @@ def check_dump_task(store: ObjectStore, manifest: BackupManifest) -> dict:
     return check_dump(store, manifest)
 
 
+@task(name="check-sqlite-copy", cache_policy=NO_CACHE)
+def check_sqlite_copy_task(store: ObjectStore, manifest: BackupManifest) -> dict:
+    return check_sqlite_copy(store, manifest)
+
+
+def sqlite_drill(check: dict) -> dict:
+    """A SQLite set's drill: its copy opened and every table counted -- what the copy check
+    did, so the drill reports that read rather than downloading the copy again."""
+    return {
+        "scratch_database": "the downloaded copy (opened read-only, then deleted)",
+        "in_place": False,
+        "tables": check["tables"],
+        "differences": check["count_differences"],
+        "restore_warnings": [],
+    }
+
+
 @task(name="restore-drill", cache_policy=NO_CACHE)
 def drill_task(
     store: ObjectStore,
@@ -139,6 +172,20 @@ def drill_task(
     clock: PhaseClock | None = None,
 ) -> dict:
     return drill(store, manifest, target, dedicated=dedicated, phase=(clock or PhaseClock()).phase)
+
+
+def dump_ok(dump: dict | None) -> bool:
+    return dump is not None and not dump["tables_missing"]
+
+
+def sqlite_copy_ok(check: dict | None) -> bool:
+    """SQLite read every page (``ok``), found every counted table, and counted the same."""
+    return (
+        check is not None
+        and check["integrity"] == ["ok"]
+        and not check["tables_missing"]
+        and not check["count_differences"]
+    )
 
 
 def drill_target(server: str | None, drill_database: str | None) -> tuple[LettaDatabase, bool]:
@@ -221,6 +268,12 @@ def render_verify_markdown(result: VerifyReport) -> str:
             f"- dump: {result.dump.toc_entries} TOC entries, "
             f"{result.dump.tables_with_data} tables with data"
         )
+    if result.sqlite_copy:
+        copy = result.sqlite_copy
+        lines.append(
+            f"- SQLite copy: integrity_check {', '.join(copy.integrity)}, {copy.tables} tables "
+            f"counted, {len(copy.count_differences)} count differences"
+        )
     if result.drill_result:
         d = result.drill_result
         lines.append(
@@ -281,21 +334,29 @@ def verify(
             raise EncryptionKeyMissing(key_problem)
         with clock.phase("objects"):
             problems = check_objects_task(object_store, manifest, read_data)
-        dump = None
-        if not problems and not key_problem:
+        dump = sqlite_copy = None
+        on_sqlite = manifest.engine == "sqlite"
+        if not problems and not key_problem and on_sqlite:
+            with clock.phase("sqlite copy"):
+                sqlite_copy = check_sqlite_copy_task(object_store, manifest)
+        elif not problems and not key_problem:
             with clock.phase("dump TOC"):
                 dump = check_dump_task(object_store, manifest)
         drill_result = None
-        if drill and not problems:
+        if drill and on_sqlite and sqlite_copy is not None:
+            drill_result = sqlite_drill(sqlite_copy)
+        elif drill and not problems and not on_sqlite:
             with clock.phase("drill"):
                 target, dedicated = drill_target(server, drill_database)
                 if dedicated:
                     refuse_live_drill_target(target, server)
                 drill_result = drill_task(object_store, manifest, target, dedicated, clock)
+        checked_database = sqlite_copy_ok(sqlite_copy) if on_sqlite else dump_ok(dump)
         ok = (
             not problems
-            and (key_problem is not None or (dump is not None and not dump["tables_missing"]))
+            and (key_problem is not None or checked_database)
             and (drill_result is None or not drill_result["differences"])
+            and not (drill and on_sqlite and drill_result is None)
         )
         result = VerifyReport(
             ok=ok,
@@ -307,6 +368,7 @@ def verify(
             checked=objects_read(manifest, read_data),
             problems=problems,
             dump=dump,
+            sqlite_copy=sqlite_copy,
             drill_result=drill_result,
             encryption=(
                 {**manifest.encryption.model_dump(), "decrypted": key_problem is None}
@@ -340,7 +402,7 @@ def verify(
                     or (
                         f"count differences {drill_result['differences']}"
                         if drill_result and drill_result["differences"]
-                        else f"dump check {dump}"
+                        else f"database check {sqlite_copy if on_sqlite else dump}"
                     )
                 )
             )

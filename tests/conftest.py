@@ -30,6 +30,7 @@ LONGEST_FILES_FIRST = (
     "test_fuzz_kill_e2e.py",
     "test_load_during_runs_e2e.py",
     "test_tls_e2e.py",
+    "test_sqlite_e2e.py",
     "test_audit_e2e.py",
     "test_backup_e2e.py",
     "test_wheel_e2e.py",
@@ -41,7 +42,6 @@ LONGEST_FILES_FIRST = (
     "test_agent_portability_e2e.py",
     "test_adopt_dump_e2e.py",
     "test_rebuild_names_e2e.py",
-    "test_sqlite_e2e.py",
 )
 
 

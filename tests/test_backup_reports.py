@@ -81,7 +81,7 @@ def test_verify_report_json_is_versioned_with_iso_times_and_the_documented_keys(
     assert datetime.fromisoformat(document["checked_at"]) == CHECKED_AT
     assert set(document) == {
         "schema_version", "ok", "set", "drill", "checked_at", "objects", "read_data",
-        "checked", "problems", "dump", "drill_result", "encryption", "phases",
+        "checked", "problems", "dump", "sqlite_copy", "drill_result", "encryption", "phases",
     }  # fmt: skip
     assert document["drill_result"]["differences"] == [
         {"table": "messages", "expected": 10, "actual": 9}

@@ -55,7 +55,7 @@ class RollbackPlan(ReportPart):
         "operator's tables in Letta's schema one by one, other schemas as a whole).",
     )
     database_role: str
-    postgres_major: int
+    postgres_major: int | None = Field(description="None: a SQLite server.")
     steps: list[str]
     expected_downtime_seconds: int | float
     runtime_file_changes: dict[str, list[str]] = Field(

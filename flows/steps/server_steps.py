@@ -40,9 +40,8 @@ def _undo_after_stop(txn: Transaction) -> None:
     name="start-letta-server", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.SERVER_STOP_START
 )
 def start_server_step(profile: ServerProfile, version: str, timeout: float) -> dict[str, Any]:
-    return start_set_version(
-        profile.runtime, profile.require_database(), version, timeout, log=get_run_logger().info
-    )
+    database = profile.sqlite or profile.require_database()
+    return start_set_version(profile.runtime, database, version, timeout, log=get_run_logger().info)
 
 
 @contextmanager

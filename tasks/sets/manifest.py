@@ -23,6 +23,8 @@ from ..store.objects import StoreChecksum, StoredObject
 MANIFEST_FORMAT = "letta-ops/backup-set@1"
 MANIFEST_NAME = "manifest.json"
 DUMP_NAME = "database.dump"
+#: A SQLite server's set holds its database as a copy made by SQLite's online backup API.
+SQLITE_COPY_NAME = "database.sqlite"
 AGENTS_DIR = "agents"
 VERIFY_DIR = "verifications"
 PINS_DIR = "pins"
@@ -158,9 +160,19 @@ class BackupManifest(BaseModel):
     letta_version: str
     alembic_revision: str | None
     base_url: str
+    engine: Literal["postgresql", "sqlite"] = Field(
+        default="postgresql",
+        description="The server's database: PostgreSQL (the set holds a pg_dump) or SQLite "
+        "(the set holds a copy of HOME/.letta/sqlite.db made by SQLite's online backup API).",
+    )
     database_name: str
     db_schema: str
-    postgres_version: str
+    postgres_version: str | None = Field(
+        default=None, description="The PostgreSQL server's version; None on SQLite."
+    )
+    sqlite_version: str | None = Field(
+        default=None, description="The SQLite library that made the copy; None on PostgreSQL."
+    )
     pgvector_version: str | None
     pgvector_schema: str | None = Field(
         default=None,
@@ -187,7 +199,9 @@ class BackupManifest(BaseModel):
         "TOAST, no indexes): how a restore spreads the tables over its lanes. Empty in sets "
         "written before; the row counts stand in.",
     )
-    dump: str = Field(description="Key of the pg_dump (custom format).")
+    dump: str = Field(
+        description="Key of the pg_dump (custom format), or of the SQLite copy (engine sqlite)."
+    )
     dump_compression: str | None = Field(
         default=None, description="pg_dump's --compress (e.g. gzip:6, zstd:3, none)."
     )
