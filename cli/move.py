@@ -76,10 +76,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     p.add_argument(
         "--sqlite",
-        required=True,
         metavar="PATH",
         help="the server's SQLite database: HOME/.letta/sqlite.db, its .letta directory, or "
-        "sqlite:////...",
+        "sqlite:////... (default: LETTA_OPS_SQLITE_DB)",
     )
     p.add_argument(
         "--to-database", metavar="BLOCK", help="a saved Letta Database block to move into"

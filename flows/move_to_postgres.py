@@ -65,6 +65,17 @@ def resolve_target(target_database: str | None) -> LettaDatabase:
     return LettaDatabase.from_env({"LETTA_PG_URI": uri})
 
 
+def _sqlite_of(profile: ServerProfile, sqlite_file: str | None) -> SqliteDatabase:
+    if sqlite_file:
+        return SqliteDatabase.from_reference(sqlite_file)
+    if profile.sqlite is None:
+        raise Refused(
+            f"Name the SQLite database of {profile.name} to move: --sqlite PATH or "
+            "LETTA_OPS_SQLITE_DB=/home/USER/.letta/sqlite.db."
+        )
+    return profile.sqlite
+
+
 def _report(
     profile: ServerProfile,
     version: str,
@@ -140,20 +151,21 @@ def _publish(report: MoveReport) -> None:
     flow_run_name=run_name("move-to-postgres"),
 )
 def move_to_postgres(
-    sqlite_file: str,
+    sqlite_file: str | None = None,
     server: str | None = None,
     target_database: str | None = None,
     dry_run: bool = False,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     lock_timeout_seconds: float = LOCK_WAIT_SECONDS,
 ) -> MoveReport:
-    """Move the server's SQLite file into the empty PostgreSQL database ``target_database``
-    (a saved block; else ``LETTA_OPS_MOVE_TO_URI``) and restart it there, at its version."""
+    """Move the server's SQLite file (``sqlite_file``, else the profile's
+    ``LETTA_OPS_SQLITE_DB``) into the empty PostgreSQL database ``target_database`` (a saved
+    block; else ``LETTA_OPS_MOVE_TO_URI``) and restart it there, at its version."""
     with audited_run("move-to-postgres", server) as audit:
         logger = get_run_logger()
         clock = PhaseClock()
-        sqlite = SqliteDatabase.from_reference(sqlite_file)
         profile = load_profile(server)
+        sqlite = _sqlite_of(profile, sqlite_file)
         audit.update(server=profile.name)
         tag_current_run(profile.name, "move-to-postgres")
         target = resolve_target(target_database)

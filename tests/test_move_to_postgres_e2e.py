@@ -218,7 +218,8 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
     assert plan.dry_run and plan.rows > 50 and plan.expected_seconds > 0
     assert {t.name for t in plan.tables if t.action == "skip"} == {"message_sequence"}
     started = time.monotonic()
-    report = move_to_postgres(str(path))
+    monkeypatch.setenv("LETTA_OPS_SQLITE_DB", str(path))  # the profile names the file
+    report = move_to_postgres()
     print(f"move into PG 16: {time.monotonic() - started:.1f} s; phases {report.phases}")
     assert report.now_on == "postgresql"
     assert report.sqlite_sha256_before == report.sqlite_sha256_after == _checksum(path)
@@ -238,6 +239,7 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
     assert status["running"]
 
     # --- the moved server upgrades in place to 0.16.2 -----------------------------------------
+    monkeypatch.delenv("LETTA_OPS_SQLITE_DB")  # the operator's profile, switched
     monkeypatch.setenv("LETTA_PG_URI", target.letta_pg_uri())
     started = time.monotonic()
     assert main(["upgrade", "--to", NEW_VERSION, "--yes"]) == 0
