@@ -20,6 +20,7 @@ pytest_plugins = [
 #: worker; handing out the longest first keeps one worker from starting a 15-minute file last.
 LONGEST_FILES_FIRST = (
     "test_matrix_e2e.py",
+    "test_move_to_postgres_e2e.py",
     "test_recover_e2e.py",
     "test_runtimes_e2e.py",
     "test_fleet_e2e.py",

@@ -54,6 +54,7 @@ FLEET_BACKUP = seconds("FLEET_BACKUP", 24 * HOUR)
 DOCTOR = seconds("DOCTOR", 0.5 * HOUR)
 PRUNE = seconds("PRUNE", 2 * HOUR)
 MAINTENANCE = seconds("MAINTENANCE", 4 * HOUR)  # sync-tools, cleanup, renames, sequences, agents
+MOVE = seconds("MOVE", 8 * HOUR)  # move-to-postgres: schema, every row, counts, restart
 
 # Steps that can hang in the flows without a flow timeout (upgrade, rollback, recover).
 PG_RESTORE = seconds("PG_RESTORE", 8 * HOUR)
@@ -75,6 +76,7 @@ COMMAND_LIMITS = {
     "restore-agents": "MAINTENANCE",
     "export-agents": "MAINTENANCE",
     "import-agents": "MAINTENANCE",
+    "move-to-postgres": "MOVE",
     "backups": "VERIFY",  # backups adopt: one restore into a scratch database, then verify
 }
 STEP_LIMITS = ("PG_RESTORE", "MIGRATE", "SERVER_STOP_START")

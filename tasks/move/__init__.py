@@ -1,0 +1,1 @@
+"""Moving a Letta server's SQLite database into PostgreSQL (``letta-ops move-to-postgres``)."""

@@ -1,0 +1,252 @@
+"""``move-to-postgres``: a real Letta 0.11.7 SQLite server into PostgreSQL 16 and 18, at the
+same version, then ``upgrade --to 0.16.2`` there; and a failure injected mid-copy (a trigger
+on ``messages`` the target's own event trigger adds) that leaves the server on SQLite.
+
+Every table's content is compared with the tests' own queries on both sides (``sqlite3`` and
+pg8000, the values normalised here by the PostgreSQL column type), never with the product's
+counts. Cells: engine SQLite -> PostgreSQL 16 (the flow, the restart, the upgrade) and 18 (the
+copy of the same file into the schema 0.11.7 builds); runtime letta-ops' process runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import struct
+import time
+from datetime import UTC, datetime
+
+import pg8000.native
+import pytest
+
+from letta_ops.blocks.letta_database import LettaDatabase
+from letta_ops.cli.main import main
+from letta_ops.flows.move_to_postgres import move_to_postgres
+from letta_ops.tasks.move.row_copy import copy_all_rows
+from tests.fixtures.letta import NEW_VERSION
+from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_execute
+from tests.fixtures.sqlite_letta import SQLITE_AGENT_NAMES, SQLITE_VERSION
+from tests.fixtures.sqlite_oracle import (
+    sqlite_agent_messages,
+    sqlite_table_counts,
+    sqlite_table_digests,
+)
+
+pytestmark = pytest.mark.e2e
+
+#: A fault the target database injects into itself: when alembic creates ``messages``, a
+#: trigger that refuses every insert is put on it, so the move fails in the middle of its copy
+#: (``messages`` comes after some thirty tables).
+FAULT_SQL = (
+    """
+CREATE FUNCTION refuse_insert() RETURNS trigger LANGUAGE plpgsql AS
+$$ BEGIN RAISE EXCEPTION 'injected fault: insert into %', TG_TABLE_NAME; END $$""",
+    """CREATE FUNCTION add_fault() RETURNS event_trigger LANGUAGE plpgsql AS $$
+DECLARE c record;
+BEGIN
+  FOR c IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+    IF c.object_identity = 'public.messages' AND c.command_tag = 'CREATE TABLE' THEN
+      EXECUTE 'CREATE TRIGGER injected_fault BEFORE INSERT ON public.messages '
+              'FOR EACH ROW EXECUTE FUNCTION refuse_insert()';
+    END IF;
+  END LOOP;
+END $$""",
+    """CREATE EVENT TRIGGER add_fault ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+  EXECUTE FUNCTION add_fault()""",
+)
+
+
+def _pg(db: LettaDatabase) -> pg8000.native.Connection:
+    p = db.parts
+    return pg8000.native.Connection(
+        user=str(p["user"]),
+        password=str(p["password"]),
+        host=str(p["host"]),
+        port=int(p["port"]),
+        database=str(p["database"]),
+    )
+
+
+def _canonical(value, pg_type: str):
+    """One value as this test compares it, from either side."""
+    if value is None:
+        return None
+    if pg_type == "bool":
+        return bool(int(value)) if isinstance(value, int | str) else bool(value)
+    if pg_type in ("timestamptz", "timestamp"):
+        moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat()
+    if pg_type in ("json", "jsonb"):
+        return json.loads(value) if isinstance(value, str | bytes) else value
+    if pg_type == "vector":
+        if isinstance(value, bytes):
+            floats = struct.unpack(f"<{len(value) // 4}f", value)
+        else:
+            floats = json.loads(value)
+        return [round(float(x), 5) for x in floats]
+    return value
+
+
+def _content(sqlite_path, db: LettaDatabase) -> tuple[dict, dict]:
+    """Each copied table's rows, canonical and sorted, from both sides (the tests' own SQL)."""
+    conn = _pg(db)
+    try:
+        types = {}
+        for table, column, udt in conn.run(
+            "SELECT table_name, column_name, udt_name FROM information_schema.columns "
+            "WHERE table_schema = 'public'"
+        ):
+            types.setdefault(table, {})[column] = udt
+        source = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True)
+        sqlite_side, pg_side = {}, {}
+        tables = [
+            t
+            for (t,) in source.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if t in types and t != "alembic_version"
+        ]
+        for table in tables:
+            columns = [r[1] for r in source.execute(f'PRAGMA table_info("{table}")')]
+            names = ", ".join(f'"{c}"' for c in columns)
+            kinds = [types[table][c] for c in columns]
+
+            def rows(raw, kinds=kinds):
+                return sorted(
+                    repr([_canonical(v, k) for v, k in zip(row, kinds, strict=True)]) for row in raw
+                )
+
+            sqlite_side[table] = rows(source.execute(f'SELECT {names} FROM "{table}"'))
+            text_names = ", ".join(
+                f'"{c}"::text' if k == "vector" else f'"{c}"'
+                for c, k in zip(columns, kinds, strict=True)
+            )
+            pg_side[table] = rows(conn.run(f'SELECT {text_names} FROM "{table}"'))
+        source.close()
+    finally:
+        conn.close()
+    return sqlite_side, pg_side
+
+
+def _checksum(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_copy_into_postgres_18_keeps_every_row(sqlite_letta_copy, letta_template):
+    """PostgreSQL 18: the real file into the schema 0.11.7's alembic builds; content equal."""
+    path = sqlite_letta_copy.path
+    before = _checksum(path)
+    target = letta_template(SQLITE_VERSION, "move18")
+    started = time.monotonic()
+    result = copy_all_rows(path, target, batch_rows=3)  # batches smaller than most tables
+    print(f"\ncopy into PG 18: {time.monotonic() - started:.1f} s, {len(result.order)} tables")
+    sqlite_side, pg_side = _content(path, target)
+    assert sum(len(rows) for rows in sqlite_side.values()) > 50
+    assert sqlite_side == pg_side
+    assert {a.name for a in sql_agents(target).values()} == set(SQLITE_AGENT_NAMES)
+    assert _checksum(path) == before
+
+
+def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
+    sqlite_letta_copy,
+    start_sqlite_letta,
+    pg16_cluster,
+    make_database,
+    s3_env,
+    s3_bucket,
+    monkeypatch,
+    prefect_harness,
+):
+    path = sqlite_letta_copy.path
+    running = start_sqlite_letta("move-16")
+    base_url = running.server.base_url
+    agents_before = http_agents(base_url)
+    messages_before = sqlite_agent_messages(path)
+    counts = sqlite_table_counts(path)
+    assert sorted(agents_before.values()) == sorted(SQLITE_AGENT_NAMES)
+    for name, value in {
+        "LETTA_BASE_URL": base_url,
+        "LETTA_OPS_SERVER_NAME": running.runtime.server_name,
+        "LETTA_OPS_STATE_DIR": str(running.runtime.state_dir.parent),
+        "LETTA_OPS_STORE": f"s3://{s3_bucket[1]}/backups",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LETTA_PG_URI", raising=False)
+
+    # --- a non-empty target is refused before anything stops --------------------------------
+    busy = make_database("move_busy", cluster=pg16_cluster)
+    sql_execute(busy, "CREATE TABLE operator_notes (id int)")
+    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", busy.letta_pg_uri())
+    pid = running.runtime.status()["pid"]
+    assert main(["move-to-postgres", "--sqlite", str(path), "--dry-run"]) == 2
+    assert running.runtime.status()["pid"] == pid
+
+    # --- a failure in the middle of the copy: back on SQLite, the file unchanged -------------
+    faulty = make_database("move_fault", cluster=pg16_cluster)
+    for statement in FAULT_SQL:
+        sql_execute(faulty, statement)
+    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", faulty.letta_pg_uri())
+    digests = sqlite_table_digests(path)
+    started = time.monotonic()
+    with pytest.raises(Exception, match="injected fault"):
+        move_to_postgres(str(path))
+    print(f"\nfailed move and put back: {time.monotonic() - started:.1f} s")
+    # Letta's own start upserts its base tools (updated_at): every other table is as it was.
+    after_fault = sqlite_table_digests(path)
+    assert {t for t in digests if digests[t] != after_fault[t]} <= {"tools"}
+    assert sqlite_table_counts(path) == counts
+    assert http_version(base_url) == SQLITE_VERSION
+    assert http_agents(base_url) == agents_before
+    status = running.runtime.status()
+    assert status["running"]
+    conn = _pg(faulty)
+    try:
+        left = conn.run(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace "
+            "AND relkind IN ('r', 'S')"
+        )[0][0]
+    finally:
+        conn.close()
+    assert left == 0
+
+    # --- the plan, then the move into PostgreSQL 16 -----------------------------------------
+    target = make_database("move16", cluster=pg16_cluster)
+    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", target.letta_pg_uri())
+    plan = move_to_postgres(str(path), dry_run=True)
+    assert plan.dry_run and plan.rows > 50 and plan.expected_seconds > 0
+    assert {t.name for t in plan.tables if t.action == "skip"} == {"message_sequence"}
+    started = time.monotonic()
+    monkeypatch.setenv("LETTA_OPS_SQLITE_DB", str(path))  # the profile names the file
+    report = move_to_postgres()
+    print(f"move into PG 16: {time.monotonic() - started:.1f} s; phases {report.phases}")
+    assert report.now_on == "postgresql"
+    assert report.sqlite_sha256_before == report.sqlite_sha256_after == _checksum(path)
+    assert sqlite_table_counts(path) == counts
+    sqlite_side, pg_side = _content(path, target)
+    # The server's start on PostgreSQL rewrote two tables there, as it does on SQLite: its base
+    # tools (upserted) and its local sandbox's directory (its new HOME). Those two are compared
+    # by rows here and by content in the PostgreSQL 18 test, which starts no server.
+    for rewritten_at_start in ("tools", "sandbox_configs"):
+        assert len(sqlite_side.pop(rewritten_at_start)) == len(pg_side.pop(rewritten_at_start))
+    assert sqlite_side == pg_side
+    assert http_version(base_url) == SQLITE_VERSION
+    assert http_agents(base_url) == agents_before
+    moved = sql_agents(target)
+    assert {a.name: a.messages for a in moved.values()} == messages_before
+    status = running.runtime.status()
+    assert status["running"]
+
+    # --- the moved server upgrades in place to 0.16.2 -----------------------------------------
+    monkeypatch.delenv("LETTA_OPS_SQLITE_DB")  # the operator's profile, switched
+    monkeypatch.setenv("LETTA_PG_URI", target.letta_pg_uri())
+    started = time.monotonic()
+    assert main(["upgrade", "--to", NEW_VERSION, "--yes"]) == 0
+    print(f"upgrade to {NEW_VERSION}: {time.monotonic() - started:.1f} s")
+    assert http_version(base_url) == NEW_VERSION
+    assert http_agents(base_url) == agents_before
+    after = sql_agents(target)
+    assert {i: (a.messages, a.blocks) for i, a in after.items()} == {
+        i: (a.messages, a.blocks) for i, a in moved.items()
+    }
