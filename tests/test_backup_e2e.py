@@ -317,3 +317,34 @@ def test_postgres_restarted_mid_backup(server_25, tmp_path, monkeypatch, prefect
         assert [s.complete for s in list_backup_sets(store, "pg-restarted")] == [True]
     finally:
         cluster.remove()
+
+
+def test_exports_in_flight_never_exceed_the_configured_bound(server_25, backup_env, monkeypatch):
+    """LETTA_OPS_EXPORT_CONCURRENCY=2: the real exports of 25 agents overlap, two at a time and
+    never three (each held 50 ms after its real request, so a wider pool would show)."""
+    import threading
+    import time
+
+    from letta_ops.tasks.letta.api import LettaClient
+
+    real_export = LettaClient.export_agent
+    lock, state = threading.Lock(), {"now": 0, "most": 0, "calls": 0}
+
+    def counted_export(self, agent_id: str) -> bytes:
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            state["calls"] += 1
+        try:
+            data = real_export(self, agent_id)
+            time.sleep(0.05)
+            return data
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(LettaClient, "export_agent", counted_export)
+    monkeypatch.setenv("LETTA_OPS_EXPORT_CONCURRENCY", "2")
+    report = backup(allow_partial_agents=True)
+    assert state["calls"] == 25 and report.agents_exported == 23  # the two '/' names fail
+    assert state["most"] == 2
