@@ -391,7 +391,7 @@ def backup(
     in the manifest. A bucket without Object Lock is refused before anything is written.
 
     ``compression`` is pg_dump's ``--compress`` (``--compress``, else ``LETTA_OPS_COMPRESS``,
-    else the Letta Database block's ``compression``, else ``gzip:6``; ``none``, gzip levels, and
+    else the Letta Database block's ``compression``, else ``gzip:1``; ``none``, gzip levels, and
     zstd/lz4 with a client built with them), recorded in the manifest.
 
     The load on the live server is bounded: ``concurrency`` agent exports in flight
