@@ -11,8 +11,9 @@ noisy):
 - **idle**: 20 s with no backup;
 - **unbounded**: ``backup(dump_priority="normal", concurrency=8)``: pg_dump as started, eight
   exports in flight (the load before the bounds);
-- **low priority, N exports** for each N of ``--concurrencies`` (1, 2, 4): pg_dump at niceness
-  10 in the idle I/O class, N exports in flight.
+- **P priority, N exports** for each P of ``--priorities`` (``low``: pg_dump at niceness 10
+  in the idle I/O class; ``normal``) and each N of ``--concurrencies`` (1, 2, 4): N exports in
+  flight.
 
 Reported: p50/p95/max latency per window (and, for a backup, while its agent exports ran and
 after them: the server answers its users and the exports in one process), each round's p95
@@ -50,14 +51,15 @@ SAMPLE_PAUSE = 0.02
 UNBOUNDED = {"dump_priority": "normal", "concurrency": 8}
 
 
-def backup_kinds(concurrencies: list[int]) -> dict[str, dict[str, Any]]:
+def backup_kinds(concurrencies: list[int], priorities: list[str]) -> dict[str, dict[str, Any]]:
     """Each backup kind the bench compares, by name: the flow's arguments."""
     kinds: dict[str, dict[str, Any]] = {"unbounded": UNBOUNDED}
-    for n in concurrencies:
-        kinds[f"low priority, {n} export{'s' if n > 1 else ''}"] = {
-            "dump_priority": "low",
-            "concurrency": n,
-        }
+    for priority in priorities:
+        for n in concurrencies:
+            kinds[f"{priority} priority, {n} export{'s' if n > 1 else ''}"] = {
+                "dump_priority": priority,
+                "concurrency": n,
+            }
     return kinds
 
 
@@ -103,11 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--concurrencies",
         default="1,2,4",
-        help="export concurrencies to compare at low dump priority (comma-separated)",
+        help="export concurrencies to compare (comma-separated)",
+    )
+    parser.add_argument(
+        "--priorities",
+        default="low",
+        help="pg_dump priorities to compare at each concurrency (low, normal; comma-separated)",
     )
     parser.add_argument("--sample", nargs=2, metavar=("BASE_URL", "AGENT_IDS"), help="internal")
     args = parser.parse_args(argv)
-    kinds_by_name = backup_kinds([int(n) for n in args.concurrencies.split(",")])
+    kinds_by_name = backup_kinds(
+        [int(n) for n in args.concurrencies.split(",")], args.priorities.split(",")
+    )
     if args.sample:
         sample(args.sample[0], args.sample[1].split(","))
         return 0
