@@ -43,6 +43,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
             pinned=args.pin,
             lock_days=args.lock_days,
             lock_mode=args.lock_mode,
+            dump_priority=args.dump_priority,
         )
     )
     emit(report, args.json, render=render_backup)
@@ -289,14 +290,29 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         action="store_true",
         help="succeed even if some agents cannot be exported (the dump holds them)",
     )
-    p.add_argument("--concurrency", type=int, default=4, help="agent exports in flight (4)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="agent exports in flight against the live server; default "
+        "LETTA_OPS_EXPORT_CONCURRENCY, else 2 (measured: bench/live_latency.py)",
+    )
+    p.add_argument(
+        "--dump-priority",
+        choices=("low", "normal"),
+        default=None,
+        help="pg_dump's share of the host beside the live server: low (niceness 10, idle I/O "
+        "class; said in the log where the host refuses it) or normal; default "
+        "LETTA_OPS_DUMP_PRIORITY, else low",
+    )
     p.add_argument(
         "--compress",
         metavar="SPEC",
         default=None,
         help="pg_dump compression: none, a gzip level 0-9, gzip:N, zstd[:N] or lz4[:N] (zstd "
         "and lz4 need a client built with them); default LETTA_OPS_COMPRESS, else the saved "
-        "Letta Database block's compression, else gzip:6. "
+        "Letta Database block's compression, else gzip:1 (measured against gzip:6 and none: "
+        "bench/compression_choice.py). "
         "Recorded in the manifest.",
     )
     p.add_argument("--pin", action="store_true", help="never let retention delete this set")

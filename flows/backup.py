@@ -33,6 +33,7 @@ from ..tasks.postgres.dump import (
     tool_version,
 )
 from ..tasks.postgres.dump_compression import chosen_compression
+from ..tasks.postgres.dump_priority import chosen_dump_priority
 from ..tasks.postgres.letta_inventory import agent_inventory
 from ..tasks.postgres.letta_schema import alembic_revision
 from ..tasks.runs import progress_events
@@ -49,6 +50,7 @@ from ..tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
 from ..tasks.runs.report import FlowReport, ReportPart
 from ..tasks.sets.agent_export import export_agents
 from ..tasks.sets.catalog import keyless_warning, write_manifest
+from ..tasks.sets.export_concurrency import chosen_export_concurrency
 from ..tasks.sets.manifest import (
     DUMP_NAME,
     SQLITE_COPY_NAME,
@@ -157,7 +159,7 @@ def dump_failure(exc: BaseException) -> str:
 
 @task(name="dump-database", cache_policy=NO_CACHE)
 def dump_database_task(
-    profile: ServerProfile, store: ObjectStore, key: str, compression: str
+    profile: ServerProfile, store: ObjectStore, key: str, compression: str, priority: str = "low"
 ) -> DumpResult:
     progress = progress_events.reporter()
     progress.start("upload pg_dump", None, "bytes")
@@ -168,6 +170,7 @@ def dump_database_task(
             key,
             progress=lambda n: progress.advance("upload pg_dump", n),
             compression=compression,
+            priority=priority,
         )
     finally:
         progress.finish("upload pg_dump")
@@ -381,7 +384,7 @@ def backup(
     server: str | None = None,
     store: str | None = None,
     allow_partial_agents: bool = False,
-    concurrency: int = 4,
+    concurrency: int | None = None,
     purpose: Purpose = "scheduled",
     pinned: bool = False,
     server_down_ok: bool = False,
@@ -389,6 +392,7 @@ def backup(
     concurrency_limits: list[str] | None = None,
     lock_days: float | None = None,
     lock_mode: str | None = None,
+    dump_priority: str | None = None,
 ) -> BackupReport:
     """Back up one Letta server into a new, verified, write-once backup set.
 
@@ -398,8 +402,13 @@ def backup(
     in the manifest. A bucket without Object Lock is refused before anything is written.
 
     ``compression`` is pg_dump's ``--compress`` (``--compress``, else ``LETTA_OPS_COMPRESS``,
-    else the Letta Database block's ``compression``, else ``gzip:6``; ``none``, gzip levels, and
+    else the Letta Database block's ``compression``, else ``gzip:1``; ``none``, gzip levels, and
     zstd/lz4 with a client built with them), recorded in the manifest.
+
+    The load on the live server is bounded: ``concurrency`` agent exports in flight
+    (``--concurrency``, else ``LETTA_OPS_EXPORT_CONCURRENCY``, else 2) and pg_dump at
+    ``dump_priority`` (``--dump-priority``, else ``LETTA_OPS_DUMP_PRIORITY``, else ``low``:
+    niceness 10 and the idle I/O class, logged when the host refuses either).
 
     ``server_down_ok`` (safety backups before a rollback of a server that is down): a server
     that does not answer is backed up from its database alone, every agent listed as not
@@ -428,6 +437,8 @@ def backup(
         started = datetime.now(UTC)
 
         with clock.phase("pre-flight"):
+            priority = chosen_dump_priority(dump_priority)
+            concurrency = chosen_export_concurrency(concurrency)
             if profile.sqlite is None:
                 database = profile.require_database()
                 compression = chosen_compression(compression, database.compression)
@@ -457,8 +468,10 @@ def backup(
             with clock.phase("counts+dump+upload"):
                 if profile.sqlite is None:
                     dump = dump_database_task(
-                        profile, object_store, prefix + DUMP_NAME, compression
+                        profile, object_store, prefix + DUMP_NAME, compression, priority
                     )
+                    for note in dump.priority_notes:
+                        logger.warning("%s; the dump ran at normal priority.", note)
                 else:
                     dump = copy_sqlite_task(profile.sqlite, object_store, prefix + SQLITE_COPY_NAME)
         except (PgToolError, sa.exc.DBAPIError, SqliteCopyFailed) as exc:

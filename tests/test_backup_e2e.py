@@ -107,7 +107,7 @@ def test_backup_of_25_agents(server_25, backup_env):
     assert manifest.table_bytes["agents"] > 0 and manifest.table_bytes["messages"] > 0
     assert manifest.letta_version == NEW_VERSION
     assert manifest.dump in manifest.objects
-    assert manifest.dump_compression == "gzip:6"  # the default, recorded
+    assert manifest.dump_compression == "gzip:1"  # the default, recorded
 
 
 def test_partial_backup_allowed_then_tamper_and_drill(server_25, backup_env):
@@ -317,3 +317,59 @@ def test_postgres_restarted_mid_backup(server_25, tmp_path, monkeypatch, prefect
         assert [s.complete for s in list_backup_sets(store, "pg-restarted")] == [True]
     finally:
         cluster.remove()
+
+
+def test_exports_in_flight_never_exceed_the_configured_bound(server_25, backup_env, monkeypatch):
+    """LETTA_OPS_EXPORT_CONCURRENCY=2: the real exports of 25 agents overlap, two at a time and
+    never three (each held 50 ms after its real request, so a wider pool would show)."""
+    import threading
+    import time
+
+    from letta_ops.tasks.letta.api import LettaClient
+
+    real_export = LettaClient.export_agent
+    lock, state = threading.Lock(), {"now": 0, "most": 0, "calls": 0}
+
+    def counted_export(self, agent_id: str) -> bytes:
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            state["calls"] += 1
+        try:
+            data = real_export(self, agent_id)
+            time.sleep(0.05)
+            return data
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(LettaClient, "export_agent", counted_export)
+    monkeypatch.setenv("LETTA_OPS_EXPORT_CONCURRENCY", "2")
+    report = backup(allow_partial_agents=True)
+    assert state["calls"] == 25 and report.agents_exported == 23  # the two '/' names fail
+    assert state["most"] == 2
+
+
+def test_a_set_written_with_the_old_default_gzip_6_still_restores(
+    server_25, backup_env, pg_cluster
+):
+    """The default became gzip:1; sets written before say gzip:6 in their manifest and must
+    restore, byte for byte of every table, with today's code."""
+    from letta_ops.flows.steps.restore_server import restore_database_from_set
+    from letta_ops.tasks.postgres.letta_schema import create_database, drop_database
+    from tests.fixtures.oracle import digest_differences, sql_table_digests
+
+    client, bucket = backup_env
+    report = backup(allow_partial_agents=True, compression="gzip:6")
+    store = _store(client, bucket)
+    manifest = load_manifest(store, *report.set.split("/"))
+    assert manifest.dump_compression == "gzip:6"
+    target = LettaDatabase(uri=pg_cluster.uri("old_gzip6_restored"), reset_mode="recreate")
+    create_database(target)
+    try:
+        restored = restore_database_from_set(target, store, manifest, 2)
+        assert restored["count_differences"] == []
+        before = sql_table_digests(server_25.database)
+        assert digest_differences(before, sql_table_digests(target)) == {}
+    finally:
+        drop_database(target)

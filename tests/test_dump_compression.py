@@ -14,7 +14,7 @@ URI = "postgresql://letta:s3cret-pw@127.0.0.1:5432/letta"
 
 
 def test_spellings_pg_dump_knows_are_normalised_and_others_refused():
-    assert parse_compression(None) == "gzip:6"
+    assert parse_compression(None) == "gzip:1"  # the measured default (README, bench)
     assert parse_compression("9") == "gzip:9"
     assert parse_compression("zstd:3") == "zstd:3"
     assert parse_compression(" NONE ") == "none"
@@ -35,7 +35,7 @@ def test_the_run_wins_then_the_environment_then_the_block():
     assert chosen_compression("none", "zstd:3", env) == "none"
     assert chosen_compression(None, "zstd:3", env) == "gzip:1"
     assert chosen_compression(None, "zstd:3", {}) == "zstd:3"
-    assert chosen_compression(None, None, {}) == "gzip:6"
+    assert chosen_compression(None, None, {}) == "gzip:1"
     with pytest.raises(Refused, match="not one pg_dump knows"):
         chosen_compression(None, None, {"LETTA_OPS_COMPRESS": "brotli"})
 

@@ -136,7 +136,7 @@ class PostgresDatabase(BaseModel):
         default=None,
         description="pg_dump's --compress for this database's backups: none, a gzip level "
         "0-9, gzip:N, or zstd[:N]/lz4[:N] when the client in pg_bin_dir is built with them; "
-        "empty for gzip:6. A run's --compress and LETTA_OPS_COMPRESS override it.",
+        "empty for gzip:1. A run's --compress and LETTA_OPS_COMPRESS override it.",
     )
     pg_tools_compose_service: str | None = Field(
         default=None,

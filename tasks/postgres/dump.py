@@ -28,11 +28,13 @@ from ..errors import Refused, final_error_line
 from ..store.objects import ObjectStore, StoredObject
 from .client_tools import (
     LocalPgClientTools,
+    PgClientTools,
     PgToolError,
     client_tools,
 )
 from .database import PostgresDatabase
 from .dump_compression import DEFAULT_COMPRESSION, parse_compression
+from .dump_priority import DEFAULT_DUMP_PRIORITY, lower_priority
 from .letta_objects import inventory
 from .letta_schema import (
     connect,
@@ -79,6 +81,8 @@ class DumpResult:
     pgvector_schema: str | None = None
     #: What the dump leaves out because it is not Letta's (as plans name them).
     left_out: list[str] = field(default_factory=list)
+    #: What could not be done to lower pg_dump's priority (empty: all of it, or ``normal``).
+    priority_notes: list[str] = field(default_factory=list)
 
 
 def require_compression_supported(db: PostgresDatabase, compression: str) -> None:
@@ -191,8 +195,10 @@ def dump_to_store(
     key: str,
     progress=None,
     compression: str = DEFAULT_COMPRESSION,
+    priority: str = DEFAULT_DUMP_PRIORITY,
 ) -> DumpResult:
-    """``pg_dump -Fc`` into ``store[key]``, with row counts taken in the dump's own snapshot."""
+    """``pg_dump -Fc`` into ``store[key]``, with row counts taken in the dump's own snapshot;
+    pg_dump at ``priority`` (:mod:`.dump_priority`: ``low`` beside a live server)."""
     compression = parse_compression(compression)
     refuse_transaction_pooler(db, "pg_dump")
     require_compression_supported(db, compression)
@@ -228,6 +234,9 @@ def dump_to_store(
             stdin=subprocess.DEVNULL,
         )
         widen_pipe(proc.stdout)  # pg_dump keeps writing while a part goes to the store
+        priority_notes = dump_priority_notes(tools, proc.pid, priority)
+        for note in priority_notes:
+            log.warning("%s; the dump goes on at normal priority.", note)
         try:
             stderr = StderrDrain(proc)
             stream = io.BufferedReader(ProcessOutput(proc, "pg_dump", stderr), 1 << 20)
@@ -246,7 +255,18 @@ def dump_to_store(
         sizes,
         pgvector_schema=vector_schema,
         left_out=found.left_alone(),
+        priority_notes=priority_notes,
     )
+
+
+def dump_priority_notes(tools: PgClientTools, pid: int, priority: str) -> list[str]:
+    """Lower the local pg_dump ``pid`` to ``priority``; what could not be done, as sentences.
+    Tools in a container are not this host's children: only the container can be lowered."""
+    if isinstance(tools, LocalPgClientTools):
+        return lower_priority(pid, priority)
+    if priority == "normal":
+        return []
+    return [f"pg_dump runs through {tools.describe()}, so its priority is the container's"]
 
 
 def letta_only_arguments(schema: str, excluded: list[str]) -> list[str]:
