@@ -42,10 +42,23 @@ print(json.dumps({
 }))
 """
 
+#: Only whether a server would start (nothing imports Prefect: a second each, not ten).
+WOULD_START = """
+import json
+from letta_ops.tasks.runs import temporary_server
+server = temporary_server.start_if_needed()
+print(json.dumps({"started": server is not None}))
+"""
 
-def run_probe(env: dict[str, str]) -> dict:
+
+def run_probe(env: dict[str, str], cwd=None, script: str = PROBE) -> dict:
     done = subprocess.run(
-        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -84,7 +97,12 @@ def test_bare_shell_runs_on_a_temporary_server_started_first_and_stopped(tmp_pat
 def test_a_configured_api_is_left_alone(tmp_path):
     env = bare_env(tmp_path)
     env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"
-    assert run_probe(env)["started"] is False
+    assert run_probe(env, script=WOULD_START)["started"] is False
     env.pop("PREFECT_API_URL")
+    # An API configured in a settings file of the working directory: Prefect reads it.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "prefect.toml").write_text('[api]\nurl = "http://127.0.0.1:9/api"\n')
+    assert run_probe(env, cwd=project, script=WOULD_START)["started"] is False
     env["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
-    assert run_probe(env)["started"] is False
+    assert run_probe(env, script=WOULD_START)["started"] is False

@@ -112,7 +112,7 @@ def start_if_needed() -> TemporaryPrefectServer | None:
     """
     if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
         return None
-    if not _ephemeral_mode_allowed() or _profile_sets_api_url():
+    if not _ephemeral_mode_allowed() or _settings_files_may_set_api():
         return None
     port = _free_loopback_port()
     api_url = f"http://127.0.0.1:{port}/api"
@@ -145,15 +145,26 @@ def _ephemeral_mode_allowed() -> bool:
     return value not in ("0", "false", "no", "off")
 
 
-def _profile_sets_api_url() -> bool:
-    """Whether Prefect's profiles file may configure an API (read by Prefect, not here): then
-    Prefect decides, as before. A coarse look at the file, so nothing is imported for it."""
+def _settings_files_may_set_api() -> bool:
+    """Whether a file Prefect reads its settings from may configure an API: the profiles
+    file, or ``prefect.toml``, ``.env`` or ``pyproject.toml``'s ``[tool.prefect]`` in the
+    working directory. Then Prefect decides, as before. A coarse look at the files, so that
+    nothing is imported for it; a false alarm only costs the early start."""
     home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
     profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml")
-    try:
-        return "PREFECT_API_URL" in profiles.read_text()
-    except OSError:
-        return False
+    if Path("prefect.toml").exists():
+        return True
+    for path, marker in (
+        (profiles, "PREFECT_API_URL"),
+        (Path(".env"), "PREFECT_API_URL"),
+        (Path("pyproject.toml"), "[tool.prefect"),
+    ):
+        try:
+            if marker in path.read_text():
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _prefect_package_parent() -> Path:
