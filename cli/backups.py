@@ -10,6 +10,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ..tasks.errors import EXIT_OK
+from ..tasks.runs import temporary_server
 from .adopt import add_adopt_command
 from .options import (
     Parser,
@@ -30,7 +31,10 @@ if TYPE_CHECKING:  # the models load with the flows, never for --help
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    api = temporary_server.start_if_needed()  # starts while the flow's modules import
     from ..flows.backup import backup
+
+    temporary_server.wait_ready(api)
 
     report = with_progress(
         lambda: backup(
@@ -220,7 +224,10 @@ def cmd_backups_forget(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    api = temporary_server.start_if_needed()
     from ..flows.verify import verify
+
+    temporary_server.wait_ready(api)
 
     result = verify(
         args.set,

@@ -13,6 +13,7 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from ..tasks.errors import EXIT_OK, Refused
+from ..tasks.runs import temporary_server
 from ..tasks.runs.confirmation import asking
 from .options import (
     allow_legacy_option,
@@ -178,9 +179,11 @@ def _check_database_argument(reference: str) -> None:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    api = temporary_server.start_if_needed()  # starts while the flow's modules import
+    _check_database_argument(args.database)
     from ..flows.restore import restore
 
-    _check_database_argument(args.database)
+    temporary_server.wait_ready(api)
     if args.force and not args.yes and not args.dry_run:
         confirm(
             f"restore {args.set} onto {args.database}: with --force an existing database "

@@ -470,8 +470,6 @@ def backup(
                     dump = dump_database_task(
                         profile, object_store, prefix + DUMP_NAME, compression, priority
                     )
-                    for note in dump.priority_notes:
-                        logger.warning("%s; the dump ran at normal priority.", note)
                 else:
                     dump = copy_sqlite_task(profile.sqlite, object_store, prefix + SQLITE_COPY_NAME)
         except (PgToolError, sa.exc.DBAPIError, SqliteCopyFailed) as exc:

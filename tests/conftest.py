@@ -42,6 +42,7 @@ LONGEST_FILES_FIRST = (
     "test_agent_portability_e2e.py",
     "test_adopt_dump_e2e.py",
     "test_rebuild_names_e2e.py",
+    "test_temporary_prefect_server_e2e.py",
 )
 
 

@@ -18,6 +18,7 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,8 +218,8 @@ def dump_to_store(
             )
         ).first() or (None, None)
         found = inventory(conn, schema, db.extra_tables)
-        counts = counts_in_snapshot(conn, schema, db.extra_tables)
         sizes = table_sizes(conn, schema, db.extra_tables)
+        backend = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
         proc = subprocess.Popen(
             tools.argv(
                 "pg_dump",
@@ -237,14 +238,25 @@ def dump_to_store(
         priority_notes = dump_priority_notes(tools, proc.pid, priority)
         for note in priority_notes:
             log.warning("%s; the dump goes on at normal priority.", note)
+        # The counts run on this connection (the snapshot's own transaction) while pg_dump
+        # reads the same tables: a full scan of each table, no longer before the dump but
+        # beside it (PostgreSQL's synchronized scans let both read the pages once).
+        counting = ThreadPoolExecutor(1, thread_name_prefix="counts-in-snapshot")
+        counted = counting.submit(counts_in_snapshot, conn, schema, db.extra_tables)
         try:
             stderr = StderrDrain(proc)
             stream = io.BufferedReader(ProcessOutput(proc, "pg_dump", stderr), 1 << 20)
             stored = store.put_stream(key, stream, progress=progress)
+            counts = counted.result()
+        except BaseException:
+            if not counted.done():  # the dump failed: its error need not wait for a scan
+                _cancel_backend(db, backend)
+            raise
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            counting.shutdown(wait=True)  # nothing else uses the connection meanwhile
         conn.rollback()
     return DumpResult(
         stored,
@@ -267,6 +279,15 @@ def dump_priority_notes(tools: PgClientTools, pid: int, priority: str) -> list[s
     if priority == "normal":
         return []
     return [f"pg_dump runs through {tools.describe()}, so its priority is the container's"]
+
+
+def _cancel_backend(db: PostgresDatabase, backend: int) -> None:
+    """Best effort: cancel the counts' query (a server that is gone has ended it already)."""
+    try:
+        with connect(db, autocommit=True) as conn:
+            conn.execute(sa.text("SELECT pg_cancel_backend(:pid)"), {"pid": backend})
+    except sa.exc.SQLAlchemyError:
+        pass
 
 
 def letta_only_arguments(schema: str, excluded: list[str]) -> list[str]:

@@ -59,6 +59,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from pydantic import Field
 
 from ..errors import Busy
+from . import temporary_server
 from .context import TERMINAL_STATES, flow_run_state
 from .journal import process_alive
 from .report import FlowReport, StoredPart
@@ -215,7 +216,7 @@ def temporary_prefect_server() -> bool:
     whose leases die with it (another command's leases are never known to it)."""
     from prefect.settings import get_current_settings
 
-    return not get_current_settings().api.url
+    return not get_current_settings().api.url or temporary_server.is_temporary()
 
 
 def release_lease(lease_id: UUID) -> None:
