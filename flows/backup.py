@@ -456,7 +456,7 @@ def backup(
                     profile, object_store, prefix + DUMP_NAME, compression, priority
                 )
             for note in dump.priority_notes:
-                logger.warning("%s; the dump ran at normal priority.", note)
+                logger.warning("%s; the dump ran without it.", note)
         except (PgToolError, sa.exc.DBAPIError) as exc:
             if exports is not None:
                 exports.wait()  # nothing keeps writing into the set after the run ends
