@@ -35,7 +35,7 @@ from .client_tools import (
 )
 from .database import PostgresDatabase
 from .dump_compression import DEFAULT_COMPRESSION, parse_compression
-from .dump_priority import DEFAULT_DUMP_PRIORITY, lower_priority
+from .dump_priority import DEFAULT_DUMP_PRIORITY, lower_priority, parse_dump_priority
 from .letta_objects import inventory
 from .letta_schema import (
     connect,
@@ -201,6 +201,7 @@ def dump_to_store(
     """``pg_dump -Fc`` into ``store[key]``, with row counts taken in the dump's own snapshot;
     pg_dump at ``priority`` (:mod:`.dump_priority`: ``low`` beside a live server)."""
     compression = parse_compression(compression)
+    priority = parse_dump_priority(priority)
     refuse_transaction_pooler(db, "pg_dump")
     require_compression_supported(db, compression)
     schema = db.db_schema or "public"
@@ -235,15 +236,15 @@ def dump_to_store(
             stdin=subprocess.DEVNULL,
         )
         widen_pipe(proc.stdout)  # pg_dump keeps writing while a part goes to the store
-        priority_notes = dump_priority_notes(tools, proc.pid, priority)
-        for note in priority_notes:
-            log.warning("%s; the dump goes on at normal priority.", note)
         # The counts run on this connection (the snapshot's own transaction) while pg_dump
         # reads the same tables: a full scan of each table, no longer before the dump but
         # beside it (PostgreSQL's synchronized scans let both read the pages once).
         counting = ThreadPoolExecutor(1, thread_name_prefix="counts-in-snapshot")
         counted = counting.submit(counts_in_snapshot, conn, schema, db.extra_tables)
         try:
+            priority_notes = dump_priority_notes(tools, proc.pid, priority)
+            for note in priority_notes:
+                log.warning("%s; the dump goes on without it.", note)
             stderr = StderrDrain(proc)
             stream = io.BufferedReader(ProcessOutput(proc, "pg_dump", stderr), 1 << 20)
             stored = store.put_stream(key, stream, progress=progress)
