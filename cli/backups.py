@@ -302,7 +302,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         type=int,
         default=None,
         help="agent exports in flight against the live server; default "
-        "LETTA_OPS_EXPORT_CONCURRENCY, else 2 (measured: bench/live_latency.py)",
+        "LETTA_OPS_EXPORT_CONCURRENCY, else 1 (measured: bench/live_latency.py)",
     )
     p.add_argument(
         "--dump-priority",

@@ -406,7 +406,7 @@ def backup(
     zstd/lz4 with a client built with them), recorded in the manifest.
 
     The load on the live server is bounded: ``concurrency`` agent exports in flight
-    (``--concurrency``, else ``LETTA_OPS_EXPORT_CONCURRENCY``, else 2) and pg_dump at
+    (``--concurrency``, else ``LETTA_OPS_EXPORT_CONCURRENCY``, else 1) and pg_dump at
     ``dump_priority`` (``--dump-priority``, else ``LETTA_OPS_DUMP_PRIORITY``, else ``low``:
     niceness 10 and the idle I/O class, logged when the host refuses either).
 

@@ -86,7 +86,7 @@ def test_priority_and_export_concurrency_choices():
     assert chosen_dump_priority("low", {"LETTA_OPS_DUMP_PRIORITY": "normal"}) == "low"
     with pytest.raises(Refused, match="not one of: low, normal"):
         chosen_dump_priority(None, {"LETTA_OPS_DUMP_PRIORITY": "idle"})
-    assert chosen_export_concurrency(None, {}) == 2  # the measured default (bench/live_latency.py)
+    assert chosen_export_concurrency(None, {}) == 1  # the measured default (bench/live_latency.py)
     assert chosen_export_concurrency(None, {"LETTA_OPS_EXPORT_CONCURRENCY": "2"}) == 2
     assert chosen_export_concurrency(8, {"LETTA_OPS_EXPORT_CONCURRENCY": "2"}) == 8
     for bad in ("0", "many", "65"):
