@@ -22,6 +22,7 @@ import pytest
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.cli.main import main
 from letta_ops.flows.move_to_postgres import move_to_postgres
+from letta_ops.flows.reports.move import render_move_markdown
 from letta_ops.tasks.move.row_copy import copy_all_rows
 from tests.fixtures.letta import NEW_VERSION
 from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_execute
@@ -221,6 +222,7 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
     monkeypatch.setenv("LETTA_OPS_SQLITE_DB", str(path))  # the profile names the file
     report = move_to_postgres()
     print(f"move into PG 16: {time.monotonic() - started:.1f} s; phases {report.phases}")
+    print(render_move_markdown(report))  # the per-table table the issue note cites
     assert report.now_on == "postgresql"
     assert report.sqlite_sha256_before == report.sqlite_sha256_after == _checksum(path)
     assert sqlite_table_counts(path) == counts
