@@ -11,6 +11,7 @@ copy of the same file into the schema 0.11.7 builds); runtime letta-ops' process
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import struct
 import time
@@ -68,6 +69,12 @@ def _pg(db: LettaDatabase) -> pg8000.native.Connection:
     )
 
 
+def _float32s(values) -> list[float]:
+    """Each value as the float4 it stands for: pgvector prints a float4's shortest decimal,
+    which reads back to the same float4, so the comparison is exact, not rounded."""
+    return [struct.unpack("<f", struct.pack("<f", float(x)))[0] for x in values]
+
+
 def _canonical(value, pg_type: str):
     """One value as this test compares it, from either side."""
     if value is None:
@@ -86,7 +93,7 @@ def _canonical(value, pg_type: str):
             floats = struct.unpack(f"<{len(value) // 4}f", value)
         else:
             floats = json.loads(value)
-        return [round(float(x), 5) for x in floats]
+        return _float32s(floats)
     return value
 
 
@@ -135,9 +142,41 @@ def _checksum(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _plant_archival_passage(path) -> list[float]:
+    """An archive and one archival passage written as Letta 0.11.7 writes them on SQLite
+    (its embedding padded to 4096 float32s in sqlite-vec's blob), so the move's embedding
+    conversion runs on a real row: the seeded agents have no passages (no embedding model
+    answers here)."""
+    embedding = [round(math.sin(i) / 3, 6) for i in range(1536)] + [0.0] * (4096 - 1536)
+    conn = sqlite3.connect(path)
+    try:
+        (org,) = conn.execute("SELECT id FROM organizations").fetchone()
+        conn.execute(
+            "INSERT INTO archives (id, name, vector_db_provider, metadata_, organization_id) "
+            "VALUES ('archive-moved', 'Café memories', 'NATIVE', '{}', ?)",
+            (org,),
+        )
+        conn.execute(
+            "INSERT INTO archival_passages (id, text, embedding_config, metadata_, tags, "
+            "embedding, organization_id, archive_id) VALUES ('passage-moved', 'Ñandú notes', "
+            "?, '{}', '[\"moved\"]', ?, ?, 'archive-moved')",
+            (
+                json.dumps({"embedding_model": "text-embedding-3-small", "embedding_dim": 1536}),
+                struct.pack("<4096f", *embedding),
+                org,
+            ),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    return embedding
+
+
 def test_copy_into_postgres_18_keeps_every_row(sqlite_letta_copy, letta_template):
-    """PostgreSQL 18: the real file into the schema 0.11.7's alembic builds; content equal."""
+    """PostgreSQL 18: the real file into the schema 0.11.7's alembic builds; content equal,
+    an archival passage's embedding among it."""
     path = sqlite_letta_copy.path
+    embedding = _plant_archival_passage(path)
     before = _checksum(path)
     target = letta_template(SQLITE_VERSION, "move18")
     started = time.monotonic()
@@ -146,6 +185,16 @@ def test_copy_into_postgres_18_keeps_every_row(sqlite_letta_copy, letta_template
     sqlite_side, pg_side = _content(path, target)
     assert sum(len(rows) for rows in sqlite_side.values()) > 50
     assert sqlite_side == pg_side
+    assert len(pg_side["archival_passages"]) == 1
+    conn = _pg(target)
+    try:
+        [[dims, text]] = conn.run(
+            "SELECT vector_dims(embedding), embedding::text FROM archival_passages"
+        )
+    finally:
+        conn.close()
+    assert dims == 4096
+    assert _float32s(json.loads(text)) == _float32s(embedding)
     assert {a.name for a in sql_agents(target).values()} == set(SQLITE_AGENT_NAMES)
     assert _checksum(path) == before
 
