@@ -197,31 +197,15 @@ def preflight(
             f"Only {free} bytes are free in {tempfile.gettempdir()} for a database of "
             f"{size} bytes (safety dump and restore need about twice that); free some space."
         )
-    in_set = {a.id: a.name for a in manifest.agents}
     written = rows_written_since(database, manifest.created_at)
     created = agents_created_since(database, manifest.created_at)
     plan = RollbackPlan(
-        server=profile.name,
-        base_url=profile.server.base_url,
-        runtime=profile.runtime.describe(),
+        **_set_against_server(profile, manifest, current, live),
         pg_tools=client_tools(database).describe(),
-        set=f"{manifest.server}/{manifest.set_id}",
-        set_created_at=manifest.created_at,
-        set_purpose=manifest.purpose,
-        from_version=current,
         server_down=down,
-        to_version=manifest.letta_version,
-        agents_now=len(live),
-        agents_in_set=len(in_set),
-        # Live agents the set does not hold: gone after the rollback, kept in the safety set.
-        agents_not_in_set=sorted(name for i, name in live.items() if i not in in_set),
-        agents_coming_back=sorted(name for i, name in in_set.items() if i not in live),
         written_since_set=written,
         agents_created_since_set=created,
-        tables=len(manifest.row_counts),
-        rows=sum(manifest.row_counts.values()),
         database_bytes=size,
-        objects_verified=len(manifest.objects),
         reset_mode=privileges["reset_mode"],
         left_alone=privileges["left_alone"],
         database_role=privileges["role"],
@@ -263,28 +247,13 @@ def sqlite_plan(
             f"Only {free} bytes are free in {profile.sqlite.letta_dir} for a database of "
             f"{size} bytes (the copy is written beside the live file); free some space."
         )
-    in_set = {a.id: a.name for a in manifest.agents}
     return RollbackPlan(
-        server=profile.name,
-        base_url=profile.server.base_url,
-        runtime=profile.runtime.describe(),
+        **_set_against_server(profile, manifest, current, live),
         pg_tools="none: SQLite (Python's sqlite3)",
-        set=f"{manifest.server}/{manifest.set_id}",
-        set_created_at=manifest.created_at,
-        set_purpose=manifest.purpose,
-        from_version=current,
         server_down=False,
-        to_version=manifest.letta_version,
-        agents_now=len(live),
-        agents_in_set=len(in_set),
-        agents_not_in_set=sorted(name for i, name in live.items() if i not in in_set),
-        agents_coming_back=sorted(name for i, name in in_set.items() if i not in live),
         written_since_set=None,
         agents_created_since_set=None,
-        tables=len(manifest.row_counts),
-        rows=sum(manifest.row_counts.values()),
         database_bytes=size,
-        objects_verified=len(manifest.objects),
         reset_mode="sqlite: the file replaced atomically",
         left_alone=[],
         database_role="the file's owner",
@@ -300,6 +269,32 @@ def sqlite_plan(
         expected_downtime_seconds=60,
         runtime_file_changes={},
     )
+
+
+def _set_against_server(
+    profile: ServerProfile, manifest: BackupManifest, current: str, live: dict[str, str]
+) -> dict[str, Any]:
+    """The plan's fields every rollback shares, whatever the server's database: the server,
+    the set, the versions and the agents going and coming back."""
+    in_set = {a.id: a.name for a in manifest.agents}
+    return {
+        "server": profile.name,
+        "base_url": profile.server.base_url,
+        "runtime": profile.runtime.describe(),
+        "set": f"{manifest.server}/{manifest.set_id}",
+        "set_created_at": manifest.created_at,
+        "set_purpose": manifest.purpose,
+        "from_version": current,
+        "to_version": manifest.letta_version,
+        "agents_now": len(live),
+        "agents_in_set": len(in_set),
+        # Live agents the set does not hold: gone after the rollback, kept in the safety set.
+        "agents_not_in_set": sorted(name for i, name in live.items() if i not in in_set),
+        "agents_coming_back": sorted(name for i, name in in_set.items() if i not in live),
+        "tables": len(manifest.row_counts),
+        "rows": sum(manifest.row_counts.values()),
+        "objects_verified": len(manifest.objects),
+    }
 
 
 def runtime_file_changes(

@@ -42,6 +42,7 @@ from ...tasks.sets.verification import (
     dump_head,
     no_phase,
     restore_set_dump,
+    server_against_set,
 )
 from ...tasks.store.objects import ObjectStore
 
@@ -187,20 +188,8 @@ def prove_server_matches_set(
     not be exactly where the set was."""
     version = client.health()["version"]
     agents = {a["id"]: a["name"] for a in client.list_agents()}
-    expected = {a.id: a.name for a in manifest.agents}
-    differences = compare_counts(
-        manifest.row_counts,
-        table_row_counts(database_for_set(database, manifest), manifest.row_counts),
-    )
-    return {
-        "ok": version == manifest.letta_version and not differences and agents == expected,
-        "version": version,
-        "agents": len(agents),
-        "agents_equal": agents == expected,
-        "agents_missing": sorted(set(expected) - set(agents)),
-        "agents_unexpected": sorted(set(agents) - set(expected)),
-        "count_differences": differences,
-    }
+    counts = table_row_counts(database_for_set(database, manifest), manifest.row_counts)
+    return server_against_set(version, agents, counts, manifest)
 
 
 def restore_server_from_set(

@@ -23,7 +23,7 @@ from ...tasks.errors import Failed, Refused, database_error_message
 from ...tasks.letta.api import LettaClient
 from ...tasks.sets.admission import require_key
 from ...tasks.sets.manifest import BackupManifest
-from ...tasks.sets.verification import compare_counts
+from ...tasks.sets.verification import compare_counts, server_against_set
 from ...tasks.sqlite.database import SqliteDatabase, require_serves_sqlite
 from ...tasks.sqlite.file_swap import incoming_path, swap_in
 from ...tasks.sqlite.online_copy import integrity_problems, table_counts
@@ -98,17 +98,7 @@ def prove_sqlite_server(
     """The running server's version and agents, and the file's counts, against the set."""
     version = client.health()["version"]
     agents = {a["id"]: a["name"] for a in client.list_agents()}
-    expected = {a.id: a.name for a in manifest.agents}
-    differences = compare_counts(manifest.row_counts, table_counts(sqlite.path))
-    return {
-        "ok": version == manifest.letta_version and not differences and agents == expected,
-        "version": version,
-        "agents": len(agents),
-        "agents_equal": agents == expected,
-        "agents_missing": sorted(set(expected) - set(agents)),
-        "agents_unexpected": sorted(set(agents) - set(expected)),
-        "count_differences": differences,
-    }
+    return server_against_set(version, agents, table_counts(sqlite.path), manifest)
 
 
 def restore_sqlite_server_from_set(

@@ -404,3 +404,22 @@ def compare_counts(expected: dict[str, int], actual: dict[str, int]) -> list[dic
         for t in sorted(set(expected) | set(actual))
         if expected.get(t) != actual.get(t)
     ]
+
+
+def server_against_set(
+    version: str, agents: dict[str, str], counts: dict[str, int], manifest: BackupManifest
+) -> dict:
+    """The proof that a started server is where a set was: its version, its agents (id ->
+    name) and its per-table counts against the manifest's. One reading, whatever the server's
+    database (PostgreSQL or SQLite), so both say "where the set was" alike."""
+    expected = {a.id: a.name for a in manifest.agents}
+    differences = compare_counts(manifest.row_counts, counts)
+    return {
+        "ok": version == manifest.letta_version and not differences and agents == expected,
+        "version": version,
+        "agents": len(agents),
+        "agents_equal": agents == expected,
+        "agents_missing": sorted(set(expected) - set(agents)),
+        "agents_unexpected": sorted(set(agents) - set(expected)),
+        "count_differences": differences,
+    }
