@@ -25,7 +25,13 @@ from letta_ops.flows.move_to_postgres import move_to_postgres
 from letta_ops.flows.reports.move import render_move_markdown
 from letta_ops.tasks.move.row_copy import copy_all_rows
 from tests.fixtures.letta import NEW_VERSION
-from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_execute
+from tests.fixtures.oracle import (
+    http_agents,
+    http_version,
+    sql_agents,
+    sql_execute,
+    sql_scalar,
+)
 from tests.fixtures.sqlite_letta import SQLITE_AGENT_NAMES, SQLITE_VERSION
 from tests.fixtures.sqlite_oracle import (
     sqlite_agent_messages,
@@ -91,7 +97,8 @@ def _canonical(value, pg_type: str):
 
 
 def _content(sqlite_path, db: LettaDatabase) -> tuple[dict, dict]:
-    """Each copied table's rows, canonical and sorted, from both sides (the tests' own SQL)."""
+    """Each copied table's rows, canonical and sorted, from both sides (the tests' own SQL);
+    after a migration, the columns both sides still have."""
     conn = _pg(db)
     try:
         types = {}
@@ -108,7 +115,11 @@ def _content(sqlite_path, db: LettaDatabase) -> tuple[dict, dict]:
             if t in types and t != "alembic_version"
         ]
         for table in tables:
-            columns = [r[1] for r in source.execute(f'PRAGMA table_info("{table}")')]
+            columns = [
+                r[1]
+                for r in source.execute(f'PRAGMA table_info("{table}")')
+                if r[1] in types[table]
+            ]
             names = ", ".join(f'"{c}"' for c in columns)
             kinds = [types[table][c] for c in columns]
 
@@ -127,6 +138,19 @@ def _content(sqlite_path, db: LettaDatabase) -> tuple[dict, dict]:
     finally:
         conn.close()
     return sqlite_side, pg_side
+
+
+def _names(sqlite_path, table: str) -> set[str]:
+    with sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True) as source:
+        return {name for (name,) in source.execute(f'SELECT name FROM "{table}"')}
+
+
+def _pg_rows(db: LettaDatabase, query: str) -> list:
+    conn = _pg(db)
+    try:
+        return conn.run(query)
+    finally:
+        conn.close()
 
 
 def _checksum(path) -> str:
@@ -252,3 +276,93 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
     assert {i: (a.messages, a.blocks) for i, a in after.items()} == {
         i: (a.messages, a.blocks) for i, a in moved.items()
     }
+
+
+def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
+    sqlite_letta_copy,
+    start_sqlite_letta,
+    make_database,
+    s3_env,
+    s3_bucket,
+    monkeypatch,
+    prefect_harness,
+    capsys,
+):
+    """``upgrade --to 0.16.2`` of a SQLite 0.11.7 server, given PostgreSQL 18: planned with
+    both parts, then the move and the migration in one run; the content of every table equal
+    by the tests' own SQL, the SQLite file unchanged, the profile change printed without the
+    password."""
+    path = sqlite_letta_copy.path
+    running = start_sqlite_letta("sqlite-upgrade-18")
+    base_url = running.server.base_url
+    agents_before = http_agents(base_url)
+    messages_before = sqlite_agent_messages(path)
+    counts = sqlite_table_counts(path)
+    digests = sqlite_table_digests(path)
+    target = make_database("sqlup18")  # the session's PostgreSQL 18, empty, pgvector
+    for name, value in {
+        "LETTA_BASE_URL": base_url,
+        "LETTA_OPS_SERVER_NAME": running.runtime.server_name,
+        "LETTA_OPS_STATE_DIR": str(running.runtime.state_dir.parent),
+        "LETTA_OPS_STORE": f"s3://{s3_bucket[1]}/backups",
+        "LETTA_OPS_SQLITE_DB": str(path),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LETTA_PG_URI", raising=False)
+    monkeypatch.delenv("LETTA_OPS_MOVE_TO_URI", raising=False)
+    pid = running.runtime.status()["pid"]
+
+    # --- without the target: one sentence naming the option, nothing stopped ------------------
+    assert main(["upgrade", "--to", NEW_VERSION, "--yes"]) == 2
+    assert "--to-database BLOCK" in capsys.readouterr().err
+    assert running.runtime.status()["pid"] == pid
+
+    # --- the plan shows the move, then the migration ------------------------------------------
+    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", target.letta_pg_uri())
+    password = str(target.parts["password"])
+    started = time.monotonic()
+    assert main(["upgrade", "--to", NEW_VERSION, "--dry-run", "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    print(f"\nplan: {time.monotonic() - started:.1f} s")
+    steps = planned["plan"]["steps"]
+    assert steps.index("stop server") < steps.index(f"alembic upgrade to {NEW_VERSION}")
+    assert any(s.startswith("move: copy") for s in steps)
+    assert planned["move"]["dry_run"] and planned["move"]["rows"] > 50
+    assert {t["name"]: t["rows"] for t in planned["move"]["tables"]} == {
+        t["name"]: counts[t["name"]] for t in planned["move"]["tables"]
+    }
+    assert running.runtime.status()["pid"] == pid
+    assert sql_scalar(target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
+
+    # --- one command: backup, move, migrate, start 0.16.2 on PostgreSQL -----------------------
+    started = time.monotonic()
+    assert main(["upgrade", "--to", NEW_VERSION, "--yes"]) == 0
+    out = capsys.readouterr().out
+    print(f"one-command upgrade from SQLite to {NEW_VERSION}: {time.monotonic() - started:.1f} s")
+    print(out)
+    assert "unset LETTA_OPS_SQLITE_DB" in out and "set LETTA_PG_URI to postgresql://" in out
+    assert password not in out
+    assert http_version(base_url) == NEW_VERSION
+    assert http_agents(base_url) == agents_before
+    after = sql_agents(target)
+    assert {a.name: a.messages for a in after.values()} == messages_before
+    assert sql_scalar(target, "SELECT version_num FROM alembic_version") == "27de0f58e076"
+    # Every column both sides still have, row for row. 0.16.2's start upserts its base tools
+    # (it has three more than 0.11.7), adds its base provider ('letta') and points the local
+    # sandbox at its HOME: the tools by name, the providers as a superset, the sandbox by rows.
+    sqlite_side, pg_side = _content(path, target)
+    sqlite_tools = _names(path, "tools")
+    assert len(sqlite_tools) == len(sqlite_side.pop("tools")) and sqlite_tools
+    assert sqlite_tools <= {name for (name,) in _pg_rows(target, "SELECT name FROM tools")}
+    pg_side.pop("tools")
+    assert len(sqlite_side.pop("sandbox_configs")) == len(pg_side.pop("sandbox_configs"))
+    sqlite_providers = set(sqlite_side.pop("providers"))
+    pg_providers = set(pg_side.pop("providers"))
+    added = pg_providers - sqlite_providers
+    assert sqlite_providers <= pg_providers
+    assert len(added) <= 1 and all(row.startswith("['letta', 'letta', 'base'") for row in added)
+    assert sum(len(rows) for rows in sqlite_side.values()) > 50
+    assert sqlite_side == pg_side
+    # The SQLite file: every table as it was, counted and digested by the tests' own SQL.
+    assert sqlite_table_counts(path) == counts
+    assert sqlite_table_digests(path) == digests

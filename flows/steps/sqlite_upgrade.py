@@ -152,8 +152,8 @@ def plan_sqlite_upgrade(
         runtime=profile.runtime.describe(),
         pg_tools="none: the move copies with asyncpg's binary COPY; alembic through the runtime",
         alembic_revision=None,
-        reset_mode="sqlite: the file is only read; a failure empties the target in place and "
-        f"starts Letta {current} on the file again",
+        # The undo empties the target in place, then starts Letta on the unread file again.
+        reset_mode="in-place",
         database_role=privileges.role,
         postgres_major=privileges.server_major,
         agents=len(agents),
