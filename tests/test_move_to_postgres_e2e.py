@@ -1,11 +1,14 @@
 """``move-to-postgres``: a real Letta 0.11.7 SQLite server into PostgreSQL 16 and 18, at the
 same version, then ``upgrade --to 0.16.2`` there; and a failure injected mid-copy (a trigger
-on ``messages`` the target's own event trigger adds) that leaves the server on SQLite.
+on ``messages`` the target's own event trigger adds) that leaves the server on SQLite. Then
+the one-command ``upgrade --to 0.16.2`` of a SQLite server into PostgreSQL 18 (move, then
+migrate), with a failure injected into its migration first (back on SQLite, one undo).
 
 Every table's content is compared with the tests' own queries on both sides (``sqlite3`` and
 pg8000, the values normalised here by the PostgreSQL column type), never with the product's
 counts. Cells: engine SQLite -> PostgreSQL 16 (the flow, the restart, the upgrade) and 18 (the
-copy of the same file into the schema 0.11.7 builds); runtime letta-ops' process runtime.
+copy of the same file into the schema 0.11.7 builds; the one-command upgrade and its undo);
+runtime letta-ops' process runtime; role superuser; loopback plaintext.
 """
 
 from __future__ import annotations
@@ -60,6 +63,23 @@ BEGIN
 END $$""",
     """CREATE EVENT TRIGGER add_fault ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
   EXECUTE FUNCTION add_fault()""",
+)
+
+
+#: A fault in the upgrade's second part: 0.16.2's last migration creates ``conversations``;
+#: the target refuses it, after the move has filled the database and most migrations ran.
+MIGRATION_FAULT_SQL = (
+    """CREATE FUNCTION refuse_conversations() RETURNS event_trigger LANGUAGE plpgsql AS $$
+DECLARE c record;
+BEGIN
+  FOR c IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+    IF c.object_identity = 'public.conversations' AND c.command_tag = 'CREATE TABLE' THEN
+      RAISE EXCEPTION 'injected fault: CREATE TABLE conversations';
+    END IF;
+  END LOOP;
+END $$""",
+    """CREATE EVENT TRIGGER refuse_conversations ON ddl_command_end
+  WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION refuse_conversations()""",
 )
 
 
@@ -289,9 +309,10 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
     capsys,
 ):
     """``upgrade --to 0.16.2`` of a SQLite 0.11.7 server, given PostgreSQL 18: planned with
-    both parts, then the move and the migration in one run; the content of every table equal
-    by the tests' own SQL, the SQLite file unchanged, the profile change printed without the
-    password."""
+    both parts; a migration failing after the move puts it back on SQLite at 0.11.7 (one undo,
+    the target emptied); then the move and the migration in one run: the content of every
+    table equal by the tests' own SQL, the SQLite file unchanged, the profile change printed
+    without the password."""
     path = sqlite_letta_copy.path
     running = start_sqlite_letta("sqlite-upgrade-18")
     base_url = running.server.base_url
@@ -333,6 +354,32 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
     }
     assert running.runtime.status()["pid"] == pid
     assert sql_scalar(target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
+
+    # --- the migration fails after the move: back on SQLite at 0.11.7, the target empty -------
+    for statement in MIGRATION_FAULT_SQL:
+        sql_execute(target, statement)
+    started = time.monotonic()
+    assert main(["upgrade", "--to", NEW_VERSION, "--yes"]) != 0
+    err = capsys.readouterr().err
+    print(f"failed upgrade and put back on SQLite: {time.monotonic() - started:.1f} s")
+    assert "injected fault" in err and "back on SQLite at Letta 0.11.7" in err
+    assert http_version(base_url) == SQLITE_VERSION
+    assert http_agents(base_url) == agents_before
+    assert running.runtime.status()["running"]
+    assert sqlite_table_counts(path) == counts
+    # Letta 0.11.7's own start on SQLite upserts its base tools (updated_at): nothing else moved.
+    after_fault = sqlite_table_digests(path)
+    assert {t for t in digests if digests[t] != after_fault[t]} <= {"tools"}
+    digests = after_fault
+    assert (
+        _pg_rows(
+            target,
+            "SELECT count(*) FROM pg_class WHERE relnamespace = "
+            "'public'::regnamespace AND relkind IN ('r', 'S')",
+        )[0][0]
+        == 0
+    )
+    sql_execute(target, "DROP EVENT TRIGGER IF EXISTS refuse_conversations")
 
     # --- one command: backup, move, migrate, start 0.16.2 on PostgreSQL -----------------------
     started = time.monotonic()
