@@ -127,6 +127,7 @@ def upgrade(
                 approval=approval,
                 lock_timeout_seconds=lock_timeout_seconds,
                 start_timeout_seconds=start_timeout_seconds,
+                require_rehearsal=require_rehearsal,
             )
         plan = preflight(profile, to_version, strategy, reset)
         # Every later step, the automatic rollback included, empties the database this way.

@@ -26,6 +26,8 @@ from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.cli.main import main
 from letta_ops.flows.move_to_postgres import move_to_postgres
 from letta_ops.flows.reports.move import render_move_markdown
+from letta_ops.flows.steps.upgrade_steps import UpgradeRefused
+from letta_ops.flows.upgrade import upgrade
 from letta_ops.tasks.move.row_copy import copy_all_rows
 from tests.fixtures.letta import NEW_VERSION
 from tests.fixtures.oracle import (
@@ -338,6 +340,11 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
     assert "--to-database BLOCK" in capsys.readouterr().err
     assert running.runtime.status()["pid"] == pid
 
+    # --- the deployment's require_rehearsal cannot be met by a move: refused, nothing stopped ---
+    with pytest.raises(UpgradeRefused, match="cannot be rehearsed"):
+        upgrade(NEW_VERSION, require_rehearsal=True)
+    assert running.runtime.status()["pid"] == pid
+
     # --- the plan shows the move, then the migration ------------------------------------------
     monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", target.letta_pg_uri())
     password = str(target.parts["password"])
@@ -363,6 +370,7 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
     err = capsys.readouterr().err
     print(f"failed upgrade and put back on SQLite: {time.monotonic() - started:.1f} s")
     assert "injected fault" in err and "back on SQLite at Letta 0.11.7" in err
+    print(err.strip().splitlines()[-1][:400])
     assert http_version(base_url) == SQLITE_VERSION
     assert http_agents(base_url) == agents_before
     assert running.runtime.status()["running"]
@@ -413,3 +421,20 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
     # The SQLite file: every table as it was, counted and digested by the tests' own SQL.
     assert sqlite_table_counts(path) == counts
     assert sqlite_table_digests(path) == digests
+    # The audit records both runs as upgrades, the move part of each, no password anywhere.
+    capsys.readouterr()
+    assert main(["history", "--operation", "upgrade", "--json"]) == 0
+    history = capsys.readouterr().out
+    assert password not in history
+    records = [r for r in json.loads(history)["records"] if r["server"] == "sqlite-upgrade-18"]
+    print("audit outcomes, newest first:", [r["outcome"] for r in records])
+    runs = [r for r in records if r["backup_set"]]  # the two that ran past the safety set
+    assert [r["outcome"] for r in runs] == ["succeeded", "failed"]
+    assert runs[1]["rollback_outcome"] == f"succeeded: Letta {SQLITE_VERSION} restored"
+    for run in runs:
+        assert (run["versions_from"], run["versions_to"]) == (SQLITE_VERSION, NEW_VERSION)
+        # The audit's own redaction drops even the mask: user@host.
+        shown = target.redacted_uri().replace(":***@", "@")
+        assert run["details"]["moved_to_postgres"]["target"] == shown
+    assert runs[0]["details"]["now_on"] == "postgresql"
+    assert runs[0]["counts_after"]["agents"] == len(agents_before)

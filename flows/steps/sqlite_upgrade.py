@@ -238,10 +238,19 @@ def upgrade_sqlite_server(
     approval: bool = False,
     lock_timeout_seconds: float = 0,
     start_timeout_seconds: float = 240,
+    require_rehearsal: bool = False,
 ) -> UpgradeReport:
     """The whole upgrade of a SQLite server (see the module docstring); ``safety_backup``
-    takes the pinned pre-upgrade set (the backup flow: it reads the same profile)."""
+    takes the pinned pre-upgrade set (the backup flow: it reads the same profile).
+    ``require_rehearsal`` (the deployment's default) refuses: no rehearsal of a move exists."""
     logger = get_run_logger()
+    if require_rehearsal and not dry_run:
+        audit.update(outcome="refused")
+        raise UpgradeRefused(
+            f"{profile.name} keeps its data in SQLite and a move to PostgreSQL cannot be "
+            "rehearsed on a copy yet, so this run's require_rehearsal cannot be met; check the "
+            "plan with --dry-run and run the upgrade with require_rehearsal off."
+        )
     ahead = plan_sqlite_upgrade(profile, to_version, strategy, target_database)
     plan, target, sqlite = ahead.plan, ahead.target, ahead.sqlite
     audit.update(versions_from=plan.from_version, versions_to=plan.to_version, strategy=strategy)
