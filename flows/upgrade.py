@@ -49,7 +49,7 @@ from .reports.upgrade import (
 )
 from .steps.destructive_run import destructive_section
 from .steps.server_steps import undoable
-from .steps.sqlite_upgrade import upgrade_sqlite_server
+from .steps.sqlite_upgrade import refuse_move_target_on_postgres, upgrade_sqlite_server
 from .steps.upgrade_steps import (
     UpgradeFailed,
     UpgradeRefused,
@@ -129,6 +129,7 @@ def upgrade(
                 start_timeout_seconds=start_timeout_seconds,
                 require_rehearsal=require_rehearsal,
             )
+        refuse_move_target_on_postgres(profile, target_database)
         plan = preflight(profile, to_version, strategy, reset)
         # Every later step, the automatic rollback included, empties the database this way.
         profile.database = profile.require_database().model_copy(

@@ -15,7 +15,11 @@ from letta_ops.cli.main import build_parser
 from letta_ops.cli.output import to_json
 from letta_ops.cli.upgrade import render_plan, render_upgrade
 from letta_ops.flows.reports.upgrade import UpgradeReport, render_upgrade_markdown
-from letta_ops.flows.steps.sqlite_upgrade import plan_sqlite_upgrade, profile_change
+from letta_ops.flows.steps.sqlite_upgrade import (
+    plan_sqlite_upgrade,
+    profile_change,
+    refuse_move_target_on_postgres,
+)
 from letta_ops.tasks.errors import Refused
 from tests.test_upgrade_reports import UPGRADE_PLAN
 
@@ -60,6 +64,19 @@ def test_what_a_sqlite_server_cannot_upgrade_by_is_refused_first(
     monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", TARGET_URI)
     with pytest.raises(Refused, match=words):
         plan_sqlite_upgrade(sqlite_profile, to_version, strategy, None)
+
+
+def test_a_postgres_server_refuses_the_move_target_instead_of_ignoring_it(
+    sqlite_profile, monkeypatch
+):
+    refuse_move_target_on_postgres(sqlite_profile, "pg-new")  # a SQLite server: its target
+    monkeypatch.delenv("LETTA_OPS_SQLITE_DB")
+    monkeypatch.setenv("LETTA_PG_URI", TARGET_URI)
+    on_postgres = load_profile(need_database=True)
+    refuse_move_target_on_postgres(on_postgres, None)
+    with pytest.raises(Refused, match="drop --to-database") as refused:
+        refuse_move_target_on_postgres(on_postgres, "pg-new")
+    assert PASSWORD not in str(refused.value)
 
 
 def test_the_upgrade_command_takes_the_moves_target_option():

@@ -181,7 +181,19 @@ def plan_sqlite_upgrade(
     return SqliteUpgradePlan(profile.sqlite, target, plan, move, agents)
 
 
-def profile_change(profile: ServerProfile, target: LettaDatabase, target_database: str | None):
+def refuse_move_target_on_postgres(profile: ServerProfile, target_database: str | None) -> None:
+    """``--to-database`` names where a SQLite server moves; a PostgreSQL server's upgrade
+    migrates its own database, so the option would be ignored: refuse it instead."""
+    if target_database and profile.sqlite is None:
+        raise UpgradeRefused(
+            f"--to-database names where a SQLite server moves, and {profile.name} already runs "
+            "on PostgreSQL (its upgrade migrates its own database): drop --to-database."
+        )
+
+
+def profile_change(
+    profile: ServerProfile, target: LettaDatabase, target_database: str | None
+) -> list[str]:
     """What the operator must change for the next runs (their environment is theirs)."""
     where = (
         f"the URI saved in the Letta Database block {target_database!r}"
