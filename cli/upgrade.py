@@ -126,7 +126,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
     def ask(plan: UpgradeReport) -> None:
         text = render_plan(plan)
-        if not plan.plan.rehearsal_current:
+        if not plan.plan.rehearsal_current and plan.move is None:  # a move has no rehearsal
             text += (
                 "\nWARNING: no rehearsal of this upgrade is newer than the newest backup; "
                 f"'letta-ops upgrade --to {args.to} --strategy {args.strategy} --rehearse' "
