@@ -33,6 +33,12 @@ def render_plan(report: UpgradeReport) -> str:
         "steps:",
     ]
     lines += [f"  {i}. {step}" for i, step in enumerate(plan.steps, 1)]
+    if report.move is not None:
+        move = report.move
+        lines.append(
+            f"move from SQLite first: {move.sqlite_file} -> {move.target}, {move.rows} rows, "
+            f"{move.bytes} bytes, about {move.expected_seconds:.0f} s"
+        )
     if plan.renames:
         lines.append(f"renames ({plan.name_rule}):")
         lines += [f"  {agent_id}: {c.old!r} -> {c.new!r}" for agent_id, c in plan.renames.items()]
@@ -60,6 +66,9 @@ def render_upgrade(report: UpgradeReport) -> str:
                 "blocks_after",
             ],
         )
+    if report.profile_change:
+        text += "\nnow on PostgreSQL; change the server's profile for the next runs:"
+        text += "".join(f"\n  {change}" for change in report.profile_change)
     return "\n".join([text, *phases_lines(report.phases)])
 
 
@@ -109,6 +118,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         "store": args.store,
         "strategy": args.strategy,
         "reset": args.reset,
+        "target_database": args.to_database,
     }
     if args.dry_run:
         emit(upgrade(**common, dry_run=True), args.json, render=render_plan)
@@ -116,7 +126,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
     def ask(plan: UpgradeReport) -> None:
         text = render_plan(plan)
-        if not plan.plan.rehearsal_current:
+        if not plan.plan.rehearsal_current and plan.move is None:  # a move has no rehearsal
             text += (
                 "\nWARNING: no rehearsal of this upgrade is newer than the newest backup; "
                 f"'letta-ops upgrade --to {args.to} --strategy {args.strategy} --rehearse' "
@@ -147,6 +157,12 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     p.add_argument("--to", required=True, type=version, metavar="X.Y.Z", help="target release")
     p.add_argument("--strategy", choices=["migrate", "rebuild"], default="migrate")
+    p.add_argument(
+        "--to-database",
+        metavar="BLOCK",
+        help="a SQLite server only: the empty PostgreSQL database (a saved Letta Database "
+        "block; default LETTA_OPS_MOVE_TO_URI) it moves into before the migration",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",

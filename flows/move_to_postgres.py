@@ -19,16 +19,12 @@ as it was. The report and the audit record the plan, the counts and the phases.
 
 from __future__ import annotations
 
-import os
-
 from prefect import flow, get_run_logger
 
-from ..blocks.letta_database import LettaDatabase
 from ..blocks.server_profile import ServerProfile, load_profile
 from ..tasks.errors import Refused
 from ..tasks.letta.api import LettaClient
-from ..tasks.move.move_plan import MovePlan
-from ..tasks.move.row_copy import DEFAULT_BATCH_ROWS, CopyResult
+from ..tasks.move.row_copy import DEFAULT_BATCH_ROWS
 from ..tasks.move.sqlite_source import file_checksum
 from ..tasks.runs import timeouts as run_timeouts
 from ..tasks.runs.audit_record import audited_run
@@ -36,33 +32,19 @@ from ..tasks.runs.context import publish_report, run_name, tag_current_run
 from ..tasks.runs.lock import destructive_lock
 from ..tasks.runs.phase_timings import PhaseClock
 from ..tasks.sqlite.database import SqliteDatabase
-from .reports.move import MoveAgent, MoveReport, MoveTable, render_move_markdown
+from .reports.move import MoveReport, render_move_markdown
 from .steps.move_steps import (
     build_schema,
     copy_rows,
-    empty_target_again,
+    move_report,
     plan_move,
+    put_back_on_sqlite,
     require_unchanged,
+    resolve_target,
 )
 from .steps.server_steps import stop_server_step
 
-#: The variable naming the PostgreSQL database to move into (never an argument: it holds the
-#: password).
-TARGET_VARIABLE = "LETTA_OPS_MOVE_TO_URI"
 LOCK_WAIT_SECONDS = 10.0
-
-
-def resolve_target(target_database: str | None) -> LettaDatabase:
-    """The saved Letta Database block of that name, else ``LETTA_OPS_MOVE_TO_URI``."""
-    if target_database:
-        return LettaDatabase.load(target_database)
-    uri = os.environ.get(TARGET_VARIABLE, "").strip()
-    if not uri:
-        raise Refused(
-            f"Name the PostgreSQL database to move into: --to-database BLOCK (a saved Letta "
-            f"Database block) or {TARGET_VARIABLE}=postgresql://USER:PASSWORD@HOST:PORT/DB."
-        )
-    return LettaDatabase.from_env({"LETTA_PG_URI": uri})
 
 
 def _sqlite_of(profile: ServerProfile, sqlite_file: str | None) -> SqliteDatabase:
@@ -74,63 +56,6 @@ def _sqlite_of(profile: ServerProfile, sqlite_file: str | None) -> SqliteDatabas
             "LETTA_OPS_SQLITE_DB=/home/USER/.letta/sqlite.db."
         )
     return profile.sqlite
-
-
-def _report(
-    profile: ServerProfile,
-    version: str,
-    sqlite: SqliteDatabase,
-    target: LettaDatabase,
-    plan: MovePlan,
-    dry_run: bool,
-    clock: PhaseClock,
-    copied: CopyResult | None = None,
-    **extra,
-) -> MoveReport:
-    seconds = copied.seconds_by_table if copied else {}
-    agents = []
-    if copied:
-        for agent_id in sorted(copied.sqlite_agents.keys() | copied.postgres_agents.keys()):
-            s = copied.sqlite_agents.get(agent_id, {})
-            p = copied.postgres_agents.get(agent_id, {})
-            agents.append(
-                MoveAgent(
-                    agent_id=agent_id,
-                    sqlite_messages=s.get("messages", 0),
-                    postgres_messages=p.get("messages", 0),
-                    sqlite_blocks=s.get("blocks", 0),
-                    postgres_blocks=p.get("blocks", 0),
-                )
-            )
-    return MoveReport(
-        server=profile.name,
-        version=version,
-        sqlite_file=str(sqlite.path),
-        target=target.redacted_uri(),
-        dry_run=dry_run,
-        tables=[
-            MoveTable(
-                name=t.name,
-                action=t.action,
-                reason=t.reason,
-                rows=t.rows,
-                bytes=t.bytes,
-                sqlite_count=copied.sqlite_counts.get(t.name) if copied else None,
-                postgres_count=copied.postgres_counts.get(t.name) if copied else None,
-                seconds=seconds.get(t.name),
-            )
-            for t in plan.tables
-        ],
-        rows=plan.rows,
-        bytes=plan.bytes,
-        expected_seconds=plan.expected_seconds,
-        copy_order=copied.order if copied else [],
-        deferred_keys=copied.deferred_keys if copied else [],
-        agents=agents,
-        phases=clock.timings(),
-        now_on="sqlite" if dry_run else "postgresql",
-        **extra,
-    )
 
 
 def _publish(report: MoveReport) -> None:
@@ -181,7 +106,7 @@ def move_to_postgres(
             plan.expected_seconds,
         )
         if dry_run:
-            report = _report(profile, version, sqlite, target, plan, True, clock)
+            report = move_report(profile, version, sqlite, target, plan, True, clock)
             _publish(report)
             audit.update(dry_run=True, rows=plan.rows, bytes=plan.bytes)
             return report
@@ -199,9 +124,9 @@ def move_to_postgres(
                     profile.runtime.start(version, target, log=logger.info)
             except BaseException:
                 logger.error("the move failed: emptying the target, starting on SQLite again")
-                _put_back(profile, version, sqlite, target, before)
+                put_back_on_sqlite(profile, version, sqlite, target, before)
                 raise
-        report = _report(
+        report = move_report(
             profile,
             version,
             sqlite,
@@ -224,22 +149,3 @@ def move_to_postgres(
             plan.rows,
         )
         return report
-
-
-def _put_back(
-    profile: ServerProfile,
-    version: str,
-    sqlite: SqliteDatabase,
-    target: LettaDatabase,
-    before: str,
-) -> None:
-    """Undo: stop a server that may have started on PostgreSQL, empty the target, start the
-    server on its SQLite file (proven unchanged)."""
-    logger = get_run_logger()
-    profile.runtime.stop(log=logger.info)
-    try:
-        empty_target_again(target)
-    except Exception as exc:  # the server goes back on SQLite all the same
-        logger.error("the target could not be emptied again (%s); drop that database", exc)
-    require_unchanged(sqlite.path, before)
-    profile.runtime.start(version, sqlite, log=logger.info)

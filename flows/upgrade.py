@@ -14,6 +14,9 @@ The runbook this replaces, as one run:
    sequences -> import the agent files -> verify by name, and report what files do not carry;
 6. any failure after the first destructive step rolls back inside a Prefect transaction:
    stop, restore the dump into a recreated database, start the old version, prove the counts.
+
+A SQLite server (``LETTA_OPS_SQLITE_DB``) moves to PostgreSQL first (``target_database`` or
+``LETTA_OPS_MOVE_TO_URI``), then migrates there: :mod:`letta_ops.flows.steps.sqlite_upgrade`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from .reports.upgrade import (
 )
 from .steps.destructive_run import destructive_section
 from .steps.server_steps import undoable
+from .steps.sqlite_upgrade import refuse_move_target_on_postgres, upgrade_sqlite_server
 from .steps.upgrade_steps import (
     UpgradeFailed,
     UpgradeRefused,
@@ -74,6 +78,7 @@ def upgrade(
     reset: RequestedReset | None = None,
     require_rehearsal: bool = False,
     rehearse: bool = False,
+    target_database: str | None = None,
 ) -> UpgradeReport | RehearsalReport:
     """Upgrade one server to ``to_version`` by ``strategy``; roll back on any failure.
 
@@ -84,6 +89,9 @@ def upgrade(
 
     ``reset`` says how a database is emptied before a restore or rebuild (``recreate`` or
     ``in-place``); by default the database block's setting, else whatever the role may do.
+
+    ``target_database``: a SQLite server's PostgreSQL database to move into first (a saved
+    Letta Database block; else ``LETTA_OPS_MOVE_TO_URI``).
     """
     if rehearse:
         from .rehearse import rehearse as rehearse_flow
@@ -98,6 +106,30 @@ def upgrade(
         profile = load_profile(server, need_database=True)
         audit.update(server=profile.name)
         tag_current_run(profile.name, "upgrade")
+        if profile.sqlite is not None:  # the move to PostgreSQL first, then the migration
+            return upgrade_sqlite_server(
+                profile,
+                to_version,
+                strategy,
+                target_database=target_database,
+                store=store,
+                server=server,
+                dry_run=dry_run,
+                audit=audit,
+                clock=clock,
+                safety_backup=lambda: backup(
+                    server=server,
+                    store=store,
+                    allow_partial_agents=True,
+                    purpose="pre-upgrade",
+                    pinned=True,
+                ),
+                approval=approval,
+                lock_timeout_seconds=lock_timeout_seconds,
+                start_timeout_seconds=start_timeout_seconds,
+                require_rehearsal=require_rehearsal,
+            )
+        refuse_move_target_on_postgres(profile, target_database)
         plan = preflight(profile, to_version, strategy, reset)
         # Every later step, the automatic rollback included, empties the database this way.
         profile.database = profile.require_database().model_copy(

@@ -1,11 +1,14 @@
 """``move-to-postgres``: a real Letta 0.11.7 SQLite server into PostgreSQL 16 and 18, at the
 same version, then ``upgrade --to 0.16.2`` there; and a failure injected mid-copy (a trigger
-on ``messages`` the target's own event trigger adds) that leaves the server on SQLite.
+on ``messages`` the target's own event trigger adds) that leaves the server on SQLite. Then
+the one-command ``upgrade --to 0.16.2`` of a SQLite server into PostgreSQL 18 (move, then
+migrate), with a failure injected into its migration first (back on SQLite, one undo).
 
 Every table's content is compared with the tests' own queries on both sides (``sqlite3`` and
 pg8000, the values normalised here by the PostgreSQL column type), never with the product's
 counts. Cells: engine SQLite -> PostgreSQL 16 (the flow, the restart, the upgrade) and 18 (the
-copy of the same file into the schema 0.11.7 builds); runtime letta-ops' process runtime.
+copy of the same file into the schema 0.11.7 builds; the one-command upgrade and its undo);
+runtime letta-ops' process runtime; role superuser; loopback plaintext.
 """
 
 from __future__ import annotations
@@ -24,9 +27,17 @@ from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.cli.main import main
 from letta_ops.flows.move_to_postgres import move_to_postgres
 from letta_ops.flows.reports.move import render_move_markdown
+from letta_ops.flows.steps.upgrade_steps import UpgradeRefused
+from letta_ops.flows.upgrade import upgrade
 from letta_ops.tasks.move.row_copy import copy_all_rows
 from tests.fixtures.letta import NEW_VERSION
-from tests.fixtures.oracle import http_agents, http_version, sql_agents, sql_execute
+from tests.fixtures.oracle import (
+    http_agents,
+    http_version,
+    sql_agents,
+    sql_execute,
+    sql_scalar,
+)
 from tests.fixtures.sqlite_letta import SQLITE_AGENT_NAMES, SQLITE_VERSION
 from tests.fixtures.sqlite_oracle import (
     sqlite_agent_messages,
@@ -55,6 +66,23 @@ BEGIN
 END $$""",
     """CREATE EVENT TRIGGER add_fault ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
   EXECUTE FUNCTION add_fault()""",
+)
+
+
+#: A fault in the upgrade's second part: 0.16.2's last migration creates ``conversations``;
+#: the target refuses it, after the move has filled the database and most migrations ran.
+MIGRATION_FAULT_SQL = (
+    """CREATE FUNCTION refuse_conversations() RETURNS event_trigger LANGUAGE plpgsql AS $$
+DECLARE c record;
+BEGIN
+  FOR c IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+    IF c.object_identity = 'public.conversations' AND c.command_tag = 'CREATE TABLE' THEN
+      RAISE EXCEPTION 'injected fault: CREATE TABLE conversations';
+    END IF;
+  END LOOP;
+END $$""",
+    """CREATE EVENT TRIGGER refuse_conversations ON ddl_command_end
+  WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION refuse_conversations()""",
 )
 
 
@@ -97,8 +125,9 @@ def _canonical(value, pg_type: str):
     return value
 
 
-def _content(sqlite_path, db: LettaDatabase) -> tuple[dict, dict]:
-    """Each copied table's rows, canonical and sorted, from both sides (the tests' own SQL)."""
+def _content(sqlite_path, db: LettaDatabase, migrated: bool = False) -> tuple[dict, dict]:
+    """Each copied table's rows, canonical and sorted, from both sides (the tests' own SQL);
+    ``migrated``: only the columns both sides still have (a later version dropped some)."""
     conn = _pg(db)
     try:
         types = {}
@@ -115,7 +144,11 @@ def _content(sqlite_path, db: LettaDatabase) -> tuple[dict, dict]:
             if t in types and t != "alembic_version"
         ]
         for table in tables:
-            columns = [r[1] for r in source.execute(f'PRAGMA table_info("{table}")')]
+            columns = [
+                r[1]
+                for r in source.execute(f'PRAGMA table_info("{table}")')
+                if not migrated or r[1] in types[table]
+            ]
             names = ", ".join(f'"{c}"' for c in columns)
             kinds = [types[table][c] for c in columns]
 
@@ -134,6 +167,19 @@ def _content(sqlite_path, db: LettaDatabase) -> tuple[dict, dict]:
     finally:
         conn.close()
     return sqlite_side, pg_side
+
+
+def _names(sqlite_path, table: str) -> set[str]:
+    with sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True) as source:
+        return {name for (name,) in source.execute(f'SELECT name FROM "{table}"')}
+
+
+def _pg_rows(db: LettaDatabase, query: str) -> list:
+    conn = _pg(db)
+    try:
+        return conn.run(query)
+    finally:
+        conn.close()
 
 
 def _checksum(path) -> str:
@@ -301,3 +347,144 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
     assert {i: (a.messages, a.blocks) for i, a in after.items()} == {
         i: (a.messages, a.blocks) for i, a in moved.items()
     }
+
+
+def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
+    sqlite_letta_copy,
+    start_sqlite_letta,
+    make_database,
+    s3_env,
+    s3_bucket,
+    monkeypatch,
+    prefect_harness,
+    capsys,
+):
+    """``upgrade --to 0.16.2`` of a SQLite 0.11.7 server, given PostgreSQL 18: planned with
+    both parts; a migration failing after the move puts it back on SQLite at 0.11.7 (one undo,
+    the target emptied); then the move and the migration in one run: the content of every
+    table equal by the tests' own SQL, the SQLite file unchanged, the profile change printed
+    without the password."""
+    path = sqlite_letta_copy.path
+    running = start_sqlite_letta("sqlite-upgrade-18")
+    base_url = running.server.base_url
+    agents_before = http_agents(base_url)
+    messages_before = sqlite_agent_messages(path)
+    counts = sqlite_table_counts(path)
+    digests = sqlite_table_digests(path)
+    target = make_database("sqlup18")  # the session's PostgreSQL 18, empty, pgvector
+    for name, value in {
+        "LETTA_BASE_URL": base_url,
+        "LETTA_OPS_SERVER_NAME": running.runtime.server_name,
+        "LETTA_OPS_STATE_DIR": str(running.runtime.state_dir.parent),
+        "LETTA_OPS_STORE": f"s3://{s3_bucket[1]}/backups",
+        "LETTA_OPS_SQLITE_DB": str(path),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LETTA_PG_URI", raising=False)
+    monkeypatch.delenv("LETTA_OPS_MOVE_TO_URI", raising=False)
+    pid = running.runtime.status()["pid"]
+
+    # --- without the target: one sentence naming the option, nothing stopped ------------------
+    assert main(["upgrade", "--to", NEW_VERSION, "--yes"]) == 2
+    assert "--to-database BLOCK" in capsys.readouterr().err
+    assert running.runtime.status()["pid"] == pid
+
+    # --- the deployment's require_rehearsal cannot be met by a move: refused, nothing stopped ---
+    with pytest.raises(UpgradeRefused, match="cannot be rehearsed"):
+        upgrade(NEW_VERSION, require_rehearsal=True)
+    assert running.runtime.status()["pid"] == pid
+
+    # --- the plan shows the move, then the migration ------------------------------------------
+    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", target.letta_pg_uri())
+    password = str(target.parts["password"])
+    started = time.monotonic()
+    assert main(["upgrade", "--to", NEW_VERSION, "--dry-run", "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    shown = [f"plan: {time.monotonic() - started:.1f} s"]  # printed at the end (capsys)
+    steps = planned["plan"]["steps"]
+    assert steps.index("stop server") < steps.index(f"alembic upgrade to {NEW_VERSION}")
+    assert any(s.startswith("move: copy") for s in steps)
+    assert planned["move"]["dry_run"] and planned["move"]["rows"] > 50
+    assert {t["name"]: t["rows"] for t in planned["move"]["tables"]} == {
+        t["name"]: counts[t["name"]] for t in planned["move"]["tables"]
+    }
+    assert running.runtime.status()["pid"] == pid
+    assert sql_scalar(target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
+
+    # --- the migration fails after the move: back on SQLite at 0.11.7, the target empty -------
+    for statement in MIGRATION_FAULT_SQL:
+        sql_execute(target, statement)
+    started = time.monotonic()
+    assert main(["upgrade", "--to", NEW_VERSION, "--yes"]) != 0
+    err = capsys.readouterr().err
+    shown.append(f"failed upgrade and put back on SQLite: {time.monotonic() - started:.1f} s")
+    assert "injected fault" in err and "back on SQLite at Letta 0.11.7" in err
+    shown.append(err.strip().splitlines()[-1][:600])
+    assert http_version(base_url) == SQLITE_VERSION
+    assert http_agents(base_url) == agents_before
+    assert running.runtime.status()["running"]
+    assert sqlite_table_counts(path) == counts
+    # Letta 0.11.7's own start on SQLite upserts its base tools (updated_at): nothing else moved.
+    after_fault = sqlite_table_digests(path)
+    assert {t for t in digests if digests[t] != after_fault[t]} <= {"tools"}
+    digests = after_fault
+    assert (
+        _pg_rows(
+            target,
+            "SELECT count(*) FROM pg_class WHERE relnamespace = "
+            "'public'::regnamespace AND relkind IN ('r', 'S')",
+        )[0][0]
+        == 0
+    )
+    sql_execute(target, "DROP EVENT TRIGGER IF EXISTS refuse_conversations")
+
+    # --- one command: backup, move, migrate, start 0.16.2 on PostgreSQL -----------------------
+    started = time.monotonic()
+    assert main(["upgrade", "--to", NEW_VERSION, "--yes"]) == 0
+    out = capsys.readouterr().out
+    shown.append(f"one-command upgrade to {NEW_VERSION}: {time.monotonic() - started:.1f} s")
+    shown.append(out)
+    assert "unset LETTA_OPS_SQLITE_DB" in out and "set LETTA_PG_URI to postgresql://" in out
+    assert password not in out
+    assert http_version(base_url) == NEW_VERSION
+    assert http_agents(base_url) == agents_before
+    after = sql_agents(target)
+    assert {a.name: a.messages for a in after.values()} == messages_before
+    assert sql_scalar(target, "SELECT version_num FROM alembic_version") == "27de0f58e076"
+    # Every column both sides still have, row for row. 0.16.2's start upserts its base tools
+    # (it has three more than 0.11.7), adds its base provider ('letta') and points the local
+    # sandbox at its HOME: the tools by name, the providers as a superset, the sandbox by rows.
+    sqlite_side, pg_side = _content(path, target, migrated=True)
+    sqlite_tools = _names(path, "tools")
+    assert len(sqlite_tools) == len(sqlite_side.pop("tools")) and sqlite_tools
+    assert sqlite_tools <= {name for (name,) in _pg_rows(target, "SELECT name FROM tools")}
+    pg_side.pop("tools")
+    assert len(sqlite_side.pop("sandbox_configs")) == len(pg_side.pop("sandbox_configs"))
+    sqlite_providers = set(sqlite_side.pop("providers"))
+    pg_providers = set(pg_side.pop("providers"))
+    added = pg_providers - sqlite_providers
+    assert sqlite_providers <= pg_providers
+    assert len(added) <= 1 and all(row.startswith("['letta', 'letta', 'base'") for row in added)
+    assert sum(len(rows) for rows in sqlite_side.values()) > 50
+    assert sqlite_side == pg_side
+    # The SQLite file: every table as it was, counted and digested by the tests' own SQL.
+    assert sqlite_table_counts(path) == counts
+    assert sqlite_table_digests(path) == digests
+    # The audit records both runs as upgrades, the move part of each, no password anywhere.
+    capsys.readouterr()
+    assert main(["history", "--operation", "upgrade", "--json"]) == 0
+    history = capsys.readouterr().out
+    assert password not in history
+    records = [r for r in json.loads(history)["records"] if r["server"] == "sqlite-upgrade-18"]
+    shown.append(f"audit outcomes, newest first: {[r['outcome'] for r in records]}")
+    print("\n" + "\n".join(shown))
+    runs = [r for r in records if r["backup_set"]]  # the two that ran past the safety set
+    assert [r["outcome"] for r in runs] == ["succeeded", "failed"]
+    assert runs[1]["rollback_outcome"] == f"succeeded: Letta {SQLITE_VERSION} restored"
+    for run in runs:
+        assert (run["versions_from"], run["versions_to"]) == (SQLITE_VERSION, NEW_VERSION)
+        # The audit's own redaction drops even the mask: user@host.
+        audited = target.redacted_uri().replace(":***@", "@")
+        assert run["details"]["moved_to_postgres"]["target"] == audited
+    assert runs[0]["details"]["now_on"] == "postgresql"
+    assert runs[0]["counts_after"]["agents"] == len(agents_before)

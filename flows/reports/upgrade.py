@@ -11,6 +11,7 @@ from pydantic import ConfigDict, Field
 from ...tasks.runs.phase_timings import PhaseTiming, phases_markdown
 from ...tasks.runs.report import FlowReport, ReportPart, StoredPart
 from .downtime_window import DowntimeWindow
+from .move import MoveReport
 from .server_restore import ServerRestore
 
 Strategy = Literal["migrate", "rebuild"]
@@ -149,6 +150,16 @@ class UpgradeReport(FlowReport):
     phases: list[PhaseTiming] = Field(
         default_factory=list, description="Where the run's time went (start and seconds)."
     )
+    move: MoveReport | None = Field(
+        None,
+        description="A SQLite server's move to PostgreSQL, the upgrade's first part: planned, "
+        "then copied (None: the server was on PostgreSQL already).",
+    )
+    profile_change: list[str] | None = Field(
+        None,
+        description="After a SQLite server's upgrade: what the operator must change in the "
+        "server's profile (letta-ops cannot change their environment); never a password.",
+    )
 
 
 # --------------------------------------------------------------------------- the audit
@@ -190,6 +201,14 @@ def render_upgrade_markdown(report: UpgradeReport) -> str:
         lines += [f"- downtime (stopped -> verified): {report.downtime_seconds} s"]
     if report.backup_set:
         lines += [f"- pre-upgrade backup set: {report.backup_set}"]
+    if report.move:
+        mv = report.move
+        lines += [
+            f"- moved from SQLite first ({mv.sqlite_file}, Letta {mv.version}): {mv.rows} rows "
+            f"of {len([t for t in mv.tables if t.action == 'copy'])} tables into {mv.target}"
+            + (" (planned)" if mv.dry_run else "")
+        ]
+    lines += [f"- profile: {change}" for change in report.profile_change or []]
     for agent_id, change in plan.renames.items():
         lines += [f"- renamed `{agent_id}`: {change.old!r} -> {change.new!r}"]
     if report.not_carried:

@@ -1,4 +1,5 @@
-"""The move-to-postgres steps, one Prefect task each: plan, build the schema, copy, put back.
+"""The move-to-postgres steps, one Prefect task each: plan, build the schema, copy, put back;
+the target's resolution and the move's report.
 
 Why steps of their own: the move is its own command and the first half of ``upgrade --to`` a
 version that no longer serves SQLite; both run these. What touches SQLite and PostgreSQL is in
@@ -7,6 +8,7 @@ version that no longer serves SQLite; both run these. What touches SQLite and Po
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -14,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ...blocks.letta_database import LettaDatabase
 from ...blocks.letta_runtime import LettaRuntime
+from ...blocks.server_profile import ServerProfile
 from ...tasks.errors import Failed, Refused
 from ...tasks.move.move_plan import MovePlan, source_plan
 from ...tasks.move.row_copy import CopyResult, copy_all_rows, refuse_unless_empty
@@ -21,6 +24,27 @@ from ...tasks.move.sqlite_source import file_checksum, open_read_only
 from ...tasks.postgres.letta_schema import reset_schema_in_place
 from ...tasks.postgres.sequence_repair import repair_sequences
 from ...tasks.runs import timeouts as run_timeouts
+from ...tasks.runs.phase_timings import PhaseClock
+from ...tasks.sqlite.database import SqliteDatabase
+from ..reports.move import MoveAgent, MoveReport, MoveTable
+
+#: The variable naming the PostgreSQL database to move into (never an argument: it holds the
+#: password).
+TARGET_VARIABLE = "LETTA_OPS_MOVE_TO_URI"
+
+
+def resolve_target(target_database: str | None, why: str = "to move into") -> LettaDatabase:
+    """The saved Letta Database block of that name, else ``LETTA_OPS_MOVE_TO_URI``; ``why``
+    finishes the refusal's first clause when neither is given."""
+    if target_database:
+        return LettaDatabase.load(target_database)
+    uri = os.environ.get(TARGET_VARIABLE, "").strip()
+    if not uri:
+        raise Refused(
+            f"Name the PostgreSQL database {why}: --to-database BLOCK (a saved Letta "
+            f"Database block) or {TARGET_VARIABLE}=postgresql://USER:PASSWORD@HOST:PORT/DB."
+        )
+    return LettaDatabase.from_env({"LETTA_PG_URI": uri})
 
 
 class SqliteFileChanged(Failed):
@@ -73,3 +97,80 @@ def require_unchanged(sqlite_file: Path, before: str) -> str:
             "something else writes to it: stop it, then move again."
         )
     return after
+
+
+def move_report(
+    profile: ServerProfile,
+    version: str,
+    sqlite: SqliteDatabase,
+    target: LettaDatabase,
+    plan: MovePlan,
+    dry_run: bool,
+    clock: PhaseClock,
+    copied: CopyResult | None = None,
+    **extra,
+) -> MoveReport:
+    """The move's report: the plan, and once copied the counts of both sides."""
+    seconds = copied.seconds_by_table if copied else {}
+    agents = []
+    if copied:
+        for agent_id in sorted(copied.sqlite_agents.keys() | copied.postgres_agents.keys()):
+            s = copied.sqlite_agents.get(agent_id, {})
+            p = copied.postgres_agents.get(agent_id, {})
+            agents.append(
+                MoveAgent(
+                    agent_id=agent_id,
+                    sqlite_messages=s.get("messages", 0),
+                    postgres_messages=p.get("messages", 0),
+                    sqlite_blocks=s.get("blocks", 0),
+                    postgres_blocks=p.get("blocks", 0),
+                )
+            )
+    return MoveReport(
+        server=profile.name,
+        version=version,
+        sqlite_file=str(sqlite.path),
+        target=target.redacted_uri(),
+        dry_run=dry_run,
+        tables=[
+            MoveTable(
+                name=t.name,
+                action=t.action,
+                reason=t.reason,
+                rows=t.rows,
+                bytes=t.bytes,
+                sqlite_count=copied.sqlite_counts.get(t.name) if copied else None,
+                postgres_count=copied.postgres_counts.get(t.name) if copied else None,
+                seconds=seconds.get(t.name),
+            )
+            for t in plan.tables
+        ],
+        rows=plan.rows,
+        bytes=plan.bytes,
+        expected_seconds=plan.expected_seconds,
+        copy_order=copied.order if copied else [],
+        deferred_keys=copied.deferred_keys if copied else [],
+        agents=agents,
+        phases=clock.timings(),
+        now_on="sqlite" if dry_run else "postgresql",
+        **extra,
+    )
+
+
+def put_back_on_sqlite(
+    profile: ServerProfile,
+    version: str,
+    sqlite: SqliteDatabase,
+    target: LettaDatabase,
+    before: str,
+) -> None:
+    """Undo: stop a server that may have started on PostgreSQL, empty the target, start the
+    server on its SQLite file (proven unchanged)."""
+    logger = get_run_logger()
+    profile.runtime.stop(log=logger.info)
+    try:
+        empty_target_again(target)
+    except Exception as exc:  # the server goes back on SQLite all the same
+        logger.error("the target could not be emptied again (%s); drop that database", exc)
+    require_unchanged(sqlite.path, before)
+    profile.runtime.start(version, sqlite, log=logger.info)

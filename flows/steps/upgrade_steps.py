@@ -331,7 +331,7 @@ def run_migrate(state: UpgradeState, target: str, start_timeout: float) -> dict[
         "downtime_window": watch.window(),
         "sequences": sequences,
         "agents_after": len(after_api),
-        "verification": _per_agent(state.before_agents, after, {}),
+        "verification": per_agent_verification(state.before_agents, after, {}),
     }
 
 
@@ -385,7 +385,7 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
         "downtime_window": watch.window(),
         "sequences": sequences,
         "agents_after": len(after_api),
-        "verification": _per_agent(state.before_agents, matched, final),
+        "verification": per_agent_verification(state.before_agents, matched, final),
         "not_carried": {
             "messages": sum(
                 max(0, v["messages"] - matched[a].get("messages", 0))
@@ -399,9 +399,10 @@ def run_rebuild(state: UpgradeState, target: str, start_timeout: float) -> dict[
     }
 
 
-def _per_agent(
+def per_agent_verification(
     before: dict[str, dict], after: dict[str, dict], renames: dict[str, dict[str, str]]
 ) -> list[dict]:
+    """The report's rows: each agent's name, messages and blocks before and after."""
     rows = []
     for agent_id, old in sorted(before.items(), key=lambda kv: kv[1]["name"]):
         new = after.get(agent_id, {})
