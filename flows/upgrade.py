@@ -55,6 +55,7 @@ from .steps.upgrade_steps import (
     UpgradeRefused,
     UpgradeState,
     newest_backup_at,
+    planned_upgrade,
     preflight,
     run_migrate,
     run_rebuild,
@@ -155,11 +156,7 @@ def upgrade(
             )
         report = UpgradeReport(plan=plan, dry_run=dry_run, outcome="planned")
         if dry_run:
-            clock.stop()
-            report.phases = clock.timings()
-            audit.update(outcome="planned")
-            publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
-            return report
+            return planned_upgrade(report, clock, audit, profile.name)
         with destructive_section(
             "upgrade",
             profile.name,

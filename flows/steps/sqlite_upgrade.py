@@ -73,6 +73,7 @@ from .upgrade_steps import (
     list_agents_step,
     migrate_step,
     per_agent_verification,
+    planned_upgrade,
 )
 
 #: What a plan expects a migrate of the moved database to take beside the move itself.
@@ -270,11 +271,7 @@ def upgrade_sqlite_server(
     report = UpgradeReport(plan=plan, dry_run=dry_run, outcome="planned")
     report.move = move_report(profile, plan.from_version, sqlite, target, ahead.move, True, clock)
     if dry_run:
-        clock.stop()
-        report.phases = clock.timings()
-        audit.update(outcome="planned")
-        publish_report(profile.name, "upgrade", render_upgrade_markdown(report))
-        return report
+        return planned_upgrade(report, clock, audit, profile.name)
     pg = ServerProfile(profile.server, target, profile.runtime)
     with destructive_section(
         "upgrade",

@@ -34,12 +34,13 @@ from ...tasks.postgres.letta_schema import alembic_revision, empty_database
 from ...tasks.postgres.privileges import RequestedReset
 from ...tasks.postgres.sequence_repair import repair_sequences_task
 from ...tasks.runs import timeouts as run_timeouts
+from ...tasks.runs.context import publish_report
 from ...tasks.runs.phase_timings import PhaseClock
 from ...tasks.runs.timed_steps import TimedSteps
 from ...tasks.sets.manifest import BackupManifest
 from ...tasks.store.objects import ObjectStore
 from ..reports.downtime_window import DowntimeWatch
-from ..reports.upgrade import Strategy, UpgradePlan
+from ..reports.upgrade import Strategy, UpgradePlan, UpgradeReport, render_upgrade_markdown
 from .restore_server import (
     empty_database_steps,
     restore_server_from_set,
@@ -418,3 +419,15 @@ def per_agent_verification(
             }
         )
     return rows
+
+
+def planned_upgrade(
+    report: UpgradeReport, clock: PhaseClock, audit: Any, server: str
+) -> UpgradeReport:
+    """A dry run's end, the same for every upgrade path: the phases so far on the report, the
+    audit record closed as planned, the plan published as the run's artifact."""
+    clock.stop()
+    report.phases = clock.timings()
+    audit.update(outcome="planned")
+    publish_report(server, "upgrade", render_upgrade_markdown(report))
+    return report

@@ -112,6 +112,6 @@ def require_dump(manifest: BackupManifest, engine: str = "postgresql") -> None:
         )
     if manifest.dump not in manifest.objects:
         raise BackupSetRefused(
-            f"Backup set {manifest.server}/{manifest.set_id} lists no database dump in its "
+            f"Backup set {label} lists no database dump in its "
             "manifest; it cannot restore a database."
         )
