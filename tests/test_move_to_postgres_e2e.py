@@ -38,6 +38,8 @@ from tests.fixtures.oracle import (
     sql_execute,
     sql_scalar,
 )
+from tests.fixtures.postgres import owner_database
+from tests.fixtures.shared_database import share_database, untouched_digests
 from tests.fixtures.sqlite_letta import SQLITE_AGENT_NAMES, SQLITE_VERSION
 from tests.fixtures.sqlite_oracle import (
     sqlite_agent_messages,
@@ -94,6 +96,7 @@ def _pg(db: LettaDatabase) -> pg8000.native.Connection:
         host=str(p["host"]),
         port=int(p["port"]),
         database=str(p["database"]),
+        ssl_context=db.tls().ssl_context(),
     )
 
 
@@ -273,7 +276,7 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
 
     # --- a non-empty target is refused before anything stops --------------------------------
     busy = make_database("move_busy", cluster=pg16_cluster)
-    sql_execute(busy, "CREATE TABLE operator_notes (id int)")
+    sql_execute(busy, "CREATE TABLE agents (id int)")  # a table of Letta's name
     monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", busy.letta_pg_uri())
     pid = running.runtime.status()["pid"]
     assert main(["move-to-postgres", "--sqlite", str(path), "--dry-run"]) == 2
@@ -488,3 +491,76 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
         assert run["details"]["moved_to_postgres"]["target"] == audited
     assert runs[0]["details"]["now_on"] == "postgresql"
     assert runs[0]["counts_after"]["agents"] == len(agents_before)
+
+
+def test_move_into_a_shared_owner_only_database_behind_required_tls(
+    sqlite_letta_copy,
+    start_sqlite_letta,
+    pg_tls_cluster,
+    s3_env,
+    s3_bucket,
+    monkeypatch,
+    prefect_harness,
+):
+    """The managed cell: PostgreSQL 18 that refuses plaintext (verify-full against the
+    cluster's CA), a NOSUPERUSER NOCREATEDB role owning the database, pgvector created by the
+    admin in ``extensions``, and a database Letta shares (Supabase's ``auth`` and ``storage``
+    schemas with rows, the operator's ``public.app_notes``). The move builds Letta's schema
+    beside those, copies every row, restarts the server there over TLS, and leaves every
+    table that is not Letta's as it was (content digests, the tests' own SQL)."""
+    path = sqlite_letta_copy.path
+    running = start_sqlite_letta("move-tls")
+    base_url = running.server.base_url
+    agents_before = http_agents(base_url)
+    messages_before = sqlite_agent_messages(path)
+    counts = sqlite_table_counts(path)
+    ca = f"sslmode=verify-full&sslrootcert={pg_tls_cluster.ca_cert}"
+    role = owner_database(
+        pg_tls_cluster.cluster,
+        "moved_tls",
+        pgvector_schema="extensions",
+        admin=pg_tls_cluster.database,
+        uri_query=ca,
+    )
+    role = LettaDatabase(uri=role.uri.get_secret_value(), pg_bin_dir=pg_tls_cluster.bin_dir)
+    admin = pg_tls_cluster.database(role.database_name)
+    share_database(admin, role)
+    untouched = untouched_digests(admin)  # the platform's schemas: the admin reads them
+    assert sql_scalar(role, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is False
+    for name, value in {
+        "LETTA_BASE_URL": base_url,
+        "LETTA_OPS_SERVER_NAME": running.runtime.server_name,
+        "LETTA_OPS_STATE_DIR": str(running.runtime.state_dir.parent),
+        "LETTA_OPS_STORE": f"s3://{s3_bucket[1]}/backups",
+        "LETTA_OPS_SQLITE_DB": str(path),
+        "LETTA_OPS_MOVE_TO_URI": role.uri.get_secret_value(),
+        "LETTA_OPS_PG_BIN": str(pg_tls_cluster.bin_dir),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LETTA_PG_URI", raising=False)
+
+    plan = move_to_postgres(dry_run=True)  # the operator's tables are no reason to refuse
+    assert plan.dry_run and plan.rows > 50
+    started = time.monotonic()
+    report = move_to_postgres()
+    print(f"\nmove into the shared TLS database: {time.monotonic() - started:.1f} s")
+    assert report.now_on == "postgresql"
+    assert report.sqlite_sha256_before == report.sqlite_sha256_after == _checksum(path)
+    assert sqlite_table_counts(path) == counts
+    sqlite_side, pg_side = _content(path, role)
+    for rewritten_at_start in ("tools", "sandbox_configs"):  # see the PostgreSQL 16 test
+        assert len(sqlite_side.pop(rewritten_at_start)) == len(pg_side.pop(rewritten_at_start))
+    assert sum(len(rows) for rows in sqlite_side.values()) > 50
+    assert sqlite_side == pg_side
+    assert untouched_digests(admin) == untouched
+    assert http_version(base_url) == SQLITE_VERSION
+    assert http_agents(base_url) == agents_before
+    assert {a.name: a.messages for a in sql_agents(role).values()} == messages_before
+    # The restarted server's sessions (and every one the move opened) were encrypted.
+    sessions, encrypted = _pg_rows(
+        role,
+        "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a "
+        "JOIN pg_stat_ssl s USING (pid) WHERE a.datname = current_database() "
+        "AND a.pid <> pg_backend_pid()",
+    )[0]
+    assert sessions > 0 and encrypted == sessions

@@ -10,13 +10,14 @@ memory flat; pg8000 has no binary COPY. pgvector's type gets a binary codec of o
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass
 
 import asyncpg
 
 from ..errors import Refused
 from ..postgres.database import PostgresDatabase
+from ..postgres.letta_objects import LETTA_SEQUENCES, LETTA_TABLES, LETTA_TYPES
 from ..postgres.letta_schema import quote_ident
 from .table_order import ForeignKey
 from .value_conversion import decode_vector, encode_vector
@@ -65,25 +66,39 @@ async def connect(db: PostgresDatabase) -> asyncpg.Connection:
     return conn
 
 
-async def refuse_unless_empty(conn: asyncpg.Connection, schema: str, where: str) -> None:
-    """Refuse a target holding any table, view or sequence in ``schema`` (extensions' own
-    objects aside), or lacking pgvector."""
+async def refuse_unless_empty(
+    conn: asyncpg.Connection, schema: str, where: str, also_tables: Iterable[str] = ()
+) -> None:
+    """Refuse a target already holding any of Letta's objects in ``schema`` (its tables by
+    name, ``also_tables`` too, its sequence and its enum types: see
+    :mod:`letta_ops.tasks.postgres.letta_objects`), or lacking pgvector.
+
+    Why only Letta's: a database Letta shares (Supabase: ``auth`` and ``storage`` schemas,
+    the operator's own tables in ``public``) is a target operators have, and Letta's alembic
+    creates its objects beside those; an undone move drops only Letta's objects again.
+    """
+    tables = sorted(LETTA_TABLES | set(also_tables))
     found = await conn.fetch(
         """
-        SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-          AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                          WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                            AND d.deptype = 'e')
-        ORDER BY c.relname
+          AND (c.relname = ANY($2::text[]) OR c.relname = ANY($3::text[]))
+        UNION ALL
+        SELECT t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+        WHERE n.nspname = $1 AND t.typtype = 'e' AND t.typname = ANY($4::text[])
+        ORDER BY 1
         """,
         schema,
+        tables,
+        sorted(LETTA_SEQUENCES),
+        sorted(LETTA_TYPES),
     )
     if found:
-        names = [r["relname"] for r in found]
+        names = [r["name"] for r in found]
         raise TargetNotEmpty(
-            f"The PostgreSQL database {where} is not empty (schema {schema} holds "
-            f"{len(names)} objects, first {names[0]!r}); move into a new, empty database."
+            f"The PostgreSQL database {where} already holds Letta's objects (schema {schema}: "
+            f"{len(names)}, first {names[0]!r}); move into a database without a Letta schema "
+            "(a new one, or one whose other tables are not Letta's)."
         )
     if not await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'vector'"):
         raise PgvectorMissing(

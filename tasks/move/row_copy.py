@@ -153,11 +153,14 @@ def copy_all_rows(
 async def _check_empty(db: PostgresDatabase) -> None:
     conn = await pg.connect(db)
     try:
-        await pg.refuse_unless_empty(conn, db.db_schema or "public", db.redacted_uri())
+        await pg.refuse_unless_empty(
+            conn, db.db_schema or "public", db.redacted_uri(), db.extra_tables
+        )
     finally:
         await conn.close()
 
 
 def refuse_unless_empty(db: PostgresDatabase) -> None:
-    """Refuse (one sentence) a target that holds tables already or lacks pgvector."""
+    """Refuse (one sentence) a target that holds Letta's objects already or lacks pgvector;
+    the operator's own tables and schemas beside them are left alone."""
     asyncio.run(_check_empty(db))
