@@ -1,6 +1,8 @@
 """``move-to-postgres``: a real Letta 0.11.7 SQLite server into PostgreSQL 16 and 18, at the
 same version, then ``upgrade --to 0.16.2`` there; and a failure injected mid-copy (a trigger
-on ``messages`` the target's own event trigger adds) that leaves the server on SQLite. Then
+on ``messages`` the target's own event trigger adds) that leaves the server on SQLite, and a
+``kill -9`` of the command line inside the copy that ``recover`` undoes (back on SQLite, the
+target emptied of the move's objects only, a second ``recover`` with nothing to do). Then
 the one-command ``upgrade --to 0.16.2`` of a SQLite server into PostgreSQL 18 (move, then
 migrate), with a failure injected into its migration first (back on SQLite, one undo).
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sqlite3
 import struct
 import time
@@ -26,10 +29,14 @@ import pytest
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.cli.main import main
 from letta_ops.flows.move_to_postgres import move_to_postgres
+from letta_ops.flows.recover import recover
 from letta_ops.flows.reports.move import render_move_markdown
+from letta_ops.flows.steps.move_steps import COPY_STEP
 from letta_ops.flows.steps.upgrade_steps import UpgradeRefused
 from letta_ops.flows.upgrade import upgrade
+from letta_ops.tasks.audit.store import AuditStore
 from letta_ops.tasks.move.row_copy import copy_all_rows
+from tests.fixtures.kill_run import kill_when_step_begins, letta_ops
 from tests.fixtures.letta import NEW_VERSION
 from tests.fixtures.oracle import (
     http_agents,
@@ -40,6 +47,7 @@ from tests.fixtures.oracle import (
 )
 from tests.fixtures.sqlite_letta import SQLITE_AGENT_NAMES, SQLITE_VERSION
 from tests.fixtures.sqlite_oracle import (
+    REWRITTEN_AT_START,
     sqlite_agent_messages,
     sqlite_table_counts,
     sqlite_table_digests,
@@ -306,6 +314,58 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
     finally:
         conn.close()
     assert left == 0
+
+    # --- kill -9 of the command line inside the copy, then recover: back on SQLite ------------
+    # The target is shared: the operator's own schema beside Letta's, which recover leaves alone.
+    killed_target = make_database("move_killed", cluster=pg16_cluster)
+    sql_execute(killed_target, "CREATE SCHEMA auth")
+    sql_execute(killed_target, "CREATE TABLE auth.users (id int, name text)")
+    sql_execute(killed_target, "INSERT INTO auth.users VALUES (1, 'Café Ñandú')")
+    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", killed_target.letta_pg_uri())
+    monkeypatch.setenv("LETTA_OPS_SQLITE_DB", str(path))  # the profile names the file
+    digests = sqlite_table_digests(path)
+    started = time.monotonic()
+    proc = letta_ops("move-to-postgres")
+    killed = kill_when_step_begins(proc, running.runtime.server_name, COPY_STEP, 0.0)
+    shown = [f"move killed inside the copy after {time.monotonic() - started:.1f} s"]
+    at_kill = _checksum(path)  # the server is down: nothing writes to the file now
+    as_killed = path.parent.parent / "as-killed.db"
+    shutil.copyfile(path, as_killed)
+    assert sqlite_table_digests(path) == digests
+    # alembic's schema was committed, the copy (one transaction) was not.
+    assert sql_scalar(killed_target, "SELECT count(*) FROM alembic_version") == 1
+    assert sql_scalar(killed_target, "SELECT count(*) FROM agents") == 0
+    started = time.monotonic()
+    recovered = recover()
+    shown.append(f"recover: {time.monotonic() - started:.1f} s, {recovered.result.done}")
+    assert recovered.outcome == "recovered" and recovered.interrupted_run == killed
+    assert recovered.plan.action == "back-on-sqlite"
+    assert recovered.plan.interrupted_at == COPY_STEP
+    assert recovered.result.ok and recovered.result.dropped > 0
+    # The file recover proved before starting on it is the file as the kill left it, byte for
+    # byte; the start then rewrites only the base tools' updated_at, as every 0.11.7 start does.
+    assert recovered.result.sqlite_sha256 == at_kill
+    assert sqlite_table_digests(path, REWRITTEN_AT_START) == sqlite_table_digests(
+        as_killed, REWRITTEN_AT_START
+    )
+    assert sqlite_table_counts(path) == counts
+    assert (
+        _pg_rows(
+            killed_target,
+            "SELECT count(*) FROM pg_class WHERE relnamespace = "
+            "'public'::regnamespace AND relkind IN ('r', 'S', 'v', 'm')",
+        )[0][0]
+        == 0
+    )
+    assert _pg_rows(killed_target, "SELECT id, name FROM auth.users") == [[1, "Café Ñandú"]]
+    assert sql_scalar(killed_target, "SELECT count(*) FROM pg_extension WHERE extname = 'vector'")
+    assert http_version(base_url) == SQLITE_VERSION
+    assert http_agents(base_url) == agents_before
+    [record] = AuditStore.from_env().find(killed)
+    assert record.outcome == "crashed" and COPY_STEP in record.error
+    assert recover().outcome == "nothing to recover"
+    print("\n" + "\n".join(shown))
+    monkeypatch.delenv("LETTA_OPS_SQLITE_DB")
 
     # --- the plan, then the move into PostgreSQL 16 -----------------------------------------
     target = make_database("move16", cluster=pg16_cluster)
