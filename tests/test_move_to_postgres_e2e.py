@@ -4,7 +4,8 @@ on ``messages`` the target's own event trigger adds) that leaves the server on S
 ``kill -9`` of the command line inside the copy that ``recover`` undoes (back on SQLite, the
 target emptied of the move's objects only, a second ``recover`` with nothing to do). Then
 the one-command ``upgrade --to 0.16.2`` of a SQLite server into PostgreSQL 18 (move, then
-migrate), with a failure injected into its migration first (back on SQLite, one undo).
+migrate), with a failure injected into its migration first (back on SQLite, one undo) and
+the same upgrade into PostgreSQL 16 killed in its migration, then ``recover`` (back on SQLite).
 
 Every table's content is compared with the tests' own queries on both sides (``sqlite3`` and
 pg8000, the values normalised here by the PostgreSQL column type), never with the product's
@@ -412,6 +413,7 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
 def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
     sqlite_letta_copy,
     start_sqlite_letta,
+    pg16_cluster,
     make_database,
     s3_env,
     s3_bucket,
@@ -421,9 +423,10 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
 ):
     """``upgrade --to 0.16.2`` of a SQLite 0.11.7 server, given PostgreSQL 18: planned with
     both parts; a migration failing after the move puts it back on SQLite at 0.11.7 (one undo,
-    the target emptied); then the move and the migration in one run: the content of every
-    table equal by the tests' own SQL, the SQLite file unchanged, the profile change printed
-    without the password."""
+    the target emptied); the same upgrade into PostgreSQL 16 killed with ``kill -9`` in its
+    migration, then ``recover``: back on SQLite at 0.11.7, that target emptied; then the move
+    and the migration in one run: the content of every table equal by the tests' own SQL, the
+    SQLite file unchanged, the profile change printed without the password."""
     path = sqlite_letta_copy.path
     running = start_sqlite_letta("sqlite-upgrade-18")
     base_url = running.server.base_url
@@ -497,6 +500,41 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
         == 0
     )
     sql_execute(target, "DROP EVENT TRIGGER IF EXISTS refuse_conversations")
+
+    # --- kill -9 inside the migration into PostgreSQL 16 (the move done), then recover --------
+    target16 = make_database("sqlup16_killed", cluster=pg16_cluster)
+    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", target16.letta_pg_uri())
+    started = time.monotonic()
+    proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes")
+    server = running.runtime.server_name
+    killed = kill_when_step_begins(proc, server, f"alembic upgrade to {NEW_VERSION}", 3.0)
+    shown.append(f"upgrade into PG 16 killed in its migration: {time.monotonic() - started:.1f} s")
+    at_kill = _checksum(path)
+    started = time.monotonic()
+    recovered = recover()
+    shown.append(f"recover: {time.monotonic() - started:.1f} s, {recovered.result.done}")
+    assert recovered.outcome == "recovered" and recovered.interrupted_run == killed
+    assert recovered.plan.action == "back-on-sqlite"
+    assert recovered.plan.interrupted_at == f"alembic upgrade to {NEW_VERSION}"
+    assert recovered.result.ok and recovered.result.sqlite_sha256 == at_kill
+    assert http_version(base_url) == SQLITE_VERSION
+    assert http_agents(base_url) == agents_before
+    assert sqlite_table_counts(path) == counts
+    after_recover = sqlite_table_digests(path)
+    assert {t for t in digests if digests[t] != after_recover[t]} <= {"tools"}
+    digests = after_recover
+    assert (
+        _pg_rows(
+            target16,
+            "SELECT count(*) FROM pg_class WHERE relnamespace = "
+            "'public'::regnamespace AND relkind IN ('r', 'S')",
+        )[0][0]
+        == 0
+    )
+    [record] = AuditStore.from_env().find(killed)
+    assert record.outcome == "crashed" and f"alembic upgrade to {NEW_VERSION}" in record.error
+    assert recover().outcome == "nothing to recover"
+    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", target.letta_pg_uri())
 
     # --- one command: backup, move, migrate, start 0.16.2 on PostgreSQL -----------------------
     started = time.monotonic()
