@@ -3,14 +3,15 @@ same version, then ``upgrade --to 0.16.2`` there; and a failure injected mid-cop
 on ``messages`` the target's own event trigger adds) that leaves the server on SQLite, and a
 ``kill -9`` of the command line inside the copy that ``recover`` undoes (back on SQLite, the
 target emptied of the move's objects only, a second ``recover`` with nothing to do). Then
-the one-command ``upgrade --to 0.16.2`` of a SQLite server into PostgreSQL 18 (move, then
-migrate), with a failure injected into its migration first (back on SQLite, one undo) and
-the same upgrade into PostgreSQL 16 killed in its migration, then ``recover`` (back on SQLite).
+the one-command ``upgrade --to 0.16.2`` of a SQLite server (move, then migrate): into
+PostgreSQL 18 with a failure injected into its migration (back on SQLite, one undo) and killed
+in its migration, then ``recover`` (back on SQLite); then into PostgreSQL 16, in full.
 
 Every table's content is compared with the tests' own queries on both sides (``sqlite3`` and
 pg8000, the values normalised here by the PostgreSQL column type), never with the product's
-counts. Cells: engine SQLite -> PostgreSQL 16 (the flow, the restart, the upgrade) and 18 (the
-copy of the same file into the schema 0.11.7 builds; the one-command upgrade and its undo);
+counts. Cells: engine SQLite -> PostgreSQL 16 (the flow, the restart, the upgrade, the move
+killed and recovered; the one-command upgrade in full) and 18 (the copy of the same file into
+the schema 0.11.7 builds; the one-command upgrade's undo, and its kill and recover);
 runtime letta-ops' process runtime; role superuser; loopback plaintext.
 """
 
@@ -410,7 +411,7 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
     }
 
 
-def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
+def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18_and_16(
     sqlite_letta_copy,
     start_sqlite_letta,
     pg16_cluster,
@@ -421,12 +422,12 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
     prefect_harness,
     capsys,
 ):
-    """``upgrade --to 0.16.2`` of a SQLite 0.11.7 server, given PostgreSQL 18: planned with
-    both parts; a migration failing after the move puts it back on SQLite at 0.11.7 (one undo,
-    the target emptied); the same upgrade into PostgreSQL 16 killed with ``kill -9`` in its
-    migration, then ``recover``: back on SQLite at 0.11.7, that target emptied; then the move
-    and the migration in one run: the content of every table equal by the tests' own SQL, the
-    SQLite file unchanged, the profile change printed without the password."""
+    """``upgrade --to 0.16.2`` of a SQLite 0.11.7 server: planned with both parts; into
+    PostgreSQL 18, a migration failing after the move puts it back on SQLite at 0.11.7 (one
+    undo, the target emptied), and the same upgrade killed with ``kill -9`` in its migration,
+    then ``recover``: back on SQLite at 0.11.7, that target emptied; then, into PostgreSQL 16,
+    the move and the migration in one run: the content of every table equal by the tests' own
+    SQL, the SQLite file unchanged, the profile change printed without the password."""
     path = sqlite_letta_copy.path
     running = start_sqlite_letta("sqlite-upgrade-18")
     base_url = running.server.base_url
@@ -501,14 +502,14 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
     )
     sql_execute(target, "DROP EVENT TRIGGER IF EXISTS refuse_conversations")
 
-    # --- kill -9 inside the migration into PostgreSQL 16 (the move done), then recover --------
-    target16 = make_database("sqlup16_killed", cluster=pg16_cluster)
-    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", target16.letta_pg_uri())
+    # --- kill -9 inside the migration (the move done), then recover: back on SQLite ------------
+    killed_into = make_database("sqlup18_killed")
+    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", killed_into.letta_pg_uri())
     started = time.monotonic()
     proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes")
     server = running.runtime.server_name
     killed = kill_when_step_begins(proc, server, f"alembic upgrade to {NEW_VERSION}", 3.0)
-    shown.append(f"upgrade into PG 16 killed in its migration: {time.monotonic() - started:.1f} s")
+    shown.append(f"upgrade killed in its migration: {time.monotonic() - started:.1f} s")
     at_kill = _checksum(path)
     started = time.monotonic()
     recovered = recover()
@@ -525,7 +526,7 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
     digests = after_recover
     assert (
         _pg_rows(
-            target16,
+            killed_into,
             "SELECT count(*) FROM pg_class WHERE relnamespace = "
             "'public'::regnamespace AND relkind IN ('r', 'S')",
         )[0][0]
@@ -534,9 +535,11 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
     [record] = AuditStore.from_env().find(killed)
     assert record.outcome == "crashed" and f"alembic upgrade to {NEW_VERSION}" in record.error
     assert recover().outcome == "nothing to recover"
-    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", target.letta_pg_uri())
 
-    # --- one command: backup, move, migrate, start 0.16.2 on PostgreSQL -----------------------
+    # --- one command into PostgreSQL 16 (the runs above: 18): backup, move, migrate, start ----
+    failed_into, target = target, make_database("sqlup16", cluster=pg16_cluster)
+    password = str(target.parts["password"])
+    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", target.letta_pg_uri())
     started = time.monotonic()
     assert main(["upgrade", "--to", NEW_VERSION, "--yes"]) == 0
     out = capsys.readouterr().out
@@ -579,10 +582,10 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
     runs = [r for r in records if r["backup_set"]]  # the two that ran past the safety set
     assert [r["outcome"] for r in runs] == ["succeeded", "failed"]
     assert runs[1]["rollback_outcome"] == f"succeeded: Letta {SQLITE_VERSION} restored"
-    for run in runs:
+    for run, moved_into in zip(runs, (target, failed_into), strict=True):
         assert (run["versions_from"], run["versions_to"]) == (SQLITE_VERSION, NEW_VERSION)
         # The audit's own redaction drops even the mask: user@host.
-        audited = target.redacted_uri().replace(":***@", "@")
+        audited = moved_into.redacted_uri().replace(":***@", "@")
         assert run["details"]["moved_to_postgres"]["target"] == audited
     assert runs[0]["details"]["now_on"] == "postgresql"
     assert runs[0]["counts_after"]["agents"] == len(agents_before)
