@@ -29,11 +29,12 @@ from ..tasks.move.sqlite_source import file_checksum
 from ..tasks.runs import timeouts as run_timeouts
 from ..tasks.runs.audit_record import audited_run
 from ..tasks.runs.context import publish_report, run_name, tag_current_run
-from ..tasks.runs.lock import destructive_lock
 from ..tasks.runs.phase_timings import PhaseClock
 from ..tasks.sqlite.database import SqliteDatabase
 from .reports.move import MoveReport, render_move_markdown
+from .steps.destructive_run import destructive_section
 from .steps.move_steps import (
+    COPY_STEP,
     build_schema,
     copy_rows,
     move_report,
@@ -41,6 +42,7 @@ from .steps.move_steps import (
     put_back_on_sqlite,
     require_unchanged,
     resolve_target,
+    schema_step,
 )
 from .steps.server_steps import stop_server_step
 
@@ -110,22 +112,46 @@ def move_to_postgres(
             _publish(report)
             audit.update(dry_run=True, rows=plan.rows, bytes=plan.bytes)
             return report
-        with destructive_lock(profile.name, lock_timeout_seconds):
+        with destructive_section(
+            "move-to-postgres",
+            profile.name,
+            audit,
+            lock_timeout_seconds=lock_timeout_seconds,
+            phase=clock.phase,
+        ):
+            journal = audit.journal()
+            journal.begin(
+                from_version=version,
+                moved_to=target.redacted_uri(),
+                target_database=target_database,
+                sqlite_file=str(sqlite.path),
+            )
             with clock.phase("stop"):
-                stop_server_step(profile)
+                journal.enter("stop server")
+                try:
+                    stop_server_step(profile)
+                except BaseException:
+                    journal.finish("failed at the stop: nothing of the move happened")
+                    raise
             before = file_checksum(sqlite.path)
             try:
                 with clock.phase("schema"):
+                    journal.enter(schema_step(version), sqlite_sha256=before)
                     build_schema(profile.runtime, version, target)
                 with clock.phase("copy+counts"):
+                    journal.enter(COPY_STEP)
                     copied, moved = copy_rows(sqlite.path, target, plan, batch_rows)
                 after = require_unchanged(sqlite.path, before)
                 with clock.phase("start on postgresql"):
+                    journal.enter("start on PostgreSQL")
                     profile.runtime.start(version, target, log=logger.info)
             except BaseException:
                 logger.error("the move failed: emptying the target, starting on SQLite again")
+                journal.enter("undo: back on SQLite")
                 put_back_on_sqlite(profile, version, sqlite, target, before)
+                journal.finish("failed, back on SQLite")  # an undo that failed leaves it open
                 raise
+            journal.finish("succeeded")
         report = move_report(
             profile,
             version,

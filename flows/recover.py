@@ -17,6 +17,7 @@ The runbook this replaces, as one run:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -25,7 +26,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import ConfigDict, Field
 
-from ..blocks.server_profile import ServerProfile, load_profile, open_backup_store
+from ..blocks.letta_database import LettaDatabase
+from ..blocks.server_profile import ProfileError, ServerProfile, load_profile, open_backup_store
 from ..tasks.audit.store import AuditStore
 from ..tasks.errors import Failed, NeedsAction, database_error_message
 from ..tasks.letta.api import LettaClient
@@ -44,6 +46,7 @@ from ..tasks.runs.journal import (
     JournalEntry,
     RunJournal,
     last_step,
+    noted,
     process_alive,
     unfinished_runs,
 )
@@ -53,6 +56,7 @@ from ..tasks.runs.report import FlowReport, ReportPart
 from ..tasks.sets.catalog import load_manifest
 from ..tasks.store.objects import ObjectStore
 from .steps.destructive_run import destructive_section
+from .steps.move_steps import SqliteFileChanged, journaled_target, undo_interrupted_move
 from .steps.restore_server import (
     prove_server_matches_set,
     restore_server_from_set,
@@ -97,6 +101,12 @@ class RecoveryResult(ReportPart):
     pid: int | None = Field(None, description="The started server's pid (start).")
     base_url: str | None = None
     auth: str | None = Field(None, description="'password required' or 'OPEN' (start).")
+    dropped: int | None = Field(
+        None, description="Objects of an interrupted move dropped from its target (back-on-sqlite)."
+    )
+    sqlite_sha256: str | None = Field(
+        None, description="The SQLite file's sha256, proven as the move found it (back-on-sqlite)."
+    )
 
 
 class RecoverReport(FlowReport):
@@ -242,11 +252,71 @@ def finish_forward_step(
     }
 
 
+@dataclass(frozen=True)
+class InterruptedMove:
+    """What undoing an interrupted move needs beyond its plan: the target (with its password,
+    which the journal never holds) and the file's sha256 as the move found it."""
+
+    target: LettaDatabase
+    sqlite_sha256: str | None
+
+
+@task(name="undo-interrupted-move", cache_policy=NO_CACHE)
+def back_on_sqlite_step(
+    profile: ServerProfile, move: InterruptedMove, plan: RecoveryPlan, timeout: float
+) -> dict[str, Any]:
+    """The move's undo (:func:`undo_interrupted_move`), then the old version proven serving."""
+    assert profile.sqlite is not None
+    undone = undo_interrupted_move(
+        profile, plan.version, profile.sqlite, move.target, move.sqlite_sha256, timeout
+    )
+    with LettaClient(profile.server) as client:
+        version = client.health()["version"]
+        agents = len(client.list_agents())
+    return {
+        "ok": version == plan.version,
+        "done": f"emptied {plan.facts['moved_to']} of the move's {undone['dropped']} objects, "
+        f"started Letta {version} on the unchanged SQLite file",
+        "version": version,
+        "agents": agents,
+        **undone,
+    }
+
+
+def interrupted_move(
+    profile: ServerProfile, plan: RecoveryPlan, journal: list[JournalEntry]
+) -> InterruptedMove:
+    """Refused in one sentence, before anything changes, when the SQLite file or the target
+    cannot be named as the run named them."""
+    if profile.sqlite is None:
+        raise ProfileError(
+            f"Run {plan.run_id} moved {profile.name} off its SQLite file "
+            f"{plan.facts.get('sqlite_file', '')}; name that file (LETTA_OPS_SQLITE_DB=PATH) "
+            "and recover again."
+        )
+    target = journaled_target(
+        plan.facts["moved_to"], plan.facts.get("target_database"), plan.run_id
+    )
+    return InterruptedMove(target, noted(journal, "sqlite_sha256"))
+
+
 def execute(
-    plan: RecoveryPlan, profile: ServerProfile, store: ObjectStore | None, timeout: float
+    plan: RecoveryPlan,
+    profile: ServerProfile,
+    store: ObjectStore | None,
+    timeout: float,
+    move: InterruptedMove | None = None,
 ) -> dict[str, Any]:
     """Carry the plan out; the result says ``ok`` and what was done."""
     logger = get_run_logger()
+    if plan.action == "back-on-sqlite":
+        assert move is not None
+        try:
+            return back_on_sqlite_step(profile, move, plan, timeout)
+        except SqliteFileChanged:
+            if store is None or plan.backup_set is None:
+                raise
+            logger.warning("the SQLite file changed since the move read it: restoring the set")
     if plan.action == "close":  # ("rerun" never gets here: the flow refuses it first)
         return {"ok": True, "done": plan.reason}
     if plan.action == "start":
@@ -309,6 +379,7 @@ def recover(
         if dry_run:
             audit.update(outcome="planned")
             return report
+        move = interrupted_move(profile, plan, journal) if plan.action == "back-on-sqlite" else None
         crashed = mark_crashed(journal, why)
         if plan.action == "rerun":  # letta-ops cannot redo it: the target's password is not
             # stored anywhere (by design); the operator reruns the same restore.
@@ -333,7 +404,7 @@ def recover(
             database=profile.database,
             proven_dead=proof,
         ):
-            result = execute(plan, profile, object_store, start_timeout_seconds)
+            result = execute(plan, profile, object_store, start_timeout_seconds, move)
         report.result = result
         report.crashed = crashed
         if not result.get("ok"):

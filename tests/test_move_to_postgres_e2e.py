@@ -1,13 +1,17 @@
 """``move-to-postgres``: a real Letta 0.11.7 SQLite server into PostgreSQL 16 and 18, at the
 same version, then ``upgrade --to 0.16.2`` there; and a failure injected mid-copy (a trigger
-on ``messages`` the target's own event trigger adds) that leaves the server on SQLite. Then
-the one-command ``upgrade --to 0.16.2`` of a SQLite server into PostgreSQL 18 (move, then
-migrate), with a failure injected into its migration first (back on SQLite, one undo).
+on ``messages`` the target's own event trigger adds) that leaves the server on SQLite, and a
+``kill -9`` of the command line inside the copy that ``recover`` undoes (back on SQLite, the
+target emptied of the move's objects only, a second ``recover`` with nothing to do). Then
+the one-command ``upgrade --to 0.16.2`` of a SQLite server (move, then migrate): into
+PostgreSQL 18 with a failure injected into its migration (back on SQLite, one undo) and killed
+in its migration, then ``recover`` (back on SQLite); then into PostgreSQL 16, in full.
 
 Every table's content is compared with the tests' own queries on both sides (``sqlite3`` and
 pg8000, the values normalised here by the PostgreSQL column type), never with the product's
-counts. Cells: engine SQLite -> PostgreSQL 16 (the flow, the restart, the upgrade) and 18 (the
-copy of the same file into the schema 0.11.7 builds; the one-command upgrade and its undo);
+counts. Cells: engine SQLite -> PostgreSQL 16 (the flow, the restart, the upgrade, the move
+killed and recovered; the one-command upgrade in full) and 18 (the copy of the same file into
+the schema 0.11.7 builds; the one-command upgrade's undo, and its kill and recover);
 runtime letta-ops' process runtime; role superuser; loopback plaintext.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sqlite3
 import struct
 import time
@@ -26,10 +31,14 @@ import pytest
 from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.cli.main import main
 from letta_ops.flows.move_to_postgres import move_to_postgres
+from letta_ops.flows.recover import recover
 from letta_ops.flows.reports.move import render_move_markdown
+from letta_ops.flows.steps.move_steps import COPY_STEP
 from letta_ops.flows.steps.upgrade_steps import UpgradeRefused
 from letta_ops.flows.upgrade import upgrade
+from letta_ops.tasks.audit.store import AuditStore
 from letta_ops.tasks.move.row_copy import copy_all_rows
+from tests.fixtures.kill_run import kill_when_step_begins, letta_ops
 from tests.fixtures.letta import NEW_VERSION
 from tests.fixtures.oracle import (
     http_agents,
@@ -42,6 +51,7 @@ from tests.fixtures.postgres import owner_database
 from tests.fixtures.shared_database import share_database, untouched_digests
 from tests.fixtures.sqlite_letta import SQLITE_AGENT_NAMES, SQLITE_VERSION
 from tests.fixtures.sqlite_oracle import (
+    REWRITTEN_AT_START,
     sqlite_agent_messages,
     sqlite_table_counts,
     sqlite_table_digests,
@@ -310,6 +320,58 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
         conn.close()
     assert left == 0
 
+    # --- kill -9 of the command line inside the copy, then recover: back on SQLite ------------
+    # The target is shared: the operator's own schema beside Letta's, which recover leaves alone.
+    killed_target = make_database("move_killed", cluster=pg16_cluster)
+    sql_execute(killed_target, "CREATE SCHEMA auth")
+    sql_execute(killed_target, "CREATE TABLE auth.users (id int, name text)")
+    sql_execute(killed_target, "INSERT INTO auth.users VALUES (1, 'Café Ñandú')")
+    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", killed_target.letta_pg_uri())
+    monkeypatch.setenv("LETTA_OPS_SQLITE_DB", str(path))  # the profile names the file
+    digests = sqlite_table_digests(path)
+    started = time.monotonic()
+    proc = letta_ops("move-to-postgres")
+    killed = kill_when_step_begins(proc, running.runtime.server_name, COPY_STEP, 0.0)
+    shown = [f"move killed inside the copy after {time.monotonic() - started:.1f} s"]
+    at_kill = _checksum(path)  # the server is down: nothing writes to the file now
+    as_killed = path.parent.parent / "as-killed.db"
+    shutil.copyfile(path, as_killed)
+    assert sqlite_table_digests(path) == digests
+    # alembic's schema was committed, the copy (one transaction) was not.
+    assert sql_scalar(killed_target, "SELECT count(*) FROM alembic_version") == 1
+    assert sql_scalar(killed_target, "SELECT count(*) FROM agents") == 0
+    started = time.monotonic()
+    recovered = recover()
+    shown.append(f"recover: {time.monotonic() - started:.1f} s, {recovered.result.done}")
+    assert recovered.outcome == "recovered" and recovered.interrupted_run == killed
+    assert recovered.plan.action == "back-on-sqlite"
+    assert recovered.plan.interrupted_at == COPY_STEP
+    assert recovered.result.ok and recovered.result.dropped > 0
+    # The file recover proved before starting on it is the file as the kill left it, byte for
+    # byte; the start then rewrites only the base tools' updated_at, as every 0.11.7 start does.
+    assert recovered.result.sqlite_sha256 == at_kill
+    assert sqlite_table_digests(path, REWRITTEN_AT_START) == sqlite_table_digests(
+        as_killed, REWRITTEN_AT_START
+    )
+    assert sqlite_table_counts(path) == counts
+    assert (
+        _pg_rows(
+            killed_target,
+            "SELECT count(*) FROM pg_class WHERE relnamespace = "
+            "'public'::regnamespace AND relkind IN ('r', 'S', 'v', 'm')",
+        )[0][0]
+        == 0
+    )
+    assert _pg_rows(killed_target, "SELECT id, name FROM auth.users") == [[1, "Café Ñandú"]]
+    assert sql_scalar(killed_target, "SELECT count(*) FROM pg_extension WHERE extname = 'vector'")
+    assert http_version(base_url) == SQLITE_VERSION
+    assert http_agents(base_url) == agents_before
+    [record] = AuditStore.from_env().find(killed)
+    assert record.outcome == "crashed" and COPY_STEP in record.error
+    assert recover().outcome == "nothing to recover"
+    print("\n" + "\n".join(shown))
+    monkeypatch.delenv("LETTA_OPS_SQLITE_DB")
+
     # --- the plan, then the move into PostgreSQL 16 -----------------------------------------
     target = make_database("move16", cluster=pg16_cluster)
     monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", target.letta_pg_uri())
@@ -352,9 +414,10 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
     }
 
 
-def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
+def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18_and_16(
     sqlite_letta_copy,
     start_sqlite_letta,
+    pg16_cluster,
     make_database,
     s3_env,
     s3_bucket,
@@ -362,11 +425,12 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
     prefect_harness,
     capsys,
 ):
-    """``upgrade --to 0.16.2`` of a SQLite 0.11.7 server, given PostgreSQL 18: planned with
-    both parts; a migration failing after the move puts it back on SQLite at 0.11.7 (one undo,
-    the target emptied); then the move and the migration in one run: the content of every
-    table equal by the tests' own SQL, the SQLite file unchanged, the profile change printed
-    without the password."""
+    """``upgrade --to 0.16.2`` of a SQLite 0.11.7 server: planned with both parts; into
+    PostgreSQL 18, a migration failing after the move puts it back on SQLite at 0.11.7 (one
+    undo, the target emptied), and the same upgrade killed with ``kill -9`` in its migration,
+    then ``recover``: back on SQLite at 0.11.7, that target emptied; then, into PostgreSQL 16,
+    the move and the migration in one run: the content of every table equal by the tests' own
+    SQL, the SQLite file unchanged, the profile change printed without the password."""
     path = sqlite_letta_copy.path
     running = start_sqlite_letta("sqlite-upgrade-18")
     base_url = running.server.base_url
@@ -441,7 +505,44 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
     )
     sql_execute(target, "DROP EVENT TRIGGER IF EXISTS refuse_conversations")
 
-    # --- one command: backup, move, migrate, start 0.16.2 on PostgreSQL -----------------------
+    # --- kill -9 inside the migration (the move done), then recover: back on SQLite ------------
+    killed_into = make_database("sqlup18_killed")
+    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", killed_into.letta_pg_uri())
+    started = time.monotonic()
+    proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes")
+    server = running.runtime.server_name
+    killed = kill_when_step_begins(proc, server, f"alembic upgrade to {NEW_VERSION}", 3.0)
+    shown.append(f"upgrade killed in its migration: {time.monotonic() - started:.1f} s")
+    at_kill = _checksum(path)
+    started = time.monotonic()
+    recovered = recover()
+    shown.append(f"recover: {time.monotonic() - started:.1f} s, {recovered.result.done}")
+    assert recovered.outcome == "recovered" and recovered.interrupted_run == killed
+    assert recovered.plan.action == "back-on-sqlite"
+    assert recovered.plan.interrupted_at == f"alembic upgrade to {NEW_VERSION}"
+    assert recovered.result.ok and recovered.result.sqlite_sha256 == at_kill
+    assert http_version(base_url) == SQLITE_VERSION
+    assert http_agents(base_url) == agents_before
+    assert sqlite_table_counts(path) == counts
+    after_recover = sqlite_table_digests(path)
+    assert {t for t in digests if digests[t] != after_recover[t]} <= {"tools"}
+    digests = after_recover
+    assert (
+        _pg_rows(
+            killed_into,
+            "SELECT count(*) FROM pg_class WHERE relnamespace = "
+            "'public'::regnamespace AND relkind IN ('r', 'S')",
+        )[0][0]
+        == 0
+    )
+    [record] = AuditStore.from_env().find(killed)
+    assert record.outcome == "crashed" and f"alembic upgrade to {NEW_VERSION}" in record.error
+    assert recover().outcome == "nothing to recover"
+
+    # --- one command into PostgreSQL 16 (the runs above: 18): backup, move, migrate, start ----
+    failed_into, target = target, make_database("sqlup16", cluster=pg16_cluster)
+    password = str(target.parts["password"])
+    monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", target.letta_pg_uri())
     started = time.monotonic()
     assert main(["upgrade", "--to", NEW_VERSION, "--yes"]) == 0
     out = capsys.readouterr().out
@@ -484,10 +585,10 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18(
     runs = [r for r in records if r["backup_set"]]  # the two that ran past the safety set
     assert [r["outcome"] for r in runs] == ["succeeded", "failed"]
     assert runs[1]["rollback_outcome"] == f"succeeded: Letta {SQLITE_VERSION} restored"
-    for run in runs:
+    for run, moved_into in zip(runs, (target, failed_into), strict=True):
         assert (run["versions_from"], run["versions_to"]) == (SQLITE_VERSION, NEW_VERSION)
         # The audit's own redaction drops even the mask: user@host.
-        audited = target.redacted_uri().replace(":***@", "@")
+        audited = moved_into.redacted_uri().replace(":***@", "@")
         assert run["details"]["moved_to_postgres"]["target"] == audited
     assert runs[0]["details"]["now_on"] == "postgresql"
     assert runs[0]["counts_after"]["agents"] == len(agents_before)

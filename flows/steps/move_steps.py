@@ -32,6 +32,14 @@ from ..reports.move import MoveAgent, MoveReport, MoveTable
 #: password).
 TARGET_VARIABLE = "LETTA_OPS_MOVE_TO_URI"
 
+#: The journal's name of the copy step (the move's and the one-command upgrade's).
+COPY_STEP = "move: copy rows and compare counts"
+
+
+def schema_step(version: str) -> str:
+    """The journal's name of the step in which alembic builds the schema in the target."""
+    return f"move: Letta {version}'s schema in PostgreSQL"
+
 
 def resolve_target(target_database: str | None, why: str = "to move into") -> LettaDatabase:
     """The saved Letta Database block of that name, else ``LETTA_OPS_MOVE_TO_URI``; ``why``
@@ -155,6 +163,48 @@ def move_report(
         now_on="sqlite" if dry_run else "postgresql",
         **extra,
     )
+
+
+def journaled_target(moved_to: str, target_database: str | None, run_id: str) -> LettaDatabase:
+    """The database an interrupted move wrote into, for ``recover`` to empty: the block the run
+    named, else ``LETTA_OPS_MOVE_TO_URI`` (the journal holds neither the URI nor its password),
+    proven to be the one the journal names (``moved_to``, redacted) before anything is touched."""
+    target = resolve_target(
+        target_database, why=f"that run {run_id} moved into ({moved_to}), so recover can empty it"
+    )
+    if target.redacted_uri() != moved_to:
+        raise Refused(
+            f"Run {run_id} moved into {moved_to}, but the database given now is "
+            f"{target.redacted_uri()}; point LETTA_OPS_MOVE_TO_URI (or the run's Letta Database "
+            "block) at the database that run moved into, then recover again."
+        )
+    return target
+
+
+def undo_interrupted_move(
+    profile: ServerProfile,
+    version: str,
+    sqlite: SqliteDatabase,
+    target: LettaDatabase,
+    before: str | None,
+    timeout: float | None = None,
+) -> dict:
+    """``recover``'s way out of a move killed at any step: stop the server (it may be up on
+    PostgreSQL), drop what the move created in the target (Letta's objects: the target held
+    none before, the move proved it), prove the SQLite file as the move found it (``before``,
+    its sha256 once the server stopped; None: killed before the move read it), start
+    ``version`` on it. Unlike the in-run undo, a failure here raises: the journal stays open."""
+    log = get_run_logger().info
+    profile.runtime.stop(log=log)
+    dropped = reset_schema_in_place(target)
+    sha256 = file_checksum(sqlite.path)
+    if before is not None and sha256 != before:
+        raise SqliteFileChanged(
+            f"{sqlite.path} is not as the move found it (sha256 {before[:12]} -> "
+            f"{sha256[:12]}); nothing was started on it."
+        )
+    record = profile.runtime.with_timeout(timeout).start(version, sqlite, log=log)
+    return {"dropped": dropped, "sqlite_sha256": sha256, "pid": record.pid}
 
 
 def put_back_on_sqlite(

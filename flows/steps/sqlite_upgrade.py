@@ -55,6 +55,7 @@ from ..reports.upgrade import (
 )
 from .destructive_run import destructive_section
 from .move_steps import (
+    COPY_STEP,
     TARGET_VARIABLE,
     build_schema,
     copy_rows,
@@ -63,6 +64,7 @@ from .move_steps import (
     put_back_on_sqlite,
     require_unchanged,
     resolve_target,
+    schema_step,
 )
 from .server_steps import start_server_step, stop_server_step, undoable
 from .upgrade_steps import (
@@ -306,6 +308,7 @@ def upgrade_sqlite_server(
             reset_mode=plan.reset_mode,
             target_revision=ALEMBIC_HEADS.get(plan.to_version),
             moved_to=target.redacted_uri(),
+            target_database=target_database,
         )
         checksum: dict[str, str] = {}
 
@@ -321,9 +324,9 @@ def upgrade_sqlite_server(
                 stop_server_step(profile)
                 stopped = time.monotonic()
                 checksum["before"] = file_checksum(sqlite.path)
-                state.enter(f"move: Letta {plan.from_version}'s schema in PostgreSQL")
+                state.enter(schema_step(plan.from_version), sqlite_sha256=checksum["before"])
                 build_schema(profile.runtime, plan.from_version, target)
-                state.enter("move: copy rows and compare counts")
+                state.enter(COPY_STEP)
                 copied, moved = copy_rows(sqlite.path, target, ahead.move, DEFAULT_BATCH_ROWS)
                 state.before_agents = inventory_step(pg)  # proven equal to SQLite's by the copy
                 before = counts_summary(copied.sqlite_counts, state.before_agents)

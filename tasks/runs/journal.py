@@ -143,11 +143,11 @@ class JournaledSteps:
     step: str = "pre-flight"
     journal: RunJournal | None = None
 
-    def enter(self, step: str) -> None:
+    def enter(self, step: str, **details: Any) -> None:
         self.step = step
         self.__dict__.setdefault("entered", []).append((step, time.monotonic()))
         if self.journal is not None:
-            self.journal.enter(step)
+            self.journal.enter(step, **details)
 
     def step_seconds(self) -> list[dict[str, Any]]:
         """How long each step took, in order (the last one up to now): a rehearsal's
@@ -227,6 +227,15 @@ def last_step(journal: list[JournalEntry]) -> tuple[str | None, bool]:
     step = started[-1].step
     ended = any(e.event == END and e.step == step for e in journal[journal.index(started[-1]) :])
     return step, ended
+
+
+def noted(journal: list[JournalEntry], key: str) -> Any:
+    """The newest value a step recorded under ``key`` as it began (a checksum taken on the
+    way), or the begin entry's; None when no entry has it."""
+    for entry in reversed(journal):
+        if key in entry.details:
+            return entry.details[key]
+    return None
 
 
 def steps_ended(journal: list[JournalEntry]) -> list[str]:

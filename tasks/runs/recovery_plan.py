@@ -9,6 +9,11 @@ The rule: finish forward only when the database is verifiably where the run was 
 target's alembic head, and for a rebuild every agent imported; the check after the start
 decides the rest); otherwise put back the set taken before the run and start the version it
 records. Nothing destructive started -> only start the server if it is down.
+
+A move to PostgreSQL (``move-to-postgres``, or the first half of a SQLite server's
+``upgrade``: its journal names the target, ``moved_to``) only ever read the SQLite file, so its
+way out is the move's own undo, whatever step it stopped at: empty the target of what the move
+created, prove the file unchanged, start the old version on it (``back-on-sqlite``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Literal
 
 from .journal import JournalEntry, begun, last_step, steps_ended
 
-Action = Literal["restore", "finish-forward", "start", "close", "rerun"]
+Action = Literal["restore", "finish-forward", "start", "close", "rerun", "back-on-sqlite"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,17 @@ def plan_recovery(
             backup_set=before_set,
             reason="the run stopped before its first destructive step; the server is down: "
             f"start Letta {from_version} again",
+        )
+    if facts.get("moved_to"):
+        fallback = f"; if the file changed, restore {before_set} instead" if before_set else ""
+        return RecoveryPlan(
+            **common,
+            action="back-on-sqlite",
+            version=from_version,
+            backup_set=before_set,
+            reason=f"a move to PostgreSQL was interrupted at '{step}'; the SQLite file was only "
+            f"read: empty {facts['moved_to']} of what the move created, prove the file "
+            f"unchanged and start Letta {from_version} on it{fallback}",
         )
     forward = at_target and (
         first.operation != "upgrade"

@@ -7,6 +7,8 @@ the report's phases without wrapping any step in a ``with`` block or naming it t
 
 from __future__ import annotations
 
+from typing import Any
+
 from .journal import JournaledSteps
 from .phase_timings import PhaseClock
 
@@ -17,8 +19,8 @@ class TimedSteps(JournaledSteps):
 
     clock: PhaseClock
 
-    def enter(self, step: str) -> None:
-        super().enter(step)
+    def enter(self, step: str, **details: Any) -> None:
+        super().enter(step, **details)
         self.clock.lap(step)
 
 
