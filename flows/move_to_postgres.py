@@ -148,8 +148,8 @@ def move_to_postgres(
             except BaseException:
                 logger.error("the move failed: emptying the target, starting on SQLite again")
                 journal.enter("undo: back on SQLite")
-                put_back_on_sqlite(profile, version, sqlite, target, before)
-                journal.finish("failed, back on SQLite")  # an undo that failed leaves it open
+                if put_back_on_sqlite(profile, version, sqlite, target, before):
+                    journal.finish("failed, back on SQLite")  # an undo that failed: left open
                 raise
             journal.finish("succeeded")
         report = move_report(

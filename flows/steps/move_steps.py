@@ -213,14 +213,20 @@ def put_back_on_sqlite(
     sqlite: SqliteDatabase,
     target: LettaDatabase,
     before: str,
-) -> None:
+) -> bool:
     """Undo: stop a server that may have started on PostgreSQL, empty the target, start the
-    server on its SQLite file (proven unchanged)."""
+    server on its SQLite file (proven unchanged). Returns whether the target was emptied:
+    if not, the caller leaves its journal open, so ``recover`` empties it later."""
     logger = get_run_logger()
     profile.runtime.stop(log=logger.info)
+    emptied = True
     try:
         empty_target_again(target)
     except Exception as exc:  # the server goes back on SQLite all the same
-        logger.error("the target could not be emptied again (%s); drop that database", exc)
+        emptied = False
+        logger.error(
+            "the target could not be emptied again (%s); `letta-ops recover` empties it", exc
+        )
     require_unchanged(sqlite.path, before)
     profile.runtime.start(version, sqlite, log=logger.info)
+    return emptied

@@ -219,18 +219,26 @@ def back_on_sqlite(
     try:
         if before is None:  # stopped, but not yet read: nothing of the move happened
             before = file_checksum(ahead.sqlite.path)
-        put_back_on_sqlite(profile, ahead.plan.from_version, ahead.sqlite, ahead.target, before)
+        emptied = put_back_on_sqlite(
+            profile, ahead.plan.from_version, ahead.sqlite, ahead.target, before
+        )
         with LettaClient(profile.server) as client:
             version = client.health()["version"]
             agents = {a["id"]: a["name"] for a in client.list_agents()}
         result: dict[str, Any] = {
-            "ok": version == ahead.plan.from_version and agents == ahead.agents,
+            # A target left holding the move's objects keeps the run open for ``recover``.
+            "ok": emptied and version == ahead.plan.from_version and agents == ahead.agents,
             "version": version,
             "agents": len(agents),
             "agents_equal": agents == ahead.agents,
             "count_differences": [],
             "set": label,
         }
+        if not emptied:
+            result["error"] = (
+                f"Letta {version} is back on SQLite, but the target still holds the move's "
+                "objects; `letta-ops recover` empties it"
+            )
     except Exception as exc:  # reported, not raised: the caller says what it means
         get_run_logger().exception("putting %s back on SQLite failed", profile.name)
         result = {"ok": False, "error": database_error_message(exc), "set": label}
