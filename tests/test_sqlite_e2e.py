@@ -5,12 +5,14 @@ process runtime, with agents named as real databases hold them (``Café Ñandú`
 
 One server carries the story (each Letta start costs ~40 s on two cores): backup, drill,
 restore onto a second Letta home (and the targets it refuses: a non-empty file without
---force, the live server's own file, a PostgreSQL database), rollback, kill -9 + recover.
+--force, the live server's own file, a PostgreSQL database), kill -9 of a restore onto a third
++ recover, rollback, kill -9 + recover.
 Cells: engine SQLite; runtime letta-ops' process runtime; Letta 0.11.7; store S3 (moto).
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import psutil
@@ -25,7 +27,8 @@ from letta_ops.flows.verify import verify
 from letta_ops.tasks.letta.api import offline_agent_body
 from letta_ops.tasks.sets.admission import BackupSetRefused
 from letta_ops.tasks.sets.catalog import load_manifest
-from letta_ops.tasks.sqlite.restore_target import SqliteTargetRefused
+from letta_ops.tasks.sqlite.database import SqliteDatabase
+from letta_ops.tasks.sqlite.restore_target import SqliteTargetRefused, sqlite_target_name
 from letta_ops.tasks.store.s3 import S3ObjectStore
 from tests.fixtures.kill_run import kill_when_step_begins, letta_ops
 from tests.fixtures.oracle import sql_execute
@@ -150,6 +153,39 @@ def test_sqlite_server_backed_up_restored_rolled_back_killed_and_recovered(
     assert pg_table_digests(marker) == marker_before
     assert second.read_bytes() == second_bytes
     assert sqlite_table_digests(path) == live_digests
+
+    # kill -9 of a forced restore onto a third home while it waits to replace that file
+    # (another process reads it: the checkpoint before the rename waits), then recover from
+    # the file's own profile: the copy is put in place again, the download beside it gone.
+    third = sqlite_letta_copy.server_home.parent / "third" / ".letta" / "sqlite.db"
+    third.parent.mkdir(parents=True)
+    holder = sqlite3.connect(third, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("CREATE TABLE operator_notes (note text)")
+    holder.execute("BEGIN")  # a reader on the WAL: the swap's checkpoint waits for it
+    holder.execute("SELECT count(*) FROM operator_notes").fetchone()
+    try:
+        proc = letta_ops("restore", report.set, "--sqlite", str(third), "--force", "--yes")
+        third_name = sqlite_target_name(SqliteDatabase(path=third))
+        killed = kill_when_step_begins(proc, third_name, "restore the set's dump", 1.0)
+    finally:
+        holder.rollback()
+        holder.close()
+    print(f"at the kill: {sorted(p.name for p in third.parent.iterdir())}")
+    assert sqlite_table_counts(third) == {"operator_notes": 0}  # the old file, whole
+    monkeypatch.setenv("LETTA_OPS_SQLITE_DB", str(third))
+    monkeypatch.setenv("LETTA_OPS_SERVER_NAME", third_name)
+    started = time.monotonic()
+    recovered = recover()
+    print(f"recover of the killed restore in {time.monotonic() - started:.1f} s")
+    assert recovered.interrupted_run == killed and recovered.plan.action == "restore"
+    assert recovered.outcome == "recovered" and recovered.result.ok
+    assert sqlite_table_digests(third) == digests
+    assert sorted(p.name for p in third.parent.iterdir()) == ["sqlite.db"]
+    assert recover().outcome == "nothing to recover"
+    assert sqlite_table_digests(path) == live_digests
+    monkeypatch.setenv("LETTA_OPS_SQLITE_DB", sqlite_letta_copy.uri)
+    monkeypatch.setenv("LETTA_OPS_SERVER_NAME", SERVER)
 
     # Change the data through the API: a new agent, a rename, a deletion.
     kept, renamed, deleted = sorted(agents)[:3]
