@@ -128,15 +128,17 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def render_restore_plan(report: RestoreReport) -> str:
     plan = report.plan
-    what = "the file" if plan.engine == "sqlite" else "Letta's tables there"
+    on_sqlite = plan.engine == "sqlite"
+    what = "the file" if on_sqlite else "Letta's tables there"
     replaces = (
         f"DROPS and replaces {what} ({plan.target_tables_before} tables)"
         if plan.replaces_existing
         else "an empty database"
     )
+    how = "the checked copy renamed over it" if on_sqlite else f"emptied by {plan.reset_mode}"
     lines = [
         f"plan (nothing changed): restore {plan.set} (Letta {plan.letta_version}) onto "
-        f"{plan.target}: {replaces}, emptied by {plan.reset_mode}",
+        f"{plan.target}: {replaces}, {how}",
         f"{plan.tables} tables, {plan.rows} rows, {plan.agents_in_set} agents; "
         f"{plan.objects_verified} objects verified",
     ]

@@ -137,3 +137,29 @@ def test_rehearse_says_why_a_sqlite_server_or_set_has_no_rehearsal():
         require_rehearsable(on_postgres, "sqlite", "lite/X")
     with pytest.raises(RehearsalRefused, match="keeps its data in SQLite"):
         require_rehearsable(SimpleNamespace(sqlite=object(), name="lite"), "sqlite", "")
+
+
+def test_a_sqlite_restore_plan_says_the_file_is_replaced_not_emptied():
+    from letta_ops.cli.restore import render_restore_plan
+    from letta_ops.flows.reports.restore import RestoreReport
+
+    plan = {
+        "set": "lite/20261207T000000Z-abcd1234",
+        "set_created_at": "2026-12-07T00:00:00+00:00",
+        "letta_version": "0.11.7",
+        "target": "/srv/b/.letta/sqlite.db",
+        "target_tables_before": 41,
+        "replaces_existing": True,
+        "reset_mode": "sqlite: the checked copy renamed over the file",
+        "objects_verified": 4,
+        "tables": 41,
+        "rows": 92,
+        "agents_in_set": 5,
+        "start": False,
+        "base_url": None,
+        "server_name": "sqlite-b-0a1b2c3d",
+        "engine": "sqlite",
+    }
+    text = render_restore_plan(RestoreReport(plan=plan, dry_run=True, outcome="planned"))
+    assert "DROPS and replaces the file (41 tables), the checked copy renamed over it" in text
+    assert "emptied by" not in text and "then start" not in text
