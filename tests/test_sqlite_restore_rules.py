@@ -163,3 +163,48 @@ def test_a_sqlite_restore_plan_says_the_file_is_replaced_not_emptied():
     text = render_restore_plan(RestoreReport(plan=plan, dry_run=True, outcome="planned"))
     assert "DROPS and replaces the file (41 tables), the checked copy renamed over it" in text
     assert "emptied by" not in text and "then start" not in text
+
+
+def test_a_file_another_process_reads_is_not_swapped_under_it(tmp_path):
+    import subprocess
+    import sys
+
+    from letta_ops.tasks.sqlite.file_swap import incoming_path, side_files, swap_in
+    from letta_ops.tasks.sqlite.online_copy import SqliteCopyFailed
+
+    path = _home_file(tmp_path)
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE operator_notes (note text)")
+        conn.execute("INSERT INTO operator_notes VALUES ('keep me')")
+    reader = (
+        "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+        "c.execute(\"INSERT INTO operator_notes VALUES ('in the WAL')\"); "
+        "c.execute('BEGIN'); c.execute('SELECT count(*) FROM operator_notes').fetchone(); "
+        "print('reading', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", reader, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "reading"
+        incoming = incoming_path(path)
+        with closing(sqlite3.connect(incoming)) as conn:
+            conn.execute("CREATE TABLE agents (id TEXT)")
+            conn.commit()
+        sides = sorted(p.name for p in side_files(path))
+        with pytest.raises(SqliteCopyFailed, match="open in another process"):
+            swap_in(incoming, path, settle_timeout=0.5)
+        # Its side files still there (the reader reads through them), its content the same.
+        assert (
+            sorted(p.name for p in side_files(path)) == sides == ["sqlite.db-shm", "sqlite.db-wal"]
+        )
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            rows = conn.execute("SELECT note FROM operator_notes ORDER BY rowid").fetchall()
+        assert rows == [("keep me",), ("in the WAL",)] and incoming.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    swap_in(incoming, path, settle_timeout=0.5)  # the reader gone: the copy goes in
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("agents",)]
