@@ -125,6 +125,9 @@ def test_sqlite_server_backed_up_restored_rolled_back_killed_and_recovered(
     # the live server's file untouched.
     second = sqlite_letta_copy.server_home.parent / "second" / ".letta" / "sqlite.db"
     live_digests = sqlite_table_digests(path)
+    planned = restore(report.set, sqlite=str(second), dry_run=True)
+    assert planned.outcome == "planned" and planned.plan.tables == len(counts)
+    assert not planned.plan.replaces_existing and not second.parent.parent.exists()
     started = time.monotonic()
     restored = restore(report.set, sqlite=str(second))
     print(f"restore onto a second SQLite file in {time.monotonic() - started:.1f} s")
