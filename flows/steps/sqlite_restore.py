@@ -102,6 +102,17 @@ def prove_sqlite_server(
     return server_against_set(version, agents, table_counts(sqlite.path), manifest)
 
 
+def put_copy_in_place(
+    sqlite: SqliteDatabase, store: ObjectStore, manifest: BackupManifest
+) -> list[dict]:
+    """Put the set's copy onto a SQLite file no server of this profile runs on (its ``.letta``
+    directory made if need be): :func:`put_copy_back`, then the file's counts against the
+    set's (the differences: none when all is well). A restore's step and its recovery."""
+    prepare_directory(sqlite)
+    put_copy_back(sqlite, store, manifest)
+    return compare_counts(manifest.row_counts, table_counts(sqlite.path))
+
+
 def restore_sqlite_file_from_set(
     sqlite: SqliteDatabase, store: ObjectStore, manifest: BackupManifest
 ) -> dict[str, Any]:
@@ -110,9 +121,7 @@ def restore_sqlite_file_from_set(
     started = time.monotonic()
     label = f"{manifest.server}/{manifest.set_id}"
     try:
-        prepare_directory(sqlite)
-        put_copy_back(sqlite, store, manifest)
-        differences = compare_counts(manifest.row_counts, table_counts(sqlite.path))
+        differences = put_copy_in_place(sqlite, store, manifest)
         result = {"ok": not differences, "count_differences": differences, "set": label}
     except Exception as exc:  # reported, not raised: the caller decides what it means
         get_run_logger().exception("restoring %s onto %s failed", label, sqlite.path)

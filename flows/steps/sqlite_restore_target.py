@@ -25,12 +25,9 @@ from ...tasks.runs.phase_timings import PhaseClock
 from ...tasks.sets.admission import require_dump, require_intact
 from ...tasks.sets.catalog import load_manifest
 from ...tasks.sets.manifest import BackupManifest
-from ...tasks.sets.verification import compare_counts
 from ...tasks.sqlite.database import SqliteDatabase, require_serves_sqlite
-from ...tasks.sqlite.online_copy import table_counts
 from ...tasks.sqlite.restore_target import (
     SqliteTargetRefused,
-    prepare_directory,
     require_room,
     sqlite_target,
     sqlite_target_name,
@@ -40,7 +37,7 @@ from ...tasks.store.objects import ObjectStore
 from ..reports.restore import RestorePlan, RestoreReport
 from ..verify import resolve_set
 from .server_steps import start_server_step
-from .sqlite_restore import prove_sqlite_server, put_copy_back
+from .sqlite_restore import prove_sqlite_server, put_copy_in_place
 
 
 @task(name="restore-sqlite-preflight", cache_policy=NO_CACHE)
@@ -109,9 +106,7 @@ def put_sqlite_copy_step(
     target: SqliteDatabase, store: ObjectStore, manifest: BackupManifest
 ) -> list[dict[str, Any]]:
     """Download, check and rename the copy into place; the file's counts against the set."""
-    prepare_directory(target)
-    put_copy_back(target, store, manifest)
-    return compare_counts(manifest.row_counts, table_counts(target.path))
+    return put_copy_in_place(target, store, manifest)
 
 
 @task(name="prove-sqlite-server-matches-set", cache_policy=NO_CACHE)
