@@ -128,14 +128,17 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def render_restore_plan(report: RestoreReport) -> str:
     plan = report.plan
+    on_sqlite = plan.engine == "sqlite"
+    what = "the file" if on_sqlite else "Letta's tables there"
     replaces = (
-        f"DROPS and replaces Letta's tables there ({plan.target_tables_before} tables)"
+        f"DROPS and replaces {what} ({plan.target_tables_before} tables)"
         if plan.replaces_existing
         else "an empty database"
     )
+    how = "the checked copy renamed over it" if on_sqlite else f"emptied by {plan.reset_mode}"
     lines = [
         f"plan (nothing changed): restore {plan.set} (Letta {plan.letta_version}) onto "
-        f"{plan.target}: {replaces}, emptied by {plan.reset_mode}",
+        f"{plan.target}: {replaces}, {how}",
         f"{plan.tables} tables, {plan.rows} rows, {plan.agents_in_set} agents; "
         f"{plan.objects_verified} objects verified",
     ]
@@ -169,24 +172,35 @@ def render_restore(report: RestoreReport) -> str:
     return "\n".join(lines)
 
 
-def _check_database_argument(reference: str) -> None:
+def _check_database_argument(reference: str | None) -> None:
     """Refuse a password on the command line before any flow run records the parameter."""
     from ..blocks.letta_database import target_database
     from ..tasks.postgres.restore_target import is_uri
 
-    if is_uri(reference):
+    if reference is not None and is_uri(reference):
         target_database(reference)  # RestoreTargetRefused (a Refused): exit 2
 
 
+def _check_sqlite_argument(reference: str | None) -> None:
+    """Refuse a --sqlite that names no file a Letta opens (or names something that is not a
+    SQLite database) before any run starts."""
+    from ..tasks.sqlite.restore_target import sqlite_target, target_tables
+
+    if reference is not None:
+        target_tables(sqlite_target(reference))  # SqliteTargetRefused (a Refused): exit 2
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
+    _check_sqlite_argument(args.sqlite)
     api = temporary_server.start_if_needed()  # starts while the flow's modules import
     _check_database_argument(args.database)
     from ..flows.restore import restore
 
     temporary_server.wait_ready(api)
     if args.force and not args.yes and not args.dry_run:
+        where = args.database or args.sqlite or "the profile's SQLite file"
         confirm(
-            f"restore {args.set} onto {args.database}: with --force an existing database "
+            f"restore {args.set} onto {where}: with --force an existing database "
             "there is DROPPED and replaced by the set.",
             "Drop and replace it?",
             "restore with --force",
@@ -203,6 +217,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         "reset": args.reset,
         "name": args.name,
         "allow_legacy": args.allow_legacy,
+        "sqlite": args.sqlite,
     }
     if args.dry_run:
         plan = restore(args.set, args.database, **options, dry_run=True)
@@ -378,20 +393,31 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p = sub.add_parser(
         "restore",
         parents=[common, store, lock, reset],
-        help="restore a backup set onto another (empty) database",
-        description="Restore a set onto a different database (a staging copy, a new host). "
-        "Refuses a database that holds tables unless --force. The password never goes on the "
-        "command line: use PGPASSWORD with a URI, or a saved Letta Database block.",
+        help="restore a backup set onto another (empty) database or SQLite file",
+        description="Restore a set onto a different database (a staging copy, a new host): a "
+        "PostgreSQL set with --database, a SQLite set with --sqlite (or onto the profile's own "
+        "empty SQLite file). Refuses a target that holds tables unless --force, and a target "
+        "of the other engine. The password never goes on the command line: use PGPASSWORD "
+        "with a URI, or a saved Letta Database block.",
     )
     p.add_argument("set", metavar="SET", help="SERVER/SET_ID, SET_ID or latest")
-    p.add_argument(
+    target = p.add_mutually_exclusive_group()
+    target.add_argument(
         "--database",
-        required=True,
         metavar="URI_OR_BLOCK",
         help="postgresql://USER@HOST:PORT/DB (password in PGPASSWORD) or a saved Letta "
-        "Database block name",
+        "Database block name: the target of a PostgreSQL set",
     )
-    p.add_argument("--force", action="store_true", help="drop and replace a non-empty database")
+    target.add_argument(
+        "--sqlite",
+        metavar="PATH",
+        help="HOME/.letta/sqlite.db (or its .letta directory): the target of a SQLite set; "
+        "without --database and --sqlite, the profile's own SQLite file (empty), its server "
+        "then started on the set's version",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="drop and replace a non-empty database or file"
+    )
     p.add_argument("--yes", action="store_true", help="do not ask before --force drops")
     p.add_argument(
         "--dry-run",

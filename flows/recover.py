@@ -29,7 +29,7 @@ from pydantic import ConfigDict, Field
 from ..blocks.letta_database import LettaDatabase
 from ..blocks.server_profile import ProfileError, ServerProfile, load_profile, open_backup_store
 from ..tasks.audit.store import AuditStore
-from ..tasks.errors import Failed, NeedsAction, database_error_message
+from ..tasks.errors import Failed, NeedsAction, Refused, database_error_message
 from ..tasks.letta.api import LettaClient
 from ..tasks.postgres.letta_schema import alembic_revision, database_exists
 from ..tasks.postgres.sequence_repair import repair_sequences
@@ -62,12 +62,16 @@ from .steps.restore_server import (
     restore_server_from_set,
     start_set_version,
 )
-from .steps.sqlite_restore import restore_sqlite_server_from_set
+from .steps.sqlite_restore import restore_sqlite_file_from_set, restore_sqlite_server_from_set
 from .verify import CountDifference
 
 
 class RestoreMustBeRerun(NeedsAction):
     """An interrupted restore onto another database: only its operator can rerun it."""
+
+
+class RecoveryRefused(Refused):
+    """The interrupted run is not this profile's to put right; nothing was changed."""
 
 
 class RecoveryFailed(Failed):
@@ -208,8 +212,15 @@ def _database_for(profile: ServerProfile, plan: RecoveryPlan):
 @task(
     name="restore-pre-operation-set", cache_policy=NO_CACHE, timeout_seconds=run_timeouts.PG_RESTORE
 )
-def restore_step(profile: ServerProfile, store: ObjectStore, backup_set: str) -> dict[str, Any]:
+def restore_step(
+    profile: ServerProfile, store: ObjectStore, backup_set: str, file_only: bool = False
+) -> dict[str, Any]:
+    """The set back under the server (stopped, put back, its version started, proven); with
+    ``file_only`` (an interrupted restore onto a SQLite file no server runs on) only the copy
+    put in place and its counts proven."""
     manifest = load_manifest(store, *backup_set.split("/"))
+    if profile.sqlite is not None and file_only:
+        return restore_sqlite_file_from_set(profile.sqlite, store, manifest)
     if profile.sqlite is not None:
         return restore_sqlite_server_from_set(profile, store, manifest)
     return restore_server_from_set(profile, store, manifest)
@@ -300,6 +311,20 @@ def interrupted_move(
     return InterruptedMove(target, noted(journal, "sqlite_sha256"))
 
 
+def require_same_target(plan: RecoveryPlan, profile: ServerProfile) -> None:
+    """An interrupted SQLite restore is put right only on the file it was writing: the
+    profile must name that file (``LETTA_OPS_SQLITE_DB``), or nothing is done."""
+    if plan.operation != "restore" or plan.action != "restore":
+        return
+    target = plan.facts.get("target")
+    if profile.sqlite is None or str(profile.sqlite.path) != target:
+        raise RecoveryRefused(
+            f"Run {plan.run_id} restored {plan.backup_set} onto the SQLite file {target}; "
+            f"recover it with LETTA_OPS_SQLITE_DB={target} LETTA_OPS_SERVER_NAME={plan.server} "
+            "letta-ops recover."
+        )
+
+
 def execute(
     plan: RecoveryPlan,
     profile: ServerProfile,
@@ -336,8 +361,10 @@ def execute(
         logger.warning(
             "finishing forward did not verify (%s); restoring %s", forward, plan.backup_set
         )
-    restored = restore_step(profile, store, plan.backup_set)
-    return {**restored, "done": f"restored {plan.backup_set} and started Letta {plan.version}"}
+    file_only = plan.operation == "restore" and plan.version is None
+    restored = restore_step(profile, store, plan.backup_set, file_only)
+    started = f" and started Letta {plan.version}" if plan.version else ""
+    return {**restored, "done": f"restored {plan.backup_set}{started}"}
 
 
 @flow(name="letta-recover", flow_run_name=run_name("recover"))
@@ -367,6 +394,7 @@ def recover(
         # interrupted run on SQLite is undone (the set taken before it put back), never finished.
         revision = None if profile.sqlite else revision_now(profile.require_database())
         plan = plan_recovery(journal, revision, running_version(profile))
+        require_same_target(plan, profile)
         report = RecoverReport(
             server=profile.name,
             outcome="planned",

@@ -35,7 +35,7 @@ from pydantic import ConfigDict, Field
 from ..blocks.letta_server import LettaServer
 from ..blocks.process_runtime import LettaProcessRuntime
 from ..blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from ..tasks.errors import Failed, database_error_message
+from ..tasks.errors import Failed, Refused, database_error_message
 from ..tasks.postgres.embedded import free_loopback_port
 from ..tasks.postgres.letta_inventory import agent_inventory
 from ..tasks.postgres.letta_schema import table_row_counts
@@ -55,6 +55,32 @@ from .verify import drill_target, refuse_live_drill_target, resolve_set
 
 #: Log lines a rehearsal reports: errors, warnings and deprecations of the target.
 NOTABLE = re.compile(r"\b(ERROR|CRITICAL|WARNING|WARN|Deprecat\w*)\b", re.IGNORECASE)
+
+
+class RehearsalRefused(Refused):
+    """A rehearsal that has no meaning here: a SQLite server or set (no PostgreSQL upgrade
+    chain to run on a copy)."""
+
+
+#: Why a SQLite server or set is not rehearsed: its upgrade is a move to PostgreSQL, not the
+#: chain a rehearsal replays on a scratch copy.
+SQLITE_HAS_NO_REHEARSAL = (
+    "a rehearsal replays the PostgreSQL upgrade chain on a scratch copy, and a SQLite server's "
+    "upgrade is a move to PostgreSQL first, which has no rehearsal: see its plan with "
+    "`letta-ops upgrade --to VERSION --dry-run`"
+)
+
+
+def require_rehearsable(profile: ServerProfile, engine: str, label: str) -> None:
+    """Refuse in one sentence a SQLite server, or a SQLite set, before anything runs."""
+    if profile.sqlite is not None:
+        raise RehearsalRefused(
+            f"Server {profile.name!r} keeps its data in SQLite; {SQLITE_HAS_NO_REHEARSAL}."
+        )
+    if engine == "sqlite":
+        raise RehearsalRefused(
+            f"Backup set {label} holds a SQLite database; {SQLITE_HAS_NO_REHEARSAL}."
+        )
 
 
 class RehearsalFailed(Failed):
@@ -208,6 +234,7 @@ def rehearse(
         profile = load_profile(server, need_database=True)
         audit.update(server=profile.name)
         tag_current_run(profile.name, "rehearse")
+        require_rehearsable(profile, "postgresql", "")
         plan = preflight(profile, to_version, strategy)  # read-only: versions, names, room
         object_store = open_backup_store(store, server)
         if from_set is None:
@@ -215,6 +242,7 @@ def rehearse(
             from_set = taken.set
         server_name, set_id = resolve_set(object_store, from_set, profile.name)
         manifest = load_manifest(object_store, server_name, set_id)
+        require_rehearsable(profile, manifest.engine, f"{manifest.server}/{manifest.set_id}")
         require_dump(manifest)
         require_intact(object_store, manifest)
         source = f"{manifest.server}/{manifest.set_id}"

@@ -13,6 +13,13 @@ The runbook this replaces, as one run:
    pg_restore -> repair sequences -> compare per-table counts with the manifest;
 4. with ``start``: start a Letta of the set's version on it and prove version, agents and
    counts equal the manifest's.
+
+A SQLite set goes onto a SQLite file instead (``sqlite``: another Letta home, or the profile's
+own SQLite server when its file is empty): the copy is downloaded beside the target, checked
+(sha256, ``integrity_check``, counts) and renamed into place (flows/steps/sqlite_restore.py,
+the rollback's own step); on the profile's server the set's version is then started and
+proven. Killed mid-way, the target file is whole (old or new) and ``recover`` puts the copy
+there again (tasks/runs/recovery_plan.py).
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import ConfigDict, Field
 
 from ..blocks.letta_database import LettaDatabase, target_database
 from ..blocks.letta_server import LettaServer
@@ -43,15 +49,14 @@ from ..tasks.runs import timeouts as run_timeouts
 from ..tasks.runs.audit_record import audited_run
 from ..tasks.runs.context import publish_report, run_name, tag_current_run
 from ..tasks.runs.journal import close_unfinished
-from ..tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
-from ..tasks.runs.report import FlowReport, ReportPart
+from ..tasks.runs.phase_timings import PhaseClock
 from ..tasks.runtimes.install import install_runtime
 from ..tasks.server_naming import sanitize_server_name
 from ..tasks.sets.admission import require_dump, require_intact
 from ..tasks.sets.catalog import load_manifest
 from ..tasks.sets.manifest import BackupManifest
 from ..tasks.store.objects import ObjectStore
-from .reports.server_restore import ServerProof, ServerStart
+from .reports.restore import RestoredAddress, RestorePlan, RestoreReport, render_restore_markdown
 from .steps.destructive_run import destructive_section
 from .steps.restore_server import (
     database_for_set,
@@ -60,71 +65,16 @@ from .steps.restore_server import (
     start_set_version,
     with_reset_mode,
 )
-from .verify import CountDifference, resolve_set
+from .steps.sqlite_restore_target import (
+    refuse_postgres_options,
+    restore_onto_sqlite,
+    sqlite_preflight,
+)
+from .verify import resolve_set
 
 
 class RestoreFailed(Failed):
     """The restore ran but the result is not what the set holds."""
-
-
-class RestorePlan(ReportPart):
-    """What the pre-flight found and what the restore will do; nothing changed yet."""
-
-    set: str = Field(description="SERVER/SET_ID restored.")
-    set_created_at: datetime
-    letta_version: str = Field(description="The set's Letta version.")
-    target: str = Field(description="The target database's URI, password redacted.")
-    target_tables_before: int = Field(description="Tables the target held before.")
-    replaces_existing: bool = Field(description="The target held tables (--force).")
-    reset_mode: str = Field(description="How the target is emptied.")
-    left_alone: list[str] = Field(
-        default_factory=list,
-        description="What the database holds that is not Letta's and stays as it is (the "
-        "operator's tables in Letta's schema one by one, other schemas as a whole).",
-    )
-    objects_verified: int = Field(description="Objects whose sha256 was checked.")
-    tables: int
-    rows: int
-    agents_in_set: int
-    start: bool = Field(description="A Letta of the set's version starts on it.")
-    base_url: str | None = Field(description="Where it starts (None: not started).")
-    server_name: str | None = Field(description="The restored server's name (None: no start).")
-
-
-class RestoredAddress(ReportPart):
-    """The environment later commands find the restored server with."""
-
-    LETTA_BASE_URL: str
-    LETTA_OPS_SERVER_NAME: str
-    LETTA_PG_URI: str = Field(description="The target, password redacted (use PGPASSWORD).")
-
-
-class RestoreReport(FlowReport):
-    """``restore()``'s result and ``letta-ops restore --json``; with ``dry_run`` the plan."""
-
-    model_config = ConfigDict(validate_assignment=True)
-
-    plan: RestorePlan
-    dry_run: bool = Field(False, description="True: the plan only, nothing changed.")
-    outcome: str = Field(description="planned, running, succeeded or failed.")
-    count_differences: list[CountDifference] | None = Field(
-        None, description="Tables whose restored count differs from the manifest's."
-    )
-    sequences: list[dict[str, Any]] | None = Field(
-        None,
-        description="The sequence repair's changes; their keys vary by action (action, "
-        "sequence, table, column, from, to).",
-    )
-    restore_warnings: list[str] | None = Field(None, description="What pg_restore warned about.")
-    server: ServerStart | None = Field(None, description="The started server (None: no start).")
-    verification: ServerProof | None = Field(None, description="None: no start.")
-    address_with: RestoredAddress | None = Field(None, description="None: no start.")
-    finished_at: datetime | None = None
-    phases: list[PhaseTiming] = Field(
-        default_factory=list,
-        description="Each phase's start and seconds, in order of start; a streamed restore's "
-        "download, pre-data, data and post-data are one phase ('stream restore').",
-    )
 
 
 def restored_runtime(
@@ -256,25 +206,6 @@ def prove_step(
         return prove_server_matches_set(client, target, manifest)
 
 
-def render_restore_markdown(report: RestoreReport) -> str:
-    plan = report.plan
-    lines = [
-        f"# Restore {plan.set} onto {plan.target}: **{report.outcome}**",
-        "",
-        f"- Letta {plan.letta_version}, {plan.tables} tables, {plan.rows} rows, "
-        f"{plan.agents_in_set} agents; {plan.objects_verified} objects verified",
-    ]
-    if plan.replaces_existing:
-        lines.append(f"- replaced a database holding {plan.target_tables_before} tables")
-    for d in report.count_differences or []:
-        lines.append(f"- {d.table}: manifest {d.expected}, restored {d.actual}")
-    if report.server:
-        s = report.server
-        lines.append(f"- started Letta {s.version} at {s.base_url} (pid {s.pid})")
-    lines += phases_markdown(report.phases)
-    return "\n".join(lines)
-
-
 @flow(
     name="letta-restore",
     timeout_seconds=run_timeouts.RESTORE,
@@ -282,7 +213,7 @@ def render_restore_markdown(report: RestoreReport) -> str:
 )
 def restore(
     backup_set: str,
-    database: str,
+    database: str | None = None,
     server: str | None = None,
     store: str | None = None,
     force: bool = False,
@@ -296,16 +227,26 @@ def restore(
     name: str | None = None,
     dry_run: bool = False,
     allow_legacy: bool = False,
+    sqlite: str | None = None,
 ) -> RestoreReport:
     """Restore ``backup_set`` onto ``database``: a saved Letta Database block's name, or
     ``postgresql://USER@HOST:PORT/DB`` with the password in ``PGPASSWORD`` (never in the URI).
+    A SQLite set goes onto ``sqlite`` (``HOME/.letta/sqlite.db``, its ``.letta`` directory or
+    Letta's ``sqlite:////...`` URI), or without ``database`` and ``sqlite`` onto the profile's
+    own SQLite file (empty) and its server started on the set's version.
     With ``dry_run``, stop after the pre-flight and return its plan (nothing changed).
 
     With ``start``, the restored server is named ``name`` (default ``127.0.0.1-PORT``): its
     state directory, history and lock live under that name, and the report says how later
     commands address it.
     """
-    parameters = {"backup_set": backup_set, "force": force, "start": start, "port": port}
+    parameters = {
+        "backup_set": backup_set,
+        "force": force,
+        "start": start,
+        "port": port,
+        "sqlite": sqlite,
+    }
     clock = PhaseClock()
     with contextlib.ExitStack() as run:
         with clock.phase("start-up"):
@@ -313,32 +254,45 @@ def restore(
             logger = get_run_logger()
             object_store = open_backup_store(store, server)
             record.update(store=object_store)
+        # No --database: a SQLite target (--sqlite, else the profile's own SQLite file).
+        on_sqlite = sqlite is not None or database is None
         try:
             with clock.phase("pre-flight"):
-                plan, manifest, target, letta_runtime = preflight(
-                    object_store,
-                    backup_set,
-                    database,
-                    server,
-                    force,
-                    start,
-                    runtime,
-                    port,
-                    reset,
-                    name,
-                    allow_legacy,
-                )
+                if on_sqlite:
+                    refuse_postgres_options(database, start, port, runtime, name, reset)
+                    plan, manifest, sqlite_file, profile = sqlite_preflight(
+                        object_store, backup_set, sqlite, server, force, allow_legacy
+                    )
+                    target, letta_runtime = None, None
+                else:
+                    assert database is not None
+                    plan, manifest, target, letta_runtime = preflight(
+                        object_store,
+                        backup_set,
+                        database,
+                        server,
+                        force,
+                        start,
+                        runtime,
+                        port,
+                        reset,
+                        name,
+                        allow_legacy,
+                    )
         except ValueError:
             record.update(outcome="refused")
             raise
         # The target is what this run changes: its history and lock are under its name.
-        target_name = (
-            letta_runtime.server_name
-            if letta_runtime
-            else sanitize_server_name(
+        if on_sqlite:
+            assert plan.server_name is not None
+            target_name = plan.server_name
+        elif letta_runtime is not None:
+            target_name = letta_runtime.server_name
+        else:
+            assert target is not None
+            target_name = sanitize_server_name(
                 f"db-{target.parts['host']}-{target.parts['port']}-{target.database_name}"
             )
-        )
         tag_current_run(target_name, "restore")
         record.update(
             server=target_name,
@@ -359,31 +313,32 @@ def restore(
             database=target,
             phase=clock.phase,
         ):
-            journal = record.journal()
-            journal.begin(set=plan.set, target=plan.target, reset_mode=target.reset_mode)
-            journal.enter("restore the set's dump")
-            restored = restore_database_step(target, object_store, manifest, jobs, clock)
-            report.count_differences = restored["count_differences"]
-            report.sequences = restored["sequences"]["changes"]
-            report.restore_warnings = restored["restore_warnings"]
-            if not restored["count_differences"] and letta_runtime is not None:
-                journal.enter(f"start {manifest.letta_version}")
-                with clock.phase("start server"):
-                    report.server = start_server_step(
-                        letta_runtime, target, manifest.letta_version, start_timeout_seconds
-                    )
-                with clock.phase("prove server"):
-                    proof = prove_step(letta_runtime, target, manifest)
-                report.verification = proof
-                report.address_with = RestoredAddress(
-                    LETTA_BASE_URL=letta_runtime.base_url,
-                    LETTA_OPS_SERVER_NAME=letta_runtime.server_name,
-                    LETTA_PG_URI=plan.target,
+            if on_sqlite:
+                proof = restore_onto_sqlite(
+                    report,
+                    manifest,
+                    sqlite_file,
+                    profile,
+                    object_store,
+                    record,
+                    clock,
+                    start_timeout_seconds,
                 )
-            journal.finish("restored")
-            # An earlier restore onto this database that was interrupted is moot now.
-            close_unfinished(journal.store, target_name, f"superseded by {record.record_id}")
-        problems = restored["count_differences"] or (proof and not proof["ok"])
+            else:
+                assert target is not None
+                proof = restore_onto_postgres(
+                    report,
+                    manifest,
+                    target,
+                    letta_runtime,
+                    object_store,
+                    record,
+                    clock,
+                    jobs,
+                    start_timeout_seconds,
+                )
+        differences = report.count_differences
+        problems = differences or (proof and not proof["ok"])
         report.outcome = "failed" if problems else "succeeded"
         report.finished_at = datetime.now(UTC)
         record.update(counts_after=manifest.row_counts if not problems else None)
@@ -394,10 +349,52 @@ def restore(
         if problems:
             raise RestoreFailed(
                 f"Restored {plan.set} onto {plan.target}, but it does not match the "
-                f"manifest: {restored['count_differences'] or proof}"
+                f"manifest: {differences or proof}"
             )
         logger.info("restored %s onto %s", plan.set, plan.target)
         return report
+
+
+def restore_onto_postgres(
+    report: RestoreReport,
+    manifest: BackupManifest,
+    target: LettaDatabase,
+    letta_runtime: LettaProcessRuntime | None,
+    store: ObjectStore,
+    record: Any,
+    clock: PhaseClock,
+    jobs: int,
+    start_timeout_seconds: float,
+) -> dict[str, Any] | None:
+    """The journaled steps onto a PostgreSQL database (the destructive lock held by the
+    caller): the dump restored, then with a runtime the set's version started and proven.
+    Returns the proof (None: no server started)."""
+    plan, proof = report.plan, None
+    journal = record.journal()
+    journal.begin(set=plan.set, target=plan.target, reset_mode=target.reset_mode)
+    journal.enter("restore the set's dump")
+    restored = restore_database_step(target, store, manifest, jobs, clock)
+    report.count_differences = restored["count_differences"]
+    report.sequences = restored["sequences"]["changes"]
+    report.restore_warnings = restored["restore_warnings"]
+    if not restored["count_differences"] and letta_runtime is not None:
+        journal.enter(f"start {manifest.letta_version}")
+        with clock.phase("start server"):
+            report.server = start_server_step(
+                letta_runtime, target, manifest.letta_version, start_timeout_seconds
+            )
+        with clock.phase("prove server"):
+            proof = prove_step(letta_runtime, target, manifest)
+        report.verification = proof
+        report.address_with = RestoredAddress(
+            LETTA_BASE_URL=letta_runtime.base_url,
+            LETTA_OPS_SERVER_NAME=letta_runtime.server_name,
+            LETTA_PG_URI=plan.target,
+        )
+    journal.finish("restored")
+    # An earlier restore onto this database that was interrupted is moot now.
+    close_unfinished(journal.store, journal.server, f"superseded by {record.record_id}")
+    return proof
 
 
 __all__ = ["RestoreFailed", "RestorePlan", "RestoreReport", "restore"]

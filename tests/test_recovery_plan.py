@@ -131,3 +131,22 @@ def test_an_interrupted_restore_onto_another_database_is_rerun_by_its_operator()
     j = journal("restore", facts, ("start", "restore the set's dump"))
     plan = plan_recovery(j, revision=None, running_version=None)
     assert plan.action == "rerun" and "--force" in plan.reason and "staging" in plan.reason
+
+
+def test_an_interrupted_sqlite_restore_puts_the_copy_there_again():
+    facts = {
+        "set": "lite/20261207T010000Z-abc",
+        "target": "/srv/b/.letta/sqlite.db",
+        "engine": "sqlite",
+        "to_version": "0.11.7",
+    }
+    j = journal("restore", {**facts, "start": False}, ("start", "restore the set's dump"))
+    plan = plan_recovery(j, revision=None, running_version=None)
+    assert plan.action == "restore" and plan.backup_set == facts["set"]
+    assert plan.version is None  # a file no server runs on: nothing to start
+    assert "/srv/b/.letta/sqlite.db" in plan.reason and "start Letta" not in plan.reason
+    # On the profile's own server the set's version is started again, wherever it stopped.
+    j = journal("restore", {**facts, "start": True}, ("end", "stop server"))
+    plan = plan_recovery(j, revision=None, running_version="0.11.7")
+    assert plan.action == "restore" and plan.version == "0.11.7"
+    assert "start Letta 0.11.7" in plan.reason

@@ -141,6 +141,7 @@ RESTORE_PLAN = {
     "start": True,
     "base_url": "http://127.0.0.1:8300",
     "server_name": "127.0.0.1-8300",
+    "engine": "postgresql",
 }
 
 PROOF = {

@@ -27,6 +27,7 @@ from ...tasks.sets.verification import compare_counts, server_against_set
 from ...tasks.sqlite.database import SqliteDatabase, require_serves_sqlite
 from ...tasks.sqlite.file_swap import incoming_path, swap_in
 from ...tasks.sqlite.online_copy import integrity_problems, table_counts
+from ...tasks.sqlite.restore_target import prepare_directory
 from ...tasks.store.objects import ObjectStore
 
 
@@ -99,6 +100,34 @@ def prove_sqlite_server(
     version = client.health()["version"]
     agents = {a["id"]: a["name"] for a in client.list_agents()}
     return server_against_set(version, agents, table_counts(sqlite.path), manifest)
+
+
+def put_copy_in_place(
+    sqlite: SqliteDatabase, store: ObjectStore, manifest: BackupManifest
+) -> list[dict]:
+    """Put the set's copy onto a SQLite file no server of this profile runs on (its ``.letta``
+    directory made if need be): :func:`put_copy_back`, then the file's counts against the
+    set's (the differences: none when all is well). A restore's step and its recovery."""
+    prepare_directory(sqlite)
+    put_copy_back(sqlite, store, manifest)
+    return compare_counts(manifest.row_counts, table_counts(sqlite.path))
+
+
+def restore_sqlite_file_from_set(
+    sqlite: SqliteDatabase, store: ObjectStore, manifest: BackupManifest
+) -> dict[str, Any]:
+    """Put the set's copy onto a SQLite file no server of this profile runs on (a restore
+    onto another Letta home) and prove its counts. Never raises (a recovery reads ``ok``)."""
+    started = time.monotonic()
+    label = f"{manifest.server}/{manifest.set_id}"
+    try:
+        differences = put_copy_in_place(sqlite, store, manifest)
+        result = {"ok": not differences, "count_differences": differences, "set": label}
+    except Exception as exc:  # reported, not raised: the caller decides what it means
+        get_run_logger().exception("restoring %s onto %s failed", label, sqlite.path)
+        result = {"ok": False, "error": database_error_message(exc), "set": label}
+    result["seconds"] = round(time.monotonic() - started, 1)
+    return result
 
 
 def restore_sqlite_server_from_set(

@@ -68,6 +68,19 @@ def plan_recovery(
     to_version = facts.get("to_version")
     at_target = revision is not None and revision == facts.get("target_revision")
 
+    if first.operation == "restore" and facts.get("engine") == "sqlite":
+        # A SQLite target is whole at every moment (the copy goes in by one rename) and needs
+        # no password: recovery puts the set's copy there again, as the run would have.
+        started = f", start Letta {to_version} and prove it" if facts.get("start") else ""
+        return RecoveryPlan(
+            **common,
+            action="restore",
+            backup_set=facts.get("set"),
+            version=to_version if facts.get("start") else None,
+            reason=f"a restore of {facts.get('set')} onto the SQLite file {facts.get('target')} "
+            f"was interrupted at '{step}'; the file is whole (old or new): put the set's copy "
+            f"there again{started}",
+        )
     if first.operation == "restore":
         return RecoveryPlan(
             **common,

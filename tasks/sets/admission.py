@@ -101,14 +101,19 @@ def require_intact(
 
 
 def require_dump(manifest: BackupManifest, engine: str = "postgresql") -> None:
-    """A set whose manifest lists no dump cannot restore a database; a SQLite set's copy
-    goes back only under its own SQLite server (``engine``: what the caller restores)."""
+    """A set whose manifest lists no dump cannot restore a database; a set goes only onto a
+    database of its own engine (``engine``: what the caller restores onto)."""
     label = f"{manifest.server}/{manifest.set_id}"
     if manifest.engine != engine:
+        where = (
+            f"`letta-ops restore {label} --sqlite HOME/.letta/sqlite.db`, or back under its own "
+            f"server with `letta-ops rollback --to {label}`"
+            if manifest.engine == "sqlite"
+            else f"`letta-ops restore {label} --database URI_OR_BLOCK`"
+        )
         raise BackupSetRefused(
-            f"Backup set {label} holds a {manifest.engine} database and this command restores "
-            f"{engine} ones; a SQLite set goes back under its own server with "
-            f"`letta-ops rollback --to {label}`."
+            f"Backup set {label} holds a {manifest.engine} database and this target is "
+            f"{engine}; a {manifest.engine} set goes onto a {manifest.engine} database: {where}."
         )
     if manifest.dump not in manifest.objects:
         raise BackupSetRefused(

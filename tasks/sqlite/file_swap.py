@@ -35,16 +35,25 @@ def side_files(path: Path) -> list[Path]:
     return [p for p in (path.with_name(path.name + s) for s in SIDE_FILES) if p.exists()]
 
 
-def settle(path: Path) -> None:
+def settle(path: Path, timeout: float = 60) -> None:
     """Let SQLite finish the live file's business: a hot journal rolled back, the WAL
-    checkpointed into the file and truncated. Nothing is written when there is none."""
+    checkpointed into the file and truncated. Nothing is written when there is none.
+
+    A checkpoint that stays busy for ``timeout`` seconds means another process still has the
+    file open (a reader holds the WAL): removing its side files under it would corrupt what
+    it reads, so the file is left as it was and the run stops here."""
     if not path.exists():
         return
     try:
-        with closing(sqlite3.connect(path, timeout=60)) as conn:
+        with closing(sqlite3.connect(path, timeout=timeout)) as conn:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if busy:
+                    raise SqliteCopyFailed(
+                        f"{path} is open in another process (its WAL stayed busy for "
+                        f"{timeout:g} s); it was left as it was: stop what uses it and run again."
+                    )
     except sqlite3.Error as exc:
         raise SqliteCopyFailed(
             f"SQLite could not settle {path} before replacing it: {exc}; it was left as it was."
@@ -56,12 +65,12 @@ def fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def swap_in(incoming: Path, path: Path) -> None:
+def swap_in(incoming: Path, path: Path, settle_timeout: float = 60) -> None:
     """Replace ``path`` with ``incoming`` (same directory), side files first, fsynced."""
     if incoming.parent != path.parent:
         raise SqliteCopyFailed(f"{incoming} must lie beside {path} for an atomic rename.")
     fsync_file(incoming)
-    settle(path)
+    settle(path, settle_timeout)
     for side in side_files(path):
         side.unlink()
     os.replace(incoming, path)
