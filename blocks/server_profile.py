@@ -56,8 +56,9 @@ class ServerProfile:
             )
         if self.database is None:
             raise ProfileError(
-                "No database is configured for this server; set LETTA_PG_URI or save a "
-                f"Letta Database block named {self.name!r}."
+                "No database is configured for this server; set LETTA_PG_URI (or "
+                "LETTA_OPS_SQLITE_DB for a SQLite server) or save a Letta Database block "
+                f"named {self.name!r}."
             )
         return self.database
 
