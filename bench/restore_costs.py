@@ -67,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--before",
         type=Path,
+        action="append",
+        default=[],
         help="a tree of the code before a change (a folder holding letta_ops/): its restores "
-        "run interleaved with this tree's, for A/B figures",
+        "run interleaved with this tree's, for A/B figures; repeat it for several (named "
+        "'before' alone, else by their folder names)",
     )
     args = parser.parse_args(argv)
 
@@ -103,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"Prefect server at {api_url}")
         worker_env = {**base, "PREFECT_API_URL": api_url, "PGPASSWORD": env.postgres.password}
         codes = {"now": dict}
-        if args.before:
-            codes["before"] = lambda e: {**e, "PYTHONPATH": str(args.before.resolve())}
+        for tree in args.before:
+            name = "before" if len(args.before) == 1 else tree.name
+            codes[name] = lambda e, tree=tree: {**e, "PYTHONPATH": str(tree.resolve())}
         _, report = letta_ops(["backup", "--store", store_url], worker_env, env.root)
         backup_set = report["set"]
         dump_path = env.root / "raw.dump"
