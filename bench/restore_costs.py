@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds: dict[str, list[float]] = {}
         outside: dict[str, list[float]] = {}
         last_phases: dict[str, Any] = {}
+        by_phase: dict[str, dict[str, list[float]]] = {}
         for round_number in range(args.rounds):
             kinds = ["raw", *(f"letta-ops {c}" for c in ordered(codes, round_number))]
             if round_number % 2:
@@ -145,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
                         env.root,
                     )
                     last_phases[kind] = phases(report)
+                    for p in phases(report):
+                        by_phase.setdefault(kind, {}).setdefault(p["phase"], []).append(
+                            p["seconds"]
+                        )
                     outside.setdefault(kind, []).append(outside_phases(took, report))
                 seconds.setdefault(kind, []).append(took)
                 drop_database(target)
@@ -172,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             seconds=medians,
             comparisons=comparisons,
             phases_last_round=last_phases,
+            phase_medians={
+                kind: {name: summary(values)["median"] for name, values in named.items()}
+                for kind, named in by_phase.items()
+            },
         )
         results = json.loads(RESULTS_PATH.read_text()) if RESULTS_PATH.exists() else {}
         point = f"{args.gigabytes:g}GB conversations" + (f" {args.label}" if args.label else "")
