@@ -80,7 +80,9 @@ class RestoreReport(FlowReport):
     phases: list[PhaseTiming] = Field(
         default_factory=list,
         description="Each phase's start and seconds, in order of start; a streamed restore's "
-        "download, pre-data, data and post-data are one phase ('stream restore').",
+        "download, pre-data, data and post-data are one phase ('stream restore'); a plaintext "
+        "set is downloaded and checked whole first ('dump head'), then restored from that file "
+        "by pg_restore -j ('stream restore').",
     )
 
 

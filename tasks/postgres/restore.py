@@ -100,7 +100,9 @@ class RestoreTarget:
 RESTORE_OPTIONS = ("--no-owner", "--no-privileges", "--no-password")
 
 
-def restore_dump(db: PostgresDatabase, dump_path: Path, jobs: int = 1) -> list[str]:
+def restore_dump(
+    db: PostgresDatabase, dump_path: Path, jobs: int = 1, toc: list[str] | None = None
+) -> list[str]:
     """Restore a custom-format dump into ``db`` (emptied by ``empty_database``); returns the
     expected errors it tolerated.
 
@@ -115,7 +117,9 @@ def restore_dump(db: PostgresDatabase, dump_path: Path, jobs: int = 1) -> list[s
     with tempfile.TemporaryDirectory(prefix="letta-ops-restore-") as work:
         listing = Path(work) / "restore.list"
         with tools.staged(dump_path) as dump:
-            listing.write_text(target.listing(_toc(tools.run("pg_restore", "--list", dump))))
+            if toc is None:  # the caller's, when it read the archive's table of contents
+                toc = _toc(tools.run("pg_restore", "--list", dump))
+            listing.write_text(target.listing(toc))
             with tools.staged(listing) as use_list:
                 args = [*RESTORE_OPTIONS, f"--use-list={use_list}", "-d", db.database_name]
                 if jobs > 1:

@@ -106,3 +106,40 @@ def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(1)
         return sock.connect_ex((host, port)) == 0
+
+
+#: Objects a database holds besides PostgreSQL's own and its extensions' (pg_depend 'e'):
+#: relations, routines, free-standing types and schemas other than ``public``.
+_OWN_OBJECTS = """
+WITH member AS (SELECT objid FROM pg_depend WHERE deptype = 'e'),
+     user_ns AS (SELECT oid FROM pg_namespace
+                 WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+                   AND nspname NOT LIKE 'pg_temp_%' AND nspname NOT LIKE 'pg_toast_temp_%')
+SELECT (SELECT count(*) FROM pg_class WHERE relnamespace IN (SELECT oid FROM user_ns)
+          AND oid NOT IN (SELECT objid FROM member))
+     + (SELECT count(*) FROM pg_proc WHERE pronamespace IN (SELECT oid FROM user_ns)
+          AND oid NOT IN (SELECT objid FROM member))
+     + (SELECT count(*) FROM pg_type WHERE typnamespace IN (SELECT oid FROM user_ns)
+          AND typrelid = 0 AND typelem = 0 AND oid NOT IN (SELECT objid FROM member))
+     + (SELECT count(*) FROM user_ns WHERE oid <> 'public'::regnamespace
+          AND oid NOT IN (SELECT objid FROM member))
+"""
+
+
+def pgvector_schema_if_empty(db: PostgresDatabase) -> tuple[bool, str | None]:
+    """Whether ``db`` exists and holds nothing but extensions (no table, view, sequence,
+    routine, type or schema of anyone's), and the schema pgvector is installed in (None:
+    not installed). A restore may drop such a database before it restores, instead of after
+    (where DROP DATABASE's checkpoint writes every page just restored), and recreate it as it
+    was if the restore fails."""
+    if not database_exists(db):
+        return False, None
+    with connect(db) as conn:
+        own = int(conn.execute(sa.text(_OWN_OBJECTS)).scalar())
+        vector = conn.execute(
+            sa.text(
+                "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
+                "ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+            )
+        ).scalar()
+    return own == 0, vector

@@ -38,7 +38,7 @@ from ..postgres.privileges import (
     probe_privileges,
     recreate_blockers,
 )
-from ..postgres.restore import restore_dump_streaming, tables_in_dump
+from ..postgres.restore import restore_dump, restore_dump_streaming, tables_in_dump
 from ..store.encryption import stored_form
 from ..store.objects import ObjectChanged, ObjectStore
 from .manifest import BackupManifest, ManifestObject
@@ -140,6 +140,9 @@ class DumpHead:
     path: Path
     toc: list[str]
     stream: BinaryIO
+    #: ``path`` holds the whole dump, already proven equal to the manifest's sha256 (a
+    #: plaintext set is downloaded and checked before any SQL runs from it).
+    whole: bool = False
 
 
 class HeadThenRest:
@@ -177,7 +180,7 @@ def dump_head(store: ObjectStore, manifest: BackupManifest) -> Iterator[DumpHead
         with downloaded(store, manifest.dump, expected.sha256 if expected else None) as path:
             toc = list_dump(default_pg_bin_dir(), path)
             with path.open("rb") as stream:
-                yield DumpHead(path, toc, stream)
+                yield DumpHead(path, toc, stream, whole=True)
         return
     size = expected.size if expected else store.metadata(manifest.dump).size
     with (
@@ -202,6 +205,11 @@ def restore_set_dump(
     ``db`` must hold nothing to lose (a scratch database, or one swapped in afterwards):
     see :func:`letta_ops.tasks.postgres.dump.restore_dump_streaming`.
     """
+    if head.whole:
+        # The whole dump is here and checked: pg_restore -j reads it as it reads any file,
+        # its data in parallel and each table's indexes as soon as its rows are in; a
+        # stream fed through a spool to data lanes only adds a copy and a hash of it.
+        return restore_dump(db, head.path, jobs, toc=head.toc)
     expected = manifest.objects.get(manifest.dump)
     restored = restore_dump_streaming(
         db,
