@@ -73,7 +73,7 @@ from .steps.sqlite_backup import (
     inspect_sqlite_server,
     sqlite_manifest_fields,
 )
-from .verify import ObjectProblem, VerificationFailed, VerifyReport, verify
+from .verify import ObjectProblem, VerificationFailed, VerifyReport, verify_written_set
 
 
 class BackupFailed(Failed):
@@ -511,7 +511,12 @@ def backup(
         )
         try:
             with clock.phase("verification"):
-                verification = verify(f"{profile.name}/{set_id}", server=server, store=store)
+                verification = verify_written_set(
+                    object_store,
+                    profile.name,
+                    set_id,
+                    {"backup_set": f"{profile.name}/{set_id}", "server": server, "store": store},
+                )
         except VerificationFailed as exc:
             raise BackupFailed(
                 f"Backup set {profile.name}/{set_id} was written but failed verification: {exc}"
