@@ -163,7 +163,7 @@ def test_a_dump_rewritten_before_the_backups_own_verification_fails_the_set(
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         client.put_object(Bucket=bucket, Key=key, Body=body[:-1])
         truncated.append(key)
-        return runtime_files.fn(profile, store, prefix)
+        return runtime_files(profile, store, prefix)
 
     monkeypatch.setattr(backup_flow, "store_runtime_files", truncate_dump_first)
     state = backup(allow_partial_agents=True, return_state=True)
