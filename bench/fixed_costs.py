@@ -6,7 +6,7 @@ costs an operator pays per command (the interpreter and Prefect imported, flow a
 recorded, the verification, the manifest, the audit, and from a bare shell a temporary Prefect
 server) never show. Here every letta-ops figure is a *cold command* in a fresh process:
 
-- raw ``pg_dump -Fc`` (gzip 6, as the backup's default) of the database into a local file (for
+- raw ``pg_dump -Fc`` (with the backup's default compression) of the database into a local file (for
   the file store) or piped into the same moto by boto3's managed upload (for S3);
 - ``letta-ops backup`` with a Prefect server already running (``PREFECT_API_URL``: as on a
   worker) and from a bare shell (no ``PREFECT_API_URL``: a temporary Prefect server per command);
@@ -141,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stores", default="file,s3", help="file, s3 or both (comma)")
     parser.add_argument("--label", default="", help="a name for this run in results.json")
     parser.add_argument(
+        "--no-restores",
+        action="store_true",
+        help="backups only (a change to the backup path: the restores' rounds cost minutes)",
+    )
+    parser.add_argument(
         "--before",
         type=Path,
         help="a tree of the code before a change (a folder holding letta_ops/ with blocks, "
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             ))  # fmt: skip
 
             # Restores: raw pg_restore -j 2 of the raw dump against `restore SET --database`.
-            if "file" in stores:
+            if "file" in stores and not args.no_restores:
                 target = LettaDatabase(uri=env.postgres.uri("fixed_target"))
                 for kind in ("raw", *(f"letta-ops {c}" for c in ordered(codes, round_number))):
                     create_database(target)
@@ -257,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                         "minus_raw_seconds": round(ours - raw, 2),
                         "goal_seconds": round(max(3.0, 0.05 * raw) + (5 * (shell == "bare")), 2),
                     }
-        if "file" in stores:
+        if "file" in stores and not args.no_restores:
             raw = medians["restore raw"]["median"]
             for code in codes:
                 ours = medians[f"restore letta-ops {code}"]["median"]

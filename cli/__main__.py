@@ -1,7 +1,5 @@
 """``python -m letta_ops.cli``: the same as the ``letta-ops`` command."""
 
-import sys
+from .main import run
 
-from .main import main
-
-sys.exit(main())
+run()

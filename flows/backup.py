@@ -73,7 +73,7 @@ from .steps.sqlite_backup import (
     inspect_sqlite_server,
     sqlite_manifest_fields,
 )
-from .verify import ObjectProblem, VerificationFailed, VerifyReport, verify
+from .verify import ObjectProblem, VerificationFailed, VerifyReport, verify_written_set
 
 
 class BackupFailed(Failed):
@@ -176,22 +176,16 @@ def dump_database_task(
         progress.finish("upload pg_dump")
 
 
-@task(name="store-runtime-files", cache_policy=NO_CACHE)
 def store_runtime_files(
     profile: ServerProfile, store: ObjectStore, prefix: str
 ) -> dict[str, StoredObject]:
     """The files the runtime changes when it starts a version (a compose file), as they are
-    now: a rollback to this set puts them back."""
+    now: a rollback to this set puts them back. A plain call, like the manifest's write: a
+    task run's bookkeeping cost more than these few writes (issue #32)."""
     return {
         name: store.put_bytes(f"{prefix}runtime/{name}", data)
         for name, data in profile.runtime.snapshot().items()
     }
-
-
-@task(name="write-manifest", cache_policy=NO_CACHE)
-def write_manifest_task(store: ObjectStore, prefix: str, manifest: BackupManifest) -> str:
-    """The commit marker, authenticated: written once, after every other object of the set."""
-    return write_manifest(store, manifest)
 
 
 def build_manifest(
@@ -503,7 +497,7 @@ def backup(
                 manifest_lock(object_store),
                 set_encryption([*agent_objects, dump.stored, *runtime_files.values()]),
             )
-            write_manifest_task(object_store, prefix, manifest)
+            write_manifest(object_store, manifest)  # the commit marker, last
         audit.update(
             counts_before=counts_summary(manifest.row_counts, len(manifest.agents)),
             alembic_revision=manifest.alembic_revision,
@@ -511,7 +505,12 @@ def backup(
         )
         try:
             with clock.phase("verification"):
-                verification = verify(f"{profile.name}/{set_id}", server=server, store=store)
+                verification = verify_written_set(
+                    object_store,
+                    profile.name,
+                    set_id,
+                    {"backup_set": f"{profile.name}/{set_id}", "server": server, "store": store},
+                )
         except VerificationFailed as exc:
             raise BackupFailed(
                 f"Backup set {profile.name}/{set_id} was written but failed verification: {exc}"

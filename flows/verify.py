@@ -24,7 +24,7 @@ from ..blocks.server_profile import ProfileError, load_profile, open_backup_stor
 from ..tasks.errors import Failed
 from ..tasks.postgres.restore_target import same_database
 from ..tasks.runs import timeouts as run_timeouts
-from ..tasks.runs.audit_record import audited_run, counts_summary
+from ..tasks.runs.audit_record import RunAudit, audited_run, counts_summary
 from ..tasks.runs.context import publish_report, run_name, tag_current_run
 from ..tasks.runs.phase_timings import PhaseClock, PhaseTiming, phases_markdown
 from ..tasks.runs.report import FlowReport, ReportPart
@@ -124,13 +124,6 @@ class VerifyReport(FlowReport):
     )
 
 
-@task(name="check-objects", cache_policy=NO_CACHE)
-def check_objects_task(
-    store: ObjectStore, manifest: BackupManifest, read_data: bool = False
-) -> list[dict]:
-    return check_objects(store, manifest, read_data=read_data)
-
-
 def objects_read(manifest: BackupManifest, read_data: bool) -> dict[str, int]:
     """How the objects were checked: by the store's checksum, or read back (and bytes)."""
     back = [o for o in manifest.objects.values() if reads_back(o, read_data)]
@@ -139,16 +132,6 @@ def objects_read(manifest: BackupManifest, read_data: bool) -> dict[str, int]:
         "read_back": len(back),
         "bytes_read_back": sum(o.stored_bytes for o in back),
     }
-
-
-@task(name="check-dump", cache_policy=NO_CACHE)
-def check_dump_task(store: ObjectStore, manifest: BackupManifest) -> dict:
-    return check_dump(store, manifest)
-
-
-@task(name="check-sqlite-copy", cache_policy=NO_CACHE)
-def check_sqlite_copy_task(store: ObjectStore, manifest: BackupManifest) -> dict:
-    return check_sqlite_copy(store, manifest)
 
 
 def sqlite_drill(check: dict) -> dict:
@@ -287,6 +270,166 @@ def render_verify_markdown(result: VerifyReport) -> str:
     return "\n".join(lines)
 
 
+def check_stored_set(
+    object_store: ObjectStore,
+    manifest: BackupManifest,
+    read_data: bool,
+    clock: PhaseClock,
+    key_needed: bool = False,
+) -> tuple[list[dict], dict | None, dict | None, str | None]:
+    """The checks of a set in storage: every object, then the dump's table of contents (or
+    a SQLite set's copy). Returns the problems, the dump check, the SQLite copy check and why
+    the set cannot be decrypted (None: it can, or it is not encrypted).
+
+    Without any key the stored objects are still checked (checksums need no key); when the
+    key is needed (a drill), or a key ring lacks the set's key, that is refused in one
+    sentence."""
+    key_problem = missing_key(object_store, manifest)
+    if key_problem and (key_needed or key_ring_of(object_store)):
+        raise EncryptionKeyMissing(key_problem)
+    with clock.phase("objects"):
+        problems = check_objects(object_store, manifest, read_data=read_data)
+    dump = sqlite_copy = None
+    if not problems and not key_problem and manifest.engine == "sqlite":
+        with clock.phase("sqlite copy"):
+            sqlite_copy = check_sqlite_copy(object_store, manifest)
+    elif not problems and not key_problem:
+        with clock.phase("dump TOC"):
+            dump = check_dump(object_store, manifest)
+    return problems, dump, sqlite_copy, key_problem
+
+
+def verify_report(
+    set_name: str,
+    manifest: BackupManifest,
+    read_data: bool,
+    drill: bool,
+    problems: list[dict],
+    dump: dict | None,
+    sqlite_copy: dict | None,
+    drill_result: dict | None,
+    key_problem: str | None,
+) -> VerifyReport:
+    """What the checks found, and whether the set passed them all."""
+    on_sqlite = manifest.engine == "sqlite"
+    checked_database = sqlite_copy_ok(sqlite_copy) if on_sqlite else dump_ok(dump)
+    ok = (
+        not problems
+        and (key_problem is not None or checked_database)
+        and (drill_result is None or not drill_result["differences"])
+        and not (drill and on_sqlite and drill_result is None)
+    )
+    return VerifyReport(
+        ok=ok,
+        set=set_name,
+        drill=drill,
+        checked_at=datetime.now(UTC),
+        objects=len(manifest.objects),
+        read_data=read_data,
+        checked=objects_read(manifest, read_data),
+        problems=problems,
+        dump=dump,
+        sqlite_copy=sqlite_copy,
+        drill_result=drill_result,
+        encryption=(
+            {**manifest.encryption.model_dump(), "decrypted": key_problem is None}
+            if manifest.encryption
+            else None
+        ),
+    )
+
+
+def conclude(
+    object_store: ObjectStore,
+    server_name: str,
+    set_id: str,
+    manifest: BackupManifest,
+    result: VerifyReport,
+    audit: RunAudit,
+    clock: PhaseClock,
+) -> None:
+    """Store the result beside the set, record it in the audit, publish the report; raise
+    :class:`VerificationFailed` when the set failed."""
+    result.phases = clock.timings()
+    with clock.phase("record"):
+        record_verification(
+            object_store, set_prefix(server_name, set_id), result.model_dump(mode="json")
+        )
+    drill_result = result.drill_result
+    audit.update(
+        verified=result.ok,
+        problems=len(result.problems),
+        counts_after=(
+            {
+                "tables": drill_result.tables,
+                "differences": [d.model_dump() for d in drill_result.differences],
+            }
+            if drill_result
+            else None
+        ),
+    )
+    with clock.phase("report"):
+        publish_report(server_name, "verify", render_verify_markdown(result))
+    result.phases = clock.timings()
+    if not result.ok:
+        named = ", ".join(f"{p.object} ({p.problem})" for p in result.problems)
+        on_sqlite = manifest.engine == "sqlite"
+        raise VerificationFailed(
+            f"Backup set {result.set} failed verification: "
+            + (
+                named
+                or (
+                    f"count differences {[d.model_dump() for d in drill_result.differences]}"
+                    if drill_result and drill_result.differences
+                    else "database check "
+                    + str(
+                        (result.sqlite_copy if on_sqlite else result.dump).model_dump()
+                        if (result.sqlite_copy if on_sqlite else result.dump)
+                        else None
+                    )
+                )
+            )
+        )
+
+
+def verify_written_set(
+    object_store: ObjectStore, server: str, set_id: str, parameters: dict
+) -> VerifyReport:
+    """A backup's own verification, as a step of the backup's run rather than a flow run of
+    its own (a subflow cost a flow run's bookkeeping, its tags, and the server's blocks and
+    store loaded again: seconds of every backup, issue #32). The proof is the same as
+    ``verify``'s: the manifest read back from storage and authenticated, every object
+    checked there, the dump's table of contents read from the stored dump; the result is
+    stored beside the set, published, and audited as a ``verify`` record, a child of the run.
+    """
+    clock = PhaseClock()
+    with audited_run("verify", server, parameters, store=object_store, step_of_run=True) as audit:
+        audit.update(backup_set=f"{server}/{set_id}")
+        with clock.phase("manifest"):
+            manifest = load_manifest(object_store, server, set_id)
+        audit.update(
+            versions_from=manifest.letta_version,
+            counts_before=counts_summary(manifest.row_counts, len(manifest.agents)),
+        )
+        problems, dump, sqlite_copy, key_problem = check_stored_set(
+            object_store, manifest, read_data=False, clock=clock
+        )
+        result = verify_report(
+            f"{server}/{set_id}",
+            manifest,
+            False,
+            False,
+            problems,
+            dump,
+            sqlite_copy,
+            None,
+            key_problem,
+        )
+        conclude(object_store, server, set_id, manifest, result, audit, clock)
+    get_run_logger().info("backup set %s verified", result.set)
+    return result
+
+
 @flow(
     name="letta-verify",
     flow_run_name=run_name("verify", "backup_set"),
@@ -327,21 +470,10 @@ def verify(
             counts_before=counts_summary(manifest.row_counts, len(manifest.agents)),
         )
 
-        # Without any key the stored objects are still checked (checksums need no key); a
-        # drill, or a key ring that lacks the set's key, is refused in one sentence.
-        key_problem = missing_key(object_store, manifest)
-        if key_problem and (drill or key_ring_of(object_store)):
-            raise EncryptionKeyMissing(key_problem)
-        with clock.phase("objects"):
-            problems = check_objects_task(object_store, manifest, read_data)
-        dump = sqlite_copy = None
+        problems, dump, sqlite_copy, key_problem = check_stored_set(
+            object_store, manifest, read_data, clock, key_needed=drill
+        )
         on_sqlite = manifest.engine == "sqlite"
-        if not problems and not key_problem and on_sqlite:
-            with clock.phase("sqlite copy"):
-                sqlite_copy = check_sqlite_copy_task(object_store, manifest)
-        elif not problems and not key_problem:
-            with clock.phase("dump TOC"):
-                dump = check_dump_task(object_store, manifest)
         drill_result = None
         if drill and on_sqlite and sqlite_copy is not None:
             drill_result = sqlite_drill(sqlite_copy)
@@ -351,61 +483,18 @@ def verify(
                 if dedicated:
                     refuse_live_drill_target(target, server)
                 drill_result = drill_task(object_store, manifest, target, dedicated, clock)
-        checked_database = sqlite_copy_ok(sqlite_copy) if on_sqlite else dump_ok(dump)
-        ok = (
-            not problems
-            and (key_problem is not None or checked_database)
-            and (drill_result is None or not drill_result["differences"])
-            and not (drill and on_sqlite and drill_result is None)
+        result = verify_report(
+            f"{server_name}/{set_id}",
+            manifest,
+            read_data,
+            drill,
+            problems,
+            dump,
+            sqlite_copy,
+            drill_result,
+            key_problem,
         )
-        result = VerifyReport(
-            ok=ok,
-            set=f"{server_name}/{set_id}",
-            drill=drill,
-            checked_at=datetime.now(UTC),
-            objects=len(manifest.objects),
-            read_data=read_data,
-            checked=objects_read(manifest, read_data),
-            problems=problems,
-            dump=dump,
-            sqlite_copy=sqlite_copy,
-            drill_result=drill_result,
-            encryption=(
-                {**manifest.encryption.model_dump(), "decrypted": key_problem is None}
-                if manifest.encryption
-                else None
-            ),
-            phases=clock.timings(),
-        )
-        with clock.phase("record"):
-            record_verification(
-                object_store, set_prefix(server_name, set_id), result.model_dump(mode="json")
-            )
-        audit.update(
-            verified=ok,
-            problems=len(problems),
-            counts_after=(
-                {"tables": drill_result["tables"], "differences": drill_result["differences"]}
-                if drill_result
-                else None
-            ),
-        )
-        with clock.phase("report"):
-            publish_report(server_name, "verify", render_verify_markdown(result))
-        result.phases = clock.timings()
-        if not ok:
-            named = ", ".join(f"{p['object']} ({p['problem']})" for p in problems)
-            raise VerificationFailed(
-                f"Backup set {server_name}/{set_id} failed verification: "
-                + (
-                    named
-                    or (
-                        f"count differences {drill_result['differences']}"
-                        if drill_result and drill_result["differences"]
-                        else f"database check {sqlite_copy if on_sqlite else dump}"
-                    )
-                )
-            )
+        conclude(object_store, server_name, set_id, manifest, result, audit, clock)
         logger.info(
             "backup set %s verified%s", result.set, " with a restore drill" if drill else ""
         )

@@ -133,10 +133,19 @@ def test_history_of_backup_failed_upgrade_and_upgrade(
         if str(artifact.flow_run_id) in {r.flow_run_id for r in records}:
             by_run.setdefault(str(artifact.flow_run_id), {})[artifact.key] = artifact.data
     assert set(by_run) == {r.flow_run_id for r in records}
+    # A backup's verification is a step of the backup's run (issue #32): its record is the
+    # run's child, RUN_ID-verify, and its report is published under the backup's run.
+    verifies = [r for r in records if r.operation == "verify"]
+    backup_runs = {r.flow_run_id for r in records if r.operation == "backup"}
+    assert {(r.record_id, r.parent_flow_run_id) for r in verifies} == {
+        (f"{run}-verify", run) for run in backup_runs
+    }
     for record in records:
         published = by_run[record.flow_run_id]
         markdown = published[f"{record.operation}-audit-e2e"]
-        tables = {"backup-audit-e2e-table"} if record.operation == "backup" else set()
+        tables = set()
+        if record.operation in ("backup", "verify"):
+            tables = {"backup-audit-e2e-table", "backup-audit-e2e", "verify-audit-e2e"}
         if record.flow_run_id == ok["flow_run_id"]:
             tables = {"upgrade-audit-e2e-table"}
         assert set(published) == {f"{record.operation}-audit-e2e", *tables}, record.operation

@@ -141,6 +141,50 @@ def test_partial_backup_allowed_then_tamper_and_drill(server_25, backup_env):
     assert victim in str(failure.value)
 
 
+def test_a_dump_rewritten_before_the_backups_own_verification_fails_the_set(
+    server_25, backup_env, monkeypatch, audit_db
+):
+    """The backup's verification is a step of its run, no longer a subflow (issue #32); it
+    still proves the stored bytes: a dump rewritten behind the store's back (truncated by a
+    byte) after its upload and before the manifest fails the backup, the set's record says
+    failed, ``latest`` never picks it, and the verify audit record, a child of the backup's
+    run, says failed too."""
+    import letta_ops.flows.backup as backup_flow
+    from letta_ops.flows.verify import resolve_set
+    from letta_ops.tasks.sets.catalog import BackupSetError
+    from tests.fixtures.audit import read_audit
+
+    client, bucket = backup_env
+    truncated: list[str] = []
+    runtime_files = backup_flow.store_runtime_files
+
+    def truncate_dump_first(profile, store, prefix):
+        key = f"backups/{prefix}database.dump"
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        client.put_object(Bucket=bucket, Key=key, Body=body[:-1])
+        truncated.append(key)
+        return runtime_files(profile, store, prefix)
+
+    monkeypatch.setattr(backup_flow, "store_runtime_files", truncate_dump_first)
+    state = backup(allow_partial_agents=True, return_state=True)
+    assert truncated and state.is_failed()
+    with pytest.raises(BackupFailed) as failure:
+        state.result()
+    assert "failed verification" in str(failure.value) and "database.dump" in str(failure.value)
+
+    store = _store(client, bucket)
+    [summary] = list_backup_sets(store, "prod-eu")
+    assert summary.complete and not summary.verified and summary.verification == "failed"
+    with pytest.raises(BackupSetError):
+        resolve_set(store, "latest", "prod-eu")
+    records = {r.operation: r for r in read_audit(audit_db).query()}
+    backup_record, verify_record = records["backup"], records["verify"]
+    assert backup_record.outcome == verify_record.outcome == "failed"
+    assert verify_record.record_id == f"{backup_record.flow_run_id}-verify"
+    assert verify_record.parent_flow_run_id == backup_record.flow_run_id
+    assert verify_record.backup_set == backup_record.backup_set == f"prod-eu/{summary.set_id}"
+
+
 def test_s3_endpoint_killed_mid_backup(server_25, s3_env, s3_bucket, monkeypatch, prefect_harness):
     _, bucket, endpoint = s3_bucket
     host, port = endpoint.removeprefix("http://").split(":")

@@ -137,6 +137,52 @@ def test_help_imports_neither_prefect_nor_sqlalchemy():
     assert out.stdout.strip() == "[]"
 
 
+def test_a_command_leaves_after_its_threads_exit_handlers_and_output(tmp_path):
+    """``letta-ops`` skips only the interpreter's teardown (issue #32): its exit code is the
+    command's, a non-daemon thread still finishes, every ``atexit`` handler still runs (the
+    temporary Prefect server is stopped by one), and unflushed output is still written."""
+    import subprocess
+    import sys
+
+    probe = f"""
+import atexit, threading, time
+from pathlib import Path
+from letta_ops.cli.main import leave
+done = Path({str(tmp_path)!r})
+def late_thread():
+    time.sleep(0.3)
+    (done / "thread").write_text("finished")
+threading.Thread(target=late_thread).start()
+atexit.register(lambda: (done / "atexit").write_text("ran"))
+print("unflushed output", end="")
+leave(3)
+print("never")
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert out.returncode == 3, out.stderr
+    assert out.stdout == "unflushed output"
+    assert (tmp_path / "thread").read_text() == "finished"
+    assert (tmp_path / "atexit").read_text() == "ran"
+
+
+def test_the_command_and_python_m_exit_with_mains_code(monkeypatch, tmp_path):
+    """Both ways of running the command end through ``leave`` with ``main``'s exit code: a
+    missing store is refused in one sentence, exit 2, before any Prefect run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.delenv("LETTA_OPS_STORE", raising=False)
+    monkeypatch.setenv("LETTA_BASE_URL", "http://127.0.0.1:9")
+    command = Path(sys.executable).with_name("letta-ops")
+    for argv in ([str(command)], [sys.executable, "-m", "letta_ops.cli"]):
+        out = subprocess.run(
+            [*argv, "backups", "list"], capture_output=True, text=True, cwd=tmp_path, check=False
+        )
+        assert out.returncode == EXIT_BAD_INPUT, out.stderr
+        assert out.stderr.startswith("letta-ops: error: ") and "store" in out.stderr
+
+
 @pytest.mark.parametrize(
     "error,code",
     [

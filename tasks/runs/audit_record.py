@@ -163,15 +163,18 @@ def audited_run(
     server: str | None,
     parameters: Mapping[str, Any] | None = None,
     store: ObjectStore | None = None,
+    step_of_run: bool = False,
 ) -> Iterator[RunAudit]:
     """Record this flow run in the audit history (see the module docstring).
 
     ``server`` may be None until the flow resolved its profile: pass it later with
     ``record.update(server=...)``. ``parameters`` (default: the flow run's own parameters)
-    are stored without secrets.
+    are stored without secrets. ``step_of_run``: an operation that runs as a step of the
+    current flow run (a backup's verification) rather than as a flow run of its own; its record
+    is ``RUN_ID-OPERATION``, a child of the run, as a subflow's record would be.
     """
     try:
-        audit = _start(operation, server, parameters)
+        audit = _start(operation, server, parameters, step_of_run)
     except Exception as exc:  # noqa: BLE001 - a bare record beats a failed flow
         _logger().warning("audit: could not read the run's context: %s", _short(exc))
         audit = RunAudit(
@@ -216,7 +219,12 @@ def _close(
 # --------------------------------------------------------------------------------------------
 
 
-def _start(operation: str, server: str | None, parameters: Mapping[str, Any] | None) -> RunAudit:
+def _start(
+    operation: str,
+    server: str | None,
+    parameters: Mapping[str, Any] | None,
+    step_of_run: bool = False,
+) -> RunAudit:
     context = run_context()
     run_id = context.get("flow_run_id")
     run_count = context.pop("run_count", 1) or 1
@@ -226,6 +234,9 @@ def _start(operation: str, server: str | None, parameters: Mapping[str, Any] | N
     record_id = run_id if run_id else str(uuid.uuid4())
     if run_id and run_count > 1:
         record_id = f"{run_id}-r{run_count}"
+    if step_of_run and run_id:
+        record_id = f"{record_id}-{operation}"
+        context["parent_flow_run_id"] = run_id
     try:
         params = redact_value(dict(parameters))
     except Exception:  # noqa: BLE001
