@@ -324,6 +324,9 @@ def _build_runtime(version: str, work: Path, index_url: str, log: Callable[[str]
                 "pip",
                 "install",
                 "--quiet",
+                # Bytecode now, once: hosts and images set PYTHONDONTWRITEBYTECODE, and without
+                # it every start of this server compiled Letta's modules from source again.
+                "--compile-bytecode",
                 "--python",
                 str(venv / "bin" / "python"),
                 "-r",
@@ -346,6 +349,7 @@ def _build_runtime(version: str, work: Path, index_url: str, log: Callable[[str]
             "pip",
             "install",
             "--quiet",
+            "--compile-bytecode",
             "--python",
             str(venv / "bin" / "python"),
             f"letta[{','.join(RUNTIME_EXTRAS)}]=={version}",
