@@ -14,6 +14,7 @@ import os
 import stat
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -283,6 +284,7 @@ class _Health:
     def __init__(self) -> None:
         self.body: dict = {"version": "0.16.2", "status": "ok"}
         self.hits = 0
+        self.unready_hits = 0  # the first this many requests get a 503, as a start in progress
 
 
 @pytest.fixture
@@ -295,6 +297,9 @@ def letta_health() -> Iterator[tuple[str, _Health]]:
             state.hits += 1
             if self.path != "/v1/health/":
                 self.send_error(404)
+                return
+            if state.hits <= state.unready_hits:
+                self.send_error(503)
                 return
             payload = json.dumps(state.body).encode()
             self.send_response(200)
@@ -349,6 +354,20 @@ def test_wait_for_health_times_out_on_another_version(letta_health: tuple[str, _
     assert f"{base_url}/v1/health/" in message
     assert "0.16.2" in message and "0.11.3" in message
     assert state.hits >= 2  # it kept polling until the deadline
+
+
+def test_wait_for_health_answers_soon_after_the_server_is_ready(
+    letta_health: tuple[str, _Health],
+) -> None:
+    """The wait ends within a fraction of a second of the server's readiness: a start's
+    downtime is not stretched by a second of polling lag (the default poll was 1 s)."""
+    base_url, state = letta_health
+    state.unready_hits = 2  # starting: two polls see a 503 before the third sees ok
+    started = time.monotonic()
+    assert wait_for_health(base_url, "0.16.2", timeout=30) == state.body
+    waited = time.monotonic() - started
+    assert state.hits == 3
+    assert waited < 1.5, f"{waited:.2f} s for two polls: the default poll is too long"
 
 
 def test_wait_for_health_stops_when_the_process_dies(letta_health: tuple[str, _Health]) -> None:
