@@ -1,6 +1,7 @@
 """``backups adopt`` (issue #31, item 4): a ``pg_dump -Fc`` made by hand of a real Letta
 database becomes a verified set, and ``rollback --to`` it brings back exactly the dumped content
-(the tests' own digests); files that are not a Letta dump of this schema are refused whole."""
+(the tests' own digests), as does ``restore`` of it onto another, empty database; files that are
+not a Letta dump of this schema are refused whole."""
 
 from __future__ import annotations
 
@@ -120,3 +121,12 @@ def test_adopt_a_hand_made_dump_then_roll_back_to_it(
     assert http_version(running.server.base_url) == OLD_VERSION
     assert http_agents(running.server.base_url) == dumped_agents
     assert digest_differences(dumped_digests, sql_table_digests(running.database)) == {}
+
+    # restore of the adopted set onto another, empty database: the dumped content there too.
+    elsewhere = make_database("adopt_restored")
+    parts = elsewhere.parts  # the password in PGPASSWORD, never on the command line
+    monkeypatch.setenv("PGPASSWORD", str(parts["password"]))
+    uri = f"postgresql://{parts['user']}@127.0.0.1:{parts['port']}/{parts['database']}"
+    assert main(["restore", report.set, "--database", uri, "--yes"]) == EXIT_OK
+    assert digest_differences(dumped_digests, sql_table_digests(elsewhere)) == {}
+    assert sql_table_counts(elsewhere) == dumped_counts

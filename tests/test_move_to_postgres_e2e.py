@@ -195,6 +195,16 @@ def _pg_rows(db: LettaDatabase, query: str) -> list:
         conn.close()
 
 
+def _public_relations(db: LettaDatabase) -> int:
+    """Tables, sequences and views left in ``public`` (the tests' own SQL): an undone or
+    recovered move leaves none there."""
+    return _pg_rows(
+        db,
+        "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace "
+        "AND relkind IN ('r', 'S', 'v', 'm')",
+    )[0][0]
+
+
 def _checksum(path) -> str:
     import hashlib
 
@@ -310,15 +320,7 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
     assert http_agents(base_url) == agents_before
     status = running.runtime.status()
     assert status["running"]
-    conn = _pg(faulty)
-    try:
-        left = conn.run(
-            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace "
-            "AND relkind IN ('r', 'S')"
-        )[0][0]
-    finally:
-        conn.close()
-    assert left == 0
+    assert _public_relations(faulty) == 0
 
     # --- kill -9 of the command line inside the copy, then recover: back on SQLite ------------
     # The target is shared: the operator's own schema beside Letta's, which recover leaves alone.
@@ -354,14 +356,7 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
         as_killed, REWRITTEN_AT_START
     )
     assert sqlite_table_counts(path) == counts
-    assert (
-        _pg_rows(
-            killed_target,
-            "SELECT count(*) FROM pg_class WHERE relnamespace = "
-            "'public'::regnamespace AND relkind IN ('r', 'S', 'v', 'm')",
-        )[0][0]
-        == 0
-    )
+    assert _public_relations(killed_target) == 0
     assert _pg_rows(killed_target, "SELECT id, name FROM auth.users") == [[1, "Café Ñandú"]]
     assert sql_scalar(killed_target, "SELECT count(*) FROM pg_extension WHERE extname = 'vector'")
     assert http_version(base_url) == SQLITE_VERSION
@@ -495,14 +490,7 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18_and_16(
     after_fault = sqlite_table_digests(path)
     assert {t for t in digests if digests[t] != after_fault[t]} <= {"tools"}
     digests = after_fault
-    assert (
-        _pg_rows(
-            target,
-            "SELECT count(*) FROM pg_class WHERE relnamespace = "
-            "'public'::regnamespace AND relkind IN ('r', 'S')",
-        )[0][0]
-        == 0
-    )
+    assert _public_relations(target) == 0
     sql_execute(target, "DROP EVENT TRIGGER IF EXISTS refuse_conversations")
 
     # --- kill -9 inside the migration (the move done), then recover: back on SQLite ------------
@@ -527,14 +515,7 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18_and_16(
     after_recover = sqlite_table_digests(path)
     assert {t for t in digests if digests[t] != after_recover[t]} <= {"tools"}
     digests = after_recover
-    assert (
-        _pg_rows(
-            killed_into,
-            "SELECT count(*) FROM pg_class WHERE relnamespace = "
-            "'public'::regnamespace AND relkind IN ('r', 'S')",
-        )[0][0]
-        == 0
-    )
+    assert _public_relations(killed_into) == 0
     [record] = AuditStore.from_env().find(killed)
     assert record.outcome == "crashed" and f"alembic upgrade to {NEW_VERSION}" in record.error
     assert recover().outcome == "nothing to recover"
@@ -608,7 +589,8 @@ def test_move_into_a_shared_owner_only_database_behind_required_tls(
     admin in ``extensions``, and a database Letta shares (Supabase's ``auth`` and ``storage``
     schemas with rows, the operator's ``public.app_notes``). The move builds Letta's schema
     beside those, copies every row, restarts the server there over TLS, and leaves every
-    table that is not Letta's as it was (content digests, the tests' own SQL)."""
+    table that is not Letta's as it was (content digests, the tests' own SQL); then the moved
+    server upgrades to 0.16.2 there, the other tables still as they were."""
     path = sqlite_letta_copy.path
     running = start_sqlite_letta("move-tls")
     base_url = running.server.base_url
@@ -665,3 +647,19 @@ def test_move_into_a_shared_owner_only_database_behind_required_tls(
         "AND a.pid <> pg_backend_pid()",
     )[0]
     assert sessions > 0 and encrypted == sessions
+
+    # --- then the moved server upgrades there to 0.16.2 (PostgreSQL 18, the same cell) --------
+    moved = sql_agents(role)
+    monkeypatch.delenv("LETTA_OPS_SQLITE_DB")  # the operator's profile, switched
+    monkeypatch.setenv("LETTA_PG_URI", role.uri.get_secret_value())
+    started = time.monotonic()
+    assert main(["upgrade", "--to", NEW_VERSION, "--yes"]) == 0
+    print(
+        f"upgrade to {NEW_VERSION} in the shared TLS database: {time.monotonic() - started:.1f} s"
+    )
+    assert http_version(base_url) == NEW_VERSION
+    assert http_agents(base_url) == agents_before
+    assert {i: (a.messages, a.blocks) for i, a in sql_agents(role).items()} == {
+        i: (a.messages, a.blocks) for i, a in moved.items()
+    }
+    assert untouched_digests(admin) == untouched
