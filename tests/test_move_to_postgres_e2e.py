@@ -24,6 +24,7 @@ import sqlite3
 import struct
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pg8000.native
 import pytest
@@ -59,43 +60,101 @@ from tests.fixtures.sqlite_oracle import (
 
 pytestmark = pytest.mark.e2e
 
-#: A fault the target database injects into itself: when alembic creates ``messages``, a
-#: trigger that refuses every insert is put on it, so the move fails in the middle of its copy
-#: (``messages`` comes after some thirty tables).
-FAULT_SQL = (
-    """
-CREATE FUNCTION refuse_insert() RETURNS trigger LANGUAGE plpgsql AS
-$$ BEGIN RAISE EXCEPTION 'injected fault: insert into %', TG_TABLE_NAME; END $$""",
-    """CREATE FUNCTION add_fault() RETURNS event_trigger LANGUAGE plpgsql AS $$
+
+def _on_each_message_insert(name: str, body: str) -> tuple[str, ...]:
+    """Statements that make the target database run ``body`` (plpgsql) before every row
+    inserted into ``messages``, from the moment alembic creates that table."""
+    return (
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} END $$",
+        f"""CREATE FUNCTION add_{name}() RETURNS event_trigger LANGUAGE plpgsql AS $$
 DECLARE c record;
 BEGIN
   FOR c IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
     IF c.object_identity = 'public.messages' AND c.command_tag = 'CREATE TABLE' THEN
-      EXECUTE 'CREATE TRIGGER injected_fault BEFORE INSERT ON public.messages '
-              'FOR EACH ROW EXECUTE FUNCTION refuse_insert()';
+      EXECUTE 'CREATE TRIGGER {name} BEFORE INSERT ON public.messages '
+              'FOR EACH ROW EXECUTE FUNCTION {name}()';
     END IF;
   END LOOP;
 END $$""",
-    """CREATE EVENT TRIGGER add_fault ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
-  EXECUTE FUNCTION add_fault()""",
+        f"""CREATE EVENT TRIGGER add_{name} ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+  EXECUTE FUNCTION add_{name}()""",
+    )
+
+
+#: A fault the target database injects into itself: every insert into ``messages`` refused, so
+#: the move fails in the middle of its copy (``messages`` comes after some thirty tables).
+FAULT_SQL = _on_each_message_insert(
+    "refuse_insert", "RAISE EXCEPTION 'injected fault: insert into %', TG_TABLE_NAME;"
 )
 
+#: A copy held open for the kill: each row into ``messages`` waits 0.5 s, so the copy (one
+#: transaction) is still running when the test's poll of the journal sees its step begin, however
+#: loaded the host. Without it a small database's copy could commit inside the poll's interval
+#: (CI: 4 agents already there at the kill).
+SLOW_COPY_SQL = _on_each_message_insert("slow_insert", "PERFORM pg_sleep(0.5); RETURN NEW;")
 
-#: A fault in the upgrade's second part: 0.16.2's last migration creates ``conversations``;
-#: the target refuses it, after the move has filled the database and most migrations ran.
-MIGRATION_FAULT_SQL = (
-    """CREATE FUNCTION refuse_conversations() RETURNS event_trigger LANGUAGE plpgsql AS $$
+
+def _when_conversations_created(name: str, body: str) -> tuple[str, ...]:
+    """Statements that make the target database run ``body`` (plpgsql) when 0.16.2's last
+    migration creates ``conversations``: after the move has filled the database and most
+    migrations ran."""
+    return (
+        f"""CREATE FUNCTION {name}() RETURNS event_trigger LANGUAGE plpgsql AS $$
 DECLARE c record;
 BEGIN
   FOR c IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
     IF c.object_identity = 'public.conversations' AND c.command_tag = 'CREATE TABLE' THEN
-      RAISE EXCEPTION 'injected fault: CREATE TABLE conversations';
+      {body}
     END IF;
   END LOOP;
 END $$""",
-    """CREATE EVENT TRIGGER refuse_conversations ON ddl_command_end
-  WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION refuse_conversations()""",
+        f"""CREATE EVENT TRIGGER {name} ON ddl_command_end
+  WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION {name}()""",
+    )
+
+
+#: A fault in the upgrade's second part: the target refuses ``conversations``.
+MIGRATION_FAULT_SQL = _when_conversations_created(
+    "refuse_conversations", "RAISE EXCEPTION 'injected fault: CREATE TABLE conversations';"
 )
+
+#: A migration held open for the kill: the target waits 60 s when ``conversations`` is created,
+#: so a kill a few seconds after the migration's step begins lands inside it on a quiet host as
+#: on a loaded one (the migration alone takes about 5 s).
+SLOW_MIGRATION_SQL = _when_conversations_created("hold_conversations", "PERFORM pg_sleep(60);")
+
+
+def _hold_for_the_kill(db: LettaDatabase, statements: tuple[str, ...]) -> None:
+    """Plant ``statements`` in ``db``; its sessions check every 200 ms for a vanished client,
+    so the killed run's session ends at once instead of finishing its wait."""
+    for statement in statements:
+        sql_execute(db, statement)
+    sql_execute(
+        db,
+        f"ALTER DATABASE {db.parts['database']} SET client_connection_check_interval = '200ms'",
+    )
+
+
+def _serving_on_sqlite(running, path: Path, s3_bucket, monkeypatch) -> tuple:
+    """The SQLite server just started, as letta-ops' environment names it (no LETTA_PG_URI),
+    and what the test compares against: (running, base URL, agents by the API, messages per
+    agent and rows per table by the tests' own sqlite3)."""
+    base_url = running.server.base_url
+    for name, value in {
+        "LETTA_BASE_URL": base_url,
+        "LETTA_OPS_SERVER_NAME": running.runtime.server_name,
+        "LETTA_OPS_STATE_DIR": str(running.runtime.state_dir.parent),
+        "LETTA_OPS_STORE": f"s3://{s3_bucket[1]}/backups",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LETTA_PG_URI", raising=False)
+    return (
+        running,
+        base_url,
+        http_agents(base_url),
+        sqlite_agent_messages(path),
+        sqlite_table_counts(path),
+    )
 
 
 def _pg(db: LettaDatabase) -> pg8000.native.Connection:
@@ -279,20 +338,10 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
     prefect_harness,
 ):
     path = sqlite_letta_copy.path
-    running = start_sqlite_letta("move-16")
-    base_url = running.server.base_url
-    agents_before = http_agents(base_url)
-    messages_before = sqlite_agent_messages(path)
-    counts = sqlite_table_counts(path)
+    running, base_url, agents_before, messages_before, counts = _serving_on_sqlite(
+        start_sqlite_letta("move-16"), path, s3_bucket, monkeypatch
+    )
     assert sorted(agents_before.values()) == sorted(SQLITE_AGENT_NAMES)
-    for name, value in {
-        "LETTA_BASE_URL": base_url,
-        "LETTA_OPS_SERVER_NAME": running.runtime.server_name,
-        "LETTA_OPS_STATE_DIR": str(running.runtime.state_dir.parent),
-        "LETTA_OPS_STORE": f"s3://{s3_bucket[1]}/backups",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("LETTA_PG_URI", raising=False)
 
     # --- a non-empty target is refused before anything stops --------------------------------
     busy = make_database("move_busy", cluster=pg16_cluster)
@@ -328,6 +377,7 @@ def test_move_to_postgres_16_then_upgrade_and_a_fault_mid_copy(
     sql_execute(killed_target, "CREATE SCHEMA auth")
     sql_execute(killed_target, "CREATE TABLE auth.users (id int, name text)")
     sql_execute(killed_target, "INSERT INTO auth.users VALUES (1, 'Café Ñandú')")
+    _hold_for_the_kill(killed_target, SLOW_COPY_SQL)
     monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", killed_target.letta_pg_uri())
     monkeypatch.setenv("LETTA_OPS_SQLITE_DB", str(path))  # the profile names the file
     digests = sqlite_table_digests(path)
@@ -427,22 +477,12 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18_and_16(
     the move and the migration in one run: the content of every table equal by the tests' own
     SQL, the SQLite file unchanged, the profile change printed without the password."""
     path = sqlite_letta_copy.path
-    running = start_sqlite_letta("sqlite-upgrade-18")
-    base_url = running.server.base_url
-    agents_before = http_agents(base_url)
-    messages_before = sqlite_agent_messages(path)
-    counts = sqlite_table_counts(path)
+    running, base_url, agents_before, messages_before, counts = _serving_on_sqlite(
+        start_sqlite_letta("sqlite-upgrade-18"), path, s3_bucket, monkeypatch
+    )
+    monkeypatch.setenv("LETTA_OPS_SQLITE_DB", str(path))
     digests = sqlite_table_digests(path)
     target = make_database("sqlup18")  # the session's PostgreSQL 18, empty, pgvector
-    for name, value in {
-        "LETTA_BASE_URL": base_url,
-        "LETTA_OPS_SERVER_NAME": running.runtime.server_name,
-        "LETTA_OPS_STATE_DIR": str(running.runtime.state_dir.parent),
-        "LETTA_OPS_STORE": f"s3://{s3_bucket[1]}/backups",
-        "LETTA_OPS_SQLITE_DB": str(path),
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("LETTA_PG_URI", raising=False)
     monkeypatch.delenv("LETTA_OPS_MOVE_TO_URI", raising=False)
     pid = running.runtime.status()["pid"]
 
@@ -495,6 +535,7 @@ def test_one_command_upgrade_of_a_sqlite_server_to_0_16_2_on_postgres_18_and_16(
 
     # --- kill -9 inside the migration (the move done), then recover: back on SQLite ------------
     killed_into = make_database("sqlup18_killed")
+    _hold_for_the_kill(killed_into, SLOW_MIGRATION_SQL)
     monkeypatch.setenv("LETTA_OPS_MOVE_TO_URI", killed_into.letta_pg_uri())
     started = time.monotonic()
     proc = letta_ops("upgrade", "--to", NEW_VERSION, "--yes")
@@ -592,11 +633,9 @@ def test_move_into_a_shared_owner_only_database_behind_required_tls(
     table that is not Letta's as it was (content digests, the tests' own SQL); then the moved
     server upgrades to 0.16.2 there, the other tables still as they were."""
     path = sqlite_letta_copy.path
-    running = start_sqlite_letta("move-tls")
-    base_url = running.server.base_url
-    agents_before = http_agents(base_url)
-    messages_before = sqlite_agent_messages(path)
-    counts = sqlite_table_counts(path)
+    running, base_url, agents_before, messages_before, counts = _serving_on_sqlite(
+        start_sqlite_letta("move-tls"), path, s3_bucket, monkeypatch
+    )
     ca = f"sslmode=verify-full&sslrootcert={pg_tls_cluster.ca_cert}"
     role = owner_database(
         pg_tls_cluster.cluster,
@@ -611,16 +650,11 @@ def test_move_into_a_shared_owner_only_database_behind_required_tls(
     untouched = untouched_digests(admin)  # the platform's schemas: the admin reads them
     assert sql_scalar(role, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is False
     for name, value in {
-        "LETTA_BASE_URL": base_url,
-        "LETTA_OPS_SERVER_NAME": running.runtime.server_name,
-        "LETTA_OPS_STATE_DIR": str(running.runtime.state_dir.parent),
-        "LETTA_OPS_STORE": f"s3://{s3_bucket[1]}/backups",
         "LETTA_OPS_SQLITE_DB": str(path),
         "LETTA_OPS_MOVE_TO_URI": role.uri.get_secret_value(),
         "LETTA_OPS_PG_BIN": str(pg_tls_cluster.bin_dir),
     }.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("LETTA_PG_URI", raising=False)
 
     plan = move_to_postgres(dry_run=True)  # the operator's tables are no reason to refuse
     assert plan.dry_run and plan.rows > 50

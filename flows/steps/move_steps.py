@@ -91,12 +91,6 @@ def copy_rows(
     return result, len([c for c in repaired.changes if c.get("action") == "setval"])
 
 
-def empty_target_again(target: LettaDatabase) -> None:
-    """After a failed move: drop what the move created, so the database is empty again (it
-    was proven empty before)."""
-    reset_schema_in_place(target)
-
-
 def require_unchanged(sqlite_file: Path, before: str) -> str:
     after = file_checksum(sqlite_file)
     if after != before:
@@ -181,6 +175,43 @@ def journaled_target(moved_to: str, target_database: str | None, run_id: str) ->
     return target
 
 
+def _back_on_sqlite(
+    profile: ServerProfile,
+    version: str,
+    sqlite: SqliteDatabase,
+    target: LettaDatabase,
+    before: str | None,
+    timeout: float | None = None,
+    tolerate_full_target: bool = False,
+) -> tuple[int | None, str, int]:
+    """Stop the server (it may be up on PostgreSQL), drop what the move created in the target
+    (Letta's objects: the target held none before, the move proved it), prove the SQLite file
+    as the move found it (``before``; None: the move never read it), start ``version`` on it.
+    Returns (objects dropped, None if the target could not be emptied; the file's sha256; the
+    new server's pid). ``tolerate_full_target``: a target that cannot be emptied is logged and
+    the server goes back on SQLite all the same (the caller keeps the journal open)."""
+    logger = get_run_logger()
+    profile.runtime.stop(log=logger.info)
+    dropped: int | None = None
+    try:
+        dropped = reset_schema_in_place(target)
+    except Exception as exc:
+        if not tolerate_full_target:
+            raise
+        logger.error(
+            "the target could not be emptied again (%s); `letta-ops recover` empties it", exc
+        )
+    sha256 = file_checksum(sqlite.path)
+    if before is not None and sha256 != before:
+        raise SqliteFileChanged(
+            f"{sqlite.path} is not as the move found it (sha256 {before[:12]} -> "
+            f"{sha256[:12]}): something else writes to it; nothing was started on it. Stop "
+            "that writer, then run the command again."
+        )
+    record = profile.runtime.with_timeout(timeout).start(version, sqlite, log=logger.info)
+    return dropped, sha256, record.pid
+
+
 def undo_interrupted_move(
     profile: ServerProfile,
     version: str,
@@ -189,22 +220,11 @@ def undo_interrupted_move(
     before: str | None,
     timeout: float | None = None,
 ) -> dict:
-    """``recover``'s way out of a move killed at any step: stop the server (it may be up on
-    PostgreSQL), drop what the move created in the target (Letta's objects: the target held
-    none before, the move proved it), prove the SQLite file as the move found it (``before``,
-    its sha256 once the server stopped; None: killed before the move read it), start
-    ``version`` on it. Unlike the in-run undo, a failure here raises: the journal stays open."""
-    log = get_run_logger().info
-    profile.runtime.stop(log=log)
-    dropped = reset_schema_in_place(target)
-    sha256 = file_checksum(sqlite.path)
-    if before is not None and sha256 != before:
-        raise SqliteFileChanged(
-            f"{sqlite.path} is not as the move found it (sha256 {before[:12]} -> "
-            f"{sha256[:12]}); nothing was started on it."
-        )
-    record = profile.runtime.with_timeout(timeout).start(version, sqlite, log=log)
-    return {"dropped": dropped, "sqlite_sha256": sha256, "pid": record.pid}
+    """``recover``'s way out of a move killed at any step (``before``: the file's sha256 once
+    the server stopped, None if killed before the move read it). Unlike the in-run undo, a
+    target that cannot be emptied raises: the journal stays open."""
+    dropped, sha256, pid = _back_on_sqlite(profile, version, sqlite, target, before, timeout)
+    return {"dropped": dropped, "sqlite_sha256": sha256, "pid": pid}
 
 
 def put_back_on_sqlite(
@@ -214,19 +234,10 @@ def put_back_on_sqlite(
     target: LettaDatabase,
     before: str,
 ) -> bool:
-    """Undo: stop a server that may have started on PostgreSQL, empty the target, start the
-    server on its SQLite file (proven unchanged). Returns whether the target was emptied:
-    if not, the caller leaves its journal open, so ``recover`` empties it later."""
-    logger = get_run_logger()
-    profile.runtime.stop(log=logger.info)
-    emptied = True
-    try:
-        empty_target_again(target)
-    except Exception as exc:  # the server goes back on SQLite all the same
-        emptied = False
-        logger.error(
-            "the target could not be emptied again (%s); `letta-ops recover` empties it", exc
-        )
-    require_unchanged(sqlite.path, before)
-    profile.runtime.start(version, sqlite, log=logger.info)
-    return emptied
+    """The in-run undo of a failed move: back on the (unchanged) SQLite file whatever the
+    target's state. Returns whether the target was emptied: if not, the caller leaves its
+    journal open, so ``recover`` empties it later."""
+    dropped, _sha256, _pid = _back_on_sqlite(
+        profile, version, sqlite, target, before, tolerate_full_target=True
+    )
+    return dropped is not None
