@@ -111,6 +111,7 @@ def test_prefect_runs_are_recorded_named_tagged_and_shown(
 ):
     from prefect import flow, get_run_logger
     from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
 
     from letta_ops.tasks.runs.context import publish_report, run_name, tag_current_run
 
@@ -151,6 +152,9 @@ def test_prefect_runs_are_recorded_named_tagged_and_shown(
     assert code == 0 and "0.11.7 -> 0.16.2" in out and "alice" in out
     assert "/runs/flow-run/" in out
 
+    # The runs' logs reach the API in batches, sent at the latest when a command exits; this
+    # test reads them in the process that wrote them, so it sends what is queued first.
+    APILogHandler().flush()
     code, out, _ = _history(capsys, "show", record_id[:8], "--json")
     shown = json.loads(out)
     assert shown["record"]["record_id"] == record_id
