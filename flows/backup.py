@@ -573,6 +573,7 @@ def backup(
                         "file": a.file or "",
                         "bytes": manifest.objects[a.file].size if a.file else 0,
                         "error": a.error or "",
+                        "reused_from": a.reused_from or "",
                     }
                     for a in manifest.agents
                 ],

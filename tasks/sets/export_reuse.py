@@ -27,6 +27,7 @@ import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ..errors import Refused
 from ..postgres.agent_fingerprints import agent_fingerprints
@@ -98,13 +99,15 @@ class ReusePlan:
         """The parent's entry of an agent whose fingerprint is unchanged and whose file the
         parent holds; None: export it."""
         fingerprint = self.fingerprints.get(agent_id)
-        if self.parent is None or fingerprint is None:
+        entry = self._parent_entries.get(agent_id)
+        if self.parent is None or fingerprint is None or entry is None or entry.file is None:
             return None
-        for entry in self.parent.agents:
-            if entry.id == agent_id:
-                same = entry.fingerprint == fingerprint and entry.file in self.parent.objects
-                return entry if same and entry.file else None
-        return None
+        same = entry.fingerprint == fingerprint and entry.file in self.parent.objects
+        return entry if same else None
+
+    @cached_property
+    def _parent_entries(self) -> dict[str, AgentEntry]:
+        return {a.id: a for a in self.parent.agents} if self.parent else {}
 
 
 def reuse_agent_file(
