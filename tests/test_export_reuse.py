@@ -21,6 +21,7 @@ from letta_ops.tasks.sets.catalog import (
     list_backup_sets,
     load_manifest,
     record_verification,
+    sets_newest_first,
     write_manifest,
 )
 from letta_ops.tasks.sets.export_reuse import (
@@ -135,6 +136,10 @@ def test_the_newest_verified_set_of_the_same_version_and_revision_is_the_parent(
     _write_set(store, "20261202T061500Z-unverif1", verified=None)
     parent = parent_set(_repository(client, bucket), SERVER, "0.16.2", REVISION)
     assert parent is not None and parent.set_id == wanted.set_id
+    # Read lazily, newest first: the catalog's own order for every set it believes.
+    assert [s.set_id for s in sets_newest_first(store, SERVER)] == [
+        s.set_id for s in list_backup_sets(store, SERVER)
+    ]
     assert parent_set(store, SERVER, "0.16.2", "1c28e167b74f") is None
     assert parent_set(store, "another", "0.16.2", REVISION) is None
 

@@ -33,7 +33,7 @@ from ..errors import Refused
 from ..postgres.agent_fingerprints import agent_fingerprints
 from ..postgres.database import PostgresDatabase
 from ..store.objects import ObjectStore, StoredObject
-from .catalog import list_backup_sets, load_manifest
+from .catalog import load_manifest, sets_newest_first
 from .manifest import AgentEntry, BackupManifest, agent_file_key
 
 FULL_EXPORTS_ENV = "LETTA_OPS_FULL_EXPORTS"
@@ -56,10 +56,10 @@ def parent_set(
 ) -> BackupManifest | None:
     """The newest believed, verified PostgreSQL set of ``server`` at this version and
     revision, its manifest authenticated again and the reads of its objects pinned; None when
-    there is none."""
+    there is none. Sets are read newest first and no further than the first that fits."""
     if not letta_version:
         return None
-    for summary in list_backup_sets(store, server):
+    for summary in sets_newest_first(store, server):
         if not (
             summary.complete
             and summary.believed
