@@ -289,7 +289,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         "backup",
         parents=[common, store, object_lock_options()],
         help="back up a server into a new verified backup set",
-        description="Export every agent (files named by agent id), pg_dump the "
+        description="Export every agent (files named by agent id; an agent unchanged since "
+        "the previous verified set gets that set's file, checked and copied: see "
+        "--full-exports), pg_dump the "
         "database with row counts in the same snapshot, write the "
         "manifest last, verify the set from storage. Exit 1 if an "
         "agent could not be exported, unless --allow-partial-agents.",
