@@ -51,7 +51,7 @@ from ..tasks.runs.report import FlowReport, ReportPart
 from ..tasks.sets.agent_export import export_agents
 from ..tasks.sets.catalog import keyless_warning, write_manifest
 from ..tasks.sets.export_concurrency import chosen_export_concurrency
-from ..tasks.sets.export_reuse import ReusePlan, full_exports_chosen, reuse_plan
+from ..tasks.sets.export_reuse import ReusePlan, full_exports_chosen
 from ..tasks.sets.manifest import (
     DUMP_NAME,
     SQLITE_COPY_NAME,
@@ -68,6 +68,7 @@ from ..tasks.sets.retention import safety_pin_until
 from ..tasks.sqlite.online_copy import SqliteCopyFailed
 from ..tasks.store.encryption_keys import SCHEME as ENCRYPTION_SCHEME
 from ..tasks.store.objects import ObjectStore, StoredObject
+from .steps.agent_reuse import reuse_plan
 from .steps.sqlite_backup import (
     StoredSqliteCopy,
     copy_sqlite_task,

@@ -268,3 +268,17 @@ def test_sets_written_before_fingerprints_still_load_and_are_never_reused_from(s
 )
 def test_full_exports_from_the_flag_else_the_environment(flag, env, full):
     assert full_exports_chosen(flag, {FULL_EXPORTS_ENV: env}) is full
+
+
+def test_a_database_that_cannot_be_fingerprinted_costs_the_reuse_not_the_backup(tmp_path):
+    from letta_ops.blocks.letta_database import LettaDatabase
+    from letta_ops.flows.steps.agent_reuse import reuse_plan
+
+    store = open_store(f"file://{tmp_path}")
+    _write_set(store, "20261201T021500Z-real0001")
+    unreachable = LettaDatabase(uri="postgresql://letta:letta@127.0.0.1:9/letta")
+    warnings: list[str] = []
+    plan = reuse_plan(unreachable, store, SERVER, "0.16.2", REVISION, False, warnings.append)
+    assert plan == ReusePlan()
+    [warning] = warnings
+    assert "could not be taken" in warning and "every agent is exported" in warning

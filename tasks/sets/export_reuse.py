@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..errors import Refused
-from ..postgres.agent_fingerprints import agent_fingerprints
-from ..postgres.database import PostgresDatabase
 from ..store.objects import ObjectStore, StoredObject
 from .catalog import load_manifest, sets_newest_first
 from .manifest import AgentEntry, BackupManifest, agent_file_key
@@ -125,35 +123,3 @@ def reuse_agent_file(
             f"{len(data)} bytes, sha256 {digest[:12]}...)"
         )
     return store.put_bytes(agent_file_key(prefix, entry.id), data)
-
-
-def reuse_plan(
-    database: PostgresDatabase,
-    store: ObjectStore,
-    server: str,
-    letta_version: str | None,
-    alembic_revision: str | None,
-    full_exports: bool,
-    on_warning: Callable[[str], None],
-) -> ReusePlan:
-    """The run's fingerprints and, unless ``full_exports``, its parent set. A fingerprint or a
-    parent that cannot be had costs the reuse (every agent exported), never the backup."""
-    try:
-        taken = agent_fingerprints(database)
-    except Exception as exc:
-        on_warning(
-            f"The agents' fingerprints could not be taken ({str(exc).rstrip('.')}); every "
-            "agent is exported."
-        )
-        return ReusePlan()
-    if full_exports:
-        return ReusePlan(taken.by_agent, seconds=taken.seconds)
-    try:
-        parent = parent_set(store, server, letta_version, alembic_revision)
-    except Exception as exc:
-        on_warning(
-            f"The previous sets could not be read ({str(exc).rstrip('.')}); every agent is "
-            "exported."
-        )
-        parent = None
-    return ReusePlan(taken.by_agent, parent, seconds=taken.seconds)
