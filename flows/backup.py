@@ -133,7 +133,7 @@ def export_agents_task(
     full_exports: bool = False,
 ) -> tuple[list[AgentEntry], list[StoredObject]]:
     """Fingerprint the agents and export every one not unchanged since the previous verified
-    set (whose file is copied instead); timed as the ``fingerprints`` and ``export`` phases
+    set (whose file is copied instead); timed as the ``fingerprints+parent`` and ``export`` phases
     here, in the task's own thread, because they overlap the dump (the flow only sees when it
     waited for them)."""
     clock = clock or PhaseClock()
@@ -141,7 +141,7 @@ def export_agents_task(
     agents = state["agents"]
     plan = ReusePlan()
     if profile.sqlite is None:  # SQLite servers have no fingerprint: every agent is exported
-        with clock.phase("fingerprints"):
+        with clock.phase("fingerprints+parent"):
             plan = reuse_plan(
                 profile.require_database(),
                 store,

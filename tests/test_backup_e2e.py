@@ -453,7 +453,7 @@ def test_unchanged_agents_are_reused_a_changed_one_exported_again(
     first_id = first.set.split("/")[1]
     assert {a.reused_from for a in reused.agents if a.file} == {first_id}
     assert all(a.file.startswith(f"prod-eu/{reused.set_id}/") for a in reused.agents if a.file)
-    assert "fingerprints" in [p.name for p in second.phases]
+    assert "fingerprints+parent" in [p.name for p in second.phases]
 
     edited = next(a for a in manifest.agents if a.file)
     with server_25.client() as letta:
