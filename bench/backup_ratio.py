@@ -1,5 +1,5 @@
 """Backup and restore at storage speed: ``python -m bench.backup_ratio [--gigabytes 1]
-[--shape ballast|conversations|long-history]``.
+[--shape ballast|conversations|long-history] [--second-backups N] [--no-restores]``.
 
 Set-up as ``bench.run`` (PostgreSQL 18 + pgvector, moto in its own process, Letta 0.16.2 with
 25 agents), then the database grows: ``ballast`` (the default) adds incompressible rows until
@@ -32,6 +32,11 @@ for a restore ``max(download, pg_restore)``) and against raw ``pg_dump`` (``pg_r
 alone, which is what an operator who ran the runbook's command compares with. The raw dump
 uses the backup's own compression (the default, :data:`DEFAULT_COMPRESSION`); the runbook's
 bare ``pg_dump -Fc`` (gzip:6) is timed beside it.
+
+- **unchanged server** (``--second-backups N``, issue #32): N rounds, cold and interleaved, of
+  raw ``pg_dump``, a backup with ``full_exports`` (every agent exported: what a first backup
+  does) and a backup of the unchanged server, whose agent files are reused from the previous
+  set; medians and the reused counts (``unchanged_server``).
 
 Beside the figures, the backup report's phase timings (``backup_phases``) and each restore
 kind's phases of its last round (``phases_last_round``): where the time beyond the raw parts
@@ -162,6 +167,40 @@ def raw_pg_restore(db: LettaDatabase, path: Path, jobs: int = 2) -> None:
     )
 
 
+def unchanged_server(db: LettaDatabase, dump_path: Path, rounds: int, backup) -> dict[str, Any]:
+    """Issue #32's reuse, measured: per round, cold and in this order, raw ``pg_dump``, a
+    backup with ``full_exports`` (every agent exported, as a first backup) and a backup of the
+    unchanged server (every agent file reused from the previous set); medians, the reused
+    counts and the last round's phases."""
+    seconds: dict[str, list[float]] = {"raw pg_dump": [], "first (full exports)": [], "second": []}
+    reused: dict[str, list[int]] = {"first (full exports)": [], "second": []}
+    phases: dict[str, Any] = {}
+    for round_number in range(rounds):
+        took, _ = timed(lambda: raw_pg_dump(db, dump_path), db)
+        seconds["raw pg_dump"].append(took)
+        for name, full in (("first (full exports)", True), ("second", False)):
+            took, report = timed(lambda full=full: backup(full_exports=full), db)
+            seconds[name].append(took)
+            reused[name].append(report.agents_reused)
+            phases[name] = phase_seconds(report.phases)
+        log(f"unchanged server, round {round_number + 1}: " + ", ".join(
+            f"{k} {v[-1]} s" for k, v in seconds.items()
+        ))  # fmt: skip
+    medians = {k: statistics.median(v) for k, v in seconds.items()}
+    return {
+        "seconds": seconds,
+        "median_seconds": medians,
+        "agents_reused": reused,
+        "second_over_raw_pg_dump": round(medians["second"] / medians["raw pg_dump"], 2),
+        "second_minus_raw_pg_dump": round(medians["second"] - medians["raw pg_dump"], 2),
+        "first_over_raw_pg_dump": round(
+            medians["first (full exports)"] / medians["raw pg_dump"], 2
+        ),
+        "phases_last_round": phases,
+        "load_average_after": os.getloadavg(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gigabytes", type=float, default=1.0)
@@ -179,6 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         default=RESTORE_ROUNDS,
         help="rounds of the four restores (medians are reported; 1 at 5 GB saves 30 minutes)",
     )
+    parser.add_argument(
+        "--second-backups",
+        type=int,
+        default=0,
+        help="rounds of raw pg_dump, a backup with --full-exports (what a first backup does) "
+        "and a second backup of the unchanged server (its agent files reused), cold and "
+        "interleaved; medians (issue #32)",
+    )
+    parser.add_argument("--no-restores", action="store_true", help="skip the restore rounds")
     args = parser.parse_args(argv)
 
     from prefect.testing.utilities import prefect_test_harness
@@ -236,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             log("backup " + (phases_lines(report.phases) or ["phases: none"])[0])
             manifest = load_manifest(store, *report.set.split("/"))
+            if args.second_backups:
+                figures["unchanged_server"] = unchanged_server(
+                    db, dump_path, args.second_backups, backup
+                )
+            if args.no_restores:
+                args.rounds = 0
 
             # Restores in rounds (raw, recreate, in-place, drill), medians of RESTORE_ROUNDS:
             # one restore of a 1 GB dump varies by a second or more on two shared cores.
@@ -282,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"restore round {round_number + 1}: " + ", ".join(
                     f"{kind} {values[-1]} s" for kind, values in seconds.items()
                 ))  # fmt: skip
+            if args.no_restores:  # placeholders, dropped from the figures below
+                seconds = {k: [1.0] for k in seconds}
+                restore_phases = {k: [] for k in RESTORE_KINDS}
+                differences = dict.fromkeys(RESTORE_KINDS, 0)
             raw_restore_s = statistics.median(seconds["raw"])
             download_s = statistics.median(seconds["download"])
             restores = {
@@ -328,9 +386,14 @@ def main(argv: list[str] | None = None) -> int:
             },
             restore_goal="<= 1.2",
         )
+        if args.no_restores:  # nothing was restored: no restore figures
+            for name in ("raw_download_seconds", "raw_pg_restore_seconds", "raw_pg_restore_runs"):
+                figures.pop(name)
+            figures.pop("restore"), figures.pop("restore_goal")
         results = json.loads(RESULTS_PATH.read_text()) if RESULTS_PATH.exists() else {}
         point = f"{args.gigabytes:g}GB" + ("" if args.shape == "ballast" else f" {args.shape}")
         point += "" if DEFAULT_COMPRESSION == "gzip:6" else f" {DEFAULT_COMPRESSION}"
+        point += " unchanged server" if args.second_backups else ""
         results.setdefault("backup_ratio", {})[point] = figures
         RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(figures, indent=2))

@@ -48,6 +48,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
             lock_days=args.lock_days,
             lock_mode=args.lock_mode,
             dump_priority=args.dump_priority,
+            full_exports=args.full_exports or None,
         )
     )
     emit(report, args.json, render=render_backup)
@@ -61,7 +62,8 @@ def render_backup(report: BackupReport) -> str:
     lines = [
         f"backup set   {report.set}  ({'verified' if report.verified else 'NOT verified'})",
         f"letta        {report.letta_version}  alembic {report.alembic_revision}",
-        f"agents       {report.agents_exported} of {report.agents_total} exported",
+        f"agents       {report.agents_exported} of {report.agents_total} exported"
+        + (f" ({report.agents_reused} unchanged, reused)" if report.agents_reused else ""),
         f"database     {report.tables} tables, {report.rows} rows, dump {report.dump_bytes} bytes",
     ]
     if report.object_lock:
@@ -287,7 +289,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         "backup",
         parents=[common, store, object_lock_options()],
         help="back up a server into a new verified backup set",
-        description="Export every agent (files named by agent id), pg_dump the "
+        description="Export every agent (files named by agent id; an agent unchanged since "
+        "the previous verified set gets that set's file, checked and copied: see "
+        "--full-exports), pg_dump the "
         "database with row counts in the same snapshot, write the "
         "manifest last, verify the set from storage. Exit 1 if an "
         "agent could not be exported, unless --allow-partial-agents.",
@@ -321,6 +325,14 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         "Letta Database block's compression, else gzip:1 (measured against gzip:6 and none: "
         "bench/compression_choice.py). "
         "Recorded in the manifest.",
+    )
+    p.add_argument(
+        "--full-exports",
+        action="store_true",
+        help="export every agent again; by default an agent whose rows in PostgreSQL are "
+        "unchanged since the previous verified set (same Letta version and alembic revision) "
+        "gets that set's file, checked against its authenticated manifest and copied "
+        "(LETTA_OPS_FULL_EXPORTS=1 does the same)",
     )
     p.add_argument("--pin", action="store_true", help="never let retention delete this set")
     p.set_defaults(func=cmd_backup)

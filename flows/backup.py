@@ -51,6 +51,7 @@ from ..tasks.runs.report import FlowReport, ReportPart
 from ..tasks.sets.agent_export import export_agents
 from ..tasks.sets.catalog import keyless_warning, write_manifest
 from ..tasks.sets.export_concurrency import chosen_export_concurrency
+from ..tasks.sets.export_reuse import ReusePlan, full_exports_chosen
 from ..tasks.sets.manifest import (
     DUMP_NAME,
     SQLITE_COPY_NAME,
@@ -67,6 +68,7 @@ from ..tasks.sets.retention import safety_pin_until
 from ..tasks.sqlite.online_copy import SqliteCopyFailed
 from ..tasks.store.encryption_keys import SCHEME as ENCRYPTION_SCHEME
 from ..tasks.store.objects import ObjectStore, StoredObject
+from .steps.agent_reuse import reuse_plan
 from .steps.sqlite_backup import (
     StoredSqliteCopy,
     copy_sqlite_task,
@@ -125,16 +127,35 @@ def export_agents_task(
     profile: ServerProfile,
     store: ObjectStore,
     prefix: str,
-    agents: list[dict],
+    state: dict[str, Any],
     concurrency: int,
     clock: PhaseClock | None = None,
+    full_exports: bool = False,
 ) -> tuple[list[AgentEntry], list[StoredObject]]:
-    """Export every agent; timed as the ``export`` phase here, in the task's own thread,
-    because it overlaps the dump (the flow only sees when it waited for it)."""
+    """Fingerprint the agents and export every one not unchanged since the previous verified
+    set (whose file is copied instead); timed as the ``fingerprints+parent`` and ``export`` phases
+    here, in the task's own thread, because they overlap the dump (the flow only sees when it
+    waited for them)."""
+    clock = clock or PhaseClock()
+    logger = get_run_logger()
+    agents = state["agents"]
+    plan = ReusePlan()
+    if profile.sqlite is None:  # SQLite servers have no fingerprint: every agent is exported
+        with clock.phase("fingerprints+parent"):
+            plan = reuse_plan(
+                profile.require_database(),
+                store,
+                profile.name,
+                state["version"],
+                state["alembic_revision"],
+                full_exports,
+                logger.warning,
+            )
+        logger.info("%s", plan.describe([a["id"] for a in agents], full_exports))
     progress = progress_events.reporter()
     progress.start("export agents", len(agents), "agents")
     try:
-        with (clock or PhaseClock()).phase("export"), LettaClient(profile.server) as client:
+        with clock.phase("export"), LettaClient(profile.server) as client:
             return export_agents(
                 client,
                 agents,
@@ -142,6 +163,8 @@ def export_agents_task(
                 prefix,
                 concurrency,
                 on_done=lambda _e: progress.advance("export agents"),
+                plan=plan,
+                on_warning=logger.warning,
             )
     finally:
         progress.finish("export agents")
@@ -298,7 +321,14 @@ class BackupReport(FlowReport):
     letta_version: str | None = Field(description="Letta's version when backed up.")
     alembic_revision: str | None = Field(description="The database's alembic revision.")
     agents_total: int
-    agents_exported: int
+    agents_exported: int = Field(
+        description="Agents with an agent file in the set (reused included)."
+    )
+    agents_reused: int = Field(
+        default=0,
+        description="Of those, files copied from the previous verified set (the agent's rows "
+        "unchanged since) instead of exported again.",
+    )
     agents_failed: list[FailedAgent] = Field(description="Agents without an agent file.")
     tables: int = Field(description="Tables counted in the dump's snapshot.")
     rows: int = Field(description="Rows counted in the dump's snapshot.")
@@ -330,6 +360,7 @@ def backup_report(
         alembic_revision=manifest.alembic_revision,
         agents_total=len(manifest.agents),
         agents_exported=len(manifest.agents) - len(failed),
+        agents_reused=sum(a.reused_from is not None for a in manifest.agents),
         agents_failed=[FailedAgent(id=a.id, name=a.name, error=a.error) for a in failed],
         tables=len(manifest.row_counts),
         rows=sum(manifest.row_counts.values()),
@@ -350,7 +381,8 @@ def render_backup_markdown(report: BackupReport) -> str:
         f"# Backup {report.set}",
         "",
         f"- Letta {report.letta_version} (alembic `{report.alembic_revision}`)",
-        f"- agents exported: **{report.agents_exported} of {report.agents_total}**",
+        f"- agents exported: **{report.agents_exported} of {report.agents_total}**"
+        + (f" ({report.agents_reused} unchanged, reused)" if report.agents_reused else ""),
         f"- database: {report.tables} tables, {report.rows} rows, dump {report.dump_bytes} bytes",
         f"- verified from storage: **{'yes' if report.verified else 'NO'}**",
         "- encrypted on the client: "
@@ -387,6 +419,7 @@ def backup(
     lock_days: float | None = None,
     lock_mode: str | None = None,
     dump_priority: str | None = None,
+    full_exports: bool | None = None,
 ) -> BackupReport:
     """Back up one Letta server into a new, verified, write-once backup set.
 
@@ -403,6 +436,12 @@ def backup(
     (``--concurrency``, else ``LETTA_OPS_EXPORT_CONCURRENCY``, else 1) and pg_dump at
     ``dump_priority`` (``--dump-priority``, else ``LETTA_OPS_DUMP_PRIORITY``, else ``low``:
     niceness 10 and the idle I/O class, logged when the host refuses either).
+
+    Agents unchanged since the previous verified set of the server at the same Letta version
+    and alembic revision (their rows' fingerprints equal) are not exported again: their files
+    are copied from that set, checked against its authenticated manifest
+    (``tasks/sets/export_reuse.py``). ``full_exports`` (``--full-exports``, else
+    ``LETTA_OPS_FULL_EXPORTS``) exports every agent.
 
     ``server_down_ok`` (safety backups before a rollback of a server that is down): a server
     that does not answer is backed up from its database alone, every agent listed as not
@@ -433,6 +472,7 @@ def backup(
         with clock.phase("pre-flight"):
             priority = chosen_dump_priority(dump_priority)
             concurrency = chosen_export_concurrency(concurrency)
+            full_exports = full_exports_chosen(full_exports)
             if profile.sqlite is None:
                 database = profile.require_database()
                 compression = chosen_compression(compression, database.compression)
@@ -455,7 +495,7 @@ def backup(
         exports = None
         if state["status"] != "down":
             exports = export_agents_task.submit(
-                profile, object_store, prefix, state["agents"], concurrency, clock
+                profile, object_store, prefix, state, concurrency, clock, full_exports
             )
         try:
             # pg_dump and the row counts in its own snapshot are one step (dump_to_store).
@@ -534,6 +574,7 @@ def backup(
                         "file": a.file or "",
                         "bytes": manifest.objects[a.file].size if a.file else 0,
                         "error": a.error or "",
+                        "reused_from": a.reused_from or "",
                     }
                     for a in manifest.agents
                 ],

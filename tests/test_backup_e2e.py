@@ -417,3 +417,57 @@ def test_a_set_written_with_the_old_default_gzip_6_still_restores(
         assert digest_differences(before, sql_table_digests(target)) == {}
     finally:
         drop_database(target)
+
+
+def test_unchanged_agents_are_reused_a_changed_one_exported_again(
+    server_25, backup_env, monkeypatch, capsys
+):
+    """Issue #32: a second backup of an unchanged server exports nothing through the API (each
+    file copied from the first set, checked, encrypted again); a block edited through Letta's
+    API makes the next backup export exactly that agent; --full-exports reuses none."""
+    import base64
+    import secrets
+
+    from letta_ops.cli.main import main
+    from letta_ops.tasks.sets.authentication import open_repository
+
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    monkeypatch.setenv("LETTA_OPS_ENCRYPTION_KEY", key)
+    client, bucket = backup_env
+    store = open_repository(_store(client, bucket), environ={"LETTA_OPS_ENCRYPTION_KEY": key})
+
+    def files(report) -> dict[str, bytes]:
+        manifest = load_manifest(store, *report.set.split("/"))
+        return {a.id: store.read_bytes(a.file) for a in manifest.agents if a.file}
+
+    first = backup(allow_partial_agents=True)
+    assert first.verified and first.agents_exported == 23 and first.agents_reused == 0
+    manifest = load_manifest(store, *first.set.split("/"))
+    assert all(a.fingerprint and a.reused_from is None for a in manifest.agents)
+    first_files = files(first)
+
+    second = backup(allow_partial_agents=True)
+    assert second.verified and second.agents_exported == second.agents_reused == 23
+    assert files(second) == first_files  # the same bytes, under the new set's own names
+    reused = load_manifest(store, *second.set.split("/"))
+    first_id = first.set.split("/")[1]
+    assert {a.reused_from for a in reused.agents if a.file} == {first_id}
+    assert all(a.file.startswith(f"prod-eu/{reused.set_id}/") for a in reused.agents if a.file)
+    assert "fingerprints+parent" in [p.name for p in second.phases]
+
+    edited = next(a for a in manifest.agents if a.file)
+    with server_25.client() as letta:
+        path = f"/v1/agents/{edited.id}/core-memory/blocks/persona"
+        letta.request("PATCH", path, json={"value": "p, edited"})
+        try:
+            third = backup(allow_partial_agents=True)
+        finally:
+            letta.request("PATCH", path, json={"value": "p"})
+    assert third.verified and (third.agents_exported, third.agents_reused) == (23, 22)
+    changed = load_manifest(store, *third.set.split("/"))
+    assert [a.id for a in changed.agents if a.file and a.reused_from is None] == [edited.id]
+    assert summarize_agent_file(files(third)[edited.id]).blocks["persona"] == "p, edited"
+
+    assert main(["backup", "--allow-partial-agents", "--full-exports", "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert full["verified"] and (full["agents_exported"], full["agents_reused"]) == (23, 0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -257,6 +258,22 @@ def list_backup_sets(store: ObjectStore, server: str | None = None) -> list[Back
         groups[(parts[0], parts[1])].append(obj)
     summaries = [_summary(store, srv, set_id, objects) for (srv, set_id), objects in groups.items()]
     return sorted(summaries, key=lambda s: s.created_at or s.last_modified, reverse=True)
+
+
+def sets_newest_first(store: ObjectStore, server: str) -> Iterator[BackupSetSummary]:
+    """The sets of one server as :func:`list_backup_sets` summarizes them, but lazily: one
+    listing, then each set read only when the caller reaches it, in the order of their ids.
+    A set id begins with the UTC second the set was taken (its manifest's ``created_at``,
+    both authenticated), so for every set the catalog believes this is newest first; a caller
+    that wants the newest set that fits stops reading there (a store of hundreds of sets is
+    not read whole before each backup)."""
+    groups: dict[str, list[ListedObject]] = defaultdict(list)
+    for obj in store.list(f"{server}/"):
+        parts = obj.key.split("/")
+        if len(parts) >= 3:
+            groups[parts[1]].append(obj)
+    for set_id in sorted(groups, reverse=True):
+        yield _summary(store, server, set_id, groups[set_id])
 
 
 def _summary(

@@ -139,6 +139,18 @@ class AgentEntry(BaseModel):
         default=None, description="Key of the agent file; None if the export failed."
     )
     error: str | None = Field(default=None, description="The server's error when it failed.")
+    fingerprint: str | None = Field(
+        default=None,
+        description="sha256 of the agent's rows in PostgreSQL, taken before its file was "
+        "exported or reused (tasks/postgres/agent_fingerprints.py): the next backup reuses "
+        "the file when it is unchanged. None: a SQLite server, a set written before, or the "
+        "fingerprint could not be taken.",
+    )
+    reused_from: str | None = Field(
+        default=None,
+        description="The set id (same server) whose agent file was copied here, its bytes "
+        "checked against that set's manifest, instead of a new export; None: exported.",
+    )
 
 
 class BackupManifest(BaseModel):
