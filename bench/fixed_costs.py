@@ -1,5 +1,6 @@
 """What a backup and a restore cost beyond the raw PostgreSQL tools, as an operator runs them:
-``python -m bench.fixed_costs [--gigabytes 1] [--rounds 3] [--stores file,s3]``.
+``python -m bench.fixed_costs [--gigabytes 1] [--rounds 3] [--stores file,s3]
+[--exports full,reuse]``.
 
 Why (issue #32): ``bench/backup_ratio.py`` runs the flows inside one warm interpreter, so the
 costs an operator pays per command (the interpreter and Prefect imported, flow and task runs
@@ -20,6 +21,9 @@ interleaved (raw, worker-like, bare shell, per store, per round), each cold (CHE
 page cache dropped as root); medians, min and max are reported with each command's phase
 timings (from its ``--json``), and merged into ``bench/results.json`` under ``fixed_costs``.
 Goal: backup minus raw <= max(3 s, 5 %) worker-like, bare shell <= that + 5 s; restore <= 1.1x.
+Each backup runs in each ``--exports`` mode: ``full`` (every agent exported, as the first
+backup of a server) and ``reuse`` (the default behaviour on a server unchanged since its
+previous set: every agent file copied from it).
 """
 
 from __future__ import annotations
@@ -146,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         help="backups only (a change to the backup path: the restores' rounds cost minutes)",
     )
     parser.add_argument(
+        "--exports",
+        default="full,reuse",
+        help="full (every agent exported, as a first backup: LETTA_OPS_FULL_EXPORTS=1), reuse "
+        "(the default: the server is unchanged since the previous set, so every agent file is "
+        "copied), or both (comma)",
+    )
+    parser.add_argument(
         "--before",
         type=Path,
         help="a tree of the code before a change (a folder holding letta_ops/ with blocks, "
@@ -153,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     stores = [s for s in args.stores.split(",") if s]
+    #: Each export mode's name suffix and environment (the variable, not --full-exports: an
+    #: older tree given with --before does not know the flag, and always exports).
+    modes = {
+        mode: (" full-exports", {"LETTA_OPS_FULL_EXPORTS": "1"}) if mode == "full" else ("", {})
+        for mode in args.exports.split(",")
+        if mode
+    }
 
     env = Environment(Path(tempfile.mkdtemp(prefix="letta-ops-bench-fixed-")))
     os.chmod(env.root, 0o755)  # PostgreSQL runs as the unprivileged `postgres` user
@@ -208,14 +226,18 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for shell, shell_env in (("worker", worker_env), ("bare", bare_env)):
                     for code in ordered(codes, round_number):
-                        start_cold(db)
-                        took, report = letta_ops(
-                            ["backup", "--store", url], codes[code](shell_env), env.root
-                        )
-                        name = f"{kind} backup {shell}" + ("" if code == "now" else " before")
-                        seconds.setdefault(name, []).append(took)
-                        last_phases[name] = phases(report)
-                        sets[kind] = report["set"]
+                        for suffix, mode_env in modes.values():
+                            start_cold(db)
+                            took, report = letta_ops(
+                                ["backup", "--store", url],
+                                codes[code]({**shell_env, **mode_env}),
+                                env.root,
+                            )
+                            name = f"{kind} backup {shell}" + ("" if code == "now" else " before")
+                            name += suffix
+                            seconds.setdefault(name, []).append(took)
+                            last_phases[name] = phases(report)
+                            sets[kind] = report["set"]
             log(f"round {round_number + 1}: " + ", ".join(
                 f"{k} {v[-1]} s" for k, v in seconds.items()
             ))  # fmt: skip
@@ -255,9 +277,14 @@ def main(argv: list[str] | None = None) -> int:
         for kind in stores:
             raw = medians[f"{kind} raw pg_dump"]["median"]
             for shell in ("worker", "bare"):
-                for suffix in ("", " before") if args.before else ("",):
-                    ours = medians[f"{kind} backup {shell}{suffix}"]["median"]
-                    comparisons[f"{kind} backup {shell}{suffix}"] = {
+                for code_suffix, (mode_suffix, _env) in [
+                    (c, m)
+                    for c in (("", " before") if args.before else ("",))
+                    for m in modes.values()
+                ]:
+                    name = f"{kind} backup {shell}{code_suffix}{mode_suffix}"
+                    ours = medians[name]["median"]
+                    comparisons[name] = {
                         "over_raw": round(ours / raw, 2),
                         "minus_raw_seconds": round(ours - raw, 2),
                         "goal_seconds": round(max(3.0, 0.05 * raw) + (5 * (shell == "bare")), 2),
