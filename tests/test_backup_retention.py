@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from letta_ops.tasks.sets.catalog import record_pin, summarize_set, write_manifest
-from letta_ops.tasks.sets.manifest import BackupManifest, ManifestObject
+from letta_ops.tasks.sets.manifest import ManifestObject
 from letta_ops.tasks.sets.retention import (
     BackupSetSummary,
     RetentionPlan,
@@ -17,6 +17,7 @@ from letta_ops.tasks.sets.retention import (
     plan_retention,
 )
 from letta_ops.tasks.store.local import LocalObjectStore
+from tests.fixtures.hand_made_manifest import hand_made_manifest
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -271,22 +272,16 @@ def _write_set(store: LocalObjectStore, s: BackupSetSummary) -> list[str]:
     ]
     stored = [store.put_bytes(key, b"data") for key in keys]
     assert s.created_at is not None
-    manifest = BackupManifest(
-        set_id=s.set_id,
-        server=s.server,
+    manifest = hand_made_manifest(
+        s.set_id,
+        s.server,
+        keys[0],
+        {o.key: ManifestObject(size=o.size, sha256=o.sha256) for o in stored},
         created_at=s.created_at,
-        completed_at=s.created_at,
-        letta_version="0.16.2",
         alembic_revision=None,
         base_url="http://127.0.0.1:9",
-        database_name="letta",
-        db_schema="public",
         postgres_version="18.1",
         pgvector_version=None,
-        row_counts={},
-        dump=keys[0],
-        agents=[],
-        objects={o.key: ManifestObject(size=o.size, sha256=o.sha256) for o in stored},
     )
     return [*keys, write_manifest(store, manifest)]
 

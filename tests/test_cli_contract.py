@@ -16,6 +16,7 @@ from letta_ops.cli.main import build_parser, main
 from letta_ops.cli.output import to_json
 from letta_ops.tasks.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NEEDS_ACTION, EXIT_OK
 from letta_ops.tasks.runs.report_schema import SCHEMA_VERSION
+from tests.fixtures.hand_made_manifest import hand_made_manifest
 
 PROBE = """
 import json, sys
@@ -95,7 +96,7 @@ def listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     audit store two runs."""
     from letta_ops.tasks.audit.store import AuditRecord, AuditStore
     from letta_ops.tasks.sets.catalog import record_verification
-    from letta_ops.tasks.sets.manifest import MANIFEST_NAME, BackupManifest, ManifestObject
+    from letta_ops.tasks.sets.manifest import MANIFEST_NAME, ManifestObject
     from letta_ops.tasks.store.local import LocalObjectStore
 
     for name, value in _env_only(tmp_path).items():
@@ -105,22 +106,15 @@ def listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     prefix = "contract/20261123T021500Z-abcd/"
     dump = store.put_bytes(prefix + "database.dump", b"dump")
     moment = datetime(2026, 11, 23, 2, 15, tzinfo=UTC)
-    manifest = BackupManifest(
-        set_id="20261123T021500Z-abcd",
-        server="contract",
+    manifest = hand_made_manifest(
+        "20261123T021500Z-abcd",
+        "contract",
+        dump.key,
+        {dump.key: ManifestObject(size=dump.size, sha256=dump.sha256)},
         created_at=moment,
-        completed_at=moment,
-        letta_version="0.16.2",
-        alembic_revision="27de0f58e076",
         base_url="http://127.0.0.1:9",
-        database_name="letta",
-        db_schema="public",
         postgres_version="18.1",
-        pgvector_version="0.8.6",
         row_counts={"agents": 0},
-        dump=dump.key,
-        agents=[],
-        objects={dump.key: ManifestObject(size=dump.size, sha256=dump.sha256)},
     )
     store.put_bytes(prefix + MANIFEST_NAME, manifest.to_json())
     record_verification(store, prefix, {"ok": True})

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import secrets
-from datetime import UTC, datetime
 
 import pytest
 
@@ -40,6 +39,7 @@ from letta_ops.tasks.sets.manifest import (
 )
 from letta_ops.tasks.store.locations import open_store
 from letta_ops.tasks.store.s3 import S3ObjectStore
+from tests.fixtures.hand_made_manifest import hand_made_manifest
 
 KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 SERVER = "prod"
@@ -81,25 +81,19 @@ def _write_set(
         a["id"]: store.put_bytes(agent_file_key(prefix, a["id"]), f"file of {a['id']}".encode())
         for a in AGENTS
     }
-    created = datetime.strptime(set_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    manifest = BackupManifest(
-        set_id=set_id,
-        server=SERVER,
-        created_at=created,
-        completed_at=created,
+    manifest = hand_made_manifest(
+        set_id,
+        SERVER,
+        dump.key,
+        {o.key: ManifestObject.of(o) for o in (dump, *files.values())},
         letta_version=version,
         alembic_revision=revision,
-        base_url="http://127.0.0.1:8283",
-        database_name="letta",
-        db_schema="public",
-        pgvector_version="0.8.6",
+        postgres_version=None,
         row_counts={"agents": len(AGENTS)},
-        dump=dump.key,
         agents=[
             AgentEntry(**a, file=files[a["id"]].key, fingerprint=fingerprints.get(a["id"]))
             for a in AGENTS
         ],
-        objects={o.key: ManifestObject.of(o) for o in (dump, *files.values())},
     )
     write_manifest(store, manifest)
     if verified is not None:

@@ -37,6 +37,7 @@ from letta_ops.tasks.sets.retention import RetentionPolicy, execute_plan, plan_a
 from letta_ops.tasks.store.object_lock import ObjectLock
 from letta_ops.tasks.store.objects import MiB, ObjectExistsError
 from letta_ops.tasks.store.s3 import S3ObjectStore
+from tests.fixtures.hand_made_manifest import hand_made_manifest
 from tests.fixtures.s3 import S3_TEST_ENV
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -182,31 +183,23 @@ def _denied(call: Any) -> bool:
 
 def _write_set(store: S3ObjectStore, set_id: str) -> str:
     """What the backup flow writes: agent files, a multipart dump, then the manifest."""
-    from letta_ops.tasks.sets.manifest import BackupManifest, ManifestObject
+    from letta_ops.tasks.sets.manifest import ManifestObject
 
     prefix = f"{SERVER}/{set_id}/"
     agent = store.put_bytes(f"{prefix}agents/agent-1.af", b'{"agents": []}')
     dump = store.put_stream(f"{prefix}database.dump", io.BytesIO(b"d" * (11 * MiB)))
     now = datetime.now(UTC)
-    manifest = BackupManifest(
-        set_id=set_id,
-        server=SERVER,
-        created_at=now,
-        completed_at=now,
-        letta_version="0.16.2",
-        alembic_revision="27de0f58e076",
-        base_url="http://127.0.0.1:8283",
-        database_name="letta",
-        db_schema="public",
-        postgres_version="18.1",
-        pgvector_version="0.8.6",
-        row_counts={"agents": 1},
-        dump=dump.key,
-        agents=[],
-        objects={
+    manifest = hand_made_manifest(
+        set_id,
+        SERVER,
+        dump.key,
+        {
             o.key: ManifestObject(size=o.size, sha256=o.sha256, store_checksum=o.store_checksum)
             for o in (agent, dump)
         },
+        created_at=now,
+        postgres_version="18.1",
+        row_counts={"agents": 1},
     )
     store.put_bytes(prefix + MANIFEST_NAME, manifest.to_json())
     return prefix

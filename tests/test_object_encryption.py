@@ -23,7 +23,6 @@ from letta_ops.tasks.audit import store as audit_store
 from letta_ops.tasks.sets import manifest as backup_manifest
 from letta_ops.tasks.sets.admission import missing_key, require_key
 from letta_ops.tasks.sets.manifest import (
-    BackupManifest,
     ManifestObject,
     SetEncryption,
     stays_plaintext,
@@ -53,6 +52,7 @@ from letta_ops.tasks.store.local import LocalObjectStore
 from letta_ops.tasks.store.locations import with_object_lock
 from letta_ops.tasks.store.objects import MiB, ObjectStore
 from letta_ops.tasks.store.s3 import S3ObjectStore
+from tests.fixtures.hand_made_manifest import hand_made_manifest
 from tests.test_object_store import GeneratedStream
 
 FRAME = 1024  # small frames: every test crosses many boundaries
@@ -396,22 +396,15 @@ def test_verification_without_the_key_checks_what_is_stored(tmp_path: Path) -> N
         objects[key] = ManifestObject(
             size=o.size, sha256=o.sha256, stored_size=o.stored_size, stored_sha256=o.stored_sha256
         )
-    manifest = BackupManifest(
-        set_id="20261123T021500Z-abcd1234",
-        server="srv",
-        created_at="2026-11-23T02:15:00Z",
+    manifest = hand_made_manifest(
+        "20261123T021500Z-abcd1234",
+        "srv",
+        "srv/set/database.dump",
+        objects,
         completed_at="2026-11-23T02:16:00Z",
-        letta_version="0.16.2",
         alembic_revision=None,
-        base_url="http://127.0.0.1:8283",
-        database_name="letta",
-        db_schema="public",
         postgres_version="18",
         pgvector_version=None,
-        row_counts={},
-        dump="srv/set/database.dump",
-        agents=[],
-        objects=objects,
         encryption=SetEncryption(scheme=SCHEME, key_id=parse_key(KEY, "k").key_id),
     )
     as_json = json.loads(manifest.to_json())

@@ -21,8 +21,9 @@ from letta_ops.tasks.postgres.client_tools import PgToolError
 from letta_ops.tasks.postgres.dump import dump_to_store
 from letta_ops.tasks.postgres.letta_schema import connect
 from letta_ops.tasks.postgres.restore_target import pgvector_schema_if_empty
-from letta_ops.tasks.sets.manifest import BackupManifest, ManifestObject
+from letta_ops.tasks.sets.manifest import ManifestObject
 from letta_ops.tasks.store.locations import open_store
+from tests.fixtures.hand_made_manifest import hand_made_manifest
 from tests.fixtures.oracle import digest_differences, sql_scalar, sql_table_digests
 
 SCHEMA = """
@@ -67,27 +68,18 @@ def dumped_set(make_database, tmp_path_factory):
     store = open_store(f"file://{tmp_path_factory.mktemp('store')}")
     dumped = dump_to_store(source, store, "srv/s1/database.dump")
     now = datetime(2026, 12, 7, 21, 0, tzinfo=UTC)
-    manifest = BackupManifest(
-        set_id="s1",
-        server="srv",
-        created_at=now,
-        completed_at=now,
-        purpose="manual",
-        letta_version="0.16.2",
-        alembic_revision="27de0f58e076",
-        base_url="http://127.0.0.1:8283",
-        database_name=source.database_name,
-        db_schema="public",
-        postgres_version="18.6",
-        pgvector_version="0.8.6",
-        row_counts=dumped.row_counts,
-        dump="srv/s1/database.dump",
-        agents=[],
-        objects={
+    manifest = hand_made_manifest(
+        "s1",
+        "srv",
+        "srv/s1/database.dump",
+        {
             "srv/s1/database.dump": ManifestObject(
                 size=dumped.stored.size, sha256=dumped.stored.sha256
             )
         },
+        created_at=now,
+        database_name=source.database_name,
+        row_counts=dumped.row_counts,
     )
     return source, store, manifest
 

@@ -36,6 +36,7 @@ from letta_ops.tasks.sets.manifest import (
     set_prefix,
 )
 from letta_ops.tasks.store.local import LocalObjectStore
+from tests.fixtures.hand_made_manifest import hand_made_manifest
 
 
 def agent_file(name: str, blocks: dict[str, str], messages: int) -> bytes:
@@ -85,23 +86,17 @@ def write_set(
     dump = store.put_bytes(prefix + "database.dump", b"PGDMP fake dump")
     objects[dump.key] = ManifestObject(size=dump.size, sha256=dump.sha256)
     now = datetime(2026, 11, 23, 2, 15, tzinfo=UTC)
-    manifest = BackupManifest(
-        set_id=set_id,
-        server=manifest_server or server,
+    manifest = hand_made_manifest(
+        set_id,
+        manifest_server or server,
+        dump.key,
+        objects,
         created_at=now,
-        completed_at=now,
         purpose=purpose,
         letta_version="0.11.7",
         alembic_revision="ddb69be34a72",
-        base_url="http://127.0.0.1:8283",
-        database_name="letta",
-        db_schema="public",
-        postgres_version="18.6",
-        pgvector_version="0.8.6",
         row_counts={"agents": len(agents)},
-        dump=dump.key,
         agents=entries,
-        objects=objects,
     )
     store.put_bytes(prefix + MANIFEST_NAME, manifest.to_json())
     if verified:

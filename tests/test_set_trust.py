@@ -47,6 +47,7 @@ from letta_ops.tasks.sets.verification import check_objects
 from letta_ops.tasks.store.encryption_keys import SCHEME, DecryptionFailed
 from letta_ops.tasks.store.objects import ObjectChanged, ReadPin
 from letta_ops.tasks.store.s3 import S3ObjectStore
+from tests.fixtures.hand_made_manifest import hand_made_manifest
 
 KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 SERVER = "prod"
@@ -69,27 +70,16 @@ def _write_set(
     prefix = set_prefix(server, set_id)
     dump = store.put_bytes(prefix + "database.dump", b"PGDMP " + secrets.token_bytes(64))
     agent = store.put_bytes(prefix + "agents/agent-1.af", b'{"agents": []}')
-    created = datetime.strptime(set_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    manifest = BackupManifest(
-        set_id=set_id,
-        server=server,
-        created_at=created,
-        completed_at=created,
+    manifest = hand_made_manifest(
+        set_id,
+        server,
+        dump.key,
+        {o.key: ManifestObject.of(o) for o in (dump, agent)},
         purpose=purpose,
-        letta_version="0.16.2",
-        alembic_revision="27de0f58e076",
-        base_url="http://127.0.0.1:8283",
-        database_name="letta",
-        db_schema="public",
-        postgres_version="18.6",
-        pgvector_version="0.8.6",
         row_counts={"agents": 1},
         encryption=SetEncryption(scheme=SCHEME, key_id=dump.key_id)
         if getattr(dump, "key_id", None)
         else None,
-        dump=dump.key,
-        agents=[],
-        objects={o.key: ManifestObject.of(o) for o in (dump, agent)},
     )
     write_manifest(store, manifest)
     if verified:

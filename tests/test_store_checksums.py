@@ -47,6 +47,7 @@ from letta_ops.tasks.store.local import LocalObjectStore
 from letta_ops.tasks.store.objects import MiB, StoreChecksum, StoredObject
 from letta_ops.tasks.store.ranged_reads import range_span
 from letta_ops.tasks.store.s3 import S3ObjectStore
+from tests.fixtures.hand_made_manifest import hand_made_manifest
 from tests.test_object_store import GeneratedStream
 
 PART_SIZE = 5 * MiB
@@ -174,27 +175,22 @@ def _write_set(store: S3ObjectStore, make_database) -> BackupManifest:
     ]
     dump = _real_dump(make_database, store, prefix + "database.dump")
     now = datetime.now(UTC)
-    return BackupManifest(
-        set_id=SET_ID,
-        server="prod",
-        created_at=now,
-        completed_at=now,
-        letta_version="0.16.2",
-        alembic_revision=None,
-        base_url="http://127.0.0.1:8283",
-        database_name="letta",
-        db_schema="public",
-        postgres_version="18",
-        pgvector_version=None,
-        row_counts={"ballast": 200},
-        dump=dump.key,
-        agents=[
-            AgentEntry(id=f"agent-{i}", name=f"a{i}", file=o.key) for i, o in enumerate(stored)
-        ],
-        objects={
+    return hand_made_manifest(
+        SET_ID,
+        "prod",
+        dump.key,
+        {
             o.key: ManifestObject(size=o.size, sha256=o.sha256, store_checksum=o.store_checksum)
             for o in [*stored, dump]
         },
+        created_at=now,
+        alembic_revision=None,
+        postgres_version="18",
+        pgvector_version=None,
+        row_counts={"ballast": 200},
+        agents=[
+            AgentEntry(id=f"agent-{i}", name=f"a{i}", file=o.key) for i, o in enumerate(stored)
+        ],
     )
 
 
