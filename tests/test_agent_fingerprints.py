@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.postgres.agent_fingerprints import agent_fingerprints
 from letta_ops.tasks.postgres.letta_schema import connect
+from tests.fixtures.postgres import owner_database
 
 SCHEMA = """
 CREATE TABLE agents (id text PRIMARY KEY, name text NOT NULL, system text);
@@ -119,3 +121,52 @@ def test_letta_in_a_schema_of_its_own(make_database):
     assert agent_fingerprints(scoped).by_agent == before.by_agent
     _write(db, "INSERT INTO letta.messages VALUES ('x', 'agent-b', 'new')")
     assert _changed(before.by_agent, agent_fingerprints(scoped).by_agent) == {"agent-b"}
+
+
+@pytest.fixture(params=["pg16-owner", "pg18-owner-tls-shared"])
+def cell(request) -> tuple[LettaDatabase, LettaDatabase | None]:
+    """The fingerprints' database as operators give it: PostgreSQL 16 to an owner-only role;
+    PostgreSQL 18 refusing plaintext (verify-full against the cluster's CA), an owner-only
+    role, a database Letta shares (Supabase's ``auth`` with an ``agent_id`` column, the
+    operator's table in ``public``). Returns the role's database and, where shared, the
+    admin's (who writes the other tables)."""
+    if request.param == "pg16-owner":
+        return owner_database(request.getfixturevalue("pg16_cluster"), "fp16", False), None
+    tls = request.getfixturevalue("pg_tls_cluster")
+    role = owner_database(
+        tls.cluster,
+        "fptls",
+        with_pgvector=False,
+        admin=tls.database,
+        uri_query=f"sslmode=verify-full&sslrootcert={tls.ca_cert}",
+    )
+    admin = tls.database(role.database_name)
+    for statement in (
+        "CREATE SCHEMA auth",
+        "CREATE TABLE auth.sessions (agent_id text, token text)",
+        "INSERT INTO auth.sessions VALUES ('agent-a', 't1')",
+        "CREATE TABLE public.app_notes (id int PRIMARY KEY, note text)",
+        f"ALTER TABLE public.app_notes OWNER TO {role.parts['user']}",
+    ):
+        _write(admin, statement)
+    return role, admin
+
+
+def test_each_cell_sees_the_writes_the_tests_own_sql_makes(cell):
+    """Which agent a write touches is read by the tests' own SQL, not by the code under test;
+    exactly that agent's fingerprint changes, and writes to what is not Letta's change none."""
+    role, admin = cell
+    with connect(role, autocommit=True) as conn:
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(sa.text(statement))
+        touched = conn.execute(sa.text("SELECT agent_id FROM messages WHERE id = 'm-b-3'")).scalar()
+    before = agent_fingerprints(role).by_agent
+    assert set(before) == {"agent-a", "agent-b"}
+    _write(role, "UPDATE messages SET text = 'edited' WHERE id = 'm-b-3'")
+    after = agent_fingerprints(role).by_agent
+    assert _changed(before, after) == {touched}
+    if admin is not None:  # the shared cell: the platform's and the operator's rows
+        _write(admin, "INSERT INTO auth.sessions VALUES ('agent-b', 't2')")
+        _write(role, "INSERT INTO public.app_notes VALUES (1, 'agent-a: mine')")
+        assert agent_fingerprints(role).by_agent == after

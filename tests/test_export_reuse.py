@@ -174,6 +174,39 @@ def test_a_planted_newer_set_with_a_forged_manifest_is_never_the_parent(s3_bucke
         assert store.read_bytes(entry.file) == f"file of {entry.id}".encode()
 
 
+def test_a_replayed_older_set_is_never_the_parent(s3_bucket):
+    """Every object of an older genuine set copied byte for byte under a newer id (its
+    authenticated manifest included): the manifest names its own set, so the copy is not
+    believed, and the parent is the newest real set."""
+    client, bucket, _ = s3_bucket
+    store = _repository(client, bucket)
+    old = _write_set(store, "20261201T021500Z-old00001", fingerprints={})
+    newest = _write_set(store, "20261202T021500Z-real0001")
+    replayed = "20261206T021500Z-replay01"
+    old_prefix = set_prefix(SERVER, old.set_id)
+    for listed in client.list_objects_v2(Bucket=bucket, Prefix=f"backups/{old_prefix}")["Contents"]:
+        body = client.get_object(Bucket=bucket, Key=listed["Key"])["Body"].read()
+        _plant(client, bucket, listed["Key"].removeprefix("backups/").replace(
+            old.set_id, replayed), body)  # fmt: skip
+    assert not {s.set_id: s for s in list_backup_sets(store, SERVER)}[replayed].believed
+    parent = parent_set(store, SERVER, "0.16.2", REVISION)
+    assert parent is not None and parent.set_id == newest.set_id
+
+
+def test_a_truncated_file_is_exported_again(s3_bucket):
+    client, bucket, _ = s3_bucket
+    store = _repository(client, bucket)
+    _write_set(store, "20261201T021500Z-real0001")
+    parent = parent_set(store, SERVER, "0.16.2", REVISION)
+    assert parent is not None
+    key = f"backups/{parent.agents[2].file}"
+    whole = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    _plant(client, bucket, parent.agents[2].file, whole[: len(whole) // 2])
+    entries, _stored, exported, warnings = _backup(store, ReusePlan(FINGERPRINTS, parent))
+    assert exported == ["agent-2"] and len(warnings) == 1
+    assert [e.reused_from for e in entries] == [parent.set_id, parent.set_id, None]
+
+
 def test_only_forged_sets_in_the_bucket_means_no_parent(s3_bucket):
     """Without the key nobody writes a set the catalog believes: a keyed repository whose only
     set is planted (unauthenticated, or sealed with another key) has no parent."""

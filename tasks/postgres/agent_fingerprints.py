@@ -121,8 +121,6 @@ def agent_fingerprints(db: PostgresDatabase) -> AgentFingerprints:
     started = time.monotonic()
     schema = db.db_schema or "public"
     with connect(db) as conn:
-        if conn.in_transaction():  # the session's search_path was set: a snapshot of its own
-            conn.commit()
         conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
         parts: dict[str, list[str]] = {
             agent_id: [f"agents {digest}"]

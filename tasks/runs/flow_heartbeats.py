@@ -20,17 +20,19 @@ import os
 
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 
-_applied = contextlib.ExitStack()  # held for the life of the process, never closed
+#: The settings applied, held for the life of the process (never closed); None: not yet.
+_applied: contextlib.ExitStack | None = None
 
 
 def without_flow_heartbeats() -> bool:
     """Turn the heartbeats off (once) unless ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` is set;
     returns whether it did. Prefect's settings are read once, when Prefect is imported, so
     the setting applies on top of those (the API URL included)."""
-    if os.environ.get(HEARTBEAT_ENV) or getattr(without_flow_heartbeats, "done", False):
+    global _applied
+    if os.environ.get(HEARTBEAT_ENV) or _applied is not None:
         return False
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    _applied = contextlib.ExitStack()
     _applied.enter_context(temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
-    without_flow_heartbeats.done = True  # type: ignore[attr-defined]
     return True
