@@ -142,11 +142,13 @@ def raw_pg_dump(db: LettaDatabase, path: Path, compression: str = DEFAULT_COMPRE
     return path.stat().st_size
 
 
-def raw_pg_dump_to_store(db: LettaDatabase, key: str) -> None:
+def raw_pg_dump_to_store(
+    db: LettaDatabase, key: str, compression: str = DEFAULT_COMPRESSION
+) -> None:
     """What an operator's script does without letta-ops: ``pg_dump -Fc | aws s3 cp -`` (boto3's
     managed upload of the pipe, its default 8 MiB parts and 10 threads) into the same moto."""
     proc = subprocess.Popen(
-        [tool(db, "pg_dump"), "--format=custom", f"--compress={DEFAULT_COMPRESSION}"],
+        [tool(db, "pg_dump"), "--format=custom", f"--compress={compression}"],
         env=tool_env(db),
         stdout=subprocess.PIPE,
     )

@@ -1,6 +1,7 @@
 """What a backup and a restore cost beyond the raw PostgreSQL tools, as an operator runs them:
 ``python -m bench.fixed_costs [--gigabytes 1] [--rounds 3] [--stores file,s3]
-[--exports full,reuse]``.
+[--exports full,reuse] [--shape conversations|long-history] [--compress gzip:6,gzip:1]
+[--shells worker,bare]``.
 
 Why (issue #32): ``bench/backup_ratio.py`` runs the flows inside one warm interpreter, so the
 costs an operator pays per command (the interpreter and Prefect imported, flow and task runs
@@ -15,7 +16,8 @@ server) never show. Here every letta-ops figure is a *cold command* in a fresh p
   SET --database`` of a set into an empty database (both from the file store's set and dump).
 
 Set-up as ``bench.backup_ratio``: PostgreSQL 18 + pgvector, moto in its own process, Letta
-0.16.2 with 25 agents, the ``conversations`` shape grown to about ``--gigabytes``; a Prefect
+0.16.2 with 25 agents, the ``conversations`` shape (or issue #32's ``long-history``) grown to
+about ``--gigabytes``; a Prefect
 server (``prefect server start``) on loopback for the worker-like runs. The measurements run
 interleaved (raw, worker-like, bare shell, per store, per round), each cold (CHECKPOINT, sync,
 page cache dropped as root); medians, min and max are reported with each command's phase
@@ -23,7 +25,11 @@ timings (from its ``--json``), and merged into ``bench/results.json`` under ``fi
 Goal: backup minus raw <= max(3 s, 5 %) worker-like, bare shell <= that + 5 s; restore <= 1.1x.
 Each backup runs in each ``--exports`` mode: ``full`` (every agent exported, as the first
 backup of a server) and ``reuse`` (the default behaviour on a server unchanged since its
-previous set: every agent file copied from it).
+previous set: every agent file copied from it). With ``--compress`` every raw dump and every
+backup runs at each compression given (``backup --compress C``); the restores use the first.
+The restores read the set from the first store given: with ``s3`` first, the set is
+downloaded from moto as a restore from S3 is, against ``pg_restore -j 2`` of a local file (the
+raw dump of the same compression, written once before the rounds when no file store runs).
 """
 
 from __future__ import annotations
@@ -46,12 +52,14 @@ from urllib.parse import quote
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+import bench.long_history  # noqa: E402
 from bench.backup_ratio import (  # noqa: E402
     raw_pg_dump,
     raw_pg_dump_to_store,
     raw_pg_restore,
     start_cold,
 )
+from bench.long_history import grow_long_history  # noqa: E402
 from bench.run import (  # noqa: E402
     BENCH_TABLES,
     BUCKET,
@@ -157,6 +165,31 @@ def main(argv: list[str] | None = None) -> int:
         "copied), or both (comma)",
     )
     parser.add_argument(
+        "--shape",
+        choices=("conversations", "long-history"),
+        default="conversations",
+        help="conversations: Letta-like rows in the bench's own tables; long-history: messages "
+        "of varied text in Letta's own table over the 25 agents (issue #32's shape)",
+    )
+    parser.add_argument(
+        "--compress",
+        default="",
+        help="compressions to run every raw dump and backup at (comma, e.g. gzip:6,gzip:1); "
+        "empty: the backup's default only. The restores use the first",
+    )
+    parser.add_argument(
+        "--shells",
+        default="worker,bare",
+        help="worker (a Prefect server running), bare (a temporary Prefect server per "
+        "command), or both (comma)",
+    )
+    parser.add_argument(
+        "--generation-budget",
+        type=float,
+        default=bench.long_history.GENERATION_BUDGET_SECONDS,
+        help="seconds the long-history shape may take to grow (2 GB takes several minutes)",
+    )
+    parser.add_argument(
         "--before",
         type=Path,
         help="a tree of the code before a change (a folder holding letta_ops/ with blocks, "
@@ -164,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     stores = [s for s in args.stores.split(",") if s]
+    shells = [s for s in args.shells.split(",") if s]
+    #: Each compression's name suffix and backup arguments ("" : the default, no flag).
+    compressions = {
+        (f" {c}" if c else ""): (["--compress", c] if c else [])
+        for c in (args.compress.split(",") if args.compress else [""])
+    }
+    first_compression = next(iter(compressions.values()))
     #: Each export mode's name suffix and environment (the variable, not --full-exports: an
     #: older tree given with --before does not know the flag, and always exports).
     modes = {
@@ -180,11 +220,18 @@ def main(argv: list[str] | None = None) -> int:
         env.start_storage()
         server = env.start_letta()
         with LettaClient(server) as client:
-            for i in range(AGENTS):
-                client.create_agent(offline_agent_body(f"fixed-agent-{i:02d}"))
+            agent_ids = [
+                client.create_agent(offline_agent_body(f"fixed-agent-{i:02d}"))["id"]
+                for i in range(AGENTS)
+            ]
         db = env.database
         assert db is not None
-        figures["conversations"] = grow_conversations(db, int(args.gigabytes * 1_000_000_000))
+        target_bytes = int(args.gigabytes * 1_000_000_000)
+        if args.shape == "long-history":
+            bench.long_history.GENERATION_BUDGET_SECONDS = args.generation_budget
+            figures[args.shape] = grow_long_history(db, agent_ids, target_bytes)
+        else:
+            figures[args.shape] = grow_conversations(db, target_bytes)
         (env.root / "store").mkdir()
         store_urls = {"file": f"file://{env.root / 'store'}", "s3": f"s3://{BUCKET}/fixed"}
         base = {
@@ -201,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         worker_env = {**base, "PREFECT_API_URL": api_url}
         bare_env = {**base, "PREFECT_HOME": str(env.root / "prefect-bare")}
         dump_path = env.root / "raw.dump"
+        restore_store = stores[0]
+        if restore_store != "file" and not args.no_restores:
+            # The raw restore's file: the raw dump at the restores' compression, written once.
+            figures["dump_bytes"] = raw_pg_dump(db, dump_path, *first_compression[1:])
         codes = {"now": dict}
         if args.before:
             codes["before"] = lambda e: {**e, "PYTHONPATH": str(args.before.resolve())}
@@ -208,42 +259,47 @@ def main(argv: list[str] | None = None) -> int:
         # Untimed: the bare shell's Prefect database is created and migrated once, as on an
         # operator's host after the first command.
         letta_ops(["backup", "--store", store_urls[stores[0]]], bare_env, env.root)
+        by_shell = {"worker": worker_env, "bare": bare_env}
         seconds: dict[str, list[float]] = {}
         last_phases: dict[str, Any] = {}
         sets: dict[str, str] = {}
         for round_number in range(args.rounds):
-            for kind in stores:
+            for kind, (zsuffix, zargs) in [(k, z) for k in stores for z in compressions.items()]:
                 url = store_urls[kind]
+                compression = zargs[1:]  # [] for the default
                 start_cold(db)
                 started = time.perf_counter()
                 if kind == "file":
-                    dump_bytes = raw_pg_dump(db, dump_path)
-                    figures["dump_bytes"] = dump_bytes
+                    dump_bytes = raw_pg_dump(db, dump_path, *compression)
+                    figures[f"dump_bytes{zsuffix}"] = dump_bytes
                 else:
-                    raw_pg_dump_to_store(db, f"raw-dump/{round_number}.dump")
-                seconds.setdefault(f"{kind} raw pg_dump", []).append(
+                    raw_pg_dump_to_store(db, f"raw-dump/{round_number}.dump", *compression)
+                seconds.setdefault(f"{kind} raw pg_dump{zsuffix}", []).append(
                     round(time.perf_counter() - started, 2)
                 )
-                for shell, shell_env in (("worker", worker_env), ("bare", bare_env)):
+                for shell in shells:
                     for code in ordered(codes, round_number):
                         for suffix, mode_env in modes.values():
                             start_cold(db)
                             took, report = letta_ops(
-                                ["backup", "--store", url],
-                                codes[code]({**shell_env, **mode_env}),
+                                ["backup", "--store", url, *zargs],
+                                codes[code]({**by_shell[shell], **mode_env}),
                                 env.root,
                             )
                             name = f"{kind} backup {shell}" + ("" if code == "now" else " before")
-                            name += suffix
+                            name += suffix + zsuffix
                             seconds.setdefault(name, []).append(took)
                             last_phases[name] = phases(report)
-                            sets[kind] = report["set"]
+                            if zargs == first_compression:
+                                sets[kind] = report["set"]
             log(f"round {round_number + 1}: " + ", ".join(
                 f"{k} {v[-1]} s" for k, v in seconds.items()
             ))  # fmt: skip
 
             # Restores: raw pg_restore -j 2 of the raw dump against `restore SET --database`.
-            if "file" in stores and not args.no_restores:
+            if not args.no_restores:
+                if restore_store == "file" and len(compressions) > 1:
+                    raw_pg_dump(db, dump_path, *first_compression[1:])  # the restores' dump
                 target = LettaDatabase(uri=env.postgres.uri("fixed_target"))
                 for kind in ("raw", *(f"letta-ops {c}" for c in ordered(codes, round_number))):
                     create_database(target)
@@ -258,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"{env.postgres.port}/fixed_target"
                         )
                         took, report = letta_ops(
-                            ["restore", sets["file"], "--database", uri, "--yes"]
-                            + ["--store", store_urls["file"]],
+                            ["restore", sets[restore_store], "--database", uri, "--yes"]
+                            + ["--store", store_urls[restore_store]],
                             codes[kind.split()[-1]](
                                 {**worker_env, "PGPASSWORD": env.postgres.password}
                             ),
@@ -274,22 +330,22 @@ def main(argv: list[str] | None = None) -> int:
 
         medians = {k: summary(v) for k, v in seconds.items()}
         comparisons = {}
-        for kind in stores:
-            raw = medians[f"{kind} raw pg_dump"]["median"]
-            for shell in ("worker", "bare"):
+        for kind, zsuffix in [(k, z) for k in stores for z in compressions]:
+            raw = medians[f"{kind} raw pg_dump{zsuffix}"]["median"]
+            for shell in shells:
                 for code_suffix, (mode_suffix, _env) in [
                     (c, m)
                     for c in (("", " before") if args.before else ("",))
                     for m in modes.values()
                 ]:
-                    name = f"{kind} backup {shell}{code_suffix}{mode_suffix}"
+                    name = f"{kind} backup {shell}{code_suffix}{mode_suffix}{zsuffix}"
                     ours = medians[name]["median"]
                     comparisons[name] = {
                         "over_raw": round(ours / raw, 2),
                         "minus_raw_seconds": round(ours - raw, 2),
                         "goal_seconds": round(max(3.0, 0.05 * raw) + (5 * (shell == "bare")), 2),
                     }
-        if "file" in stores and not args.no_restores:
+        if not args.no_restores:
             raw = medians["restore raw"]["median"]
             for code in codes:
                 ours = medians[f"restore letta-ops {code}"]["median"]
@@ -308,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             phases_last_round=last_phases,
         )
         results = json.loads(RESULTS_PATH.read_text()) if RESULTS_PATH.exists() else {}
-        point = f"{args.gigabytes:g}GB conversations" + (f" {args.label}" if args.label else "")
+        point = f"{args.gigabytes:g}GB {args.shape}" + (f" {args.label}" if args.label else "")
         results.setdefault("fixed_costs", {})[point] = figures
         RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(figures, indent=2))
