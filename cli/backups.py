@@ -10,6 +10,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ..tasks.errors import EXIT_OK
+from ..tasks.postgres import early_dump
 from ..tasks.runs import temporary_server
 from .adopt import add_adopt_command
 from .options import (
@@ -31,26 +32,33 @@ if TYPE_CHECKING:  # the models load with the flows, never for --help
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    api = temporary_server.start_if_needed()  # starts while the flow's modules import
-    from ..flows.backup import backup
+    # The dump, the backup's long pole, starts first: while Prefect and the flow import and
+    # the run starts (the run takes it over only if it is that run's own: early_dump).
+    if args.server is None:
+        early_dump.start_early_dump(args.compress, args.dump_priority)
+    try:
+        api = temporary_server.start_if_needed()  # starts while the flow's modules import
+        from ..flows.backup import backup
 
-    temporary_server.wait_ready(api)
+        temporary_server.wait_ready(api)
 
-    report = with_progress(
-        lambda: backup(
-            server=args.server,
-            store=args.store,
-            allow_partial_agents=args.allow_partial_agents,
-            compression=args.compress,
-            concurrency=args.concurrency,
-            purpose="manual",
-            pinned=args.pin,
-            lock_days=args.lock_days,
-            lock_mode=args.lock_mode,
-            dump_priority=args.dump_priority,
-            full_exports=args.full_exports or None,
+        report = with_progress(
+            lambda: backup(
+                server=args.server,
+                store=args.store,
+                allow_partial_agents=args.allow_partial_agents,
+                compression=args.compress,
+                concurrency=args.concurrency,
+                purpose="manual",
+                pinned=args.pin,
+                lock_days=args.lock_days,
+                lock_mode=args.lock_mode,
+                dump_priority=args.dump_priority,
+                full_exports=args.full_exports or None,
+            )
         )
-    )
+    finally:
+        early_dump.drop_early_dump()
     emit(report, args.json, render=render_backup)
     from ..blocks.server_profile import open_backup_store
 

@@ -22,13 +22,12 @@ from pydantic import Field
 
 from ..blocks.backup_store import apply_object_lock
 from ..blocks.server_profile import ServerProfile, load_profile, open_backup_store
-from ..tasks.errors import Failed, database_error_message
+from ..tasks.errors import Failed
 from ..tasks.letta.api import LettaAPIError, LettaClient
 from ..tasks.letta.versions import release_at_revision
 from ..tasks.postgres.client_tools import PgToolError
 from ..tasks.postgres.dump import (
     DumpResult,
-    dump_to_store,
     require_compression_supported,
     tool_version,
 )
@@ -69,6 +68,7 @@ from ..tasks.sqlite.online_copy import SqliteCopyFailed
 from ..tasks.store.encryption_keys import SCHEME as ENCRYPTION_SCHEME
 from ..tasks.store.objects import ObjectStore, StoredObject
 from .steps.agent_reuse import reuse_plan
+from .steps.database_dump import dump_database_task, dump_failure
 from .steps.sqlite_backup import (
     StoredSqliteCopy,
     copy_sqlite_task,
@@ -168,35 +168,6 @@ def export_agents_task(
             )
     finally:
         progress.finish("export agents")
-
-
-def dump_failure(exc: BaseException) -> str:
-    """pg_dump's own cause when the dump failed; the connection dying with it comes second."""
-    current: BaseException | None = exc
-    while current is not None:
-        if isinstance(current, PgToolError):
-            return str(current)
-        current = current.__context__
-    return database_error_message(exc)
-
-
-@task(name="dump-database", cache_policy=NO_CACHE)
-def dump_database_task(
-    profile: ServerProfile, store: ObjectStore, key: str, compression: str, priority: str = "low"
-) -> DumpResult:
-    progress = progress_events.reporter()
-    progress.start("upload pg_dump", None, "bytes")
-    try:
-        return dump_to_store(
-            profile.require_database(),
-            store,
-            key,
-            progress=lambda n: progress.advance("upload pg_dump", n),
-            compression=compression,
-            priority=priority,
-        )
-    finally:
-        progress.finish("upload pg_dump")
 
 
 def store_runtime_files(
@@ -502,7 +473,13 @@ def backup(
             with clock.phase("counts+dump+upload"):
                 if profile.sqlite is None:
                     dump = dump_database_task(
-                        profile, object_store, prefix + DUMP_NAME, compression, priority
+                        profile,
+                        object_store,
+                        prefix + DUMP_NAME,
+                        compression,
+                        priority,
+                        state["alembic_revision"],
+                        clock,
                     )
                 else:
                     dump = copy_sqlite_task(profile.sqlite, object_store, prefix + SQLITE_COPY_NAME)

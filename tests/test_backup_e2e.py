@@ -244,6 +244,9 @@ def test_cli_backup_list_verify_prune(server_25, backup_env, capsys):
     assert main(["backup", "--allow-partial-agents", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["agents_total"] == 25 and report["verified"]
+    # The command started the dump before importing Prefect, and the run took it over.
+    phases = [p["name"] for p in report["phases"]]
+    assert phases[0] == "dump before the run" and "counts+dump+upload" in phases
 
     assert main(["backups", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)["sets"]

@@ -12,14 +12,18 @@ restore leaves out whatever the target keeps that is not Letta's.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import io
 import logging
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,7 @@ from .letta_schema import (
     connect,
     counts_in_snapshot,
     quote_ident,
+    revision_in_snapshot,
     table_sizes,
 )
 from .pooler import refuse_transaction_pooler
@@ -146,27 +151,89 @@ class StderrDrain:
         return b"".join(self._chunks).decode(errors="replace")
 
 
-class ProcessOutput(io.RawIOBase):
-    """A child's stdout as a stream that raises, instead of ending, if the child failed.
+#: How much of pg_dump's output may wait in memory for the store (beside the upload's own
+#: parts): enough for the seconds a command imports Prefect while its dump already runs.
+SPOOL_BYTES = 64 << 20
+_SPOOL_READ = 1 << 20
 
-    So an upload of a failed pg_dump is aborted by the store and never becomes an object.
+
+class SpooledOutput(io.RawIOBase):
+    """A child's stdout, read by a thread into at most ``limit`` bytes of memory, as a stream
+    that raises, instead of ending, if the child failed.
+
+    Why spooled: the child keeps writing while the reader waits (a part going to the store, or
+    a run still starting, :mod:`.early_dump`). Why raising: an upload of a failed pg_dump is
+    aborted by the store and never becomes an object.
     """
 
-    def __init__(self, proc: subprocess.Popen, what: str, stderr: StderrDrain) -> None:
-        self.proc, self.what, self._stderr = proc, what, stderr
+    def __init__(
+        self, proc: subprocess.Popen, what: str, stderr: StderrDrain, limit: int = SPOOL_BYTES
+    ) -> None:
+        self.proc, self.what, self._stderr, self._limit = proc, what, stderr, limit
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._spooled = 0
+        self._ended = self._closed = False
+        self._pending = memoryview(b"")
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._fill, name=f"{what}-spool", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            while True:
+                chunk = self.proc.stdout.read1(_SPOOL_READ)
+                with self._ready:
+                    while self._spooled >= self._limit and not self._closed:
+                        self._ready.wait()
+                    if self._closed:
+                        return
+                    if chunk:
+                        self._chunks.append(chunk)
+                        self._spooled += len(chunk)
+                    self._ready.notify_all()
+                if not chunk:
+                    break
+        except (OSError, ValueError):  # the pipe closed under it: the child was stopped
+            pass
+        finally:
+            with self._ready:
+                self._ended = True
+                self._ready.notify_all()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        n = self.proc.stdout.readinto(buffer)
-        if n == 0:
-            code = self.proc.wait()
-            if code != 0:
-                stderr = self._stderr.text()
-                log.warning("%s failed (exit %s); its output:\n%s", self.what, code, stderr)
-                raise PgToolError(f"{self.what} failed (exit {code}): {tool_failure(stderr)}")
+        if not self._pending:
+            with self._ready:
+                while not self._chunks and not self._ended:
+                    self._ready.wait()
+                if self._chunks:
+                    chunk = self._chunks.popleft()
+                    self._spooled -= len(chunk)
+                    self._ready.notify_all()
+                    self._pending = memoryview(chunk)
+            if not self._pending:
+                code = self.proc.wait()
+                if code != 0:
+                    stderr = self._stderr.text()
+                    log.warning("%s failed (exit %s); its output:\n%s", self.what, code, stderr)
+                    raise PgToolError(f"{self.what} failed (exit {code}): {tool_failure(stderr)}")
+                return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
         return n
+
+    def close(self) -> None:
+        """Stop spooling (the child is stopped or done); what was spooled is dropped."""
+        with self._ready:
+            self._closed = True
+            self._chunks.clear()
+            self._ready.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+        super().close()
 
 
 def tool_failure(stderr: str) -> str:
@@ -197,78 +264,151 @@ def dump_to_store(
     progress=None,
     compression: str = DEFAULT_COMPRESSION,
     priority: str = DEFAULT_DUMP_PRIORITY,
+    started: StartedDump | None = None,
 ) -> DumpResult:
     """``pg_dump -Fc`` into ``store[key]``, with row counts taken in the dump's own snapshot;
-    pg_dump at ``priority`` (:mod:`.dump_priority`: ``low`` beside a live server)."""
+    pg_dump at ``priority`` (:mod:`.dump_priority`: ``low`` beside a live server).
+
+    ``started``: a dump of ``db`` already running (:mod:`.early_dump`: the command started it
+    before Prefect was imported); its output so far is spooled and stored first."""
+    if started is None:
+        started = start_dump(db, compression, priority)
+    try:
+        return store_started_dump(started, store, key, progress)
+    finally:
+        started.stop()
+
+
+def start_dump(
+    db: PostgresDatabase,
+    compression: str = DEFAULT_COMPRESSION,
+    priority: str = DEFAULT_DUMP_PRIORITY,
+) -> StartedDump:
+    """Start ``pg_dump -Fc`` of Letta's objects in ``db`` and the counts in its snapshot,
+    after refusing a transaction pooler and a compression the client does not have."""
     compression = parse_compression(compression)
     priority = parse_dump_priority(priority)
     refuse_transaction_pooler(db, "pg_dump")
     require_compression_supported(db, compression)
-    schema = db.db_schema or "public"
-    with connect(db) as conn:
+    return StartedDump(db, compression, priority)
+
+
+class StartedDump:
+    """A ``pg_dump -Fc`` running in the exported snapshot of a transaction it shares with the
+    row counts (running beside it on that transaction's connection), its output spooled.
+
+    Why a thing of its own: so that a dump can start before the run that stores it (the
+    command starts it while Prefect imports, :mod:`.early_dump`), and the run stores what it
+    wrote so far and the rest. :meth:`stop` ends every part of it (idempotent).
+    """
+
+    def __init__(self, db: PostgresDatabase, compression: str, priority: str) -> None:
+        self.database, self.compression, self.priority = db, compression, priority
+        self.started_at = datetime.now(UTC)
+        self.started_monotonic = time.monotonic()
+        self._resources = contextlib.ExitStack()
+        self.proc: subprocess.Popen | None = None
+        self.output: SpooledOutput | None = None
+        self._counted: Future | None = None
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        db = self.database
+        schema = self.schema = db.db_schema or "public"
+        conn = self._resources.enter_context(connect(db))
+        counting = ThreadPoolExecutor(1, thread_name_prefix="counts-in-snapshot")
+        self._resources.callback(counting.shutdown, wait=True)  # before the connection closes
         conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
         snapshot = conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar()
-        pg_version = conn.execute(sa.text("SHOW server_version")).scalar()
+        self.pg_version = str(conn.execute(sa.text("SHOW server_version")).scalar())
         server_major = int(conn.execute(sa.text("SHOW server_version_num")).scalar()) // 10000
         tools = client_tools(db)
         require_supported_server(server_major, tools.major())
-        vector, vector_schema = conn.execute(
+        self.vector, self.vector_schema = conn.execute(
             sa.text(
                 "SELECT e.extversion, n.nspname FROM pg_extension e "
                 "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
             )
         ).first() or (None, None)
-        found = inventory(conn, schema, db.extra_tables)
-        sizes = table_sizes(conn, schema, db.extra_tables)
-        backend = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
-        proc = subprocess.Popen(
+        self.alembic_revision = revision_in_snapshot(conn)
+        self.found = inventory(conn, schema, db.extra_tables)
+        self.sizes = table_sizes(conn, schema, db.extra_tables)
+        self._backend = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        self.proc = subprocess.Popen(
             tools.argv(
                 "pg_dump",
                 "--format=custom",
-                f"--compress={compression}",
+                f"--compress={self.compression}",
                 f"--snapshot={snapshot}",
                 "--no-password",
-                *letta_only_arguments(schema, found.excluded_relations()),
+                *letta_only_arguments(schema, self.found.excluded_relations()),
             ),
             env=tools.env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
         )
-        widen_pipe(proc.stdout)  # pg_dump keeps writing while a part goes to the store
+        widen_pipe(self.proc.stdout)
+        self._resources.callback(self._end_process)
         # The counts run on this connection (the snapshot's own transaction) while pg_dump
         # reads the same tables: a full scan of each table, no longer before the dump but
         # beside it (PostgreSQL's synchronized scans let both read the pages once).
-        counting = ThreadPoolExecutor(1, thread_name_prefix="counts-in-snapshot")
-        counted = counting.submit(counts_in_snapshot, conn, schema, db.extra_tables)
-        try:
-            priority_notes = dump_priority_notes(tools, proc.pid, priority)
-            for note in priority_notes:
-                log.warning("%s; the dump goes on without it.", note)
-            stderr = StderrDrain(proc)
-            stream = io.BufferedReader(ProcessOutput(proc, "pg_dump", stderr), 1 << 20)
-            stored = store.put_stream(key, stream, progress=progress)
-            counts = counted.result()
-        except BaseException:
-            if not counted.done():  # the dump failed: its error need not wait for a scan
-                _cancel_backend(db, backend)
-            raise
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            counting.shutdown(wait=True)  # nothing else uses the connection meanwhile
-        conn.rollback()
+        self._counted = counting.submit(counts_in_snapshot, conn, schema, db.extra_tables)
+        self.priority_notes = dump_priority_notes(tools, self.proc.pid, self.priority)
+        self.output = SpooledOutput(self.proc, "pg_dump", StderrDrain(self.proc))
+        self._resources.callback(self.output.close)
+
+    def counts(self) -> dict[str, int]:
+        """The row counts, once the dump is stored; a failed dump need not wait for a scan."""
+        assert self._counted is not None
+        return self._counted.result()
+
+    def cancel_counts(self) -> None:
+        """Best effort: a dump that failed or is dropped need not wait for the counts' scan."""
+        if self._counted is not None and not self._counted.done():
+            _cancel_backend(self.database, self._backend)
+
+    def _end_process(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        """Kill pg_dump if it still runs, cancel or wait for the counts, end the transaction."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.cancel_counts()
+        self._resources.close()
+
+
+def store_started_dump(
+    started: StartedDump, store: ObjectStore, key: str, progress=None
+) -> DumpResult:
+    """Store the running dump ``started`` into ``store[key]`` (what it spooled first), then its
+    counts; a dump that failed is never stored (its stream raises before the object ends)."""
+    assert started.output is not None
+    for note in started.priority_notes:
+        log.warning("%s; the dump goes on without it.", note)
+    try:
+        stream = io.BufferedReader(started.output, 1 << 20)
+        stored = store.put_stream(key, stream, progress=progress)
+        counts = started.counts()
+    except BaseException:
+        started.cancel_counts()
+        raise
     return DumpResult(
         stored,
         counts,
-        str(pg_version),
-        vector,
-        compression,
-        sizes,
-        pgvector_schema=vector_schema,
-        left_out=found.left_alone(),
-        priority_notes=priority_notes,
+        started.pg_version,
+        started.vector,
+        started.compression,
+        started.sizes,
+        pgvector_schema=started.vector_schema,
+        left_out=started.found.left_alone(),
+        priority_notes=started.priority_notes,
     )
 
 

@@ -250,10 +250,15 @@ def ensure_pgvector(db: PostgresDatabase, schema: str | None = None) -> str:
 def alembic_revision(db: PostgresDatabase) -> str | None:
     """The schema's alembic revision, or None for a database Letta never migrated."""
     with connect(db) as conn:
-        exists = conn.execute(sa.text("SELECT to_regclass('alembic_version')")).scalar()
-        if not exists:
-            return None
-        return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        return revision_in_snapshot(conn)
+
+
+def revision_in_snapshot(conn: Connection) -> str | None:
+    """:func:`alembic_revision` on an open connection (a dump's snapshot: what it holds)."""
+    exists = conn.execute(sa.text("SELECT to_regclass('alembic_version')")).scalar()
+    if not exists:
+        return None
+    return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def table_row_counts(db: PostgresDatabase, also_tables: Iterable[str] = ()) -> dict[str, int]:

@@ -78,6 +78,13 @@ class PhaseClock:
             with self._lock:
                 self._recorded.append((start, timing))
 
+    def record(self, name: str, started_at: datetime, start: float, seconds: float) -> None:
+        """A phase timed elsewhere (a dump the command started before the run): ``start`` is
+        its :func:`time.monotonic` start, which orders it among the others."""
+        timing = PhaseTiming(name=name, started_at=started_at, seconds=round(max(0.0, seconds), 3))
+        with self._lock:
+            self._recorded.append((start, timing))
+
     def lap(self, name: str) -> None:
         """End the running lap (if any) and start phase ``name`` now: one line where a step
         begins, instead of a ``with`` block around it. Laps never overlap each other."""
