@@ -160,6 +160,26 @@ def test_bundled_client_without_tls_is_refused_for_tls(pg_tls_cluster) -> None:
 # --------------------------------------------------------------------------- doctor
 
 
+def test_prefer_takes_tls_when_offered_and_plaintext_when_refused_with_one_context(
+    pg_tls_cluster, pg_cluster
+) -> None:
+    """sslmode=prefer (libpq's default, so most URIs): TLS where the server offers it,
+    plaintext where it refuses, as pg8000 itself does, but with its context made once per
+    process instead of per connection (20 ms each: issue #32)."""
+    from letta_ops.tasks.postgres.letta_schema import _unverified_tls
+
+    def encrypted(db: LettaDatabase) -> bool:
+        with connect(db) as conn:
+            query = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+            return conn.execute(sa.text(query)).scalar()
+
+    _unverified_tls.cache_clear()
+    assert [encrypted(pg_tls_cluster.database(mode="prefer")) for _ in range(3)] == [True] * 3
+    assert [encrypted(LettaDatabase(uri=pg_cluster.uri())) for _ in range(3)] == [False] * 3
+    assert _unverified_tls.cache_info().misses == 1
+    assert _unverified_tls().verify_mode == ssl.CERT_NONE  # prefer verifies nothing, as libpq
+
+
 def test_doctor_reports_each_connections_tls_state(pg_tls_cluster, pg_cluster) -> None:
     from letta_ops.tasks.doctor.tls import check_database_tls
 
