@@ -210,6 +210,35 @@ def test_a_dump_no_run_takes_is_stopped_with_its_transaction(make_database):
     early_dump.drop_early_dump()  # twice: nothing left to stop
 
 
+def test_a_command_never_waits_for_a_dump_stuck_behind_a_lock(make_database):
+    """The database holds a lock the dump must wait for (an operator's ALTER TABLE, say):
+    a command that fails meanwhile ends at once, and the dump, once it gets the lock, stops
+    itself; no pg_dump and no session are left."""
+    import pg8000.native
+
+    db = _letta_shaped(make_database("early_locked"))
+    p = db.parts
+    holder = pg8000.native.Connection(
+        p["user"], host=p["host"], port=p["port"], database=p["database"],
+        password=p.get("password"), application_name="lock-holder",
+    )  # fmt: skip
+    try:
+        holder.run("BEGIN")
+        holder.run("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        assert early_dump.start_early_dump(None, None, _env(db))
+        time.sleep(1.0)
+        pending = early_dump._pending
+        assert pending is not None and not pending.done.is_set()  # waiting for the lock
+        began = time.monotonic()
+        early_dump.drop_early_dump()
+        assert time.monotonic() - began < 1.0
+    finally:
+        holder.run("ROLLBACK")
+        holder.close()
+    assert pending.done.wait(30)
+    assert _gone(db)
+
+
 def test_nothing_starts_without_a_database_in_the_environment_and_a_bad_one_is_the_runs_error(
     make_database,
 ):

@@ -360,7 +360,14 @@ class StartedDump:
         self._counted = counting.submit(counts_in_snapshot, conn, schema, db.extra_tables)
         self.priority_notes = dump_priority_notes(tools, self.proc.pid, self.priority)
         self.output = SpooledOutput(self.proc, "pg_dump", StderrDrain(self.proc))
-        self._resources.callback(self.output.close)
+        self._resources.callback(self._close_output)
+
+    def _close_output(self) -> None:
+        """pg_dump stopped first: a spool thread waiting on a pg_dump that writes nothing (one
+        waiting for a lock) then sees the pipe end instead of waiting for its next bytes."""
+        self._end_process()
+        assert self.output is not None
+        self.output.close()
 
     def counts(self) -> dict[str, int]:
         """The row counts, once the dump is stored; a failed dump need not wait for a scan."""

@@ -37,6 +37,8 @@ class _EarlyStart:
     started: StartedDump | None = None
     why_not: str = ""
     done: threading.Event = field(default_factory=threading.Event)
+    #: No run will take it: the thread stops what it started when it gets there.
+    abandoned: bool = False
 
 
 _pending: _EarlyStart | None = None
@@ -84,7 +86,11 @@ def _start(
     except Exception as exc:  # the run meets the same cause and says it in its own words
         early.why_not = type(exc).__name__
     finally:
-        early.done.set()
+        with _lock:
+            early.done.set()
+            abandoned = early.abandoned
+        if abandoned and early.started is not None:
+            early.started.stop()
 
 
 def take_early_dump(
@@ -112,15 +118,18 @@ def take_early_dump(
 
 def drop_early_dump() -> None:
     """Stop the dump the command started if no run took it (the run failed before its dump,
-    or was never the kind that dumps): its pg_dump, counts and transaction end here."""
+    or was never the kind that dumps): its pg_dump, counts and transaction end here, or, when
+    it is still starting (waiting for a lock the database holds), as soon as it has started:
+    a command never waits for it."""
     global _pending
     with _lock:
         early, _pending = _pending, None
-    if early is None:
-        return
-    early.done.wait()
-    if early.started is not None:
-        early.started.stop()
+        if early is None:
+            return
+        early.abandoned = True
+        started = early.started if early.done.is_set() else None
+    if started is not None:
+        started.stop()
 
 
 def _difference(
