@@ -10,6 +10,7 @@ from letta_ops.blocks.letta_database import LettaDatabase
 from letta_ops.tasks.postgres.agent_fingerprints import agent_fingerprints
 from letta_ops.tasks.postgres.letta_schema import connect
 from tests.fixtures.postgres import owner_database
+from tests.fixtures.tls_postgres import tls_shared_owner_database
 
 SCHEMA = """
 CREATE TABLE agents (id text PRIMARY KEY, name text NOT NULL, system text);
@@ -133,23 +134,7 @@ def cell(request) -> tuple[LettaDatabase, LettaDatabase | None]:
     if request.param == "pg16-owner":
         return owner_database(request.getfixturevalue("pg16_cluster"), "fp16", False), None
     tls = request.getfixturevalue("pg_tls_cluster")
-    role = owner_database(
-        tls.cluster,
-        "fptls",
-        with_pgvector=False,
-        admin=tls.database,
-        uri_query=f"sslmode=verify-full&sslrootcert={tls.ca_cert}",
-    )
-    admin = tls.database(role.database_name)
-    for statement in (
-        "CREATE SCHEMA auth",
-        "CREATE TABLE auth.sessions (agent_id text, token text)",
-        "INSERT INTO auth.sessions VALUES ('agent-a', 't1')",
-        "CREATE TABLE public.app_notes (id int PRIMARY KEY, note text)",
-        f"ALTER TABLE public.app_notes OWNER TO {role.parts['user']}",
-    ):
-        _write(admin, statement)
-    return role, admin
+    return tls_shared_owner_database(tls, "fptls", with_pgvector=False)
 
 
 def test_each_cell_sees_the_writes_the_tests_own_sql_makes(cell):

@@ -31,7 +31,7 @@ from letta_ops.tasks.postgres.restore import restore_dump
 from letta_ops.tasks.store.locations import open_store
 from tests.fixtures.oracle import sql_execute, sql_scalar, sql_table_digests
 from tests.fixtures.postgres import owner_database
-from tests.fixtures.tls_postgres import new_database_name
+from tests.fixtures.tls_postgres import new_database_name, tls_shared_owner_database
 
 pytestmark = pytest.mark.e2e
 
@@ -104,23 +104,7 @@ def cell(request, make_database) -> tuple[LettaDatabase, dict[str, str], Callabl
         role = _letta_shaped(owner_database(cluster, "early16"))
         return role, {}, lambda p: _created(LettaDatabase(uri=cluster.uri(new_database_name(p))))
     tls = request.getfixturevalue("pg_tls_cluster")
-    role = owner_database(
-        tls.cluster,
-        "earlytls",
-        admin=tls.database,
-        uri_query=f"sslmode=verify-full&sslrootcert={tls.ca_cert}",
-    )
-    admin = tls.database(role.database_name)
-    for statement in (
-        "CREATE SCHEMA auth",
-        "CREATE TABLE auth.sessions (agent_id text, token text)",
-        "INSERT INTO auth.sessions VALUES ('agent-1', 't1')",
-        "CREATE TABLE public.app_notes (id int PRIMARY KEY, note text)",
-        "INSERT INTO public.app_notes VALUES (1, 'mine')",
-        f"ALTER TABLE public.app_notes OWNER TO {role.parts['user']}",
-    ):
-        sql_execute(admin, statement)
-    role = role.model_copy(update={"pg_bin_dir": tls.bin_dir})  # the client built with TLS
+    role, _admin = tls_shared_owner_database(tls, "earlytls")
     env = {"LETTA_OPS_PG_BIN": str(tls.bin_dir)}
     return _letta_shaped(role), env, lambda p: _created(tls.database(new_database_name(p)))
 
