@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import sqlalchemy as sa
@@ -166,7 +167,7 @@ def test_prefer_takes_tls_when_offered_and_plaintext_when_refused_with_one_conte
     """sslmode=prefer (libpq's default, so most URIs): TLS where the server offers it,
     plaintext where it refuses, as pg8000 itself does, but with its context made once per
     process instead of per connection (20 ms each: issue #32)."""
-    from letta_ops.tasks.postgres.letta_schema import _unverified_tls
+    from letta_ops.tasks.postgres.letta_schema import _REFUSED_TLS, _unverified_tls
 
     def encrypted(db: LettaDatabase) -> bool:
         with connect(db) as conn:
@@ -174,9 +175,15 @@ def test_prefer_takes_tls_when_offered_and_plaintext_when_refused_with_one_conte
             return conn.execute(sa.text(query)).scalar()
 
     _unverified_tls.cache_clear()
+    _REFUSED_TLS.clear()
     assert [encrypted(pg_tls_cluster.database(mode="prefer")) for _ in range(3)] == [True] * 3
     assert [encrypted(LettaDatabase(uri=pg_cluster.uri())) for _ in range(3)] == [False] * 3
     assert _unverified_tls.cache_info().misses == 1
+    # The refusal is remembered: later connections go plaintext at once, one TCP connection.
+    assert set(_REFUSED_TLS) == {("127.0.0.1", pg_cluster.port)}
+    tried = AssertionError("TLS tried again")
+    with patch("letta_ops.tasks.postgres.letta_schema._unverified_tls", side_effect=tried):
+        assert encrypted(LettaDatabase(uri=pg_cluster.uri())) is False
     assert _unverified_tls().verify_mode == ssl.CERT_NONE  # prefer verifies nothing, as libpq
 
 

@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -388,7 +389,10 @@ class StartedDump:
         """Kill pg_dump if it still runs, cancel or wait for the counts, end the transaction."""
         if self.proc is not None and self.proc.poll() is None:
             self.cancel_counts()
-        self._resources.close()
+        # Called while a failed dump's error propagates, an error closing the connection (the
+        # server restarted) keeps that error as its context, so the run still says pg_dump's
+        # cause (``ExitStack.close`` would cut the chain).
+        self._resources.__exit__(*sys.exc_info())
 
 
 def store_started_dump(

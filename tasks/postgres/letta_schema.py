@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ssl
+import time
 from collections.abc import Iterable, Iterator
 
 import sqlalchemy as sa
@@ -75,15 +76,27 @@ def _unverified_tls() -> ssl.SSLContext:
     return context
 
 
+#: Servers (host, port) that refused TLS to this process, and when: ``prefer`` connects there
+#: in plaintext at once for a minute (one TCP connection, as pg8000 makes, instead of two).
+_REFUSED_TLS: dict[tuple[object, object], float] = {}
+_REFUSAL_REMEMBERED_SECONDS = 60.0
+
+
 def _tls_if_offered(dialect, _record, cargs, cparams):
     """``sslmode=prefer`` as pg8000 does it with ``ssl_context=None`` (TLS if the server offers
-    it, else plaintext), with the context made once; a refusal costs one more connect."""
+    it, else plaintext), with the context made once. pg8000 goes on in plaintext on the socket
+    the server refused TLS on; given a context it gives up instead, so a refusal costs one
+    more connect, and is remembered for a minute (a server that turns TLS on is seen then)."""
     connect = dialect.loaded_dbapi.connect
-    try:
-        return connect(*cargs, **{**cparams, "ssl_context": _unverified_tls()})
-    except dialect.loaded_dbapi.InterfaceError as exc:
-        if str(exc) != "Server refuses SSL":
-            raise
+    server = (cparams.get("host"), cparams.get("port"))
+    refused_at = _REFUSED_TLS.get(server)
+    if refused_at is None or time.monotonic() - refused_at > _REFUSAL_REMEMBERED_SECONDS:
+        try:
+            return connect(*cargs, **{**cparams, "ssl_context": _unverified_tls()})
+        except dialect.loaded_dbapi.InterfaceError as exc:
+            if str(exc) != "Server refuses SSL":
+                raise
+            _REFUSED_TLS[server] = time.monotonic()
     return connect(*cargs, **{**cparams, "ssl_context": False})
 
 
