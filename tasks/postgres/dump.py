@@ -152,9 +152,12 @@ class StderrDrain:
         return b"".join(self._chunks).decode(errors="replace")
 
 
-#: How much of pg_dump's output may wait in memory for the store (beside the upload's own
-#: parts): enough for the seconds a command imports Prefect while its dump already runs.
-SPOOL_BYTES = 64 << 20
+#: How much of pg_dump's output may wait in memory while a dump the command started waits for
+#: its run (:mod:`.early_dump`): enough for the seconds the command imports Prefect.
+EARLY_SPOOL_BYTES = 64 << 20
+#: ... and while the store takes it (beside the widened pipe and the upload's own parts): a
+#: dump's memory stays bounded by the store's part size, as before the spool.
+STREAM_SPOOL_BYTES = 1 << 20
 _SPOOL_READ = 1 << 20
 
 
@@ -168,7 +171,11 @@ class SpooledOutput(io.RawIOBase):
     """
 
     def __init__(
-        self, proc: subprocess.Popen, what: str, stderr: StderrDrain, limit: int = SPOOL_BYTES
+        self,
+        proc: subprocess.Popen,
+        what: str,
+        stderr: StderrDrain,
+        limit: int = STREAM_SPOOL_BYTES,
     ) -> None:
         self.proc, self.what, self._stderr, self._limit = proc, what, stderr, limit
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -200,6 +207,12 @@ class SpooledOutput(io.RawIOBase):
             with self._ready:
                 self._ended = True
                 self._ready.notify_all()
+
+    def set_limit(self, limit: int) -> None:
+        """Hold at most ``limit`` bytes from now on (what is spooled beyond it drains first)."""
+        with self._ready:
+            self._limit = limit
+            self._ready.notify_all()
 
     def readable(self) -> bool:
         return True
@@ -284,14 +297,16 @@ def start_dump(
     db: PostgresDatabase,
     compression: str = DEFAULT_COMPRESSION,
     priority: str = DEFAULT_DUMP_PRIORITY,
+    spool_bytes: int = STREAM_SPOOL_BYTES,
 ) -> StartedDump:
     """Start ``pg_dump -Fc`` of Letta's objects in ``db`` and the counts in its snapshot,
-    after refusing a transaction pooler and a compression the client does not have."""
+    after refusing a transaction pooler and a compression the client does not have; until it
+    is stored, at most ``spool_bytes`` of its output wait in memory."""
     compression = parse_compression(compression)
     priority = parse_dump_priority(priority)
     refuse_transaction_pooler(db, "pg_dump")
     require_compression_supported(db, compression)
-    return StartedDump(db, compression, priority)
+    return StartedDump(db, compression, priority, spool_bytes)
 
 
 class StartedDump:
@@ -303,8 +318,15 @@ class StartedDump:
     wrote so far and the rest. :meth:`stop` ends every part of it (idempotent).
     """
 
-    def __init__(self, db: PostgresDatabase, compression: str, priority: str) -> None:
+    def __init__(
+        self,
+        db: PostgresDatabase,
+        compression: str,
+        priority: str,
+        spool_bytes: int = STREAM_SPOOL_BYTES,
+    ) -> None:
         self.database, self.compression, self.priority = db, compression, priority
+        self._spool_bytes = spool_bytes
         self.started_at = datetime.now(UTC)
         self.started_monotonic = time.monotonic()
         self._resources = contextlib.ExitStack()
@@ -360,7 +382,7 @@ class StartedDump:
         # beside it (PostgreSQL's synchronized scans let both read the pages once).
         self._counted = counting.submit(counts_in_snapshot, conn, schema, db.extra_tables)
         self.priority_notes = dump_priority_notes(tools, self.proc.pid, self.priority)
-        self.output = SpooledOutput(self.proc, "pg_dump", StderrDrain(self.proc))
+        self.output = SpooledOutput(self.proc, "pg_dump", StderrDrain(self.proc), self._spool_bytes)
         self._resources.callback(self._close_output)
 
     def _close_output(self) -> None:
@@ -401,6 +423,7 @@ def store_started_dump(
     """Store the running dump ``started`` into ``store[key]`` (what it spooled first), then its
     counts; a dump that failed is never stored (its stream raises before the object ends)."""
     assert started.output is not None
+    started.output.set_limit(STREAM_SPOOL_BYTES)  # an early dump's spool drains, then stays small
     for note in started.priority_notes:
         log.warning("%s; the dump goes on without it.", note)
     try:

@@ -10,8 +10,9 @@ Why that is safe: the run takes it over only if it is the very dump the run woul
 started: the same database settings, compression and priority, and a snapshot at the alembic
 revision the run's pre-flight read (an upgrade in between would make them differ). Anything
 else, and the early dump is stopped and the run dumps as before. Nothing reaches the store
-before the run takes it over: the output waits in memory (at most ``SPOOL_BYTES``; pg_dump
-waits beyond that), and a command that ends without taking it stops it (:func:`drop_early_dump`).
+before the run takes it over: the output waits in memory (at most ``EARLY_SPOOL_BYTES``;
+pg_dump waits beyond that; once the run reads it, as little as any dump's), and a command
+that ends without taking it stops it (:func:`drop_early_dump`).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _start(
 ) -> None:
     try:
         from .database import PostgresDatabase
-        from .dump import start_dump
+        from .dump import EARLY_SPOOL_BYTES, start_dump
         from .dump_compression import chosen_compression
         from .dump_priority import chosen_dump_priority
 
@@ -82,6 +83,7 @@ def _start(
             db,
             chosen_compression(compression, db.compression, env),
             chosen_dump_priority(priority, env),
+            spool_bytes=EARLY_SPOOL_BYTES,
         )
     except Exception as exc:  # the run meets the same cause and says it in its own words
         early.why_not = type(exc).__name__
